@@ -1,0 +1,142 @@
+"""The one implementation of every input perturbation: FGM/FGSM, PGD, VAT power iteration.
+
+Shared by training (the methods) and evaluation. Each search is a pure function of the
+input: ``loss_fn`` maps a batch of points ``[B, ...]`` to a per-sample loss ``[B]`` that
+the search maximises. Gradients are taken with respect to the input only
+(``torch.autograd.grad``), so parameter ``.grad`` is never touched, and every result is
+detached, inside the threat's ball and inside ``[0, 1]``.
+
+The caller decides the model's mode: run searches inside :func:`search_mode` (eval mode:
+BatchNorm uses its running statistics and never updates them, dropout is off; the previous
+mode of every module is restored afterwards), as METHOD.md section 5 requires.
+
+Example::
+
+    with search_mode(model):
+        x_adv = pgd(lambda z: cross_entropy(model(z), y), x, Threat("l2", 2.0), steps=10)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor, nn
+
+from erat.threat import Threat, per_sample, random_unit, unit_l2
+
+LossFn = Callable[[Tensor], Tensor]
+
+
+@contextmanager
+def search_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode for an inner search; restores each module's own ``training`` flag."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, was_training in modes:
+            m.training = was_training
+
+
+@contextmanager
+def frozen_bn_stats(model: nn.Module) -> Iterator[nn.Module]:
+    """Keep train-mode BatchNorm (batch statistics) but stop running-stat updates.
+
+    Used for the forward passes on perturbed points whose loss is trained on, so that
+    perturbed inputs never leak into the running statistics used at test time.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m, m.momentum) for m in bns]
+    for m in bns:
+        m.momentum = 0.0  # running = (1 - 0) * running + 0 * batch: unchanged
+    counters = [(m, m.num_batches_tracked.clone()) for m in bns if m.num_batches_tracked is not None]
+    try:
+        yield model
+    finally:
+        for m, momentum in saved:
+            m.momentum = momentum
+        for m, n in counters:
+            m.num_batches_tracked.copy_(n)
+
+
+def input_grad(loss_fn: LossFn, x: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-sample loss ``[B]`` at ``x`` (detached) and its gradient with respect to ``x``."""
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        loss = loss_fn(x)
+        (grad,) = torch.autograd.grad(loss.sum(), x)
+    return loss.detach(), grad.detach()
+
+
+def fgm(loss_fn: LossFn, x: Tensor, threat: Threat) -> Tensor:
+    """One step of size ``eps`` along the steepest-ascent direction (Goodfellow et al. 2015
+    FGSM for l-inf; Miyato et al. 2016 FGM for l2). Returns a detached point."""
+    _, grad = input_grad(loss_fn, x)
+    return threat.project(x, x + threat.eps * threat.ascent_direction(grad)).detach()
+
+
+def pgd(
+    loss_fn: LossFn,
+    x: Tensor,
+    threat: Threat,
+    *,
+    steps: int,
+    step_size: float | None = None,
+    random_start: bool = True,
+    restarts: int = 1,
+) -> Tensor:
+    """Projected gradient ascent on ``loss_fn`` (Madry et al. 2018, arXiv 1706.06083).
+
+    ``step_size`` defaults to ``2.5 * eps / steps``. With ``restarts > 1`` the point of
+    highest loss over the restarts is kept, per example. ``eps = 0`` returns ``x``.
+    """
+    if steps < 0 or restarts < 1:
+        raise ValueError(f"need steps >= 0 and restarts >= 1, got {steps} and {restarts}")
+    x = x.detach()
+    if threat.eps == 0:
+        return x.clone()
+    alpha = 2.5 * threat.eps / max(steps, 1) if step_size is None else step_size
+    best, best_loss = x.clone(), None
+    for _ in range(restarts):
+        x_adv = threat.random_start(x) if random_start else x.clone()
+        for _ in range(steps):
+            _, grad = input_grad(loss_fn, x_adv)
+            x_adv = threat.project(x, x_adv + alpha * threat.ascent_direction(grad))
+        if restarts == 1:
+            return x_adv.detach()
+        with torch.no_grad():
+            loss = loss_fn(x_adv)
+        if best_loss is None:
+            best, best_loss = x_adv, loss
+        else:
+            better = loss > best_loss
+            best = torch.where(per_sample(better, x), x_adv, best)
+            best_loss = torch.maximum(loss, best_loss)
+    return best.detach()
+
+
+def vat_direction(
+    logits_fn: Callable[[Tensor], Tensor],
+    x: Tensor,
+    clean_logits: Tensor,
+    *,
+    xi: float = 1e-6,
+    power_iters: int = 1,
+) -> Tensor:
+    """Unit l2 direction of VAT's power iteration (Miyato et al. 2018, arXiv 1704.03976, eq. 8).
+
+    Starts from a random direction (zero-mean Gaussian, normalised), and takes ``power_iters``
+    finite-difference steps of size ``xi`` on ``KL(p(.|x) || p(.|x + xi d))``. The points
+    ``x + xi d`` are not clipped: ``xi`` is a differentiation step, not a perturbation.
+    """
+    from erat.losses import kl_div
+
+    target = clean_logits.detach()
+    d = random_unit(x)
+    for _ in range(power_iters):
+        _, grad = input_grad(lambda z: kl_div(target, logits_fn(z)), x + xi * d)
+        d = unit_l2(grad)
+    return d.detach()
