@@ -52,7 +52,8 @@ def frozen_bn_stats(model: nn.Module) -> Iterator[nn.Module]:
     saved = [(m, m.momentum) for m in bns]
     for m in bns:
         m.momentum = 0.0  # running = (1 - 0) * running + 0 * batch: unchanged
-    counters = [(m, m.num_batches_tracked.clone()) for m in bns if m.num_batches_tracked is not None]
+    counters = [(m, m.num_batches_tracked.clone())
+                for m in bns if m.num_batches_tracked is not None]
     try:
         yield model
     finally:
@@ -60,6 +61,36 @@ def frozen_bn_stats(model: nn.Module) -> Iterator[nn.Module]:
             m.momentum = momentum
         for m, n in counters:
             m.num_batches_tracked.copy_(n)
+
+
+@contextmanager
+def dropout_off(model: nn.Module) -> Iterator[nn.Module]:
+    """Dropout modules in eval mode (no noise); every other module keeps its mode.
+
+    Used by the energy regulariser's ray pass: with independent dropout masks per ray point,
+    the sum of absolute differences ``V_T`` would add up the dropout noise and grow with ``T``.
+    """
+    drops = [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
+    modes = [(m, m.training) for m in drops]
+    for m in drops:
+        m.training = False
+    try:
+        yield model
+    finally:
+        for m, was_training in modes:
+            m.training = was_training
+
+
+def is_stochastic(model: nn.Module) -> bool:
+    """True when a forward pass depends on more than each input alone: a BatchNorm layer in
+    training mode (batch statistics) or an active dropout layer. When False, the loss of a
+    train-mode pass is the same function of each input as in any other pass."""
+    for m in model.modules():
+        if m.training and isinstance(m, nn.modules.batchnorm._BatchNorm):
+            return True
+        if m.training and isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0:
+            return True
+    return False
 
 
 def input_grad(loss_fn: LossFn, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -87,11 +118,14 @@ def pgd(
     step_size: float | None = None,
     random_start: bool = True,
     restarts: int = 1,
+    start: Tensor | None = None,
 ) -> Tensor:
     """Projected gradient ascent on ``loss_fn`` (Madry et al. 2018, arXiv 1706.06083).
 
     ``step_size`` defaults to ``2.5 * eps / steps``. With ``restarts > 1`` the point of
     highest loss over the restarts is kept, per example. ``eps = 0`` returns ``x``.
+    ``start`` (projected into the ball) replaces the random start, e.g. TRADES' start
+    ``x + 0.001 * N(0, 1)`` or a search refined from a given direction.
     """
     if steps < 0 or restarts < 1:
         raise ValueError(f"need steps >= 0 and restarts >= 1, got {steps} and {restarts}")
@@ -101,7 +135,10 @@ def pgd(
     alpha = 2.5 * threat.eps / max(steps, 1) if step_size is None else step_size
     best, best_loss = x.clone(), None
     for _ in range(restarts):
-        x_adv = threat.random_start(x) if random_start else x.clone()
+        if start is not None:
+            x_adv = threat.project(x, start.detach())
+        else:
+            x_adv = threat.random_start(x) if random_start else x.clone()
         for _ in range(steps):
             _, grad = input_grad(loss_fn, x_adv)
             x_adv = threat.project(x, x_adv + alpha * threat.ascent_direction(grad))

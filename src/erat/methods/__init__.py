@@ -1,6 +1,6 @@
 """Training objectives, one file each, registered by name (see :mod:`erat.methods.base`)."""
 
-from erat.methods import erm  # noqa: F401  (registers)
+from erat.methods import at, er, erm, pgd, trades, vat  # noqa: F401  (registers)
 from erat.methods.base import (
     METHODS,
     Batch,

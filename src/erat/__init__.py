@@ -1,0 +1,27 @@
+"""erat: Energy-Regularized Adversarial Training (Zhang, Huang, Xu, arXiv 1911.06479).
+
+Python API::
+
+    import erat
+    model = erat.load_model("runs/digits-er")          # eval mode, inputs in [0, 1] -> logits
+    x, y = erat.load_dataset("digits", split="test").tensors
+"""
+
+__version__ = "0.1.0"
+
+
+def load_model(path, device="cpu"):
+    """The trained model of a run folder or ``model.pt`` file (see :mod:`erat.checkpoint`)."""
+    from erat.checkpoint import load_model as _load
+
+    return _load(path, device)
+
+
+def load_dataset(name, split="test", data_dir=None, download=False):
+    """The same data the CLI uses, as a ``TensorDataset`` of ``x`` in [0, 1] and labels."""
+    from erat.data import load_dataset as _load
+
+    return _load(name, split, data_dir, download)
+
+
+__all__ = ["__version__", "load_dataset", "load_model"]

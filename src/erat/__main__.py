@@ -1,0 +1,3 @@
+from erat.cli import main
+
+raise SystemExit(main())

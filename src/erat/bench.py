@@ -1,0 +1,141 @@
+"""Speed figures: milliseconds per training step of every method, and attack throughput.
+
+``bench_training`` times ``method(model, batch)`` + backward + optimiser step on random
+inputs in [0, 1] (median over the timed steps, after warm-up) and reports each method's
+ratio to ``erm`` measured in the same process. ``bench_attacks`` measures PGD throughput
+of :func:`erat.perturb.pgd`, of the same PGD in ``torchattacks`` when that package is
+installed (the peer ratio), and of AutoAttack on a few images. Peak memory is CUDA's
+allocator peak on a GPU and the process's peak resident size on the CPU (monotone across
+methods there, so read it as an upper bound).
+"""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from erat.losses import cross_entropy
+from erat.methods import Batch, build_method
+from erat.models import build_model
+from erat.perturb import pgd, search_mode
+from erat.threat import Threat
+
+DEFAULT_SETUPS: tuple[tuple[str, tuple[int, int, int]], ...] = (
+    ("cnn", (1, 28, 28)),
+    ("conv-large", (3, 32, 32)),
+    ("preact-resnet18", (3, 32, 32)),
+)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _peak_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _time(fn: Callable[[], Any], device: torch.device, steps: int, warmup: int,
+          max_seconds: float) -> list[float]:
+    """Milliseconds of each timed call; stops early past ``max_seconds`` (at least 3 calls)."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < steps and (len(times) < 3 or time.perf_counter() - start < max_seconds):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(1000 * (time.perf_counter() - t0))
+    return times
+
+
+def random_batch(shape: tuple[int, int, int], batch_size: int, device: torch.device,
+                 num_classes: int = 10) -> Batch:
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(batch_size, *shape, generator=g).to(device)
+    y = torch.randint(0, num_classes, (batch_size,), generator=g).to(device)
+    return Batch(x, y)
+
+
+def bench_training(model_name: str, shape: tuple[int, int, int], methods: Sequence[str], *,
+                   batch_size: int = 128, steps: int = 20, warmup: int = 2,
+                   max_seconds: float = 20.0, device: torch.device | None = None,
+                   method_params: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """One row per method: ``ms_per_step`` (median), ``ratio_to_erm``, ``peak_mem_mb``."""
+    device = device or torch.device("cpu")
+    batch = random_batch(shape, batch_size, device)
+    rows = []
+    for name in ["erm", *[m for m in methods if m != "erm"]]:
+        torch.manual_seed(0)
+        model = build_model(model_name, in_shape=shape, num_classes=10,
+                            mean=[0.5] * shape[0], std=[0.25] * shape[0]).to(device).train()
+        method = build_method(name, **(method_params or {}).get(name, {}))
+        opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+
+        def step(model=model, method=method, opt=opt) -> None:
+            opt.zero_grad(set_to_none=True)
+            method(model, batch).loss.backward()
+            opt.step()
+
+        times = _time(step, device, steps, warmup, max_seconds)
+        rows.append({"model": model_name, "method": name, "batch_size": batch_size,
+                     "ms_per_step": statistics.median(times), "timed_steps": len(times),
+                     "peak_mem_mb": round(_peak_mb(device), 1)})
+    erm = rows[0]["ms_per_step"]
+    for row in rows:
+        row["ratio_to_erm"] = row["ms_per_step"] / erm
+    return [r for r in rows if r["method"] in methods]
+
+
+def bench_attacks(model: nn.Module, shape: tuple[int, int, int], *, batch_size: int = 128,
+                  eps: float = 2.0, steps: int = 10, repeats: int = 5, autoattack_n: int = 16,
+                  device: torch.device | None = None, max_seconds: float = 30.0) -> dict[str, Any]:
+    """Images per second of PGD-l2 (erat, torchattacks if installed) and AutoAttack-l2."""
+    device = device or torch.device("cpu")
+    batch = random_batch(shape, batch_size, device)
+    model = model.to(device).eval()
+    with torch.no_grad():  # label every image as predicted, so every image is attacked
+        batch.y = model(batch.x).argmax(1)
+    threat, alpha = Threat("l2", eps), 2.5 * eps / steps
+    out: dict[str, Any] = {"pgd_steps": steps, "eps": eps, "batch_size": batch_size}
+
+    def ours() -> None:
+        with search_mode(model):
+            pgd(lambda z: cross_entropy(model(z), batch.y), batch.x, threat, steps=steps,
+                step_size=alpha)
+
+    ms = statistics.median(_time(ours, device, repeats, 1, max_seconds))
+    out["pgd_images_per_s"] = batch_size / (ms / 1000)
+    try:
+        import torchattacks
+    except ImportError:
+        out["torchattacks"] = "not installed (pip install torchattacks)"
+    else:
+        attack = torchattacks.PGDL2(model, eps=eps, alpha=alpha, steps=steps, random_start=True)
+        ms_peer = statistics.median(
+            _time(lambda: attack(batch.x, batch.y), device, repeats, 1, max_seconds))
+        out["torchattacks_pgd_images_per_s"] = batch_size / (ms_peer / 1000)
+        out["pgd_speedup_vs_torchattacks"] = ms_peer / ms
+    if autoattack_n > 0:
+        from erat.evaluate import evaluate
+
+        n = min(autoattack_n, batch_size)
+        t0 = time.perf_counter()
+        evaluate(model, batch.x[:n], batch.y[:n], attack="autoattack", norm="l2", eps=[eps],
+                 checks=False)
+        out["autoattack_images_per_s"] = n / (time.perf_counter() - t0)
+        out["autoattack_note"] = "random images labelled as predicted; robust images cost more"
+    return out

@@ -1,0 +1,124 @@
+"""Energy-regularised training, this paper (Zhang, Huang, Xu, arXiv 1911.06479):
+``mean l(x) + lam * mean E_hat(x)`` on labeled inputs ``+ lam_u * mean E_hat_v(x_u)`` with
+the virtual loss ``v(z) = KL(p(.|x) || p(.|z))`` on unlabeled inputs, optionally
+``+ mean H(p(.|x_u))`` (EntMin); METHOD.md sections 3-4, estimator in :mod:`erat.energy`.
+
+``E_hat`` uses ``M`` directions (``u_1`` adversarial: FGM, or ``S`` PGD steps; for the
+virtual loss VAT's power iteration with ``xi``, ``power_iters``, refined by ``S`` PGD
+steps; ``u_2..u_M`` random) and ``T`` segments per ray. With ``T=1, M=1, lam=1``,
+``l(x) + E_hat(x) = l(x + eps u_fgm)`` wherever the loss rises along the ray (AT's
+objective), and the virtual form gives VAT's term: AT and VAT are the coarsest members.
+
+Passes: one clean train-mode pass over labeled + unlabeled inputs (the only one that
+updates BatchNorm running stats); the direction searches in
+:func:`~erat.perturb.search_mode` (eval mode, no graph for the weights, ``u`` then held
+constant); all ``M*T`` ray points of a form in one train-mode pass under
+:func:`~erat.perturb.frozen_bn_stats` with dropout off (independent masks per ray point
+would add noise that ``V_T`` sums up). When the model is stochastic (train-mode BatchNorm
+or active dropout), ``t_0 = x`` is evaluated inside the ray pass, so all points of a ray
+share one function; otherwise the clean pass's ``l(x)`` (and ``v(x) = 0``) is reused.
+
+Example::
+
+    out = ER(eps=2.0, T=2, M=2)(model, Batch(x, y)); out.loss.backward()
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from erat.energy import (
+    REDUCES,
+    EnergyEstimate,
+    Reduce,
+    energy,
+    search_direction,
+    supervised_loss,
+    virtual_loss,
+)
+from erat.losses import cross_entropy, entropy
+from erat.methods import _checks
+from erat.methods.base import Batch, StepOutput, register
+from erat.perturb import dropout_off, frozen_bn_stats, is_stochastic, search_mode, vat_direction
+
+
+@register("er")
+@dataclass
+class ER:
+    """The energy regulariser; ``entmin`` adds the entropy term with weight 1."""
+
+    eps: float = 2.0
+    T: int = 2
+    M: int = 2
+    S: int = 0
+    reduce: Reduce = "max"
+    lam: float = 1.0
+    lam_u: float = 1.0
+    entmin: bool = False
+    xi: float = 1e-6
+    power_iters: int = 1
+
+    uses_unlabeled = True
+
+    def __post_init__(self) -> None:
+        _checks.finite_nonneg("eps", self.eps)
+        _checks.integer("T", self.T, 1)
+        _checks.integer("M", self.M, 1)
+        _checks.integer("S", self.S, 0)
+        _checks.choice("reduce", self.reduce, REDUCES)
+        _checks.finite_nonneg("lam", self.lam)
+        _checks.finite_nonneg("lam_u", self.lam_u)
+        _checks.positive("xi", self.xi)
+        _checks.integer("power_iters", self.power_iters, 0)
+
+    def _rays(self, model: nn.Module, loss_fn, x: Tensor, u1: Tensor,
+              loss_at_x: Tensor | None) -> EnergyEstimate:
+        with frozen_bn_stats(model), dropout_off(model):
+            return energy(loss_fn, x, self.eps, T=self.T, M=self.M, reduce=self.reduce,
+                          loss_at_x=loss_at_x, first_direction=u1)
+
+    def supervised(self, model: nn.Module, x: Tensor, y: Tensor,
+                   clean: Tensor | None) -> EnergyEstimate:
+        """``E_hat(x)`` of the CE; ``clean`` = per-sample ``l(x)`` to reuse, or None."""
+        loss_fn = supervised_loss(model, y)
+        with search_mode(model):
+            u1 = search_direction(loss_fn, x, self.eps, S=self.S)
+        return self._rays(model, loss_fn, x, u1, clean)
+
+    def virtual(self, model: nn.Module, x: Tensor, clean_logits: Tensor,
+                reuse: bool) -> EnergyEstimate:
+        """``E_hat_v(x)`` of ``v``; ``reuse``: ``clean_logits`` equal the eval-mode ones."""
+        with search_mode(model):
+            if reuse:
+                target = clean_logits.detach()
+            else:
+                with torch.no_grad():
+                    target = model(x)
+            d = vat_direction(model, x, target, xi=self.xi, power_iters=self.power_iters)
+            u1 = search_direction(virtual_loss(model, target), x, self.eps, S=self.S,
+                                  start_direction=d)
+        zero = torch.zeros(len(x), device=x.device) if reuse else None
+        return self._rays(model, virtual_loss(model, clean_logits), x, u1, zero)
+
+    def __call__(self, model: nn.Module, batch: Batch) -> StepOutput:
+        x, y, xu = batch.x, batch.y, batch.x_unlabeled
+        reuse = not is_stochastic(model)
+        logits_all = model(x if xu is None else torch.cat([x, xu]))  # updates BN stats
+        logits, logits_u = logits_all[: len(x)], logits_all[len(x):]
+        clean = cross_entropy(logits, y)
+        est = self.supervised(model, x, y, clean if reuse else None)
+        loss = clean.mean() + self.lam * est.value.mean()
+        metrics = {"acc": (logits.argmax(1) == y).float().mean(), "clean_loss": clean.mean(),
+                   "energy": est.value.mean()}
+        if xu is not None:
+            est_u = self.virtual(model, xu, logits_u, reuse)
+            loss = loss + self.lam_u * est_u.value.mean()
+            metrics["energy_u"] = est_u.value.mean()
+        if self.entmin:
+            metrics["entropy"] = entropy(logits_u if xu is not None else logits).mean()
+            loss = loss + metrics["entropy"]
+        metrics["loss"] = loss
+        return StepOutput(loss, {k: v.detach() for k, v in metrics.items()})

@@ -1,0 +1,74 @@
+"""TRADES (Zhang et al. 2019, arXiv 1901.08573): ``mean l(x) + beta * mean KL(p(.|x) ||
+p(.|x'))``, with ``x'`` from ``steps``-step PGD that maximises that KL (not the CE) from the
+start ``x + 0.001 * N(0, 1)``, as in the authors' code; METHOD.md section 4.
+
+As in TRADES, the training KL carries gradients through both ``p(.|x)`` and ``p(.|x')``.
+Passes: the clean train-mode pass (the only one that updates BatchNorm running stats); the
+KL search in :func:`~erat.perturb.search_mode` (eval mode, target ``p(.|x)`` from an
+eval-mode pass so that the KL is 0 at ``x``); the pass on ``x'`` in train mode under
+:func:`~erat.perturb.frozen_bn_stats` (dropout, where active, draws its own mask).
+
+Example::
+
+    out = TRADES(eps=2.0, beta=6.0)(model, Batch(x, y)); out.loss.backward()
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from erat.energy import virtual_loss
+from erat.losses import cross_entropy, kl_div
+from erat.methods import _checks
+from erat.methods.base import Batch, StepOutput, register
+from erat.perturb import frozen_bn_stats, is_stochastic, pgd, search_mode
+from erat.threat import Norm, Threat
+
+
+@register("trades")
+@dataclass
+class TRADES:
+    """Clean CE plus ``beta`` times the worst-case KL; ``step_size=None`` = ``2.5*eps/steps``."""
+
+    eps: float = 2.0
+    norm: Norm = "l2"
+    steps: int = 10
+    step_size: float | None = None
+    beta: float = 6.0
+
+    uses_unlabeled = False
+
+    def __post_init__(self) -> None:
+        _checks.finite_nonneg("eps", self.eps)
+        _checks.norm(self.norm)
+        _checks.integer("steps", self.steps, 0)
+        _checks.positive("step_size", self.step_size, optional=True)
+        _checks.finite_nonneg("beta", self.beta)
+
+    def adversarial(self, model: nn.Module, x: Tensor, clean_logits: Tensor | None = None
+                    ) -> Tensor:
+        """TRADES' inner maximisation of ``KL(p(.|x) || p(.|x'))``; labels are not used.
+        ``clean_logits`` (eval-mode-equivalent) saves a forward pass when given."""
+        with search_mode(model):
+            if clean_logits is None:
+                with torch.no_grad():
+                    clean_logits = model(x)
+            start = x + 0.001 * torch.randn_like(x)
+            return pgd(virtual_loss(model, clean_logits), x, Threat(self.norm, self.eps),
+                       steps=self.steps, step_size=self.step_size, start=start)
+
+    def __call__(self, model: nn.Module, batch: Batch) -> StepOutput:
+        x, y = batch.x, batch.y
+        reuse = not is_stochastic(model)  # the clean logits equal the eval-mode ones
+        logits = model(x)  # clean pass: updates BN running stats
+        clean = cross_entropy(logits, y)
+        x_adv = self.adversarial(model, x, logits.detach() if reuse else None)
+        with frozen_bn_stats(model):
+            kl = kl_div(logits, model(x_adv))
+        loss = clean.mean() + self.beta * kl.mean()
+        metrics = {"loss": loss, "acc": (logits.argmax(1) == y).float().mean(),
+                   "clean_loss": clean.mean(), "kl": kl.mean()}
+        return StepOutput(loss, {k: v.detach() for k, v in metrics.items()})

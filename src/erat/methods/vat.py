@@ -1,0 +1,77 @@
+"""Virtual adversarial training (Miyato et al. 2018, arXiv 1704.03976):
+``mean l(x) + alpha * mean v(x + eps d)``, ``v(z) = KL(p(.|x) || p(.|z))`` with ``p(.|x)``
+held constant, ``d`` from ``power_iters`` power iterations with finite-difference step
+``xi``; METHOD.md section 4. Optional entropy minimisation (VAT+EntMin).
+
+The virtual term runs over the labeled and the unlabeled inputs when ``batch.x_unlabeled``
+is given, over the labeled inputs otherwise; EntMin runs over the unlabeled inputs (the
+labeled ones without an unlabeled batch). VAT's term is the end-to-end change of ``v``
+along one ray; :mod:`erat.methods.er` with ``T=1, M=1`` reproduces it.
+
+Passes: one clean train-mode pass over labeled + unlabeled inputs (the only one that
+updates BatchNorm running stats); the power iteration in :func:`~erat.perturb.search_mode`
+(eval mode, target from an eval-mode pass, so that ``v`` is 0 at ``x``); the perturbed
+pass in train mode under :func:`~erat.perturb.frozen_bn_stats` (dropout, where active,
+draws its own mask, as in the reference implementation).
+
+Example::
+
+    out = VAT(eps=2.0)(model, Batch(x, y, x_unlabeled)); out.loss.backward()
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from erat.losses import cross_entropy, entropy, kl_div
+from erat.methods import _checks
+from erat.methods.base import Batch, StepOutput, register
+from erat.perturb import frozen_bn_stats, is_stochastic, search_mode, vat_direction
+
+
+@register("vat")
+@dataclass
+class VAT:
+    """VAT with an l2 radius ``eps``; ``entmin`` adds the entropy term with weight 1."""
+
+    eps: float = 2.0
+    xi: float = 1e-6
+    power_iters: int = 1
+    alpha: float = 1.0
+    entmin: bool = False
+
+    uses_unlabeled = True
+
+    def __post_init__(self) -> None:
+        _checks.finite_nonneg("eps", self.eps)
+        _checks.positive("xi", self.xi)
+        _checks.integer("power_iters", self.power_iters, 0)
+        _checks.finite_nonneg("alpha", self.alpha)
+
+    def __call__(self, model: nn.Module, batch: Batch) -> StepOutput:
+        x, y, xu = batch.x, batch.y, batch.x_unlabeled
+        z = x if xu is None else torch.cat([x, xu])
+        reuse = not is_stochastic(model)  # the clean logits equal the eval-mode ones
+        logits_z = model(z)  # clean pass: updates BN running stats
+        logits = logits_z[: len(x)]
+        clean = cross_entropy(logits, y)
+        with search_mode(model):
+            if reuse:
+                target = logits_z.detach()
+            else:
+                with torch.no_grad():
+                    target = model(z)
+            d = vat_direction(model, z, target, xi=self.xi, power_iters=self.power_iters)
+        with frozen_bn_stats(model):
+            kl = kl_div(logits_z.detach(), model((z + self.eps * d).clamp(0.0, 1.0)))
+        loss = clean.mean() + self.alpha * kl.mean()
+        metrics = {"loss": loss, "acc": (logits.argmax(1) == y).float().mean(),
+                   "clean_loss": clean.mean(), "kl": kl.mean()}
+        if self.entmin:
+            ent = entropy(logits_z[len(x):] if xu is not None else logits).mean()
+            loss = loss + ent
+            metrics |= {"loss": loss, "entropy": ent}
+        return StepOutput(loss, {k: v.detach() for k, v in metrics.items()})

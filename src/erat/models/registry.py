@@ -1,0 +1,91 @@
+"""The model registry and the normalisation layer that opens every model.
+
+Inputs are pixels in ``[0, 1]``; :class:`Normalize` is the first layer of every model built
+here, so every eps is measured in pixel space (DESIGN.md). A registered factory takes
+``in_shape`` ``(C, H, W)``, ``num_classes`` and its own keyword arguments, and returns the
+body; :func:`build_model` puts ``Normalize`` in front. The model maps ``[B, C, H, W]`` to
+logits ``[B, num_classes]``.
+
+Example::
+
+    model = build_model("cnn", in_shape=(1, 28, 28), num_classes=10, mean=(0.1307,), std=(0.3081,))
+    logits = model(x)   # x in [0, 1]
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+Factory = Callable[..., nn.Module]
+MODELS: dict[str, Factory] = {}
+
+
+class Normalize(nn.Module):
+    """``(x - mean) / std`` per channel, with ``mean`` and ``std`` saved as buffers."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        if len(mean) != len(std) or min(std) <= 0:
+            raise ValueError(f"need one mean and one positive std per channel, got {mean}, {std}")
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()}"
+
+
+def register_model(name: str) -> Callable[[Factory], Factory]:
+    """Decorator adding a model factory to the registry under ``name``."""
+
+    def add(factory: Factory) -> Factory:
+        if name in MODELS:
+            raise ValueError(f"model {name!r} is registered twice")
+        MODELS[name] = factory
+        return factory
+
+    return add
+
+
+def model_names() -> list[str]:
+    return sorted(MODELS)
+
+
+def model_params(name: str) -> dict[str, Any]:
+    """A registered model's keyword arguments and their defaults."""
+    params = inspect.signature(_lookup(name)).parameters.values()
+    return {p.name: p.default for p in params if p.name not in ("in_shape", "num_classes")}
+
+
+def build_model(
+    name: str,
+    *,
+    in_shape: tuple[int, int, int],
+    num_classes: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    **kwargs: Any,
+) -> nn.Module:
+    """``nn.Sequential(normalize=Normalize(mean, std), net=<the registered model>)``."""
+    factory = _lookup(name)
+    unknown = set(kwargs) - set(model_params(name))
+    if unknown:
+        raise ValueError(f"model {name!r} takes no parameter(s) {', '.join(sorted(unknown))}")
+    if len(in_shape) != 3 or len(mean) != in_shape[0]:
+        raise ValueError(f"need in_shape (C, H, W) and C means, got {in_shape} and {mean}")
+    net = factory(in_shape=tuple(in_shape), num_classes=num_classes, **kwargs)
+    return nn.Sequential(OrderedDict(normalize=Normalize(mean, std), net=net))
+
+
+def _lookup(name: str) -> Factory:
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(model_names())}")
+    return MODELS[name]

@@ -1,0 +1,98 @@
+"""The command line: the contract of ``erat train`` / ``eval`` and one-line errors (exit 2)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from erat.cli import main
+
+TRAIN = ["train", "--dataset", "digits", "--model", "mlp", "--epochs", "1", "--epoch-steps", "3",
+         "--no-progress"]
+
+
+def run(args, capsys):
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    assert main([*TRAIN, "--epochs", "3", "--epoch-steps", "20", "--out", str(out)]) == 0
+    return out
+
+
+def test_train_writes_resolved_config(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, _, err = run([*TRAIN, "--method", "at", "--eps", "1.5", "--alpha", "0.5",
+                        "--out", out], capsys)
+    assert code == 0, err
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["method"] == "at" and cfg["method_params"] == {"eps": 1.5, "alpha": 0.5}
+
+
+def test_yaml_config_then_flags(tmp_path, capsys):
+    conf = tmp_path / "c.yaml"
+    conf.write_text("dataset: digits\nmodel: mlp\nepochs: 5\nlr: 0.01\nmethod: er\nT: 3\n")
+    out = tmp_path / "run"
+    code, _, err = run([*TRAIN, "--config", conf, "--lr", "0.002", "--out", out], capsys)
+    assert code == 0, err
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["epochs"] == 1 and cfg["lr"] == 0.002 and cfg["method_params"] == {"T": 3}
+
+
+def test_eval_json_contract(digits_run, tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    code, text, err = run(["eval", digits_run, "--norm", "l2", "--eps", "0.5,1.0", "--steps",
+                           "5", "--n", "60", "--json", out], capsys)
+    assert code == 0, err
+    result = json.loads(out.read_text())
+    assert 0 <= result["clean_acc"] <= 1
+    assert set(result["robust_acc"]) == {"pgd-l2-eps0.5", "pgd-l2-eps1"}
+    for key in ("norm", "eps", "steps", "restarts", "seed", "n", "checkpoint_sha256"):
+        assert key in result["threat"]
+    assert "pgd-l2-eps0.5" in text
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--method", "nope"], "unknown method"),
+        (["--dataset", "nope"], "nope"),
+        (["--model", "nope"], "unknown model"),
+        (["--method", "erm", "--eps", "1.0"], "takes no --eps"),
+        (["--method", "at", "--eps", "-1"], "eps"),
+        (["--dataset", "mnist", "--data-dir", "/nonexistent"], "mnist"),
+        (["--config", "/nonexistent.yaml"], "no such config file"),
+    ],
+)
+def test_train_errors_are_one_line(tmp_path, capsys, args, message):
+    code, _, err = run([*TRAIN, *args, "--out", tmp_path / "run"], capsys)
+    assert code == 2
+    assert err.startswith("erat: error:") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--eps", "-0.5"], "radii"),
+        (["--norm", "l3"], "invalid choice"),
+        (["--attack", "nope"], "attack"),
+    ],
+)
+def test_eval_errors(digits_run, capsys, args, message):
+    try:
+        code, _, err = run(["eval", digits_run, "--n", "10", *args], capsys)
+    except SystemExit as e:  # argparse rejects bad values itself, also with exit code 2
+        code, err = e.code, capsys.readouterr().err
+    assert code == 2 and message in err
+
+
+def test_eval_missing_run(tmp_path, capsys):
+    code, _, err = run(["eval", tmp_path / "nothing"], capsys)
+    assert code == 2 and "no model.pt" in err

@@ -1,0 +1,109 @@
+"""Threat balls and the one perturbation module: properties every search must keep."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from erat.losses import cross_entropy
+from erat.perturb import fgm, frozen_bn_stats, pgd, search_mode, vat_direction
+from erat.threat import Threat, l2_norm, random_unit
+
+
+def tiny_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                         nn.Dropout(0.3), nn.Flatten(), nn.Linear(4 * 8 * 8, 10))
+
+
+@pytest.fixture
+def data():
+    g = torch.Generator().manual_seed(1)
+    return torch.rand(16, 1, 8, 8, generator=g), torch.randint(0, 10, (16,), generator=g)
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_project_and_random_start_stay_inside(norm, data):
+    x, _ = data
+    threat = Threat(norm, 0.3)
+    far = x + 5 * torch.randn_like(x)
+    for point in (threat.project(x, far), threat.random_start(x)):
+        assert point.min() >= 0 and point.max() <= 1
+        assert (threat.norms(point - x) <= 0.3 + 1e-5).all()
+
+
+def test_threat_rejects_bad_settings():
+    for bad in (dict(norm="l3", eps=1.0), dict(norm="l2", eps=-1.0),
+                dict(norm="l2", eps=math.nan)):
+        with pytest.raises(ValueError):
+            Threat(**bad)
+
+
+def test_random_unit_is_unit(data):
+    x, _ = data
+    assert torch.allclose(l2_norm(random_unit(x)), torch.ones(len(x)), atol=1e-5)
+
+
+@pytest.mark.parametrize("norm, eps", [("l2", 1.0), ("linf", 0.1)])
+def test_pgd_properties(norm, eps, data):
+    x, y = data
+    model = tiny_net().train()
+    buffers = {k: v.clone() for k, v in model.state_dict().items()}
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 7.0)
+    threat = Threat(norm, eps)
+    with search_mode(model):
+        loss_fn = lambda z: cross_entropy(model(z), y)  # noqa: E731
+        x_adv = pgd(loss_fn, x, threat, steps=10, restarts=2)
+        clean, adv = loss_fn(x), loss_fn(x_adv)
+        x_fgm = fgm(loss_fn, x, threat)
+    assert model.training and all(m.training for m in model.modules())
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in buffers.items())
+    assert all(torch.equal(p.grad, torch.full_like(p, 7.0)) for p in model.parameters())
+    for point in (x_adv, x_fgm):
+        assert not point.requires_grad
+        assert point.min() >= 0 and point.max() <= 1
+        assert (threat.norms(point - x) <= eps + 1e-5).all()
+    assert adv.mean() > clean.mean()
+    assert (adv >= clean - 1e-6).float().mean() > 0.9
+
+
+def test_eps_zero_returns_input(data):
+    x, y = data
+    model = tiny_net().eval()
+    threat = Threat("l2", 0.0)
+    assert torch.equal(pgd(lambda z: cross_entropy(model(z), y), x, threat, steps=5), x)
+    assert torch.equal(fgm(lambda z: cross_entropy(model(z), y), x, threat), x)
+
+
+def test_search_mode_restores_mixed_modes():
+    model = tiny_net().train()
+    model[1].eval()  # a user froze one BatchNorm on purpose
+    with search_mode(model):
+        assert not any(m.training for m in model.modules())
+    assert model.training and not model[1].training and model[3].training
+
+
+def test_frozen_bn_stats_keeps_running_stats(data):
+    x, _ = data
+    model = tiny_net().train()
+    before = {k: v.clone() for k, v in model[1].state_dict().items()}
+    with frozen_bn_stats(model):
+        model(x * 0.5)
+    assert all(torch.equal(v, model[1].state_dict()[k]) for k, v in before.items())
+    assert model[1].momentum == 0.1
+    model(x)
+    assert not torch.equal(before["running_mean"], model[1].running_mean)
+
+
+def test_vat_direction_is_unit_and_leaves_grads(data):
+    x, _ = data
+    model = tiny_net().eval().double()
+    with torch.no_grad():
+        clean = model(x.double())
+    d = vat_direction(model, x.double(), clean, xi=1e-6, power_iters=2)
+    assert torch.allclose(l2_norm(d), torch.ones(len(x)), atol=1e-5)
+    assert all(p.grad is None for p in model.parameters())

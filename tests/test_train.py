@@ -1,0 +1,63 @@
+"""The trainer: run folder contents, portable checkpoints, exact resume, semi-supervised split."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import erat
+from erat.train import TrainConfig, train
+
+FAST = dict(dataset="digits", model="mlp", model_kwargs={"hidden": [64, 32]}, epochs=4,
+            batch_size=64, epoch_steps=5, progress=False, seed=3)
+
+
+def quiet(*_: object) -> None:
+    pass
+
+
+def test_run_folder_and_portable_model(tmp_path):
+    cfg = TrainConfig(**{**FAST, "epochs": 2})
+    path = train(cfg, tmp_path / "run", log=quiet)
+    run = tmp_path / "run"
+    assert {"config.yaml", "metrics.jsonl", "checkpoint.pt", "model.pt"} <= {
+        p.name for p in run.iterdir()}
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert all(0 <= r["test_acc"] <= 1 and r["seconds"] > 0 for r in rows)
+    blob = torch.load(path, weights_only=True)
+    assert blob["meta"]["method"]["name"] == "erm" and blob["meta"]["dataset"] == "digits"
+    torch.load(run / "checkpoint.pt", weights_only=True)
+    model = erat.load_model(run)
+    assert not model.training
+    x, y = erat.load_dataset("digits", split="test").tensors
+    assert model(x[:5]).shape == (5, 10)
+
+
+def test_resume_gives_the_same_weights(tmp_path):
+    cfg = TrainConfig(**FAST)
+    full = train(cfg, tmp_path / "full", log=quiet)
+    train(cfg, tmp_path / "part", stop_after=2, log=quiet)
+    assert not (tmp_path / "part" / "model.pt").exists()
+    resumed = train(cfg, tmp_path / "part", resume=True, log=quiet)
+    a = torch.load(full, weights_only=True)["state_dict"]
+    b = torch.load(resumed, weights_only=True)["state_dict"]
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    lines = (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3, 4]
+
+
+def test_refuses_to_overwrite_a_run(tmp_path):
+    cfg = TrainConfig(**{**FAST, "epochs": 1})
+    train(cfg, tmp_path / "run", log=quiet)
+    with pytest.raises(ValueError, match="already holds a run"):
+        train(cfg, tmp_path / "run", log=quiet)
+
+
+@pytest.mark.parametrize("bad", [{"epochs": 0}, {"lr": -1.0}, {"optimizer": "rmsprop"}])
+def test_bad_config_is_refused(bad):
+    with pytest.raises(ValueError):
+        TrainConfig(**{**FAST, **bad})
