@@ -83,8 +83,10 @@ def virtual_loss(model: nn.Module, target_logits: Tensor) -> LossFn:
 
 def _unit_or_random(v: Tensor) -> Tensor:
     """Unit l2 directions; a sample whose vector is zero (flat loss) gets a random one."""
-    zero = per_sample(l2_norm(v) == 0, v)
-    return torch.where(zero, random_unit(v), unit_l2(v)).detach()
+    zero = l2_norm(v) == 0
+    if not zero.any():  # (draws no random numbers in the usual case)
+        return unit_l2(v).detach()
+    return torch.where(per_sample(zero, v), random_unit(v), unit_l2(v)).detach()
 
 
 def fgm_direction(loss_fn: LossFn, x: Tensor) -> Tensor:
@@ -243,7 +245,7 @@ def _report_batch(model: nn.Module, x: Tensor, y: Tensor, s: dict) -> dict[str, 
 
 def energy_report(
     model: nn.Module, x: Tensor, y: Tensor, *, eps: float, T: int = 16, M: int = 16,
-    S: int = 20, batch_size: int = 128, seed: int = 0, xi: float = 1e-6,
+    S: int = 20, batch_size: int = 128, seed: int = 0, xi: float = 1e-2,
     power_iters: int = 1, max_points: int = 8192,
 ) -> dict:
     """Energy statistics of a trained model on ``x`` [N, ...], ``y`` [N] (``erat energy``).

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-from erat.threat import Threat, per_sample, random_unit, unit_l2
+from erat.threat import Threat, l2_norm, per_sample, random_unit, unit_l2
 
 LossFn = Callable[[Tensor], Tensor]
 
@@ -175,5 +175,7 @@ def vat_direction(
     d = random_unit(x)
     for _ in range(power_iters):
         _, grad = input_grad(lambda z: kl_div(target, logits_fn(z)), x + xi * d)
-        d = unit_l2(grad)
+        # where the float32 KL difference vanishes (grad exactly 0), keep the previous d
+        # rather than return a zero direction (no perturbation at all)
+        d = torch.where(per_sample(l2_norm(grad) == 0, d), d, unit_l2(grad))
     return d.detach()

@@ -17,6 +17,7 @@ constant); all ``M*T`` ray points of a form in one train-mode pass under
 would add noise that ``V_T`` sums up). When the model is stochastic (train-mode BatchNorm
 or active dropout), ``t_0 = x`` is evaluated inside the ray pass, so all points of a ray
 share one function; otherwise the clean pass's ``l(x)`` (and ``v(x) = 0``) is reused.
+``lam_u = 0`` without EntMin skips the unlabeled inputs altogether (``uses_unlabeled``).
 
 Example::
 
@@ -42,7 +43,14 @@ from erat.energy import (
 from erat.losses import cross_entropy, entropy
 from erat.methods import _checks
 from erat.methods.base import Batch, StepOutput, register
-from erat.perturb import dropout_off, frozen_bn_stats, is_stochastic, search_mode, vat_direction
+from erat.perturb import (
+    LossFn,
+    dropout_off,
+    frozen_bn_stats,
+    is_stochastic,
+    search_mode,
+    vat_direction,
+)
 
 
 @register("er")
@@ -58,10 +66,13 @@ class ER:
     lam: float = 1.0
     lam_u: float = 1.0
     entmin: bool = False
-    xi: float = 1e-6
+    xi: float = 1e-2  # float32-safe; see erat.methods.vat
     power_iters: int = 1
 
-    uses_unlabeled = True
+    @property
+    def uses_unlabeled(self) -> bool:
+        """Unlabeled inputs are read only for the virtual form (``lam_u > 0``) or EntMin."""
+        return self.lam_u > 0 or self.entmin
 
     def __post_init__(self) -> None:
         _checks.finite_nonneg("eps", self.eps)
@@ -74,7 +85,7 @@ class ER:
         _checks.positive("xi", self.xi)
         _checks.integer("power_iters", self.power_iters, 0)
 
-    def _rays(self, model: nn.Module, loss_fn, x: Tensor, u1: Tensor,
+    def _rays(self, model: nn.Module, loss_fn: LossFn, x: Tensor, u1: Tensor,
               loss_at_x: Tensor | None) -> EnergyEstimate:
         with frozen_bn_stats(model), dropout_off(model):
             return energy(loss_fn, x, self.eps, T=self.T, M=self.M, reduce=self.reduce,
@@ -106,6 +117,7 @@ class ER:
     def __call__(self, model: nn.Module, batch: Batch) -> StepOutput:
         x, y, xu = batch.x, batch.y, batch.x_unlabeled
         reuse = not is_stochastic(model)
+        xu = xu if self.uses_unlabeled else None
         logits_all = model(x if xu is None else torch.cat([x, xu]))  # updates BN stats
         logits, logits_u = logits_all[: len(x)], logits_all[len(x):]
         clean = cross_entropy(logits, y)
@@ -113,7 +125,7 @@ class ER:
         loss = clean.mean() + self.lam * est.value.mean()
         metrics = {"acc": (logits.argmax(1) == y).float().mean(), "clean_loss": clean.mean(),
                    "energy": est.value.mean()}
-        if xu is not None:
+        if xu is not None and self.lam_u > 0:
             est_u = self.virtual(model, xu, logits_u, reuse)
             loss = loss + self.lam_u * est_u.value.mean()
             metrics["energy_u"] = est_u.value.mean()

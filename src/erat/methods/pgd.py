@@ -42,7 +42,7 @@ class PGD:
     def __post_init__(self) -> None:
         _checks.finite_nonneg("eps", self.eps)
         _checks.norm(self.norm)
-        _checks.integer("steps", self.steps, 1)
+        _checks.integer("steps", self.steps, 0)
         _checks.positive("step_size", self.step_size, optional=True)
 
     def __call__(self, model: nn.Module, batch: Batch) -> StepOutput:

@@ -1,0 +1,233 @@
+"""The energy estimator (METHOD.md sections 2-3): exact cases, refinement, special cases."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from erat.energy import (
+    LN2,
+    certify,
+    energy,
+    energy_report,
+    fgm_direction,
+    ray_variation,
+    search_direction,
+    supervised_loss,
+    virtual_loss,
+)
+from erat.losses import cross_entropy, kl_div
+from erat.perturb import fgm, search_mode, vat_direction
+from erat.threat import Threat, l2_norm, random_unit
+
+
+def small_cnn(dtype=torch.float64) -> nn.Module:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                        nn.Linear(4 * 8 * 8, 10))
+    return net.to(dtype)
+
+
+def bn_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                         nn.Dropout(0.3), nn.Flatten(), nn.Linear(4 * 8 * 8, 10))
+
+
+def images(n=8, dtype=torch.float64, lo=0.0, hi=1.0):
+    g = torch.Generator().manual_seed(1)
+    x = lo + (hi - lo) * torch.rand(n, 1, 8, 8, generator=g, dtype=dtype)
+    return x, torch.randint(0, 10, (n,), generator=g)
+
+
+# ----------------------------------------------------------------------- linear loss
+@pytest.fixture
+def linear():
+    """A loss linear in x, l(z) = <z, w>: V(x, u) = eps |<w, u>| on every ray (no clipping
+    inside [0.4, 0.6] with eps = 0.1)."""
+    g = torch.Generator().manual_seed(2)
+    w = torch.randn(64, generator=g, dtype=torch.float64)
+    x = 0.5 + 0.05 * (torch.rand(6, 1, 8, 8, generator=g, dtype=torch.float64) - 0.5)
+    return (lambda z: z.flatten(1) @ w), w, x
+
+
+@pytest.mark.parametrize("T", [1, 2, 5, 16])
+def test_linear_ray_variation_is_eps_times_abs_g_dot_u(linear, T):
+    loss_fn, w, x = linear
+    u = random_unit(x)
+    expected = 0.1 * (u.flatten(1) @ w).abs()
+    assert torch.allclose(ray_variation(loss_fn, x, u, 0.1, T), expected, atol=1e-12)
+
+
+@pytest.mark.parametrize("S", [0, 3])
+def test_linear_energy_with_gradient_direction_is_eps_times_grad_norm(linear, S):
+    loss_fn, w, x = linear
+    est = energy(loss_fn, x, 0.1, T=3, M=4, S=S)
+    assert torch.allclose(est.value, torch.full((6,), 0.1 * w.norm().item(),
+                                                dtype=torch.float64), atol=1e-10)
+    # u_1 is the gradient direction; the random directions see strictly less
+    assert torch.allclose(est.directions[0].flatten(1), (w / w.norm()).expand(6, -1))
+    assert (est.per_direction[:, 1:] < est.value[:, None] - 1e-6).all()
+    mean = energy(loss_fn, x, 0.1, T=3, M=4, reduce="mean").value
+    assert (mean < est.value).all()
+
+
+def test_random_first_direction_is_not_the_energy(linear):
+    loss_fn, w, x = linear
+    est = energy(loss_fn, x, 0.1, T=2, M=1, first_direction=random_unit(x))
+    assert (est.value < 0.1 * w.norm() * 0.9).all()
+
+
+# ------------------------------------------------------------------- refinement in T
+def test_bump_along_ray_needs_fine_T():
+    """l rises and falls back along the ray: the end points see almost nothing, T=16
+    recovers the total variation (2 * height - l(0) - l(eps)) within 5%."""
+    eps, centre, width = 0.8, 0.53 * 0.8, 0.15 * 0.8
+    x = torch.full((3, 1, 2, 2), 0.1, dtype=torch.float64)
+    u = torch.zeros_like(x)
+    u[:, 0, 0, 0] = 1.0
+    def loss_fn(z):
+        return torch.exp(-((z[:, 0, 0, 0] - 0.1 - centre) ** 2) / (2 * width**2))
+
+    ends = loss_fn(x) + loss_fn(x + eps * u)
+    exact = 2.0 - ends  # the peak is inside the ray, height 1
+    v = {T: ray_variation(loss_fn, x, u, eps, T) for T in (1, 2, 4, 8, 16)}
+    assert (v[1] < 0.05 * exact).all()
+    assert ((v[16] - exact).abs() < 0.05 * exact).all()
+    for a, b in ((1, 2), (2, 4), (4, 8), (8, 16)):  # nested grids: non-decreasing
+        assert (v[b] >= v[a] - 1e-12).all()
+
+
+# ------------------------------------------------------ special cases (METHOD.md sec. 3)
+def test_T1_M1_fgm_is_at_objective():
+    model, (x, y) = small_cnn(), images(16)
+    ce, eps = supervised_loss(model, y), 1.0
+    l0 = ce(x).detach()
+    est = energy(ce, x, eps, T=1, M=1, S=0, loss_at_x=l0)
+    at = ce(fgm(ce, x, Threat("l2", eps))).detach()  # AT's adversarial point
+    rises = at > l0
+    assert rises.sum() >= 12
+    assert torch.allclose((l0 + est.value.detach())[rises], at[rises], rtol=1e-5, atol=1e-6)
+    assert ((l0 + est.value.detach()) >= at - 1e-6).all()  # the falling rays: a bound
+
+
+def test_T1_M1_vat_direction_is_vat_term():
+    model, (x, _) = small_cnn(), images(16)
+    with torch.no_grad():
+        logits = model(x)
+    torch.manual_seed(3)
+    d = vat_direction(model, x, logits, xi=1e-6, power_iters=1)
+    v = virtual_loss(model, logits)
+    est = energy(v, x, 3.0, T=1, M=1, first_direction=d, loss_at_x=torch.zeros(16))
+    with torch.no_grad():
+        vat_term = kl_div(logits, model((x + 3.0 * d).clamp(0, 1)))
+    assert torch.allclose(est.value.detach(), vat_term, rtol=1e-5, atol=1e-6)
+    assert (vat_term > 0).all()
+
+
+# ------------------------------------------------------------------- mechanics
+def test_all_ray_points_in_one_pass_and_chunking_agrees(linear):
+    loss_fn, _, x = linear
+    calls: list[int] = []
+    def counted(z):
+        calls.append(len(z))
+        return loss_fn(z)
+
+    u = random_unit(x)
+    a = ray_variation(counted, x, u, 0.1, 8)
+    assert calls == [(8 + 1) * 6]  # t_0 in the same pass when loss_at_x is not given
+    calls.clear()
+    est = energy(counted, x, 0.1, T=4, M=3, loss_at_x=loss_fn(x))
+    assert calls == [6, 4 * 3 * 6]  # the FGM search, then every ray point at once
+    calls.clear()
+    b = ray_variation(counted, x, u, 0.1, 8, max_points=20)
+    assert all(n % 6 == 0 and n <= 20 for n in calls) and len(calls) > 1
+    assert torch.allclose(a, b) and est.ray_losses.shape == (6, 3, 5)
+
+
+def test_points_clipped_and_eps_zero(linear):
+    loss_fn, _, x = linear
+    seen: list[torch.Tensor] = []
+    def spy(z):
+        seen.append(z.detach())
+        return loss_fn(z)
+
+    energy(spy, x, 5.0, T=3, M=2)
+    assert all(z.min() >= 0 and z.max() <= 1 for z in seen)
+    assert torch.equal(energy(loss_fn, x, 0.0, T=3, M=2).value, torch.zeros(6, dtype=x.dtype))
+
+
+def test_gradients_reach_weights_through_losses_not_directions():
+    model, (x, y) = small_cnn(torch.float32), images(8, torch.float32)
+    for p in model.parameters():
+        p.grad = None
+    est = energy(supervised_loss(model, y), x, 1.0, T=2, M=2, S=2)
+    assert all(p.grad is None for p in model.parameters())  # the search leaves .grad
+    assert not est.directions.requires_grad
+    assert torch.allclose(l2_norm(est.directions.flatten(0, 1)), torch.ones(16), atol=1e-5)
+    est.value.mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_search_direction_variants(linear):
+    loss_fn, w, x = linear
+    g = (w / w.norm()).expand(6, -1)
+    assert torch.allclose(fgm_direction(loss_fn, x).flatten(1), g)
+    d = random_unit(x)
+    assert torch.allclose(search_direction(loss_fn, x, 0.1, start_direction=3 * d), d)
+    refined = search_direction(loss_fn, x, 0.1, S=5, start_direction=d).flatten(1)
+    assert ((refined * g).sum(1) > (d.flatten(1) * g).sum(1)).all()
+
+
+@pytest.mark.parametrize("bad", [dict(eps=-1.0), dict(eps=math.inf), dict(T=0), dict(M=0),
+                                 dict(S=-1), dict(reduce="sum")])
+def test_energy_rejects_bad_settings(linear, bad):
+    loss_fn, _, x = linear
+    with pytest.raises(ValueError):
+        energy(loss_fn, x, **{"eps": 0.1, **bad})
+
+
+def test_certify_threshold():
+    loss = torch.tensor([0.1, 0.3, 0.0])
+    e = torch.tensor([0.5, 0.5, LN2])
+    assert certify(loss, e).tolist() == [True, False, False]
+
+
+# ------------------------------------------------------------------- the report
+def test_energy_report_is_json_ready_and_leaves_model_alone():
+    model, (x, y) = bn_net(), images(10, torch.float32)
+    model.train()
+    model[3].eval()  # a mixed mode must come back as it was
+    modes = [m.training for m in model.modules()]
+    buffers = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    kw = dict(eps=1.0, T=2, M=3, S=2, batch_size=4)
+    r = energy_report(model, x, y, **kw)
+    json.dumps(r)
+    assert [m.training for m in model.modules()] == modes
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in buffers.items())
+    assert all(p.grad is None for p in model.parameters())
+    assert torch.equal(torch.get_rng_state(), rng)
+    for key in ("energy_mean", "energy_median", "energy_p10", "energy_p90", "at_term_mean",
+                "vat_term_mean", "certified_frac", "certificate_note", "virtual_energy_mean",
+                "virtual_energy_median", "settings"):
+        assert key in r
+    assert r["settings"]["n"] == 10 and r["settings"]["S"] == 2
+    assert r["energy_mean"] >= r["at_term_mean"] - 1e-6
+    assert r["virtual_energy_mean"] >= r["vat_term_mean"] - 1e-6 > -1e-6
+    assert 0.0 <= r["certified_frac"] <= 1.0
+    assert energy_report(model, x, y, **kw) == r  # seeded
+
+
+def test_report_energy_grows_with_search_strength():
+    model, (x, y) = small_cnn(torch.float32), images(12, torch.float32)
+    weak = energy_report(model, x, y, eps=1.0, T=1, M=1, S=0)
+    strong = energy_report(model, x, y, eps=1.0, T=4, M=4, S=5)
+    assert strong["energy_mean"] >= weak["energy_mean"] - 1e-6
+    with search_mode(model):
+        l0 = cross_entropy(model(x), y)
+    assert abs(weak["loss_mean"] - l0.mean().item()) < 1e-5

@@ -1,0 +1,249 @@
+"""Every registered training objective: finite loss, gradients, modes, BatchNorm buffers,
+untouched ``.grad``, validation; TRADES' search; AT and VAT as special cases of ER.
+
+BatchNorm buffers: each method may update the running statistics in exactly one pass
+(its clean train-mode pass; for PGD-AT, which has none, its training pass on the
+adversarial points). The test counts the passes that could update them (train-mode
+BatchNorm with a non-zero momentum) with a forward hook, and, for methods with a clean
+pass, compares the buffers with those of a copy after one clean forward pass. The tiny net
+puts BatchNorm before dropout, so the statistics do not depend on the dropout masks.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from erat.losses import cross_entropy
+from erat.methods import Batch, build_method, method_config, method_names, method_params
+from erat.methods.er import ER
+from erat.methods.trades import TRADES
+from erat.perturb import dropout_off, fgm, is_stochastic, search_mode
+from erat.threat import Threat
+
+FAST = {"eps": 0.5, "steps": 2}  # keep the searches short on the CPU
+
+
+def make(name: str, **over) -> object:
+    params = method_params(name)
+    return build_method(name, **{k: v for k, v in {**FAST, **over}.items() if k in params})
+
+
+def bn_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                         nn.Dropout(0.3), nn.Flatten(), nn.Linear(4 * 8 * 8, 10))
+
+
+def plain_cnn(dtype=torch.float64) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(4 * 8 * 8, 10)).to(dtype)
+
+
+def batch(unlabeled: bool = True, dtype=torch.float32, n: int = 8) -> Batch:
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(n, 1, 8, 8, generator=g, dtype=dtype)
+    xu = torch.rand(n, 1, 8, 8, generator=g, dtype=dtype) if unlabeled else None
+    return Batch(x, torch.randint(0, 10, (n,), generator=g), xu)
+
+
+def clean_inputs(method, b: Batch) -> torch.Tensor:
+    return b.x if b.x_unlabeled is None or not method.uses_unlabeled else torch.cat(
+        [b.x, b.x_unlabeled])
+
+
+NAMES = method_names()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_loss_finite_and_gradients_reach_every_parameter(name):
+    model, b = bn_net().train(), batch()
+    out = make(name)(model, b)
+    assert out.loss.dim() == 0 and torch.isfinite(out.loss)
+    assert {"loss", "acc"} <= set(out.metrics)
+    assert all(not v.requires_grad and v.dim() == 0 for v in out.metrics.values())
+    out.loss.backward()
+    for n, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), n
+        assert p.grad.abs().sum() > 0, n
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_inner_searches_leave_parameter_grad_untouched(name):
+    model, b = bn_net().train(), batch()
+    sentinels = {n: torch.full_like(p, 0.125) for n, p in model.named_parameters()}
+    for n, p in model.named_parameters():
+        p.grad = sentinels[n].clone()
+    make(name, S=2)(model, b)
+    for n, p in model.named_parameters():
+        assert torch.equal(p.grad, sentinels[n]), n
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("mode", ["train", "eval", "mixed"])
+def test_mode_is_restored(name, mode):
+    model = bn_net().train(mode != "eval")
+    if mode == "mixed":
+        model[3].eval()  # dropout off, the rest training
+    before = [m.training for m in model.modules()]
+    make(name)(model, batch())
+    assert [m.training for m in model.modules()] == before
+
+
+def _count_updating_passes(model: nn.Module) -> list[int]:
+    calls: list[int] = []
+    bn = model[1]
+    bn.register_forward_hook(
+        lambda m, inp, out: calls.append(len(inp[0])) if m.training and m.momentum else None)
+    return calls
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("unlabeled", [False, True])
+def test_bn_running_stats_updated_by_one_pass_only(name, unlabeled):
+    model, b = bn_net().train(), batch(unlabeled)
+    method = make(name)
+    reference = copy.deepcopy(model)
+    calls = _count_updating_passes(model)
+    method(model, b)
+    assert len(calls) == 1
+    if name == "pgd":  # its only training pass is on the adversarial points
+        assert model[1].num_batches_tracked.item() == 1
+        return
+    with torch.no_grad():
+        reference(clean_inputs(method, b))
+    for (k, v), ref in zip(model.state_dict().items(), reference.state_dict().values(),
+                           strict=True):
+        if "running" in k or "num_batches" in k:
+            assert torch.allclose(v, ref, atol=1e-6), k
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_eval_mode_call_changes_no_buffer(name):
+    model, b = bn_net().eval(), batch()
+    buffers = {k: v.clone() for k, v in model.named_buffers()}
+    make(name)(model, b)
+    assert all(torch.equal(v, buffers[k]) for k, v in model.named_buffers())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_config_round_trip(name):
+    method = make(name)
+    cfg = method_config(method)
+    assert cfg["name"] == name
+    assert build_method(name, **{k: v for k, v in cfg.items() if k != "name"}) == method
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if "eps" in method_params(n)])
+@pytest.mark.parametrize("eps", [-1.0, math.nan, math.inf])
+def test_bad_eps_rejected(name, eps):
+    with pytest.raises(ValueError, match="eps"):
+        build_method(name, eps=eps)
+
+
+@pytest.mark.parametrize("name, field, value", [
+    ("at", "norm", "l3"), ("at", "alpha", -1.0), ("pgd", "steps", -1),
+    ("pgd", "step_size", 0.0), ("pgd", "norm", "l1"), ("trades", "beta", -0.5),
+    ("trades", "step_size", -1.0), ("vat", "xi", 0.0), ("vat", "power_iters", -1),
+    ("er", "T", 0), ("er", "M", 0), ("er", "S", -1), ("er", "reduce", "sum"),
+    ("er", "lam", math.nan), ("er", "lam_u", -1.0), ("er", "T", 1.5)])
+def test_bad_hyperparameters_rejected(name, field, value):
+    with pytest.raises(ValueError, match=field):
+        build_method(name, **{field: value})
+
+
+def test_trades_search_maximises_the_kl():
+    model, b = bn_net().train(), batch(False, n=16)
+    with search_mode(model), torch.no_grad():
+        target = model(b.x)
+    def kl(z):
+        return _kl(model, target, z)
+
+    torch.manual_seed(5)
+    start = TRADES(eps=1.0, steps=0).adversarial(model, b.x)
+    torch.manual_seed(5)
+    end = TRADES(eps=1.0, steps=10).adversarial(model, b.x)
+    assert (start - b.x).flatten(1).norm(dim=1).max() < 0.001 * 8 * 2  # x + 0.001 N(0, 1)
+    assert (end - start).flatten(1).norm(dim=1).max() > 0.5
+    assert (kl(end) > kl(start)).all()
+    rand = (b.x + (end - b.x).flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+            * nn.functional.normalize(torch.randn_like(b.x).flatten(1)).view_as(b.x))
+    assert (kl(end) > kl(rand.clamp(0, 1))).float().mean() >= 0.9
+
+
+def _kl(model, target, z):
+    from erat.losses import kl_div
+
+    with search_mode(model), torch.no_grad():
+        return kl_div(target, model(z))
+
+
+def test_er_T1_M1_equals_at_objective():
+    """ER(T=1, M=1, lam=1): mean l(x) + mean E_hat = mean l(x + eps u) = AT(alpha=1) - mean l(x)
+    wherever the loss rises along the FGM ray (checked for every sample)."""
+    model, b = plain_cnn(), batch(False, torch.float64, n=16)
+    def ce(z):
+        return cross_entropy(model(z), b.y)
+
+    with torch.no_grad():
+        rises = ce(fgm(ce, b.x, Threat("l2", 0.5))) > ce(b.x)
+    assert rises.all()
+    er = build_method("er", eps=0.5, T=1, M=1, lam=1.0)(model, b).loss
+    at = build_method("at", eps=0.5, alpha=1.0)(model, b).loss
+    erm = build_method("erm")(model, b).loss
+    assert torch.allclose(er, at - erm, rtol=1e-5)
+
+
+def test_er_virtual_T1_M1_equals_vat_term():
+    model, b = plain_cnn(), batch(False, torch.float64, n=16)
+    torch.manual_seed(3)
+    vat = build_method("vat", eps=2.0, alpha=1.0)(model, b).metrics["kl"]
+    torch.manual_seed(3)
+    with torch.no_grad():
+        logits = model(b.x)
+    e_v = ER(eps=2.0, T=1, M=1).virtual(model, b.x, logits, reuse=True).value.mean()
+    assert vat > 0 and torch.allclose(e_v.detach().float(), vat, rtol=1e-5)
+
+
+def test_er_ray_pass_is_deterministic_on_a_stochastic_model():
+    """With train-mode BatchNorm and dropout, ER puts t_0 in the ray pass with dropout off:
+    the same directions give the same estimate twice (no dropout noise summed up by V_T)."""
+    model, b = bn_net().train(), batch(False)
+    assert is_stochastic(model)
+    method = ER(eps=0.5, T=4, M=1)
+    with dropout_off(model):
+        assert is_stochastic(model)  # BatchNorm still uses batch statistics
+    a = method.supervised(model, b.x, b.y, None).value
+    c = method.supervised(model, b.x, b.y, None).value
+    assert torch.allclose(a, c)
+    assert not is_stochastic(model.eval())
+
+
+@pytest.mark.parametrize("name", ["vat", "er"])
+def test_semi_supervised_terms_and_entmin(name):
+    model, b = bn_net().train(), batch(True)
+    with_u = make(name, entmin=True)(model, b)
+    assert "entropy" in with_u.metrics
+    if name == "er":
+        assert "energy_u" in with_u.metrics
+        off, on = make(name, lam_u=0.0), make(name, lam_u=1.0)
+        assert not off.uses_unlabeled and on.uses_unlabeled
+        assert "energy_u" not in off(model, b).metrics and on(model, b).metrics["energy_u"] > 0
+    no_u = make(name)(model, batch(False))
+    assert torch.isfinite(no_u.loss)
+
+
+def test_every_method_is_a_dataclass_with_cli_fields():
+    fields = {n: {f.name for f in dataclasses.fields(make(n))} for n in NAMES}
+    assert fields["at"] == {"eps", "norm", "alpha"}
+    assert fields["vat"] == {"eps", "xi", "power_iters", "alpha", "entmin"}
+    assert fields["pgd"] == {"eps", "norm", "steps", "step_size"}
+    assert fields["trades"] == {"eps", "norm", "steps", "step_size", "beta"}
+    assert fields["er"] == {"eps", "T", "M", "S", "reduce", "lam", "lam_u", "entmin", "xi",
+                            "power_iters"}
