@@ -59,6 +59,12 @@ from erat.threat import NORMS, Threat
 ATTACKS = ("pgd", "autoattack", "square", "all")
 _STAGES = {"pgd": ("pgd",), "autoattack": ("autoattack",), "square": ("square",),
            "all": ("pgd", "all")}
+_STAGE_DESCRIPTION = {
+    "pgd": "PGD on cross-entropy ({cfg.restarts} restart(s), each on the survivors)",
+    "autoattack": "AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square)",
+    "all": "AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square) on the PGD survivors",
+    "square": "Square ({cfg.square_queries} queries, black-box)",
+}
 _AA_NORM = {"l2": "L2", "linf": "Linf"}
 _STATE_VERSION = 1
 
@@ -129,6 +135,7 @@ def evaluate(
     masking_check: bool = True,
     masking_queries: int = 500,
     square_queries: int = 5000,
+    checks: bool = True,
     extra_info: dict | None = None,
 ) -> dict:
     """Clean and robust accuracy of ``model`` on ``x`` ``[N, C, H, W]`` in ``[0, 1]`` with
@@ -137,14 +144,16 @@ def evaluate(
     ``step_size=None`` means ``2.5 * eps / steps`` per radius. ``n_total`` is the size of the
     full test set when ``x`` is a subset (recorded in ``threat``). ``state_path``: per-example
     flags are saved there after every batch and reused when the settings, data and weights
-    match. ``sanity_n=0`` skips the subset checks (3, 5, 6). ``extra_info`` (e.g.
+    match. ``checks=False`` (or ``sanity_n=0``) skips the checks that cost attack work (3, 5,
+    6); the free ones always run. ``extra_info`` (e.g.
     ``{"checkpoint_sha256": ...}``) is merged into ``threat``. Returns a JSON-ready dict.
     """
-    cfg = _config(attack, norm, eps, steps, step_size, restarts, batch_size, seed, sanity_n,
-                  masking_check, masking_queries, square_queries)
+    cfg = _config(attack, norm, eps, steps, step_size, restarts, batch_size, seed,
+                  sanity_n if checks else 0, masking_check, masking_queries, square_queries)
     _validate_data(x, y, n_total)
-    if extra_info and set(extra_info) & set(_threat(cfg, len(y), n_total)):
-        raise ValueError(f"extra_info may not override threat keys: {sorted(extra_info)}")
+    clash = set(extra_info or {}) & set(_threat(cfg, len(y), n_total))
+    if clash:
+        raise ValueError(f"extra_info may not override threat keys: {sorted(clash)}")
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     was_training = any(m.training for m in model.modules())
     start = time.perf_counter()
@@ -153,8 +162,8 @@ def evaluate(
         state = _State(state_path, _settings(cfg, model, x, y) if state_path else {})
         runner = _Runner(model, x.to(device), y.to(device), cfg, state, progress)
         flags = runner.run_attacks()
-        checks = runner.run_checks(flags, was_training)
-    return _result(cfg, flags, checks, n_total, extra_info, state.resumed,
+        results = runner.run_checks(flags, was_training)
+    return _result(cfg, flags, results, n_total, extra_info, state.resumed,
                    time.perf_counter() - start)
 
 
@@ -181,7 +190,7 @@ def _validate_data(x: Tensor, y: Tensor, n_total: int | None) -> None:
         raise ValueError(f"need float x [N, ...] and labels y [N] with N > 0, got "
                          f"x {tuple(x.shape)} {x.dtype} and y {tuple(y.shape)}")
     lo, hi = x.min().item(), x.max().item()
-    if not (0.0 <= lo and hi <= 1.0):
+    if not (lo >= 0.0 and hi <= 1.0):  # also rejects NaN
         raise ValueError(f"x must lie in [0, 1] (pixel space; normalise inside the model), "
                          f"got values in [{lo:.4g}, {hi:.4g}]")
     if n_total is not None and n_total < len(y):
@@ -352,17 +361,18 @@ class _Runner:
         for c in checks:
             if not c["passed"]:
                 warnings.warn(f"evaluation check {c['name']} failed: {c['detail']}",
-                              EvaluationWarning, stacklevel=4)
+                              EvaluationWarning, stacklevel=3)
         return checks
 
     def check_gradients(self) -> dict:
         """Fraction of the first ``sanity_n`` clean points with zero or non-finite gradients."""
-        m = min(self.cfg.sanity_n, len(self.y))
+        m, bs = min(self.cfg.sanity_n, len(self.y)), self.cfg.batch_size
         bad = 0
-        for s in range(0, m, self.cfg.batch_size):
-            xb, yb = self.x[s:min(s + self.cfg.batch_size, m)], self.y[s:min(s + self.cfg.batch_size, m)]
-            loss, grad = perturb.input_grad(lambda z, yb=yb: losses.cross_entropy(self.model(z), yb), xb)
-            g = grad.flatten(1)
+        for s in range(0, m, bs):
+            xb, yb = self.x[s:min(s + bs, m)], self.y[s:min(s + bs, m)]
+            loss, grad = perturb.input_grad(
+                lambda z, yb=yb: losses.cross_entropy(self.model(z), yb), xb)
+            g = grad.flatten(1)  # [b, d]
             bad += int(((g == 0).all(1) | ~g.isfinite().all(1) | ~loss.isfinite()).sum())
         frac = bad / m
         return _check("input_gradients", frac <= ZERO_GRAD_MAX_FRAC,
@@ -426,8 +436,8 @@ def _import_autoattack():
     try:
         from pyautoattack import AutoAttack
     except ImportError as err:
-        raise ImportError("AutoAttack/Square need pyautoattack: pip install 'pyautoattack>=0.2,<0.3'"
-                          ) from err
+        msg = "AutoAttack and Square need pyautoattack: pip install 'pyautoattack>=0.2,<0.3'"
+        raise ImportError(msg) from err
     return AutoAttack
 
 
@@ -453,7 +463,8 @@ def _threat(cfg: _Config, n: int, n_total: int | None) -> dict:
         "n": n, "n_total": n_total, "subset": n < n_total,
         "subset_note": f"first {n} of {n_total} test examples" if n < n_total else None,
         "input_space": "pixels in [0, 1]; eps measured there",
-        "worst_case": "per example over: " + " + ".join(_STAGES[cfg.attack]),
+        "worst_case": "per example over: " + " then ".join(
+            _STAGE_DESCRIPTION[name].format(cfg=cfg) for name in _STAGES[cfg.attack]),
     }
     if cfg.attack in ("autoattack", "all"):
         threat["autoattack_version"] = "standard"
@@ -473,6 +484,8 @@ def _result(cfg: _Config, flags: dict[str, Tensor], checks: list[dict], n_total:
         "threat": {**_threat(cfg, n, n_total), **(extra_info or {})},
         "checks": checks,
         "checks_failed": sum(not c["passed"] for c in checks),
+        "check_settings": {"sanity_n": cfg.sanity_n, "masking_check": cfg.masking_check,
+                           "masking_queries": cfg.masking_queries},
         "versions": _versions(cfg),
         "resumed": resumed,
         "seconds": round(seconds, 3),

@@ -1,0 +1,220 @@
+"""Tables and figures from evaluation results and models, usable without the CLI.
+
+- :func:`accuracy_vs_radius`: robust accuracy against the radius, one line per run, from the
+  dicts :func:`erat.evaluate.evaluate` returns;
+- :func:`landscape`: the picture of Zhang, Huang & Xu (arXiv 1911.06479): the loss of one test
+  image along the adversarial direction and along random unit directions (l2), and over the
+  plane spanned by the adversarial and one random direction, one column per model. A model
+  with a smooth landscape has an adversarial curve close to the random ones;
+- :func:`results_table` (Markdown), :func:`write_csv`, :func:`result_row` (one flat row per
+  evaluation result).
+
+Figures are written as ``<out>.png`` and ``<out>.svg``; matplotlib is imported inside the
+functions with the Agg backend, so importing this module costs nothing.
+
+Example::
+
+    accuracy_vs_radius({"ER": res_er, "PGD-AT": res_at}, Path("runs/acc"), norm="l2")
+    print(results_table([result_row(res_er, "ER")], ["label", "clean_acc", "pgd-l2-eps2"]))
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from erat import losses, perturb
+from erat.threat import Threat, random_unit, unit_l2
+
+_FIG_SUFFIXES = (".png", ".svg", ".pdf")
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, out: Path) -> list[Path]:
+    """Write ``fig`` as ``out.png`` and ``out.svg`` (a figure suffix on ``out`` is dropped)."""
+    out = Path(out)
+    base = out.with_suffix("") if out.suffix in _FIG_SUFFIXES else out
+    base.parent.mkdir(parents=True, exist_ok=True)
+    paths = [Path(f"{base}.png"), Path(f"{base}.svg")]
+    for p in paths:
+        fig.savefig(p, dpi=150 if p.suffix == ".png" else None, bbox_inches="tight")
+    _pyplot().close(fig)
+    return paths
+
+
+def radius_curve(result: Mapping, *, attack: str = "pgd", norm: str = "l2"
+                 ) -> list[tuple[float, float]]:
+    """``[(eps, accuracy), ...]`` sorted by eps from one evaluation result, with the clean
+    accuracy at ``eps = 0`` when the run has no ``eps = 0`` entry."""
+    prefix = f"{attack}-{norm}-eps"
+    curve = {float(k[len(prefix):]): float(v) for k, v in result["robust_acc"].items()
+             if k.startswith(prefix)}
+    if curve and 0.0 not in curve and "clean_acc" in result:
+        curve[0.0] = float(result["clean_acc"])
+    return sorted(curve.items())
+
+
+def accuracy_vs_radius(results: Mapping[str, Mapping], out: Path, *, attack: str = "pgd",
+                       norm: str = "l2") -> list[Path]:
+    """One line per run (label -> evaluation result) of accuracy against the ``norm`` radius
+    for ``attack`` (``robust_acc`` keys ``"<attack>-<norm>-eps<eps>"``). Returns the paths."""
+    curves = {label: radius_curve(r, attack=attack, norm=norm) for label, r in results.items()}
+    if not any(curves.values()):
+        raise ValueError(f"no {attack}-{norm} robust accuracies in any of {list(results)}")
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for label, curve in curves.items():
+        if not curve:
+            warnings.warn(f"run {label!r} has no {attack}-{norm} results; left out", stacklevel=2)
+            continue
+        eps, acc = zip(*curve, strict=True)
+        ax.plot(eps, acc, marker="o", label=label)
+    ax.set_xlabel(f"{norm} radius eps (pixels in [0, 1])")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(f"robust accuracy under {attack}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, out)
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
+def adversarial_direction(model: nn.Module, x: Tensor, y: Tensor, *, eps: float,
+                          steps: int = 20) -> Tensor:
+    """Unit l2 direction ``[1, ...]`` from ``x`` ``[1, ...]`` to its PGD point at radius
+    ``eps``; the gradient direction if PGD does not move, a random one if that is zero too."""
+    loss_fn = lambda z: losses.cross_entropy(model(z), y)  # noqa: E731
+    with perturb.search_mode(model):
+        delta = perturb.pgd(loss_fn, x, Threat("l2", eps), steps=steps) - x
+        if delta.flatten().norm() == 0:
+            delta = perturb.input_grad(loss_fn, x)[1]
+    return unit_l2(delta) if delta.flatten().norm() > 0 else random_unit(x)
+
+
+def loss_on_plane(model: nn.Module, x: Tensor, y: Tensor, d1: Tensor, d2: Tensor,
+                  s: Tensor, t: Tensor) -> Tensor:
+    """Cross-entropy ``[len(s), len(t)]`` at ``clip(x + s_i d1 + t_j d2)`` (the ray is clipped to
+    ``[0, 1]`` point-wise, METHOD.md section 5); ``x``, ``d1``, ``d2`` are ``[1, ...]``."""
+    ss, tt = torch.meshgrid(s.to(x), t.to(x), indexing="ij")  # [S, T]
+    shape = (-1,) + (1,) * (x.dim() - 1)
+    z = (x + ss.reshape(shape) * d1 + tt.reshape(shape) * d2).clamp(0.0, 1.0)  # [S*T, ...]
+    with perturb.search_mode(model), torch.no_grad():
+        loss = losses.cross_entropy(model(z), y.expand(len(z)))
+    return loss.reshape(len(s), len(t)).cpu()
+
+
+def landscape_data(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, n_random: int = 4,
+                   points: int = 41, grid: int = 21, seed: int = 0) -> dict[str, Tensor]:
+    """Loss of the first example of ``x`` along the adversarial and ``n_random`` random unit l2
+    directions for ``t`` in ``[0, eps]`` (``"adv"`` ``[points]``, ``"random"``
+    ``[n_random, points]``), and over the (adversarial, first random) plane on
+    ``[-eps, eps]^2`` (``"surface"`` ``[grid, grid]``). Random directions depend on ``seed``
+    only, so every model sees the same ones."""
+    dev = _device(model)
+    x0, y0 = x[:1].to(dev), y.reshape(-1)[:1].to(dev)
+    gen = torch.Generator().manual_seed(seed)
+    rand = [random_unit(x0.cpu(), generator=gen).to(dev) for _ in range(max(n_random, 1))]
+    adv = adversarial_direction(model, x0, y0, eps=eps)
+    ts, zero = torch.linspace(0, eps, points), torch.zeros(1)
+    grid_t = torch.linspace(-eps, eps, grid)
+    return {
+        "t": ts,
+        "adv": loss_on_plane(model, x0, y0, adv, adv, ts, zero)[:, 0],
+        "random": torch.stack([loss_on_plane(model, x0, y0, d, d, ts, zero)[:, 0]
+                               for d in rand[:n_random]]) if n_random else torch.empty(0, points),
+        "grid": grid_t,
+        "surface": loss_on_plane(model, x0, y0, adv, rand[0], grid_t, grid_t),
+    }
+
+
+def landscape(models: Mapping[str, nn.Module], x: Tensor, y: Tensor, *, eps: float, out: Path,
+              n_random: int = 4, points: int = 41, grid: int = 21, seed: int = 0) -> list[Path]:
+    """Loss landscape of one test image (the first of ``x`` ``[N, C, H, W]`` in ``[0, 1]``,
+    label ``y[0]``) for each model side by side: top row, loss along the adversarial (PGD, l2)
+    and random unit directions for ``t`` in ``[0, eps]``; bottom row, a contour of the loss on
+    the plane of the adversarial and one random direction. Returns the PNG and SVG paths."""
+    if not models:
+        raise ValueError("landscape needs at least one model")
+    data = {name: landscape_data(m, x, y, eps=eps, n_random=n_random, points=points, grid=grid,
+                                 seed=seed) for name, m in models.items()}
+    plt = _pyplot()
+    fig, axes = plt.subplots(2, len(data), figsize=(3.4 * len(data), 6.4), squeeze=False)
+    for col, (name, d) in enumerate(data.items()):
+        top, bottom = axes[0, col], axes[1, col]
+        for i, curve in enumerate(d["random"]):
+            top.plot(d["t"], curve, color="0.6", lw=1, label="random" if i == 0 else None)
+        top.plot(d["t"], d["adv"], color="C3", lw=2, label="adversarial")
+        top.set(title=name, xlabel="t (l2 step along unit direction)", ylabel="cross-entropy")
+        top.legend(fontsize=7)
+        g = d["grid"]
+        cs = bottom.contourf(g, g, d["surface"].T, levels=20, cmap="viridis")
+        fig.colorbar(cs, ax=bottom, fraction=0.046)
+        bottom.set(xlabel="adversarial direction", ylabel="random direction")
+    fig.suptitle(f"loss landscape of one test image, l2 radius {eps:g}")
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def _cell(v, float_fmt: str) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return float_fmt.format(v)
+    if isinstance(v, dict | list):
+        v = json.dumps(v)
+    return str(v).replace("|", "\\|").replace("\n", " ")
+
+
+def results_table(rows: Sequence[Mapping], columns: Sequence[str], *,
+                  float_fmt: str = "{:.4f}") -> str:
+    """A Markdown table: a header row of ``columns``, then one line per row (missing -> empty)."""
+    lines = ["| " + " | ".join(_cell(c, float_fmt) for c in columns) + " |",
+             "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(_cell(r.get(c), float_fmt) for c in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(rows: Sequence[Mapping], path: Path, columns: Sequence[str] | None = None) -> Path:
+    """Rows to CSV; columns default to every key in order of first appearance. Nested values
+    are written as JSON."""
+    if columns is None:
+        columns = list(dict.fromkeys(k for r in rows for k in r))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: json.dumps(v) if isinstance(v, dict | list) else v
+                             for k, v in r.items()})
+    return path
+
+
+def result_row(result: Mapping, label: str | None = None) -> dict:
+    """One flat row of an evaluation result: label, clean accuracy, every robust accuracy,
+    the sample and the number of failed checks."""
+    threat = result.get("threat", {})
+    row = {} if label is None else {"label": label}
+    row["clean_acc"] = result["clean_acc"]
+    row.update(result.get("robust_acc", {}))
+    row["n"] = threat.get("n")
+    row["subset_note"] = threat.get("subset_note")
+    row["checks_failed"] = result.get("checks_failed")
+    return row

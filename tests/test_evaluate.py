@@ -1,0 +1,274 @@
+"""Evaluation: worst case per example, threat model in the JSON, resume, sanity checks.
+
+A linear model trained for a few hundred full-batch steps on sklearn's 8x8 digits (inputs
+scaled to [0, 1]) stands in for a real classifier; a copy that rounds its input (zero input
+gradients everywhere) stands in for a gradient-masked defence.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+from sklearn.datasets import load_digits
+from torch import nn
+
+import erat.perturb
+from erat import evaluate as ev
+from erat.evaluate import ATTACKS, EvaluationWarning, evaluate, robust_key
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: several threads only spin against each other (10x slower under load)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    d = load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0  # [1797, 1, 8, 8]
+    y = torch.tensor(d.target)
+    return x[:1500], y[:1500], x[1500:], y[1500:]
+
+
+@pytest.fixture(scope="module")
+def model(digits):
+    x, y, _, _ = digits
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    opt = torch.optim.Adam(net.parameters(), lr=0.05)
+    for _ in range(200):
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+    return net.eval()
+
+
+class Rounded(nn.Module):
+    """Gradient masking: the input is quantised with a step whose gradient is zero."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(torch.round(x * 4) / 4)
+
+
+def names_failed(res: dict) -> set[str]:
+    return {c["name"] for c in res["checks"] if not c["passed"]}
+
+
+def test_robust_key():
+    assert robust_key("pgd", "l2", 1.5) == "pgd-l2-eps1.5"
+    assert robust_key("all", "linf", 8 / 255) == "all-linf-eps0.0313725"
+    assert robust_key("pgd", "l2", 1.0) == "pgd-l2-eps1"
+
+
+def test_pgd_robust_below_clean_and_monotone(model, digits):
+    _, _, xt, yt = digits
+    eps = (0.0, 0.25, 0.5, 1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", EvaluationWarning)  # a normal model trips nothing
+        res = evaluate(model, xt[:200], yt[:200], eps=eps, steps=10)
+    assert res["clean_acc"] > 0.8
+    accs = [res["robust_acc"][robust_key("pgd", "l2", e)] for e in eps]
+    assert accs[0] == res["clean_acc"]  # eps = 0: the ball is the point itself
+    assert all(a <= res["clean_acc"] for a in accs)
+    assert all(b <= a for a, b in zip(accs, accs[1:], strict=False))
+    assert accs[-1] < accs[1] < res["clean_acc"]  # the attack does something
+    assert res["checks_failed"] == 0, res["checks"]
+    assert {"monotone_in_eps", "robust_le_clean", "input_gradients", "large_radius",
+            "square_vs_whitebox", "eval_mode"} <= {c["name"] for c in res["checks"]}
+
+
+def test_restarts_never_increase_accuracy(model, digits):
+    _, _, xt, yt = digits
+    kw = dict(eps=(0.3, 0.6), steps=5, sanity_n=0, batch_size=64)
+    one = evaluate(model, xt[:150], yt[:150], restarts=1, **kw)
+    three = evaluate(model, xt[:150], yt[:150], restarts=3, **kw)
+    for key, acc in one["robust_acc"].items():
+        assert three["robust_acc"][key] <= acc
+    assert three["threat"]["restarts"] == 3
+    again = evaluate(model, xt[:150], yt[:150], restarts=1, **kw)
+    assert again["robust_acc"] == one["robust_acc"]  # seeded
+
+
+def test_result_carries_full_threat_model(model, digits):
+    _, _, xt, yt = digits
+    res = evaluate(model, xt[:30], yt[:30], norm="linf", eps=[0.05, 0.1], steps=4,
+                   restarts=2, seed=3, n_total=297, sanity_n=0,
+                   extra_info={"checkpoint_sha256": "abc"})
+    back = json.loads(json.dumps(res))
+    assert back == res
+    t = res["threat"]
+    assert t["attack"] == "pgd" and t["norm"] == "linf" and t["eps"] == [0.05, 0.1]
+    assert t["steps"] == 4 and t["restarts"] == 2 and t["seed"] == 3 and t["n"] == 30
+    assert t["step_size"] == {"0.05": pytest.approx(2.5 * 0.05 / 4), "0.1": 2.5 * 0.1 / 4}
+    assert t["subset"] is True and t["subset_note"] == "first 30 of 297 test examples"
+    assert t["checkpoint_sha256"] == "abc"
+    assert set(res) >= {"clean_acc", "robust_acc", "threat", "checks", "checks_failed",
+                        "versions"}
+    assert set(res["robust_acc"]) == {"pgd-linf-eps0.05", "pgd-linf-eps0.1"}
+    assert {"torch", "erat"} <= set(res["versions"])
+    full = evaluate(model, xt[:30], yt[:30], eps=[0.1], steps=1, step_size=0.05, sanity_n=0)
+    assert full["threat"]["subset"] is False and full["threat"]["subset_note"] is None
+    assert full["threat"]["step_size"] == {"0.1": 0.05}
+    with pytest.raises(ValueError, match="extra_info"):
+        evaluate(model, xt[:4], yt[:4], sanity_n=0, extra_info={"eps": 3})
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (dict(x=lambda x: x * 2), r"\[0, 1\]"),
+        (dict(x=lambda x: x - 0.5), r"\[0, 1\]"),
+        (dict(y=lambda y: y[:-1]), "labels"),
+        (dict(eps=[-1.0]), "eps"),
+        (dict(eps=[float("nan")]), "eps"),
+        (dict(attack="cw"), "pgd, autoattack, square, all"),
+        (dict(norm="l1"), "l2, linf"),
+        (dict(restarts=0), "restarts"),
+    ],
+)
+def test_input_validation(model, digits, change, match):
+    _, _, xt, yt = digits
+    x, y = xt[:8], yt[:8]
+    kw = {k: v for k, v in change.items() if k not in ("x", "y")}
+    x = change.get("x", lambda t: t)(x)
+    y = change.get("y", lambda t: t)(y)
+    with pytest.raises(ValueError, match=match):
+        evaluate(model, x, y, **kw)
+
+
+def test_gradient_masked_model_trips_checks(model, digits):
+    _, _, xt, yt = digits
+    kw = dict(eps=(0.5, 1.0), steps=10, sanity_n=60, masking_queries=300)
+    masked = Rounded(model).eval()
+    with pytest.warns(EvaluationWarning):
+        bad = evaluate(masked, xt[:60], yt[:60], **kw)
+    assert bad["checks_failed"] > 0
+    assert {"input_gradients", "square_vs_whitebox", "large_radius"} <= names_failed(bad)
+    good = evaluate(model, xt[:60], yt[:60], **kw)
+    assert good["checks_failed"] == 0, good["checks"]
+
+
+def test_train_mode_is_flagged_evaluated_in_eval_and_restored(digits):
+    _, _, xt, yt = digits
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.BatchNorm1d(32), nn.ReLU(),
+                        nn.Dropout(0.5), nn.Linear(32, 10))
+    net.train()
+    stats = net[2].running_mean.clone()
+    with pytest.warns(EvaluationWarning, match="eval_mode"):
+        res = evaluate(net, xt[:40], yt[:40], eps=[0.5], steps=3, sanity_n=0)
+    assert "eval_mode" in names_failed(res)
+    assert net.training and net[4].training  # mode restored
+    assert torch.equal(net[2].running_mean, stats)  # no BatchNorm update from attacks
+    net.eval()
+    again = evaluate(net, xt[:40], yt[:40], eps=[0.5], steps=3, sanity_n=0)
+    assert again["robust_acc"] == res["robust_acc"]  # dropout was off
+    assert "eval_mode" not in names_failed(again)
+
+
+def test_caller_rng_untouched(model, digits):
+    _, _, xt, yt = digits
+    torch.manual_seed(1)
+    expected = torch.rand(3)
+    torch.manual_seed(1)
+    evaluate(model, xt[:10], yt[:10], eps=[0.5], steps=2, sanity_n=0)
+    assert torch.equal(torch.rand(3), expected)
+
+
+class CountingPGD:
+    def __init__(self, monkeypatch, fail_after: int | None = None):
+        self.calls, self.fail_after, self.real = 0, fail_after, erat.perturb.pgd
+        monkeypatch.setattr(erat.perturb, "pgd", self)
+
+    def __call__(self, *args, **kwargs):
+        if self.fail_after is not None and self.calls >= self.fail_after:
+            raise KeyboardInterrupt("simulated interruption")
+        self.calls += 1
+        return self.real(*args, **kwargs)
+
+
+def test_resume_skips_finished_work(model, digits, tmp_path, monkeypatch):
+    _, _, xt, yt = digits
+    x, y = xt[:90], yt[:90]
+    kw = dict(eps=(0.25, 0.5), steps=5, restarts=2, batch_size=30, sanity_n=30,
+              masking_check=False)
+    reference = evaluate(model, x, y, **kw)
+    path = tmp_path / "state.pt"
+    counter = CountingPGD(monkeypatch, fail_after=3)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(model, x, y, state_path=path, **kw)
+    assert path.exists() and not (tmp_path / "state.pt.tmp").exists()
+    saved = torch.load(path, weights_only=True)
+    assert saved["done"]["pgd@0.25"] >= 1
+    counter.fail_after = None
+    resumed = evaluate(model, x, y, state_path=path, **kw)
+    assert resumed["resumed"] is True
+    assert resumed["robust_acc"] == reference["robust_acc"]  # same as uninterrupted
+    assert resumed["checks"] == reference["checks"]
+    before = counter.calls
+    again = evaluate(model, x, y, state_path=path, **kw)
+    assert counter.calls == before  # no attack work at all the second time
+    assert again["robust_acc"] == reference["robust_acc"]
+    with pytest.warns(UserWarning, match="other settings"):
+        other = evaluate(model, x, y, state_path=path, **{**kw, "steps": 6})
+    assert counter.calls > before and other["resumed"] is False
+
+
+@pytest.mark.filterwarnings("ignore::erat.evaluate.EvaluationWarning")  # PGD-10 may be weak
+def test_autoattack_all_runs_on_cpu(model, digits):
+    _, _, xt, yt = digits
+    x, y = xt[:12], yt[:12]
+    res = evaluate(model, x, y, attack="all", eps=(0.3,), steps=10, sanity_n=0)
+    clean, pgd_acc = res["clean_acc"], res["robust_acc"]["pgd-l2-eps0.3"]
+    all_acc = res["robust_acc"]["all-l2-eps0.3"]
+    assert all_acc <= pgd_acc <= clean
+    assert res["threat"]["autoattack_version"] == "standard"
+    assert "pyautoattack" in res["versions"]
+    assert any(c["name"] == "autoattack_vs_pgd" for c in res["checks"])
+
+
+def test_square_attack_alone(model, digits):
+    _, _, xt, yt = digits
+    res = evaluate(model, xt[:20], yt[:20], attack="square", eps=(0.5, 1.0), square_queries=200,
+                   sanity_n=20)
+    accs = [res["robust_acc"][robust_key("square", "l2", e)] for e in (0.5, 1.0)]
+    assert accs[1] <= accs[0] <= res["clean_acc"]
+    assert res["threat"]["square_queries"] == 200
+    assert "square_vs_whitebox" not in {c["name"] for c in res["checks"]}
+
+
+def test_check_helpers_can_fail():
+    cfg = ev._config("all", "l2", (0.5, 1.0), 10, None, 1, 10, 0, 0, False, 0, 0)
+    acc = {"clean": 0.9, "pgd-l2-eps0.5": 0.5, "pgd-l2-eps1": 0.6,
+           "all-l2-eps0.5": 0.4, "all-l2-eps1": 0.3}
+    assert not ev._check_monotone(cfg, acc)["passed"]
+    assert not ev._check_weak_pgd(cfg, acc)["passed"]  # 0.6 -> 0.3 at eps 1
+    assert ev._check_le_clean(acc)["passed"]
+    assert not ev._check_le_clean({**acc, "all-l2-eps1": 0.95})["passed"]
+    fine = {"clean": 0.9, "pgd-l2-eps0.5": 0.5, "pgd-l2-eps1": 0.2,
+            "all-l2-eps0.5": 0.49, "all-l2-eps1": 0.19}
+    assert ev._check_monotone(cfg, fine)["passed"] and ev._check_weak_pgd(cfg, fine)["passed"]
+
+
+def test_attack_names_are_the_documented_ones():
+    assert ATTACKS == ("pgd", "autoattack", "square", "all")
+
+
+def test_checks_false_skips_costly_checks(model, digits, monkeypatch):
+    _, _, xt, yt = digits
+    counter = CountingPGD(monkeypatch)
+    res = evaluate(Rounded(model).eval(), xt[:20], yt[:20], eps=[0.5], steps=3, checks=False)
+    names = {c["name"] for c in res["checks"]}
+    assert names == {"monotone_in_eps", "robust_le_clean", "eval_mode"}
+    assert counter.calls == 1 and res["check_settings"]["sanity_n"] == 0

@@ -1,0 +1,105 @@
+"""Report: figures are written as PNG and SVG, tables have a header, landscapes make sense."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+from torch import nn
+
+from erat.report import (
+    accuracy_vs_radius,
+    landscape,
+    landscape_data,
+    radius_curve,
+    result_row,
+    results_table,
+    write_csv,
+)
+
+
+def fake_result(clean: float, accs: dict[float, float], attack: str = "pgd") -> dict:
+    return {"clean_acc": clean,
+            "robust_acc": {f"{attack}-l2-eps{e:g}": a for e, a in accs.items()},
+            "threat": {"n": 100, "subset_note": None}, "checks_failed": 0}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: several threads only spin against each other (10x slower under load)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def tiny_models():
+    torch.manual_seed(0)
+    lin = nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).eval()
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10)).eval()
+    return {"linear": lin, "mlp": mlp}
+
+
+def test_radius_curve_adds_clean_point():
+    res = fake_result(0.9, {1.0: 0.5, 0.5: 0.7})
+    assert radius_curve(res) == [(0.0, 0.9), (0.5, 0.7), (1.0, 0.5)]
+    assert radius_curve(res, attack="all") == []
+
+
+def test_accuracy_vs_radius_writes_png_and_svg(tmp_path):
+    results = {"ERM": fake_result(0.95, {0.5: 0.4, 1.0: 0.1}),
+               "ER": fake_result(0.9, {0.5: 0.7, 1.0: 0.5})}
+    paths = accuracy_vs_radius(results, tmp_path / "figs" / "acc.png")
+    assert [p.name for p in paths] == ["acc.png", "acc.svg"]
+    for p in paths:
+        assert p.exists() and p.stat().st_size > 1000
+    assert paths[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "<svg" in paths[1].read_text()
+    with pytest.raises(ValueError, match="no pgd-linf"):
+        accuracy_vs_radius(results, tmp_path / "x", norm="linf")
+
+
+def test_landscape_writes_figures(tmp_path, tiny_models):
+    x, y = torch.rand(3, 1, 8, 8), torch.tensor([1, 2, 3])
+    paths = landscape(tiny_models, x, y, eps=1.0, out=tmp_path / "land", n_random=2, points=9,
+                      grid=7)
+    assert [p.suffix for p in paths] == [".png", ".svg"]
+    assert all(p.exists() and p.stat().st_size > 1000 for p in paths)
+
+
+def test_landscape_adversarial_direction_rises_fastest(tiny_models):
+    x, y = torch.rand(2, 1, 8, 8), torch.tensor([4, 5])
+    model = tiny_models["mlp"]
+    d = landscape_data(model, x, y, eps=2.0, n_random=3, points=11, grid=5)
+    assert d["adv"].shape == (11,) and d["random"].shape == (3, 11)
+    assert d["surface"].shape == (5, 5)
+    base = nn.functional.cross_entropy(model(x[:1]), y[:1]).item()
+    assert d["adv"][0].item() == pytest.approx(base, rel=1e-5)  # t = 0 is the image itself
+    assert torch.allclose(d["random"][:, 0], d["adv"][0].expand(3))
+    assert d["adv"][-1] > d["random"][:, -1].max()  # PGD beats random directions
+    assert d["surface"][2, 2].item() == pytest.approx(base, rel=1e-5)  # grid centre
+    same = landscape_data(tiny_models["linear"], x, y, eps=2.0, n_random=3, points=11, grid=5)
+    assert same["random"].shape == (3, 11)  # same seed: same random directions for all models
+
+
+def test_results_table_has_header_and_rows():
+    rows = [result_row(fake_result(0.9, {1.0: 0.5}), "ER"),
+            result_row(fake_result(0.95, {1.0: 0.1}), "ERM | baseline")]
+    md = results_table(rows, ["label", "clean_acc", "pgd-l2-eps1", "missing"])
+    lines = md.strip().splitlines()
+    assert lines[0] == "| label | clean_acc | pgd-l2-eps1 | missing |"
+    assert lines[1] == "|---|---|---|---|"
+    assert lines[2] == "| ER | 0.9000 | 0.5000 |  |"
+    assert "ERM \\| baseline" in lines[3]
+    assert len(lines) == 4
+
+
+def test_write_csv_round_trip(tmp_path):
+    rows = [{"label": "a", "acc": 0.5, "extra": {"k": 1}}, {"label": "b", "acc": 0.25, "n": 3}]
+    path = write_csv(rows, tmp_path / "out" / "table.csv")
+    with path.open() as f:
+        back = list(csv.DictReader(f))
+    assert list(back[0]) == ["label", "acc", "extra", "n"]
+    assert back[0]["extra"] == '{"k": 1}' and back[1]["n"] == "3" and back[0]["n"] == ""
