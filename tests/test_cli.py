@@ -9,8 +9,18 @@ import yaml
 
 from erat.cli import main
 
-TRAIN = ["train", "--dataset", "digits", "--model", "mlp", "--epochs", "1", "--epoch-steps", "3",
-         "--no-progress"]
+TRAIN = [
+    "train",
+    "--dataset",
+    "digits",
+    "--model",
+    "mlp",
+    "--epochs",
+    "1",
+    "--epoch-steps",
+    "3",
+    "--no-progress",
+]
 
 
 def run(args, capsys):
@@ -28,8 +38,9 @@ def digits_run(tmp_path_factory):
 
 def test_train_writes_resolved_config(tmp_path, capsys):
     out = tmp_path / "run"
-    code, _, err = run([*TRAIN, "--method", "at", "--eps", "1.5", "--alpha", "0.5",
-                        "--out", out], capsys)
+    code, _, err = run(
+        [*TRAIN, "--method", "at", "--eps", "1.5", "--alpha", "0.5", "--out", out], capsys
+    )
     assert code == 0, err
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert cfg["method"] == "at" and cfg["method_params"] == {"eps": 1.5, "alpha": 0.5}
@@ -47,8 +58,23 @@ def test_yaml_config_then_flags(tmp_path, capsys):
 
 def test_eval_json_contract(digits_run, tmp_path, capsys):
     out = tmp_path / "eval.json"
-    code, text, err = run(["eval", digits_run, "--norm", "l2", "--eps", "0.5,1.0", "--steps",
-                           "5", "--n", "60", "--json", out], capsys)
+    code, text, err = run(
+        [
+            "eval",
+            digits_run,
+            "--norm",
+            "l2",
+            "--eps",
+            "0.5,1.0",
+            "--steps",
+            "5",
+            "--n",
+            "60",
+            "--json",
+            out,
+        ],
+        capsys,
+    )
     assert code == 0, err
     result = json.loads(out.read_text())
     assert 0 <= result["clean_acc"] <= 1

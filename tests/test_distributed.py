@@ -9,10 +9,21 @@ import socket
 import torch
 import torch.multiprocessing as mp
 
+from erat.distributed import close
 from erat.train import TrainConfig, train
 
-CFG = dict(dataset="digits", model="cnn", method="erm", epochs=2, batch_size=64, epoch_steps=4,
-           optimizer="sgd", lr=0.05, progress=False, seed=5)
+CFG = dict(
+    dataset="digits",
+    model="cnn",
+    method="erm",
+    epochs=2,
+    batch_size=64,
+    epoch_steps=4,
+    optimizer="sgd",
+    lr=0.05,
+    progress=False,
+    seed=5,
+)
 
 
 def _free_port() -> int:
@@ -22,13 +33,18 @@ def _free_port() -> int:
 
 
 def _worker(rank: int, world: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world),
-                      RANK=str(rank), LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        WORLD_SIZE=str(world),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+    )
     torch.set_num_threads(1)
     try:
         train(TrainConfig(**CFG), out, log=lambda *_: None)
     finally:
-        torch.distributed.destroy_process_group()
+        close()
 
 
 def test_two_processes_match_one(tmp_path):
@@ -43,7 +59,8 @@ def test_two_processes_match_one(tmp_path):
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        p.name for p in (tmp_path / "single").iterdir())
+        p.name for p in (tmp_path / "single").iterdir()
+    )
 
 
 def test_shards_partition_the_global_batch():

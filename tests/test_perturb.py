@@ -15,8 +15,14 @@ from erat.threat import Threat, l2_norm, random_unit
 
 def tiny_net() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
-                         nn.Dropout(0.3), nn.Flatten(), nn.Linear(4 * 8 * 8, 10))
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Dropout(0.3),
+        nn.Flatten(),
+        nn.Linear(4 * 8 * 8, 10),
+    )
 
 
 @pytest.fixture
@@ -36,8 +42,7 @@ def test_project_and_random_start_stay_inside(norm, data):
 
 
 def test_threat_rejects_bad_settings():
-    for bad in (dict(norm="l3", eps=1.0), dict(norm="l2", eps=-1.0),
-                dict(norm="l2", eps=math.nan)):
+    for bad in (dict(norm="l3", eps=1.0), dict(norm="l2", eps=-1.0), dict(norm="l2", eps=math.nan)):
         with pytest.raises(ValueError):
             Threat(**bad)
 

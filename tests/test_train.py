@@ -10,8 +10,16 @@ import torch
 import erat
 from erat.train import TrainConfig, train
 
-FAST = dict(dataset="digits", model="mlp", model_kwargs={"hidden": [64, 32]}, epochs=4,
-            batch_size=64, epoch_steps=5, progress=False, seed=3)
+FAST = dict(
+    dataset="digits",
+    model="mlp",
+    model_kwargs={"hidden": [64, 32]},
+    epochs=4,
+    batch_size=64,
+    epoch_steps=5,
+    progress=False,
+    seed=3,
+)
 
 
 def quiet(*_: object) -> None:
@@ -23,7 +31,8 @@ def test_run_folder_and_portable_model(tmp_path):
     path = train(cfg, tmp_path / "run", log=quiet)
     run = tmp_path / "run"
     assert {"config.yaml", "metrics.jsonl", "checkpoint.pt", "model.pt"} <= {
-        p.name for p in run.iterdir()}
+        p.name for p in run.iterdir()
+    }
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
     assert all(0 <= r["test_acc"] <= 1 and r["seconds"] > 0 for r in rows)

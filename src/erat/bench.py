@@ -44,8 +44,9 @@ def _peak_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def _time(fn: Callable[[], Any], device: torch.device, steps: int, warmup: int,
-          max_seconds: float) -> list[float]:
+def _time(
+    fn: Callable[[], Any], device: torch.device, steps: int, warmup: int, max_seconds: float
+) -> list[float]:
     """Milliseconds of each timed call; stops early past ``max_seconds`` (at least 3 calls)."""
     for _ in range(warmup):
         fn()
@@ -60,49 +61,100 @@ def _time(fn: Callable[[], Any], device: torch.device, steps: int, warmup: int,
     return times
 
 
-def random_batch(shape: tuple[int, int, int], batch_size: int, device: torch.device,
-                 num_classes: int = 10) -> Batch:
+def random_batch(
+    shape: tuple[int, int, int], batch_size: int, device: torch.device, num_classes: int = 10
+) -> Batch:
     g = torch.Generator().manual_seed(0)
     x = torch.rand(batch_size, *shape, generator=g).to(device)
     y = torch.randint(0, num_classes, (batch_size,), generator=g).to(device)
     return Batch(x, y)
 
 
-def bench_training(model_name: str, shape: tuple[int, int, int], methods: Sequence[str], *,
-                   batch_size: int = 128, steps: int = 20, warmup: int = 2,
-                   max_seconds: float = 20.0, device: torch.device | None = None,
-                   method_params: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-    """One row per method: ``ms_per_step`` (median), ``ratio_to_erm``, ``peak_mem_mb``."""
+def bench_training(
+    model_name: str,
+    shape: tuple[int, int, int],
+    methods: Sequence[str],
+    *,
+    batch_size: int = 128,
+    steps: int = 20,
+    warmup: int = 2,
+    max_seconds: float = 20.0,
+    device: torch.device | None = None,
+    method_params: dict[str, dict[str, Any]] | None = None,
+    amp: str = "none",
+    channels_last: bool = False,
+) -> list[dict[str, Any]]:
+    """One row per method: ``ms_per_step`` (median), ``ratio_to_erm``, ``peak_mem_mb``.
+
+    ``amp`` is ``none``, ``bf16`` or ``fp16`` (autocast, with a gradient scaler for fp16).
+    """
     device = device or torch.device("cpu")
     batch = random_batch(shape, batch_size, device)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+    if channels_last:
+        batch.x = batch.x.contiguous(memory_format=torch.channels_last)
     rows = []
     for name in ["erm", *[m for m in methods if m != "erm"]]:
         torch.manual_seed(0)
-        model = build_model(model_name, in_shape=shape, num_classes=10,
-                            mean=[0.5] * shape[0], std=[0.25] * shape[0]).to(device).train()
+        model = (
+            build_model(
+                model_name,
+                in_shape=shape,
+                num_classes=10,
+                mean=[0.5] * shape[0],
+                std=[0.25] * shape[0],
+            )
+            .to(device)
+            .train()
+        )
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
         method = build_method(name, **(method_params or {}).get(name, {}))
         opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+        scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
 
-        def step(model=model, method=method, opt=opt) -> None:
+        def step(model=model, method=method, opt=opt, scaler=scaler) -> None:
             opt.zero_grad(set_to_none=True)
-            method(model, batch).loss.backward()
-            opt.step()
+            with torch.autocast(
+                device.type, dtype=dtype or torch.float32, enabled=dtype is not None
+            ):
+                loss = method(model, batch).loss
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
 
         times = _time(step, device, steps, warmup, max_seconds)
-        rows.append({"model": model_name, "method": name, "batch_size": batch_size,
-                     "ms_per_step": statistics.median(times), "timed_steps": len(times),
-                     "peak_mem_mb": round(_peak_mb(device), 1)})
+        rows.append(
+            {
+                "model": model_name,
+                "method": name,
+                "batch_size": batch_size,
+                "amp": amp,
+                "ms_per_step": statistics.median(times),
+                "timed_steps": len(times),
+                "peak_mem_mb": round(_peak_mb(device), 1),
+            }
+        )
     erm = rows[0]["ms_per_step"]
     for row in rows:
         row["ratio_to_erm"] = row["ms_per_step"] / erm
     return [r for r in rows if r["method"] in methods]
 
 
-def bench_attacks(model: nn.Module, shape: tuple[int, int, int], *, batch_size: int = 128,
-                  eps: float = 2.0, steps: int = 10, repeats: int = 5, autoattack_n: int = 16,
-                  device: torch.device | None = None, max_seconds: float = 30.0) -> dict[str, Any]:
+def bench_attacks(
+    model: nn.Module,
+    shape: tuple[int, int, int],
+    *,
+    batch_size: int = 128,
+    eps: float = 2.0,
+    steps: int = 10,
+    repeats: int = 5,
+    autoattack_n: int = 16,
+    device: torch.device | None = None,
+    max_seconds: float = 30.0,
+) -> dict[str, Any]:
     """Images per second of PGD-l2 (erat, torchattacks if installed) and AutoAttack-l2."""
     device = device or torch.device("cpu")
     batch = random_batch(shape, batch_size, device)
@@ -114,8 +166,13 @@ def bench_attacks(model: nn.Module, shape: tuple[int, int, int], *, batch_size: 
 
     def ours() -> None:
         with search_mode(model):
-            pgd(lambda z: cross_entropy(model(z), batch.y), batch.x, threat, steps=steps,
-                step_size=alpha)
+            pgd(
+                lambda z: cross_entropy(model(z), batch.y),
+                batch.x,
+                threat,
+                steps=steps,
+                step_size=alpha,
+            )
 
     ms = statistics.median(_time(ours, device, repeats, 1, max_seconds))
     out["pgd_images_per_s"] = batch_size / (ms / 1000)
@@ -126,7 +183,8 @@ def bench_attacks(model: nn.Module, shape: tuple[int, int, int], *, batch_size: 
     else:
         attack = torchattacks.PGDL2(model, eps=eps, alpha=alpha, steps=steps, random_start=True)
         ms_peer = statistics.median(
-            _time(lambda: attack(batch.x, batch.y), device, repeats, 1, max_seconds))
+            _time(lambda: attack(batch.x, batch.y), device, repeats, 1, max_seconds)
+        )
         out["torchattacks_pgd_images_per_s"] = batch_size / (ms_peer / 1000)
         out["pgd_speedup_vs_torchattacks"] = ms_peer / ms
     if autoattack_n > 0:
@@ -134,8 +192,9 @@ def bench_attacks(model: nn.Module, shape: tuple[int, int, int], *, batch_size: 
 
         n = min(autoattack_n, batch_size)
         t0 = time.perf_counter()
-        evaluate(model, batch.x[:n], batch.y[:n], attack="autoattack", norm="l2", eps=[eps],
-                 checks=False)
+        evaluate(
+            model, batch.x[:n], batch.y[:n], attack="autoattack", norm="l2", eps=[eps], checks=False
+        )
         out["autoattack_images_per_s"] = n / (time.perf_counter() - t0)
         out["autoattack_note"] = "random images labelled as predicted; robust images cost more"
     return out

@@ -82,8 +82,11 @@ def _version() -> str:
 
 # ---------------------------------------------------------------------------- train
 def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train a classifier with a robust-training method",
-                       argument_default=argparse.SUPPRESS)
+    p = sub.add_parser(
+        "train",
+        help="train a classifier with a robust-training method",
+        argument_default=argparse.SUPPRESS,
+    )
     p.add_argument("--out", required=True, type=Path, help="run folder to write")
     p.add_argument("--config", type=Path, help="YAML file of settings (flags override it)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
@@ -132,8 +135,11 @@ def resolve_train_config(args: argparse.Namespace) -> dict[str, Any]:
         merged.update(yaml.safe_load(saved.read_text()) or {})
     if getattr(args, "config", None):
         merged = _merge(merged, _read_yaml(args.config), fields)
-    flags = {k: v for k, v in vars(args).items()
-             if k not in ("out", "config", "resume", "stop_after", "run", "command")}
+    flags = {
+        k: v
+        for k, v in vars(args).items()
+        if k not in ("out", "config", "resume", "stop_after", "run", "command")
+    }
     return _merge(merged, flags, fields)
 
 
@@ -168,7 +174,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 def run_train(args: argparse.Namespace) -> int:
     from erat import distributed
     from erat.methods import method_params
-    from erat.train import TrainConfig, resolve_device, train
+    from erat.train import TrainConfig, train
 
     merged = resolve_train_config(args)
     cfg = TrainConfig.from_dict(merged)
@@ -176,13 +182,19 @@ def run_train(args: argparse.Namespace) -> int:
     extra = sorted(set(cfg.method_params) - set(accepted))
     if extra:
         flags = ", ".join("--" + k.replace("_", "-") for k in extra)
-        raise UserError(f"method {cfg.method!r} takes no {flags}; it takes: "
-                        + (", ".join(sorted(accepted)) or "nothing"))
+        raise UserError(
+            f"method {cfg.method!r} takes no {flags}; it takes: "
+            + (", ".join(sorted(accepted)) or "nothing")
+        )
     try:
-        path = train(cfg, args.out, resume=getattr(args, "resume", False),
-                     stop_after=getattr(args, "stop_after", None))
+        path = train(
+            cfg,
+            args.out,
+            resume=getattr(args, "resume", False),
+            stop_after=getattr(args, "stop_after", None),
+        )
     finally:  # a torchrun process group is left by train() for the caller to close
-        distributed.teardown(distributed.setup(resolve_device(cfg.device)))
+        distributed.close()
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"wrote {path}")
     return 0
@@ -193,7 +205,9 @@ def _parse_radii(text: str) -> list[float]:
     try:
         radii = [float(v) for v in text.split(",") if v.strip()]
     except ValueError as e:
-        raise argparse.ArgumentTypeError(f"radii must be numbers separated by commas: {text!r}") from e
+        raise argparse.ArgumentTypeError(
+            f"radii must be numbers separated by commas: {text!r}"
+        ) from e
     if not radii or any(not (r >= 0 and r < float("inf")) for r in radii):
         raise argparse.ArgumentTypeError(f"radii must be finite numbers >= 0: {text!r}")
     return radii
@@ -218,10 +232,14 @@ def _add_eval(sub) -> None:
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--step-size", type=float)
     p.add_argument("--restarts", type=int, default=1)
-    p.add_argument("--no-checks", dest="checks", action="store_false",
-                   help="skip the sanity checks")
-    p.add_argument("--fresh", action="store_true",
-                   help="ignore saved per-example progress of an earlier, interrupted eval")
+    p.add_argument(
+        "--no-checks", dest="checks", action="store_false", help="skip the sanity checks"
+    )
+    p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="ignore saved per-example progress of an earlier, interrupted eval",
+    )
     p.set_defaults(run=run_eval)
 
 
@@ -254,16 +272,36 @@ def run_eval(args: argparse.Namespace) -> int:
     from erat.evaluate import evaluate
 
     model, meta, x, y, n_total, digest = load_run(args)
-    state = None if args.run_dir.is_file() else (
-        args.run_dir / f".eval-{args.attack}-{args.norm}.state.pt")
+    state = (
+        None
+        if args.run_dir.is_file()
+        else (args.run_dir / f".eval-{args.attack}-{args.norm}.state.pt")
+    )
     if state is not None and args.fresh:
         state.unlink(missing_ok=True)
-    result = evaluate(model, x, y, attack=args.attack, norm=args.norm, eps=args.eps,
-                      steps=args.steps, step_size=args.step_size, restarts=args.restarts,
-                      batch_size=args.batch_size, seed=args.seed, n_total=n_total,
-                      progress=True, state_path=state, checks=args.checks,
-                      extra_info={"checkpoint_sha256": digest, "run": str(args.run_dir),
-                                  "dataset": meta["dataset"], "method": meta["method"]})
+    result = evaluate(
+        model,
+        x,
+        y,
+        attack=args.attack,
+        norm=args.norm,
+        eps=args.eps,
+        steps=args.steps,
+        step_size=args.step_size,
+        restarts=args.restarts,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        n_total=n_total,
+        progress=True,
+        state_path=state,
+        checks=args.checks,
+        extra_info={
+            "checkpoint_sha256": digest,
+            "run": str(args.run_dir),
+            "dataset": meta["dataset"],
+            "method": meta["method"],
+        },
+    )
     print(format_eval(result))
     _write_json(result, args.json)
     return 0
@@ -271,12 +309,17 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def format_eval(result: dict[str, Any]) -> str:
     threat = result["threat"]
-    lines = [f"examples: {threat['n']}" + (f" ({threat['subset_note']})" if threat.get("subset") else ""),
-             f"{'clean':<24} {result['clean_acc']:.4f}"]
+    lines = [
+        f"examples: {threat['n']}"
+        + (f" ({threat['subset_note']})" if threat.get("subset") else ""),
+        f"{'clean':<24} {result['clean_acc']:.4f}",
+    ]
     lines += [f"{key:<24} {acc:.4f}" for key, acc in result["robust_acc"].items()]
     failed = result.get("checks_failed", 0)
     lines.append(f"sanity checks failed: {failed}")
-    lines += [f"  ! {c['name']}: {c['detail']}" for c in result.get("checks", []) if not c["passed"]]
+    lines += [
+        f"  ! {c['name']}: {c['detail']}" for c in result.get("checks", []) if not c["passed"]
+    ]
     return "\n".join(lines)
 
 
@@ -290,7 +333,9 @@ def _write_json(result: dict[str, Any], path: Path | None) -> None:
 
 # ---------------------------------------------------------------------------- energy
 def _add_energy(sub) -> None:
-    p = sub.add_parser("energy", help="estimate the energy (loss variation in the ball) on test data")
+    p = sub.add_parser(
+        "energy", help="estimate the energy (loss variation in the ball) on test data"
+    )
     _add_run_data_args(p)
     p.add_argument("--eps", type=float, required=True, help="l2 radius of the neighbourhood")
     p.add_argument("--T", type=int, default=16, help="ray segments")
@@ -305,12 +350,28 @@ def run_energy(args: argparse.Namespace) -> int:
     if not args.eps >= 0 or args.eps == float("inf"):
         raise UserError(f"--eps must be a finite number >= 0, got {args.eps}")
     model, meta, x, y, n_total, digest = load_run(args)
-    result = energy_report(model, x, y, eps=args.eps, T=args.T, M=args.M, S=args.S,
-                           batch_size=args.batch_size, seed=args.seed)
-    result["settings"].update({"n_total": n_total, "checkpoint_sha256": digest,
-                               "dataset": meta["dataset"]})
-    for key in ("energy_mean", "energy_median", "at_term_mean", "vat_term_mean",
-                "certified_frac", "virtual_energy_mean"):
+    result = energy_report(
+        model,
+        x,
+        y,
+        eps=args.eps,
+        T=args.T,
+        M=args.M,
+        S=args.S,
+        batch_size=args.batch_size,
+        seed=args.seed,
+    )
+    result["settings"].update(
+        {"n_total": n_total, "checkpoint_sha256": digest, "dataset": meta["dataset"]}
+    )
+    for key in (
+        "energy_mean",
+        "energy_median",
+        "at_term_mean",
+        "vat_term_mean",
+        "certified_frac",
+        "virtual_energy_mean",
+    ):
         if key in result:
             print(f"{key:<22} {result[key]:.4f}")
     print(result.get("certificate_note", ""))
@@ -324,7 +385,9 @@ def _add_report(sub) -> None:
     p.add_argument("runs", nargs="+", type=Path, help="run folders holding eval.json")
     p.add_argument("--out", type=Path, required=True, help="folder for the tables and plots")
     p.add_argument("--eval-name", default="eval.json", help="evaluation JSON inside each run")
-    p.add_argument("--landscape-eps", type=float, help="also draw the loss landscape at this radius")
+    p.add_argument(
+        "--landscape-eps", type=float, help="also draw the loss landscape at this radius"
+    )
     p.add_argument("--index", type=int, default=0, help="test image of the landscape")
     p.set_defaults(run=run_report)
 
@@ -341,8 +404,14 @@ def run_report(args: argparse.Namespace) -> int:
             raise UserError(f"{path} not found: run `erat eval {run} --json {path}` first")
         res = json.loads(path.read_text())
         results[run.name] = res
-        rows.append({"run": run.name, "clean_acc": res["clean_acc"], **res["robust_acc"],
-                     "checks_failed": res.get("checks_failed", 0)})
+        rows.append(
+            {
+                "run": run.name,
+                "clean_acc": res["clean_acc"],
+                **res["robust_acc"],
+                "checks_failed": res.get("checks_failed", 0),
+            }
+        )
     args.out.mkdir(parents=True, exist_ok=True)
     columns = list(dict.fromkeys(k for row in rows for k in row))
     report.write_csv(rows, args.out / "results.csv")
@@ -354,8 +423,13 @@ def run_report(args: argparse.Namespace) -> int:
         meta = load_meta(args.runs[0] / "model.pt")
         x, y = load_dataset(meta["dataset"], "test", _run_data_dir(args.runs[0])).tensors
         i = args.index
-        report.landscape({r.name: load_model(r) for r in args.runs}, x[i : i + 1], y[i : i + 1],
-                         eps=args.landscape_eps, out=args.out / "landscape")
+        report.landscape(
+            {r.name: load_model(r) for r in args.runs},
+            x[i : i + 1],
+            y[i : i + 1],
+            eps=args.landscape_eps,
+            out=args.out / "landscape",
+        )
     print(report.results_table(rows, columns))
     print(f"wrote {args.out}")
     return 0
@@ -393,8 +467,11 @@ def run_reproduce(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------- bench
 def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="ms per training step of each method, attack throughput")
-    p.add_argument("--models", default="cnn:1x28x28,conv-large:3x32x32,preact-resnet18:3x32x32",
-                   help="MODEL:CxHxW list")
+    p.add_argument(
+        "--models",
+        default="cnn:1x28x28,conv-large:3x32x32,preact-resnet18:3x32x32",
+        help="MODEL:CxHxW list",
+    )
     p.add_argument("--methods", default="erm,at,vat,pgd,trades,er")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--steps", type=int, default=20, help="timed steps per method (at most)")
@@ -432,25 +509,44 @@ def run_bench(args: argparse.Namespace) -> int:
     unknown = set(methods) - set(method_names())
     if unknown:
         raise UserError(f"unknown method(s) {sorted(unknown)}; choose from {method_names()}")
-    result: dict[str, Any] = {"device": str(device), "threads": torch.get_num_threads(),
-                              "torch": torch.__version__, "models": {}}
+    result: dict[str, Any] = {
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "models": {},
+    }
     if device.type == "cuda":
         result["gpu"] = torch.cuda.get_device_name(device)
     print(f"device {device}, {torch.get_num_threads()} CPU threads, batch {args.batch_size}")
     print(f"{'model':<16} {'method':<8} {'ms/step':>9} {'x erm':>7} {'peak MB':>9}")
     for name, shape in _parse_setups(args.models):
-        rows = bench_training(name, shape, methods, batch_size=args.batch_size,
-                              steps=args.steps, max_seconds=args.max_seconds, device=device)
+        rows = bench_training(
+            name,
+            shape,
+            methods,
+            batch_size=args.batch_size,
+            steps=args.steps,
+            max_seconds=args.max_seconds,
+            device=device,
+        )
         entry: dict[str, Any] = {"shape": list(shape), "methods": {r["method"]: r for r in rows}}
         for r in rows:
-            print(f"{name:<16} {r['method']:<8} {r['ms_per_step']:>9.1f} "
-                  f"{r['ratio_to_erm']:>7.2f} {r['peak_mem_mb']:>9.0f}")
+            print(
+                f"{name:<16} {r['method']:<8} {r['ms_per_step']:>9.1f} "
+                f"{r['ratio_to_erm']:>7.2f} {r['peak_mem_mb']:>9.0f}"
+            )
         if args.attacks:
-            model = build_model(name, in_shape=shape, num_classes=10, mean=[0.5] * shape[0],
-                                std=[0.25] * shape[0])
-            entry["attacks"] = bench_attacks(model, shape, batch_size=args.batch_size,
-                                             steps=args.attack_steps, device=device,
-                                             autoattack_n=args.autoattack_n)
+            model = build_model(
+                name, in_shape=shape, num_classes=10, mean=[0.5] * shape[0], std=[0.25] * shape[0]
+            )
+            entry["attacks"] = bench_attacks(
+                model,
+                shape,
+                batch_size=args.batch_size,
+                steps=args.attack_steps,
+                device=device,
+                autoattack_n=args.autoattack_n,
+            )
             print(f"{name:<16} attacks: " + json.dumps(entry["attacks"]))
         result["models"][name] = entry
     _write_json(result, args.json)

@@ -54,8 +54,9 @@ def setup(device: torch.device) -> Dist:
     return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def teardown(info: Dist) -> None:
-    if info.enabled and dist.is_initialized():
+def close() -> None:
+    """Leave the process group, if this process joined one."""
+    if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
 

@@ -52,8 +52,9 @@ def frozen_bn_stats(model: nn.Module) -> Iterator[nn.Module]:
     saved = [(m, m.momentum) for m in bns]
     for m in bns:
         m.momentum = 0.0  # running = (1 - 0) * running + 0 * batch: unchanged
-    counters = [(m, m.num_batches_tracked.clone())
-                for m in bns if m.num_batches_tracked is not None]
+    counters = [
+        (m, m.num_batches_tracked.clone()) for m in bns if m.num_batches_tracked is not None
+    ]
     try:
         yield model
     finally:

@@ -53,8 +53,10 @@ def load_suite(name_or_path: str) -> dict[str, Any]:
     if not path.is_file():
         path = suite_dir() / f"{name_or_path}.yaml"
     if not path.is_file():
-        raise ValueError(f"unknown suite {name_or_path!r}; choose one of "
-                         f"{', '.join(suite_names())} or give a YAML file")
+        raise ValueError(
+            f"unknown suite {name_or_path!r}; choose one of "
+            f"{', '.join(suite_names())} or give a YAML file"
+        )
     suite = yaml.safe_load(path.read_text()) or {}
     unknown = set(suite) - SUITE_KEYS
     if unknown or not isinstance(suite.get("runs"), list):
@@ -63,8 +65,9 @@ def load_suite(name_or_path: str) -> dict[str, Any]:
     return suite
 
 
-def run_config(suite: dict[str, Any], run: dict[str, Any], overrides: dict[str, Any]
-               ) -> TrainConfig:
+def run_config(
+    suite: dict[str, Any], run: dict[str, Any], overrides: dict[str, Any]
+) -> TrainConfig:
     """Suite defaults < the run's own settings < command-line overrides (e.g. data_dir)."""
     from erat.cli import _merge  # the one merge rule of config layers
 
@@ -75,61 +78,93 @@ def run_config(suite: dict[str, Any], run: dict[str, Any], overrides: dict[str, 
     return TrainConfig.from_dict(merged)
 
 
-def reproduce(suite_name: str, out: Path, *, overrides: dict[str, Any] | None = None,
-              only: list[str] | None = None, log: Callable[[str], None] = print
-              ) -> list[dict[str, Any]]:
+def reproduce(
+    suite_name: str,
+    out: Path,
+    *,
+    overrides: dict[str, Any] | None = None,
+    only: list[str] | None = None,
+    log: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
     """Run (or continue) a suite; returns the result rows also written to ``out``."""
-    from erat.energy import energy_report
-    from erat.evaluate import evaluate
-
     suite = load_suite(suite_name)
-    overrides = overrides or {}
     out = Path(out)
     runs = [r for r in suite["runs"] if not only or r["name"] in only]
     if not runs:
         raise ValueError(f"no run of suite {suite['suite']!r} matches {only}")
     rows, models, commands = [], {}, []
     for run in runs:
-        cfg = run_config(suite, run, overrides)
+        cfg = run_config(suite, run, overrides or {})
         folder = out / "runs" / run["name"]
         commands.append(_command(cfg, folder))
         t0 = time.perf_counter()
-        if not (folder / "model.pt").exists():
-            log(f"[{run['name']}] training {cfg.method} on {cfg.dataset}")
-            train(cfg, folder, resume=(folder / CHECKPOINT).exists(), log=log)
-        train_seconds = _train_seconds(folder)
-        model = load_model(folder)
-        x, y = load_dataset(cfg.dataset, "test", cfg.data_dir).tensors
-        ev = suite.get("eval", {})
-        n = ev.get("n")
-        xe, ye = (x[:n], y[:n]) if n else (x, y)
-        result = _cached(folder / "eval.json", lambda: evaluate(
-            model, xe, ye, n_total=len(x), extra_info={"checkpoint_sha256": sha256(
-                folder / "model.pt"), "run": run["name"]}, state_path=folder / ".eval.state.pt",
-            **{k: v for k, v in ev.items() if k != "n"}))
-        row = {"name": run["name"], "method": cfg.method, "dataset": cfg.dataset,
-               "labels": cfg.labels or "", "clean_acc": result["clean_acc"],
-               **result["robust_acc"], "checks_failed": result.get("checks_failed", 0),
-               "train_s_per_epoch": train_seconds}
-        if suite.get("energy"):
-            en = dict(suite["energy"])
-            ne = en.pop("n", None)
-            energy = _cached(folder / "energy.json", lambda: energy_report(
-                model, x[:ne] if ne else x, y[:ne] if ne else y, **en))
-            row.update({k: energy[k] for k in ("energy_mean", "at_term_mean", "vat_term_mean",
-                                                "certified_frac") if k in energy})
+        row, model, result, (x, y) = run_one(suite, run["name"], cfg, folder, log)
         rows.append(row)
         models[run["name"]] = (model, result)
-        log(f"[{run['name']}] " + json.dumps({k: v for k, v in row.items() if k != "name"})
-            + f" ({time.perf_counter() - t0:.0f} s)")
+        log(
+            f"[{run['name']}] "
+            + json.dumps({k: v for k, v in row.items() if k != "name"})
+            + f" ({time.perf_counter() - t0:.0f} s)"
+        )
     write_report(suite, out, rows, models, commands, x, y)
     return rows
 
 
-def _cached(path: Path, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+def run_one(
+    suite: dict[str, Any], name: str, cfg: TrainConfig, folder: Path, log: Callable[[str], None]
+):
+    """Train (or resume, or skip), evaluate and measure the energy of one run of a suite."""
+    from erat.energy import energy_report
+    from erat.evaluate import evaluate
+
+    if not (folder / "model.pt").exists():
+        log(f"[{name}] training {cfg.method} on {cfg.dataset}")
+        train(cfg, folder, resume=(folder / CHECKPOINT).exists(), log=log)
+    model = load_model(folder)
+    x, y = load_dataset(cfg.dataset, "test", cfg.data_dir).tensors
+    ev = dict(suite.get("eval", {}))
+    n = ev.pop("n", None) or len(x)
+    extra = {"checkpoint_sha256": sha256(folder / "model.pt"), "run": name}
+    result = _cached(
+        folder / "eval.json",
+        evaluate,
+        model,
+        x[:n],
+        y[:n],
+        n_total=len(x),
+        extra_info=extra,
+        state_path=folder / ".eval.state.pt",
+        **ev,
+    )
+    row = {
+        "name": name,
+        "method": cfg.method,
+        "dataset": cfg.dataset,
+        "labels": cfg.labels or "",
+        "clean_acc": result["clean_acc"],
+        "clean_err": 1 - result["clean_acc"],
+        **result["robust_acc"],
+        "checks_failed": result.get("checks_failed", 0),
+        "train_s_per_epoch": _train_seconds(folder),
+    }
+    if suite.get("energy"):
+        en = dict(suite["energy"])
+        ne = en.pop("n", None) or len(x)
+        energy = _cached(folder / "energy.json", energy_report, model, x[:ne], y[:ne], **en)
+        row.update({k: energy[k] for k in ENERGY_COLUMNS if k in energy})
+    return row, model, result, (x, y)
+
+
+ENERGY_COLUMNS = ("energy_mean", "at_term_mean", "vat_term_mean", "certified_frac")
+
+
+def _cached(
+    path: Path, compute: Callable[..., dict[str, Any]], *args: Any, **kwargs: Any
+) -> dict[str, Any]:
+    """``compute(*args, **kwargs)``, or its JSON saved at ``path`` by an earlier call."""
     if path.exists():
         return json.loads(path.read_text())
-    result = compute()
+    result = compute(*args, **kwargs)
     atomic_write_json(result, path)
     return result
 
@@ -141,9 +176,17 @@ def _train_seconds(folder: Path) -> float:
 
 
 def _command(cfg: TrainConfig, folder: Path) -> str:
-    parts = ["erat train", f"--dataset {cfg.dataset}", f"--model {cfg.model}",
-             f"--method {cfg.method}", f"--epochs {cfg.epochs}", f"--batch-size {cfg.batch_size}",
-             f"--optimizer {cfg.optimizer}", f"--lr {cfg.lr:g}", f"--seed {cfg.seed}"]
+    parts = [
+        "erat train",
+        f"--dataset {cfg.dataset}",
+        f"--model {cfg.model}",
+        f"--method {cfg.method}",
+        f"--epochs {cfg.epochs}",
+        f"--batch-size {cfg.batch_size}",
+        f"--optimizer {cfg.optimizer}",
+        f"--lr {cfg.lr:g}",
+        f"--seed {cfg.seed}",
+    ]
     if cfg.data_dir:
         parts.append(f"--data-dir {cfg.data_dir}")
     if cfg.labels:
@@ -154,28 +197,65 @@ def _command(cfg: TrainConfig, folder: Path) -> str:
     return " ".join(parts + [f"--out {folder}"])
 
 
-def write_report(suite: dict[str, Any], out: Path, rows: list[dict[str, Any]],
-                 models: dict[str, Any], commands: list[str], x, y) -> None:
+def write_report(
+    suite: dict[str, Any],
+    out: Path,
+    rows: list[dict[str, Any]],
+    models: dict[str, Any],
+    commands: list[str],
+    x,
+    y,
+) -> None:
     from erat import report
 
     columns = list(dict.fromkeys(k for row in rows for k in row))
     report.write_csv(rows, out / "results.csv")
     ev = suite.get("eval", {})
     results = {name: res for name, (_, res) in models.items()}
-    report.accuracy_vs_radius(results, out / "accuracy_vs_radius",
-                              attack=ev.get("attack", "pgd"), norm=ev.get("norm", "l2"))
+    report.accuracy_vs_radius(
+        results,
+        out / "accuracy_vs_radius",
+        attack=ev.get("attack", "pgd"),
+        norm=ev.get("norm", "l2"),
+    )
     plots = suite.get("plots", {})
     if plots.get("landscape", True):
         wanted = [n for n in ("erm", "at", "vat", "er") if n in models] or list(models)[:4]
         index = int(plots.get("landscape_index", 0))
-        report.landscape({n: models[n][0] for n in wanted}, x[index : index + 1],
-                         y[index : index + 1], eps=float(plots.get("landscape_eps", 1.0)),
-                         out=out / "landscape")
-    versions = {"erat": __version__, "torch": torch.__version__, "python": sys.version.split()[0],
-                "platform": platform.platform(), "threads": torch.get_num_threads()}
-    text = [f"# Suite `{suite['suite']}`", "", suite.get("description", "").strip(), "",
-            report.results_table(rows, columns), "",
-            "![accuracy vs radius](accuracy_vs_radius.png)", "", "## Commands", "", "```",
-            *commands, "```", "", "## Versions", "", "```", yaml.safe_dump(versions).strip(),
-            "```", ""]
+        report.landscape(
+            {n: models[n][0] for n in wanted},
+            x[index : index + 1],
+            y[index : index + 1],
+            eps=float(plots.get("landscape_eps", 1.0)),
+            out=out / "landscape",
+        )
+    versions = {
+        "erat": __version__,
+        "torch": torch.__version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "threads": torch.get_num_threads(),
+    }
+    text = [
+        f"# Suite `{suite['suite']}`",
+        "",
+        suite.get("description", "").strip(),
+        "",
+        report.results_table(rows, columns),
+        "",
+        "![accuracy vs radius](accuracy_vs_radius.png)",
+        "",
+        "## Commands",
+        "",
+        "```",
+        *commands,
+        "```",
+        "",
+        "## Versions",
+        "",
+        "```",
+        yaml.safe_dump(versions).strip(),
+        "```",
+        "",
+    ]
     atomic_write_text("\n".join(text), out / "results.md")

@@ -102,7 +102,9 @@ def resolve_device(name: str) -> torch.device:
 def build_optimizer(cfg: TrainConfig, model: nn.Module, total_steps: int):
     params = model.parameters()
     if cfg.optimizer == "sgd":
-        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        opt = torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
     else:
         opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
@@ -145,8 +147,14 @@ def _cycle(n: int, batch: int, gen: torch.Generator) -> Iterator[Tensor]:
             yield perm[i : i + batch]
 
 
-def train(cfg: TrainConfig, out: Path, *, resume: bool = False, stop_after: int | None = None,
-          log: Any = print) -> Path:
+def train(
+    cfg: TrainConfig,
+    out: Path,
+    *,
+    resume: bool = False,
+    stop_after: int | None = None,
+    log: Any = print,
+) -> Path:
     """Train as configured, writing the run folder ``out``; returns the path of ``model.pt``.
 
     ``stop_after`` ends the run after that epoch as if interrupted (a later ``resume``
@@ -162,8 +170,9 @@ def train(cfg: TrainConfig, out: Path, *, resume: bool = False, stop_after: int 
             device = torch.device("cuda", dist.local_rank)
             torch.cuda.set_device(device)
         if cfg.batch_size % dist.world_size:
-            raise ValueError(f"batch_size {cfg.batch_size} must divide among "
-                             f"{dist.world_size} processes")
+            raise ValueError(
+                f"batch_size {cfg.batch_size} must divide among {dist.world_size} processes"
+            )
         if not dist.is_main:
             log = _silent
     info = dataset_info(cfg.dataset)
@@ -171,12 +180,19 @@ def train(cfg: TrainConfig, out: Path, *, resume: bool = False, stop_after: int 
     train_set = load_dataset(cfg.dataset, "train", cfg.data_dir, cfg.download)
     test_set = load_dataset(cfg.dataset, "test", cfg.data_dir, cfg.download)
     x_train, y_train = (t.to(device) for t in train_set.tensors)
-    labeled_idx, unlabeled_idx = _split(cfg, method, y_train.cpu(), out if dist.is_main else None,
-                                        log)
+    labeled_idx, unlabeled_idx = _split(
+        cfg, method, y_train.cpu(), out if dist.is_main else None, log
+    )
 
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, in_shape=info.shape, num_classes=info.num_classes,
-                        mean=info.mean, std=info.std, **cfg.model_kwargs).to(device)
+    model = build_model(
+        cfg.model,
+        in_shape=info.shape,
+        num_classes=info.num_classes,
+        mean=info.mean,
+        std=info.std,
+        **cfg.model_kwargs,
+    ).to(device)
     if cfg.sync_bn and dist.enabled:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if cfg.channels_last:
@@ -202,25 +218,35 @@ def train(cfg: TrainConfig, out: Path, *, resume: bool = False, stop_after: int 
         t0 = time.perf_counter()
         model.train()
         sums: dict[str, float] = {}
-        bar = tqdm(sampler.batches(gen), total=sampler.steps, desc=f"epoch {epoch}/{cfg.epochs}",
-                   disable=not cfg.progress, leave=False)
+        bar = tqdm(
+            sampler.batches(gen),
+            total=sampler.steps,
+            desc=f"epoch {epoch}/{cfg.epochs}",
+            disable=not cfg.progress,
+            leave=False,
+        )
         for li, ui in bar:
             idx = distributed.shard(labeled_idx[li], dist).to(device)
             batch = Batch(_prepare(x_train[idx], aug, gen, cfg), y_train[idx])
             if ui is not None:
                 uidx = distributed.shard(unlabeled_idx[ui], dist).to(device)
                 batch.x_unlabeled = _prepare(x_train[uidx], aug, gen, cfg)
-            metrics = _step(step_model, method, batch, optimizer, scheduler, scaler, cfg.amp,
-                            device, dist)
+            metrics = _step(
+                step_model, method, batch, optimizer, scheduler, scaler, cfg.amp, device, dist
+            )
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + v
             bar.set_postfix(loss=f"{metrics['loss']:.3f}")
         seconds = time.perf_counter() - t0
         sums = distributed.mean_over_ranks(sums, dist, device)
         if dist.is_main:
-            row = {"epoch": epoch, "seconds": round(seconds, 3), "lr": scheduler.get_last_lr()[0],
-                   **{f"train_{k}": v / sampler.steps for k, v in sums.items()},
-                   "test_acc": clean_accuracy(model, *test_set.tensors)}
+            row = {
+                "epoch": epoch,
+                "seconds": round(seconds, 3),
+                "lr": scheduler.get_last_lr()[0],
+                **{f"train_{k}": v / sampler.steps for k, v in sums.items()},
+                "test_acc": clean_accuracy(model, *test_set.tensors),
+            }
             _append_jsonl(out / METRICS, row, epoch)
             _checkpoint(out / CHECKPOINT, model, optimizer, scheduler, scaler, epoch, cfg)
             log(json.dumps(row))
@@ -255,8 +281,17 @@ def _prepare(x: Tensor, aug: str, gen: torch.Generator, cfg: TrainConfig) -> Ten
     return x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x
 
 
-def _step(model: nn.Module, method: Method, batch: Batch, optimizer, scheduler, scaler,
-          amp: str, device: torch.device, dist: distributed.Dist) -> dict[str, float]:
+def _step(
+    model: nn.Module,
+    method: Method,
+    batch: Batch,
+    optimizer,
+    scheduler,
+    scaler,
+    amp: str,
+    device: torch.device,
+    dist: distributed.Dist,
+) -> dict[str, float]:
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
     with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
         out = method(model, batch)
@@ -294,11 +329,14 @@ def _split(
     labeled, unlabeled = labeled_split(y, cfg.labels, cfg.seed)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json({"labels": cfg.labels, "seed": cfg.seed, "labeled": labeled.tolist()},
-                          out / SPLIT)
+        atomic_write_json(
+            {"labels": cfg.labels, "seed": cfg.seed, "labeled": labeled.tolist()}, out / SPLIT
+        )
     if not method.uses_unlabeled:
-        log(f"method {cfg.method!r} uses no unlabeled data: training on the "
-            f"{len(labeled)} labeled examples only")
+        log(
+            f"method {cfg.method!r} uses no unlabeled data: training on the "
+            f"{len(labeled)} labeled examples only"
+        )
         return labeled, torch.empty(0, dtype=torch.long)
     log(f"semi-supervised: {len(labeled)} labeled, {len(unlabeled)} unlabeled")
     return labeled, unlabeled
