@@ -63,7 +63,15 @@ def test_linear_ray_variation_is_eps_times_abs_g_dot_u(linear, T):
     assert torch.allclose(ray_variation(loss_fn, x, u, 0.1, T), expected, atol=1e-12)
 
 
-@pytest.mark.parametrize("S", [0, 3])
+def test_linear_energy_with_searched_direction_nears_eps_times_grad_norm(linear):
+    """S PGD steps from a random start converge to the gradient direction of a linear loss."""
+    loss_fn, w, x = linear
+    est = energy(loss_fn, x, 0.1, T=3, M=4, S=10)
+    assert (est.value <= 0.1 * w.norm() + 1e-10).all()
+    assert (est.value >= 0.95 * 0.1 * w.norm()).all()  # fixed-step PGD: cosine ~0.98
+
+
+@pytest.mark.parametrize("S", [0])
 def test_linear_energy_with_gradient_direction_is_eps_times_grad_norm(linear, S):
     loss_fn, w, x = linear
     est = energy(loss_fn, x, 0.1, T=3, M=4, S=S)

@@ -108,9 +108,12 @@ def search_direction(
 
     ``S = 0``: ``start_direction`` normalised if given (e.g. VAT's power iteration for the
     virtual loss, whose input gradient at ``x`` vanishes), else the FGM direction.
-    ``S > 0``: ``S`` l2 PGD steps maximising the end-point loss, from ``x`` (no random
-    start, so ``S = 1`` is FGM up to clipping) or from ``x + eps * start_direction``;
-    then ``u_1 = (x_adv - x) / ||x_adv - x||``.
+    ``S > 0``: ``S`` l2 PGD steps maximising the end-point loss, from a random point of
+    the ball (as in PGD-AT) or from ``x + eps * start_direction``; then
+    ``u_1 = (x_adv - x) / ||x_adv - x||``. The random start matters: a search that always
+    starts at ``x`` is deterministic, and training against it teaches the model to mask its
+    gradient at ``x`` (measured on digits, ER with S=3 from ``x``: PGD-l2 at 0.5 without
+    random start left 76% correct, with random start 14%).
     """
     if S == 0:
         return fgm_direction(loss_fn, x) if start_direction is None else _unit_or_random(
@@ -118,7 +121,7 @@ def search_direction(
         )
     start = None if start_direction is None else x + eps * start_direction
     x_adv = pgd(loss_fn, x, Threat("l2", eps), steps=S, step_size=step_size,
-                random_start=False, start=start)
+                random_start=start is None, start=start)
     return _unit_or_random(x_adv - x)
 
 

@@ -298,13 +298,30 @@ class _Runner:
                 if len(pos) == 0:
                     break
                 sel = idx[pos].to(self.x.device)
-                xb, yb = self.x[sel], self.y[sel]
-                x_adv = perturb.pgd(lambda z, yb=yb: losses.cross_entropy(self.model(z), yb),
-                                    xb, threat, steps=self.cfg.steps, step_size=step)
-                robust[pos] = self.correct(x_adv, yb)
+                robust[pos] = self.pgd_restart(self.x[sel], self.y[sel], threat, step)
             return robust
 
         return fn
+
+    def pgd_restart(self, x: Tensor, y: Tensor, threat: Threat, step: float,
+                    check_every: int = 10) -> Tensor:
+        """One PGD run (random start, ``cfg.steps`` steps), checked every ``check_every``
+        steps: an example misclassified at any iterate is done (every iterate lies in the
+        ball, so it is a valid adversarial example) and leaves the batch, which makes the
+        later steps cheaper. The survivors follow exactly the plain PGD trajectory."""
+        robust = torch.ones(len(y), dtype=torch.bool)
+        live = torch.arange(len(y))
+        x_adv, done = x, 0
+        while done < self.cfg.steps and len(live):
+            n = min(check_every, self.cfg.steps - done)
+            xb, yb = x[live.to(x.device)], y[live.to(x.device)]
+            x_adv = perturb.pgd(lambda z, yb=yb: losses.cross_entropy(self.model(z), yb), xb,
+                                threat, steps=n, step_size=step, random_start=done == 0,
+                                start=None if done == 0 else x_adv)
+            ok = self.correct(x_adv, yb)
+            robust[live[~ok]] = False
+            x_adv, live, done = x_adv[ok.to(x_adv.device)], live[ok], done + n
+        return robust
 
     def autoattack_fn(self, eps: float, attacks: list[str] | None, queries: int) -> RobustFn:
         """pyautoattack's standard version (``attacks=None``) or the listed attacks alone."""
