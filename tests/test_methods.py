@@ -247,3 +247,19 @@ def test_every_method_is_a_dataclass_with_cli_fields():
     assert fields["trades"] == {"eps", "norm", "steps", "step_size", "beta"}
     assert fields["er"] == {"eps", "T", "M", "S", "reduce", "lam", "lam_u", "entmin", "xi",
                             "power_iters"}
+
+
+def test_er_ray_pass_measures_the_deployed_function():
+    """The ray pass uses BatchNorm's running statistics: in train mode, ER's estimate equals
+    the energy of the eval-mode model along the same directions (not a batch-stat function)."""
+    from erat.energy import energy, supervised_loss
+
+    model, b = bn_net(), batch(False)
+    model.train()
+    model(b.x * 0.7)  # move the running statistics away from their initial values
+    torch.manual_seed(3)
+    trained_on = ER(eps=0.5, T=3, M=2, S=2).supervised(model, b.x, b.y, None).value
+    assert model.training
+    torch.manual_seed(3)
+    deployed = energy(supervised_loss(model.eval(), b.y), b.x, 0.5, T=3, M=2, S=2).value
+    assert torch.allclose(trained_on, deployed, atol=1e-6)

@@ -73,7 +73,8 @@ def run_config(
 
     fields = {f for f in TrainConfig.__dataclass_fields__}
     merged = _merge({}, suite.get("defaults", {}), fields)
-    merged = _merge(merged, {k: v for k, v in run.items() if k != "name"}, fields)
+    own = {k: v for k, v in run.items() if k not in RUN_ONLY_KEYS}
+    merged = _merge(merged, own, fields)
     merged = _merge(merged, overrides, fields)
     return TrainConfig.from_dict(merged)
 
@@ -98,7 +99,7 @@ def reproduce(
         folder = out / "runs" / run["name"]
         commands.append(_command(cfg, folder))
         t0 = time.perf_counter()
-        row, model, result, (x, y) = run_one(suite, run["name"], cfg, folder, log)
+        row, model, result, (x, y) = run_one(suite, run, cfg, folder, log)
         rows.append(row)
         models[run["name"]] = (model, result)
         log(
@@ -111,18 +112,24 @@ def reproduce(
 
 
 def run_one(
-    suite: dict[str, Any], name: str, cfg: TrainConfig, folder: Path, log: Callable[[str], None]
+    suite: dict[str, Any], run: dict[str, Any], cfg: TrainConfig, folder: Path,
+    log: Callable[[str], None],
 ):
-    """Train (or resume, or skip), evaluate and measure the energy of one run of a suite."""
+    """Train (or resume, or skip), evaluate and measure the energy of one run of a suite.
+
+    A run's own ``eval`` mapping overrides the suite's; its ``energy`` replaces the suite's
+    (``energy: null`` skips the measurement for that run).
+    """
     from erat.energy import energy_report
     from erat.evaluate import evaluate
 
+    name = run["name"]
     if not (folder / "model.pt").exists():
         log(f"[{name}] training {cfg.method} on {cfg.dataset}")
         train(cfg, folder, resume=(folder / CHECKPOINT).exists(), log=log)
     model = load_model(folder)
     x, y = load_dataset(cfg.dataset, "test", cfg.data_dir).tensors
-    ev = dict(suite.get("eval", {}))
+    ev = {**suite.get("eval", {}), **(run.get("eval") or {})}
     n = ev.pop("n", None) or len(x)
     extra = {"checkpoint_sha256": sha256(folder / "model.pt"), "run": name}
     result = _cached(
@@ -147,14 +154,16 @@ def run_one(
         "checks_failed": result.get("checks_failed", 0),
         "train_s_per_epoch": _train_seconds(folder),
     }
-    if suite.get("energy"):
-        en = dict(suite["energy"])
+    en = run["energy"] if "energy" in run else suite.get("energy")
+    if en:
+        en = dict(en)
         ne = en.pop("n", None) or len(x)
         energy = _cached(folder / "energy.json", energy_report, model, x[:ne], y[:ne], **en)
         row.update({k: energy[k] for k in ENERGY_COLUMNS if k in energy})
     return row, model, result, (x, y)
 
 
+RUN_ONLY_KEYS = {"name", "eval", "energy"}
 ENERGY_COLUMNS = ("energy_mean", "at_term_mean", "vat_term_mean", "certified_frac")
 
 

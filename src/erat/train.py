@@ -73,6 +73,9 @@ class TrainConfig:
             "batch_size must be >= 1": self.batch_size >= 1,
             "lr must be a finite number > 0": math.isfinite(self.lr) and self.lr > 0,
             "labels must be >= 1": self.labels is None or self.labels >= 1,
+            "unlabeled_batch_size must be >= 1": self.unlabeled_batch_size is None
+            or self.unlabeled_batch_size >= 1,
+            "epoch_steps must be >= 1": self.epoch_steps is None or self.epoch_steps >= 1,
             "optimizer must be sgd or adam": self.optimizer in ("sgd", "adam"),
             "schedule must be cosine, step or none": self.schedule in ("cosine", "step", "none"),
             "amp must be none, bf16 or fp16": self.amp in ("none", "bf16", "fp16"),

@@ -12,11 +12,12 @@ objective), and the virtual form gives VAT's term: AT and VAT are the coarsest m
 Passes: one clean train-mode pass over labeled + unlabeled inputs (the only one that
 updates BatchNorm running stats); the direction searches in
 :func:`~erat.perturb.search_mode` (eval mode, no graph for the weights, ``u`` then held
-constant); all ``M*T`` ray points of a form in one train-mode pass under
-:func:`~erat.perturb.frozen_bn_stats` with dropout off (independent masks per ray point
-would add noise that ``V_T`` sums up). When the model is stochastic (train-mode BatchNorm
-or active dropout), ``t_0 = x`` is evaluated inside the ray pass, so all points of a ray
-share one function; otherwise the clean pass's ``l(x)`` (and ``v(x) = 0``) is reused.
+constant); all ``M*T`` ray points of a form in one pass under
+:func:`~erat.perturb.deterministic` (BatchNorm on running statistics, dropout off: the
+energy of the function deployed at test time, see there why). When the model is stochastic
+in training (train-mode BatchNorm or active dropout), ``t_0 = x`` is evaluated inside the
+ray pass, so all points of a ray share one function; otherwise the clean pass's ``l(x)``
+(and ``v(x) = 0``) is reused.
 ``lam_u = 0`` without EntMin skips the unlabeled inputs altogether (``uses_unlabeled``).
 
 Example::
@@ -45,8 +46,7 @@ from erat.methods import _checks
 from erat.methods.base import Batch, StepOutput, register
 from erat.perturb import (
     LossFn,
-    dropout_off,
-    frozen_bn_stats,
+    deterministic,
     is_stochastic,
     search_mode,
     vat_direction,
@@ -87,7 +87,7 @@ class ER:
 
     def _rays(self, model: nn.Module, loss_fn: LossFn, x: Tensor, u1: Tensor,
               loss_at_x: Tensor | None) -> EnergyEstimate:
-        with frozen_bn_stats(model), dropout_off(model):
+        with deterministic(model):
             return energy(loss_fn, x, self.eps, T=self.T, M=self.M, reduce=self.reduce,
                           loss_at_x=loss_at_x, first_direction=u1)
 

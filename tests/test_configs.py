@@ -1,0 +1,92 @@
+"""Every shipped suite and protocol config resolves to valid settings (nothing is trained):
+a typo in a key, a method parameter, a model name or an evaluation setting fails here."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+
+from erat.cli import build_parser, resolve_train_config
+from erat.data import dataset_info, dataset_names
+from erat.energy import energy_report
+from erat.evaluate import ATTACKS, evaluate
+from erat.methods import build_method
+from erat.models import model_names, model_params
+from erat.reproduce import load_suite, run_config, suite_dir, suite_names
+from erat.train import TrainConfig
+
+PAPER_SUITES = {"mnist": 100, "cifar10": 4000, "svhn": 1000}  # suite: labels (METHOD.md 4)
+SUPERVISED = {"erm", "at", "vat", "pgd", "trades", "er"}
+PROTOCOLS = sorted((suite_dir() / "protocols").glob("*.yaml"))
+PLOT_KEYS = {"landscape", "landscape_eps", "landscape_index"}
+
+
+def _kwargs(fn) -> set[str]:
+    return set(inspect.signature(fn).parameters)
+
+
+def _check_train_config(cfg: TrainConfig, where: str) -> None:
+    assert cfg.dataset in dataset_names(), where
+    assert cfg.model in model_names(), where
+    unknown = set(cfg.model_kwargs) - set(model_params(cfg.model))
+    assert not unknown, f"{where}: model {cfg.model} takes no {unknown}"
+    method = build_method(cfg.method, **cfg.method_params)  # unknown parameters raise
+    if cfg.labels is not None:
+        assert cfg.labels % dataset_info(cfg.dataset).num_classes == 0, where  # balanced
+        if cfg.method in ("vat", "er"):
+            assert method.uses_unlabeled, f"{where}: a semi-supervised run must read x_u"
+
+
+def test_the_suites_are_found():
+    assert set(PAPER_SUITES) | {"digits", "mnist-subset"} <= set(suite_names())
+
+
+@pytest.mark.parametrize("name", suite_names())
+def test_suite_resolves(name):
+    suite = load_suite(name)
+    names = [run["name"] for run in suite["runs"]]
+    assert len(names) == len(set(names)), f"{name}: duplicate run names"
+    for run in suite["runs"]:
+        assert isinstance(run["name"], str) and run["name"].replace("-", "").isalnum()
+        _check_train_config(run_config(suite, run, {}), f"{name}/{run['name']}")
+    ev = dict(suite.get("eval", {}))
+    assert ev.pop("n", 1) >= 1
+    assert set(ev) <= _kwargs(evaluate), f"{name}: unknown eval keys"
+    assert ev.get("attack", "pgd") in ATTACKS
+    en = dict(suite.get("energy") or {})
+    assert en.pop("n", 1) >= 1
+    assert set(en) <= _kwargs(energy_report) - {"model", "x", "y"}, f"{name}: energy keys"
+    assert set(suite.get("plots", {})) <= PLOT_KEYS
+
+
+@pytest.mark.parametrize(("name", "labels"), PAPER_SUITES.items())
+def test_paper_suite_covers_the_protocol(name, labels):
+    suite = load_suite(name)
+    cfgs = {run["name"]: run_config(suite, run, {}) for run in suite["runs"]}
+    supervised = {c.method for c in cfgs.values() if c.labels is None}
+    assert supervised == SUPERVISED
+    semi = {n: c for n, c in cfgs.items() if c.labels is not None}
+    assert all(c.labels == labels for c in semi.values())
+    kinds = {(c.method, bool(c.method_params.get("entmin"))) for c in semi.values()}
+    assert kinds == {("erm", False), ("vat", False), ("vat", True), ("er", False), ("er", True)}
+    for n, c in semi.items():
+        assert n.endswith(f"-{labels}"), n
+        assert c.unlabeled_batch_size and c.epoch_steps, n  # VAT's protocol, fixed updates
+    # every semi-supervised run shares the optimiser, model and length of its baseline
+    shared = {
+        (c.model, c.optimizer, c.lr, c.batch_size, c.unlabeled_batch_size, c.epoch_steps, c.epochs)
+        for c in semi.values()
+    }
+    assert len(shared) == 1
+
+
+@pytest.mark.parametrize("path", PROTOCOLS, ids=[p.stem for p in PROTOCOLS])
+def test_protocol_resolves_through_the_cli(tmp_path, path):
+    args = build_parser().parse_args(["train", "--config", str(path), "--out", str(tmp_path)])
+    cfg = TrainConfig.from_dict(resolve_train_config(args))
+    _check_train_config(cfg, path.name)
+
+
+def test_there_are_protocols():
+    assert {p.stem for p in PROTOCOLS} >= {"mnist-vat-100", "svhn-vat-1000", "cifar10-vat-4000"}

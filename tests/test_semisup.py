@@ -1,0 +1,311 @@
+"""Semi-supervised learning: the label split, the unlabeled terms of VAT and ER, that the
+trainer never reads the labels of unlabeled examples, and what an epoch is.
+
+Every trainer run here is tiny: scikit-learn's digits (1,437 train), an MLP with one hidden
+layer of 32 units, a few optimiser steps on the CPU.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+import erat.train
+from erat.checkpoint import load_file
+from erat.data import DataError, labeled_split, load_dataset
+from erat.losses import cross_entropy
+from erat.methods import Batch, build_method
+from erat.train import EpochSampler, TrainConfig, train
+
+N_TRAIN = 1437  # digits train split
+SEMI_METHODS = [("vat", {}), ("vat", {"entmin": True}), ("er", {}), ("er", {"entmin": True})]
+
+
+@pytest.fixture(scope="module")
+def digits_y() -> torch.Tensor:
+    return load_dataset("digits", "train").tensors[1]
+
+
+def _cfg(**kw) -> TrainConfig:
+    base = dict(
+        dataset="digits",
+        model="mlp",
+        model_kwargs={"hidden": [32]},
+        epochs=1,
+        batch_size=16,
+        device="cpu",
+        progress=False,
+        seed=0,
+    )
+    return TrainConfig(**(base | kw))
+
+
+def _quiet(*_) -> None:
+    pass
+
+
+def _weights(run) -> dict[str, torch.Tensor]:
+    return load_file(run / "checkpoint.pt")["model"]
+
+
+def _same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# --- the split ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [10, 20, 25, 100])
+def test_labeled_split_is_exact_balanced_and_a_partition(digits_y, n):
+    labeled, unlabeled = labeled_split(digits_y, n, seed=0)
+    assert len(labeled) == n
+    counts = torch.bincount(digits_y[labeled], minlength=10)
+    assert int(counts.max() - counts.min()) <= 1  # balanced; the lowest classes get the extra
+    assert counts.tolist() == [n // 10 + (c < n % 10) for c in range(10)]
+    assert len(set(labeled.tolist()) & set(unlabeled.tolist())) == 0
+    assert sorted(labeled.tolist() + unlabeled.tolist()) == list(range(len(digits_y)))
+    assert len(set(labeled.tolist())) == n  # no index twice
+
+
+def test_labeled_split_depends_on_the_seed_only(digits_y):
+    a = labeled_split(digits_y, 20, seed=3)
+    b = labeled_split(digits_y.clone(), 20, seed=3)
+    c = labeled_split(digits_y, 20, seed=4)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not torch.equal(a[0], c[0])
+
+
+def test_labeled_split_refuses_impossible_quota(digits_y):
+    with pytest.raises(DataError):
+        labeled_split(digits_y, len(digits_y) + 1, seed=0)
+    with pytest.raises(DataError):  # 3 labels per class, but class 1 has only 2 examples
+        labeled_split(torch.tensor([0, 0, 0, 1, 1]), 6, seed=0)
+
+
+def test_trainer_saves_the_split(tmp_path, digits_y):
+    def split_of(name: str, seed: int) -> list[int]:
+        out = tmp_path / name
+        train(_cfg(method="erm", labels=20, epoch_steps=1, seed=seed), out, log=_quiet)
+        saved = json.loads((out / "split.json").read_text())
+        assert saved["labels"] == 20 and saved["seed"] == seed
+        return saved["labeled"]
+
+    first, again, other = split_of("a", 0), split_of("b", 0), split_of("c", 1)
+    assert len(first) == len(set(first)) == 20
+    assert torch.bincount(digits_y[first], minlength=10).tolist() == [2] * 10
+    assert first == again  # same seed, same split
+    assert first != other  # seed + 1, another split
+    assert first == labeled_split(digits_y, 20, 0)[0].tolist()
+
+
+# --- the unlabeled terms of VAT and ER ---------------------------------------------------
+
+
+def _tiny_model() -> nn.Module:
+    """No BatchNorm, no dropout: a labeled example's loss cannot depend on the unlabeled
+    ones through batch statistics, so any effect of ``x_unlabeled`` is the unlabeled term."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.Tanh(), nn.Linear(16, 10))
+
+
+@pytest.fixture(scope="module")
+def data():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(8, 1, 8, 8, generator=g)
+    y = torch.randint(0, 10, (8,), generator=g)
+    xu = torch.rand(12, 1, 8, 8, generator=g)
+    xu2 = torch.rand(12, 1, 8, 8, generator=g)
+    return x, y, xu, xu2
+
+
+def _grads(method, model: nn.Module, batch: Batch, seed: int = 0) -> list[torch.Tensor]:
+    torch.manual_seed(seed)  # the methods draw random directions
+    loss = method(model, batch).loss
+    return list(torch.autograd.grad(loss, list(model.parameters())))
+
+
+def _gap(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    return max(float((p - q).abs().max()) for p, q in zip(a, b, strict=True))
+
+
+def _norm(g: list[torch.Tensor]) -> float:
+    return float(torch.sqrt(sum((t**2).sum() for t in g)))
+
+
+@pytest.mark.parametrize(("name", "params"), SEMI_METHODS)
+def test_unlabeled_batch_changes_the_gradient(data, name, params):
+    x, y, xu, xu2 = data
+    model, method = _tiny_model(), build_method(name, eps=1.0, **params)
+    assert method.uses_unlabeled
+    with_u = _grads(method, model, Batch(x, y, xu))
+    assert _gap(with_u, _grads(method, model, Batch(x, y, xu))) == 0.0  # deterministic
+    assert _gap(with_u, _grads(method, model, Batch(x, y, None))) > 1e-4
+    assert _gap(with_u, _grads(method, model, Batch(x, y, xu2))) > 1e-4  # other unlabeled data
+
+
+@pytest.mark.parametrize(
+    ("name", "params"),
+    [
+        ("er", {"lam": 0.0}),
+        ("er", {"lam": 0.0, "lam_u": 0.0, "entmin": True}),
+        ("vat", {"alpha": 0.0, "entmin": True}),
+    ],
+)
+def test_unlabeled_term_alone_has_a_gradient(data, name, params):
+    """With every labeled regulariser weighted 0 the loss is ``CE(x) + unlabeled term``, so
+    subtracting ERM's gradient leaves the unlabeled term's gradient alone."""
+    x, y, xu, xu2 = data
+    model = _tiny_model()
+    ce_only = _grads(build_method("erm"), model, Batch(x, y))
+    method = build_method(name, eps=1.0, **params)
+    with_u = _grads(method, model, Batch(x, y, xu))
+    assert _norm([a - b for a, b in zip(with_u, ce_only, strict=True)]) > 1e-3
+    assert _gap(with_u, _grads(method, model, Batch(x, y, xu2))) > 1e-4  # a term of x_u
+    if name == "er" and not params.get("entmin"):  # no unlabeled batch: ER is plain CE here
+        assert _gap(_grads(method, model, Batch(x, y, None)), ce_only) < 1e-6
+
+
+@pytest.mark.parametrize(("name", "params"), [("er", {"lam_u": 0.0}), ("vat", {"alpha": 0.0})])
+def test_controls_without_an_unlabeled_term_ignore_x_unlabeled(data, name, params):
+    """The comparison above can fail: with the unlabeled terms off, the same check finds no
+    difference (up to float rounding of a larger matmul)."""
+    x, y, xu, _ = data
+    model, method = _tiny_model(), build_method(name, eps=1.0, **params)
+    assert _gap(_grads(method, model, Batch(x, y, xu)), _grads(method, model, Batch(x, y))) < 1e-6
+
+
+# --- the trainer never reads the labels of unlabeled examples ----------------------------
+
+
+@pytest.mark.parametrize(("name", "params"), [("vat", {}), ("er", {"entmin": True})])
+def test_labels_of_unlabeled_examples_are_never_read(tmp_path, monkeypatch, digits_y, name, params):
+    cfg = _cfg(method=name, method_params=params, labels=20, epoch_steps=3, unlabeled_batch_size=32)
+    x, y = load_dataset("digits", "train").tensors
+    labeled, unlabeled = labeled_split(y, 20, cfg.seed)
+    logs: list[str] = []
+    train(cfg, tmp_path / "true", log=logs.append)
+    assert f"semi-supervised: 20 labeled, {N_TRAIN - 20} unlabeled" in logs
+
+    real_load = erat.train.load_dataset
+    calls = {"load": 0, "split": 0}
+
+    def run_with(labels: torch.Tensor, folder: str) -> dict[str, torch.Tensor]:
+        def load(name_, split, *args, **kwargs):
+            if split != "train":
+                return real_load(name_, split, *args, **kwargs)
+            calls["load"] += 1
+            return TensorDataset(x.clone(), labels)
+
+        def split(y_seen, n, seed):  # the split of the true labels, whatever the run sees
+            calls["split"] += 1
+            return labeled.clone(), unlabeled.clone()
+
+        monkeypatch.setattr(erat.train, "load_dataset", load)
+        monkeypatch.setattr(erat.train, "labeled_split", split)
+        train(cfg, tmp_path / folder, log=_quiet)
+        return _weights(tmp_path / folder)
+
+    corrupt = y.clone()
+    corrupt[unlabeled] = -1  # not a class: any use (CE, accuracy, a split) crashes or changes
+    assert _same_weights(_weights(tmp_path / "true"), run_with(corrupt, "corrupt"))
+    assert calls == {"load": 1, "split": 1}  # the patched loader and split were used
+
+    # The comparison is sensitive: one changed *labeled* label changes the final weights,
+    wrong = y.clone()
+    wrong[labeled[0]] = (wrong[labeled[0]] + 1) % 10
+    assert not _same_weights(_weights(tmp_path / "true"), run_with(wrong, "wrong"))
+    # and a -1 reaching the loss would stop the run.
+    with pytest.raises((IndexError, RuntimeError)):
+        cross_entropy(torch.zeros(1, 10), torch.tensor([-1]))
+
+
+# --- methods that use no unlabeled data; what an epoch is --------------------------------
+
+
+class _Recorder:
+    """Patches the trainer's EpochSampler and step to record the sampler and every batch."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.samplers: list[EpochSampler] = []
+        self.batches: list[Batch] = []
+        recorder, real_step = self, erat.train._step
+
+        class Sampler(EpochSampler):
+            def __init__(self, *args, **kwargs) -> None:
+                super().__init__(*args, **kwargs)
+                recorder.samplers.append(self)
+
+        def step(model, method, batch, *args, **kwargs):
+            recorder.batches.append(batch)
+            return real_step(model, method, batch, *args, **kwargs)
+
+        monkeypatch.setattr(erat.train, "EpochSampler", Sampler)
+        monkeypatch.setattr(erat.train, "_step", step)
+
+
+@pytest.mark.parametrize(
+    ("name", "params"),
+    [
+        ("erm", {}),
+        ("at", {}),
+        ("pgd", {"steps": 2}),
+        ("trades", {"steps": 2}),
+        ("er", {"lam_u": 0.0}),
+    ],
+)
+def test_methods_without_unlabeled_use_train_on_the_labels_alone(
+    tmp_path, monkeypatch, digits_y, name, params
+):
+    rec = _Recorder(monkeypatch)
+    logs: list[str] = []
+    cfg = _cfg(method=name, method_params=params, labels=20, batch_size=8)
+    train(cfg, tmp_path / "run", log=logs.append)
+
+    assert any("uses no unlabeled data" in m and "20 labeled" in m for m in logs)
+    assert not any(m.startswith("semi-supervised") for m in logs)
+    (sampler,) = rec.samplers
+    assert (sampler.n_labeled, sampler.n_unlabeled) == (20, 0)
+    assert sampler.steps == 20 // 8  # an epoch is one pass over the 20 labeled examples
+    assert len(rec.batches) == sampler.steps
+    x_train = load_dataset("digits", "train").tensors[0].flatten(1)
+    x_labeled = x_train[labeled_split(digits_y, 20, cfg.seed)[0]]
+    for batch in rec.batches:
+        assert batch.x_unlabeled is None and len(batch.x) == 8
+        # every input is one of the 20 labeled images (digits has no augmentation)
+        assert torch.cdist(batch.x.flatten(1), x_labeled).min(1).values.max() == 0
+
+
+def test_semisupervised_epoch_is_one_pass_over_the_unlabeled_set():
+    cfg = _cfg(method="vat", labels=20, batch_size=16, unlabeled_batch_size=64)
+    sampler = EpochSampler(cfg, 20, N_TRAIN - 20)
+    assert sampler.steps == (N_TRAIN - 20) // 64 == 22
+    batches = list(sampler.batches(torch.Generator().manual_seed(0)))
+    assert len(batches) == 22
+    seen = torch.cat([ui for _, ui in batches])
+    assert len(seen) == len(set(seen.tolist())) == 22 * 64  # no unlabeled example twice
+    assert int(seen.max()) < N_TRAIN - 20
+    for li, ui in batches:  # the 20 labels cycle, reshuffled, in batches of 16
+        assert len(li) == 16 and len(ui) == 64 and int(li.max()) < 20
+    assert EpochSampler(_cfg(labels=20, batch_size=16), 20, N_TRAIN - 20).steps == 88
+    assert EpochSampler(_cfg(labels=20, epoch_steps=5), 20, N_TRAIN - 20).steps == 5
+    assert EpochSampler(_cfg(labels=20, batch_size=16), 20, 0).steps == 1  # labels only
+
+
+def test_trainer_epoch_length_with_unlabeled_data(tmp_path, monkeypatch):
+    rec = _Recorder(monkeypatch)
+    logs: list[str] = []
+    train(
+        _cfg(method="vat", labels=20, batch_size=8, unlabeled_batch_size=256),
+        tmp_path / "run",
+        log=logs.append,
+    )
+    (sampler,) = rec.samplers
+    assert (sampler.n_labeled, sampler.n_unlabeled) == (20, N_TRAIN - 20)
+    assert sampler.steps == len(rec.batches) == (N_TRAIN - 20) // 256
+    assert all(len(b.x) == 8 and len(b.x_unlabeled) == 256 for b in rec.batches)
+    metrics = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert len(metrics) == 1 and json.loads(metrics[0])["epoch"] == 1
