@@ -95,6 +95,9 @@ def _add_train(sub) -> None:
     p.add_argument("--data-dir", help="folder holding the official dataset files")
     p.add_argument("--download", action="store_true", help="download through torchvision")
     p.add_argument("--model", help="mlp, cnn, conv-large, preact-resnet18, wrn-28-10")
+    p.add_argument(
+        "--model-kwargs", type=_json_object, help="model options, e.g. '{\"width\": 16}'"
+    )
     p.add_argument("--method", help="erm, at, vat, pgd, trades, er")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
@@ -198,6 +201,16 @@ def run_train(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"wrote {path}")
     return 0
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not JSON: {text!r}") from e
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"want a JSON object, got {text!r}")
+    return value
 
 
 # ---------------------------------------------------------------------------- eval

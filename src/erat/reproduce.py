@@ -112,7 +112,10 @@ def reproduce(
 
 
 def run_one(
-    suite: dict[str, Any], run: dict[str, Any], cfg: TrainConfig, folder: Path,
+    suite: dict[str, Any],
+    run: dict[str, Any],
+    cfg: TrainConfig,
+    folder: Path,
     log: Callable[[str], None],
 ):
     """Train (or resume, or skip), evaluate and measure the energy of one run of a suite.
@@ -185,25 +188,32 @@ def _train_seconds(folder: Path) -> float:
 
 
 def _command(cfg: TrainConfig, folder: Path) -> str:
-    parts = [
-        "erat train",
-        f"--dataset {cfg.dataset}",
-        f"--model {cfg.model}",
-        f"--method {cfg.method}",
-        f"--epochs {cfg.epochs}",
-        f"--batch-size {cfg.batch_size}",
-        f"--optimizer {cfg.optimizer}",
-        f"--lr {cfg.lr:g}",
-        f"--seed {cfg.seed}",
-    ]
-    if cfg.data_dir:
-        parts.append(f"--data-dir {cfg.data_dir}")
-    if cfg.labels:
-        parts.append(f"--labels {cfg.labels}")
-    for k, v in cfg.method_params.items():
-        flag = "--" + k.replace("_", "-")
-        parts.append(flag if v is True else f"{flag} {v}")
-    return " ".join(parts + [f"--out {folder}"])
+    """The ``erat train`` command line of a configuration (settings that differ from the
+    defaults, plus the ones that name the run)."""
+    default = TrainConfig()
+    parts = ["erat train"]
+    for name in TrainConfig.__dataclass_fields__:
+        value = getattr(cfg, name)
+        if name == "progress" or (value == getattr(default, name) and name not in NAMED):
+            continue
+        flag = "--" + name.replace("_", "-")
+        if name == "method_params":
+            for k, v in value.items():
+                parts.append(_flag("--" + k.replace("_", "-"), v))
+        elif name == "model_kwargs":
+            parts.append(f"--model-kwargs '{json.dumps(value)}'")
+        elif name == "augment":
+            parts.append("--no-augment")
+        else:
+            parts.append(_flag(flag, value))
+    return " ".join([*parts, f"--out {folder}"])
+
+
+NAMED = {"dataset", "model", "method", "epochs", "seed"}
+
+
+def _flag(flag: str, value: Any) -> str:
+    return flag if value is True else f"{flag} {value}"
 
 
 def write_report(

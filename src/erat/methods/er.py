@@ -12,12 +12,11 @@ objective), and the virtual form gives VAT's term: AT and VAT are the coarsest m
 Passes: one clean train-mode pass over labeled + unlabeled inputs (the only one that
 updates BatchNorm running stats); the direction searches in
 :func:`~erat.perturb.search_mode` (eval mode, no graph for the weights, ``u`` then held
-constant); all ``M*T`` ray points of a form in one pass under
-:func:`~erat.perturb.deterministic` (BatchNorm on running statistics, dropout off: the
-energy of the function deployed at test time, see there why). When the model is stochastic
-in training (train-mode BatchNorm or active dropout), ``t_0 = x`` is evaluated inside the
-ray pass, so all points of a ray share one function; otherwise the clean pass's ``l(x)``
-(and ``v(x) = 0``) is reused.
+constant); all ``M*T`` ray points of a form in one pass, with dropout off and BatchNorm
+normalised by the clean pass's batch statistics (:func:`~erat.perturb.shared_batch_stats`:
+every point of a ray, ``x`` included, is mapped by the clean pass's function). Then the
+clean pass's ``l(x)`` (and ``v(x) = 0``) is reused as ``t_0``; only when dropout is active
+in the clean pass is ``t_0 = x`` evaluated again inside the ray pass.
 ``lam_u = 0`` without EntMin skips the unlabeled inputs altogether (``uses_unlabeled``).
 
 Example::
@@ -46,9 +45,11 @@ from erat.methods import _checks
 from erat.methods.base import Batch, StepOutput, register
 from erat.perturb import (
     LossFn,
-    deterministic,
-    is_stochastic,
+    dropout_active,
+    dropout_off,
+    frozen_bn_stats,
     search_mode,
+    shared_batch_stats,
     vat_direction,
 )
 
@@ -87,7 +88,7 @@ class ER:
 
     def _rays(self, model: nn.Module, loss_fn: LossFn, x: Tensor, u1: Tensor,
               loss_at_x: Tensor | None) -> EnergyEstimate:
-        with deterministic(model):
+        with frozen_bn_stats(model), dropout_off(model):  # (frozen: for calls outside __call__)
             return energy(loss_fn, x, self.eps, T=self.T, M=self.M, reduce=self.reduce,
                           loss_at_x=loss_at_x, first_direction=u1)
 
@@ -116,19 +117,20 @@ class ER:
 
     def __call__(self, model: nn.Module, batch: Batch) -> StepOutput:
         x, y, xu = batch.x, batch.y, batch.x_unlabeled
-        reuse = not is_stochastic(model)
+        reuse = not dropout_active(model)
         xu = xu if self.uses_unlabeled else None
-        logits_all = model(x if xu is None else torch.cat([x, xu]))  # updates BN stats
-        logits, logits_u = logits_all[: len(x)], logits_all[len(x):]
-        clean = cross_entropy(logits, y)
-        est = self.supervised(model, x, y, clean if reuse else None)
-        loss = clean.mean() + self.lam * est.value.mean()
-        metrics = {"acc": (logits.argmax(1) == y).float().mean(), "clean_loss": clean.mean(),
-                   "energy": est.value.mean()}
-        if xu is not None and self.lam_u > 0:
-            est_u = self.virtual(model, xu, logits_u, reuse)
-            loss = loss + self.lam_u * est_u.value.mean()
-            metrics["energy_u"] = est_u.value.mean()
+        with shared_batch_stats(model):
+            logits_all = model(x if xu is None else torch.cat([x, xu]))  # updates BN stats
+            logits, logits_u = logits_all[: len(x)], logits_all[len(x):]
+            clean = cross_entropy(logits, y)
+            est = self.supervised(model, x, y, clean if reuse else None)
+            loss = clean.mean() + self.lam * est.value.mean()
+            metrics = {"acc": (logits.argmax(1) == y).float().mean(),
+                       "clean_loss": clean.mean(), "energy": est.value.mean()}
+            if xu is not None and self.lam_u > 0:
+                est_u = self.virtual(model, xu, logits_u, reuse)
+                loss = loss + self.lam_u * est_u.value.mean()
+                metrics["energy_u"] = est_u.value.mean()
         if self.entmin:
             metrics["entropy"] = entropy(logits_u if xu is not None else logits).mean()
             loss = loss + metrics["entropy"]
