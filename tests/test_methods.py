@@ -194,7 +194,7 @@ def test_er_T1_M1_equals_at_objective():
     with torch.no_grad():
         rises = ce(fgm(ce, b.x, Threat("l2", 0.5))) > ce(b.x)
     assert rises.all()
-    er = build_method("er", eps=0.5, T=1, M=1, lam=1.0)(model, b).loss
+    er = build_method("er", eps=0.5, T=1, M=1, S=0, lam=1.0)(model, b).loss
     at = build_method("at", eps=0.5, alpha=1.0)(model, b).loss
     erm = build_method("erm")(model, b).loss
     assert torch.allclose(er, at - erm, rtol=1e-5)
@@ -207,7 +207,7 @@ def test_er_virtual_T1_M1_equals_vat_term():
     torch.manual_seed(3)
     with torch.no_grad():
         logits = model(b.x)
-    e_v = ER(eps=2.0, T=1, M=1).virtual(model, b.x, logits, reuse=True).value.mean()
+    e_v = ER(eps=2.0, T=1, M=1, S=0).virtual(model, b.x, logits, reuse=True).value.mean()
     assert vat > 0 and torch.allclose(e_v.detach().float(), vat, rtol=1e-5)
 
 
@@ -216,7 +216,7 @@ def test_er_ray_pass_is_deterministic_on_a_stochastic_model():
     the same directions give the same estimate twice (no dropout noise summed up by V_T)."""
     model, b = bn_net().train(), batch(False)
     assert is_stochastic(model)
-    method = ER(eps=0.5, T=4, M=1)
+    method = ER(eps=0.5, T=4, M=1, S=0)
     with dropout_off(model):
         assert is_stochastic(model)  # BatchNorm still uses batch statistics
     a = method.supervised(model, b.x, b.y, None).value
@@ -258,7 +258,7 @@ def test_er_ray_pass_uses_the_clean_batch_statistics():
     model, b = bn_net(), batch(False)
     model.train()
     model[3].p = 0.0  # no dropout: BatchNorm alone makes the pass batch-dependent
-    method = ER(eps=0.5, T=1, M=1)
+    method = ER(eps=0.5, T=1, M=1, S=0)
     with shared_batch_stats(model):
         clean = cross_entropy(model(b.x), b.y)
         est = method.supervised(model, b.x, b.y, clean).value

@@ -3,9 +3,11 @@
 the virtual loss ``v(z) = KL(p(.|x) || p(.|z))`` on unlabeled inputs, optionally
 ``+ mean H(p(.|x_u))`` (EntMin); METHOD.md sections 3-4, estimator in :mod:`erat.energy`.
 
-``E_hat`` uses ``M`` directions (``u_1`` adversarial: FGM, or ``S`` PGD steps; for the
-virtual loss VAT's power iteration with ``xi``, ``power_iters``, refined by ``S`` PGD
-steps; ``u_2..u_M`` random) and ``T`` segments per ray. With ``T=1, M=1, lam=1``,
+``E_hat`` uses ``M`` directions (``u_1`` adversarial: FGM for ``S=0``, else ``S`` PGD steps
+from a random start; for the virtual loss VAT's power iteration with ``xi``,
+``power_iters``, refined by ``S`` PGD steps; ``u_2..u_M`` random) and ``T`` segments per
+ray. Defaults ``T=2, M=1, S=1``: in the ablation (docs/results.md) the searched direction
+decided robustness and random directions added cost only. With ``T=1, M=1, S=0, lam=1``,
 ``l(x) + E_hat(x) = l(x + eps u_fgm)`` wherever the loss rises along the ray (AT's
 objective), and the virtual form gives VAT's term: AT and VAT are the coarsest members.
 
@@ -21,7 +23,7 @@ in the clean pass is ``t_0 = x`` evaluated again inside the ray pass.
 
 Example::
 
-    out = ER(eps=2.0, T=2, M=2)(model, Batch(x, y)); out.loss.backward()
+    out = ER(eps=2.0)(model, Batch(x, y)); out.loss.backward()
 """
 
 from __future__ import annotations
@@ -61,8 +63,8 @@ class ER:
 
     eps: float = 2.0
     T: int = 2
-    M: int = 2
-    S: int = 0
+    M: int = 1  # defaults chosen by the digits ablation (docs/results.md): S matters, M not
+    S: int = 1
     reduce: Reduce = "max"
     lam: float = 1.0
     lam_u: float = 1.0
