@@ -30,15 +30,23 @@ LossFn = Callable[[Tensor], Tensor]
 
 
 @contextmanager
-def search_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Eval mode for an inner search; restores each module's own ``training`` flag."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
+def _training_off(modules: list[nn.Module]) -> Iterator[None]:
+    """Set ``training = False`` on ``modules``; restore each one's own flag afterwards."""
+    modes = [(m, m.training) for m in modules]
+    for m in modules:
+        m.training = False
     try:
-        yield model
+        yield
     finally:
         for m, was_training in modes:
             m.training = was_training
+
+
+@contextmanager
+def search_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode for an inner search; restores each module's own ``training`` flag."""
+    with _training_off(list(model.modules())):
+        yield model
 
 
 @contextmanager
@@ -71,15 +79,9 @@ def dropout_off(model: nn.Module) -> Iterator[nn.Module]:
     Used by the energy regulariser's ray pass: with independent dropout masks per ray point,
     the sum of absolute differences ``V_T`` would add up the dropout noise and grow with ``T``.
     """
-    drops = [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
-    modes = [(m, m.training) for m in drops]
-    for m in drops:
-        m.training = False
-    try:
+    with _training_off([m for m in model.modules()
+                        if isinstance(m, nn.modules.dropout._DropoutNd)]):
         yield model
-    finally:
-        for m, was_training in modes:
-            m.training = was_training
 
 
 @contextmanager
