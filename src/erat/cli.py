@@ -525,7 +525,7 @@ def run_bench(args: argparse.Namespace) -> int:
     result: dict[str, Any] = {
         "device": str(device),
         "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),
         "models": {},
     }
     if device.type == "cuda":

@@ -250,7 +250,7 @@ def write_report(
         )
     versions = {
         "erat": __version__,
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "threads": torch.get_num_threads(),

@@ -1,0 +1,58 @@
+"""``erat reproduce``: a tiny suite runs end to end, writes its report, and resumes."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from erat.cli import main
+from erat.reproduce import load_suite, reproduce
+
+SUITE = """
+suite: tiny
+description: two runs on digits
+defaults: {dataset: digits, model: mlp, model_kwargs: {hidden: [16]}, epochs: 1, epoch_steps: 2,
+           batch_size: 32, progress: false}
+runs:
+  - {name: erm, method: erm}
+  - {name: er, method: er, eps: 0.5, energy: {eps: 0.5, T: 2, M: 2, S: 1, n: 20}}
+eval: {attack: pgd, norm: l2, eps: [0.25, 0.5], steps: 2, n: 40, sanity_n: 10}
+plots: {landscape_eps: 0.5}
+"""
+
+
+@pytest.fixture
+def suite_file(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(SUITE)
+    return path
+
+
+def test_suite_runs_reports_and_resumes(suite_file, tmp_path):
+    out = tmp_path / "report"
+    rows = reproduce(str(suite_file), out, log=lambda *_: None)
+    assert [r["name"] for r in rows] == ["erm", "er"]
+    with open(out / "results.csv") as f:
+        table = list(csv.DictReader(f))
+    assert {"method", "dataset", "clean_acc", "pgd-l2-eps0.25", "pgd-l2-eps0.5"} <= set(table[0])
+    assert "energy_mean" in table[1] and table[0].get("energy_mean", "") == ""
+    text = (out / "results.md").read_text()
+    assert "erat train" in text and "--method er" in text and "torch" in text
+    for name in ("accuracy_vs_radius.png", "landscape.png"):
+        assert (out / name).stat().st_size > 0
+    model = out / "runs" / "er" / "model.pt"
+    stamp = model.stat().st_mtime_ns
+    again = reproduce(str(suite_file), out, log=lambda *_: None)
+    assert model.stat().st_mtime_ns == stamp  # finished runs are not trained again
+    assert again[1]["clean_acc"] == rows[1]["clean_acc"]
+
+
+def test_unknown_suite_is_one_line(capsys, tmp_path):
+    assert main(["reproduce", "nope", "--out", str(tmp_path)]) == 2
+    assert "unknown suite 'nope'" in capsys.readouterr().err
+
+
+def test_bundled_suites_load():
+    for name in ("digits", "mnist-subset", "mnist", "cifar10", "svhn"):
+        assert load_suite(name)["runs"]
