@@ -1,6 +1,7 @@
 """Energy-regularised training, this paper (Zhang, Huang, Xu, arXiv 1911.06479):
-``mean l(x) + lam * mean E_hat(x)`` on labeled inputs ``+ lam_u * mean E_hat_v(x_u)`` with
-the virtual loss ``v(z) = KL(p(.|x) || p(.|z))`` on unlabeled inputs, optionally
+``mean l(x) + lam * mean E_hat(x)`` on labeled inputs ``+ lam_u * mean E_hat_v`` with the
+virtual loss ``v(z) = KL(p(.|x) || p(.|z))`` over labeled and unlabeled inputs (label-free,
+like VAT's term), optionally
 ``+ mean H(p(.|x_u))`` (EntMin); METHOD.md sections 3-4, estimator in :mod:`erat.energy`.
 
 ``E_hat`` uses ``M`` directions (``u_1`` adversarial: FGM for ``S=0``, else ``S`` PGD steps
@@ -129,8 +130,8 @@ class ER:
             loss = clean.mean() + self.lam * est.value.mean()
             metrics = {"acc": (logits.argmax(1) == y).float().mean(),
                        "clean_loss": clean.mean(), "energy": est.value.mean()}
-            if xu is not None and self.lam_u > 0:
-                est_u = self.virtual(model, xu, logits_u, reuse)
+            if xu is not None and self.lam_u > 0:  # label-free: over labeled + unlabeled
+                est_u = self.virtual(model, torch.cat([x, xu]), logits_all, reuse)
                 loss = loss + self.lam_u * est_u.value.mean()
                 metrics["energy_u"] = est_u.value.mean()
         if self.entmin:
