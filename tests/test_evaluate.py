@@ -20,15 +20,6 @@ from erat import evaluate as ev
 from erat.evaluate import ATTACKS, EvaluationWarning, evaluate, robust_key
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: several threads only spin against each other (10x slower under load)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def digits():
     d = load_digits()

@@ -25,13 +25,6 @@ def fake_result(clean: float, accs: dict[float, float], attack: str = "pgd") -> 
             "threat": {"n": 100, "subset_note": None}, "checks_failed": 0}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: several threads only spin against each other (10x slower under load)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture
