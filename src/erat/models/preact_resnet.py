@@ -11,11 +11,15 @@ from erat.models.registry import register_model
 
 
 class PreActBlock(nn.Module):
-    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+    """Pre-activation basic block (He et al. 2016), optional dropout between its two convs
+    (as in Wide ResNets, which use this block too)."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, dropout: float = 0.0) -> None:
         super().__init__()
         self.bn1, self.bn2 = nn.BatchNorm2d(c_in), nn.BatchNorm2d(c_out)
         self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, padding=1, bias=False)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, padding=1, bias=False)
+        self.dropout = nn.Dropout(dropout)
         self.shortcut = None
         if stride != 1 or c_in != c_out:
             self.shortcut = nn.Conv2d(c_in, c_out, 1, stride, bias=False)
@@ -23,8 +27,8 @@ class PreActBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         out = F.relu(self.bn1(x))
         skip = self.shortcut(out) if self.shortcut is not None else x
-        out = self.conv1(out)
-        return self.conv2(F.relu(self.bn2(out))) + skip
+        out = self.dropout(F.relu(self.bn2(self.conv1(out))))
+        return self.conv2(out) + skip
 
 
 @register_model("preact-resnet18")

@@ -4,28 +4,10 @@ a 16-channel stem and three groups of ``(depth - 4) / 6`` pre-activation blocks 
 
 from __future__ import annotations
 
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 
+from erat.models.preact_resnet import PreActBlock
 from erat.models.registry import register_model
-
-
-class WideBlock(nn.Module):
-    def __init__(self, c_in: int, c_out: int, stride: int, dropout: float) -> None:
-        super().__init__()
-        self.bn1, self.bn2 = nn.BatchNorm2d(c_in), nn.BatchNorm2d(c_out)
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, padding=1, bias=False)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, padding=1, bias=False)
-        self.dropout = nn.Dropout(dropout)
-        self.shortcut = None
-        if stride != 1 or c_in != c_out:
-            self.shortcut = nn.Conv2d(c_in, c_out, 1, stride, bias=False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        out = F.relu(self.bn1(x))
-        skip = self.shortcut(out) if self.shortcut is not None else x
-        out = self.dropout(F.relu(self.bn2(self.conv1(out))))
-        return self.conv2(out) + skip
 
 
 @register_model("wrn-28-10")
@@ -44,7 +26,7 @@ def wide_resnet(
     c_in = 16
     for i, c_out in enumerate(widths):
         for j in range(n):
-            layers.append(WideBlock(c_in, c_out, 2 if i > 0 and j == 0 else 1, dropout))
+            layers.append(PreActBlock(c_in, c_out, 2 if i > 0 and j == 0 else 1, dropout))
             c_in = c_out
     layers += [nn.BatchNorm2d(c_in), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1)]
     net = nn.Sequential(*layers, nn.Flatten(), nn.Linear(c_in, num_classes))
