@@ -105,7 +105,8 @@ class ER:
 
     def virtual(self, model: nn.Module, x: Tensor, clean_logits: Tensor,
                 reuse: bool) -> EnergyEstimate:
-        """``E_hat_v(x)`` of ``v``; ``reuse``: ``clean_logits`` equal the eval-mode ones."""
+        """``E_hat_v(x)`` of ``v``; ``reuse``: ``clean_logits`` come from the ray's function
+        (no active dropout), so they serve as the search target and ``v(x) = 0`` at ``t_0``."""
         with search_mode(model):
             if reuse:
                 target = clean_logits.detach()
