@@ -276,3 +276,29 @@ def test_er_ray_pass_uses_the_clean_batch_statistics():
     rises = end > clean.detach()
     assert rises.any()
     assert torch.allclose((clean.detach() + est)[rises], end[rises], atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["vat", "er"])
+def test_virtual_search_targets_the_eval_mode_function(name, monkeypatch):
+    """The power iteration runs in eval mode, so its target must be the eval-mode prediction:
+    with train-mode BatchNorm the clean pass's logits differ and would steer the search
+    towards the gap between the two functions instead of the adversarial direction."""
+    import erat.methods.er as er_module
+    import erat.methods.vat as vat_module
+
+    model, b = bn_net().train(), batch(True)
+    model[3].p = 0.0
+    targets = []
+    module = er_module if name == "er" else vat_module
+    real = module.vat_direction
+
+    def spy(fn, x, target, **kw):
+        targets.append((x.clone(), target.detach().clone()))
+        return real(fn, x, target, **kw)
+
+    monkeypatch.setattr(module, "vat_direction", spy)
+    make(name, lam=0.0)(model, b)
+    (x, target), = targets
+    with torch.no_grad():
+        expected = copy.deepcopy(model).eval()(x)
+    assert torch.allclose(target, expected, atol=1e-5)
