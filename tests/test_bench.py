@@ -1,0 +1,32 @@
+"""`erat bench` building blocks on a tiny model: every row has its fields and ratios."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from erat.bench import bench_attacks, bench_training
+
+
+def test_training_rows_have_ratio_to_erm():
+    rows = bench_training("mlp", (1, 8, 8), ["erm", "er"], batch_size=8, steps=3, warmup=1,
+                          max_seconds=5.0)
+    by = {r["method"]: r for r in rows}
+    assert set(by) == {"erm", "er"}
+    assert by["erm"]["ratio_to_erm"] == pytest.approx(1.0)
+    assert by["er"]["ms_per_step"] > 0 and by["er"]["ratio_to_erm"] > 0
+
+
+def test_attack_throughput_and_peer_ratio():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    out = bench_attacks(model, (1, 8, 8), batch_size=8, steps=2, repeats=3, autoattack_n=0,
+                        max_seconds=5.0)
+    assert out["pgd_images_per_s"] > 0
+    try:
+        import torchattacks  # noqa: F401
+    except ImportError:
+        assert "not installed" in out["torchattacks"]
+    else:
+        assert out["pgd_speedup_vs_torchattacks"] > 0
