@@ -4,6 +4,7 @@ a typo in a key, a method parameter, a model name or an evaluation setting fails
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 
 import pytest
 
@@ -19,6 +20,7 @@ from erat.train import TrainConfig
 PAPER_SUITES = {"mnist": 100, "cifar10": 4000, "svhn": 1000}  # suite: labels (METHOD.md 4)
 SUPERVISED = {"erm", "at", "vat", "pgd", "trades", "er"}
 PROTOCOLS = sorted((suite_dir() / "protocols").glob("*.yaml"))
+BENCHMARK_SUITES = sorted(str(p) for p in (Path(__file__).parents[1] / "benchmarks").glob("*.yaml"))
 PLOT_KEYS = {"landscape", "landscape_eps", "landscape_index"}
 
 
@@ -42,7 +44,7 @@ def test_the_suites_are_found():
     assert set(PAPER_SUITES) | {"digits", "mnist-subset"} <= set(suite_names())
 
 
-@pytest.mark.parametrize("name", suite_names())
+@pytest.mark.parametrize("name", suite_names() + BENCHMARK_SUITES)
 def test_suite_resolves(name):
     suite = load_suite(name)
     names = [run["name"] for run in suite["runs"]]
