@@ -4,6 +4,11 @@
         --columns clean_acc,pgd-l2-eps1,pgd-l2-eps1.5,pgd-l2-eps2,energy_mean,train_s_per_epoch
     python benchmarks/tables.py runs/mnist-subset --semi sup,vat,vat-entmin,er,er-entmin \
         --labels 100 --seeds 0,1,2
+    python benchmarks/tables.py runs/mnist-subset --runs erm,at,vat,pgd,trades,er \
+        --eval eval-all-500.json --columns clean_acc,pgd-l2-eps1.5,all-l2-eps1.5
+
+``--eval FILE`` reads ``RUN/FILE`` (an ``erat eval --json`` output) instead of the suite's
+``eval.json``, adding its subset size, failed checks and seconds.
 
 Reads ``REPORT/runs/NAME/eval.json`` (and ``energy.json``, ``metrics.jsonl``) directly, so
 it works on a suite still in progress; missing runs are skipped and say so.
@@ -17,11 +22,13 @@ import statistics
 from pathlib import Path
 
 
-def run_row(folder: Path) -> dict | None:
-    if not (folder / "eval.json").exists():
+def run_row(folder: Path, eval_file: str = "eval.json") -> dict | None:
+    if not (folder / eval_file).exists():
         return None
-    ev = json.loads((folder / "eval.json").read_text())
-    row = {"clean_acc": ev["clean_acc"], **ev["robust_acc"], "checks_failed": ev["checks_failed"]}
+    ev = json.loads((folder / eval_file).read_text())
+    row = {"clean_acc": ev["clean_acc"], **ev["robust_acc"], "checks_failed": ev["checks_failed"],
+           "n": ev["threat"]["n"], "eval_seconds": round(ev.get("seconds", 0.0)),
+           "failed_checks": ",".join(c["name"] for c in ev["checks"] if not c["passed"]) or "-"}
     if (folder / "energy.json").exists():
         en = json.loads((folder / "energy.json").read_text())
         row |= {k: en[k] for k in ("energy_mean", "at_term_mean", "vat_term_mean",
@@ -44,13 +51,14 @@ def main() -> None:
     p.add_argument("--semi", default="", help="method prefixes of NAME-LABELS-sSEED runs")
     p.add_argument("--labels", default="100")
     p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--eval", default="eval.json", help="evaluation JSON inside each run")
     args = p.parse_args()
     cols = args.columns.split(",")
     if args.runs:
         print("| run | " + " | ".join(cols) + " |")
         print("|---" * (len(cols) + 1) + "|")
         for name in args.runs.split(","):
-            row = run_row(args.report / "runs" / name)
+            row = run_row(args.report / "runs" / name, args.eval)
             cells = [fmt(row.get(c, "")) for c in cols] if row else ["(not run)"] * len(cols)
             print(f"| {name} | " + " | ".join(cells) + " |")
     if args.semi:
