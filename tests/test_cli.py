@@ -122,3 +122,17 @@ def test_eval_errors(digits_run, capsys, args, message):
 def test_eval_missing_run(tmp_path, capsys):
     code, _, err = run(["eval", tmp_path / "nothing"], capsys)
     assert code == 2 and "no model.pt" in err
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--steps", "0"], "--steps >= 1"),
+        (["--warmup", "-1"], "--warmup >= 0"),
+        (["--methods", "erm,nope"], "unknown method"),
+        (["--models", "cnn:28"], "MODEL:CxHxW"),
+    ],
+)
+def test_bench_errors_are_one_line(capsys, args, message):
+    code, _, err = run(["bench", "--no-attacks", *args], capsys)
+    assert code == 2 and message in err and err.count("\n") == 1

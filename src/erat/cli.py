@@ -488,6 +488,7 @@ def _add_bench(sub) -> None:
     p.add_argument("--methods", default="erm,at,vat,pgd,trades,er")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--steps", type=int, default=20, help="timed steps per method (at most)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps before the timed ones")
     p.add_argument("--max-seconds", type=float, default=20.0, help="time budget per method")
     p.add_argument("--attack-steps", type=int, default=10)
     p.add_argument("--no-attacks", dest="attacks", action="store_false")
@@ -517,6 +518,8 @@ def run_bench(args: argparse.Namespace) -> int:
     from erat.models import build_model
     from erat.train import resolve_device
 
+    if args.steps < 1 or args.warmup < 0 or args.batch_size < 1:
+        raise UserError("bench needs --steps >= 1, --warmup >= 0 and --batch-size >= 1")
     device = resolve_device(args.device)
     methods = args.methods.split(",")
     unknown = set(methods) - set(method_names())
@@ -539,6 +542,7 @@ def run_bench(args: argparse.Namespace) -> int:
             methods,
             batch_size=args.batch_size,
             steps=args.steps,
+            warmup=args.warmup,
             max_seconds=args.max_seconds,
             device=device,
         )
@@ -557,8 +561,10 @@ def run_bench(args: argparse.Namespace) -> int:
                 shape,
                 batch_size=args.batch_size,
                 steps=args.attack_steps,
+                repeats=min(5, args.steps),
                 device=device,
                 autoattack_n=args.autoattack_n,
+                max_seconds=args.max_seconds,
             )
             print(f"{name:<16} attacks: " + json.dumps(entry["attacks"]))
         result["models"][name] = entry
