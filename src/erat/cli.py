@@ -196,8 +196,10 @@ def run_train(args: argparse.Namespace) -> int:
             resume=getattr(args, "resume", False),
             stop_after=getattr(args, "stop_after", None),
         )
-    finally:  # a torchrun process group is left by train() for the caller to close
-        distributed.close()
+    except BaseException:  # no barrier: the other ranks may never reach it
+        distributed.close(wait_for_all=False)
+        raise
+    distributed.close()  # a torchrun process group is left by train() for the caller to close
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"wrote {path}")
     return 0

@@ -54,9 +54,17 @@ def setup(device: torch.device) -> Dist:
     return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def close() -> None:
-    """Leave the process group, if this process joined one."""
+def close(wait_for_all: bool = True) -> None:
+    """Leave the process group, if this process joined one, after a barrier.
+
+    Without the barrier a rank that finishes first tears its connections down while another
+    still uses them; with gloo the other process then aborted now and then ("terminate
+    called without an active exception", seen once in CI). ``wait_for_all=False`` skips it
+    (after an error, when the other ranks may never arrive).
+    """
     if dist.is_available() and dist.is_initialized():
+        if wait_for_all:
+            dist.barrier()
         dist.destroy_process_group()
 
 
