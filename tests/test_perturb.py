@@ -112,3 +112,21 @@ def test_vat_direction_is_unit_and_leaves_grads(data):
     d = vat_direction(model, x.double(), clean, xi=1e-6, power_iters=2)
     assert torch.allclose(l2_norm(d), torch.ones(len(x)), atol=1e-5)
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_search_target_is_the_eval_mode_prediction():
+    """The clean logits serve as a search's target only when train mode computes the same
+    function; with train-mode BatchNorm one eval-mode pass replaces them."""
+    from erat.perturb import search_target
+
+    torch.manual_seed(0)
+    x = torch.rand(6, 4)
+    plain = torch.nn.Linear(4, 3).train()
+    clean = plain(x)
+    assert search_target(plain, x, clean) is not clean  # detached
+    assert torch.equal(search_target(plain, x, clean), clean.detach())
+    bn = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3)).train()
+    clean = bn(x)
+    target = search_target(bn, x, clean)
+    assert bn.training and not target.requires_grad
+    assert torch.allclose(target, bn.eval()(x)) and not torch.allclose(target, clean)

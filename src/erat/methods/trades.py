@@ -24,7 +24,7 @@ from erat.energy import virtual_loss
 from erat.losses import cross_entropy, kl_div
 from erat.methods import _checks
 from erat.methods.base import Batch, StepOutput, register
-from erat.perturb import frozen_bn_stats, is_stochastic, pgd, search_mode
+from erat.perturb import frozen_bn_stats, pgd, search_mode, search_target
 from erat.threat import Norm, Threat
 
 
@@ -62,10 +62,9 @@ class TRADES:
 
     def __call__(self, model: nn.Module, batch: Batch) -> StepOutput:
         x, y = batch.x, batch.y
-        reuse = not is_stochastic(model)  # the clean logits equal the eval-mode ones
         logits = model(x)  # clean pass: updates BN running stats
         clean = cross_entropy(logits, y)
-        x_adv = self.adversarial(model, x, logits.detach() if reuse else None)
+        x_adv = self.adversarial(model, x, search_target(model, x, logits))
         with frozen_bn_stats(model):
             kl = kl_div(logits, model(x_adv))
         loss = clean.mean() + self.beta * kl.mean()

@@ -40,7 +40,7 @@ from torch import nn
 from erat.losses import cross_entropy, entropy, kl_div
 from erat.methods import _checks
 from erat.methods.base import Batch, StepOutput, register
-from erat.perturb import is_stochastic, search_mode, shared_batch_stats, vat_direction
+from erat.perturb import search_mode, search_target, shared_batch_stats, vat_direction
 
 
 @register("vat")
@@ -65,17 +65,12 @@ class VAT:
     def __call__(self, model: nn.Module, batch: Batch) -> StepOutput:
         x, y, xu = batch.x, batch.y, batch.x_unlabeled
         z = x if xu is None else torch.cat([x, xu])
-        reuse = not is_stochastic(model)  # the clean logits equal the eval-mode ones
         with shared_batch_stats(model):
             logits_z = model(z)  # clean pass: updates BN running stats
             logits = logits_z[: len(x)]
             clean = cross_entropy(logits, y)
+            target = search_target(model, z, logits_z)
             with search_mode(model):
-                if reuse:
-                    target = logits_z.detach()
-                else:
-                    with torch.no_grad():
-                        target = model(z)
                 d = vat_direction(model, z, target, xi=self.xi, power_iters=self.power_iters)
             # the perturbed pass is normalised with the clean batch's statistics: v compares
             # one function at x and x + eps d (see the module docstring)
