@@ -279,26 +279,38 @@ def test_er_ray_pass_uses_the_clean_batch_statistics():
 
 
 @pytest.mark.parametrize("name", ["vat", "er"])
-def test_virtual_search_targets_the_eval_mode_function(name, monkeypatch):
-    """The power iteration runs in eval mode, so its target must be the eval-mode prediction:
-    with train-mode BatchNorm the clean pass's logits differ and would steer the search
-    towards the gap between the two functions instead of the adversarial direction."""
+def test_virtual_search_probes_the_clean_pass_function(name, monkeypatch):
+    """The power iteration runs on the function of the clean training pass (train-mode
+    BatchNorm with the clean batch's statistics, running statistics untouched), and its
+    target is the clean pass's logits: ``v`` is exactly 0 at ``x`` for the searched function.
+    """
     import erat.methods.er as er_module
     import erat.methods.vat as vat_module
 
     model, b = bn_net().train(), batch(True)
     model[3].p = 0.0
-    targets = []
+    bn = model[1]
+    seen = []
     module = er_module if name == "er" else vat_module
     real = module.vat_direction
 
     def spy(fn, x, target, **kw):
-        targets.append((x.clone(), target.detach().clone()))
-        return real(fn, x, target, **kw)
+        stats = (bn.running_mean.clone(), bn.running_var.clone())
+        with torch.no_grad():
+            value_at_x = fn(x)
+        seen.append((x.clone(), target.detach().clone(), value_at_x, bn.training))
+        d = real(fn, x, target, **kw)
+        assert torch.equal(stats[0], bn.running_mean) and torch.equal(stats[1], bn.running_var)
+        return d
 
     monkeypatch.setattr(module, "vat_direction", spy)
+    before = copy.deepcopy(model)
     make(name, lam=0.0)(model, b)
-    (x, target), = targets
-    with torch.no_grad():
-        expected = copy.deepcopy(model).eval()(x)
-    assert torch.allclose(target, expected, atol=1e-5)
+    (x, target, value_at_x, training), = seen
+    assert training  # batch statistics, not the running ones
+    assert torch.allclose(value_at_x, target, atol=1e-5)
+    with torch.no_grad():  # the clean pass: train mode, the batch's own statistics
+        clean = before(x)
+        running = before.eval()(x)
+    assert torch.allclose(target, clean, atol=1e-5)
+    assert not torch.allclose(target, running, atol=1e-3)

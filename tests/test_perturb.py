@@ -130,3 +130,33 @@ def test_search_target_is_the_eval_mode_prediction():
     target = search_target(bn, x, clean)
     assert bn.training and not target.requires_grad
     assert torch.allclose(target, bn.eval()(x)) and not torch.allclose(target, clean)
+
+
+def test_clean_function_is_the_clean_pass_function():
+    """Inside shared_batch_stats, clean_function maps any batch (one input, a perturbed one)
+    with the clean pass's statistics and dropout off, updates no running statistics, and
+    restores every module's mode afterwards."""
+    from erat.perturb import clean_function, clean_function_target, shared_batch_stats
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Dropout(0.5),
+                          nn.Linear(6, 3)).train()
+    x = torch.rand(8, 4)
+    with shared_batch_stats(model):
+        model[3].p = 0.0
+        clean = model(x)
+        model[3].p = 0.5
+        stats = (model[1].running_mean.clone(), model[1].running_var.clone())
+        with clean_function(model):
+            assert model[1].training and not model[3].training
+            one = model(x[:1])  # alone: still the clean batch's statistics
+            again = model(x)
+        assert torch.allclose(one, clean[:1], atol=1e-6) and torch.allclose(again, clean)
+        assert torch.equal(stats[0], model[1].running_mean)
+        assert torch.equal(stats[1], model[1].running_var)
+        target = clean_function_target(model, x, clean)  # dropout active: a fresh pass
+        assert not target.requires_grad and torch.allclose(target, clean, atol=1e-6)
+    assert model[1].training and model[3].training
+    model[3].p = 0.0
+    assert clean_function_target(model, x, clean) is not clean
+    assert torch.equal(clean_function_target(model, x, clean), clean.detach())

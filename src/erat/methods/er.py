@@ -16,14 +16,16 @@ time. Raise ``T`` where the loss rises and falls along rays. With ``T=1, M=1, S=
 objective), and the virtual form gives VAT's term: AT and VAT are the coarsest members.
 
 Passes: one clean train-mode pass over labeled + unlabeled inputs (the only one that
-updates BatchNorm running stats); the direction searches in
+updates BatchNorm running stats); the supervised direction search in
 :func:`~erat.perturb.search_mode` (eval mode, no graph for the weights, ``u`` then held
-constant); all ``M*T`` ray points of a form in one pass, with dropout off and BatchNorm
-normalised by the clean pass's batch statistics (:func:`~erat.perturb.shared_batch_stats`:
-every point of a ray, ``x`` included, is mapped by the clean pass's function; the virtual
-search's target is an eval-mode pass when BatchNorm is in train mode). Then the
-clean pass's ``l(x)`` (and ``v(x) = 0``) is reused as ``t_0``; only when dropout is active
-in the clean pass is ``t_0 = x`` evaluated again inside the ray pass.
+constant); the virtual search, like VAT's, on the clean pass's function
+(:func:`~erat.perturb.clean_function`: train-mode BatchNorm with the clean batch's
+statistics, dropout off, target the clean logits); all ``M*T`` ray points of a form in one
+pass, with dropout off and BatchNorm normalised by the clean pass's batch statistics
+(:func:`~erat.perturb.shared_batch_stats`: every point of a ray, ``x`` included, is
+mapped by the clean pass's function). Then the clean pass's ``l(x)`` (and ``v(x) = 0``)
+is reused as ``t_0``; only when dropout is active in the clean pass is ``t_0 = x``
+evaluated again inside the ray pass.
 ``lam_u = 0`` without EntMin skips the unlabeled inputs altogether (``uses_unlabeled``).
 
 Example::
@@ -52,11 +54,12 @@ from erat.methods import _checks
 from erat.methods.base import Batch, StepOutput, register
 from erat.perturb import (
     LossFn,
+    clean_function,
+    clean_function_target,
     dropout_active,
     dropout_off,
     frozen_bn_stats,
     search_mode,
-    search_target,
     shared_batch_stats,
     vat_direction,
 )
@@ -111,14 +114,13 @@ class ER:
     def virtual(self, model: nn.Module, x: Tensor, clean_logits: Tensor,
                 reuse: bool) -> EnergyEstimate:
         """``E_hat_v(x)`` of ``v``; ``reuse``: ``clean_logits`` come from the ray's function
-        (no active dropout), so ``v(x) = 0`` at ``t_0``.
-
-        The search's target comes from the search's own (eval-mode) function
-        (:func:`~erat.perturb.search_target`): with the train-mode clean logits as target on
-        a BatchNorm MLP (MNIST subset, 100 labels, radius 0.3, 800 steps) test accuracy was
-        0.59 against 0.73, and swung between epochs (0.12-0.67)."""
-        target = search_target(model, x, clean_logits)
-        with search_mode(model):
+        (no active dropout), so ``v(x) = 0`` at ``t_0``. The search probes the same function
+        as the rays (:func:`~erat.perturb.clean_function`), so its target is that function's
+        value at ``x``: an eval-mode search aimed at the train-mode logits chased the gap
+        between the two functions (MNIST subset, 100 labels: 0.59 test accuracy against
+        0.73, docs/results.md)."""
+        target = clean_function_target(model, x, clean_logits)
+        with clean_function(model):
             d = vat_direction(model, x, target, xi=self.xi, power_iters=self.power_iters)
             u1 = search_direction(virtual_loss(model, target), x, self.eps, S=self.S,
                                   start_direction=d)
