@@ -19,8 +19,9 @@ labels / targets to match, and a loss that acts row by row (e.g. linear) needs n
 
 Directions are computed without a graph for the weights and held constant; gradients flow
 through the loss values at the ray points, so ``E_hat`` can be trained on. The caller sets
-the model's mode: searches under :func:`erat.perturb.search_mode`, ray points trained on
-under :func:`erat.perturb.deterministic` (see :mod:`erat.methods.er`).
+the model's mode: supervised searches under :func:`erat.perturb.search_mode`, virtual ones
+under :func:`erat.perturb.clean_function`, ray points trained on with the clean pass's
+batch statistics and dropout off (see :mod:`erat.methods.er`).
 
 Example::
 
