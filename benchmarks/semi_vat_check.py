@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from erat.data import labeled_split, load_dataset
+from erat.losses import kl_div
 from erat.perturb import frozen_bn_stats, shared_batch_stats
 
 CHOICES = {
@@ -53,8 +54,7 @@ def mlp(hidden: tuple[int, ...], top_bn: bool) -> nn.Module:
 
 
 def kl(target_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    log_p, log_q = F.log_softmax(target_logits, 1), F.log_softmax(logits, 1)
-    return (log_p.exp() * (log_p - log_q)).sum(1).mean()
+    return kl_div(target_logits, logits).mean()
 
 
 def unit(d: torch.Tensor) -> torch.Tensor:

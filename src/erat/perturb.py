@@ -152,9 +152,9 @@ def is_stochastic(model: nn.Module) -> bool:
 
 
 def search_target(model: nn.Module, x: Tensor, clean_logits: Tensor) -> Tensor:
-    """Detached logits at ``x`` of the function an inner search runs on (eval mode, see
-    :func:`search_mode`), for a search whose loss must be 0 at ``x`` (VAT, TRADES, ER's
-    virtual form).
+    """Detached logits at ``x`` of the eval-mode function a supervised-style search runs on
+    (:func:`search_mode`), for a search whose loss must be 0 at ``x`` (TRADES; the
+    label-free searches of VAT and ER use :func:`clean_function_target`).
 
     The training pass's ``clean_logits`` serve when that pass computes the same function
     (:func:`is_stochastic` is False); otherwise one eval-mode pass without a graph. With

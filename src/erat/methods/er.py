@@ -57,8 +57,6 @@ from erat.perturb import (
     clean_function,
     clean_function_target,
     dropout_active,
-    dropout_off,
-    frozen_bn_stats,
     search_mode,
     shared_batch_stats,
     vat_direction,
@@ -99,7 +97,7 @@ class ER:
 
     def _rays(self, model: nn.Module, loss_fn: LossFn, x: Tensor, u1: Tensor,
               loss_at_x: Tensor | None) -> EnergyEstimate:
-        with frozen_bn_stats(model), dropout_off(model):  # (frozen: for calls outside __call__)
+        with clean_function(model):  # (frozen running stats: for calls outside __call__)
             return energy(loss_fn, x, self.eps, T=self.T, M=self.M, reduce=self.reduce,
                           loss_at_x=loss_at_x, first_direction=u1)
 
