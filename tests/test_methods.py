@@ -225,6 +225,24 @@ def test_er_ray_pass_is_deterministic_on_a_stochastic_model():
     assert not is_stochastic(model.eval())
 
 
+def test_er_warmup_searches_without_refinement_first():
+    """Steps before ``warmup_steps`` search as with S=0 (VAT's direction, FGM); later steps,
+    and calls outside a trainer (``step=None``), with the S-step refinement."""
+    model, b = plain_cnn(), batch(True, torch.float64)
+
+    def loss(method: ER, step: int | None) -> torch.Tensor:
+        torch.manual_seed(5)
+        return method(model, dataclasses.replace(b, step=step)).loss
+
+    warm, s0, s2 = ER(eps=0.5, S=2, warmup_steps=3), ER(eps=0.5, S=0), ER(eps=0.5, S=2)
+    assert torch.equal(loss(warm, 2), loss(s0, 2))
+    assert torch.equal(loss(warm, 3), loss(s2, 3))
+    assert torch.equal(loss(warm, None), loss(s2, None))
+    assert not torch.equal(loss(s0, 0), loss(s2, 0))
+    with pytest.raises(ValueError, match="warmup_steps"):
+        ER(warmup_steps=-1)
+
+
 @pytest.mark.parametrize("name", ["vat", "er"])
 def test_semi_supervised_terms_and_entmin(name):
     model, b = bn_net().train(), batch(True)
@@ -246,7 +264,7 @@ def test_every_method_is_a_dataclass_with_cli_fields():
     assert fields["pgd"] == {"eps", "norm", "steps", "step_size"}
     assert fields["trades"] == {"eps", "norm", "steps", "step_size", "beta"}
     assert fields["er"] == {"eps", "T", "M", "S", "reduce", "lam", "lam_u", "entmin", "xi",
-                            "power_iters"}
+                            "power_iters", "step_size", "warmup_steps"}
 
 
 def test_er_ray_pass_uses_the_clean_batch_statistics():

@@ -59,6 +59,20 @@ def test_resume_gives_the_same_weights(tmp_path):
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3, 4]
 
 
+def test_batches_carry_the_update_count_across_epochs_and_resume(tmp_path, monkeypatch):
+    """``Batch.step`` (what ER's warm-up reads) counts updates from 0, also after a resume."""
+    from erat.methods.er import ER
+
+    seen: list[int | None] = []
+    call = ER.__call__
+    monkeypatch.setattr(ER, "__call__", lambda self, m, b: seen.append(b.step) or call(self, m, b))
+    cfg = TrainConfig(**{**FAST, "epochs": 2, "method": "er",
+                         "method_params": {"eps": 0.5, "S": 0}})
+    train(cfg, tmp_path / "run", stop_after=1, log=quiet)
+    train(cfg, tmp_path / "run", resume=True, log=quiet)
+    assert seen == list(range(10))
+
+
 def test_refuses_to_overwrite_a_run(tmp_path):
     cfg = TrainConfig(**{**FAST, "epochs": 1})
     train(cfg, tmp_path / "run", log=quiet)

@@ -28,13 +28,14 @@ METHOD_FLAGS: dict[str, tuple[type, str]] = {
     "power_iters": (int, "VAT power iterations K"),
     "beta": (float, "TRADES weight of the KL term"),
     "steps": (int, "PGD / TRADES inner steps"),
-    "step_size": (float, "PGD / TRADES step size (default 2.5*eps/steps)"),
+    "step_size": (float, "PGD / TRADES / ER search step size (default 2.5*eps/steps, ER: /S)"),
     "lam": (float, "ER weight of the labeled energy"),
     "lam_u": (float, "ER weight of the unlabeled (virtual) energy"),
     "T": (int, "ER ray segments"),
     "M": (int, "ER directions"),
     "S": (int, "ER PGD steps for the first direction (0 = FGM)"),
     "reduce": (str, "ER reduction over directions: max or mean"),
+    "warmup_steps": (int, "ER: first training steps searched with S=0, then S steps"),
     "entmin": (bool, "add entropy minimisation on unlabeled predictions"),
 }
 

@@ -228,9 +228,10 @@ def train(
             disable=not cfg.progress,
             leave=False,
         )
-        for li, ui in bar:
+        for i, (li, ui) in enumerate(bar):
             idx = distributed.shard(labeled_idx[li], dist).to(device)
-            batch = Batch(_prepare(x_train[idx], aug, gen, cfg), y_train[idx])
+            step = (epoch - 1) * sampler.steps + i
+            batch = Batch(_prepare(x_train[idx], aug, gen, cfg), y_train[idx], step=step)
             if ui is not None:
                 uidx = distributed.shard(unlabeled_idx[ui], dist).to(device)
                 batch.x_unlabeled = _prepare(x_train[uidx], aug, gen, cfg)

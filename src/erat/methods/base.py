@@ -24,11 +24,14 @@ from torch import Tensor, nn
 @dataclass
 class Batch:
     """Labeled inputs ``x`` ``[B, C, H, W]`` in [0, 1] with labels ``y`` ``[B]``, and
-    optionally unlabeled inputs ``x_unlabeled`` ``[B_u, C, H, W]`` (semi-supervised)."""
+    optionally unlabeled inputs ``x_unlabeled`` ``[B_u, C, H, W]`` (semi-supervised).
+    ``step`` is the trainer's update count before this batch (0-based, resume-safe), for
+    methods with a warm-up; None outside a training loop (no warm-up)."""
 
     x: Tensor
     y: Tensor
     x_unlabeled: Tensor | None = None
+    step: int | None = None
 
 
 class StepOutput(NamedTuple):

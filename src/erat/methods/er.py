@@ -78,6 +78,8 @@ class ER:
     entmin: bool = False
     xi: float = 1e-2  # float32-safe; see erat.methods.vat
     power_iters: int = 1
+    step_size: float | None = None  # of the S search steps; None: 2.5 * eps / S (PGD's)
+    warmup_steps: int = 0  # first training steps searched with S=0 (see the module docstring)
 
     @property
     def uses_unlabeled(self) -> bool:
@@ -94,6 +96,8 @@ class ER:
         _checks.finite_nonneg("lam_u", self.lam_u)
         _checks.positive("xi", self.xi)
         _checks.integer("power_iters", self.power_iters, 0)
+        _checks.positive("step_size", self.step_size, optional=True)
+        _checks.integer("warmup_steps", self.warmup_steps, 0)
 
     def _rays(self, model: nn.Module, loss_fn: LossFn, x: Tensor, u1: Tensor,
               loss_at_x: Tensor | None) -> EnergyEstimate:
@@ -101,16 +105,22 @@ class ER:
             return energy(loss_fn, x, self.eps, T=self.T, M=self.M, reduce=self.reduce,
                           loss_at_x=loss_at_x, first_direction=u1)
 
+    def search_steps(self, step: int | None) -> int:
+        """``S``, or 0 during the first ``warmup_steps`` training steps (``step`` < it)."""
+        return 0 if step is not None and step < self.warmup_steps else self.S
+
     def supervised(self, model: nn.Module, x: Tensor, y: Tensor,
-                   clean: Tensor | None) -> EnergyEstimate:
-        """``E_hat(x)`` of the CE; ``clean`` = per-sample ``l(x)`` to reuse, or None."""
+                   clean: Tensor | None, S: int | None = None) -> EnergyEstimate:
+        """``E_hat(x)`` of the CE; ``clean`` = per-sample ``l(x)`` to reuse, or None;
+        ``S`` overrides the field (warm-up)."""
         loss_fn = supervised_loss(model, y)
         with search_mode(model):
-            u1 = search_direction(loss_fn, x, self.eps, S=self.S)
+            u1 = search_direction(loss_fn, x, self.eps, S=self.S if S is None else S,
+                                  step_size=self.step_size)
         return self._rays(model, loss_fn, x, u1, clean)
 
     def virtual(self, model: nn.Module, x: Tensor, clean_logits: Tensor,
-                reuse: bool) -> EnergyEstimate:
+                reuse: bool, S: int | None = None) -> EnergyEstimate:
         """``E_hat_v(x)`` of ``v``; ``reuse``: ``clean_logits`` come from the ray's function
         (no active dropout), so ``v(x) = 0`` at ``t_0``. The search probes the same function
         as the rays (:func:`~erat.perturb.clean_function`), so its target is that function's
@@ -120,14 +130,15 @@ class ER:
         target = clean_function_target(model, x, clean_logits)
         with clean_function(model):
             d = vat_direction(model, x, target, xi=self.xi, power_iters=self.power_iters)
-            u1 = search_direction(virtual_loss(model, target), x, self.eps, S=self.S,
-                                  start_direction=d)
+            u1 = search_direction(virtual_loss(model, target), x, self.eps,
+                                  S=self.S if S is None else S, start_direction=d,
+                                  step_size=self.step_size)
         zero = torch.zeros(len(x), device=x.device) if reuse else None
         return self._rays(model, virtual_loss(model, clean_logits), x, u1, zero)
 
     def __call__(self, model: nn.Module, batch: Batch) -> StepOutput:
         x, y, xu = batch.x, batch.y, batch.x_unlabeled
-        reuse = not dropout_active(model)
+        reuse, S = not dropout_active(model), self.search_steps(batch.step)
         xu = xu if self.uses_unlabeled else None
         with shared_batch_stats(model):
             logits_all = model(x if xu is None else torch.cat([x, xu]))  # updates BN stats
@@ -136,11 +147,11 @@ class ER:
             loss = clean.mean()
             metrics = {"acc": (logits.argmax(1) == y).float().mean(), "clean_loss": clean.mean()}
             if self.lam > 0:  # (lam = 0, the semi-supervised form alone, skips the search)
-                est = self.supervised(model, x, y, clean if reuse else None)
+                est = self.supervised(model, x, y, clean if reuse else None, S)
                 loss = loss + self.lam * est.value.mean()
                 metrics["energy"] = est.value.mean()
             if xu is not None and self.lam_u > 0:  # label-free: over labeled + unlabeled
-                est_u = self.virtual(model, torch.cat([x, xu]), logits_all, reuse)
+                est_u = self.virtual(model, torch.cat([x, xu]), logits_all, reuse, S)
                 loss = loss + self.lam_u * est_u.value.mean()
                 metrics["energy_u"] = est_u.value.mean()
         if self.entmin:
