@@ -22,7 +22,8 @@ box (0.995 eps) and doubles ``v`` at the end point. That stronger regulariser, a
 the first update, stalled one semi-supervised seed of five at 0.78 (100 labels, MNIST
 subset); ``warmup_steps`` searches with ``S=0`` (VAT's direction) for the first updates.
 With 300 of 1,500 (``S=1, T=2``) ER kept VAT's accuracy (0.896 vs 0.897, 5 seeds) and was
-more robust under PGD-l2 at 1.5 (0.686 vs 0.662; docs/results.md).
+more robust under PGD-l2 at 1.5 (0.686 vs 0.662); VAT at a 1.25x radius, reaching as far,
+was as robust (0.687; docs/results.md).
 
 Passes: one clean train-mode pass over labeled + unlabeled inputs (the only one that
 updates BatchNorm running stats); the supervised direction search in
