@@ -19,6 +19,7 @@ import torch
 import erat
 from erat.energy import search_direction, virtual_loss
 from erat.perturb import clean_function, shared_batch_stats, vat_direction
+from erat.threat import l2_norm
 
 
 def reach(model: torch.nn.Module, x: torch.Tensor, eps: float) -> dict[str, tuple[float, float]]:
@@ -34,7 +35,7 @@ def reach(model: torch.nn.Module, x: torch.Tensor, eps: float) -> dict[str, tupl
                                   ("S=1, step 0.5 eps", 1, 0.5 * eps)]:
                 u = search_direction(v, x, eps, S=S, start_direction=d, step_size=step)
                 z = (x + eps * u).clamp(0.0, 1.0)
-                moved = (z - x).flatten(1).norm(dim=1).mean().item() / eps
+                moved = l2_norm(z - x).mean().item() / eps
                 out[name] = (moved, v(z).mean().item())
     return out
 

@@ -116,23 +116,25 @@ class ER:
                           loss_at_x=loss_at_x, first_direction=u1)
 
     def search_steps(self, step: int | None) -> int:
-        """``S``, or 0 during the first ``warmup_steps`` training steps (``step`` < it)."""
+        """``S``, or 0 during the first ``warmup_steps`` training steps (``step`` < it;
+        ``step=None``, outside a trainer: ``S``)."""
         return 0 if step is not None and step < self.warmup_steps else self.S
 
     def supervised(self, model: nn.Module, x: Tensor, y: Tensor,
-                   clean: Tensor | None, S: int | None = None) -> EnergyEstimate:
+                   clean: Tensor | None, step: int | None = None) -> EnergyEstimate:
         """``E_hat(x)`` of the CE; ``clean`` = per-sample ``l(x)`` to reuse, or None;
-        ``S`` overrides the field (warm-up)."""
+        ``step``: the training step (:meth:`search_steps`)."""
         loss_fn = supervised_loss(model, y)
         with search_mode(model):
-            u1 = search_direction(loss_fn, x, self.eps, S=self.S if S is None else S,
+            u1 = search_direction(loss_fn, x, self.eps, S=self.search_steps(step),
                                   step_size=self.step_size)
         return self._rays(model, loss_fn, x, u1, clean)
 
     def virtual(self, model: nn.Module, x: Tensor, clean_logits: Tensor,
-                reuse: bool, S: int | None = None) -> EnergyEstimate:
+                reuse: bool, step: int | None = None) -> EnergyEstimate:
         """``E_hat_v(x)`` of ``v``; ``reuse``: ``clean_logits`` come from the ray's function
-        (no active dropout), so ``v(x) = 0`` at ``t_0``. The search probes the same function
+        (no active dropout), so ``v(x) = 0`` at ``t_0``; ``step`` as in :meth:`supervised`.
+        The search probes the same function
         as the rays (:func:`~erat.perturb.clean_function`), so its target is that function's
         value at ``x``: an eval-mode search aimed at the train-mode logits chased the gap
         between the two functions (MNIST subset, 100 labels: 0.59 test accuracy against
@@ -141,14 +143,14 @@ class ER:
         with clean_function(model):
             d = vat_direction(model, x, target, xi=self.xi, power_iters=self.power_iters)
             u1 = search_direction(virtual_loss(model, target), x, self.eps,
-                                  S=self.S if S is None else S, start_direction=d,
+                                  S=self.search_steps(step), start_direction=d,
                                   step_size=self.step_size)
         zero = torch.zeros(len(x), device=x.device) if reuse else None
         return self._rays(model, virtual_loss(model, clean_logits), x, u1, zero)
 
     def __call__(self, model: nn.Module, batch: Batch) -> StepOutput:
         x, y, xu = batch.x, batch.y, batch.x_unlabeled
-        reuse, S = not dropout_active(model), self.search_steps(batch.step)
+        reuse = not dropout_active(model)
         xu = xu if self.uses_unlabeled else None
         with shared_batch_stats(model):
             logits_all = model(x if xu is None else torch.cat([x, xu]))  # updates BN stats
@@ -157,11 +159,11 @@ class ER:
             loss = clean.mean()
             metrics = {"acc": (logits.argmax(1) == y).float().mean(), "clean_loss": clean.mean()}
             if self.lam > 0:  # (lam = 0, the semi-supervised form alone, skips the search)
-                est = self.supervised(model, x, y, clean if reuse else None, S)
+                est = self.supervised(model, x, y, clean if reuse else None, batch.step)
                 loss = loss + self.lam * est.value.mean()
                 metrics["energy"] = est.value.mean()
             if xu is not None and self.lam_u > 0:  # label-free: over labeled + unlabeled
-                est_u = self.virtual(model, torch.cat([x, xu]), logits_all, reuse, S)
+                est_u = self.virtual(model, torch.cat([x, xu]), logits_all, reuse, batch.step)
                 loss = loss + self.lam_u * est_u.value.mean()
                 metrics["energy_u"] = est_u.value.mean()
         if self.entmin:
