@@ -140,6 +140,9 @@ def _ray_losses(
 ) -> Tensor:
     """``l(x + t_k u_m)`` for ``k = 0..T`` as ``[M, T+1, B]``; points clipped point-wise."""
     M, B = dirs.shape[:2]
+    if eps == 0:  # every ray point is x: l(x) repeated, so V_T = 0 exactly by construction
+        l0 = loss_fn(x) if loss_at_x is None else loss_at_x
+        return l0.view(1, 1, B).expand(M, T + 1, B)
     t = torch.tensor([k * eps / T for k in range(1, T + 1)], dtype=x.dtype, device=x.device)
     t = t.view(1, T, 1, *([1] * (x.dim() - 1)))
     pts = (x.unsqueeze(0).unsqueeze(0) + t * dirs.unsqueeze(1)).clamp(0.0, 1.0)  # [M,T,B,...]
