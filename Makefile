@@ -12,11 +12,11 @@ install:
 	$(PY) -m pip install -q -e '.[dev]'
 
 test:
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks experiments
 	$(VENV)/bin/python -m pytest -q
 
 lint:
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks experiments
 
 demo:
 	$(VENV)/bin/erat reproduce digits --out runs/digits

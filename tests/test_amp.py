@@ -7,8 +7,9 @@ import math
 
 import pytest
 
+from erat.config import TrainConfig
 from erat.methods import method_names
-from erat.train import TrainConfig, train
+from erat.train import train
 
 
 @pytest.mark.parametrize("method", method_names())
@@ -19,7 +20,7 @@ def test_bf16_autocast_trains(tmp_path, method):
         method=method,
         epochs=1,
         batch_size=32,
-        epoch_steps=2,
+        epoch_updates=2,
         amp="bf16",
         progress=False,
         channels_last=True,

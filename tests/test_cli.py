@@ -17,7 +17,7 @@ TRAIN = [
     "mlp",
     "--epochs",
     "1",
-    "--epoch-steps",
+    "--epoch-updates",
     "3",
     "--no-progress",
 ]
@@ -32,18 +32,18 @@ def run(args, capsys):
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "run"
-    assert main([*TRAIN, "--epochs", "3", "--epoch-steps", "20", "--out", str(out)]) == 0
+    assert main([*TRAIN, "--epochs", "3", "--epoch-updates", "20", "--out", str(out)]) == 0
     return out
 
 
 def test_train_writes_resolved_config(tmp_path, capsys):
     out = tmp_path / "run"
     code, _, err = run(
-        [*TRAIN, "--method", "at", "--eps", "1.5", "--alpha", "0.5", "--out", out], capsys
+        [*TRAIN, "--method", "at", "--eps", "1.5", "--adv-weight", "0.5", "--out", out], capsys
     )
     assert code == 0, err
     cfg = yaml.safe_load((out / "config.yaml").read_text())
-    assert cfg["method"] == "at" and cfg["method_params"] == {"eps": 1.5, "alpha": 0.5}
+    assert cfg["method"] == "at" and cfg["method_params"] == {"eps": 1.5, "adv_weight": 0.5}
 
 
 def test_yaml_config_then_flags(tmp_path, capsys):

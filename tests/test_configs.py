@@ -9,18 +9,18 @@ from pathlib import Path
 import pytest
 
 from erat.cli import build_parser, resolve_train_config
-from erat.data import dataset_info, dataset_names
-from erat.energy import energy_report
-from erat.evaluate import ATTACKS, evaluate
+from erat.config import TrainConfig, load_suite, run_config, suite_dir, suite_names
+from erat.datasets import dataset_info, dataset_names
+from erat.evaluate import EvalConfig
+from erat.measure import energy_report
 from erat.methods import build_method
 from erat.models import model_names, model_params
-from erat.reproduce import load_suite, run_config, suite_dir, suite_names
-from erat.train import TrainConfig
 
 PAPER_SUITES = {"mnist": 100, "cifar10": 4000, "svhn": 1000}  # suite: labels (METHOD.md 4)
 SUPERVISED = {"erm", "at", "vat", "pgd", "trades", "er"}
 PROTOCOLS = sorted((suite_dir() / "protocols").glob("*.yaml"))
-BENCHMARK_SUITES = sorted(str(p) for p in (Path(__file__).parents[1] / "benchmarks").glob("*.yaml"))
+EXPERIMENT_SUITES = sorted(
+    str(p) for p in (Path(__file__).parents[1] / "experiments").glob("*.yaml"))
 PLOT_KEYS = {"landscape", "landscape_eps", "landscape_index"}
 
 
@@ -44,7 +44,7 @@ def test_the_suites_are_found():
     assert set(PAPER_SUITES) | {"digits", "mnist-subset"} <= set(suite_names())
 
 
-@pytest.mark.parametrize("name", suite_names() + BENCHMARK_SUITES)
+@pytest.mark.parametrize("name", suite_names() + EXPERIMENT_SUITES)
 def test_suite_resolves(name):
     suite = load_suite(name)
     names = [run["name"] for run in suite["runs"]]
@@ -54,8 +54,7 @@ def test_suite_resolves(name):
         _check_train_config(run_config(suite, run, {}), f"{name}/{run['name']}")
     ev = dict(suite.get("eval", {}))
     assert ev.pop("n", 1) >= 1
-    assert set(ev) <= _kwargs(evaluate), f"{name}: unknown eval keys"
-    assert ev.get("attack", "pgd") in ATTACKS
+    EvalConfig.build(**ev)  # unknown keys, attacks or options raise
     en = dict(suite.get("energy") or {})
     assert en.pop("n", 1) >= 1
     assert set(en) <= _kwargs(energy_report) - {"model", "x", "y"}, f"{name}: energy keys"
@@ -74,10 +73,11 @@ def test_paper_suite_covers_the_protocol(name, labels):
     assert kinds == {("erm", False), ("vat", False), ("vat", True), ("er", False), ("er", True)}
     for n, c in semi.items():
         assert n.endswith(f"-{labels}"), n
-        assert c.unlabeled_batch_size and c.epoch_steps, n  # VAT's protocol, fixed updates
+        assert c.unlabeled_batch_size and c.epoch_updates, n  # VAT's protocol, fixed updates
     # every semi-supervised run shares the optimiser, model and length of its baseline
     shared = {
-        (c.model, c.optimizer, c.lr, c.batch_size, c.unlabeled_batch_size, c.epoch_steps, c.epochs)
+        (c.model, c.optimizer, c.lr, c.batch_size, c.unlabeled_batch_size, c.epoch_updates,
+         c.epochs)
         for c in semi.values()
     }
     assert len(shared) == 1

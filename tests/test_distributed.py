@@ -9,8 +9,9 @@ import socket
 import torch
 import torch.multiprocessing as mp
 
+from erat.config import TrainConfig
 from erat.distributed import close
-from erat.train import TrainConfig, train
+from erat.train import train
 
 CFG = dict(
     dataset="digits",
@@ -18,7 +19,7 @@ CFG = dict(
     method="erm",
     epochs=2,
     batch_size=64,
-    epoch_steps=4,
+    epoch_updates=4,
     optimizer="sgd",
     lr=0.05,
     progress=False,

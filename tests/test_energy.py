@@ -9,19 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from erat.energy import (
-    LN2,
-    certify,
-    energy,
-    energy_report,
-    fgm_direction,
-    ray_variation,
-    search_direction,
-    supervised_loss,
-    virtual_loss,
-)
-from erat.losses import cross_entropy, kl_div
-from erat.perturb import fgm, search_mode, vat_direction
+from erat.energy import LN2, certify, energy, ray_variation
+from erat.losses import cross_entropy, kl_div, supervised_loss, virtual_loss
+from erat.measure import energy_report
+from erat.passes import supervised_search
+from erat.search import fgm, fgm_direction, search_direction, vat_direction
 from erat.threat import Threat, l2_norm, random_unit
 
 
@@ -236,6 +228,6 @@ def test_report_energy_grows_with_search_strength():
     weak = energy_report(model, x, y, eps=1.0, T=1, M=1, S=0)
     strong = energy_report(model, x, y, eps=1.0, T=4, M=4, S=5)
     assert strong["energy_mean"] >= weak["energy_mean"] - 1e-6
-    with search_mode(model):
+    with supervised_search(model):
         l0 = cross_entropy(model(x), y)
     assert abs(weak["loss_mean"] - l0.mean().item()) < 1e-5

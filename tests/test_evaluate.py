@@ -15,9 +15,10 @@ import torch
 from sklearn.datasets import load_digits
 from torch import nn
 
-import erat.perturb
-from erat import evaluate as ev
-from erat.evaluate import ATTACKS, EvaluationWarning, evaluate, robust_key
+import erat.search
+from erat import checks
+from erat.attacks import attack_names
+from erat.evaluate import EvalConfig, EvaluationWarning, evaluate, robust_key
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +124,7 @@ def test_result_carries_full_threat_model(model, digits):
         (dict(y=lambda y: y[:-1]), "labels"),
         (dict(eps=[-1.0]), "eps"),
         (dict(eps=[float("nan")]), "eps"),
-        (dict(attack="cw"), "pgd, autoattack, square, all"),
+        (dict(attack="cw"), "unknown attack 'cw'; choose from autoattack, pgd, square, all"),
         (dict(norm="l1"), "l2, linf"),
         (dict(restarts=0), "restarts"),
     ],
@@ -179,8 +180,8 @@ def test_caller_rng_untouched(model, digits):
 
 class CountingPGD:
     def __init__(self, monkeypatch, fail_after: int | None = None):
-        self.calls, self.fail_after, self.real = 0, fail_after, erat.perturb.pgd
-        monkeypatch.setattr(erat.perturb, "pgd", self)
+        self.calls, self.fail_after, self.real = 0, fail_after, erat.search.pgd
+        monkeypatch.setattr(erat.search, "pgd", self)
 
     def __call__(self, *args, **kwargs):
         if self.fail_after is not None and self.calls >= self.fail_after:
@@ -240,20 +241,20 @@ def test_square_attack_alone(model, digits):
 
 
 def test_check_helpers_can_fail():
-    cfg = ev._config("all", "l2", (0.5, 1.0), 10, None, 1, 10, 0, 0, False, 0, 0)
+    cfg = EvalConfig.build("all", eps=(0.5, 1.0), steps=10, batch_size=10, sanity_n=0)
     acc = {"clean": 0.9, "pgd-l2-eps0.5": 0.5, "pgd-l2-eps1": 0.6,
            "all-l2-eps0.5": 0.4, "all-l2-eps1": 0.3}
-    assert not ev._check_monotone(cfg, acc)["passed"]
-    assert not ev._check_weak_pgd(cfg, acc)["passed"]  # 0.6 -> 0.3 at eps 1
-    assert ev._check_le_clean(acc)["passed"]
-    assert not ev._check_le_clean({**acc, "all-l2-eps1": 0.95})["passed"]
+    assert not checks.monotone(cfg, acc)["passed"]
+    assert not checks.weak_pgd(cfg, acc)["passed"]  # 0.6 -> 0.3 at eps 1
+    assert checks.le_clean(acc)["passed"]
+    assert not checks.le_clean({**acc, "all-l2-eps1": 0.95})["passed"]
     fine = {"clean": 0.9, "pgd-l2-eps0.5": 0.5, "pgd-l2-eps1": 0.2,
             "all-l2-eps0.5": 0.49, "all-l2-eps1": 0.19}
-    assert ev._check_monotone(cfg, fine)["passed"] and ev._check_weak_pgd(cfg, fine)["passed"]
+    assert checks.monotone(cfg, fine)["passed"] and checks.weak_pgd(cfg, fine)["passed"]
 
 
 def test_attack_names_are_the_documented_ones():
-    assert ATTACKS == ("pgd", "autoattack", "square", "all")
+    assert {"pgd", "autoattack", "square", "all"} <= set(attack_names())
 
 
 def test_checks_false_skips_costly_checks(model, digits, monkeypatch):

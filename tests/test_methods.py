@@ -23,7 +23,8 @@ from erat.losses import cross_entropy
 from erat.methods import Batch, build_method, method_config, method_names, method_params
 from erat.methods.er import ER
 from erat.methods.trades import TRADES
-from erat.perturb import dropout_off, fgm, is_stochastic, search_mode
+from erat.passes import dropout_off, is_stochastic, supervised_search
+from erat.search import fgm
 from erat.threat import Threat
 
 FAST = {"eps": 0.5, "steps": 2}  # keep the searches short on the CPU
@@ -148,12 +149,12 @@ def test_bad_eps_rejected(name, eps):
 
 
 @pytest.mark.parametrize("name, field, value", [
-    ("at", "norm", "l3"), ("at", "alpha", -1.0), ("pgd", "steps", -1),
+    ("at", "norm", "l3"), ("at", "adv_weight", -1.0), ("pgd", "steps", -1),
     ("pgd", "step_size", 0.0), ("pgd", "norm", "l1"), ("trades", "beta", -0.5),
     ("trades", "step_size", -1.0), ("vat", "xi", 0.0), ("vat", "power_iters", -1),
     ("er", "T", 0), ("er", "M", 0), ("er", "S", -1), ("er", "reduce", "sum"),
     ("er", "lam", math.nan), ("er", "lam_u", -1.0), ("er", "T", 1.5),
-    ("er", "step_size", -0.1), ("er", "warmup_steps", -1), ("er", "warmup_steps", 2.5)])
+    ("er", "step_size", -0.1), ("er", "warmup_updates", -1), ("er", "warmup_updates", 2.5)])
 def test_bad_hyperparameters_rejected(name, field, value):
     with pytest.raises(ValueError, match=field):
         build_method(name, **{field: value})
@@ -161,13 +162,15 @@ def test_bad_hyperparameters_rejected(name, field, value):
 
 def test_trades_search_maximises_the_kl():
     model, b = bn_net().train(), batch(False, n=16)
-    with search_mode(model), torch.no_grad():
+    with supervised_search(model), torch.no_grad():
         target = model(b.x)
     def kl(z):
         return _kl(model, target, z)
 
     torch.manual_seed(5)
-    start = TRADES(eps=1.0, steps=0).adversarial(model, b.x)
+    no_steps = TRADES(eps=1.0)
+    object.__setattr__(no_steps, "steps", 0)  # (0 steps is refused as a setting)
+    start = no_steps.adversarial(model, b.x)
     torch.manual_seed(5)
     end = TRADES(eps=1.0, steps=10).adversarial(model, b.x)
     assert (start - b.x).flatten(1).norm(dim=1).max() < 0.001 * 8 * 2  # x + 0.001 N(0, 1)
@@ -181,13 +184,14 @@ def test_trades_search_maximises_the_kl():
 def _kl(model, target, z):
     from erat.losses import kl_div
 
-    with search_mode(model), torch.no_grad():
+    with supervised_search(model), torch.no_grad():
         return kl_div(target, model(z))
 
 
 def test_er_T1_M1_equals_at_objective():
-    """ER(T=1, M=1, lam=1): mean l(x) + mean E_hat = mean l(x + eps u) = AT(alpha=1) - mean l(x)
-    wherever the loss rises along the FGM ray (checked for every sample)."""
+    """ER(T=1, M=1, lam=1): mean l(x) + mean E_hat = mean l(x + eps u)
+    = AT(adv_weight=1) - mean l(x) wherever the loss rises along the FGM ray (checked for
+    every sample)."""
     model, b = plain_cnn(), batch(False, torch.float64, n=16)
     def ce(z):
         return cross_entropy(model(z), b.y)
@@ -196,7 +200,7 @@ def test_er_T1_M1_equals_at_objective():
         rises = ce(fgm(ce, b.x, Threat("l2", 0.5))) > ce(b.x)
     assert rises.all()
     er = build_method("er", eps=0.5, T=1, M=1, S=0, lam=1.0)(model, b).loss
-    at = build_method("at", eps=0.5, alpha=1.0)(model, b).loss
+    at = build_method("at", eps=0.5, adv_weight=1.0)(model, b).loss
     erm = build_method("erm")(model, b).loss
     assert torch.allclose(er, at - erm, rtol=1e-5)
 
@@ -204,7 +208,7 @@ def test_er_T1_M1_equals_at_objective():
 def test_er_virtual_T1_M1_equals_vat_term():
     model, b = plain_cnn(), batch(False, torch.float64, n=16)
     torch.manual_seed(3)
-    vat = build_method("vat", eps=2.0, alpha=1.0)(model, b).metrics["kl"]
+    vat = build_method("vat", eps=2.0, adv_weight=1.0)(model, b).metrics["kl"]
     torch.manual_seed(3)
     with torch.no_grad():
         logits = model(b.x)
@@ -227,15 +231,15 @@ def test_er_ray_pass_is_deterministic_on_a_stochastic_model():
 
 
 def test_er_warmup_searches_without_refinement_first():
-    """Steps before ``warmup_steps`` search as with S=0 (VAT's direction, FGM); later steps,
-    and calls outside a trainer (``step=None``), with the S-step refinement."""
+    """Steps before ``warmup_updates`` search as with S=0 (VAT's direction, FGM); later steps,
+    and calls outside a trainer (``updates=None``), with the S-step refinement."""
     model, b = plain_cnn(), batch(True, torch.float64)
 
     def loss(method: ER, step: int | None) -> torch.Tensor:
         torch.manual_seed(5)
-        return method(model, dataclasses.replace(b, step=step)).loss
+        return method(model, dataclasses.replace(b, updates=step)).loss
 
-    warm, s0, s2 = ER(eps=0.5, S=2, warmup_steps=3), ER(eps=0.5, S=0), ER(eps=0.5, S=2)
+    warm, s0, s2 = ER(eps=0.5, S=2, warmup_updates=3), ER(eps=0.5, S=0), ER(eps=0.5, S=2)
     assert torch.equal(loss(warm, 2), loss(s0, 2))
     assert torch.equal(loss(warm, 3), loss(s2, 3))
     assert torch.equal(loss(warm, None), loss(s2, None))
@@ -258,28 +262,29 @@ def test_semi_supervised_terms_and_entmin(name):
 
 def test_every_method_is_a_dataclass_with_cli_fields():
     fields = {n: {f.name for f in dataclasses.fields(make(n))} for n in NAMES}
-    assert fields["at"] == {"eps", "norm", "alpha"}
-    assert fields["vat"] == {"eps", "xi", "power_iters", "alpha", "entmin"}
+    assert fields["at"] == {"eps", "norm", "adv_weight"}
+    assert fields["vat"] == {"eps", "xi", "power_iters", "adv_weight", "entmin"}
     assert fields["pgd"] == {"eps", "norm", "steps", "step_size"}
     assert fields["trades"] == {"eps", "norm", "steps", "step_size", "beta"}
     assert fields["er"] == {"eps", "T", "M", "S", "reduce", "lam", "lam_u", "entmin", "xi",
-                            "power_iters", "step_size", "warmup_steps"}
+                            "power_iters", "step_size", "warmup_updates"}
 
 
 def test_er_ray_pass_uses_the_clean_batch_statistics():
     """With train-mode BatchNorm, every ray point is mapped by the clean pass's function:
     T=1, M=1 gives l(x) + E = l(x + eps u) with both ends normalised by the clean batch."""
-    from erat.energy import fgm_direction, supervised_loss
-    from erat.perturb import shared_batch_stats
+    from erat.losses import supervised_loss
+    from erat.passes import shared_statistics
+    from erat.search import fgm_direction
 
     model, b = bn_net(), batch(False)
     model.train()
     model[3].p = 0.0  # no dropout: BatchNorm alone makes the pass batch-dependent
     method = ER(eps=0.5, T=1, M=1, S=0)
-    with shared_batch_stats(model):
+    with shared_statistics(model):
         clean = cross_entropy(model(b.x), b.y)
         est = method.supervised(model, b.x, b.y, clean).value
-    with search_mode(model):
+    with supervised_search(model):
         u = fgm_direction(supervised_loss(model, b.y), b.x)
     bn = model[1]
     stats = (bn.running_mean.clone(), bn.running_var.clone())

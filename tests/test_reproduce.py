@@ -12,7 +12,7 @@ from erat.reproduce import load_suite, reproduce
 SUITE = """
 suite: tiny
 description: two runs on digits
-defaults: {dataset: digits, model: mlp, model_kwargs: {hidden: [16]}, epochs: 1, epoch_steps: 2,
+defaults: {dataset: digits, model: mlp, model_kwargs: {hidden: [16]}, epochs: 1, epoch_updates: 2,
            batch_size: 32, progress: false}
 runs:
   - {name: erm, method: erm}

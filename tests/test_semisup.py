@@ -14,12 +14,15 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+import erat.fit
 import erat.train
-from erat.checkpoint import load_file
-from erat.data import DataError, labeled_split, load_dataset
+from erat.config import TrainConfig
+from erat.datasets import DataError, labeled_split, load_dataset
+from erat.files import load_file
+from erat.fit import EpochSampler
 from erat.losses import cross_entropy
 from erat.methods import Batch, build_method
-from erat.train import EpochSampler, TrainConfig, train
+from erat.train import train
 
 N_TRAIN = 1437  # digits train split
 SEMI_METHODS = [("vat", {}), ("vat", {"entmin": True}), ("er", {}), ("er", {"entmin": True})]
@@ -49,7 +52,7 @@ def _quiet(*_) -> None:
 
 
 def _weights(run) -> dict[str, torch.Tensor]:
-    return load_file(run / "checkpoint.pt")["model"]
+    return load_file(run / "model.pt")["state_dict"]
 
 
 def _same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
@@ -89,7 +92,7 @@ def test_labeled_split_refuses_impossible_quota(digits_y):
 def test_trainer_saves_the_split(tmp_path, digits_y):
     def split_of(name: str, seed: int) -> list[int]:
         out = tmp_path / name
-        train(_cfg(method="erm", labels=20, epoch_steps=1, seed=seed), out, log=_quiet)
+        train(_cfg(method="erm", labels=20, epoch_updates=1, seed=seed), out, log=_quiet)
         saved = json.loads((out / "split.json").read_text())
         assert saved["labels"] == 20 and saved["seed"] == seed
         return saved["labeled"]
@@ -152,7 +155,7 @@ def test_unlabeled_batch_changes_the_gradient(data, name, params):
     [
         ("er", {"lam": 0.0}),
         ("er", {"lam": 0.0, "lam_u": 0.0, "entmin": True}),
-        ("vat", {"alpha": 0.0, "entmin": True}),
+        ("vat", {"adv_weight": 0.0, "entmin": True}),
     ],
 )
 def test_unlabeled_term_alone_has_a_gradient(data, name, params):
@@ -169,7 +172,7 @@ def test_unlabeled_term_alone_has_a_gradient(data, name, params):
         assert _gap(_grads(method, model, Batch(x, y, None)), ce_only) < 1e-6
 
 
-@pytest.mark.parametrize(("name", "params"), [("er", {"lam_u": 0.0}), ("vat", {"alpha": 0.0})])
+@pytest.mark.parametrize(("name", "params"), [("er", {"lam_u": 0.0}), ("vat", {"adv_weight": 0.0})])
 def test_controls_without_an_unlabeled_term_ignore_x_unlabeled(data, name, params):
     """The comparison above can fail: with the unlabeled terms off, the same check finds no
     difference (up to float rounding of a larger matmul)."""
@@ -183,7 +186,8 @@ def test_controls_without_an_unlabeled_term_ignore_x_unlabeled(data, name, param
 
 @pytest.mark.parametrize(("name", "params"), [("vat", {}), ("er", {"entmin": True})])
 def test_labels_of_unlabeled_examples_are_never_read(tmp_path, monkeypatch, digits_y, name, params):
-    cfg = _cfg(method=name, method_params=params, labels=20, epoch_steps=3, unlabeled_batch_size=32)
+    cfg = _cfg(method=name, method_params=params, labels=20, epoch_updates=3,
+               unlabeled_batch_size=32)
     x, y = load_dataset("digits", "train").tensors
     labeled, unlabeled = labeled_split(y, 20, cfg.seed)
     logs: list[str] = []
@@ -232,7 +236,7 @@ class _Recorder:
     def __init__(self, monkeypatch) -> None:
         self.samplers: list[EpochSampler] = []
         self.batches: list[Batch] = []
-        recorder, real_step = self, erat.train._step
+        recorder, real_step = self, erat.fit._update
 
         class Sampler(EpochSampler):
             def __init__(self, *args, **kwargs) -> None:
@@ -243,8 +247,8 @@ class _Recorder:
             recorder.batches.append(batch)
             return real_step(model, method, batch, *args, **kwargs)
 
-        monkeypatch.setattr(erat.train, "EpochSampler", Sampler)
-        monkeypatch.setattr(erat.train, "_step", step)
+        monkeypatch.setattr(erat.fit, "EpochSampler", Sampler)
+        monkeypatch.setattr(erat.fit, "_update", step)
 
 
 @pytest.mark.parametrize(
@@ -269,8 +273,8 @@ def test_methods_without_unlabeled_use_train_on_the_labels_alone(
     assert not any(m.startswith("semi-supervised") for m in logs)
     (sampler,) = rec.samplers
     assert (sampler.n_labeled, sampler.n_unlabeled) == (20, 0)
-    assert sampler.steps == 20 // 8  # an epoch is one pass over the 20 labeled examples
-    assert len(rec.batches) == sampler.steps
+    assert sampler.updates == 20 // 8  # an epoch is one pass over the 20 labeled examples
+    assert len(rec.batches) == sampler.updates
     x_train = load_dataset("digits", "train").tensors[0].flatten(1)
     x_labeled = x_train[labeled_split(digits_y, 20, cfg.seed)[0]]
     for batch in rec.batches:
@@ -282,7 +286,7 @@ def test_methods_without_unlabeled_use_train_on_the_labels_alone(
 def test_semisupervised_epoch_is_one_pass_over_the_unlabeled_set():
     cfg = _cfg(method="vat", labels=20, batch_size=16, unlabeled_batch_size=64)
     sampler = EpochSampler(cfg, 20, N_TRAIN - 20)
-    assert sampler.steps == (N_TRAIN - 20) // 64 == 22
+    assert sampler.updates == (N_TRAIN - 20) // 64 == 22
     batches = list(sampler.batches(torch.Generator().manual_seed(0)))
     assert len(batches) == 22
     seen = torch.cat([ui for _, ui in batches])
@@ -290,9 +294,9 @@ def test_semisupervised_epoch_is_one_pass_over_the_unlabeled_set():
     assert int(seen.max()) < N_TRAIN - 20
     for li, ui in batches:  # the 20 labels cycle, reshuffled, in batches of 16
         assert len(li) == 16 and len(ui) == 64 and int(li.max()) < 20
-    assert EpochSampler(_cfg(labels=20, batch_size=16), 20, N_TRAIN - 20).steps == 88
-    assert EpochSampler(_cfg(labels=20, epoch_steps=5), 20, N_TRAIN - 20).steps == 5
-    assert EpochSampler(_cfg(labels=20, batch_size=16), 20, 0).steps == 1  # labels only
+    assert EpochSampler(_cfg(labels=20, batch_size=16), 20, N_TRAIN - 20).updates == 88
+    assert EpochSampler(_cfg(labels=20, epoch_updates=5), 20, N_TRAIN - 20).updates == 5
+    assert EpochSampler(_cfg(labels=20, batch_size=16), 20, 0).updates == 1  # labels only
 
 
 def test_trainer_epoch_length_with_unlabeled_data(tmp_path, monkeypatch):
@@ -305,7 +309,7 @@ def test_trainer_epoch_length_with_unlabeled_data(tmp_path, monkeypatch):
     )
     (sampler,) = rec.samplers
     assert (sampler.n_labeled, sampler.n_unlabeled) == (20, N_TRAIN - 20)
-    assert sampler.steps == len(rec.batches) == (N_TRAIN - 20) // 256
+    assert sampler.updates == len(rec.batches) == (N_TRAIN - 20) // 256
     assert all(len(b.x) == 8 and len(b.x_unlabeled) == 256 for b in rec.batches)
     metrics = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(metrics) == 1 and json.loads(metrics[0])["epoch"] == 1

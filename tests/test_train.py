@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import erat
-from erat.train import TrainConfig, train
+from erat.config import TrainConfig
+from erat.train import train
 
 FAST = dict(
     dataset="digits",
@@ -16,7 +17,7 @@ FAST = dict(
     model_kwargs={"hidden": [64, 32]},
     epochs=4,
     batch_size=64,
-    epoch_steps=5,
+    epoch_updates=5,
     progress=False,
     seed=3,
 )
@@ -27,12 +28,15 @@ def quiet(*_: object) -> None:
 
 
 def test_run_folder_and_portable_model(tmp_path):
-    cfg = TrainConfig(**{**FAST, "epochs": 2})
+    cfg = TrainConfig(**{**FAST, "epochs": 2, "keep_checkpoint": True})
     path = train(cfg, tmp_path / "run", log=quiet)
     run = tmp_path / "run"
     assert {"config.yaml", "metrics.jsonl", "checkpoint.pt", "model.pt"} <= {
         p.name for p in run.iterdir()
     }
+    train(TrainConfig(**{**FAST, "epochs": 1}), tmp_path / "lean", log=quiet)
+    assert {p.name for p in (tmp_path / "lean").iterdir()} == {
+        "config.yaml", "metrics.jsonl", "model.pt"}  # no checkpoint.pt unless kept
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
     assert all(0 <= r["test_acc"] <= 1 and r["seconds"] > 0 for r in rows)
@@ -60,12 +64,13 @@ def test_resume_gives_the_same_weights(tmp_path):
 
 
 def test_batches_carry_the_update_count_across_epochs_and_resume(tmp_path, monkeypatch):
-    """``Batch.step`` (what ER's warm-up reads) counts updates from 0, also after a resume."""
+    """``Batch.updates`` (what ER's warm-up reads) counts updates from 0, also after a resume."""
     from erat.methods.er import ER
 
     seen: list[int | None] = []
     call = ER.__call__
-    monkeypatch.setattr(ER, "__call__", lambda self, m, b: seen.append(b.step) or call(self, m, b))
+    monkeypatch.setattr(ER, "__call__",
+                        lambda self, m, b: seen.append(b.updates) or call(self, m, b))
     cfg = TrainConfig(**{**FAST, "epochs": 2, "method": "er",
                          "method_params": {"eps": 0.5, "S": 0}})
     train(cfg, tmp_path / "run", stop_after=1, log=quiet)

@@ -7,19 +7,19 @@ Python API::
     x, y = erat.load_dataset("digits", split="test").tensors
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def load_model(path, device="cpu"):
-    """The trained model of a run folder or ``model.pt`` file (see :mod:`erat.checkpoint`)."""
-    from erat.checkpoint import load_model as _load
+    """The trained model of a run folder or ``model.pt`` file (see :mod:`erat.rundir`)."""
+    from erat.rundir import load_model as _load
 
     return _load(path, device)
 
 
 def load_dataset(name, split="test", data_dir=None, download=False):
     """The same data the CLI uses, as a ``TensorDataset`` of ``x`` in [0, 1] and labels."""
-    from erat.data import load_dataset as _load
+    from erat.datasets import load_dataset as _load
 
     return _load(name, split, data_dir, download)
 

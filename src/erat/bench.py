@@ -11,6 +11,7 @@ methods there, so read it as an upper bound).
 
 from __future__ import annotations
 
+import json
 import resource
 import statistics
 import time
@@ -20,10 +21,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from erat.errors import UserError
 from erat.losses import cross_entropy
-from erat.methods import Batch, build_method
+from erat.methods import Batch, build_method, method_names
 from erat.models import build_model
-from erat.perturb import pgd, search_mode
+from erat.passes import supervised_search
+from erat.search import pgd
 from erat.threat import Threat
 
 DEFAULT_SETUPS: tuple[tuple[str, tuple[int, int, int]], ...] = (
@@ -149,11 +152,13 @@ def bench_training(
                 "ms_per_step": statistics.median(times),
                 "timed_steps": len(times),
                 "peak_mem_mb": round(_peak_mb(device), 1),
+                "passes_per_example": method.cost(batch, model.train()) / batch_size,
             }
         )
-    erm = rows[0]["ms_per_step"]
+    erm, erm_passes = rows[0]["ms_per_step"], rows[0]["passes_per_example"]
     for row in rows:
         row["ratio_to_erm"] = row["ms_per_step"] / erm
+        row["counted_ratio_to_erm"] = row["passes_per_example"] / erm_passes
     return [r for r in rows if r["method"] in methods]
 
 
@@ -179,7 +184,7 @@ def bench_attacks(
     out: dict[str, Any] = {"pgd_steps": steps, "eps": eps, "batch_size": batch_size}
 
     def ours() -> None:
-        with search_mode(model):
+        with supervised_search(model):
             pgd(
                 lambda z: cross_entropy(model(z), batch.y),
                 batch.x,
@@ -213,3 +218,53 @@ def bench_attacks(
         out["autoattack_images_per_s"] = n / (time.perf_counter() - t0)
         out["autoattack_note"] = "random images labelled as predicted; robust images cost more"
     return out
+
+
+def parse_setups(text: str) -> list[tuple[str, tuple[int, int, int]]]:
+    """``MODEL:CxHxW,...`` as (name, shape) pairs."""
+    setups = []
+    for item in text.split(","):
+        name, _, shape = item.partition(":")
+        try:
+            c, h, w = (int(v) for v in shape.lower().split("x"))
+        except ValueError as e:
+            raise UserError(f"--models wants MODEL:CxHxW items, got {item!r}") from e
+        setups.append((name, (c, h, w)))
+    return setups
+
+
+def run_bench(models: str, methods: str, *, batch_size: int, steps: int, warmup: int,
+              max_seconds: float, attacks: bool, attack_steps: int, autoattack_n: int,
+              device: torch.device, log=print) -> dict[str, Any]:
+    """``erat bench``: every method's step time on each model, the measured ratio to ERM
+    beside the counted one (:meth:`Method.cost`), and attack throughput; printed as a table."""
+    if steps < 1 or warmup < 0 or batch_size < 1:
+        raise UserError("bench needs --steps >= 1, --warmup >= 0 and --batch-size >= 1")
+    names = methods.split(",")
+    unknown = set(names) - set(method_names())
+    if unknown:
+        raise UserError(f"unknown method(s) {sorted(unknown)}; choose from {method_names()}")
+    setups = parse_setups(models)
+    result: dict[str, Any] = {"device": str(device), "threads": torch.get_num_threads(),
+                              "torch": str(torch.__version__), "models": {}}
+    if device.type == "cuda":
+        result["gpu"] = torch.cuda.get_device_name(device)
+    log(f"device {device}, {torch.get_num_threads()} CPU threads, batch {batch_size}")
+    log(f"{'model':<16} {'method':<8} {'ms/step':>9} {'x erm':>7} {'counted':>8} {'peak MB':>9}")
+    for name, shape in setups:
+        rows = bench_training(name, shape, names, batch_size=batch_size, steps=steps,
+                              warmup=warmup, max_seconds=max_seconds, device=device)
+        entry: dict[str, Any] = {"shape": list(shape), "methods": {r["method"]: r for r in rows}}
+        for r in rows:
+            log(f"{name:<16} {r['method']:<8} {r['ms_per_step']:>9.1f} {r['ratio_to_erm']:>7.2f} "
+                f"{r['counted_ratio_to_erm']:>8.2f} {r['peak_mem_mb']:>9.0f}")
+        if attacks:
+            model = build_model(name, in_shape=shape, num_classes=10, mean=[0.5] * shape[0],
+                                std=[0.25] * shape[0])
+            entry["attacks"] = bench_attacks(model, shape, batch_size=batch_size,
+                                             steps=attack_steps, repeats=min(5, steps),
+                                             device=device, autoattack_n=autoattack_n,
+                                             max_seconds=max_seconds)
+            log(f"{name:<16} attacks: " + json.dumps(entry["attacks"]))
+        result["models"][name] = entry
+    return result

@@ -1,14 +1,24 @@
-"""Per-sample losses on logits, each returning a tensor of shape ``[B]``.
+"""Per-sample losses on logits, each returning a tensor of shape ``[B]``, and the loss
+closures that searches and the energy estimator maximise or integrate.
 
 The reductions happen in the methods, never here: per-sample quantities stay per sample
 until the final mean (METHOD.md section 5). Computations run in float32 so that the small
 differences taken by the energy estimator survive mixed precision.
+
+A loss closure maps points ``[N, ...]`` to per-point losses ``[N]``. To evaluate many points
+of a batch of ``B`` inputs in one forward pass, a closure may be called on ``R`` stacked
+copies of the batch (``N = R*B``, block-major: row ``r*B + i`` belongs to sample ``i``);
+:func:`supervised_loss` and :func:`virtual_loss` repeat their labels / targets to match.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
+
+LossFn = Callable[[Tensor], Tensor]
 
 
 def cross_entropy(logits: Tensor, y: Tensor) -> Tensor:
@@ -28,3 +38,23 @@ def entropy(logits: Tensor) -> Tensor:
     """Shannon entropy of the predicted distribution per sample (VAT+EntMin)."""
     log_p = F.log_softmax(logits.float(), dim=1)
     return -(log_p.exp() * log_p).sum(dim=1)
+
+
+def tile(t: Tensor, n: int) -> Tensor:
+    """``t`` [B, ...] repeated to match ``n = R*B`` rows, block-major."""
+    reps, rem = divmod(n, t.shape[0])
+    if rem:
+        raise ValueError(f"{n} points are not whole copies of a batch of {t.shape[0]}")
+    return t if reps == 1 else t.repeat(reps, *([1] * (t.dim() - 1)))
+
+
+def supervised_loss(model: nn.Module, y: Tensor) -> LossFn:
+    """``l(z) = CE(p(.|z), y)`` per point, tileable over stacked copies of the batch."""
+    return lambda z: cross_entropy(model(z), tile(y, z.shape[0]))
+
+
+def virtual_loss(model: nn.Module, target_logits: Tensor) -> LossFn:
+    """``v(z) = KL(p(.|x) || p(.|z))`` per point with ``p(.|x)`` from ``target_logits``
+    (detached here), tileable over stacked copies of the batch."""
+    target = target_logits.detach()
+    return lambda z: kl_div(tile(target, z.shape[0]), model(z))

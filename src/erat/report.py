@@ -29,8 +29,12 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from erat import losses, perturb
-from erat.threat import Threat, random_unit, unit_l2
+from erat.errors import UserError
+from erat.files import check_writable_dir, read_json
+from erat.losses import cross_entropy
+from erat.passes import supervised_search
+from erat.search import adversarial_direction
+from erat.threat import random_unit
 
 _FIG_SUFFIXES = (".png", ".svg", ".pdf")
 
@@ -96,18 +100,6 @@ def _device(model: nn.Module) -> torch.device:
     return next((p.device for p in model.parameters()), torch.device("cpu"))
 
 
-def adversarial_direction(model: nn.Module, x: Tensor, y: Tensor, *, eps: float,
-                          steps: int = 20) -> Tensor:
-    """Unit l2 direction ``[1, ...]`` from ``x`` ``[1, ...]`` to its PGD point at radius
-    ``eps``; the gradient direction if PGD does not move, a random one if that is zero too."""
-    loss_fn = lambda z: losses.cross_entropy(model(z), y)  # noqa: E731
-    with perturb.search_mode(model):
-        delta = perturb.pgd(loss_fn, x, Threat("l2", eps), steps=steps) - x
-        if delta.flatten().norm() == 0:
-            delta = perturb.input_grad(loss_fn, x)[1]
-    return unit_l2(delta) if delta.flatten().norm() > 0 else random_unit(x)
-
-
 def loss_on_plane(model: nn.Module, x: Tensor, y: Tensor, d1: Tensor, d2: Tensor,
                   s: Tensor, t: Tensor) -> Tensor:
     """Cross-entropy ``[len(s), len(t)]`` at ``clip(x + s_i d1 + t_j d2)`` (the ray is clipped to
@@ -115,8 +107,8 @@ def loss_on_plane(model: nn.Module, x: Tensor, y: Tensor, d1: Tensor, d2: Tensor
     ss, tt = torch.meshgrid(s.to(x), t.to(x), indexing="ij")  # [S, T]
     shape = (-1,) + (1,) * (x.dim() - 1)
     z = (x + ss.reshape(shape) * d1 + tt.reshape(shape) * d2).clamp(0.0, 1.0)  # [S*T, ...]
-    with perturb.search_mode(model), torch.no_grad():
-        loss = losses.cross_entropy(model(z), y.expand(len(z)))
+    with supervised_search(model), torch.no_grad():
+        loss = cross_entropy(model(z), y.expand(len(z)))
     return loss.reshape(len(s), len(t)).cpu()
 
 
@@ -131,7 +123,8 @@ def landscape_data(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, n_rand
     x0, y0 = x[:1].to(dev), y.reshape(-1)[:1].to(dev)
     gen = torch.Generator().manual_seed(seed)
     rand = [random_unit(x0.cpu(), generator=gen).to(dev) for _ in range(max(n_random, 1))]
-    adv = adversarial_direction(model, x0, y0, eps=eps)
+    with supervised_search(model):
+        adv = adversarial_direction(model, x0, y0, eps=eps)
     ts, zero = torch.linspace(0, eps, points), torch.zeros(1)
     grid_t = torch.linspace(-eps, eps, grid)
     return {
@@ -168,6 +161,37 @@ def landscape(models: Mapping[str, nn.Module], x: Tensor, y: Tensor, *, eps: flo
         fig.colorbar(cs, ax=bottom, fraction=0.046)
         bottom.set(xlabel="adversarial direction", ylabel="random direction")
     fig.suptitle(f"loss landscape of one test image, l2 radius {eps:g}")
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def frontier(rows: Sequence[Mapping], out: Path, *, robust: str, clean: str = "clean_acc",
+             cost: str = "cost_erm_epochs", family: str = "family",
+             title: str | None = None) -> list[Path]:
+    """Robust accuracy (``robust`` key of each row) against training cost (``cost``), one
+    curve per ``family``, with clean accuracy (``clean``) in a second panel: which method buys
+    the most robustness for the compute. Rows without the keys are left out."""
+    points: dict[str, list[tuple[float, float, float]]] = {}
+    for r in rows:
+        if r.get(robust) is not None and r.get(cost) is not None:
+            points.setdefault(str(r.get(family, r.get("name"))), []).append(
+                (float(r[cost]), float(r[robust]), float(r.get(clean, float("nan")))))
+    if not points:
+        raise ValueError(f"no row has both {robust!r} and {cost!r}")
+    plt = _pyplot()
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(5.6, 6.4), sharex=True)
+    for i, (name, pts) in enumerate(sorted(points.items())):
+        pts.sort()
+        c, rob, cl = zip(*pts, strict=True)
+        style = {"marker": "os^vD<>ph*"[i % 10], "label": name}
+        top.plot(c, rob, **style)
+        bottom.plot(c, cl, **style)
+    top.set(ylabel=robust, title=title or "robust accuracy against training cost")
+    bottom.set(xlabel=f"training cost ({cost})", ylabel=clean)
+    for ax in (top, bottom):
+        ax.set_xscale("log")
+        ax.grid(alpha=0.3)
+    top.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     return _save(fig, out)
 
@@ -218,3 +242,53 @@ def result_row(result: Mapping, label: str | None = None) -> dict:
     row["subset_note"] = threat.get("subset_note")
     row["checks_failed"] = result.get("checks_failed")
     return row
+
+
+def read_results(runs: Sequence[Path], eval_name: str = "eval.json") -> dict[str, dict]:
+    """Each run folder's evaluation JSON by run name; a missing file or one that is not an
+    evaluation result is one line naming it."""
+    results = {}
+    for run in runs:
+        path = Path(run) / eval_name
+        if not path.is_file():
+            raise UserError(f"{path} not found: run `erat eval {run} --json {path}` first")
+        res = read_json(path, "evaluation result")
+        if not isinstance(res, dict) or not isinstance(res.get("robust_acc"), dict) \
+                or "clean_acc" not in res or "threat" not in res:
+            raise UserError(f"{path} is not an erat evaluation result (no clean_acc, "
+                            "robust_acc and threat)")
+        results[Path(run).name] = res
+    return results
+
+
+def report_runs(runs: Sequence[Path], out: Path, *, eval_name: str = "eval.json",
+                landscape_eps: float | None = None, index: int = 0,
+                log=print) -> list[dict]:
+    """``erat report``: the table (CSV, Markdown) and the accuracy-radius plot of evaluated
+    run folders, and optionally the loss landscape of test image ``index``."""
+    from erat.datasets import load_dataset
+    from erat.rundir import RunDir
+
+    check_writable_dir(out, "--out")
+    results = read_results(runs, eval_name)
+    rows = [{"run": name, "clean_acc": res["clean_acc"], **res["robust_acc"],
+             "checks_failed": res.get("checks_failed", 0)} for name, res in results.items()]
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    out = Path(out)
+    write_csv(rows, out / "results.csv")
+    (out / "results.md").write_text(results_table(rows, columns) + "\n")
+    first = next(iter(results.values()))["threat"]
+    accuracy_vs_radius(results, out / "accuracy_vs_radius", attack=first["attack"],
+                       norm=first["norm"])
+    if landscape_eps is not None:
+        run0 = RunDir(runs[0])
+        meta = run0.read_meta()
+        data_dir = run0.read_config().get("data_dir") if (run0 / RunDir.CONFIG).exists() \
+            else None
+        x, y = load_dataset(meta["dataset"], "test", data_dir).tensors
+        if not 0 <= index < len(x):
+            raise UserError(f"--index must be in 0..{len(x) - 1}, got {index}")
+        landscape({Path(r).name: RunDir(r).load_model() for r in runs}, x[index:index + 1],
+                  y[index:index + 1], eps=landscape_eps, out=out / "landscape")
+    log(results_table(rows, columns))
+    return rows

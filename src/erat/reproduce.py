@@ -1,24 +1,28 @@
 """``erat reproduce SUITE``: train, evaluate and report a named suite of experiments.
 
 A suite is a YAML file (``src/erat/configs/<suite>.yaml``, also reachable as ``configs/``
-at the repository root) with ``defaults`` (training settings shared by every run), a list of
-``runs`` (each a name plus the settings it changes), and the ``eval`` and ``energy``
-settings. Finished steps are skipped, so an interrupted suite continues where it stopped:
-training resumes from its checkpoint, a finished evaluation is read back from its JSON.
+at the repository root; experiments live in ``experiments/``) with ``defaults`` (training
+settings shared by every run), a list of ``runs`` (each a name plus the settings it changes;
+``seeds`` and ``grid`` expand into several, :func:`erat.config.expand_runs`), the ``eval``
+and ``energy`` settings, and optionally ``autoattack`` (AutoAttack on a subset for the runs
+it names or for the best run of each family on validation) and ``report`` (the frontier).
+
+Finished steps are skipped, so an interrupted suite continues where it stopped: training
+resumes from its checkpoint, a finished evaluation is read back from its JSON when it was
+computed on the same weights with the same settings. A run folder that holds another
+configuration is refused, never reused.
 
 The report folder holds ``results.csv`` (one row per run: ``method``, ``dataset``,
-``clean_acc`` and one column per robust-accuracy key), ``results.md`` (the same as a
+``clean_acc``, one column per robust-accuracy key, cost), ``results.md`` (the same as a
 Markdown table, the commands and the versions), ``runs/<name>/`` and the plots.
 """
 
 from __future__ import annotations
 
-import json
 import platform
 import sys
 import time
 from collections.abc import Callable
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -26,57 +30,15 @@ import torch
 import yaml
 
 from erat import __version__
-from erat.checkpoint import atomic_write_json, atomic_write_text, load_model, sha256
-from erat.data import load_dataset
-from erat.train import CHECKPOINT, TrainConfig, train
+from erat.config import TrainConfig, load_suite, resume_conflicts, run_config
+from erat.datasets import load_dataset
+from erat.errors import UserError
+from erat.evaluate import EvalConfig
+from erat.files import atomic_write_text, check_writable_dir
+from erat.rundir import RunDir
+from erat.train import train
 
-SUITE_KEYS = {"suite", "description", "defaults", "runs", "eval", "energy", "plots", "report"}
-
-
-def suite_dir() -> Path:
-    return Path(str(resources.files("erat") / "configs"))
-
-
-def suite_names() -> list[str]:
-    return sorted(p.stem for p in suite_dir().glob("*.yaml") if _is_suite(p))
-
-
-def _is_suite(path: Path) -> bool:
-    try:
-        return "runs" in (yaml.safe_load(path.read_text()) or {})
-    except yaml.YAMLError:
-        return False
-
-
-def load_suite(name_or_path: str) -> dict[str, Any]:
-    path = Path(name_or_path)
-    if not path.is_file():
-        path = suite_dir() / f"{name_or_path}.yaml"
-    if not path.is_file():
-        raise ValueError(
-            f"unknown suite {name_or_path!r}; choose one of "
-            f"{', '.join(suite_names())} or give a YAML file"
-        )
-    suite = yaml.safe_load(path.read_text()) or {}
-    unknown = set(suite) - SUITE_KEYS
-    if unknown or not isinstance(suite.get("runs"), list):
-        raise ValueError(f"{path}: a suite needs a 'runs' list (unknown keys: {sorted(unknown)})")
-    suite.setdefault("suite", path.stem)
-    return suite
-
-
-def run_config(
-    suite: dict[str, Any], run: dict[str, Any], overrides: dict[str, Any]
-) -> TrainConfig:
-    """Suite defaults < the run's own settings < command-line overrides (e.g. data_dir)."""
-    from erat.cli import _merge  # the one merge rule of config layers
-
-    fields = {f for f in TrainConfig.__dataclass_fields__}
-    merged = _merge({}, suite.get("defaults", {}), fields)
-    own = {k: v for k, v in run.items() if k not in RUN_ONLY_KEYS}
-    merged = _merge(merged, own, fields)
-    merged = _merge(merged, overrides, fields)
-    return TrainConfig.from_dict(merged)
+ENERGY_COLUMNS = ("energy_mean", "at_term_mean", "vat_term_mean", "certified_frac")
 
 
 def reproduce(
@@ -90,191 +52,230 @@ def reproduce(
     """Run (or continue) a suite; returns the result rows also written to ``out``."""
     suite = load_suite(suite_name)
     out = Path(out)
+    check_writable_dir(out, "--out")
+    names = [r["name"] for r in suite["runs"]]
+    unknown = sorted(set(only or []) - set(names))
+    if unknown:
+        raise UserError(f"--only: suite {suite['suite']!r} has no run(s) {', '.join(unknown)}")
     runs = [r for r in suite["runs"] if not only or r["name"] in only]
-    if not runs:
-        raise ValueError(f"no run of suite {suite['suite']!r} matches {only}")
-    rows, models, commands = [], {}, []
-    for run in runs:
-        cfg = run_config(suite, run, overrides or {})
-        folder = out / "runs" / run["name"]
-        commands.append(_command(cfg, folder))
+    cfgs = [run_config(suite, r, overrides or {}) for r in runs]
+    _check_eval_settings(suite, runs)
+    rows, results, commands, test = [], {}, [], None
+    for run, cfg in zip(runs, cfgs, strict=True):
+        folder = RunDir(out / "runs" / run["name"])
+        commands.append(command(cfg, folder.path))
         t0 = time.perf_counter()
-        row, model, result, (x, y) = run_one(suite, run, cfg, folder, log)
+        row, result, test = run_one(suite, run, cfg, folder, log)
         rows.append(row)
-        models[run["name"]] = (model, result)
-        log(
-            f"[{run['name']}] "
-            + json.dumps({k: v for k, v in row.items() if k != "name"})
-            + f" ({time.perf_counter() - t0:.0f} s)"
-        )
-    write_report(suite, out, rows, models, commands, x, y)
+        results[run["name"]] = result
+        shown = {k: v for k, v in row.items() if k not in ("name", "method", "dataset")}
+        log(f"[{run['name']}] " + ", ".join(f"{k} {_fmt(v)}" for k, v in shown.items())
+            + f" ({time.perf_counter() - t0:.0f} s)")
+    if suite.get("autoattack"):
+        autoattack_stage(suite, out, runs, cfgs, rows, log)
+    write_report(suite, out, rows, results, commands, test, log)
     return rows
 
 
-def run_one(
-    suite: dict[str, Any],
-    run: dict[str, Any],
-    cfg: TrainConfig,
-    folder: Path,
-    log: Callable[[str], None],
-):
+def _fmt(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def _check_eval_settings(suite: dict[str, Any], runs: list[dict[str, Any]]) -> None:
+    """Every evaluation and energy setting of the suite resolves (before any training)."""
+    for run in runs:
+        ev = {**(suite.get("eval") or {}), **(run.get("eval") or {})}
+        ev.pop("n", None)
+        EvalConfig.build(**ev)
+
+
+def _check_belongs(folder: RunDir, cfg: TrainConfig) -> None:
+    """A run folder is reused only when it holds this very configuration."""
+    if not (folder / RunDir.CONFIG).exists():
+        if folder.holds_run():
+            raise UserError(f"{folder.path} holds files of an unknown run; remove it or "
+                            "choose another --out")
+        return
+    conflicts = resume_conflicts(folder.read_config(), cfg.to_dict())
+    if conflicts:
+        raise UserError(f"{folder.path} holds another run ({'; '.join(conflicts[:3])}); "
+                        "choose another --out for this suite")
+
+
+def run_one(suite: dict[str, Any], run: dict[str, Any], cfg: TrainConfig, folder: RunDir,
+            log: Callable[[str], None]) -> tuple[dict[str, Any], dict, tuple]:
     """Train (or resume, or skip), evaluate and measure the energy of one run of a suite.
 
     A run's own ``eval`` mapping overrides the suite's; its ``energy`` replaces the suite's
     (``energy: null`` skips the measurement for that run).
     """
-    from erat.energy import energy_report
-    from erat.evaluate import evaluate
+    from erat.measure import energy_report
 
     name = run["name"]
-    if not (folder / "model.pt").exists():
+    _check_belongs(folder, cfg)
+    if not folder.finished():
         log(f"[{name}] training {cfg.method} on {cfg.dataset}")
-        train(cfg, folder, resume=(folder / CHECKPOINT).exists(), log=log)
-    model = load_model(folder)
+        resume = (folder / RunDir.CONFIG).exists()
+        train(cfg, folder.path, resume=resume, log=log)
+    model = folder.load_model()
     x, y = load_dataset(cfg.dataset, "test", cfg.data_dir).tensors
-    ev = {**suite.get("eval", {}), **(run.get("eval") or {})}
+    ev = {**(suite.get("eval") or {}), **(run.get("eval") or {})}
     n = ev.pop("n", None) or len(x)
-    extra = {"checkpoint_sha256": sha256(folder / "model.pt"), "run": name}
-    result = _cached(
-        folder / "eval.json",
-        evaluate,
-        model,
-        x[:n],
-        y[:n],
-        n_total=len(x),
-        extra_info=extra,
-        state_path=folder / ".eval.state.pt",
-        **ev,
-    )
+    with folder.lock():
+        result = _cached_eval(folder, RunDir.EVAL, model, x, y, ev, n)
+        en = run["energy"] if "energy" in run else suite.get("energy")
+        energy = None
+        if en:
+            en = dict(en)
+            ne = en.pop("n", None) or len(x)
+            energy = folder.cached(RunDir.ENERGY, {**en, "n": ne},
+                                   lambda: energy_report(model, x[:ne], y[:ne], **en))
+        if run.get("eval_last") and (folder / RunDir.MODEL_LAST).exists():
+            last = folder.load_model(file=RunDir.MODEL_LAST)
+            res_last = _cached_eval(folder, "eval-last.json", last, x, y, ev, n)
+            result = {**result, "last": {"clean_acc": res_last["clean_acc"],
+                                         **res_last["robust_acc"]}}
+    meta = folder.read_meta()
     row = {
-        "name": name,
-        "method": cfg.method,
-        "dataset": cfg.dataset,
-        "labels": cfg.labels or "",
-        "clean_acc": result["clean_acc"],
-        "clean_err": 1 - result["clean_acc"],
-        **result["robust_acc"],
-        "checks_failed": result.get("checks_failed", 0),
-        "train_s_per_epoch": _train_seconds(folder),
+        "name": name, "method": cfg.method, "dataset": cfg.dataset, "labels": cfg.labels or "",
+        **({"family": run["family"]} if "family" in run else {}),
+        **({"budget": cfg.budget} if cfg.budget is not None else {}),
+        "clean_acc": result["clean_acc"], "clean_err": 1 - result["clean_acc"],
+        **result["robust_acc"], "checks_failed": result.get("checks_failed", 0),
+        "train_s_per_epoch": _seconds_per_epoch(folder),
+        "cost_erm_epochs": meta.get("cost_erm_epochs"),
+        "train_seconds": meta.get("train_seconds"),
+        **_validation(folder, meta),
     }
-    en = run["energy"] if "energy" in run else suite.get("energy")
-    if en:
-        en = dict(en)
-        ne = en.pop("n", None) or len(x)
-        energy = _cached(folder / "energy.json", energy_report, model, x[:ne], y[:ne], **en)
+    if "last" in result:
+        row |= {f"last_{k}": v for k, v in result["last"].items()}
+        row["last_epoch"] = meta.get("last_epoch")
+    if energy:
         row.update({k: energy[k] for k in ENERGY_COLUMNS if k in energy})
-    return row, model, result, (x, y)
+    return row, result, (x, y)
 
 
-RUN_ONLY_KEYS = {"name", "eval", "energy"}
-ENERGY_COLUMNS = ("energy_mean", "at_term_mean", "vat_term_mean", "certified_frac")
+def _cached_eval(folder: RunDir, file: str, model: Any, x: Any, y: Any, ev: dict[str, Any],
+                 n: int) -> dict:
+    """The evaluation ``ev`` of ``model`` on the first ``n`` test examples, cached in
+    ``file`` of the run folder (recomputed for other weights or settings), resumable."""
+    from erat.evaluate import evaluate
+
+    def compute() -> dict:
+        return evaluate(model, x[:n], y[:n], n_total=len(x),
+                        state_path=folder.state_path(file.removesuffix(".json")),
+                        extra_info={"checkpoint_sha256": folder.weights_sha256(),
+                                    "run": folder.path.name, "file": file}, **ev)
+
+    return folder.cached(file, {**ev, "n": n}, compute)
 
 
-def _cached(
-    path: Path, compute: Callable[..., dict[str, Any]], *args: Any, **kwargs: Any
-) -> dict[str, Any]:
-    """``compute(*args, **kwargs)``, or its JSON saved at ``path`` by an earlier call."""
-    if path.exists():
-        return json.loads(path.read_text())
-    result = compute(*args, **kwargs)
-    atomic_write_json(result, path)
-    return result
+def _validation(folder: RunDir, meta: dict[str, Any]) -> dict[str, Any]:
+    """Validation accuracies of the epoch that became ``model.pt``."""
+    rows = [r for r in folder.metrics() if r.get("epoch") == meta.get("selected_epoch")]
+    if not rows or "val_clean_acc" not in rows[0]:
+        return {}
+    out = {"selected_epoch": meta.get("selected_epoch"), "val_clean_acc": rows[0]["val_clean_acc"]}
+    if "val_robust_acc" in rows[0]:
+        out["val_robust_acc"] = rows[0]["val_robust_acc"]
+    return out
 
 
-def _train_seconds(folder: Path) -> float:
-    lines = (folder / "metrics.jsonl").read_text().splitlines()
-    seconds = [json.loads(line)["seconds"] for line in lines if line.strip()]
+def autoattack_stage(suite: dict[str, Any], out: Path, runs: list[dict[str, Any]],
+                     cfgs: list[TrainConfig], rows: list[dict[str, Any]],
+                     log: Callable[[str], None]) -> None:
+    """AutoAttack (the suite's ``autoattack.eval``) on the first ``n`` test images for the
+    best run on validation of each group (``group`` keys of the rows, e.g. family and
+    budget), and for the runs named in ``also``; adds its accuracies to their rows."""
+    spec = dict(suite["autoattack"])
+    ev, n = dict(spec.get("eval") or {}), int(spec.get("n", 500))
+    chosen = set(spec.get("also") or [])
+    groups: dict[tuple, list[int]] = {}
+    for i, row in enumerate(rows):
+        key = tuple(row.get(k) for k in spec.get("group", []))
+        if None not in key:
+            groups.setdefault(key, []).append(i)
+    for members in groups.values():
+        scored = [i for i in members if rows[i].get("val_robust_acc") is not None]
+        if scored:
+            chosen.add(runs[max(scored, key=lambda i: rows[i]["val_robust_acc"])]["name"])
+    for i, run in enumerate(runs):
+        if run["name"] not in chosen:
+            continue
+        folder, cfg = RunDir(out / "runs" / run["name"]), cfgs[i]
+        x, y = load_dataset(cfg.dataset, "test", cfg.data_dir).tensors
+        log(f"[{run['name']}] AutoAttack on the first {n} test images")
+        with folder.lock():
+            res = _cached_eval(folder, "eval-autoattack.json", folder.load_model(), x, y, ev, n)
+        rows[i] |= {"aa_n": n, "aa_clean_acc": res["clean_acc"], "aa_checks_failed":
+                    res["checks_failed"], **{f"aa_{k}": v for k, v in res["robust_acc"].items()}}
+
+
+def _seconds_per_epoch(folder: RunDir) -> float:
+    seconds = [r["seconds"] for r in folder.metrics()]
     return round(sum(seconds) / max(len(seconds), 1), 3)
 
 
-def _command(cfg: TrainConfig, folder: Path) -> str:
+NAMED = {"dataset", "model", "method", "epochs", "seed"}
+
+
+def command(cfg: TrainConfig, folder: Path) -> str:
     """The ``erat train`` command line of a configuration (settings that differ from the
     defaults, plus the ones that name the run)."""
     default = TrainConfig()
     parts = ["erat train"]
-    for name in TrainConfig.__dataclass_fields__:
-        value = getattr(cfg, name)
+    for name, value in cfg.to_dict().items():
         if name == "progress" or (value == getattr(default, name) and name not in NAMED):
             continue
-        flag = "--" + name.replace("_", "-")
+        if name == "epochs" and cfg.budget is not None:
+            continue
         if name == "method_params":
-            for k, v in value.items():
-                parts.append(_flag("--" + k.replace("_", "-"), v))
+            parts += [_flag("--" + k.replace("_", "-"), v) for k, v in value.items()]
         elif name == "model_kwargs":
+            import json
+
             parts.append(f"--model-kwargs '{json.dumps(value)}'")
         elif name == "augment":
             parts.append("--no-augment")
         else:
-            parts.append(_flag(flag, value))
+            parts.append(_flag("--" + name.replace("_", "-"), value))
     return " ".join([*parts, f"--out {folder}"])
-
-
-NAMED = {"dataset", "model", "method", "epochs", "seed"}
 
 
 def _flag(flag: str, value: Any) -> str:
     return flag if value is True else f"{flag} {value}"
 
 
-def write_report(
-    suite: dict[str, Any],
-    out: Path,
-    rows: list[dict[str, Any]],
-    models: dict[str, Any],
-    commands: list[str],
-    x,
-    y,
-) -> None:
+def write_report(suite: dict[str, Any], out: Path, rows: list[dict[str, Any]],
+                 results: dict[str, dict], commands: list[str], test: tuple | None,
+                 log: Callable[[str], None] = print) -> None:
     from erat import report
 
     columns = list(dict.fromkeys(k for row in rows for k in row))
     report.write_csv(rows, out / "results.csv")
-    ev = suite.get("eval", {})
-    results = {name: res for name, (_, res) in models.items()}
-    report.accuracy_vs_radius(
-        results,
-        out / "accuracy_vs_radius",
-        attack=ev.get("attack", "pgd"),
-        norm=ev.get("norm", "l2"),
-    )
-    plots = suite.get("plots", {})
-    if plots.get("landscape", True):
-        wanted = [n for n in ("erm", "at", "vat", "er") if n in models] or list(models)[:4]
+    ev = suite.get("eval") or {}
+    label = EvalConfig.build(**{k: v for k, v in ev.items() if k != "n"}).labels[-1]
+    report.accuracy_vs_radius(results, out / "accuracy_vs_radius", attack=label,
+                              norm=ev.get("norm", "l2"))
+    plots = suite.get("plots", {}) or {}
+    if plots.get("landscape", True) and test is not None:
+        wanted = [n for n in ("erm", "at", "vat", "er") if n in results] or list(results)[:4]
         index = int(plots.get("landscape_index", 0))
+        x, y = test
         report.landscape(
-            {n: models[n][0] for n in wanted},
-            x[index : index + 1],
-            y[index : index + 1],
-            eps=float(plots.get("landscape_eps", 1.0)),
-            out=out / "landscape",
-        )
-    versions = {
-        "erat": __version__,
-        "torch": str(torch.__version__),
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "threads": torch.get_num_threads(),
-    }
-    text = [
-        f"# Suite `{suite['suite']}`",
-        "",
-        suite.get("description", "").strip(),
-        "",
-        report.results_table(rows, columns),
-        "",
-        "![accuracy vs radius](accuracy_vs_radius.png)",
-        "",
-        "## Commands",
-        "",
-        "```",
-        *commands,
-        "```",
-        "",
-        "## Versions",
-        "",
-        "```",
-        yaml.safe_dump(versions).strip(),
-        "```",
-        "",
-    ]
+            {n: RunDir(out / "runs" / n).load_model() for n in wanted},
+            x[index : index + 1], y[index : index + 1],
+            eps=float(plots.get("landscape_eps", 1.0)), out=out / "landscape")
+    for name, spec in ((suite.get("report") or {}).get("frontiers") or {}).items():
+        report.frontier(rows, out / name, **spec)
+    versions = {"erat": __version__, "torch": str(torch.__version__),
+                "python": sys.version.split()[0], "platform": platform.platform(),
+                "threads": torch.get_num_threads()}
+    text = [f"# Suite `{suite['suite']}`", "", (suite.get("description") or "").strip(), "",
+            report.results_table(rows, columns), "",
+            "![accuracy vs radius](accuracy_vs_radius.png)", "", "## Commands", "", "```",
+            *commands, "```", "", "## Versions", "", "```", yaml.safe_dump(versions).strip(),
+            "```", ""]
     atomic_write_text("\n".join(text), out / "results.md")
+    log(report.results_table(rows, [c for c in columns if c not in ("labels", "clean_err")],
+                             float_fmt="{:.3f}"))

@@ -19,6 +19,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from erat.errors import UserError
+
 Norm = Literal["l2", "linf"]
 NORMS: tuple[Norm, ...] = ("l2", "linf")
 
@@ -58,9 +60,9 @@ class Threat:
 
     def __post_init__(self) -> None:
         if self.norm not in NORMS:
-            raise ValueError(f"unknown norm {self.norm!r}; choose one of {', '.join(NORMS)}")
+            raise UserError(f"unknown norm {self.norm!r}; choose one of {', '.join(NORMS)}")
         if not math.isfinite(self.eps) or self.eps < 0:
-            raise ValueError(f"eps must be a finite number >= 0, got {self.eps}")
+            raise UserError(f"eps must be a finite number >= 0, got {self.eps}")
 
     def norms(self, r: Tensor) -> Tensor:
         """Per-sample size ``[B]`` of a perturbation in this threat's norm."""

@@ -1,6 +1,9 @@
-"""Training objectives, one file each, registered by name (see :mod:`erat.methods.base`)."""
+"""Training objectives, one file each; a module in this package registers its method by
+being here (:func:`erat.methods.base.register`). Files starting with ``_`` are helpers."""
 
-from erat.methods import at, er, erm, pgd, trades, vat  # noqa: F401  (registers)
+import importlib
+import pkgutil
+
 from erat.methods.base import (
     METHODS,
     Batch,
@@ -8,10 +11,16 @@ from erat.methods.base import (
     StepOutput,
     build_method,
     method_config,
+    method_flags,
     method_names,
     method_params,
+    param,
     register,
 )
+
+for _info in pkgutil.iter_modules(__path__):
+    if not _info.name.startswith("_") and _info.name != "base":
+        importlib.import_module(f"{__name__}.{_info.name}")
 
 __all__ = [
     "METHODS",
@@ -20,7 +29,9 @@ __all__ = [
     "StepOutput",
     "build_method",
     "method_config",
+    "method_flags",
     "method_names",
     "method_params",
+    "param",
     "register",
 ]

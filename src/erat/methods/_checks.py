@@ -1,34 +1,35 @@
-"""Validation of method hyper-parameters: each check raises a one-line ``ValueError``."""
+"""Validation of method hyper-parameters: each check raises a one-line ``UserError``."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable
 
+from erat.errors import UserError
 from erat.threat import NORMS
 
 
 def finite_nonneg(name: str, value: float) -> None:
     if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        raise UserError(f"{name} must be a finite number >= 0, got {value!r}")
 
 
 def positive(name: str, value: float | None, *, optional: bool = False) -> None:
     if optional and value is None:
         return
     if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        raise UserError(f"{name} must be a finite number > 0, got {value!r}")
 
 
 def integer(name: str, value: int, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        raise UserError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 def choice(name: str, value: str, options: Iterable[str]) -> None:
     options = tuple(options)
     if value not in options:
-        raise ValueError(f"{name} must be one of {', '.join(options)}, got {value!r}")
+        raise UserError(f"{name} must be one of {', '.join(options)}, got {value!r}")
 
 
 def norm(value: str) -> None:

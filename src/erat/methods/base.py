@@ -2,7 +2,14 @@
 
 A method maps ``(model, batch)`` to a scalar loss and a dict of detached metrics; only the
 trainer calls ``backward`` and steps the optimiser (DESIGN.md habit 2). Hyper-parameters
-are dataclass fields, so the CLI and YAML configs can set them by name.
+are dataclass fields declared with :func:`erat.fields.param`, whose help text becomes the method's
+command-line flag (``--name``) with no other edit; a method file in this package registers
+itself (:func:`register`) by being there.
+
+``cost(batch, model)`` counts the passes one training update makes through the model, in
+forward-pass equivalents per example: a forward of one example counts 1, a backward through
+it 2 (its input gradient in a search, or the parameter gradient of the loss). ERM's step
+costs 3 per example; the trainer sums the costs into the run's training cost.
 
 Example (inside a user's own loop)::
 
@@ -20,18 +27,25 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from torch import Tensor, nn
 
+from erat.errors import UserError
+from erat.fields import FlagSpec, flag_specs, init_fields, param  # noqa: F401  (param: re-export)
+
+FORWARD, BACKWARD = 1.0, 2.0  # the cost convention: a backward counts as two forwards
+
 
 @dataclass
 class Batch:
     """Labeled inputs ``x`` ``[B, C, H, W]`` in [0, 1] with labels ``y`` ``[B]``, and
     optionally unlabeled inputs ``x_unlabeled`` ``[B_u, C, H, W]`` (semi-supervised).
-    ``step`` is the trainer's update count before this batch (0-based, resume-safe), for
-    methods with a warm-up; None outside a training loop (no warm-up)."""
+    ``updates`` is the number of optimiser updates made before this batch (0-based,
+    resume-safe) and ``total_updates`` the run's, for methods with a warm-up; None outside a
+    training loop (no warm-up)."""
 
     x: Tensor
     y: Tensor
     x_unlabeled: Tensor | None = None
-    step: int | None = None
+    updates: int | None = None
+    total_updates: int | None = None
 
 
 class StepOutput(NamedTuple):
@@ -48,6 +62,8 @@ class Method(Protocol):
 
     def __call__(self, model: nn.Module, batch: Batch) -> StepOutput: ...
 
+    def cost(self, batch: Batch, model: nn.Module) -> float: ...
+
 
 METHODS: dict[str, type] = {}
 
@@ -56,7 +72,7 @@ def register(name: str) -> Callable[[type], type]:
     """Class decorator adding a method dataclass to the registry under ``name``."""
 
     def add(cls: type) -> type:
-        if name in METHODS:
+        if name in METHODS and METHODS[name].__qualname__ != cls.__qualname__:
             raise ValueError(f"method {name!r} is registered twice")
         cls.name = name
         METHODS[name] = cls
@@ -71,15 +87,22 @@ def method_names() -> list[str]:
 
 def method_params(name: str) -> dict[str, dataclasses.Field]:
     """The hyper-parameters of a registered method, by field name."""
-    return {f.name: f for f in dataclasses.fields(_lookup(name)) if f.init}
+    return init_fields(_lookup(name))
+
+
+def method_flags() -> dict[str, FlagSpec]:
+    """Every hyper-parameter of every registered method as a flag specification."""
+    return flag_specs(METHODS)
 
 
 def build_method(name: str, **params: Any) -> Method:
-    """Instantiate a registered method; unknown names or parameters raise ``ValueError``."""
+    """Instantiate a registered method; unknown names or parameters raise ``UserError``."""
     cls = _lookup(name)
     unknown = set(params) - set(method_params(name))
     if unknown:
-        raise ValueError(f"method {name!r} takes no parameter(s) {', '.join(sorted(unknown))}")
+        flags = ", ".join("--" + k.replace("_", "-") for k in sorted(unknown))
+        takes = ", ".join(sorted(method_params(name))) or "nothing"
+        raise UserError(f"method {name!r} takes no {flags}; it takes: {takes}")
     return cls(**params)
 
 
@@ -90,5 +113,10 @@ def method_config(method: Method) -> dict[str, Any]:
 
 def _lookup(name: str) -> type:
     if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; choose one of {', '.join(method_names())}")
+        raise UserError(f"unknown method {name!r}; choose one of {', '.join(method_names())}")
     return METHODS[name]
+
+
+def rows(t: Tensor | None) -> int:
+    """Examples in a batch tensor (0 for None)."""
+    return 0 if t is None else int(t.shape[0])

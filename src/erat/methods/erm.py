@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from erat.losses import cross_entropy
-from erat.methods.base import Batch, StepOutput, register
+from erat.methods.base import BACKWARD, FORWARD, Batch, StepOutput, register, rows
 
 
 @register("erm")
@@ -22,3 +22,7 @@ class ERM:
         loss = cross_entropy(logits, batch.y).mean()
         acc = (logits.argmax(1) == batch.y).float().mean()
         return StepOutput(loss, {"loss": loss.detach(), "acc": acc.detach()})
+
+    def cost(self, batch: Batch, model: nn.Module) -> float:
+        """One forward and one backward of the labeled batch."""
+        return rows(batch.x) * (FORWARD + BACKWARD)

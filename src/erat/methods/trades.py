@@ -3,10 +3,10 @@ p(.|x'))``, with ``x'`` from ``steps``-step PGD that maximises that KL (not the 
 start ``x + 0.001 * N(0, 1)``, as in the authors' code; METHOD.md section 4.
 
 As in TRADES, the training KL carries gradients through both ``p(.|x)`` and ``p(.|x')``.
-Passes: the clean train-mode pass (the only one that updates BatchNorm running stats); the
-KL search in :func:`~erat.perturb.search_mode` (eval mode, target ``p(.|x)`` from an
-eval-mode pass so that the KL is 0 at ``x``); the pass on ``x'`` in train mode under
-:func:`~erat.perturb.frozen_bn_stats` (dropout, where active, draws its own mask).
+Passes (:mod:`erat.passes`): the clean train-mode pass (the only one that updates BatchNorm
+running stats); the KL search as a supervised search, its target from that search's own
+function (:func:`~erat.passes.supervised_target`, so the KL is 0 at ``x``); the pass on
+``x'`` as a perturbed pass (dropout, where active, draws its own mask).
 
 Example::
 
@@ -20,31 +20,32 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from erat.energy import virtual_loss
-from erat.losses import cross_entropy, kl_div
+from erat.losses import cross_entropy, kl_div, virtual_loss
 from erat.methods import _checks
-from erat.methods.base import Batch, StepOutput, register
-from erat.perturb import frozen_bn_stats, pgd, search_mode, search_target
+from erat.methods.base import BACKWARD, FORWARD, Batch, StepOutput, param, register, rows
+from erat.passes import is_stochastic, perturbed_pass, supervised_search, supervised_target
+from erat.search import pgd
 from erat.threat import Norm, Threat
 
 
 @register("trades")
 @dataclass
 class TRADES:
-    """Clean CE plus ``beta`` times the worst-case KL; ``step_size=None`` = ``2.5*eps/steps``."""
+    """Clean CE plus ``beta`` times the worst-case KL."""
 
-    eps: float = 2.0
-    norm: Norm = "l2"
-    steps: int = 10
-    step_size: float | None = None
-    beta: float = 6.0
+    eps: float = param(2.0, "training radius in pixel space")
+    norm: Norm = param("l2", "threat norm")
+    steps: int = param(10, "steps of the inner PGD search")
+    step_size: float | None = param(None, "step size of the inner search (default: "
+                                          "2.5*eps/steps; ER: 2.5*eps/S)")
+    beta: float = param(6.0, "TRADES' weight of the KL term")
 
     uses_unlabeled = False
 
     def __post_init__(self) -> None:
         _checks.finite_nonneg("eps", self.eps)
         _checks.norm(self.norm)
-        _checks.integer("steps", self.steps, 0)
+        _checks.integer("steps", self.steps, 1)
         _checks.positive("step_size", self.step_size, optional=True)
         _checks.finite_nonneg("beta", self.beta)
 
@@ -52,7 +53,7 @@ class TRADES:
                     ) -> Tensor:
         """TRADES' inner maximisation of ``KL(p(.|x) || p(.|x'))``; labels are not used.
         ``clean_logits`` (eval-mode-equivalent) saves a forward pass when given."""
-        with search_mode(model):
+        with supervised_search(model):
             if clean_logits is None:
                 with torch.no_grad():
                     clean_logits = model(x)
@@ -64,10 +65,17 @@ class TRADES:
         x, y = batch.x, batch.y
         logits = model(x)  # clean pass: updates BN running stats
         clean = cross_entropy(logits, y)
-        x_adv = self.adversarial(model, x, search_target(model, x, logits))
-        with frozen_bn_stats(model):
+        x_adv = self.adversarial(model, x, supervised_target(model, x, logits))
+        with perturbed_pass(model):
             kl = kl_div(logits, model(x_adv))
         loss = clean.mean() + self.beta * kl.mean()
         metrics = {"loss": loss, "acc": (logits.argmax(1) == y).float().mean(),
                    "clean_loss": clean.mean(), "kl": kl.mean()}
         return StepOutput(loss, {k: v.detach() for k, v in metrics.items()})
+
+    def cost(self, batch: Batch, model: nn.Module) -> float:
+        """Clean pass, ``steps`` forward-backwards, the pass on ``x'``, backward through both
+        (plus the target's eval-mode pass when BatchNorm or dropout is active)."""
+        target = FORWARD if is_stochastic(model) else 0.0
+        return rows(batch.x) * ((self.steps + 2) * FORWARD + (self.steps + 2) * BACKWARD
+                                + target)

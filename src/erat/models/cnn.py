@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from erat.errors import UserError
 from erat.models.registry import register_model
 
 
@@ -13,7 +14,7 @@ from erat.models.registry import register_model
 def cnn(*, in_shape: tuple[int, int, int], num_classes: int, width: int = 32) -> nn.Module:
     c, h, w = in_shape
     if h < 4 or w < 4:
-        raise ValueError(f"cnn needs inputs of at least 4x4, got {h}x{w}")
+        raise UserError(f"cnn needs inputs of at least 4x4, got {h}x{w}")
     return nn.Sequential(
         nn.Conv2d(c, width, 3, padding=1),
         nn.ReLU(inplace=True),

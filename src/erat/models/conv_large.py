@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from erat.errors import UserError
 from erat.models.registry import register_model
 
 
@@ -22,7 +23,7 @@ def conv_large(
 ) -> nn.Module:
     c, h, w = in_shape
     if min(h, w) < 8:
-        raise ValueError(f"conv-large needs inputs of at least 8x8, got {h}x{w}")
+        raise UserError(f"conv-large needs inputs of at least 8x8, got {h}x{w}")
     w1, w2, w3 = width, 2 * width, 4 * width
     valid_pad = 1 if min(h, w) // 4 < 3 else 0  # the paper's 32x32 input: 8x8 -> 6x6
     return nn.Sequential(

@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from erat.errors import UserError
+
 Factory = Callable[..., nn.Module]
 MODELS: dict[str, Factory] = {}
 
@@ -78,14 +80,23 @@ def build_model(
     factory = _lookup(name)
     unknown = set(kwargs) - set(model_params(name))
     if unknown:
-        raise ValueError(f"model {name!r} takes no parameter(s) {', '.join(sorted(unknown))}")
+        raise UserError(f"model {name!r} takes no parameter(s) {', '.join(sorted(unknown))}; "
+                        f"it takes: {', '.join(model_params(name)) or 'nothing'}")
     if len(in_shape) != 3 or len(mean) != in_shape[0]:
         raise ValueError(f"need in_shape (C, H, W) and C means, got {in_shape} and {mean}")
-    net = factory(in_shape=tuple(in_shape), num_classes=num_classes, **kwargs)
+    try:
+        net = factory(in_shape=tuple(in_shape), num_classes=num_classes, **kwargs)
+    except UserError:
+        raise
+    except (TypeError, ValueError, RuntimeError) as err:  # e.g. hidden=[-5], width="x"
+        shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items()) or "its defaults"
+        raise UserError(f"cannot build model {name!r} with {shown}: "
+                        f"{str(err).splitlines()[0] if str(err) else type(err).__name__}"
+                        ) from err
     return nn.Sequential(OrderedDict(normalize=Normalize(mean, std), net=net))
 
 
 def _lookup(name: str) -> Factory:
     if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(model_names())}")
+        raise UserError(f"unknown model {name!r}; choose one of {', '.join(model_names())}")
     return MODELS[name]

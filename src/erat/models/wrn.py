@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from erat.errors import UserError
 from erat.models.preact_resnet import PreActBlock
 from erat.models.registry import register_model
 
@@ -20,7 +21,7 @@ def wide_resnet(
     dropout: float = 0.0,
 ) -> nn.Module:
     if depth < 10 or (depth - 4) % 6:
-        raise ValueError(f"WRN depth must be 6n + 4 with n >= 1, got {depth}")
+        raise UserError(f"WRN depth must be 6n + 4 with n >= 1, got {depth}")
     n, widths = (depth - 4) // 6, [16 * widen, 32 * widen, 64 * widen]
     layers: list[nn.Module] = [nn.Conv2d(in_shape[0], 16, 3, padding=1, bias=False)]
     c_in = 16

@@ -5,9 +5,9 @@ one-step refinement of it (``S=1``, PGD's step 2.5 eps and a gentler 0.5 eps), e
 applied as ``clip(x + eps u, 0, 1)``; prints the mean distance moved, as a fraction of
 ``eps``, and the mean ``v = KL(p(.|x) || p(.|x + r))`` at that point. All on the clean
 training pass's function (train-mode BatchNorm with the batch's statistics, dropout off),
-as the methods search (docs/results.md, issue 4)::
+as the methods search (docs/results.md, semi-supervised)::
 
-    python benchmarks/direction_reach.py --data-dir DIR --eps 1.0 RUN [RUN ...]
+    python experiments/direction_reach.py --data-dir DIR --eps 1.0 RUN [RUN ...]
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ import argparse
 import torch
 
 import erat
-from erat.energy import search_direction, virtual_loss
-from erat.perturb import clean_function, shared_batch_stats, vat_direction
+from erat.losses import virtual_loss
+from erat.passes import label_free_search, shared_statistics
+from erat.search import search_direction, vat_direction
 from erat.threat import l2_norm
 
 
@@ -26,9 +27,9 @@ def reach(model: torch.nn.Module, x: torch.Tensor, eps: float) -> dict[str, tupl
     """``{search: (mean distance / eps, mean v)}`` on the batch ``x``."""
     model.train()
     out = {}
-    with shared_batch_stats(model), torch.no_grad():
+    with shared_statistics(model), torch.no_grad():
         logits = model(x)
-        with clean_function(model):
+        with label_free_search(model):
             d = vat_direction(model, x, logits, xi=1e-2, power_iters=1)
             v = virtual_loss(model, logits)
             for name, S, step in [("VAT d (S=0)", 0, None), ("S=1, step 2.5 eps", 1, None),

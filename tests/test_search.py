@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from erat.losses import cross_entropy
-from erat.perturb import fgm, frozen_bn_stats, pgd, search_mode, vat_direction
+from erat.passes import perturbed_pass, supervised_search
+from erat.search import fgm, pgd, vat_direction
 from erat.threat import Threat, l2_norm, random_unit
 
 
@@ -60,7 +61,7 @@ def test_pgd_properties(norm, eps, data):
     for p in model.parameters():
         p.grad = torch.full_like(p, 7.0)
     threat = Threat(norm, eps)
-    with search_mode(model):
+    with supervised_search(model):
         loss_fn = lambda z: cross_entropy(model(z), y)  # noqa: E731
         x_adv = pgd(loss_fn, x, threat, steps=10, restarts=2)
         clean, adv = loss_fn(x), loss_fn(x_adv)
@@ -87,7 +88,7 @@ def test_eps_zero_returns_input(data):
 def test_search_mode_restores_mixed_modes():
     model = tiny_net().train()
     model[1].eval()  # a user froze one BatchNorm on purpose
-    with search_mode(model):
+    with supervised_search(model):
         assert not any(m.training for m in model.modules())
     assert model.training and not model[1].training and model[3].training
 
@@ -96,7 +97,7 @@ def test_frozen_bn_stats_keeps_running_stats(data):
     x, _ = data
     model = tiny_net().train()
     before = {k: v.clone() for k, v in model[1].state_dict().items()}
-    with frozen_bn_stats(model):
+    with perturbed_pass(model):
         model(x * 0.5)
     assert all(torch.equal(v, model[1].state_dict()[k]) for k, v in before.items())
     assert model[1].momentum == 0.1
@@ -117,32 +118,32 @@ def test_vat_direction_is_unit_and_leaves_grads(data):
 def test_search_target_is_the_eval_mode_prediction():
     """The clean logits serve as a search's target only when train mode computes the same
     function; with train-mode BatchNorm one eval-mode pass replaces them."""
-    from erat.perturb import search_target
+    from erat.passes import supervised_target
 
     torch.manual_seed(0)
     x = torch.rand(6, 4)
     plain = torch.nn.Linear(4, 3).train()
     clean = plain(x)
-    assert search_target(plain, x, clean) is not clean  # detached
-    assert torch.equal(search_target(plain, x, clean), clean.detach())
+    assert supervised_target(plain, x, clean) is not clean  # detached
+    assert torch.equal(supervised_target(plain, x, clean), clean.detach())
     bn = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3)).train()
     clean = bn(x)
-    target = search_target(bn, x, clean)
+    target = supervised_target(bn, x, clean)
     assert bn.training and not target.requires_grad
     assert torch.allclose(target, bn.eval()(x)) and not torch.allclose(target, clean)
 
 
 def test_clean_function_is_the_clean_pass_function():
-    """Inside shared_batch_stats, clean_function maps any batch (one input, a perturbed one)
+    """Inside shared_statistics, clean_function maps any batch (one input, a perturbed one)
     with the clean pass's statistics and dropout off, updates no running statistics, and
     restores every module's mode afterwards."""
-    from erat.perturb import clean_function, clean_function_target, shared_batch_stats
+    from erat.passes import clean_function, label_free_target, shared_statistics
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Dropout(0.5),
                           nn.Linear(6, 3)).train()
     x = torch.rand(8, 4)
-    with shared_batch_stats(model):
+    with shared_statistics(model):
         model[3].p = 0.0
         clean = model(x)
         model[3].p = 0.5
@@ -154,9 +155,9 @@ def test_clean_function_is_the_clean_pass_function():
         assert torch.allclose(one, clean[:1], atol=1e-6) and torch.allclose(again, clean)
         assert torch.equal(stats[0], model[1].running_mean)
         assert torch.equal(stats[1], model[1].running_var)
-        target = clean_function_target(model, x, clean)  # dropout active: a fresh pass
+        target = label_free_target(model, x, clean)  # dropout active: a fresh pass
         assert not target.requires_grad and torch.allclose(target, clean, atol=1e-6)
     assert model[1].training and model[3].training
     model[3].p = 0.0
-    assert clean_function_target(model, x, clean) is not clean
-    assert torch.equal(clean_function_target(model, x, clean), clean.detach())
+    assert label_free_target(model, x, clean) is not clean
+    assert torch.equal(label_free_target(model, x, clean), clean.detach())

@@ -1,10 +1,10 @@
 """Markdown tables for docs/results.md from ``erat reproduce`` report folders.
 
-    python benchmarks/tables.py runs/mnist-subset --runs erm,at,vat,pgd,trades,er \
+    python experiments/tables.py runs/mnist-subset --runs erm,at,vat,pgd,trades,er \
         --columns clean_acc,pgd-l2-eps1,pgd-l2-eps1.5,pgd-l2-eps2,energy_mean,train_s_per_epoch
-    python benchmarks/tables.py runs/mnist-subset --semi sup,vat,vat-entmin,er,er-entmin \
+    python experiments/tables.py runs/mnist-subset --semi sup,vat,vat-entmin,er,er-entmin \
         --labels 100 --seeds 0,1,2
-    python benchmarks/tables.py runs/mnist-subset --runs erm,at,vat,pgd,trades,er \
+    python experiments/tables.py runs/mnist-subset --runs erm,at,vat,pgd,trades,er \
         --eval eval-all-500.json --columns clean_acc,pgd-l2-eps1.5,all-l2-eps1.5
 
 ``--eval FILE`` reads ``RUN/FILE`` (an ``erat eval --json`` output) instead of the suite's

@@ -1,6 +1,6 @@
 """Does ``torch.compile`` help? ms per training step of ``cnn`` with and without it.
 
-    python benchmarks/compile_check.py --methods erm,er --steps 20
+    python experiments/compile_check.py --methods erm,er --steps 20
 
 Compilation time is reported separately (the first steps); the ratio uses the median of the
 steps after warm-up. Runs on whatever device is present (CUDA when available).

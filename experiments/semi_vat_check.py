@@ -5,11 +5,11 @@ logits included; the VAT term on the unlabeled batch only; every pass in train m
 searched and perturbed passes with their own batch statistics and no running-stat update;
 ``xi = 1e-6``; Adam 2e-3 decayed x0.9 every 100 steps; labeled batch 100, unlabeled 250.
 Each ``--with`` flag moves one choice towards erat's VAT, so the effect of each can be
-measured on its own (docs/results.md, issue 4)::
+measured on its own (docs/results.md, semi-supervised)::
 
-    python benchmarks/semi_vat_check.py --data-dir DIR --eps 1.0 --steps 1500
-    python benchmarks/semi_vat_check.py --data-dir DIR --with eval-search
-    python benchmarks/semi_vat_check.py --data-dir DIR --with deep-mlp no-top-bn
+    python experiments/semi_vat_check.py --data-dir DIR --eps 1.0 --steps 1500
+    python experiments/semi_vat_check.py --data-dir DIR --with eval-search
+    python experiments/semi_vat_check.py --data-dir DIR --with deep-mlp no-top-bn
 
 Prints the test accuracy (eval mode, running statistics) every 250 steps.
 """
@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from erat.data import labeled_split, load_dataset
+from erat.datasets import labeled_split, load_dataset
 from erat.losses import kl_div
-from erat.perturb import frozen_bn_stats, shared_batch_stats
+from erat.passes import perturbed_pass, shared_statistics
 
 CHOICES = {
     "deep-mlp": "hidden layers 1200-600-300-150 instead of 1200-1200",
@@ -90,7 +90,7 @@ def main() -> None:
         model.train()
         bl, bu = torch.randint(0, 100, (nl,)), torch.randint(0, len(xu), (nu,))
         x = torch.cat([xl[bl], xu[bu]]) if on("with-labeled") else xu[bu]
-        stats = shared_batch_stats(model) if on("shared-stats") else contextlib.nullcontext()
+        stats = shared_statistics(model) if on("shared-stats") else contextlib.nullcontext()
         with stats:
             if on("shared-stats"):
                 logits = model(torch.cat([xl[bl], xu[bu]]))
@@ -98,10 +98,10 @@ def main() -> None:
                 target = (logits if on("with-labeled") else logits[nl:]).detach()
             else:
                 loss = F.cross_entropy(model(xl[bl]), yl[bl])
-                with frozen_bn_stats(model), torch.no_grad():
+                with perturbed_pass(model), torch.no_grad():
                     target = model(x)
             if args.eps > 0:
-                with frozen_bn_stats(model):
+                with perturbed_pass(model):
                     search_target = target
                     if on("eval-search"):
                         model.eval()

@@ -1,0 +1,113 @@
+"""The interface of every evaluation attack, the registry of attacks by name, and presets.
+
+An attack is a dataclass whose fields are its options (declared with
+:func:`erat.fields.param`, here named ``option``, whose help becomes an ``erat eval`` flag)
+and whose call maps ``(model, x, y, threat, seed)`` to a robust flag per example: True
+where the model still classifies the example correctly at every point the attack tried.
+It runs only on examples that are still robust; the caller has put the model in eval mode.
+A module in this package registers its attack by being here (:func:`register_attack`).
+
+Stages: an evaluation runs attacks in order, each on the survivors of the ones before, so
+the flags after stage ``i`` are the worst case over attacks ``0..i``. Their result key is
+``robust_key(label, norm, eps)`` with the stage's label: the attack's name for the first,
+``a+b`` for ``b`` after ``a``; a preset (``all`` = ``pgd`` then ``autoattack``) gives its
+last stage its own name (``all-l2-eps1.5``).
+
+Example::
+
+    @register_attack("toy")
+    @dataclass
+    class Toy:
+        def __call__(self, model, x, y, threat, seed):
+            return correct(model, threat.project(x, x + threat.eps / 10), y)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from erat.errors import UserError
+from erat.fields import FlagSpec, flag_specs, init_fields
+from erat.fields import param as option  # noqa: F401  (an attack's settings)
+from erat.threat import Threat
+
+ATTACKS: dict[str, type] = {}
+PRESETS: dict[str, tuple[str, ...]] = {"all": ("pgd", "autoattack")}
+
+
+class Attack(Protocol):
+    name: str
+
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, threat: Threat,
+                 seed: int) -> Tensor: ...
+
+
+def register_attack(name: str) -> Callable[[type], type]:
+    """Class decorator adding an attack dataclass to the registry under ``name``."""
+
+    def add(cls: type) -> type:
+        if name in PRESETS or (name in ATTACKS and ATTACKS[name].__qualname__ != cls.__qualname__):
+            raise ValueError(f"attack {name!r} is registered twice")
+        cls.name = name
+        ATTACKS[name] = cls
+        return cls
+
+    return add
+
+
+def attack_names() -> list[str]:
+    """Registered attacks, then presets."""
+    return [*sorted(ATTACKS), *PRESETS]
+
+
+def attack_options(name: str) -> dict[str, dataclasses.Field]:
+    return init_fields(ATTACKS[name])
+
+
+def attack_flags() -> dict[str, FlagSpec]:
+    """Every option of every registered attack as a flag specification."""
+    return flag_specs(ATTACKS)
+
+
+def build_attack(name: str, options: dict[str, Any]) -> Any:
+    """The attack ``name`` with the entries of ``options`` that are its own fields."""
+    if name not in ATTACKS:
+        raise UserError(f"unknown attack {name!r}; choose from {', '.join(attack_names())}")
+    own = {k: v for k, v in options.items() if k in attack_options(name)}
+    return ATTACKS[name](**own)
+
+
+def resolve(spec: str | Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Attack names and stage labels of ``spec``: a name, a preset, a comma-separated list
+    or a sequence of names (see the module docstring for the labels)."""
+    items = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else list(spec)
+    if len(items) == 1 and items[0] in PRESETS:
+        names = PRESETS[items[0]]
+        labels = tuple("+".join(names[: i + 1]) for i in range(len(names)))
+        return names, (*labels[:-1], items[0])
+    unknown = [s for s in items if s not in ATTACKS]
+    if not items or unknown:
+        shown = ", ".join(repr(u) for u in unknown) or "nothing"
+        raise UserError(f"unknown attack {shown}; choose from {', '.join(attack_names())} "
+                        "(or a comma-separated list)")
+    if len(set(items)) != len(items):
+        raise UserError(f"attack list {','.join(items)} names an attack twice")
+    names = tuple(items)
+    return names, tuple("+".join(names[: i + 1]) for i in range(len(names)))
+
+
+def robust_key(label: str, norm: str, eps: float) -> str:
+    """Key of a robust accuracy in a result, e.g. ``robust_key("pgd", "l2", 1.5)`` ->
+    ``"pgd-l2-eps1.5"``."""
+    return f"{label}-{norm}-eps{eps:g}"
+
+
+def correct(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    """Per-example correctness ``[B]`` (on the CPU) of ``model`` at ``x``, without a graph."""
+    with torch.no_grad():
+        return (model(x).argmax(dim=1) == y).cpu()

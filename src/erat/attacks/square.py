@@ -1,0 +1,36 @@
+"""Square (Andriushchenko et al. 2020, arXiv 1912.00049), black-box and score-based, through
+pyautoattack; the check for gradient masking uses it too."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+
+from erat.attacks.autoattack import run_pyautoattack
+from erat.attacks.base import option, register_attack
+from erat.errors import UserError
+from erat.threat import Threat
+
+
+@register_attack("square")
+@dataclass
+class Square:
+    square_queries: int = option(5000, "queries of the Square attack")
+
+    requires = ("pyautoattack",)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.square_queries, int) or self.square_queries < 1:
+            raise UserError(f"--square-queries must be an integer >= 1, got "
+                            f"{self.square_queries!r}")
+
+    def describe(self) -> str:
+        return f"Square ({self.square_queries} queries, black-box)"
+
+    def threat_info(self, eps: tuple[float, ...]) -> dict:
+        return {"square_queries": self.square_queries}
+
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, threat: Threat,
+                 seed: int) -> Tensor:
+        return run_pyautoattack(model, x, y, threat, seed, ["square"], self.square_queries)

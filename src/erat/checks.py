@@ -1,0 +1,143 @@
+"""Sanity checks of a robustness evaluation (RobustBench / auto-attack ``checks.py``): each
+a ``{name, passed, detail}`` entry, and an :class:`EvaluationWarning` when it fails. Their
+attack work is bounded by ``sanity_n`` examples, small next to the main attacks:
+
+1. ``monotone_in_eps``: robust accuracy never rises with the radius;
+2. ``robust_le_clean``: robust accuracy never exceeds clean accuracy;
+3. ``large_radius``: PGD at a radius that contains the grey image from every input
+   (l-inf 0.5, l2 ``0.5 * sqrt(d)``) leaves at most 5% accuracy;
+4. ``autoattack_vs_pgd`` (PGD, then AutoAttack): AutoAttack removes at most 2 points more;
+5. ``square_vs_whitebox`` (``masking_check``): Square with ``masking_queries`` queries at the
+   largest radius fools at most 2% more of the subset than the white-box attacks did;
+6. ``input_gradients``: at most 1% of clean points have an all-zero or non-finite gradient;
+7. ``eval_mode``: the model was handed over in eval mode (it is evaluated in eval mode anyway).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from torch import Tensor, nn
+
+from erat.attacks import build_attack, robust_key
+from erat.losses import supervised_loss
+from erat.search import input_grad
+from erat.threat import Threat
+
+if TYPE_CHECKING:
+    from erat.evaluate import EvalConfig
+
+LARGE_RADIUS_MAX_ACC = 0.05
+WEAK_PGD_TOL = 0.02
+MASKING_TOL = 0.02
+ZERO_GRAD_MAX_FRAC = 0.01
+
+# (stage key, flags to start from, attack) -> flags: the evaluation's resumable stage runner
+Stage = Callable[[str, Tensor, Callable], Tensor]
+
+
+class EvaluationWarning(UserWarning):
+    """A sanity check of an evaluation failed: the robustness figures may be too high."""
+
+
+def check(name: str, passed: bool, detail: str) -> dict:
+    return {"name": name, "passed": bool(passed), "detail": detail}
+
+
+def large_radius(norm: str, x: Tensor) -> float:
+    """A radius whose ball around every ``x`` in ``[0,1]^d`` contains the grey image 0.5:
+    accuracy there should be (almost) zero."""
+    return 0.5 if norm == "linf" else 0.5 * math.sqrt(x[0].numel())
+
+
+def monotone(cfg: EvalConfig, acc: dict[str, float]) -> dict:
+    rises = []
+    for label in cfg.labels:
+        curve = [(e, acc[robust_key(label, cfg.norm, e)]) for e in sorted(set(cfg.eps))]
+        rises += [f"{label}: {a0:.4f} at eps={e0:g} < {a1:.4f} at eps={e1:g}"
+                  for (e0, a0), (e1, a1) in zip(curve, curve[1:], strict=False) if a1 > a0]
+    return check("monotone_in_eps", not rises,
+                 "; ".join(rises) if rises else "robust accuracy is non-increasing in eps")
+
+
+def le_clean(acc: dict[str, float]) -> dict:
+    above = [k for k, v in acc.items() if v > acc["clean"]]
+    return check("robust_le_clean", not above,
+                 f"above clean accuracy: {', '.join(above)}" if above
+                 else "robust accuracy <= clean accuracy everywhere")
+
+
+def weak_pgd(cfg: EvalConfig, acc: dict[str, float]) -> dict | None:
+    """PGD first and AutoAttack later in the list: AutoAttack should add little."""
+    if cfg.attacks[0] != "pgd" or "autoattack" not in cfg.attacks[1:]:
+        return None
+    after = cfg.labels[cfg.attacks.index("autoattack")]
+    gaps = {e: acc[robust_key("pgd", cfg.norm, e)] - acc[robust_key(after, cfg.norm, e)]
+            for e in cfg.eps}
+    worst = max(gaps, key=gaps.get)
+    return check("autoattack_vs_pgd", gaps[worst] <= WEAK_PGD_TOL,
+                 f"AutoAttack lowers PGD's robust accuracy by up to {gaps[worst]:.1%} "
+                 f"(eps={worst:g}; allowed: {WEAK_PGD_TOL:.0%}; more means PGD is weak)")
+
+
+def gradients(model: nn.Module, x: Tensor, y: Tensor, cfg: EvalConfig) -> dict:
+    """Fraction of the first ``sanity_n`` clean points with zero or non-finite gradients."""
+    m, bs = min(cfg.sanity_n, len(y)), cfg.batch_size
+    bad = 0
+    for s in range(0, m, bs):
+        xb, yb = x[s:min(s + bs, m)], y[s:min(s + bs, m)]
+        loss, grad = input_grad(supervised_loss(model, yb), xb)
+        g = grad.flatten(1)  # [b, d]
+        bad += int(((g == 0).all(1) | ~g.isfinite().all(1) | ~loss.isfinite()).sum())
+    frac = bad / m
+    return check("input_gradients", frac <= ZERO_GRAD_MAX_FRAC,
+                 f"{bad} of {m} clean points have an all-zero or non-finite input gradient "
+                 f"(allowed: {ZERO_GRAD_MAX_FRAC:.0%})")
+
+
+def radius(stage: Stage, x: Tensor, clean: Tensor, cfg: EvalConfig) -> dict:
+    """PGD (one restart) at a radius containing the grey image should leave (almost) nothing."""
+    m, eps = min(cfg.sanity_n, len(clean)), large_radius(cfg.norm, x)
+    pgd = build_attack("pgd", {**cfg.options, "restarts": 1})
+    flags = stage(f"check-large-radius@{eps!r}", clean[:m], pgd, Threat(cfg.norm, eps))
+    acc = flags.float().mean().item()
+    return check("large_radius", acc <= LARGE_RADIUS_MAX_ACC,
+                 f"PGD at {cfg.norm} eps={eps:.4g} leaves {acc:.1%} of {m} examples "
+                 f"correct (expected <= {LARGE_RADIUS_MAX_ACC:.0%})")
+
+
+def masking(stage: Stage, flags: dict[str, Tensor], cfg: EvalConfig) -> dict:
+    """Square (black-box) on the white-box survivors of the first ``sanity_n`` examples."""
+    eps = max(cfg.eps)
+    m = min(cfg.sanity_n, len(flags["clean"]))
+    white = flags[robust_key(cfg.labels[-1], cfg.norm, eps)][:m]
+    square = build_attack("square", {"square_queries": cfg.masking_queries})
+    both = stage(f"check-square@{eps!r}", white, square, Threat(cfg.norm, eps))
+    gap = (white.sum() - both.sum()).item() / m
+    return check("square_vs_whitebox", gap <= MASKING_TOL,
+                 f"Square ({cfg.masking_queries} queries, eps={eps:g}) fooled {gap:.1%} of "
+                 f"{m} examples that the white-box attacks left robust (allowed: "
+                 f"{MASKING_TOL:.0%}; more suggests gradient masking)")
+
+
+def run_checks(stage: Stage, model: nn.Module, x: Tensor, y: Tensor, flags: dict[str, Tensor],
+               cfg: EvalConfig, was_training: bool) -> list[dict]:
+    """Every check that applies to ``cfg``, in order; warns for each failure."""
+    acc = {k: v.float().mean().item() for k, v in flags.items()}
+    checks = [monotone(cfg, acc), le_clean(acc), weak_pgd(cfg, acc)]
+    if cfg.sanity_n > 0:
+        checks += [gradients(model, x, y, cfg), radius(stage, x, flags["clean"], cfg)]
+        if cfg.masking_check and "square" not in cfg.attacks and max(cfg.eps) > 0:
+            checks.append(masking(stage, flags, cfg))
+    checks.append(check("eval_mode", not was_training,
+                        "model was in train mode when evaluate() was called; evaluated in "
+                        "eval mode" if was_training else "model was in eval mode"))
+    checks = [c for c in checks if c is not None]
+    for c in checks:
+        if not c["passed"]:
+            warnings.warn(f"evaluation check {c['name']} failed: {c['detail']}",
+                          EvaluationWarning, stacklevel=4)
+    return checks

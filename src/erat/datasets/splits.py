@@ -1,0 +1,69 @@
+"""Index splits of a training set: balanced labeled subsets for semi-supervised learning
+(Miyato et al. 2018's protocol) and the validation hold-out that model selection reads.
+
+Example::
+
+    val, rest = validation_split(y_train, 5000, seed=0)
+    labeled, unlabeled = labeled_split(y_train, 100, seed=0, exclude=val)
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from erat.datasets.registry import DataError
+
+
+def balanced_split(y: Tensor, n_labels: int, seed: int) -> tuple[Tensor, Tensor]:
+    """Indices ``(labeled, unlabeled)`` with exactly ``n_labels`` labeled, balanced across the
+    classes present in ``y`` (the standard protocol of Miyato et al. 2018, arXiv 1704.03976).
+
+    When ``n_labels`` is not a multiple of the number of classes, the lowest class labels get
+    one extra example each. Both index tensors are sorted, disjoint, and cover ``y``.
+    """
+    y = torch.as_tensor(y).reshape(-1).cpu()
+    if not 0 <= n_labels <= len(y):
+        raise DataError(f"cannot take {n_labels} of {len(y)} examples")
+    classes, counts = torch.unique(y, return_counts=True)
+    base, extra = divmod(n_labels, len(classes))
+    gen = torch.Generator().manual_seed(seed)
+    chosen = []
+    for i, (c, count) in enumerate(zip(classes.tolist(), counts.tolist(), strict=True)):
+        quota = base + (i < extra)
+        if quota > count:
+            raise DataError(f"class {c} has {count} examples, fewer than the {quota} to label")
+        idx = torch.nonzero(y == c).flatten()
+        chosen.append(idx[torch.randperm(count, generator=gen)[:quota]])
+    mask = torch.zeros(len(y), dtype=torch.bool)
+    mask[torch.cat(chosen)] = True
+    return torch.nonzero(mask).flatten(), torch.nonzero(~mask).flatten()
+
+
+def validation_split(y: Tensor, n_val: int, seed: int) -> tuple[Tensor, Tensor]:
+    """Indices ``(val, train)``: ``n_val`` examples held out, balanced across classes and
+    drawn with ``seed`` alone (not the training seed, so every run on a dataset holds out
+    the same images); ``train`` is every other index. Both sorted, disjoint."""
+    if not 0 < n_val < len(y):
+        raise DataError(f"--val must be between 1 and {len(y) - 1} (the training set has "
+                        f"{len(y)} examples), got {n_val}")
+    return balanced_split(y, n_val, seed)
+
+
+def labeled_split(y: Tensor, n_labels: int, seed: int, exclude: Tensor | None = None
+                  ) -> tuple[Tensor, Tensor]:
+    """Indices ``(labeled, unlabeled)`` of ``y``: ``n_labels`` balanced labels, the rest
+    unlabeled; indices in ``exclude`` (a validation hold-out) are in neither."""
+    y = torch.as_tensor(y).reshape(-1).cpu()
+    if exclude is None or len(exclude) == 0:
+        if not 1 <= n_labels <= len(y):
+            raise DataError(f"--labels must be between 1 and {len(y)}, got {n_labels}")
+        return balanced_split(y, n_labels, seed)
+    keep = torch.ones(len(y), dtype=torch.bool)
+    keep[exclude] = False
+    pool = torch.nonzero(keep).flatten()
+    if not 1 <= n_labels <= len(pool):
+        raise DataError(f"--labels must be between 1 and {len(pool)} (after --val), got "
+                        f"{n_labels}")
+    labeled, unlabeled = balanced_split(y[pool], n_labels, seed)
+    return pool[labeled], pool[unlabeled]

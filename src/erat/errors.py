@@ -1,0 +1,33 @@
+"""The two kinds of failure a user can meet, and how the command line reports them.
+
+- :class:`UserError`: something the user asked for is wrong (a flag, a config value, a file
+  they named); one line, exit code 2. A subclass of ``ValueError``, so library callers can
+  catch it as one.
+- :class:`EnvironmentProblem`: the machine cannot do what was asked (no GPU, disk full,
+  read-only folder); one line, exit code 1.
+
+Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class UserError(ValueError):
+    """A mistake in what the user asked for: printed as one line, exit code 2."""
+
+
+class EnvironmentProblem(RuntimeError):
+    """The environment cannot do what was asked: printed as one line, exit code 1."""
+
+
+def os_problem(err: OSError, what: str) -> Exception:
+    """The one-line error for an ``OSError`` met while doing ``what`` (e.g. "write
+    runs/a/model.pt"): disk full, read-only or permission problems are the environment's;
+    a path that is a file where a folder was needed (or the reverse) is the user's."""
+    import errno
+
+    reason = err.strerror or type(err).__name__
+    if err.errno in (errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENOENT,
+                     errno.ENAMETOOLONG):
+        return UserError(f"cannot {what}: {reason}")
+    return EnvironmentProblem(f"cannot {what}: {reason}")

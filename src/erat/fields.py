@@ -1,0 +1,71 @@
+"""Hyper-parameters as dataclass fields that become command-line flags by themselves.
+
+A method (:mod:`erat.methods`) or an attack (:mod:`erat.attacks`) declares each setting
+with :func:`param`; :func:`flag_specs` turns the fields of every registered class into one
+flag specification per name (type from the annotation, help from the field), so adding a
+hyper-parameter is one line in one file.
+
+Example::
+
+    @dataclass
+    class Toy:
+        radius: float = param(1.0, "radius of the toy")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any, Literal, NamedTuple
+
+
+class FlagSpec(NamedTuple):
+    """What the command line needs to offer one setting as ``--name``."""
+
+    kind: type  # float, int, str, bool (a switch) or dict (JSON)
+    choices: tuple[str, ...] | None
+    help: str
+
+
+def param(default: Any, help: str) -> Any:
+    """A setting: a dataclass field whose ``help`` is its flag's help."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+def init_fields(cls: type) -> dict[str, dataclasses.Field]:
+    """The settings of a dataclass (its ``__init__`` fields), by name."""
+    return {f.name: f for f in dataclasses.fields(cls) if f.init}
+
+
+def flag_specs(classes: Mapping[str, type]) -> dict[str, FlagSpec]:
+    """One flag specification per setting name over ``classes`` (name -> dataclass), with
+    the names of the classes that take it appended to the help. Two classes may share a
+    setting name only with the same type."""
+    specs: dict[str, FlagSpec] = {}
+    owners: dict[str, list[str]] = {}
+    for owner in sorted(classes):
+        hints = typing.get_type_hints(classes[owner])
+        for field in init_fields(classes[owner]).values():
+            if field.metadata.get("flag") is False:
+                continue
+            kind, choices = _flag_type(hints[field.name])
+            spec = FlagSpec(kind, choices, field.metadata.get("help", field.name))
+            if field.name in specs and specs[field.name][:2] != spec[:2]:
+                raise TypeError(f"setting {field.name!r} has two types among {sorted(classes)}")
+            specs.setdefault(field.name, spec)
+            owners.setdefault(field.name, []).append(owner)
+    return {k: s._replace(help=f"{s.help} [{', '.join(owners[k])}]") for k, s in specs.items()}
+
+
+def _flag_type(hint: Any) -> tuple[type, tuple[str, ...] | None]:
+    if typing.get_origin(hint) is Literal:
+        return str, tuple(typing.get_args(hint))
+    if hint is dict or typing.get_origin(hint) is dict:
+        return dict, None  # given as JSON
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):  # X | None
+        return _flag_type(next(a for a in typing.get_args(hint) if a is not type(None)))
+    if hint in (bool, int, float, str):
+        return hint, None
+    raise TypeError(f"settings must be bool, int, float, str or Literal, got {hint}")

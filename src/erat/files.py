@@ -1,0 +1,163 @@
+"""Files written atomically and read safely: the only place erat touches bytes on disk.
+
+Everything erat writes with ``torch.save`` holds only tensors, numbers, strings, lists and
+dicts, so it loads with ``torch.load(..., weights_only=True)`` (:func:`load_file`). Files
+are written to a temporary name in the same folder (``.<name>.<random>``) and renamed, so a
+crash never leaves a half-written file under the real name; :func:`remove_temps` clears the
+temporaries a killed process left behind. An ``OSError`` becomes one line naming the file
+(:func:`erat.errors.os_problem`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+import yaml
+
+from erat.errors import UserError, os_problem
+
+
+def atomic_write_bytes(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
+    """Call ``write(file_object)`` on a temporary file beside ``path``, then rename it."""
+    path = Path(path)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make results private
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise os_problem(err, f"write {path}") from err
+        if isinstance(err, RuntimeError) and "write" in str(err).lower():
+            # torch.save reports a failed write (disk full) as a RuntimeError
+            raise os_problem(OSError(28, "no space left or write failed"), f"write {path}") from err
+        raise
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """``torch.save`` made atomic (temporary file + rename)."""
+    atomic_write_bytes(path, lambda f: torch.save(obj, f))
+
+
+def atomic_write_text(text: str, path: Path) -> None:
+    atomic_write_bytes(path, lambda f: f.write(text.encode()))
+
+
+def atomic_write_json(obj: Any, path: Path) -> None:
+    atomic_write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", path)
+
+
+def remove_temps(folder: Path, names: list[str]) -> list[Path]:
+    """Delete the temporaries ``.<name>.*`` that an interrupted atomic write of one of
+    ``names`` left in ``folder``; returns what was removed."""
+    removed = []
+    for name in names:
+        for tmp in Path(folder).glob(f".{name}.*"):
+            if tmp.is_file():
+                tmp.unlink(missing_ok=True)
+                removed.append(tmp)
+    return removed
+
+
+def load_file(path: Path, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load`` with ``weights_only=True``; a missing or corrupt file is a ``UserError``."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"no such file: {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except RuntimeError as e:
+        if "cuda" in str(e).lower():
+            raise UserError(f"cannot load {path} on {map_location}: {str(e).splitlines()[0]}"
+                            ) from e
+        raise UserError(f"cannot read {path}: not a valid erat file ({type(e).__name__})") from e
+    except Exception as e:  # pickle, zip and unpickler errors all mean the same to a user
+        raise UserError(f"cannot read {path}: not a valid erat file ({type(e).__name__})") from e
+
+
+def read_text(path: Path, what: str = "file") -> str:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"no such {what}: {path}")
+    try:
+        return path.read_text()
+    except OSError as err:
+        raise os_problem(err, f"read {path}") from err
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path} is not a text file") from err
+
+
+def read_yaml(path: Path, what: str = "YAML file") -> Any:
+    """A YAML file's content; a syntax error is one line naming the file and the line."""
+    text = read_text(path, what)
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or type(err).__name__
+        raise UserError(f"{path}{where}: not valid YAML ({problem})") from err
+
+
+def read_json(path: Path, what: str = "JSON file") -> Any:
+    """A JSON file's content; a syntax error is one line naming the file."""
+    text = read_text(path, what)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path} line {err.lineno}: not valid JSON ({err.msg})") from err
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_writable_file(path: Path, flag: str) -> None:
+    """Refuse an output file that cannot be written, before any work is done: a folder in
+    its place, a parent that is a file, or a read-only folder."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{flag} {path} is a folder; give a file name")
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"{flag} {path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise os_problem(PermissionError(13, "permission denied (read-only?)"),
+                         f"write {flag} {path}")
+
+
+def check_writable_dir(path: Path, flag: str) -> None:
+    """Refuse an output folder that cannot be created or written, before any work."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{flag} {path} is a file, not a folder")
+    parent = path
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"{flag} {path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise os_problem(PermissionError(13, "permission denied (read-only?)"),
+                         f"write into {flag} {path}")

@@ -1,0 +1,204 @@
+"""How BatchNorm and dropout behave in each forward pass of a training step: four named
+recipes a method picks (METHOD.md section 5), and the helpers behind them.
+
+A robust-training step runs several forward passes on the same weights. Each is one of:
+
+=========================  ============================================================
+recipe                     what the pass sees
+=========================  ============================================================
+(the clean pass)           train mode, as usual: batch statistics, updates the running
+                           statistics, dropout on. Run it inside :func:`shared_statistics`
+                           when later passes must reuse its statistics.
+:func:`supervised_search`  eval mode (running statistics, no updates, no dropout); the
+                           inner maximisation of AT, PGD-AT, TRADES and ER's supervised
+                           form, and every evaluation attack.
+:func:`label_free_search`  the clean pass's own function: BatchNorm with the clean batch's
+                           statistics (inside :func:`shared_statistics`), no running-stat
+                           updates, dropout off; VAT's power iteration and ER's virtual
+                           search, whose target is the clean logits (``v = 0`` at ``x``).
+:func:`perturbed_pass`     train mode with batch statistics but no running-stat updates,
+                           dropout on: the pass on adversarial points that is trained on
+                           (AT, TRADES), so perturbed inputs never reach test-time stats.
+:func:`ray_pass`           the clean pass's function again, for every point of a ray that
+                           the energy subtracts ``l(x)`` from (ER): one function along the
+                           whole ray, dropout off.
+=========================  ============================================================
+
+Every context restores each module's own state on exit. A search's target must come from
+the function it searches: :func:`supervised_target` and :func:`label_free_target`.
+
+Example::
+
+    with shared_statistics(model):
+        logits = model(x)                        # the clean pass
+        with label_free_search(model):
+            d = vat_direction(model, x, label_free_target(model, x, logits))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor, nn
+
+
+def _batchnorms(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def _dropouts(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
+
+
+@contextmanager
+def _training_off(modules: list[nn.Module]) -> Iterator[None]:
+    """Set ``training = False`` on ``modules``; restore each one's own flag afterwards."""
+    modes = [(m, m.training) for m in modules]
+    for m in modules:
+        m.training = False
+    try:
+        yield
+    finally:
+        for m, was_training in modes:
+            m.training = was_training
+
+
+@contextmanager
+def supervised_search(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode for an inner search or an attack; restores each module's ``training``."""
+    with _training_off(list(model.modules())):
+        yield model
+
+
+@contextmanager
+def perturbed_pass(model: nn.Module) -> Iterator[nn.Module]:
+    """Train-mode BatchNorm (batch statistics) without running-stat updates; dropout as it
+    is. For the forward passes on perturbed points whose loss is trained on."""
+    bns = _batchnorms(model)
+    saved = [(m, m.momentum) for m in bns]
+    for m in bns:
+        m.momentum = 0.0  # running = (1 - 0) * running + 0 * batch: unchanged
+    counters = [(m, m.num_batches_tracked.clone()) for m in bns
+                if m.num_batches_tracked is not None]
+    try:
+        yield model
+    finally:
+        for m, momentum in saved:
+            m.momentum = momentum
+        for m, n in counters:
+            m.num_batches_tracked.copy_(n)
+
+
+@contextmanager
+def dropout_off(model: nn.Module) -> Iterator[nn.Module]:
+    """Dropout modules in eval mode (no noise); every other module keeps its mode."""
+    with _training_off(_dropouts(model)):
+        yield model
+
+
+@contextmanager
+def clean_function(model: nn.Module) -> Iterator[nn.Module]:
+    """The clean training pass's function: :func:`perturbed_pass` with dropout off. Inside
+    :func:`shared_statistics` BatchNorm normalises with the clean batch's statistics."""
+    with perturbed_pass(model), dropout_off(model):
+        yield model
+
+
+@contextmanager
+def label_free_search(model: nn.Module) -> Iterator[nn.Module]:
+    """The recipe of a label-free search (VAT, ER's virtual form): :func:`clean_function`.
+
+    The search probes the very function the perturbed pass trains; VAT's reference code
+    searches in train mode too (takerum/vat). Searching the eval-mode function instead made
+    VAT drift with few labels (docs/results.md, semi-supervised findings)."""
+    with clean_function(model):
+        yield model
+
+
+@contextmanager
+def ray_pass(model: nn.Module) -> Iterator[nn.Module]:
+    """The recipe of the energy's ray points: :func:`clean_function`, so that every point
+    of a ray, ``x`` included, is mapped by one function (with independent dropout masks
+    ``V_T`` would add up the noise and grow with ``T``)."""
+    with clean_function(model):
+        yield model
+
+
+@contextmanager
+def shared_statistics(model: nn.Module) -> Iterator[nn.Module]:
+    """Train-mode BatchNorm normalises every later pass with the first pass's statistics.
+
+    The first train-mode forward inside the context (the clean pass) runs as usual, updating
+    the running statistics, and each BatchNorm layer records its batch mean and variance
+    (with their graph). Every later train-mode forward is normalised with those recorded
+    statistics, so each input is mapped by the same function as in the clean pass, whatever
+    else is in its batch. Eval-mode passes (supervised searches) use the running statistics.
+
+    Why: ``V_T`` subtracts the clean loss; with the ray points' own batch statistics or the
+    running ones, training rewards the gap between two functions (docs/results.md).
+    """
+    bns = _batchnorms(model)
+    originals = {m: m.forward for m in bns}
+    for m in bns:
+        m.forward = _recording_forward(m, originals[m])
+    try:
+        yield model
+    finally:
+        for m, forward in originals.items():
+            m.forward = forward
+            m.__dict__.pop("forward", None)
+
+
+def _recording_forward(bn: nn.Module, forward: Callable[[Tensor], Tensor]):
+    recorded: list[tuple[Tensor, Tensor]] = []
+
+    def patched(inp: Tensor) -> Tensor:
+        if not bn.training:
+            return forward(inp)
+        if not recorded:
+            dims = [0, *range(2, inp.dim())]
+            recorded.append((inp.mean(dims), inp.var(dims, unbiased=False)))
+            return forward(inp)
+        mean, var = recorded[0]
+        shape = (1, -1, *([1] * (inp.dim() - 2)))  # per channel: [1, C, 1, ...]
+        out = (inp - mean.view(shape)) * torch.rsqrt(var.view(shape) + bn.eps)
+        if bn.affine:
+            out = out * bn.weight.view(shape) + bn.bias.view(shape)
+        return out
+
+    return patched
+
+
+def dropout_active(model: nn.Module) -> bool:
+    """True when some dropout layer is in training mode with ``p > 0``."""
+    return any(m.training and m.p > 0 for m in _dropouts(model))
+
+
+def is_stochastic(model: nn.Module) -> bool:
+    """True when a forward pass depends on more than each input alone: a BatchNorm layer in
+    training mode (batch statistics) or an active dropout layer. When False, a train-mode
+    pass computes the same function of each input as an eval-mode one."""
+    return any(m.training for m in _batchnorms(model)) or dropout_active(model)
+
+
+def supervised_target(model: nn.Module, x: Tensor, clean_logits: Tensor) -> Tensor:
+    """Detached logits at ``x`` of the function a :func:`supervised_search` runs on, for a
+    search whose loss must be 0 at ``x`` (TRADES): the training pass's ``clean_logits``
+    when it computes the same function (:func:`is_stochastic` is False), otherwise one
+    eval-mode pass without a graph. Call it outside the search, whose eval mode would hide
+    the training mode it checks."""
+    if not is_stochastic(model):
+        return clean_logits.detach()
+    with supervised_search(model), torch.no_grad():
+        return model(x)
+
+
+def label_free_target(model: nn.Module, x: Tensor, clean_logits: Tensor) -> Tensor:
+    """Detached logits at ``x`` of :func:`label_free_search`'s function: the clean pass's
+    ``clean_logits`` when no dropout is active in it, otherwise one pass without a graph."""
+    if not dropout_active(model):
+        return clean_logits.detach()
+    with clean_function(model), torch.no_grad():
+        return model(x)

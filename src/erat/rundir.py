@@ -1,0 +1,369 @@
+"""A run folder: the one place that knows its files, the model file's metadata, its lock,
+and which cached results still belong to the weights beside them.
+
+========================  ================================================================
+file                      what it holds
+========================  ================================================================
+``config.yaml``           the resolved training configuration
+``metrics.jsonl``         one JSON line per epoch
+``checkpoint.pt``         full training state after every epoch (removed when the run
+                          finishes, unless ``keep_checkpoint``)
+``best.pt``               the weights of the best validation epoch so far (``select``)
+``split.json``            the labeled / validation indices of the training set
+``model.pt``              the trained model: ``{"state_dict", "meta"}`` (:meth:`save_model`)
+``model-last.pt``         the last epoch's model, when ``model.pt`` is another epoch's
+``eval.json``,            cached results; each records the SHA-256 of the weights it was
+``energy.json``           computed on and is recomputed when they differ (:meth:`cached`)
+``.lock``                 held while a process writes the folder
+========================  ================================================================
+
+Every file is written atomically (:mod:`erat.files`) and loaded with ``weights_only=True``.
+
+Example::
+
+    run = RunDir("runs/mnist-er")
+    model = run.load_model()
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import socket
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from erat import __version__
+from erat.errors import UserError, os_problem
+from erat.files import (
+    atomic_save,
+    atomic_write_json,
+    atomic_write_text,
+    check_writable_dir,
+    load_file,
+    read_json,
+    read_yaml,
+    remove_temps,
+    sha256,
+)
+
+
+class RunDir:
+    CONFIG = "config.yaml"
+    METRICS = "metrics.jsonl"
+    CHECKPOINT = "checkpoint.pt"
+    BEST = "best.pt"
+    SPLIT = "split.json"
+    MODEL = "model.pt"
+    MODEL_LAST = "model-last.pt"
+    EVAL = "eval.json"
+    ENERGY = "energy.json"
+    LOCK = ".lock"
+    FILES = (CONFIG, METRICS, CHECKPOINT, BEST, SPLIT, MODEL, MODEL_LAST, EVAL, ENERGY)
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    # --- what the folder holds ---------------------------------------------------------
+    def run_files(self) -> list[Path]:
+        """Files of a run present in the folder (results and evaluation states included)."""
+        if not self.path.is_dir():
+            return []
+        found = [self.path / f for f in self.FILES if (self.path / f).exists()]
+        return found + sorted(self.path.glob(".eval*.state.pt"))
+
+    def holds_run(self) -> bool:
+        return bool(self.run_files())
+
+    def finished(self) -> bool:
+        return (self.path / self.MODEL).is_file()
+
+    def check_output(self, *, resume: bool, overwrite: bool) -> None:
+        """Refuse, before any work, a folder that cannot be written or would be clobbered:
+        a new run needs an empty folder (or ``overwrite``); a resumed one needs a run."""
+        check_writable_dir(self.path, "--out")
+        if resume and overwrite:
+            raise UserError("--resume and --overwrite contradict each other; choose one")
+        if resume and not (self.path / self.CONFIG).is_file():
+            raise UserError(f"--resume: {self.path} holds no run to resume (no {self.CONFIG})")
+        if not resume and not overwrite and self.holds_run():
+            names = ", ".join(p.name for p in self.run_files()[:4])
+            raise UserError(f"{self.path} already holds a run ({names}); pass --resume to "
+                            "continue it, --overwrite to replace it, or choose another --out")
+
+    def clear(self) -> None:
+        """Remove every run file (``--overwrite``), evaluation states and temporaries."""
+        for f in self.run_files():
+            f.unlink(missing_ok=True)
+        self.remove_temps()
+
+    def remove_temps(self) -> list[Path]:
+        """Temporaries of interrupted atomic writes (call while holding the lock)."""
+        if not self.path.is_dir():
+            return []
+        removed = remove_temps(self.path, list(self.FILES))
+        for tmp in self.path.glob("..eval*"):  # temporaries of evaluation states
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+        return removed
+
+    # --- the lock ----------------------------------------------------------------------
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold ``.lock`` while writing: a second writer is refused with the holder's name;
+        a lock left by a dead process on this machine is taken over."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise os_problem(err, f"create --out {self.path}") from err
+        path = self.path / self.LOCK
+        mine = {"pid": os.getpid(), "host": socket.gethostname(), "start": _start_time(os.getpid()),
+                "since": datetime.datetime.now().isoformat(timespec="seconds"),
+                "command": " ".join(sys.argv)[:300]}
+        for _ in range(3):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = _read_lock(path)
+                if holder is not None and _alive(holder):
+                    raise UserError(
+                        f"{self.path} is being written by process {holder.get('pid')} on "
+                        f"{holder.get('host')} since {holder.get('since')} "
+                        f"({holder.get('command', '')[:60]!r}); wait for it, or remove "
+                        f"{path} if that process is gone") from None
+                stale = path.with_name(f"{self.LOCK}.stale.{os.getpid()}")
+                try:
+                    os.replace(path, stale)  # atomic: one taker wins
+                    stale.unlink(missing_ok=True)
+                except FileNotFoundError:
+                    pass
+                continue
+            except OSError as err:
+                raise os_problem(err, f"write {path}") from err
+            with os.fdopen(fd, "w") as f:
+                json.dump(mine, f)
+            break
+        else:
+            raise UserError(f"cannot take the lock {path}; remove it if no erat process runs")
+        try:
+            yield
+        finally:
+            if _read_lock(path) == mine:
+                path.unlink(missing_ok=True)
+
+    # --- configuration, metrics, split -------------------------------------------------
+    def write_config(self, config: dict[str, Any]) -> None:
+        atomic_write_text(yaml.safe_dump(config, sort_keys=False), self.path / self.CONFIG)
+
+    def read_config(self) -> dict[str, Any]:
+        data = read_yaml(self.path / self.CONFIG, "run configuration")
+        if not isinstance(data, dict):
+            raise UserError(f"{self.path / self.CONFIG} must hold a mapping of settings, "
+                            f"not a {type(data).__name__}")
+        return data
+
+    def append_metrics(self, row: dict[str, Any]) -> None:
+        """Append one epoch's line, first dropping lines of that epoch or later (a resume)."""
+        kept = [r for r in self.metrics() if r.get("epoch", 0) < row["epoch"]]
+        text = "".join(json.dumps(r) + "\n" for r in [*kept, row])
+        atomic_write_text(text, self.path / self.METRICS)
+
+    def metrics(self) -> list[dict[str, Any]]:
+        path = self.path / self.METRICS
+        if not path.exists():
+            return []
+        rows = []
+        for i, line in enumerate(path.read_text().splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise UserError(f"{path} line {i}: not valid JSON ({err.msg})") from err
+        return rows
+
+    def write_split(self, split: dict[str, Any]) -> None:
+        atomic_write_json(split, self.path / self.SPLIT)
+
+    def read_split(self) -> dict[str, Any]:
+        return read_json(self.path / self.SPLIT, "split file")
+
+    # --- training state ----------------------------------------------------------------
+    def save_checkpoint(self, state: dict[str, Any]) -> None:
+        atomic_save(state, self.path / self.CHECKPOINT)
+
+    def load_checkpoint(self) -> dict[str, Any] | None:
+        path = self.path / self.CHECKPOINT
+        return load_file(path) if path.exists() else None
+
+    def save_best(self, model: nn.Module, epoch: int, score: float) -> None:
+        atomic_save({"state_dict": _cpu_state(model), "epoch": epoch, "score": score},
+                    self.path / self.BEST)
+
+    def load_best(self) -> dict[str, Any] | None:
+        path = self.path / self.BEST
+        return load_file(path) if path.exists() else None
+
+    def finish(self, keep_checkpoint: bool) -> None:
+        """After ``model.pt`` is written: drop the training state unless asked to keep it."""
+        if not keep_checkpoint:
+            for name in (self.CHECKPOINT, self.BEST):
+                (self.path / name).unlink(missing_ok=True)
+
+    # --- the trained model -------------------------------------------------------------
+    def save_model(self, model: nn.Module | dict, *, dataset: str, model_name: str,
+                   model_kwargs: dict, in_shape: tuple[int, ...], num_classes: int,
+                   mean: tuple[float, ...], std: tuple[float, ...], method: dict,
+                   last: bool = False, **extra: Any) -> None:
+        """``model.pt`` (``model-last.pt`` when ``last``): the weights and the metadata that
+        rebuilds the model (:meth:`load_model`) and says how it was trained (``extra``:
+        epochs, seed, labels, selected epoch, cost, ...)."""
+        meta = {"erat_version": __version__, "dataset": dataset, "model": model_name,
+                "model_kwargs": model_kwargs, "in_shape": list(in_shape),
+                "num_classes": num_classes, "mean": list(mean), "std": list(std),
+                "method": method, **extra}
+        state = model if isinstance(model, dict) else _cpu_state(model)
+        atomic_save({"state_dict": state, "meta": meta},
+                    self.path / (self.MODEL_LAST if last else self.MODEL))
+
+    def model_file(self) -> Path:
+        return self.path / self.MODEL
+
+    def read_meta(self) -> dict[str, Any]:
+        return _read_model_file(self.model_file())["meta"]
+
+    def load_model(self, device: str | torch.device = "cpu", file: str | None = None
+                   ) -> nn.Module:
+        return load_model(self.path / (file or self.MODEL), device)
+
+    def weights_sha256(self) -> str:
+        return sha256(self.model_file())
+
+    # --- cached results ----------------------------------------------------------------
+    def cached(self, name: str, settings: dict[str, Any], compute: Callable[[], dict]) -> dict:
+        """``compute()``, or the result saved in ``name`` by an earlier call with the same
+        ``settings`` on the same weights (their SHA-256); anything else is recomputed."""
+        key = {"weights_sha256": self.weights_sha256(), "settings": _jsonable(settings)}
+        path = self.path / name
+        if path.exists():
+            try:
+                saved = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError):
+                saved = None
+            if isinstance(saved, dict) and saved.get("cache_key") == key:
+                return saved
+        result = {**compute(), "cache_key": key}
+        atomic_write_json(result, path)
+        return result
+
+    def state_path(self, name: str) -> Path | None:
+        """Where an evaluation keeps its resumable state: the run folder when writable, else
+        a cache folder (``$XDG_CACHE_HOME/erat``), else nowhere (None)."""
+        if os.access(self.path, os.W_OK):
+            return self.path / f".{name}.state.pt"
+        root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "erat"
+        where = root / self.weights_sha256()[:16]
+        try:
+            where.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            return None
+        return where / f"{name}.state.pt" if os.access(where, os.W_OK) else None
+
+    def disk_usage(self) -> int:
+        return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+
+
+def model_path(path: str | Path) -> Path:
+    """``model.pt`` inside a run folder, or the file itself."""
+    path = Path(path)
+    return path / RunDir.MODEL if path.is_dir() else path
+
+
+def _read_model_file(path: Path, device: str | torch.device = "cpu") -> dict[str, Any]:
+    if not path.exists():
+        raise UserError(f"{path.parent if path.name == RunDir.MODEL else path}: no "
+                        f"{RunDir.MODEL} (is the run finished?)")
+    blob = load_file(path, map_location=device)
+    if not isinstance(blob, dict) or "state_dict" not in blob or "meta" not in blob:
+        raise UserError(f"{path} is not an erat model file")
+    return blob
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+    """The trained model of a run folder (or a model file), in eval mode: inputs in
+    ``[0, 1]`` (normalisation is its first layer), logits out."""
+    from erat.models import build_model
+
+    path = model_path(path)
+    blob = _read_model_file(path, device)
+    meta = blob["meta"]
+    try:
+        model = build_model(meta["model"], in_shape=tuple(meta["in_shape"]),
+                            num_classes=meta["num_classes"], mean=meta["mean"], std=meta["std"],
+                            **meta.get("model_kwargs", {}))
+        model.load_state_dict(blob["state_dict"])
+    except (KeyError, TypeError, RuntimeError) as err:
+        raise UserError(f"{path}: the metadata does not rebuild its model ({err})") from err
+    return model.to(device).eval()
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module inside DDP or ``torch.compile`` wrappers."""
+    model = getattr(model, "_orig_mod", model)
+    return getattr(model, "module", model)
+
+
+def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()}
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=str))
+
+
+def _read_lock(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (Linux), to tell a reused pid."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _alive(holder: dict) -> bool:
+    """Whether the lock's holder still runs (a lock from another machine counts as alive)."""
+    if holder.get("host") != socket.gethostname():
+        return True
+    pid = holder.get("pid")
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    start = _start_time(pid)
+    return holder.get("start") is None or start is None or start == holder["start"]
+
+
+__all__ = ["RunDir", "load_model", "model_path"]

@@ -1,0 +1,112 @@
+"""The three commonest changes, each done in one place (here, a test file): an attack, a
+method with a new hyper-parameter, and a model of one's own trained through ``fit``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from erat.attacks import ATTACKS, correct, option, register_attack
+from erat.cli import main
+from erat.evaluate import evaluate
+from erat.fit import FitData, FitOptions, fit
+from erat.losses import cross_entropy
+from erat.methods import METHODS, Batch, StepOutput, build_method, param, register
+from erat.threat import Threat
+
+
+@pytest.fixture
+def toy_attack():
+    @register_attack("toy")
+    @dataclass
+    class Toy:
+        """Moves every input by the whole radius towards the grey image."""
+
+        pull: float = option(1.0, "fraction of the radius to move")
+
+        def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                     threat: Threat, seed: int) -> torch.Tensor:
+            toward = (0.5 - x).flatten(1)
+            step = toward / toward.norm(dim=1, keepdim=True).clamp_min(1e-12)
+            x_adv = x + self.pull * threat.eps * step.view_as(x)
+            return correct(model, threat.project(x, x_adv), y)
+
+    yield Toy
+    ATTACKS.pop("toy")
+
+
+@pytest.fixture
+def toy_method():
+    @register("toy")
+    @dataclass
+    class Toy:
+        """Cross-entropy scaled by ``gain`` (a hyper-parameter the CLI has never heard of)."""
+
+        gain: float = param(1.0, "scale of the loss")
+        uses_unlabeled = False
+
+        def __call__(self, model: nn.Module, batch: Batch) -> StepOutput:
+            logits = model(batch.x)
+            loss = self.gain * cross_entropy(logits, batch.y).mean()
+            return StepOutput(loss, {"loss": loss.detach(),
+                                     "acc": (logits.argmax(1) == batch.y).float().mean()})
+
+    yield Toy
+    METHODS.pop("toy")
+
+
+def digits():
+    from erat import load_dataset
+
+    return load_dataset("digits", "train").tensors
+
+
+def linear_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+
+
+def test_a_registered_attack_runs_after_pgd(toy_attack):
+    x, y = digits()
+    model = linear_model().eval()
+    res = evaluate(model, x[:40], y[:40], attacks=["pgd", "toy"], eps=[0.5], steps=3,
+                   sanity_n=0, pull=0.5)
+    assert set(res["robust_acc"]) == {"pgd-l2-eps0.5", "pgd+toy-l2-eps0.5"}
+    assert res["robust_acc"]["pgd+toy-l2-eps0.5"] <= res["robust_acc"]["pgd-l2-eps0.5"]
+    assert res["threat"]["attacks"] == ["pgd", "toy"]
+
+
+def test_a_new_method_parameter_gets_its_flag(toy_method, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["train", "--dataset", "digits", "--method", "toy", "--gain", "2.5",
+                 "--epochs", "1", "--epoch-updates", "2", "--no-progress", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["method"] == "toy" and cfg["method_params"] == {"gain": 2.5}
+    assert build_method("toy", gain=3.0).gain == 3.0
+
+
+def test_a_custom_module_trains_through_fit():
+    x, y = digits()
+
+    class Mine(nn.Module):  # in no registry
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(),
+                                      nn.Linear(32, 10))
+
+        def forward(self, z: torch.Tensor) -> torch.Tensor:
+            return self.body(z)
+
+    torch.manual_seed(0)
+    model = Mine()
+    before = model.body[1].weight.detach().clone()
+    result = fit(model, build_method("er", eps=0.5), FitData(x, y),
+                 FitOptions(epochs=2, batch_size=64, progress=False), log=lambda *_: None)
+    assert result.model is model and result.last_epoch == 2 and result.updates == 2 * 22
+    assert not torch.equal(before, model.body[1].weight)
+    assert result.cost == pytest.approx(2 * 3.0, rel=1e-6)  # ER's step: 3x ERM's (S=1)

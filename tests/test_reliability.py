@@ -1,0 +1,306 @@
+"""Run folders that cannot lie, and one line (no traceback) for every failure a user can
+cause or meet: exit 2 for the user's mistakes, 1 for the environment's."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import erat.files
+from erat.cli import main
+from erat.config import TrainConfig
+from erat.rundir import RunDir
+from erat.train import train
+
+TRAIN = ["train", "--dataset", "digits", "--model", "mlp", "--model-kwargs",
+         '{"hidden": [16]}', "--epoch-updates", "2", "--no-progress"]
+
+
+def run(args, capsys):
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line(err: str) -> bool:
+    return err.startswith("erat: error:") and err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.fixture
+def finished(tmp_path, capsys):
+    out = tmp_path / "erm"
+    assert run([*TRAIN, "--epochs", "2", "--out", out], capsys)[0] == 0
+    return out
+
+
+def weights(path: Path) -> dict:
+    return torch.load(path / "model.pt", weights_only=True)["state_dict"]
+
+
+# --- a run folder has one identity ---------------------------------------------------------
+@pytest.mark.parametrize("args, differs", [
+    (["--method", "at", "--eps", "1"], "method 'at' (run: 'erm')"),
+    (["--epochs", "1"], "epochs 1 (run: 2)"),
+    (["--model", "cnn"], "model 'cnn' (run: 'mlp')"),
+    (["--seed", "3"], "seed 3 (run: 0)"),
+])
+def test_resume_refuses_other_settings(finished, capsys, args, differs):
+    before = (finished / "config.yaml").read_text(), weights(finished)
+    code, _, err = run([*TRAIN, "--resume", *args, "--out", finished], capsys)
+    assert code == 2 and one_line(err) and differs in err
+    assert (finished / "config.yaml").read_text() == before[0]  # nothing rewritten
+    assert all(torch.equal(before[1][k], v) for k, v in weights(finished).items())
+
+
+def test_resume_of_a_finished_run_changes_nothing(finished, capsys):
+    stamp = (finished / "model.pt").stat().st_mtime_ns
+    code, out, err = run([*TRAIN, "--epochs", "2", "--resume", "--out", finished], capsys)
+    assert code == 0 and "nothing to do" in out
+    assert (finished / "model.pt").stat().st_mtime_ns == stamp
+
+
+def test_resume_needs_a_run(tmp_path, capsys):
+    code, _, err = run([*TRAIN, "--resume", "--out", tmp_path / "typo"], capsys)
+    assert code == 2 and one_line(err) and "no run to resume" in err
+    assert not (tmp_path / "typo").exists()
+
+
+def test_a_finished_run_is_never_overwritten(finished, capsys):
+    (finished / "eval.json").write_text("{}")
+    code, _, err = run([*TRAIN, "--method", "at", "--out", finished], capsys)
+    assert code == 2 and one_line(err) and "already holds a run" in err
+    assert yaml.safe_load((finished / "config.yaml").read_text())["method"] == "erm"
+    code, _, err = run([*TRAIN, "--method", "at", "--overwrite", "--out", finished], capsys)
+    assert code == 0, err
+    assert not (finished / "eval.json").exists()  # no stale result beside the new model
+    assert torch.load(finished / "model.pt", weights_only=True)["meta"]["method"]["name"] == "at"
+
+
+def test_a_second_writer_is_refused_and_a_stale_lock_taken_over(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock = {"pid": holder.pid, "host": os.uname().nodename, "since": "now",
+                "command": "erat train --out run", "start": None}
+        (out / ".lock").write_text(json.dumps(lock))
+        code, _, err = run([*TRAIN, "--epochs", "1", "--out", out], capsys)
+        assert code == 2 and one_line(err) and f"process {holder.pid}" in err
+        assert not (out / "config.yaml").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    code, _, err = run([*TRAIN, "--epochs", "1", "--out", out], capsys)  # holder is dead
+    assert code == 0, err
+    assert not (out / ".lock").exists() and (out / "model.pt").exists()
+
+
+def test_temporaries_of_interrupted_writes_are_removed(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run([*TRAIN, "--epochs", "2", "--stop-after", "1", "--out", out], capsys)[0] == 0
+    (out / ".checkpoint.pt.k3j2").write_bytes(b"x" * 100)
+    code, _, err = run([*TRAIN, "--epochs", "2", "--resume", "--out", out], capsys)
+    assert code == 0, err
+    assert not list(out.glob(".checkpoint.pt.*"))
+    assert not (out / "checkpoint.pt").exists()  # finished: the state is dropped by default
+
+
+def test_stale_cached_evaluation_is_recomputed(tmp_path):
+    from erat.reproduce import reproduce
+
+    suite = tmp_path / "s.yaml"
+    suite.write_text(yaml.safe_dump({
+        "suite": "s", "defaults": {"dataset": "digits", "model": "mlp", "epochs": 1,
+                                   "epoch_updates": 2, "model_kwargs": {"hidden": [8]},
+                                   "progress": False},
+        "runs": [{"name": "erm", "method": "erm"}],
+        "eval": {"attack": "pgd", "eps": [0.5], "steps": 2, "n": 20, "sanity_n": 0},
+        "plots": {"landscape": False}}))
+    first = reproduce(str(suite), tmp_path / "out", log=lambda *_: None)
+    path = tmp_path / "out" / "runs" / "erm" / "eval.json"
+    saved = json.loads(path.read_text())
+    saved["clean_acc"] = 0.123  # pretend it was computed on other weights
+    saved["cache_key"]["weights_sha256"] = "0" * 64
+    path.write_text(json.dumps(saved))
+    again = reproduce(str(suite), tmp_path / "out", log=lambda *_: None)
+    assert again[0]["clean_acc"] == first[0]["clean_acc"] != 0.123
+    other = tmp_path / "t.yaml"  # another suite into the same folder: refused
+    other.write_text(suite.read_text().replace("method: erm", "method: at"))
+    with pytest.raises(ValueError, match="holds another run"):
+        reproduce(str(other), tmp_path / "out", log=lambda *_: None)
+
+
+# --- one line, never a traceback --------------------------------------------------------------
+@pytest.mark.parametrize("args, code, message", [
+    (["--device", "cuda:7"], 1, "no CUDA GPU"),
+    (["--model-kwargs", '{"hidden": [-5]}'], 2, "cannot build model 'mlp'"),
+    (["--labels", "0"], 2, "labels must be an integer >= 1"),
+    (["--labels", "5000"], 2, "--labels must be between 1 and 1437"),
+    (["--method", "pgd", "--steps", "0"], 2, "steps must be an integer >= 1"),
+    (["--method", "vat", "--power-iters", "0"], 2, "power_iters must be an integer >= 1"),
+    (["--stop-after", "0"], 2, "--stop-after must be >= 1"),
+    (["--budget", "2", "--epochs", "3"], 2, "--budget and --epochs"),
+    (["--budget", "0.0001", "--method", "pgd"], 2, "pays for no update"),
+    (["--val", "-3"], 2, "val must be an integer >= 1"),
+    (["--val", "99999"], 2, "--val must be between 1 and 1436"),
+    (["--select", "best-robust"], 2, "needs a validation set"),
+])
+def test_train_errors(tmp_path, capsys, args, code, message):
+    if "cuda" in args[1] and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    out = tmp_path / "run"
+    got, _, err = run([*TRAIN, *args, "--out", out], capsys)
+    assert got == code and one_line(err) and message in err, err
+    assert not (out / "model.pt").exists() and not (out / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("epochs: ten\n", "epochs must be int, got 'ten'"),
+    ("- 1\n- 2\n", "must hold a mapping"),
+    ("lr: [0.1\n", "not valid YAML"),
+    ("colour: red\n", "unknown setting 'colour'"),
+])
+def test_config_file_errors_name_the_file(tmp_path, capsys, text, message):
+    conf = tmp_path / "c.yaml"
+    conf.write_text(text)
+    code, _, err = run([*TRAIN, "--config", conf, "--out", tmp_path / "run"], capsys)
+    assert code == 2 and one_line(err) and message in err
+    if "YAML" in message or "mapping" in message:
+        assert str(conf) in err
+
+
+def test_a_run_config_that_is_a_list(finished, capsys):
+    (finished / "config.yaml").write_text("- 1\n")
+    code, _, err = run([*TRAIN, "--resume", "--out", finished], capsys)
+    assert code == 2 and one_line(err) and "config.yaml" in err
+
+
+@pytest.mark.parametrize("where, message", [("file", "is a file"), ("under", "is a file")])
+def test_out_that_is_a_file(tmp_path, capsys, where, message):
+    f = tmp_path / "f"
+    f.write_text("x")
+    out = f if where == "file" else f / "run"
+    code, _, err = run([*TRAIN, "--out", out], capsys)
+    assert code == 2 and one_line(err) and message in err
+
+
+def test_read_only_out(tmp_path, capsys, monkeypatch):
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if str(p).startswith(
+        str(tmp_path / "ro")) else real(p, mode))
+    (tmp_path / "ro").mkdir()
+    code, _, err = run([*TRAIN, "--out", tmp_path / "ro" / "run"], capsys)
+    assert code == 1 and one_line(err) and "read-only" in err
+
+
+def test_disk_full_during_a_checkpoint(tmp_path, capsys, monkeypatch):
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(erat.files.os, "fsync", full)
+    out = tmp_path / "run"
+    code, _, err = run([*TRAIN, "--out", out], capsys)
+    assert code == 1 and one_line(err) and "No space left" in err
+    assert not [p for p in out.iterdir() if p.name.startswith(".") and p.name != ".lock"]
+    assert not (out / ".lock").exists()
+
+
+def test_eval_of_a_read_only_run_and_unwritable_json(finished, tmp_path, capsys, monkeypatch):
+    real = os.access
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(os, "access", lambda p, mode: False if str(p).startswith(
+        str(finished)) else real(p, mode))
+    code, out, err = run(["eval", finished, "--n", "20", "--steps", "2", "--no-checks"], capsys)
+    assert code == 0, err
+    assert not list(finished.glob(".eval*")) and list((tmp_path / "cache").rglob("*.state.pt"))
+    blocker = tmp_path / "blocker"
+    blocker.write_text("x")
+    code, _, err = run(["eval", finished, "--n", "20", "--json", blocker / "e.json"], capsys)
+    assert code == 2 and one_line(err) and "--json" in err  # before any attack work
+
+
+def test_eval_errors(finished, capsys):
+    code, _, err = run(["eval", finished, "--n", "999999"], capsys)
+    assert code == 2 and one_line(err) and "--n must be between 1 and 360" in err
+    if not torch.cuda.is_available():
+        code, _, err = run(["eval", finished, "--device", "cuda"], capsys)
+        assert code == 1 and one_line(err) and "no CUDA GPU" in err
+
+
+def test_report_errors(finished, tmp_path, capsys):
+    (finished / "eval.json").write_text(json.dumps({"clean_acc": 0.9}))
+    code, _, err = run(["report", finished, "--out", tmp_path / "rep"], capsys)
+    assert code == 2 and one_line(err) and "not an erat evaluation result" in err
+    (finished / "eval.json").write_text("{not json")
+    code, _, err = run(["report", finished, "--out", tmp_path / "rep"], capsys)
+    assert code == 2 and one_line(err) and "not valid JSON" in err
+    f = tmp_path / "file"
+    f.write_text("x")
+    code, _, err = run(["report", finished, "--out", f], capsys)
+    assert code == 2 and one_line(err) and "is a file" in err
+
+
+def test_debug_shows_the_traceback(tmp_path, capsys):
+    for args in (["--debug", *TRAIN], [*TRAIN, "--debug"]):
+        with pytest.raises(ValueError):
+            main([*args, "--labels", "0", "--out", str(tmp_path / "run")])
+
+
+def test_interrupt_during_a_save_leaves_no_temporary(tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = torch.save
+
+    def interrupted(obj, f, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second save: metrics written, checkpoint half-written
+            f.write(b"partial")
+            raise KeyboardInterrupt
+        return real(obj, f, *a, **k)
+
+    monkeypatch.setattr(torch, "save", interrupted)
+    cfg = TrainConfig(dataset="digits", model_kwargs={"hidden": [16]}, epochs=3,
+                      epoch_updates=2, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "run", log=lambda *_: None)
+    run_dir = tmp_path / "run"
+    assert not [p for p in run_dir.iterdir() if p.name.startswith(".")]
+    monkeypatch.setattr(torch, "save", real)
+    train(cfg, run_dir, resume=True, log=lambda *_: None)
+    assert RunDir(run_dir).finished()
+
+
+def test_sigint_gives_one_line_and_exit_130(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "erat", *TRAIN, "--epochs", "200", "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = 120
+    while not (out / "metrics.jsonl").exists() and deadline > 0:
+        import time
+
+        time.sleep(0.2)
+        deadline -= 0.2
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err and "interrupted" in err
+    assert not (out / ".lock").exists()
+
+
+def test_help_shows_defaults(capsys):
+    for cmd in (["train", "--help"], ["eval", "--help"]):
+        with pytest.raises(SystemExit):
+            main(cmd)
+        text = capsys.readouterr().out
+        assert "(default:" in text
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "and more as they land" not in capsys.readouterr().out
