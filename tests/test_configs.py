@@ -50,7 +50,8 @@ def test_suite_resolves(name):
     names = [run["name"] for run in suite["runs"]]
     assert len(names) == len(set(names)), f"{name}: duplicate run names"
     for run in suite["runs"]:
-        assert isinstance(run["name"], str) and run["name"].replace("-", "").isalnum()
+        assert isinstance(run["name"], str)
+        assert run["name"].replace("-", "").replace(".", "").isalnum()
         _check_train_config(run_config(suite, run, {}), f"{name}/{run['name']}")
     ev = dict(suite.get("eval", {}))
     assert ev.pop("n", 1) >= 1

@@ -56,3 +56,37 @@ def test_unknown_suite_is_one_line(capsys, tmp_path):
 def test_bundled_suites_load():
     for name in ("digits", "mnist-subset", "mnist", "cifar10", "svhn"):
         assert load_suite(name)["runs"]
+
+
+FRONTIER = """
+suite: frontier
+defaults: {dataset: digits, model: mlp, model_kwargs: {hidden: [16]}, batch_size: 64,
+           val: 200, val_n: 50, val_steps: 2, val_eps: 0.5, select: best-robust,
+           budget_epochs: 2, progress: false}
+runs:
+  - {name: er-val, method: er, eps: 0.5, budget: 1, eval: false, grid: {lam: [1.0, 0.5]}}
+  - {name: erm, method: erm, family: erm, budget: 2}
+  - {name: pgd, method: pgd, eps: 0.5, steps: 2, family: pgd-at, grid: {budget: [1, 2]}}
+  - {name: at, method: at, eps: 0.5, family: at, budget: 2, eval_last: true}
+eval: {attack: pgd, eps: [0.5], steps: 2, n: 30, sanity_n: 0}
+autoattack: {n: 8, eval: {attack: all, eps: [0.5], steps: 2, sanity_n: 0},
+             group: [family, budget]}
+report:
+  frontiers: {frontier: {robust: aa_all-l2-eps0.5, clean: aa_clean_acc}}
+plots: {landscape: false}
+"""
+
+
+@pytest.mark.filterwarnings("ignore::erat.checks.EvaluationWarning")
+def test_frontier_suite_selects_on_validation_and_draws(tmp_path):
+    path = tmp_path / "frontier.yaml"
+    path.write_text(FRONTIER)
+    rows = {r["name"]: r for r in reproduce(str(path), tmp_path / "out", log=lambda *_: None)}
+    assert "clean_acc" not in rows["er-val-lam1"] and "val_robust_acc" in rows["er-val-lam1"]
+    assert not (tmp_path / "out" / "runs" / "er-val-lam1" / "eval.json").exists()
+    assert all(rows[n]["cost_erm_epochs"] <= b + 1e-9 for n, b in
+               [("erm", 2), ("pgd-budget1", 1), ("pgd-budget2", 2), ("at", 2)])
+    attacked = {n for n, r in rows.items() if "aa_all-l2-eps0.5" in r}
+    assert attacked == {"erm", "pgd-budget1", "pgd-budget2", "at"}  # one per family, budget
+    assert "last_clean_acc" in rows["at"] or rows["at"]["selected_epoch"] == 2
+    assert (tmp_path / "out" / "frontier.png").stat().st_size > 0

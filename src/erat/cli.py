@@ -9,7 +9,6 @@ the traceback. Anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Sequence
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from erat.errors import EnvironmentProblem, UserError, os_problem
+from erat.fields import json_object, radii
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -75,7 +75,7 @@ def _add_specs(group, specs: dict, defaults: dict | None = None) -> None:
         if spec.kind is bool:
             group.add_argument(_flag(name), dest=name, action="store_true", help=spec.help)
         elif spec.kind is dict:
-            group.add_argument(_flag(name), dest=name, type=_json_object, help=shown)
+            group.add_argument(_flag(name), dest=name, type=json_object, help=shown)
         else:
             group.add_argument(_flag(name), dest=name, type=spec.kind, choices=spec.choices,
                                help=shown)
@@ -144,28 +144,7 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _json_object(text: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise argparse.ArgumentTypeError(f"not JSON: {text!r}") from e
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"want a JSON object, got {text!r}")
-    return value
-
-
 # ---------------------------------------------------------------------------- eval, energy
-def _parse_radii(text: str) -> list[float]:
-    try:
-        radii = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"radii must be numbers separated by commas: "
-                                         f"{text!r}") from e
-    if not radii or any(not (0 <= r < float("inf")) for r in radii):
-        raise argparse.ArgumentTypeError(f"radii must be finite numbers >= 0: {text!r}")
-    return radii
-
-
 def _add_run_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", type=Path, help="run folder (or a model.pt file)")
     p.add_argument("--n", type=int, help="evaluate the first N test examples (a subset)")
@@ -185,7 +164,7 @@ def _add_eval(sub) -> None:
     p.add_argument("--attack", default="pgd", help=f"attacks in order, comma-separated: "
                    f"{', '.join(attack_names())}")
     p.add_argument("--norm", default="l2", choices=["l2", "linf"])
-    p.add_argument("--eps", type=_parse_radii, default=[0.5, 1.0], help="radii, e.g. 0.5,1.0")
+    p.add_argument("--eps", type=radii, default=[0.5, 1.0], help="radii, e.g. 0.5,1.0")
     _add_specs(p.add_argument_group("attack options"), attack_flags())
     p.add_argument("--no-checks", dest="checks", action="store_false", help="skip the sanity "
                    "checks that cost attack work")
@@ -196,26 +175,13 @@ def _add_eval(sub) -> None:
 
 def run_eval(args: argparse.Namespace) -> int:
     from erat.attacks import attack_flags
-    from erat.evaluate import EvalConfig, evaluate, format_result, run_inputs
-    from erat.files import check_writable_file
-    from erat.rundir import RunDir
-    from erat.train import resolve_device
+    from erat.evaluate import EvalConfig, evaluate_run, format_result
 
-    if args.json:
-        check_writable_file(args.json, "--json")
     options = {k: getattr(args, k) for k in attack_flags() if getattr(args, k) is not None}
     cfg = EvalConfig.build(args.attack, norm=args.norm, eps=args.eps, batch_size=args.batch_size,
                            seed=args.seed, checks=args.checks, **options)
-    model, meta, x, y, n_total, digest = run_inputs(args.run_dir, n=args.n,
-                                                    data_dir=args.data_dir,
-                                                    device=resolve_device(args.device))
-    state = None if args.run_dir.is_file() else RunDir(args.run_dir).state_path(
-        f"eval-{cfg.labels[-1]}-{cfg.norm}")
-    if state is not None and args.fresh:
-        state.unlink(missing_ok=True)
-    result = evaluate(model, x, y, cfg, n_total=n_total, progress=True, state_path=state,
-                      extra_info={"checkpoint_sha256": digest, "run": str(args.run_dir),
-                                  "dataset": meta["dataset"], "method": meta["method"]})
+    result = evaluate_run(args.run_dir, cfg, n=args.n, data_dir=args.data_dir,
+                          device=args.device, fresh=args.fresh, json_path=args.json)
     print(format_result(result))
     _write_json(result, args.json)
     return 0
@@ -241,26 +207,12 @@ def _add_energy(sub) -> None:
 
 
 def run_energy(args: argparse.Namespace) -> int:
-    from erat.energy import check_settings
-    from erat.evaluate import run_inputs
-    from erat.files import check_writable_file
-    from erat.measure import energy_report
-    from erat.train import resolve_device
+    from erat.measure import energy_run, format_report
 
-    check_settings(args.eps, args.T, args.M, args.S, "max")
-    if args.json:
-        check_writable_file(args.json, "--json")
-    model, meta, x, y, n_total, digest = run_inputs(args.run_dir, n=args.n,
-                                                    data_dir=args.data_dir,
-                                                    device=resolve_device(args.device))
-    result = energy_report(model, x, y, eps=args.eps, T=args.T, M=args.M, S=args.S,
-                           batch_size=args.batch_size, seed=args.seed)
-    result["settings"].update({"n_total": n_total, "checkpoint_sha256": digest,
-                               "dataset": meta["dataset"]})
-    for key in ("energy_mean", "energy_median", "at_term_mean", "vat_term_mean",
-                "certified_frac", "virtual_energy_mean"):
-        print(f"{key:<22} {result[key]:.4f}")
-    print(result["certificate_note"])
+    result = energy_run(args.run_dir, eps=args.eps, T=args.T, M=args.M, S=args.S, n=args.n,
+                        data_dir=args.data_dir, batch_size=args.batch_size, seed=args.seed,
+                        device=args.device, json_path=args.json)
+    print(format_report(result))
     _write_json(result, args.json)
     return 0
 
@@ -330,8 +282,8 @@ def _add_bench(sub) -> None:
 
 def run_bench(args: argparse.Namespace) -> int:
     from erat.bench import run_bench as bench
+    from erat.distributed import resolve_device
     from erat.files import check_writable_file
-    from erat.train import resolve_device
 
     if args.json:
         check_writable_file(args.json, "--json")

@@ -39,7 +39,7 @@ RESUME_MAY_CHANGE = {"data_dir", "download", "device", "progress", "keep_checkpo
 
 
 FIRST = ("dataset", "data_dir", "download", "model", "model_kwargs", "method", "method_params",
-         "epochs", "budget", "batch_size", "labels", "val")
+         "epochs", "budget", "budget_epochs", "batch_size", "labels", "val")
 
 
 @dataclass
@@ -246,6 +246,8 @@ def expand_runs(runs: list[Any], source: str) -> list[dict[str, Any]]:
 
 
 def _short(v: Any) -> str:
+    if v is None:
+        return "default"
     return f"{v:g}" if isinstance(v, float) and math.isfinite(v) else str(v)
 
 

@@ -1,4 +1,5 @@
-"""Multi-process training with ``torchrun`` and ``torch.distributed``.
+"""Where computation runs: the device (:func:`resolve_device`), and multi-process training
+with ``torchrun`` and ``torch.distributed``.
 
 ``torchrun --nproc-per-node N -m erat train ...`` needs no other change: each process reads
 its rank from the environment, takes its shard of every global batch, and the gradients
@@ -26,6 +27,26 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+from erat.errors import EnvironmentProblem, UserError
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:1``, ...; a GPU that is not
+    there is the environment's problem."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise UserError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise EnvironmentProblem(f"--device {name}: no CUDA GPU is available here")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise EnvironmentProblem(f"--device {name}: only {torch.cuda.device_count()} GPU(s)")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"unsupported device {name!r}; use auto, cpu, cuda or cuda:N")
+    return device
 
 
 @dataclass(frozen=True)

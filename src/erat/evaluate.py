@@ -366,3 +366,25 @@ def run_inputs(path: Path, *, n: int | None, data_dir: str | None, device: torch
             raise UserError(f"--n must be between 1 and {total} (the test set's size), got {n}")
         x, y = x[:n], y[:n]
     return model, meta, x, y, total, sha256(file)
+
+
+def evaluate_run(path: Path, cfg: EvalConfig, *, n: int | None, data_dir: str | None,
+                 device: str, fresh: bool = False, json_path: Path | None = None) -> dict:
+    """``erat eval``: :func:`evaluate` a run folder (or model file) on its test set, its
+    resumable state in the run folder (or a cache folder when read-only); ``json_path`` is
+    checked for writing before any attack work."""
+    from erat.distributed import resolve_device
+    from erat.files import check_writable_file
+    from erat.rundir import RunDir
+
+    if json_path is not None:
+        check_writable_file(json_path, "--json")
+    model, meta, x, y, n_total, digest = run_inputs(path, n=n, data_dir=data_dir,
+                                                    device=resolve_device(device))
+    state = None if Path(path).is_file() else RunDir(path).state_path(
+        f"eval-{cfg.labels[-1]}-{cfg.norm}")
+    if state is not None and fresh:
+        state.unlink(missing_ok=True)
+    return evaluate(model, x, y, cfg, n_total=n_total, progress=True, state_path=state,
+                    extra_info={"checkpoint_sha256": digest, "run": str(path),
+                                "dataset": meta["dataset"], "method": meta["method"]})

@@ -14,7 +14,9 @@ Example::
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import json
 import types
 import typing
 from collections.abc import Mapping
@@ -69,3 +71,27 @@ def _flag_type(hint: Any) -> tuple[type, tuple[str, ...] | None]:
     if hint in (bool, int, float, str):
         return hint, None
     raise TypeError(f"settings must be bool, int, float, str or Literal, got {hint}")
+
+
+# --- argument types for values that are not one number or word ---------------------------
+
+
+def radii(text: str) -> list[float]:
+    try:
+        radii = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"radii must be numbers separated by commas: "
+                                         f"{text!r}") from e
+    if not radii or any(not (0 <= r < float("inf")) for r in radii):
+        raise argparse.ArgumentTypeError(f"radii must be finite numbers >= 0: {text!r}")
+    return radii
+
+
+def json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not JSON: {text!r}") from e
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"want a JSON object, got {text!r}")
+    return value

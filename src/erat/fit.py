@@ -57,6 +57,9 @@ class FitOptions:
     epochs: int = param(10, "passes over the training set")
     budget: float | None = param(None, "train for this cost in ERM epochs (sets the updates "
                                        "instead of --epochs)")
+    budget_epochs: int | None = param(None, "with --budget: split the run into this many "
+                                            "epochs (validations, checkpoints); default: "
+                                            "one pass over the data each")
     batch_size: int = param(128, "labeled batch size")
     unlabeled_batch_size: int | None = param(None, "unlabeled batch size (default: "
                                                    "--batch-size)")
@@ -84,6 +87,8 @@ class FitOptions:
             "epochs must be an integer >= 1": _int(self.epochs, 1),
             "budget must be a finite number > 0": self.budget is None
             or (_num(self.budget) and 0 < self.budget < math.inf),
+            "budget_epochs must be an integer >= 1 (and needs --budget)":
+            self.budget_epochs is None or (_int(self.budget_epochs, 1) and self.budget is not None),
             "batch_size must be an integer >= 1": _int(self.batch_size, 1),
             "lr must be a finite number > 0": _num(self.lr) and 0 < self.lr < math.inf,
             "momentum must be a number in [0, 1)": _num(self.momentum) and 0 <= self.momentum < 1,
@@ -244,7 +249,9 @@ def plan(method: Method, model: nn.Module, options: FitOptions, sampler: EpochSa
                             f"{c / unit:.3g} ERM epochs)")
         total = len(costs)  # (a warm-up tied to the run's length changes the costs a little)
         costs = [_update_cost(method, model, sampler, u, total) for u in range(total)]
-        return Schedule(total, sampler.updates, unit, tuple(costs))
+        per_epoch = sampler.updates if options.budget_epochs is None else \
+            math.ceil(total / options.budget_epochs)
+        return Schedule(total, per_epoch, unit, tuple(costs))
     finally:
         model.train(mode)
 
@@ -281,88 +288,117 @@ def fit(
     ``stop_after`` ends after that epoch as if interrupted. The model's device is used.
     """
     data = data if isinstance(data, FitData) else FitData(*data)
-    options = options or FitOptions()
-    dist = dist or distributed.Dist()
-    device = next(model.parameters()).device
-    if dist.enabled and options.batch_size % dist.world_size:
-        raise UserError(f"batch_size {options.batch_size} must divide among "
-                        f"{dist.world_size} processes")
-    n_unlabeled = len(data.x_unlabeled) if data.x_unlabeled is not None and \
-        method.uses_unlabeled else 0
-    sampler = EpochSampler(options, len(data.y), n_unlabeled)
-    schedule = plan(method, model, options, sampler)
-    optimizer, scheduler = build_optimizer(options, model, schedule.updates)
-    scaler = torch.amp.GradScaler(device.type, enabled=options.amp == "fp16")
-    val_eps = _val_radius(method, options, data)
-    state = _State(model, optimizer, scheduler, scaler)
-    start = state.restore(run_dir.load_checkpoint()) if resume and run_dir else 0
+    loop = _Loop(model, method, data, options or FitOptions(), run_dir, log,
+                 dist or distributed.Dist())
+    start = loop.state.restore(run_dir.load_checkpoint()) if resume and run_dir else 0
     if start:
         log(f"resumed {run_dir.path} after epoch {start}")
-    if dist.enabled:  # different random searches on each rank, reproducibly
-        torch.manual_seed(options.seed * 7919 + start * 31 + dist.rank)
-    step_model = torch.compile(model) if options.compile else model
-    x, y = data.x.to(device), data.y.to(device)
-    xu = data.x_unlabeled.to(device) if n_unlabeled else None
-    aug = data.augment if options.augment else "none"
-    history = run_dir.metrics() if run_dir and start else []
-    for epoch in range(start + 1, schedule.epochs + 1):
-        gen = torch.Generator().manual_seed(options.seed * 100_003 + epoch)
-        first = (epoch - 1) * schedule.per_epoch
-        n = min(schedule.per_epoch, schedule.updates - first)
+    if loop.dist.enabled:  # different random searches on each rank, reproducibly
+        torch.manual_seed(loop.options.seed * 7919 + start * 31 + loop.dist.rank)
+    loop.history = run_dir.metrics() if run_dir and start else []
+    epochs = loop.schedule.epochs
+    for epoch in range(start + 1, epochs + 1):
+        row = loop.epoch(epoch)
+        loop.record(row)
+        if stop_after is not None and stop_after <= epoch < epochs:
+            log(f"stopped after epoch {epoch}; continue with --resume")
+            return FitResult(model, epoch, epoch, None, row["updates"],
+                             loop.schedule.cost(row["updates"]), _train_seconds(loop.history),
+                             stopped=True, history=loop.history)
+    return loop.result()
+
+
+class _Loop:
+    """The state of one :func:`fit` call: data on the device, schedule, optimiser."""
+
+    def __init__(self, model: nn.Module, method: Method, data: FitData, options: FitOptions,
+                 run_dir: RunDir | None, log: Callable[[str], None], dist: distributed.Dist):
+        self.model, self.method, self.data, self.options = model, method, data, options
+        self.run_dir, self.log, self.dist = run_dir, log, dist
+        self.device = next(model.parameters()).device
+        if dist.enabled and options.batch_size % dist.world_size:
+            raise UserError(f"batch_size {options.batch_size} must divide among "
+                            f"{dist.world_size} processes")
+        uses = data.x_unlabeled is not None and method.uses_unlabeled
+        self.sampler = EpochSampler(options, len(data.y), len(data.x_unlabeled) if uses else 0)
+        self.schedule = plan(method, model, options, self.sampler)
+        self.sampler.updates = self.schedule.per_epoch
+        optimizer, scheduler = build_optimizer(options, model, self.schedule.updates)
+        scaler = torch.amp.GradScaler(self.device.type, enabled=options.amp == "fp16")
+        self.val_eps = _val_radius(method, options, data)
+        self.state = _State(model, optimizer, scheduler, scaler)
+        self.step_model = torch.compile(model) if options.compile else model
+        self.x, self.y = data.x.to(self.device), data.y.to(self.device)
+        self.xu = data.x_unlabeled.to(self.device) if uses else None
+        self.augment = data.augment if options.augment else "none"
+        self.history: list[dict[str, Any]] = []
+
+    def epoch(self, epoch: int) -> dict[str, Any]:
+        """Train one epoch; its metrics row (without validation)."""
+        opt, sched, dist = self.options, self.schedule, self.dist
+        gen = torch.Generator().manual_seed(opt.seed * 100_003 + epoch)
+        first = (epoch - 1) * sched.per_epoch
+        n = min(sched.per_epoch, sched.updates - first)
         t0 = time.perf_counter()
-        model.train()
+        self.model.train()
         sums: dict[str, float] = {}
-        bar = tqdm(sampler.batches(gen), total=sampler.updates, desc=f"epoch {epoch}/"
-                   f"{schedule.epochs}", disable=not options.progress or not dist.is_main,
-                   leave=False)
+        bar = tqdm(self.sampler.batches(gen), total=n, desc=f"epoch {epoch}/{sched.epochs}",
+                   disable=not opt.progress or not dist.is_main, leave=False)
         for i, (li, ui) in enumerate(bar):
             if i == n:
                 break
-            idx = distributed.shard(li, dist).to(device)
-            batch = Batch(_prepare(x[idx], aug, gen, options), y[idx], updates=first + i,
-                          total_updates=schedule.updates)
+            idx = distributed.shard(li, dist).to(self.device)
+            batch = Batch(_prepare(self.x[idx], self.augment, gen, opt), self.y[idx],
+                          updates=first + i, total_updates=sched.updates)
             if ui is not None:
-                uidx = distributed.shard(ui, dist).to(device)
-                batch.x_unlabeled = _prepare(xu[uidx], aug, gen, options)
-            metrics = _update(step_model, method, batch, state, options.amp, device, dist)
+                uidx = distributed.shard(ui, dist).to(self.device)
+                batch.x_unlabeled = _prepare(self.xu[uidx], self.augment, gen, opt)
+            metrics = _update(self.step_model, self.method, batch, self.state, opt.amp,
+                              self.device, dist)
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + v
             bar.set_postfix(loss=f"{metrics['loss']:.3f}")
         seconds = time.perf_counter() - t0
-        sums = distributed.mean_over_ranks(sums, dist, device)
+        sums = distributed.mean_over_ranks(sums, dist, self.device)
         row = {"epoch": epoch, "updates": first + n, "seconds": round(seconds, 3),
-               "lr": scheduler.get_last_lr()[0], **{f"train_{k}": v / n for k, v in sums.items()}}
-        if schedule.costs is not None:
-            row["cost"] = schedule.cost(first + n)
-        if data.val is not None:
-            row |= _validate(model, data.val, options, val_eps, device)
-        if data.test is not None:
-            row["test_acc"] = clean_accuracy(model, *data.test)
-        warning = _guard(model, xu, y, row, history)
+               "lr": self.state.scheduler.get_last_lr()[0],
+               **{f"train_{k}": v / n for k, v in sums.items()}}
+        if sched.costs is not None:
+            row["cost"] = sched.cost(first + n)
+        return row
+
+    def record(self, row: dict[str, Any]) -> None:
+        """Validate, log, select, and write the epoch's metrics and checkpoint."""
+        if self.data.val is not None:
+            row |= _validate(self.model, self.data.val, self.options, self.val_eps,
+                             self.device)
+        if self.data.test is not None:
+            row["test_acc"] = clean_accuracy(self.model, *self.data.test)
+        warning = _guard(self.model, self.xu, self.y, row, self.history)
         if warning:
             row["guard"] = warning
-            log(f"warning: {warning}")
-        history.append(row)
-        if dist.is_main and run_dir is not None:
-            run_dir.append_metrics(row)
-            state.select(row, options, run_dir)
-            run_dir.save_checkpoint(state.checkpoint(epoch))
-        elif options.select == "best-robust":
-            state.select(row, options, None)
-        log(epoch_line(row, schedule.epochs))
-        if stop_after is not None and epoch >= stop_after and epoch < schedule.epochs:
-            log(f"stopped after epoch {epoch}; continue with --resume")
-            return FitResult(model, epoch, epoch, None, first + n, schedule.cost(first + n),
-                             _train_seconds(history), stopped=True, history=history)
-    last = schedule.epochs
-    best = state.best_state(run_dir)
-    last_state = None
-    if options.select == "best-robust" and best is not None and best["epoch"] != last:
-        last_state = {k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()}
-        unwrap(model).load_state_dict(best["state_dict"])
-    selected = best["epoch"] if options.select == "best-robust" and best is not None else last
-    return FitResult(model, last, selected, last_state, schedule.updates,
-                     schedule.cost(schedule.updates), _train_seconds(history), history=history)
+            self.log(f"warning: {warning}")
+        self.history.append(row)
+        if self.dist.is_main and self.run_dir is not None:
+            self.state.select(row, self.options, self.run_dir)
+            self.run_dir.append_metrics(row)
+            self.run_dir.save_checkpoint(self.state.checkpoint(row["epoch"]))
+        elif self.options.select == "best-robust":
+            self.state.select(row, self.options, None)
+        self.log(epoch_line(row, self.schedule.epochs))
+
+    def result(self) -> FitResult:
+        """The finished run; the selected epoch's weights in the model."""
+        last, model = self.schedule.epochs, unwrap(self.model)
+        best = self.state.best_state(self.run_dir)
+        selecting = self.options.select == "best-robust" and best is not None
+        last_state = None
+        if selecting and best["epoch"] != last:
+            last_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            model.load_state_dict(best["state_dict"])
+        return FitResult(self.model, last, best["epoch"] if selecting else last, last_state,
+                         self.schedule.updates, self.schedule.cost(self.schedule.updates),
+                         _train_seconds(self.history), history=self.history)
 
 
 COLLAPSE_SHARE = 3.0  # predicted share of a class, against its largest share among the labels

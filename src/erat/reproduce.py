@@ -65,9 +65,11 @@ def reproduce(
         folder = RunDir(out / "runs" / run["name"])
         commands.append(command(cfg, folder.path))
         t0 = time.perf_counter()
-        row, result, test = run_one(suite, run, cfg, folder, log)
+        row, result, data = run_one(suite, run, cfg, folder, log)
+        test = data or test
         rows.append(row)
-        results[run["name"]] = result
+        if result is not None:
+            results[run["name"]] = result
         shown = {k: v for k, v in row.items() if k not in ("name", "method", "dataset")}
         log(f"[{run['name']}] " + ", ".join(f"{k} {_fmt(v)}" for k, v in shown.items())
             + f" ({time.perf_counter() - t0:.0f} s)")
@@ -84,6 +86,8 @@ def _fmt(v: Any) -> str:
 def _check_eval_settings(suite: dict[str, Any], runs: list[dict[str, Any]]) -> None:
     """Every evaluation and energy setting of the suite resolves (before any training)."""
     for run in runs:
+        if run.get("eval", True) is False:
+            continue
         ev = {**(suite.get("eval") or {}), **(run.get("eval") or {})}
         ev.pop("n", None)
         EvalConfig.build(**ev)
@@ -117,6 +121,11 @@ def run_one(suite: dict[str, Any], run: dict[str, Any], cfg: TrainConfig, folder
         log(f"[{name}] training {cfg.method} on {cfg.dataset}")
         resume = (folder / RunDir.CONFIG).exists()
         train(cfg, folder.path, resume=resume, log=log)
+    if run.get("eval", True) is False:  # chosen on validation: no test figures
+        meta = folder.read_meta()
+        return {"name": name, "method": cfg.method, "dataset": cfg.dataset,
+                "cost_erm_epochs": meta.get("cost_erm_epochs"),
+                "train_seconds": meta.get("train_seconds"), **_validation(folder, meta)}, None, None
     model = folder.load_model()
     x, y = load_dataset(cfg.dataset, "test", cfg.data_dir).tensors
     ev = {**(suite.get("eval") or {}), **(run.get("eval") or {})}
@@ -255,10 +264,11 @@ def write_report(suite: dict[str, Any], out: Path, rows: list[dict[str, Any]],
     report.write_csv(rows, out / "results.csv")
     ev = suite.get("eval") or {}
     label = EvalConfig.build(**{k: v for k, v in ev.items() if k != "n"}).labels[-1]
-    report.accuracy_vs_radius(results, out / "accuracy_vs_radius", attack=label,
-                              norm=ev.get("norm", "l2"))
+    if results:
+        report.accuracy_vs_radius(results, out / "accuracy_vs_radius", attack=label,
+                                  norm=ev.get("norm", "l2"))
     plots = suite.get("plots", {}) or {}
-    if plots.get("landscape", True) and test is not None:
+    if plots.get("landscape", True) and test is not None and results:
         wanted = [n for n in ("erm", "at", "vat", "er") if n in results] or list(results)[:4]
         index = int(plots.get("landscape_index", 0))
         x, y = test
@@ -267,7 +277,10 @@ def write_report(suite: dict[str, Any], out: Path, rows: list[dict[str, Any]],
             x[index : index + 1], y[index : index + 1],
             eps=float(plots.get("landscape_eps", 1.0)), out=out / "landscape")
     for name, spec in ((suite.get("report") or {}).get("frontiers") or {}).items():
-        report.frontier(rows, out / name, **spec)
+        try:
+            report.frontier(rows, out / name, **spec)
+        except ValueError as err:  # e.g. a partial run (--only) without those columns yet
+            log(f"{name} not drawn: {err}")
     versions = {"erat": __version__, "torch": str(torch.__version__),
                 "python": sys.version.split()[0], "platform": platform.platform(),
                 "threads": torch.get_num_threads()}

@@ -23,29 +23,12 @@ from torch import Tensor, nn
 from erat import distributed
 from erat.config import TrainConfig, resume_conflicts
 from erat.datasets import dataset_info, labeled_split, load_dataset, validation_split
-from erat.errors import EnvironmentProblem, UserError
+from erat.distributed import resolve_device
+from erat.errors import UserError
 from erat.fit import FitData, FitResult, fit
 from erat.methods import Method, build_method, method_config
 from erat.models import build_model
 from erat.rundir import RunDir
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:1``, ...; a GPU that is not
-    there is the environment's problem."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as e:
-        raise UserError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from e
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise EnvironmentProblem(f"--device {name}: no CUDA GPU is available here")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise EnvironmentProblem(f"--device {name}: only {torch.cuda.device_count()} GPU(s)")
-    if device.type not in ("cpu", "cuda", "mps"):
-        raise UserError(f"unsupported device {name!r}; use auto, cpu, cuda or cuda:N")
-    return device
 
 
 def train(
