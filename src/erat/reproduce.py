@@ -73,7 +73,10 @@ def reproduce(
         shown = {k: v for k, v in row.items() if k not in ("name", "method", "dataset")}
         log(f"[{run['name']}] " + ", ".join(f"{k} {_fmt(v)}" for k, v in shown.items())
             + f" ({time.perf_counter() - t0:.0f} s)")
-    if suite.get("autoattack"):
+    if suite.get("autoattack") and only:
+        log("AutoAttack stage skipped: it picks the best run of each group over the whole "
+            "suite (run without --only)")
+    elif suite.get("autoattack"):
         autoattack_stage(suite, out, runs, cfgs, rows, log)
     write_report(suite, out, rows, results, commands, test, log)
     return rows
