@@ -231,3 +231,37 @@ def test_report_energy_grows_with_search_strength():
     with supervised_search(model):
         l0 = cross_entropy(model(x), y)
     assert abs(weak["loss_mean"] - l0.mean().item()) < 1e-5
+
+
+# ----------------------------------------------------------------------- the upper bound G_T
+def test_gradient_bound_of_a_linear_loss_is_eps_times_grad_norm(linear):
+    """``||grad l|| = ||w||`` everywhere, so ``G_T = eps ||w||`` on every ray, any ``T``."""
+    loss_fn, w, x = linear
+    for T in (1, 3):
+        est = energy(loss_fn, x, 0.1, T=T, M=3, S=0, estimator="gradient")
+        assert torch.allclose(est.per_direction, torch.full((6, 3), 0.1 * w.norm().item(),
+                                                            dtype=torch.float64), atol=1e-12)
+
+
+def test_gradient_bound_is_never_below_the_end_point_change():
+    model, (x, y) = small_cnn(), images(8)
+    loss_fn = supervised_loss(model, y)
+    torch.manual_seed(0)
+    for T in (1, 4, 16):
+        est = energy(loss_fn, x, 1.0, T=T, M=6, S=0, estimator="gradient")
+        end_change = (est.ray_losses[:, :, -1] - est.ray_losses[:, :, 0]).abs()  # [B, M]
+        assert (est.per_direction >= end_change).all()
+    for m in range(1, 6):  # and above the (finely resolved) variation of each random ray
+        assert (est.per_direction[:, m] >= ray_variation(loss_fn, x, est.directions[m], 1.0,
+                                                         64)).all()
+
+
+def test_gradient_bound_trains_through_the_double_backward():
+    model, (x, y) = small_cnn(torch.float32), images(8, torch.float32)
+    est = energy(supervised_loss(model, y), x, 1.0, T=2, M=1, S=1, estimator="gradient")
+    assert est.value.requires_grad and est.grad_norms.shape == (8, 1, 3)
+    est.value.mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    with torch.no_grad():  # evaluation: no graph kept
+        assert not energy(supervised_loss(model, y), x, 1.0, T=2, M=1,
+                          estimator="gradient").value.requires_grad

@@ -267,7 +267,8 @@ def test_every_method_is_a_dataclass_with_cli_fields():
     assert fields["pgd"] == {"eps", "norm", "steps", "step_size"}
     assert fields["trades"] == {"eps", "norm", "steps", "step_size", "beta"}
     assert fields["er"] == {"eps", "T", "M", "S", "reduce", "lam", "lam_u", "entmin", "xi",
-                            "power_iters", "step_size", "warmup_updates"}
+                            "power_iters", "step_size", "warmup_updates", "estimator",
+                            "lam_kl", "ramp"}
 
 
 def test_er_ray_pass_uses_the_clean_batch_statistics():
@@ -336,3 +337,34 @@ def test_virtual_search_probes_the_clean_pass_function(name, monkeypatch):
         running = before.eval()(x)
     assert torch.allclose(target, clean, atol=1e-5)
     assert not torch.allclose(target, running, atol=1e-3)
+
+
+def test_er_combined_objective_reduces_to_its_parts():
+    """``l + lam E_ce + lam_kl E_kl``: with ``lam_kl = 0`` it is plain ER, with ``lam = 0``
+    the clean loss plus the virtual energy of the labeled inputs alone."""
+    model, b = plain_cnn(torch.float32), batch(False, n=16)
+
+    def loss(method):
+        torch.manual_seed(7)
+        return method(model, b).loss
+
+    assert torch.equal(loss(ER(eps=0.5, lam_kl=0.0)), loss(ER(eps=0.5)))
+    both = ER(eps=0.5, lam=1.0, lam_kl=2.0)
+    torch.manual_seed(7)
+    out = both(model, b)
+    clean = cross_entropy(model(b.x), b.y).mean()
+    assert torch.allclose(out.loss, clean + out.metrics["energy"] + 2 * out.metrics["energy_kl"])
+    kl_only = ER(eps=0.5, lam=0.0, lam_kl=1.0)
+    torch.manual_seed(7)
+    out = kl_only(model, b)
+    assert "energy" not in out.metrics
+    assert torch.allclose(out.loss, clean + out.metrics["energy_kl"])
+
+
+def test_er_radius_ramp():
+    er = ER(eps=2.0, ramp=0.5)
+    b = batch(False)
+    assert er.radius(b) == 2.0  # outside a trainer
+    assert er.radius(dataclasses.replace(b, updates=0, total_updates=100)) == 2.0 / 50
+    assert er.radius(dataclasses.replace(b, updates=24, total_updates=100)) == 1.0
+    assert er.radius(dataclasses.replace(b, updates=80, total_updates=100)) == 2.0

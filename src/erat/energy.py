@@ -9,6 +9,9 @@ the equations are those of METHOD.md sections 2-3. Threat model: the l2 ball of 
 - ``E_hat(x) = reduce_m V_T(x, u_m)`` over ``M`` unit directions: ``u_1`` from an adversarial
   search (:func:`erat.search.search_direction`), ``u_2..u_M`` uniformly random; ``reduce``
   is ``max`` (E is a sup) or ``mean`` (the average ``Ebar``);
+- ``G_T(x, u)``, the gradient-norm integral ``integral_0^eps ||grad l(x + s u)|| ds`` by the
+  trapezoid rule over the same ``T + 1`` ray points (METHOD.md section 3b): an upper bound of
+  the ray variation that does not telescope where the loss is monotone (``estimator``);
 - the certificate ``l(x) + E(x) < ln 2`` (section 2).
 
 Loss closures (:mod:`erat.losses`) map points ``[N, ...]`` to losses ``[N]``; all ``M*T``
@@ -40,6 +43,8 @@ from erat.threat import random_unit
 
 Reduce = Literal["max", "mean"]
 REDUCES: tuple[Reduce, ...] = ("max", "mean")
+Estimator = Literal["variation", "gradient"]
+ESTIMATORS: tuple[Estimator, ...] = ("variation", "gradient")
 LN2 = math.log(2.0)
 CERTIFICATE_NOTE = (
     "l(x) + E_hat(x) < ln 2 certifies every point of the l2 ball only as far as the estimate "
@@ -56,6 +61,7 @@ class EnergyEstimate(NamedTuple):
     per_direction: Tensor  # [B, M]     V_T(x, u_m)
     ray_losses: Tensor  # [B, M, T+1] l(x + t_k u_m), k = 0..T
     directions: Tensor  # [M, B, ...] unit directions u_m (detached)
+    grad_norms: Tensor | None = None  # [B, M, T+1] ||grad l(x + t_k u_m)|| (gradient estimator)
 
 
 def _eval_points(loss_fn: LossFn, points: Tensor, batch: int, max_points: int | None) -> Tensor:
@@ -75,10 +81,7 @@ def _ray_losses(
     if eps == 0:  # every ray point is x: l(x) repeated, so V_T = 0 exactly by construction
         l0 = loss_fn(x) if loss_at_x is None else loss_at_x
         return l0.view(1, 1, B).expand(M, T + 1, B)
-    t = torch.tensor([k * eps / T for k in range(1, T + 1)], dtype=x.dtype, device=x.device)
-    t = t.view(1, T, 1, *([1] * (x.dim() - 1)))
-    pts = (x.unsqueeze(0).unsqueeze(0) + t * dirs.unsqueeze(1)).clamp(0.0, 1.0)  # [M,T,B,...]
-    pts = pts.reshape(M * T * B, *x.shape[1:])
+    pts = _ray_points(x, dirs, eps, T)
     if loss_at_x is None:  # t_0 in the same pass (same batch statistics as the ray)
         losses = _eval_points(loss_fn, torch.cat([x, pts]), B, max_points)
         l0, ray = losses[:B], losses[B:]
@@ -86,6 +89,44 @@ def _ray_losses(
         l0, ray = loss_at_x, _eval_points(loss_fn, pts, B, max_points)
     ray = ray.view(M, T, B)
     return torch.cat([l0.to(ray.dtype).view(1, 1, B).expand(M, 1, B), ray], dim=1)
+
+
+def _ray_points(x: Tensor, dirs: Tensor, eps: float, T: int) -> Tensor:
+    """The points ``clip(x + t_k u_m)``, ``k = 1..T``, as ``[M*T*B, ...]`` (block-major)."""
+    M, B = dirs.shape[:2]
+    t = torch.tensor([k * eps / T for k in range(1, T + 1)], dtype=x.dtype, device=x.device)
+    t = t.view(1, T, 1, *([1] * (x.dim() - 1)))
+    pts = (x.unsqueeze(0).unsqueeze(0) + t * dirs.unsqueeze(1)).clamp(0.0, 1.0)  # [M,T,B,...]
+    return pts.reshape(M * T * B, *x.shape[1:])
+
+
+def gradient_norms(loss_fn: LossFn, x: Tensor, dirs: Tensor, eps: float, T: int
+                   ) -> tuple[Tensor, Tensor]:
+    """``l`` and ``||grad_z l(z)||`` at ``x`` and the ``T`` points of each ray, both
+    ``[M, T+1, B]``, in one pass; differentiable (a double backward) when grad is enabled."""
+    M, B = dirs.shape[:2]
+    graph = torch.is_grad_enabled()
+    z = torch.cat([x, _ray_points(x, dirs, eps, T)]).detach().requires_grad_(True)
+    with torch.enable_grad():
+        losses = loss_fn(z)
+        (g,) = torch.autograd.grad(losses.sum(), z, create_graph=graph)
+    norms = g.flatten(1).to(torch.promote_types(g.dtype, torch.float32)).norm(dim=1)
+    if not graph:
+        losses, norms = losses.detach(), norms.detach()
+
+    def rays(v: Tensor) -> Tensor:  # [B + M*T*B] -> [M, T+1, B]
+        return torch.cat([v[:B].view(1, 1, B).expand(M, 1, B), v[B:].view(M, T, B)], dim=1)
+
+    return rays(losses), rays(norms)
+
+
+def gradient_bound(norms: Tensor, eps: float) -> Tensor:
+    """``G_T = eps/T * (g_0/2 + g_1 + ... + g_{T-1} + g_T/2)`` over the last dimension
+    ``[..., T+1]``: the trapezoid rule for ``integral_0^eps ||grad l(x + s u)|| ds``."""
+    T = norms.shape[-1] - 1
+    w = torch.ones(T + 1, dtype=norms.dtype, device=norms.device)
+    w[0] = w[-1] = 0.5
+    return (norms * w).sum(-1) * (eps / T)
 
 
 def ray_variation(
@@ -124,22 +165,33 @@ def energy(
     first_direction: Tensor | None = None,
     step_size: float | None = None,
     max_points: int | None = None,
+    estimator: Estimator = "variation",
 ) -> EnergyEstimate:
-    """The estimate ``E_hat(x) = reduce_m V_T(x, u_m)`` of METHOD.md section 3, per sample.
+    """The estimate ``E_hat(x) = reduce_m V_T(x, u_m)`` of METHOD.md section 3, per sample
+    (``estimator="gradient"``: ``reduce_m G_T(x, u_m)``, section 3b).
 
     ``u_1`` comes from :func:`search_direction` (``S``, ``first_direction``), ``u_2..u_M``
     are uniformly random unit vectors. All ``M*T`` ray points go through ``loss_fn`` in
-    one pass of ``M*T*B`` points (plus ``B`` for ``t_0`` unless ``loss_at_x`` is given);
+    one pass of ``M*T*B`` points (plus ``B`` for ``t_0`` unless ``loss_at_x`` is given;
+    the gradient estimator always evaluates ``x`` again, for its gradient);
     ``max_points`` caps the points per pass (for evaluation without a graph).
     """
     check_settings(eps, T, M, S, reduce)
+    if estimator not in ESTIMATORS:
+        raise UserError(f"estimator must be one of {', '.join(ESTIMATORS)}, got {estimator!r}")
     u1 = search_direction(loss_fn, x, eps, S=S, start_direction=first_direction,
                           step_size=step_size)
     dirs = torch.stack([u1, *(random_unit(x) for _ in range(M - 1))])  # [M, B, ...]
-    losses = _ray_losses(loss_fn, x, dirs, eps, T, loss_at_x, max_points)  # [M, T+1, B]
-    per_dir = losses.diff(dim=1).abs().sum(dim=1).T  # [B, M]
+    norms = None
+    if estimator == "gradient":
+        losses, norms = gradient_norms(loss_fn, x, dirs, eps, T)  # [M, T+1, B] each
+        per_dir = gradient_bound(norms.permute(2, 0, 1), eps)  # [B, M]
+    else:
+        losses = _ray_losses(loss_fn, x, dirs, eps, T, loss_at_x, max_points)  # [M, T+1, B]
+        per_dir = losses.diff(dim=1).abs().sum(dim=1).T  # [B, M]
     value = per_dir.amax(dim=1) if reduce == "max" else per_dir.mean(dim=1)
-    return EnergyEstimate(value, per_dir, losses.permute(2, 0, 1), dirs)
+    return EnergyEstimate(value, per_dir, losses.permute(2, 0, 1), dirs,
+                          None if norms is None else norms.permute(2, 0, 1))
 
 
 def certify(loss_at_x: Tensor, energy: Tensor | EnergyEstimate) -> Tensor:

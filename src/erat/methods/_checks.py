@@ -14,6 +14,11 @@ def finite_nonneg(name: str, value: float) -> None:
         raise UserError(f"{name} must be a finite number >= 0, got {value!r}")
 
 
+def fraction(name: str, value: float) -> None:
+    if not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise UserError(f"{name} must be a number in [0, 1], got {value!r}")
+
+
 def positive(name: str, value: float | None, *, optional: bool = False) -> None:
     if optional and value is None:
         return

@@ -13,6 +13,12 @@ the coarsest members. Defaults ``T=1, M=1, S=1`` come from the ablations (docs/r
 the searched direction decides, ``T`` and ``M`` added cost only. ``warmup_updates``: the
 first updates search with ``S=0`` (in the virtual form, VAT's direction), then ``S`` steps.
 
+Beyond the end point (METHOD.md section 3b): ``estimator="gradient"`` trains on ``G_T``, the
+gradient-norm integral along each ray (an upper bound of its variation; double backward);
+``lam_kl`` adds the virtual energy of the labeled inputs, ``l(x) + lam E_ce + lam_kl E_kl``
+(TRADES' regulariser is the ``T=1`` member of ``E_kl``); ``ramp`` grows the radius from 0 to
+``eps`` over that fraction of training.
+
 Passes (:mod:`erat.passes`): one clean train-mode pass over labeled + unlabeled inputs
 inside :func:`~erat.passes.shared_statistics` (the only pass that updates BatchNorm running
 stats); the supervised direction search as a supervised search; the virtual search as a
@@ -33,7 +39,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from erat.energy import REDUCES, EnergyEstimate, Reduce, energy
+from erat.energy import ESTIMATORS, REDUCES, EnergyEstimate, Estimator, Reduce, energy
 from erat.losses import LossFn, cross_entropy, entropy, supervised_loss, virtual_loss
 from erat.methods import _checks
 from erat.methods.base import BACKWARD, FORWARD, Batch, StepOutput, param, register, rows
@@ -58,10 +64,15 @@ class ER:
     M: int = param(1, "ER: directions (1 searched + M-1 random)")
     S: int = param(1, "ER: PGD steps refining the searched direction (0: FGM / VAT's)")
     reduce: Reduce = param("max", "ER: reduction over the directions")
+    estimator: Estimator = param("variation", "ER: the ray's estimate: the variation V_T (a "
+                                              "lower bound) or the gradient-norm integral "
+                                              "G_T (an upper bound; double backward)")
     lam: float | None = param(None, "ER: weight of the energy of the labeled loss (default: "
                                     "1 supervised, 0 semi-supervised)")
     lam_u: float = param(1.0, "ER: weight of the energy of the virtual loss (labeled + "
                               "unlabeled)")
+    lam_kl: float = param(0.0, "ER: weight of the virtual energy of the labeled inputs when "
+                               "there is no unlabeled batch (TRADES' term is its T=1 member)")
     entmin: bool = param(False, "add entropy minimisation on unlabeled predictions")
     xi: float = param(1e-2, "finite-difference step of VAT's power iteration")
     power_iters: int = param(1, "power iterations of VAT's direction search")
@@ -70,6 +81,8 @@ class ER:
     warmup_updates: int | None = param(None, "ER: the first updates search with S=0 "
                                              "(default: 0 supervised, the first 20% of "
                                              "training semi-supervised)")
+    ramp: float = param(0.0, "ER: fraction of training over which the radius grows "
+                             "linearly from 0 to eps")
 
     @property
     def uses_unlabeled(self) -> bool:
@@ -82,20 +95,23 @@ class ER:
         _checks.integer("M", self.M, 1)
         _checks.integer("S", self.S, 0)
         _checks.choice("reduce", self.reduce, REDUCES)
+        _checks.choice("estimator", self.estimator, ESTIMATORS)
         if self.lam is not None:
             _checks.finite_nonneg("lam", self.lam)
         _checks.finite_nonneg("lam_u", self.lam_u)
+        _checks.finite_nonneg("lam_kl", self.lam_kl)
         _checks.positive("xi", self.xi)
         _checks.integer("power_iters", self.power_iters, 1)
         _checks.positive("step_size", self.step_size, optional=True)
         if self.warmup_updates is not None:
             _checks.integer("warmup_updates", self.warmup_updates, 0)
+        _checks.fraction("ramp", self.ramp)
 
     def _rays(self, model: nn.Module, loss_fn: LossFn, x: Tensor, u1: Tensor,
-              loss_at_x: Tensor | None) -> EnergyEstimate:
+              loss_at_x: Tensor | None, eps: float) -> EnergyEstimate:
         with ray_pass(model):
-            return energy(loss_fn, x, self.eps, T=self.T, M=self.M, reduce=self.reduce,
-                          loss_at_x=loss_at_x, first_direction=u1)
+            return energy(loss_fn, x, eps, T=self.T, M=self.M, reduce=self.reduce,
+                          loss_at_x=loss_at_x, first_direction=u1, estimator=self.estimator)
 
     def semi(self, batch: Batch) -> bool:
         """Whether this batch trains semi-supervised (unlabeled inputs that ER reads)."""
@@ -120,51 +136,65 @@ class ER:
                 batch.total_updates else 0
         return 0 if batch.updates is not None and batch.updates < warmup else self.S
 
-    def supervised(self, model: nn.Module, x: Tensor, y: Tensor,
-                   clean: Tensor | None, S: int | None = None) -> EnergyEstimate:
+    def radius(self, batch: Batch) -> float:
+        """``eps``, or during the first ``ramp`` of training ``eps * (updates + 1) / (ramp *
+        total_updates)`` (outside a trainer: ``eps``)."""
+        if not self.ramp or batch.updates is None or not batch.total_updates:
+            return self.eps
+        return self.eps * min(1.0, (batch.updates + 1) / (self.ramp * batch.total_updates))
+
+    def supervised(self, model: nn.Module, x: Tensor, y: Tensor, clean: Tensor | None,
+                   S: int | None = None, eps: float | None = None) -> EnergyEstimate:
         """``E_hat(x)`` of the CE; ``clean`` = per-sample ``l(x)`` to reuse, or None;
-        ``S``: the search steps (default ``self.S``; :meth:`search_steps`)."""
+        ``S``, ``eps``: the search steps and radius (default ``self.S``, ``self.eps``)."""
+        eps = self.eps if eps is None else eps
         loss_fn = supervised_loss(model, y)
         with supervised_search(model):
-            u1 = search_direction(loss_fn, x, self.eps, S=self.S if S is None else S,
+            u1 = search_direction(loss_fn, x, eps, S=self.S if S is None else S,
                                   step_size=self.step_size)
-        return self._rays(model, loss_fn, x, u1, clean)
+        return self._rays(model, loss_fn, x, u1, clean, eps)
 
-    def virtual(self, model: nn.Module, x: Tensor, clean_logits: Tensor,
-                reuse: bool, S: int | None = None) -> EnergyEstimate:
+    def virtual(self, model: nn.Module, x: Tensor, clean_logits: Tensor, reuse: bool,
+                S: int | None = None, eps: float | None = None) -> EnergyEstimate:
         """``E_hat_v(x)`` of ``v``; ``reuse``: ``clean_logits`` come from the ray's function
-        (no active dropout), so ``v(x) = 0`` at ``t_0``; ``S`` as in :meth:`supervised`. The
-        search probes the same function as the rays, so its target is that function's value
-        at ``x`` (an eval-mode search aimed at the train-mode logits chased the gap between
-        the two functions; docs/results.md, findings)."""
+        (no active dropout), so ``v(x) = 0`` at ``t_0``; ``S``, ``eps`` as in
+        :meth:`supervised`. The search probes the same function as the rays, so its target
+        is that function's value at ``x`` (an eval-mode search aimed at the train-mode
+        logits chased the gap between the two functions; docs/results.md, findings)."""
+        eps = self.eps if eps is None else eps
         target = label_free_target(model, x, clean_logits)
         with label_free_search(model):
             d = vat_direction(model, x, target, xi=self.xi, power_iters=self.power_iters)
-            u1 = search_direction(virtual_loss(model, target), x, self.eps,
+            u1 = search_direction(virtual_loss(model, target), x, eps,
                                   S=self.S if S is None else S, start_direction=d,
                                   step_size=self.step_size)
         zero = torch.zeros(len(x), device=x.device) if reuse else None
-        return self._rays(model, virtual_loss(model, clean_logits), x, u1, zero)
+        return self._rays(model, virtual_loss(model, clean_logits), x, u1, zero, eps)
 
     def __call__(self, model: nn.Module, batch: Batch) -> StepOutput:
         x, y, xu = batch.x, batch.y, batch.x_unlabeled
         reuse = not dropout_active(model)
         xu = xu if self.uses_unlabeled else None
+        lam, S, eps = self.weight(batch), self.search_steps(batch), self.radius(batch)
         with shared_statistics(model):
             logits_all = model(x if xu is None else torch.cat([x, xu]))  # updates BN stats
             logits, logits_u = logits_all[: len(x)], logits_all[len(x):]
             clean = cross_entropy(logits, y)
             loss = clean.mean()
             metrics = {"acc": (logits.argmax(1) == y).float().mean(), "clean_loss": clean.mean()}
-            lam, S = self.weight(batch), self.search_steps(batch)
-            if lam > 0:  # (lam = 0, the semi-supervised form alone, skips the search)
-                est = self.supervised(model, x, y, clean if reuse else None, S)
-                loss = loss + lam * est.value.mean()
-                metrics["energy"] = est.value.mean()
-            if xu is not None and self.lam_u > 0:  # label-free: over labeled + unlabeled
-                est_u = self.virtual(model, torch.cat([x, xu]), logits_all, reuse, S)
-                loss = loss + self.lam_u * est_u.value.mean()
-                metrics["energy_u"] = est_u.value.mean()
+            terms = [("energy", lam, lambda: self.supervised(
+                model, x, y, clean if reuse else None, S, eps))]
+            if xu is not None:  # label-free: over labeled + unlabeled
+                terms.append(("energy_u", self.lam_u, lambda: self.virtual(
+                    model, torch.cat([x, xu]), logits_all, reuse, S, eps)))
+            else:
+                terms.append(("energy_kl", self.lam_kl, lambda: self.virtual(
+                    model, x, logits, reuse, S, eps)))
+            for name, weight, estimate in terms:
+                if weight > 0:  # (a zero weight skips the search and the rays)
+                    value = estimate().value.mean()
+                    loss = loss + weight * value
+                    metrics[name] = value
         if self.entmin:
             metrics["entropy"] = entropy(logits_u if xu is not None else logits).mean()
             loss = loss + metrics["entropy"]
@@ -174,14 +204,20 @@ class ER:
     def cost(self, batch: Batch, model: nn.Module) -> float:
         """The clean pass and its backward; per form, the search (FGM: one forward-backward,
         VAT's: ``power_iters``, then ``S`` PGD steps) and the ``M*T`` ray points with their
-        backward (plus ``x`` again, and the search target, when dropout is active)."""
+        backward (plus ``x`` again, and the search target, when dropout is active). The
+        gradient estimator's points cost a forward, an input gradient kept as a graph, and a
+        backward through both (a double backward counted as one more backward)."""
         n, nu = rows(batch.x), rows(batch.x_unlabeled) if self.uses_unlabeled else 0
         s, dropout = self.search_steps(batch), dropout_active(model)
-        ray = (self.M * self.T + dropout) * (FORWARD + BACKWARD)
+        if self.estimator == "gradient":
+            ray = (self.M * self.T + 1) * (FORWARD + 3 * BACKWARD)
+        else:
+            ray = (self.M * self.T + dropout) * (FORWARD + BACKWARD)
         total = (n + nu) * (FORWARD + BACKWARD)
         if self.weight(batch) > 0:
             total += n * (max(s, 1) * (FORWARD + BACKWARD) + ray)
-        if nu and self.lam_u > 0:
+        virtual = n + nu if nu else (n if self.lam_kl > 0 else 0)
+        if virtual and (self.lam_u if nu else self.lam_kl) > 0:
             search = (self.power_iters + s) * (FORWARD + BACKWARD) + dropout * FORWARD
-            total += (n + nu) * (search + ray)
+            total += virtual * (search + ray)
         return total
