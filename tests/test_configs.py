@@ -36,7 +36,7 @@ def _check_train_config(cfg: TrainConfig, where: str) -> None:
     method = build_method(cfg.method, **cfg.method_params)  # unknown parameters raise
     if cfg.labels is not None:
         assert cfg.labels % dataset_info(cfg.dataset).num_classes == 0, where  # balanced
-        if cfg.method in ("vat", "er"):
+        if cfg.method in ("vat", "er") and cfg.method_params.get("lam_u") != 0:  # (0: on purpose)
             assert method.uses_unlabeled, f"{where}: a semi-supervised run must read x_u"
 
 

@@ -100,7 +100,9 @@ def _run(cfg: TrainConfig, run: RunDir, resume: bool, stop_after: int | None,
     test_set = load_dataset(cfg.dataset, "test", cfg.data_dir, cfg.download)
     x, y = train_set.tensors
     data = _split(cfg, method, x, y, run if dist.is_main else None, log)
-    data.test, data.augment = test_set.tensors, info.augment
+    data.augment = info.augment
+    if cfg.val is None:  # with a validation set, training never looks at the test set
+        data.test = test_set.tensors
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, in_shape=info.shape, num_classes=info.num_classes,
                         mean=info.mean, std=info.std, **cfg.model_kwargs).to(device)
