@@ -160,7 +160,7 @@ def test_train_errors(tmp_path, capsys, args, code, message):
     out = tmp_path / "run"
     got, _, err = run([*TRAIN, *args, "--out", out], capsys)
     assert got == code and one_line(err) and message in err, err
-    assert not (out / "model.pt").exists() and not (out / "checkpoint.pt").exists()
+    assert not out.exists() or not list(out.iterdir())  # nothing written, nothing left
 
 
 @pytest.mark.parametrize("text, message", [
@@ -212,6 +212,20 @@ def test_disk_full_during_a_checkpoint(tmp_path, capsys, monkeypatch):
     assert code == 1 and one_line(err) and "No space left" in err
     assert not [p for p in out.iterdir() if p.name.startswith(".") and p.name != ".lock"]
     assert not (out / ".lock").exists()
+
+
+def test_disk_full_inside_torch_save(tmp_path, capsys, monkeypatch):
+    """torch.save reports a failed write as a RuntimeError raised while handling the
+    OSError; the one line still says what happened."""
+    def full(obj, f, *a, **k):
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc] unexpected pos") from None
+
+    monkeypatch.setattr(torch, "save", full)
+    code, _, err = run([*TRAIN, "--out", tmp_path / "run"], capsys)
+    assert code == 1 and one_line(err) and "No space left" in err
 
 
 def test_eval_of_a_read_only_run_and_unwritable_json(finished, tmp_path, capsys, monkeypatch):

@@ -42,12 +42,20 @@ def atomic_write_bytes(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
     except BaseException as err:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
-        if isinstance(err, OSError):
-            raise os_problem(err, f"write {path}") from err
-        if isinstance(err, RuntimeError) and "write" in str(err).lower():
-            # torch.save reports a failed write (disk full) as a RuntimeError
-            raise os_problem(OSError(28, "no space left or write failed"), f"write {path}") from err
+        cause = _os_error(err)  # torch.save wraps a failed write (disk full) in a RuntimeError
+        if cause is not None:
+            raise os_problem(cause, f"write {path}") from err
         raise
+
+
+def _os_error(err: BaseException) -> OSError | None:
+    """The ``OSError`` behind ``err`` (itself, or in its chain of causes), if any."""
+    seen = 0
+    while err is not None and seen < 10:
+        if isinstance(err, OSError):
+            return err
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return None
 
 
 def atomic_save(obj: Any, path: Path) -> None:

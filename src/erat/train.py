@@ -45,6 +45,8 @@ def train(
     run = RunDir(out)
     if stop_after is not None and stop_after < 1:
         raise UserError(f"--stop-after must be >= 1, got {stop_after}")
+    dataset_info(cfg.dataset)  # names and settings first: a bad one touches no folder
+    build_method(cfg.method, **cfg.method_params)
     run.check_output(resume=resume, overwrite=overwrite)
     device = resolve_device(cfg.device)
     dist = distributed.setup(device)
@@ -60,7 +62,12 @@ def train(
         if resume and run.finished():
             log(f"{run.path} is finished ({RunDir.MODEL}); nothing to do")
             return run.model_file()
-        result, built = _run(cfg, run, resume, stop_after, log, device, dist)
+        try:
+            result, built = _run(cfg, run, resume, stop_after, log, device, dist)
+        except BaseException:
+            if dist.is_main and not resume and not run.metrics():
+                run.clear()  # failed before its first epoch: leave the folder as it was
+            raise
         if result.stopped:
             return run / RunDir.CHECKPOINT
         if dist.is_main:

@@ -1,0 +1,166 @@
+"""Every failure a user can cause or meet, tried through the ``erat`` command as a user would,
+printed as the Markdown table of docs/results.md (reliability): exit code, the message, and
+whether any earlier result was lost or changed.
+
+    python experiments/reliability_cases.py            # about two minutes on a CPU
+
+Run as root on Linux, it also mounts a 300 KB tmpfs (a full disk) and a read-only bind mount
+(a read-only run folder); otherwise those two rows say they were skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ERAT = [sys.executable, "-m", "erat"]
+TRAIN = ["train", "--dataset", "digits", "--model", "mlp", "--model-kwargs",
+         '{"hidden": [16]}', "--epoch-updates", "3", "--no-progress"]
+ROWS: list[tuple[str, int, str, str]] = []
+
+
+def erat(*args: str, env: dict | None = None) -> tuple[int, str]:
+    p = subprocess.run([*ERAT, *args], capture_output=True, text=True,
+                       env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+    lines = [ln for ln in p.stderr.splitlines() if ln.startswith("erat:")]
+    return p.returncode, (lines[-1] if lines else p.stdout.strip().splitlines()[-1])
+
+
+def digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(folder.rglob("*")):
+        if f.is_file() and f.name != ".lock":
+            h.update(f.name.encode() + f.read_bytes())
+    return h.hexdigest()
+
+
+def case(name: str, args: list[str], guard: Path | None = None, env: dict | None = None) -> None:
+    before = digest(guard) if guard is not None and guard.exists() else None
+    code, msg = erat(*args, env=env)
+    lost = "none" if before is None or digest(guard) == before else "CHANGED"
+    ROWS.append((name, code, msg, lost))
+
+
+def main() -> None:
+    root = Path(tempfile.mkdtemp(prefix="erat-reliability-"))
+    run = root / "erm"
+    assert erat(*TRAIN, "--epochs", "2", "--out", str(run))[0] == 0
+    case("`--resume` with another method", [*TRAIN, "--resume", "--method", "at", "--eps",
+                                            "1", "--out", str(run)], run)
+    case("`--resume --epochs 1` on a 2-epoch run", [*TRAIN, "--resume", "--epochs", "1",
+                                                    "--out", str(run)], run)
+    case("`--resume` with another model", [*TRAIN, "--resume", "--model", "cnn", "--out",
+                                           str(run)], run)
+    case("`--resume` of a finished run, same settings", [*TRAIN, "--resume", "--epochs", "2",
+                                                          "--out", str(run)], run)
+    case("`--resume` into a mistyped folder", [*TRAIN, "--resume", "--out", str(root / "ern")])
+    (run / "eval.json").write_text("{}")
+    case("train into a finished run (model.pt, eval.json)", [*TRAIN, "--out", str(run)], run)
+    case("train into a folder that a live process writes", _locked(root), None)
+    f = root / "file"
+    f.write_text("x")
+    case("`--out` is a file", [*TRAIN, "--out", str(f)])
+    case("`--out` under a file", [*TRAIN, "--out", str(f / "run")])
+    case("`--device cuda` without a GPU", [*TRAIN, "--device", "cuda", "--out", str(root / "g")])
+    for text, label in [("epochs: ten\n", "`epochs: ten` in `--config`"),
+                        ("- 1\n", "a `--config` that is a list"),
+                        ("lr: [0.1\n", "a `--config` with a YAML error")]:
+        conf = root / "c.yaml"
+        conf.write_text(text)
+        case(label, [*TRAIN, "--config", str(conf), "--out", str(root / "c")])
+    case("`--model-kwargs '{\"hidden\": [-5]}'`", [*TRAIN, "--model-kwargs", '{"hidden": [-5]}',
+                                                  "--out", str(root / "k")])
+    for flags, label in [(["--labels", "0"], "`--labels 0`"),
+                         (["--method", "pgd", "--steps", "0"], "`pgd --steps 0`"),
+                         (["--method", "vat", "--power-iters", "0"], "`vat --power-iters 0`"),
+                         (["--stop-after", "0"], "`--stop-after 0`"),
+                         (["--budget", "4", "--epochs", "2"], "`--budget` with `--epochs`"),
+                         (["--budget", "0.001", "--method", "pgd"], "a budget below one update"),
+                         (["--val", "99999"], "`--val` larger than the training set")]:
+        case(label, [*TRAIN, *flags, "--out", str(root / "bad")])
+    case("`eval --n 999999`", ["eval", str(run), "--n", "999999"], run)
+    case("`eval --device cuda` without a GPU", ["eval", str(run), "--device", "cuda"], run)
+    case("`eval --json` under a file", ["eval", str(run), "--n", "20", "--json",
+                                        str(f / "e.json")], run)
+    (run / "eval.json").write_text(json.dumps({"clean_acc": 0.9}))
+    case("`report` of an eval.json without robust_acc", ["report", str(run), "--out",
+                                                         str(root / "rep")], run)
+    case("`report --out` naming a file", ["report", str(run), "--out", str(f)], run)
+    _mounted(root, run)
+    _interrupted(root)
+    print("| case | exit | message | earlier results lost |")
+    print("|---|---|---|---|")
+    for name, code, msg, lost in ROWS:
+        print(f"| {name} | {code} | {msg.replace('|', '/')} | {lost} |")
+
+
+def _locked(root: Path) -> list[str]:
+    out = root / "busy"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    (out / ".lock").write_text(json.dumps({"pid": holder.pid, "host": os.uname().nodename,
+                                           "since": "now", "command": "erat train ..."}))
+    return [*TRAIN, "--out", str(out)]
+
+
+def _mounted(root: Path, run: Path) -> None:
+    if os.geteuid() != 0:
+        ROWS.append(("disk full / read-only run folder", -1, "skipped (needs root)", "-"))
+        return
+    full, ro = root / "full", root / "ro"
+    full.mkdir()
+    ro.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(full)], check=True)
+    try:
+        case("disk full while training (300 KB tmpfs)", [*TRAIN, "--model-kwargs",
+             '{"hidden": [400]}', "--out", str(full / "run")])
+        left = [p.name for p in (full / "run").iterdir()] if (full / "run").exists() else []
+        ROWS.append(("  files left on the full disk", 0, ", ".join(left) or "none", "-"))
+    finally:
+        subprocess.run(["umount", str(full)], check=False)
+    subprocess.run(["mount", "--bind", str(run), str(ro)], check=True)
+    subprocess.run(["mount", "-o", "remount,ro,bind", str(ro)], check=True)
+    try:
+        (run / "eval.json").unlink(missing_ok=True)
+        case("`eval` of a run on a read-only filesystem", ["eval", str(ro), "--n", "30",
+             "--steps", "3"], run, env={"XDG_CACHE_HOME": str(root / "cache")})
+        case("`train --out` on a read-only filesystem", [*TRAIN, "--out", str(ro / "new")], run)
+    finally:
+        subprocess.run(["umount", str(ro)], check=False)
+
+
+def _interrupted(root: Path) -> None:
+    out = root / "int"
+    proc = subprocess.Popen([*ERAT, *TRAIN, "--epochs", "500", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    while not (out / "metrics.jsonl").exists():
+        time.sleep(0.1)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate()
+    temps = [p.name for p in out.iterdir() if p.name.startswith(".")]
+    ROWS.append(("Ctrl-C while training (checkpoints every epoch)", proc.returncode,
+                 err.strip().splitlines()[-1], f"none; temporaries left: {temps or 'none'}"))
+    proc = subprocess.Popen([*ERAT, *TRAIN, "--epochs", "500", "--resume", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(6)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    (out / ".checkpoint.pt.x1y2z3").write_bytes(b"left by a killed save")
+    code, msg = erat(*TRAIN, "--epochs", "500", "--resume", "--stop-after", "1", "--out",
+                     str(out))
+    temps = [p.name for p in out.iterdir() if p.name.startswith(".checkpoint")]
+    ROWS.append(("SIGKILL, then `--resume` (a stale lock and a temporary left)", code, msg,
+                 f"none; temporaries left after: {temps or 'none'}"))
+
+
+if __name__ == "__main__":
+    main()
