@@ -313,3 +313,45 @@ def test_trainer_epoch_length_with_unlabeled_data(tmp_path, monkeypatch):
     assert all(len(b.x) == 8 and len(b.x_unlabeled) == 256 for b in rec.batches)
     metrics = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(metrics) == 1 and json.loads(metrics[0])["epoch"] == 1
+
+
+# --- defaults that do not collapse, and the guard that says so when a run does -----------
+def _semi(tmp_path, name, method, params):
+    logs: list[str] = []
+    cfg = TrainConfig(dataset="digits", model="mlp", model_kwargs={"hidden": [64]}, labels=50,
+                      method=method, method_params=params, epochs=5, epoch_updates=60,
+                      batch_size=50, unlabeled_batch_size=100, lr=0.002, seed=0,
+                      progress=False)
+    train(cfg, tmp_path / name, log=logs.append)
+    rows = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text()
+            .splitlines()]
+    return rows, logs
+
+
+def test_default_semi_supervised_er_does_not_drift_below_the_labels_alone(tmp_path):
+    """300 updates, 50 labels: ER at its defaults (lam 0, a 20% warm-up in semi-supervised
+    use) ends above the supervised-only model and never falls far below its own best."""
+    sup, _ = _semi(tmp_path, "sup", "erm", {})
+    er, logs = _semi(tmp_path, "er", "er", {"eps": 1.0})
+    assert er[-1]["test_acc"] >= sup[-1]["test_acc"] + 0.02
+    assert er[-1]["test_acc"] >= max(r["test_acc"] for r in er) - 0.05
+    assert not any("guard" in r for r in er) and not any("warning" in m for m in logs)
+    assert all(r["unlabeled_max_share"] < 0.2 for r in er)
+
+
+def test_the_guard_fires_on_a_collapsing_run(tmp_path):
+    rows, logs = _semi(tmp_path, "collapse", "er", {"eps": 1.0, "lam_u": 100.0})
+    assert rows[-1]["unlabeled_max_share"] > 0.3
+    assert any("one class" in r.get("guard", "") for r in rows)
+    assert any(m.startswith("warning:") and "one class" in m for m in logs)
+
+
+def test_the_guard_reads_the_validation_accuracy():
+    from erat.fit import _guard
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    y = torch.arange(20) % 10
+    history = [{"val_clean_acc": 0.80}, {"val_clean_acc": 0.85}]
+    assert _guard(model, None, y, {"val_clean_acc": 0.83}, history) is None
+    warning = _guard(model, None, y, {"val_clean_acc": 0.70}, history)
+    assert "validation accuracy fell to 0.700 from its best 0.850" in warning
