@@ -146,11 +146,7 @@ def check_writable_file(path: Path, flag: str) -> None:
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{flag} {path} is a folder; give a file name")
-    parent = path.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise UserError(f"{flag} {path}: {parent} is a file, not a folder")
+    parent = _existing_folder(path.parent, path, flag)
     if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise os_problem(PermissionError(13, "permission denied (read-only?)"),
                          f"write {flag} {path}")
@@ -161,11 +157,17 @@ def check_writable_dir(path: Path, flag: str) -> None:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise UserError(f"{flag} {path} is a file, not a folder")
-    parent = path
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise UserError(f"{flag} {path}: {parent} is a file, not a folder")
+    parent = _existing_folder(path, path, flag)
     if not os.access(parent, os.W_OK | os.X_OK):
         raise os_problem(PermissionError(13, "permission denied (read-only?)"),
                          f"write into {flag} {path}")
+
+
+def _existing_folder(start: Path, path: Path, flag: str) -> Path:
+    """The nearest existing ancestor of ``start`` (itself included); a file there is the
+    user's mistake."""
+    while not start.exists():
+        start = start.parent
+    if not start.is_dir():
+        raise UserError(f"{flag} {path}: {start} is a file, not a folder")
+    return start

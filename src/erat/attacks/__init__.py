@@ -1,9 +1,6 @@
 """Evaluation attacks, one file each, behind one interface (:mod:`erat.attacks.base`); a
 module in this package registers its attack by being here."""
 
-import importlib
-import pkgutil
-
 from erat.attacks.base import (
     ATTACKS,
     PRESETS,
@@ -18,10 +15,9 @@ from erat.attacks.base import (
     resolve,
     robust_key,
 )
+from erat.registry import import_package
 
-for _info in pkgutil.iter_modules(__path__):
-    if _info.name != "base" and not _info.name.startswith("_"):
-        importlib.import_module(f"{__name__}.{_info.name}")
+import_package(__name__, __path__, helpers={"base"})
 
 __all__ = [
     "ATTACKS",

@@ -34,9 +34,10 @@ from torch import Tensor, nn
 from erat.errors import UserError
 from erat.fields import FlagSpec, flag_specs, init_fields
 from erat.fields import param as option  # noqa: F401  (an attack's settings)
+from erat.registry import Registry
 from erat.threat import Threat
 
-ATTACKS: dict[str, type] = {}
+ATTACKS = Registry("attack")
 PRESETS: dict[str, tuple[str, ...]] = {"all": ("pgd", "autoattack")}
 
 
@@ -50,14 +51,9 @@ class Attack(Protocol):
 def register_attack(name: str) -> Callable[[type], type]:
     """Class decorator adding an attack dataclass to the registry under ``name``."""
 
-    def add(cls: type) -> type:
-        if name in PRESETS or (name in ATTACKS and ATTACKS[name].__qualname__ != cls.__qualname__):
-            raise ValueError(f"attack {name!r} is registered twice")
-        cls.name = name
-        ATTACKS[name] = cls
-        return cls
-
-    return add
+    if name in PRESETS:
+        raise ValueError(f"attack {name!r} is the name of a preset")
+    return ATTACKS.decorator(name, named=True)
 
 
 def attack_names() -> list[str]:
@@ -76,10 +72,9 @@ def attack_flags() -> dict[str, FlagSpec]:
 
 def build_attack(name: str, options: dict[str, Any]) -> Any:
     """The attack ``name`` with the entries of ``options`` that are its own fields."""
-    if name not in ATTACKS:
-        raise UserError(f"unknown attack {name!r}; choose from {', '.join(attack_names())}")
+    cls = ATTACKS.lookup(name, attack_names())
     own = {k: v for k, v in options.items() if k in attack_options(name)}
-    return ATTACKS[name](**own)
+    return cls(**own)
 
 
 def resolve(spec: str | Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:

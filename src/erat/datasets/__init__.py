@@ -1,9 +1,6 @@
 """Datasets by name (info + loader), label and validation splits, augmentation; a module of
 this package registers its datasets by being here (:mod:`erat.datasets.registry`)."""
 
-import importlib
-import pkgutil
-
 from erat.datasets.augment import AUGMENTS, augment_batch
 from erat.datasets.registry import (
     DATASETS,
@@ -15,11 +12,9 @@ from erat.datasets.registry import (
     register_dataset,
 )
 from erat.datasets.splits import balanced_split, labeled_split, validation_split
+from erat.registry import import_package
 
-_HELPERS = {"registry", "augment", "splits"}
-for _info in pkgutil.iter_modules(__path__):
-    if _info.name not in _HELPERS and not _info.name.startswith("_"):
-        importlib.import_module(f"{__name__}.{_info.name}")
+import_package(__name__, __path__, helpers={"registry", "augment", "splits"})
 
 __all__ = [
     "AUGMENTS",

@@ -24,6 +24,7 @@ from torch import Tensor
 from torch.utils.data import TensorDataset
 
 from erat.errors import UserError
+from erat.registry import Registry
 
 Augment = Literal["none", "crop", "crop-flip"]
 SPLITS = ("train", "test")
@@ -49,7 +50,7 @@ class DatasetInfo:
     files: bool = True
 
 
-DATASETS: dict[str, DatasetInfo] = {}
+DATASETS = Registry("dataset")
 LOADERS: dict[str, Loader] = {}
 
 
@@ -58,9 +59,7 @@ def register_dataset(*infos: DatasetInfo) -> Callable[[Callable], Callable]:
 
     def add(loader: Callable) -> Callable:
         for info in infos:
-            if info.name in DATASETS:
-                raise ValueError(f"dataset {info.name!r} is registered twice")
-            DATASETS[info.name] = info
+            DATASETS.add(info.name, info)
             LOADERS[info.name] = lambda root, split, download, info=info: loader(
                 info, root, split, download)
         return loader
@@ -76,7 +75,7 @@ def dataset_names() -> list[str]:
 def dataset_info(name: str) -> DatasetInfo:
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(dataset_names())}")
-    return DATASETS[name]
+    return DATASETS.lookup(name)
 
 
 def load_dataset(

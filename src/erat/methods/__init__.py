@@ -1,9 +1,6 @@
 """Training objectives, one file each; a module in this package registers its method by
 being here (:func:`erat.methods.base.register`). Files starting with ``_`` are helpers."""
 
-import importlib
-import pkgutil
-
 from erat.methods.base import (
     METHODS,
     Batch,
@@ -17,10 +14,9 @@ from erat.methods.base import (
     param,
     register,
 )
+from erat.registry import import_package
 
-for _info in pkgutil.iter_modules(__path__):
-    if not _info.name.startswith("_") and _info.name != "base":
-        importlib.import_module(f"{__name__}.{_info.name}")
+import_package(__name__, __path__, helpers={"base"})
 
 __all__ = [
     "METHODS",

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from erat.errors import UserError
 from erat.fields import FlagSpec, flag_specs, init_fields, param  # noqa: F401  (param: re-export)
+from erat.registry import Registry
 
 FORWARD, BACKWARD = 1.0, 2.0  # the cost convention: a backward counts as two forwards
 
@@ -65,20 +66,12 @@ class Method(Protocol):
     def cost(self, batch: Batch, model: nn.Module) -> float: ...
 
 
-METHODS: dict[str, type] = {}
+METHODS = Registry("method")
 
 
 def register(name: str) -> Callable[[type], type]:
     """Class decorator adding a method dataclass to the registry under ``name``."""
-
-    def add(cls: type) -> type:
-        if name in METHODS and METHODS[name].__qualname__ != cls.__qualname__:
-            raise ValueError(f"method {name!r} is registered twice")
-        cls.name = name
-        METHODS[name] = cls
-        return cls
-
-    return add
+    return METHODS.decorator(name, named=True)
 
 
 def method_names() -> list[str]:
@@ -112,9 +105,7 @@ def method_config(method: Method) -> dict[str, Any]:
 
 
 def _lookup(name: str) -> type:
-    if name not in METHODS:
-        raise UserError(f"unknown method {name!r}; choose one of {', '.join(method_names())}")
-    return METHODS[name]
+    return METHODS.lookup(name)
 
 
 def rows(t: Tensor | None) -> int:

@@ -23,9 +23,10 @@ import torch
 from torch import Tensor, nn
 
 from erat.errors import UserError
+from erat.registry import Registry
 
 Factory = Callable[..., nn.Module]
-MODELS: dict[str, Factory] = {}
+MODELS = Registry("model")
 
 
 class Normalize(nn.Module):
@@ -48,13 +49,7 @@ class Normalize(nn.Module):
 def register_model(name: str) -> Callable[[Factory], Factory]:
     """Decorator adding a model factory to the registry under ``name``."""
 
-    def add(factory: Factory) -> Factory:
-        if name in MODELS:
-            raise ValueError(f"model {name!r} is registered twice")
-        MODELS[name] = factory
-        return factory
-
-    return add
+    return MODELS.decorator(name)
 
 
 def model_names() -> list[str]:
@@ -97,6 +92,4 @@ def build_model(
 
 
 def _lookup(name: str) -> Factory:
-    if name not in MODELS:
-        raise UserError(f"unknown model {name!r}; choose one of {', '.join(model_names())}")
-    return MODELS[name]
+    return MODELS.lookup(name)
