@@ -201,16 +201,7 @@ def autoattack_stage(suite: dict[str, Any], out: Path, runs: list[dict[str, Any]
     budget), and for the runs named in ``also``; adds its accuracies to their rows."""
     spec = dict(suite["autoattack"])
     ev, n = dict(spec.get("eval") or {}), int(spec.get("n", 500))
-    chosen = set(spec.get("also") or [])
-    groups: dict[tuple, list[int]] = {}
-    for i, row in enumerate(rows):
-        key = tuple(row.get(k) for k in spec.get("group", []))
-        if None not in key:
-            groups.setdefault(key, []).append(i)
-    for members in groups.values():
-        scored = [i for i in members if rows[i].get("val_robust_acc") is not None]
-        if scored:
-            chosen.add(runs[max(scored, key=lambda i: rows[i]["val_robust_acc"])]["name"])
+    chosen = autoattack_choice(spec, rows)
     for i, run in enumerate(runs):
         if run["name"] not in chosen:
             continue
@@ -221,6 +212,20 @@ def autoattack_stage(suite: dict[str, Any], out: Path, runs: list[dict[str, Any]
             res = _cached_eval(folder, "eval-autoattack.json", folder.load_model(), x, y, ev, n)
         rows[i] |= {"aa_n": n, "aa_clean_acc": res["clean_acc"], "aa_checks_failed":
                     res["checks_failed"], **{f"aa_{k}": v for k, v in res["robust_acc"].items()}}
+
+
+def autoattack_choice(spec: dict[str, Any], rows: list[dict[str, Any]]) -> set[str]:
+    """The runs AutoAttack evaluates: the best validation robust accuracy of each group
+    (rows sharing the ``group`` keys; the earliest on ties), and those named in ``also``."""
+    chosen = set(spec.get("also") or [])
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for row in rows:
+        key = tuple(row.get(k) for k in spec.get("group", []))
+        if None not in key and row.get("val_robust_acc") is not None:
+            groups.setdefault(key, []).append(row)
+    for members in groups.values():
+        chosen.add(max(members, key=lambda r: r["val_robust_acc"])["name"])
+    return chosen
 
 
 def _seconds_per_epoch(folder: RunDir) -> float:
