@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -27,8 +27,7 @@ from erat.losses import supervised_loss
 from erat.search import input_grad
 from erat.threat import Threat
 
-if TYPE_CHECKING:
-    from erat.evaluate import EvalConfig
+EvalConfig = Any  # an erat.evaluate.EvalConfig (checks are below evaluate: no import)
 
 LARGE_RADIUS_MAX_ACC = 0.05
 WEAK_PGD_TOL = 0.02
