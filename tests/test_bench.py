@@ -30,3 +30,13 @@ def test_attack_throughput_and_peer_ratio():
         assert "not installed" in out["torchattacks"]
     else:
         assert out["pgd_speedup_vs_torchattacks"] > 0
+
+
+def test_method_specs_with_parameters():
+    from erat.bench import parse_method
+
+    assert parse_method("er:S=3;estimator=gradient") == ("er", {"S": 3,
+                                                                "estimator": "gradient"})
+    assert parse_method("pgd") == ("pgd", {})
+    rows = bench_training("cnn", (1, 8, 8), ["er:S=2"], batch_size=4, steps=1, warmup=0)
+    assert rows[0]["method"] == "er:S=2" and rows[0]["counted_ratio_to_erm"] == 4.0

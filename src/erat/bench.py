@@ -101,9 +101,12 @@ def bench_training(
     amp: str = "none",
     channels_last: bool = False,
 ) -> list[dict[str, Any]]:
-    """One row per method: ``ms_per_step`` (median), ``ratio_to_erm``, ``peak_mem_mb``.
+    """One row per method: ``ms_per_step`` (median), ``ratio_to_erm``, ``peak_mem_mb``, and
+    the counted ``passes_per_example`` with its ``counted_ratio_to_erm``.
 
-    ``amp`` is ``none``, ``bf16`` or ``fp16`` (autocast, with a gradient scaler for fp16).
+    A method is a name or ``name:key=value;key=value`` (e.g. ``er:S=3``; its parameters are
+    parsed as YAML scalars) beside ``method_params`` by name. ``amp`` is ``none``, ``bf16``
+    or ``fp16`` (autocast, with a gradient scaler for fp16).
     """
     device = device or torch.device("cpu")
     batch = random_batch(shape, batch_size, device)
@@ -126,7 +129,8 @@ def bench_training(
         )
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
-        method = build_method(name, **(method_params or {}).get(name, {}))
+        base, params = parse_method(name)
+        method = build_method(base, **{**(method_params or {}).get(base, {}), **params})
         opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
         scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
         if device.type == "cuda":
@@ -220,6 +224,20 @@ def bench_attacks(
     return out
 
 
+def parse_method(spec: str) -> tuple[str, dict[str, Any]]:
+    """``er:S=3;T=2`` -> ``("er", {"S": 3, "T": 2})``."""
+    import yaml
+
+    name, _, rest = spec.partition(":")
+    params = {}
+    for item in filter(None, rest.split(";")):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise UserError(f"--methods wants NAME or NAME:key=value;..., got {spec!r}")
+        params[key.strip()] = yaml.safe_load(value)
+    return name, params
+
+
 def parse_setups(text: str) -> list[tuple[str, tuple[int, int, int]]]:
     """``MODEL:CxHxW,...`` as (name, shape) pairs."""
     setups = []
@@ -241,7 +259,7 @@ def run_bench(models: str, methods: str, *, batch_size: int, steps: int, warmup:
     if steps < 1 or warmup < 0 or batch_size < 1:
         raise UserError("bench needs --steps >= 1, --warmup >= 0 and --batch-size >= 1")
     names = methods.split(",")
-    unknown = set(names) - set(method_names())
+    unknown = {parse_method(n)[0] for n in names} - set(method_names())
     if unknown:
         raise UserError(f"unknown method(s) {sorted(unknown)}; choose from {method_names()}")
     setups = parse_setups(models)
@@ -250,14 +268,14 @@ def run_bench(models: str, methods: str, *, batch_size: int, steps: int, warmup:
     if device.type == "cuda":
         result["gpu"] = torch.cuda.get_device_name(device)
     log(f"device {device}, {torch.get_num_threads()} CPU threads, batch {batch_size}")
-    log(f"{'model':<16} {'method':<8} {'ms/step':>9} {'x erm':>7} {'counted':>8} {'peak MB':>9}")
+    log(f"{'model':<16} {'method':<22} {'ms/step':>9} {'x erm':>7} {'counted':>8} {'peak MB':>8}")
     for name, shape in setups:
         rows = bench_training(name, shape, names, batch_size=batch_size, steps=steps,
                               warmup=warmup, max_seconds=max_seconds, device=device)
         entry: dict[str, Any] = {"shape": list(shape), "methods": {r["method"]: r for r in rows}}
         for r in rows:
-            log(f"{name:<16} {r['method']:<8} {r['ms_per_step']:>9.1f} {r['ratio_to_erm']:>7.2f} "
-                f"{r['counted_ratio_to_erm']:>8.2f} {r['peak_mem_mb']:>9.0f}")
+            log(f"{name:<16} {r['method']:<22} {r['ms_per_step']:>9.1f} {r['ratio_to_erm']:>7.2f} "
+                f"{r['counted_ratio_to_erm']:>8.2f} {r['peak_mem_mb']:>8.0f}")
         if attacks:
             model = build_model(name, in_shape=shape, num_classes=10, mean=[0.5] * shape[0],
                                 std=[0.25] * shape[0])
