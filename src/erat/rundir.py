@@ -49,7 +49,6 @@ from erat.files import (
     atomic_write_text,
     check_writable_dir,
     load_file,
-    read_json,
     read_yaml,
     remove_temps,
     sha256,
@@ -198,9 +197,6 @@ class RunDir:
     def write_split(self, split: dict[str, Any]) -> None:
         atomic_write_json(split, self.path / self.SPLIT)
 
-    def read_split(self) -> dict[str, Any]:
-        return read_json(self.path / self.SPLIT, "split file")
-
     # --- training state ----------------------------------------------------------------
     def save_checkpoint(self, state: dict[str, Any]) -> None:
         atomic_save(state, self.path / self.CHECKPOINT)
@@ -281,9 +277,6 @@ class RunDir:
         except OSError:
             return None
         return where / f"{name}.state.pt" if os.access(where, os.W_OK) else None
-
-    def disk_usage(self) -> int:
-        return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
 
 
 def model_path(path: str | Path) -> Path:

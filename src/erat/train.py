@@ -13,6 +13,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -56,7 +57,7 @@ def train(
             torch.cuda.set_device(device)
         if not dist.is_main:
             log = _silent
-    with run.lock() if dist.is_main else _nothing():
+    with run.lock() if dist.is_main else contextlib.nullcontext():
         if dist.is_main:
             _prepare_folder(run, cfg, resume, overwrite, log)
         if resume and run.finished():
@@ -170,11 +171,3 @@ def _save(run: RunDir, cfg: TrainConfig, built: _Built, result: FitResult) -> No
 
 def _silent(*_: Any) -> None:
     pass
-
-
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
