@@ -134,7 +134,7 @@ def run_one(suite: dict[str, Any], run: dict[str, Any], cfg: TrainConfig, folder
     ev = {**(suite.get("eval") or {}), **(run.get("eval") or {})}
     n = ev.pop("n", None) or len(x)
     with folder.lock():
-        result = _cached_eval(folder, RunDir.EVAL, model, x, y, ev, n)
+        result = _cached_eval(folder, RunDir.EVAL, model, x, y, ev, n, log)
         en = run["energy"] if "energy" in run else suite.get("energy")
         energy = None
         if en:
@@ -144,7 +144,7 @@ def run_one(suite: dict[str, Any], run: dict[str, Any], cfg: TrainConfig, folder
                                    lambda: energy_report(model, x[:ne], y[:ne], **en))
         if run.get("eval_last") and (folder / RunDir.MODEL_LAST).exists():
             last = folder.load_model(file=RunDir.MODEL_LAST)
-            res_last = _cached_eval(folder, "eval-last.json", last, x, y, ev, n)
+            res_last = _cached_eval(folder, "eval-last.json", last, x, y, ev, n, log)
             result = {**result, "last": {"clean_acc": res_last["clean_acc"],
                                          **res_last["robust_acc"]}}
     meta = folder.read_meta()
@@ -168,12 +168,14 @@ def run_one(suite: dict[str, Any], run: dict[str, Any], cfg: TrainConfig, folder
 
 
 def _cached_eval(folder: RunDir, file: str, model: Any, x: Any, y: Any, ev: dict[str, Any],
-                 n: int) -> dict:
+                 n: int, log: Callable[[str], None] = print) -> dict:
     """The evaluation ``ev`` of ``model`` on the first ``n`` test examples, cached in
     ``file`` of the run folder (recomputed for other weights or settings), resumable."""
     from erat.evaluate import evaluate
 
     def compute() -> dict:
+        log(f"[{folder.path.name}] evaluating ({ev.get('attack', 'pgd')} at eps "
+            f"{ev.get('eps')}, {n} test images) -> {file}")
         return evaluate(model, x[:n], y[:n], n_total=len(x),
                         state_path=folder.state_path(file.removesuffix(".json")),
                         extra_info={"checkpoint_sha256": folder.weights_sha256(),
@@ -209,7 +211,8 @@ def autoattack_stage(suite: dict[str, Any], out: Path, runs: list[dict[str, Any]
         x, y = load_dataset(cfg.dataset, "test", cfg.data_dir).tensors
         log(f"[{run['name']}] AutoAttack on the first {n} test images")
         with folder.lock():
-            res = _cached_eval(folder, "eval-autoattack.json", folder.load_model(), x, y, ev, n)
+            res = _cached_eval(folder, "eval-autoattack.json", folder.load_model(), x, y, ev, n,
+                               log)
         rows[i] |= {"aa_n": n, "aa_clean_acc": res["clean_acc"], "aa_checks_failed":
                     res["checks_failed"], **{f"aa_{k}": v for k, v in res["robust_acc"].items()}}
 
