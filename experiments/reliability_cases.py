@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -105,7 +106,7 @@ def _locked(root: Path) -> list[str]:
     out = root / "busy"
     out.mkdir()
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
-    (out / ".lock").write_text(json.dumps({"pid": holder.pid, "host": os.uname().nodename,
+    (out / ".lock").write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname(),
                                            "since": "now", "command": "erat train ..."}))
     return [*TRAIN, "--out", str(out)]
 

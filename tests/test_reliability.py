@@ -7,6 +7,7 @@ import errno
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -90,7 +91,7 @@ def test_a_second_writer_is_refused_and_a_stale_lock_taken_over(tmp_path, capsys
     out.mkdir()
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        lock = {"pid": holder.pid, "host": os.uname().nodename, "since": "now",
+        lock = {"pid": holder.pid, "host": socket.gethostname(), "since": "now",
                 "command": "erat train --out run", "start": None}
         (out / ".lock").write_text(json.dumps(lock))
         code, _, err = run([*TRAIN, "--epochs", "1", "--out", out], capsys)
