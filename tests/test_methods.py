@@ -117,8 +117,9 @@ def test_bn_running_stats_updated_by_one_pass_only(name, unlabeled):
     if name == "pgd":  # its only training pass is on the adversarial points
         assert model[1].num_batches_tracked.item() == 1
         return
-    with torch.no_grad():
-        reference(clean_inputs(method, b))
+    semi = method.uses_unlabeled and b.x_unlabeled is not None and name in ("vat", "er")
+    with torch.no_grad():  # semi-supervised: the statistics of the unlabeled rows alone
+        reference(b.x_unlabeled if semi else clean_inputs(method, b))
     for (k, v), ref in zip(model.state_dict().items(), reference.state_dict().values(),
                            strict=True):
         if "running" in k or "num_batches" in k:
@@ -263,12 +264,12 @@ def test_semi_supervised_terms_and_entmin(name):
 def test_every_method_is_a_dataclass_with_cli_fields():
     fields = {n: {f.name for f in dataclasses.fields(make(n))} for n in NAMES}
     assert fields["at"] == {"eps", "norm", "adv_weight"}
-    assert fields["vat"] == {"eps", "xi", "power_iters", "adv_weight", "entmin"}
+    assert fields["vat"] == {"eps", "xi", "power_iters", "adv_weight", "entmin", "balance"}
     assert fields["pgd"] == {"eps", "norm", "steps", "step_size"}
     assert fields["trades"] == {"eps", "norm", "steps", "step_size", "beta"}
     assert fields["er"] == {"eps", "T", "M", "S", "reduce", "lam", "lam_u", "entmin", "xi",
                             "power_iters", "step_size", "warmup_updates", "estimator",
-                            "lam_kl", "ramp"}
+                            "lam_kl", "ramp", "balance"}
 
 
 def test_er_ray_pass_uses_the_clean_batch_statistics():
@@ -332,8 +333,13 @@ def test_virtual_search_probes_the_clean_pass_function(name, monkeypatch):
     (x, target, value_at_x, training), = seen
     assert training  # batch statistics, not the running ones
     assert torch.allclose(value_at_x, target, atol=1e-5)
-    with torch.no_grad():  # the clean pass: train mode, the batch's own statistics
-        clean = before(x)
+    with torch.no_grad():  # the clean pass: train mode, the unlabeled rows' statistics
+        h = before[0](x)
+        stats = h[len(b.x):]
+        mean, var = stats.mean((0, 2, 3)), stats.var((0, 2, 3), unbiased=False)
+        bn0 = before[1]
+        h = (h - mean.view(1, -1, 1, 1)) / (var.view(1, -1, 1, 1) + bn0.eps).sqrt()
+        clean = before[2:](h * bn0.weight.view(1, -1, 1, 1) + bn0.bias.view(1, -1, 1, 1))
         running = before.eval()(x)
     assert torch.allclose(target, clean, atol=1e-5)
     assert not torch.allclose(target, running, atol=1e-3)

@@ -161,3 +161,24 @@ def test_clean_function_is_the_clean_pass_function():
     model[3].p = 0.0
     assert label_free_target(model, x, clean) is not clean
     assert torch.equal(label_free_target(model, x, clean), clean.detach())
+
+
+def test_shared_statistics_from_the_unlabeled_rows():
+    """``stats_from``: every row of the clean pass is normalised with the statistics of the
+    rows from ``stats_from`` on (the unlabeled part), later passes too, and the running
+    statistics take one update from those rows, as BatchNorm's own would."""
+    from erat.passes import shared_statistics
+
+    torch.manual_seed(0)
+    bn = nn.BatchNorm1d(3).train()
+    labeled, unlabeled = torch.randn(4, 3) + 5.0, torch.randn(12, 3)
+    reference = nn.BatchNorm1d(3).train()
+    expected = reference(unlabeled)  # BatchNorm's own pass over the unlabeled rows alone
+    with shared_statistics(bn, stats_from=4):
+        out = bn(torch.cat([labeled, unlabeled]))
+        again = bn(labeled)  # a later pass: the same statistics
+    assert torch.allclose(out[4:], expected, atol=1e-5)
+    assert torch.allclose(again, out[:4], atol=1e-5)
+    assert torch.allclose(bn.running_mean, reference.running_mean, atol=1e-6)
+    assert torch.allclose(bn.running_var, reference.running_var, atol=1e-6)
+    assert bn.num_batches_tracked.item() == 1

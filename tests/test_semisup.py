@@ -340,7 +340,8 @@ def test_default_semi_supervised_er_does_not_drift_below_the_labels_alone(tmp_pa
 
 
 def test_the_guard_fires_on_a_collapsing_run(tmp_path):
-    rows, logs = _semi(tmp_path, "collapse", "er", {"eps": 1.0, "lam_u": 100.0})
+    rows, logs = _semi(tmp_path, "collapse", "er", {"eps": 1.0, "lam_u": 100.0,
+                                                   "balance": 0.0})
     assert rows[-1]["unlabeled_max_share"] > 0.3
     assert any("one class" in r.get("guard", "") for r in rows)
     assert any(m.startswith("warning:") and "one class" in m for m in logs)

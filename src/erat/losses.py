@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -58,3 +59,15 @@ def virtual_loss(model: nn.Module, target_logits: Tensor) -> LossFn:
     (detached here), tileable over stacked copies of the batch."""
     target = target_logits.detach()
     return lambda z: kl_div(tile(target, z.shape[0]), model(z))
+
+
+def class_balance(logits: Tensor, y: Tensor) -> Tensor:
+    """``KL(mean_i p(.|x_i) || prior)``: how far the mean prediction over a batch ``[B, K]``
+    (e.g. unlabeled inputs) is from the class frequencies of the labels ``y`` (smoothed), a
+    scalar. The marginal term of information-maximising training (Krause et al. 2010; Hu
+    et al. 2017, IMSAT, arXiv 1702.08720): minimised, it keeps the predictions from piling
+    into a few classes."""
+    k = logits.shape[1]
+    prior = (torch.bincount(y, minlength=k).float() + 1.0) / (len(y) + k)
+    mean = F.softmax(logits.float(), dim=1).mean(0)
+    return (mean * (mean.clamp_min(1e-12).log() - prior.log())).sum()

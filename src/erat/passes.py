@@ -127,7 +127,7 @@ def ray_pass(model: nn.Module) -> Iterator[nn.Module]:
 
 
 @contextmanager
-def shared_statistics(model: nn.Module) -> Iterator[nn.Module]:
+def shared_statistics(model: nn.Module, stats_from: int = 0) -> Iterator[nn.Module]:
     """Train-mode BatchNorm normalises every later pass with the first pass's statistics.
 
     The first train-mode forward inside the context (the clean pass) runs as usual, updating
@@ -135,14 +135,19 @@ def shared_statistics(model: nn.Module) -> Iterator[nn.Module]:
     (with their graph). Every later train-mode forward is normalised with those recorded
     statistics, so each input is mapped by the same function as in the clean pass, whatever
     else is in its batch. Eval-mode passes (supervised searches) use the running statistics.
+    ``stats_from > 0``: the clean pass's statistics (and the running ones' update) are those
+    of its rows from ``stats_from`` on, the unlabeled part of a semi-supervised batch, and
+    every row is normalised with them.
 
     Why: ``V_T`` subtracts the clean loss; with the ray points' own batch statistics or the
-    running ones, training rewards the gap between two functions (docs/results.md).
+    running ones, training rewards the gap between two functions. And a few labels in every
+    batch, always the same images, made the statistics theirs: the BatchNorm MLP drifted
+    with 100 labels, VAT and ER alike (docs/results.md, semi-supervised defaults).
     """
     bns = _batchnorms(model)
     originals = {m: m.forward for m in bns}
     for m in bns:
-        m.forward = _recording_forward(m, originals[m])
+        m.forward = _recording_forward(m, originals[m], stats_from)
     try:
         yield model
     finally:
@@ -151,7 +156,7 @@ def shared_statistics(model: nn.Module) -> Iterator[nn.Module]:
             m.__dict__.pop("forward", None)
 
 
-def _recording_forward(bn: nn.Module, forward: Callable[[Tensor], Tensor]):
+def _recording_forward(bn: nn.Module, forward: Callable[[Tensor], Tensor], stats_from: int):
     recorded: list[tuple[Tensor, Tensor]] = []
 
     def patched(inp: Tensor) -> Tensor:
@@ -159,8 +164,12 @@ def _recording_forward(bn: nn.Module, forward: Callable[[Tensor], Tensor]):
             return forward(inp)
         if not recorded:
             dims = [0, *range(2, inp.dim())]
-            recorded.append((inp.mean(dims), inp.var(dims, unbiased=False)))
-            return forward(inp)
+            if not 0 < stats_from < inp.shape[0] - 1:
+                recorded.append((inp.mean(dims), inp.var(dims, unbiased=False)))
+                return forward(inp)
+            part = inp[stats_from:]
+            recorded.append((part.mean(dims), part.var(dims, unbiased=False)))
+            _update_running(bn, *recorded[0], part.numel() // part.shape[1])
         mean, var = recorded[0]
         shape = (1, -1, *([1] * (inp.dim() - 2)))  # per channel: [1, C, 1, ...]
         out = (inp - mean.view(shape)) * torch.rsqrt(var.view(shape) + bn.eps)
@@ -169,6 +178,18 @@ def _recording_forward(bn: nn.Module, forward: Callable[[Tensor], Tensor]):
         return out
 
     return patched
+
+
+@torch.no_grad()
+def _update_running(bn: nn.Module, mean: Tensor, var: Tensor, n: int) -> None:
+    """BatchNorm's own running-statistics update, from given batch statistics over ``n``
+    values per channel (unbiased variance, as BatchNorm keeps it)."""
+    if not bn.track_running_stats or bn.running_mean is None:
+        return
+    bn.num_batches_tracked += 1
+    m = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+    bn.running_mean.mul_(1 - m).add_(m * mean.detach())
+    bn.running_var.mul_(1 - m).add_(m * var.detach() * n / max(n - 1, 1))
 
 
 def dropout_active(model: nn.Module) -> bool:

@@ -40,7 +40,14 @@ import torch
 from torch import Tensor, nn
 
 from erat.energy import ESTIMATORS, REDUCES, EnergyEstimate, Estimator, Reduce, energy
-from erat.losses import LossFn, cross_entropy, entropy, supervised_loss, virtual_loss
+from erat.losses import (
+    LossFn,
+    class_balance,
+    cross_entropy,
+    entropy,
+    supervised_loss,
+    virtual_loss,
+)
 from erat.methods import _checks
 from erat.methods.base import BACKWARD, FORWARD, Batch, StepOutput, param, register, rows
 from erat.passes import (
@@ -74,6 +81,8 @@ class ER:
     lam_kl: float = param(0.0, "ER: weight of the virtual energy of the labeled inputs when "
                                "there is no unlabeled batch (TRADES' term is its T=1 member)")
     entmin: bool = param(False, "add entropy minimisation on unlabeled predictions")
+    balance: float = param(1.0, "weight of the class-balance term on unlabeled predictions "
+                                "(KL of their mean to the labels' class frequencies)")
     xi: float = param(1e-2, "finite-difference step of VAT's power iteration")
     power_iters: int = param(1, "power iterations of VAT's direction search")
     step_size: float | None = param(None, "step size of the inner search (default: "
@@ -100,6 +109,7 @@ class ER:
             _checks.finite_nonneg("lam", self.lam)
         _checks.finite_nonneg("lam_u", self.lam_u)
         _checks.finite_nonneg("lam_kl", self.lam_kl)
+        _checks.finite_nonneg("balance", self.balance)
         _checks.positive("xi", self.xi)
         _checks.integer("power_iters", self.power_iters, 1)
         _checks.positive("step_size", self.step_size, optional=True)
@@ -176,7 +186,7 @@ class ER:
         reuse = not dropout_active(model)
         xu = xu if self.uses_unlabeled else None
         lam, S, eps = self.weight(batch), self.search_steps(batch), self.radius(batch)
-        with shared_statistics(model):
+        with shared_statistics(model, stats_from=len(x) if xu is not None else 0):
             logits_all = model(x if xu is None else torch.cat([x, xu]))  # updates BN stats
             logits, logits_u = logits_all[: len(x)], logits_all[len(x):]
             clean = cross_entropy(logits, y)
@@ -198,6 +208,9 @@ class ER:
         if self.entmin:
             metrics["entropy"] = entropy(logits_u if xu is not None else logits).mean()
             loss = loss + metrics["entropy"]
+        if self.balance > 0 and xu is not None:
+            metrics["balance"] = class_balance(logits_u, y)
+            loss = loss + self.balance * metrics["balance"]
         metrics["loss"] = loss
         return StepOutput(loss, {k: v.detach() for k, v in metrics.items()})
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from erat.losses import cross_entropy, entropy, kl_div
+from erat.losses import class_balance, cross_entropy, entropy, kl_div
 from erat.methods import _checks
 from erat.methods.base import BACKWARD, FORWARD, Batch, StepOutput, param, register, rows
 from erat.passes import dropout_active, label_free_search, label_free_target, shared_statistics
@@ -49,20 +49,28 @@ class VAT:
     adv_weight: float = param(1.0, "weight of the adversarial (AT) or virtual adversarial "
                                    "(VAT) term")
     entmin: bool = param(False, "add entropy minimisation on unlabeled predictions")
+    balance: float = param(1.0, "weight of the class-balance term on unlabeled predictions "
+                                "(KL of their mean to the labels' class frequencies)")
 
-    uses_unlabeled = True
+    @property
+    def uses_unlabeled(self) -> bool:
+        """Unlabeled inputs are read only for the virtual term or EntMin (the class balance
+        goes with them)."""
+        return self.adv_weight > 0 or self.entmin
 
     def __post_init__(self) -> None:
         _checks.finite_nonneg("eps", self.eps)
         _checks.positive("xi", self.xi)
         _checks.integer("power_iters", self.power_iters, 1)
         _checks.finite_nonneg("adv_weight", self.adv_weight)
+        _checks.finite_nonneg("balance", self.balance)
 
     def __call__(self, model: nn.Module, batch: Batch) -> StepOutput:
-        x, y, xu = batch.x, batch.y, batch.x_unlabeled
+        x, y = batch.x, batch.y
+        xu = batch.x_unlabeled if self.uses_unlabeled else None
         z = x if xu is None else torch.cat([x, xu])
-        with shared_statistics(model):
-            logits_z = model(z)  # clean pass: updates BN running stats
+        with shared_statistics(model, stats_from=len(x) if xu is not None else 0):
+            logits_z = model(z)  # clean pass: updates BN running stats (unlabeled rows')
             logits = logits_z[: len(x)]
             clean = cross_entropy(logits, y)
             target = label_free_target(model, z, logits_z)
@@ -78,6 +86,10 @@ class VAT:
             ent = entropy(logits_z[len(x):] if xu is not None else logits).mean()
             loss = loss + ent
             metrics |= {"loss": loss, "entropy": ent}
+        if self.balance > 0 and xu is not None:
+            bal = class_balance(logits_z[len(x):], y)
+            loss = loss + self.balance * bal
+            metrics |= {"loss": loss, "balance": bal}
         return StepOutput(loss, {k: v.detach() for k, v in metrics.items()})
 
     def cost(self, batch: Batch, model: nn.Module) -> float:
