@@ -87,8 +87,8 @@ def _prepare_folder(run: RunDir, cfg: TrainConfig, resume: bool, overwrite: bool
         if conflicts:
             raise UserError(f"--resume: settings differ from {run / RunDir.CONFIG}: "
                             + "; ".join(conflicts))
-        if not run.finished() and run.load_checkpoint() is None and run.metrics():
-            raise UserError(f"--resume: {run.path} has metrics but no {RunDir.CHECKPOINT}")
+        if not run.finished() and not (run / RunDir.CHECKPOINT).exists():
+            log(f"--resume: {run.path} has no {RunDir.CHECKPOINT} yet; starting at epoch 1")
     elif overwrite:
         run.clear()
     run.write_config(cfg.to_dict())
