@@ -165,3 +165,17 @@ def test_select_best_robust_keeps_the_best_epoch(tmp_path, monkeypatch):
     assert all(torch.equal(last["state_dict"][k], ck[k]) for k in ck)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["val_best_epoch"] for r in rows] == [1, 2, 2]
+
+
+def test_the_cost_unit_is_one_erm_pass_over_every_training_image():
+    """64 labels and 640 unlabeled images: one ERM epoch is 704 images (11 updates of 64, 3
+    passes per image), whatever share of them carries a label."""
+    from erat import load_dataset
+
+    x, y = load_dataset("digits", "train").tensors
+    vat = build_method("vat", eps=0.5)
+    res = fit(tiny(), vat, FitData(x[:64], y[:64], x_unlabeled=x[64:704]),
+              FitOptions(epochs=1, batch_size=64, progress=False), log=lambda *_: None)
+    per_update = vat.cost(batch(64, 64), tiny().train())
+    assert res.updates == 10
+    assert res.cost == pytest.approx(10 * per_update / (11 * 3 * 64))

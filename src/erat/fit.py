@@ -9,8 +9,8 @@ below) sets the number of updates instead of ``epochs``.
 
 Cost: every update adds ``method.cost(batch, model)`` forward-pass equivalents (a backward
 counts two forwards); the run's cost is reported in ERM epochs, the cost of one ERM pass
-over the labeled training set at this batch size (3 per example), so that methods compare
-at equal cost. Validation work is not training cost; it is timed apart.
+over the training images (labeled and unlabeled) at this batch size (3 per example), so
+that methods compare at equal cost. Validation work is not training cost; it is timed apart.
 
 Validation and selection: with a validation set, each epoch measures clean and PGD-l2
 robust accuracy on its first ``val_n`` images (``val_steps`` steps, one restart, radius
@@ -219,7 +219,9 @@ def plan(method: Method, model: nn.Module, options: FitOptions, sampler: EpochSa
          ) -> Schedule:
     """The number of updates of a run: ``epochs`` whole epochs, or as many updates as
     ``budget`` ERM epochs pay for (at least one, else ``UserError``)."""
-    erm_updates = max(sampler.n_labeled // sampler.labeled_batch, 1)  # one pass, supervised
+    # the unit: one ERM pass over every training image, labeled or not (a semi-supervised
+    # run's 100 labels would otherwise make one epoch cost thousands of units)
+    erm_updates = max((sampler.n_labeled + sampler.n_unlabeled) // sampler.labeled_batch, 1)
     mode = model.training
     model.train()  # what the cost sees: train-mode BatchNorm and dropout
     try:
