@@ -90,3 +90,17 @@ def test_frontier_suite_selects_on_validation_and_draws(tmp_path):
     assert attacked == {"erm", "pgd-budget1", "pgd-budget2", "at"}  # one per family, budget
     assert "last_clean_acc" in rows["at"] or rows["at"]["selected_epoch"] == 2
     assert (tmp_path / "out" / "frontier.png").stat().st_size > 0
+
+
+def test_report_only_reports_what_is_finished_and_computes_nothing(suite_file, tmp_path):
+    out = tmp_path / "report"
+    reproduce(str(suite_file), out, only=["erm"], log=lambda *_: None)
+    (out / "runs" / "erm" / "eval.json").rename(out / "runs" / "erm" / "kept.json")
+    lines: list[str] = []
+    assert reproduce(str(suite_file), out, report_only=True, log=lines.append) == []
+    assert not (out / "runs" / "erm" / "eval.json").exists()  # nothing evaluated
+    (out / "runs" / "erm" / "kept.json").rename(out / "runs" / "erm" / "eval.json")
+    rows = reproduce(str(suite_file), out, report_only=True, log=lines.append)
+    assert [r["name"] for r in rows] == ["erm"]
+    assert not (out / "runs" / "er").exists()  # nothing trained
+    assert "er (not trained)" in lines[-2] and "Left out" in (out / "results.md").read_text()

@@ -247,6 +247,7 @@ def _add_reproduce(sub) -> None:
     p.add_argument("--data-dir", help="folder holding the dataset files")
     p.add_argument("--device", help="auto, cpu, cuda, ...")
     p.add_argument("--only", help="comma-separated run names of the suite")
+    p.add_argument("--report-only", action="store_true", help="report what is finished only")
     p.set_defaults(run=run_reproduce)
 
 
@@ -256,7 +257,7 @@ def run_reproduce(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in (("data_dir", args.data_dir), ("device", args.device)) if v}
     out = args.out or Path("runs") / Path(args.suite).stem
     reproduce(args.suite, out, overrides=overrides,
-              only=args.only.split(",") if args.only else None)
+              only=args.only.split(",") if args.only else None, report_only=args.report_only)
     print(f"wrote {out / 'results.md'} and {out / 'results.csv'}")
     return 0
 

@@ -10,7 +10,9 @@ it names or for the best run of each family on validation) and ``report`` (the f
 Finished steps are skipped, so an interrupted suite continues where it stopped: training
 resumes from its checkpoint, a finished evaluation is read back from its JSON when it was
 computed on the same weights with the same settings. A run folder that holds another
-configuration is refused, never reused.
+configuration is refused, never reused. ``report_only`` (``--report-only``) writes the report
+of what is finished and computes nothing: the runs not trained or evaluated yet are listed
+as left out.
 
 The report folder holds ``results.csv`` (one row per run: ``method``, ``dataset``,
 ``clean_acc``, one column per robust-accuracy key, cost), ``results.md`` (the same as a
@@ -41,15 +43,21 @@ from erat.train import train
 ENERGY_COLUMNS = ("energy_mean", "at_term_mean", "vat_term_mean", "certified_frac")
 
 
+class NotReady(Exception):
+    """A step of a run (training, an evaluation) that a report-only pass does not compute."""
+
+
 def reproduce(
     suite_name: str,
     out: Path,
     *,
     overrides: dict[str, Any] | None = None,
     only: list[str] | None = None,
+    report_only: bool = False,
     log: Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
-    """Run (or continue) a suite; returns the result rows also written to ``out``."""
+    """Run (or continue) a suite; returns the result rows also written to ``out``. With
+    ``report_only`` nothing is trained or evaluated: unfinished runs are left out."""
     suite = load_suite(suite_name)
     out = Path(out)
     check_writable_dir(out, "--out")
@@ -60,12 +68,16 @@ def reproduce(
     runs = [r for r in suite["runs"] if not only or r["name"] in only]
     cfgs = [run_config(suite, r, overrides or {}) for r in runs]
     _check_eval_settings(suite, runs)
-    rows, results, commands, test = [], {}, [], None
+    rows, results, commands, test, left_out = [], {}, [], None, []
     for run, cfg in zip(runs, cfgs, strict=True):
         folder = RunDir(out / "runs" / run["name"])
         commands.append(command(cfg, folder.path))
         t0 = time.perf_counter()
-        row, result, data = run_one(suite, run, cfg, folder, log)
+        try:
+            row, result, data = run_one(suite, run, cfg, folder, log, report_only)
+        except NotReady as why:
+            left_out.append(f"{run['name']} ({why})")
+            continue
         test = data or test
         rows.append(row)
         if result is not None:
@@ -77,8 +89,13 @@ def reproduce(
         log("AutoAttack stage skipped: it picks the best run of each group over the whole "
             "suite (run without --only)")
     elif suite.get("autoattack"):
-        autoattack_stage(suite, out, runs, cfgs, rows, log)
-    write_report(suite, out, rows, results, commands, test, log)
+        done = [r["name"] for r in rows]
+        autoattack_stage(suite, out, [r for r in runs if r["name"] in done],
+                         [c for r, c in zip(runs, cfgs, strict=True) if r["name"] in done],
+                         rows, log, report_only)
+    if left_out:
+        log(f"left out of the report, not finished: {', '.join(left_out)}")
+    write_report(suite, out, rows, results, commands, test, log, left_out)
     return rows
 
 
@@ -110,8 +127,10 @@ def _check_belongs(folder: RunDir, cfg: TrainConfig) -> None:
 
 
 def run_one(suite: dict[str, Any], run: dict[str, Any], cfg: TrainConfig, folder: RunDir,
-            log: Callable[[str], None]) -> tuple[dict[str, Any], dict, tuple]:
-    """Train (or resume, or skip), evaluate and measure the energy of one run of a suite.
+            log: Callable[[str], None], report_only: bool = False
+            ) -> tuple[dict[str, Any], dict, tuple]:
+    """Train (or resume, or skip), evaluate and measure the energy of one run of a suite
+    (``report_only``: read them back, or raise ``NotReady``).
 
     A run's own ``eval`` mapping overrides the suite's; its ``energy`` replaces the suite's
     (``energy: null`` skips the measurement for that run).
@@ -121,6 +140,8 @@ def run_one(suite: dict[str, Any], run: dict[str, Any], cfg: TrainConfig, folder
     name = run["name"]
     _check_belongs(folder, cfg)
     if not folder.finished():
+        if report_only:
+            raise NotReady("not trained")
         log(f"[{name}] training {cfg.method} on {cfg.dataset}")
         resume = (folder / RunDir.CONFIG).exists()
         train(cfg, folder.path, resume=resume, log=log)
@@ -134,17 +155,19 @@ def run_one(suite: dict[str, Any], run: dict[str, Any], cfg: TrainConfig, folder
     ev = {**(suite.get("eval") or {}), **(run.get("eval") or {})}
     n = ev.pop("n", None) or len(x)
     with folder.lock():
-        result = _cached_eval(folder, RunDir.EVAL, model, x, y, ev, n, log)
+        result = _cached_eval(folder, RunDir.EVAL, model, x, y, ev, n, log, report_only)
         en = run["energy"] if "energy" in run else suite.get("energy")
         energy = None
         if en:
             en = dict(en)
             ne = en.pop("n", None) or len(x)
-            energy = folder.cached(RunDir.ENERGY, {**en, "n": ne},
-                                   lambda: energy_report(model, x[:ne], y[:ne], **en))
+            energy = folder.cached(RunDir.ENERGY, {**en, "n": ne}, _not_ready(
+                RunDir.ENERGY) if report_only else lambda: energy_report(model, x[:ne], y[:ne],
+                                                                        **en))
         if run.get("eval_last") and (folder / RunDir.MODEL_LAST).exists():
             last = folder.load_model(file=RunDir.MODEL_LAST)
-            res_last = _cached_eval(folder, "eval-last.json", last, x, y, ev, n, log)
+            res_last = _cached_eval(folder, "eval-last.json", last, x, y, ev, n, log,
+                                    report_only)
             result = {**result, "last": {"clean_acc": res_last["clean_acc"],
                                          **res_last["robust_acc"]}}
     meta = folder.read_meta()
@@ -167,10 +190,17 @@ def run_one(suite: dict[str, Any], run: dict[str, Any], cfg: TrainConfig, folder
     return row, result, (x, y)
 
 
+def _not_ready(file: str) -> Callable[[], dict]:
+    def missing() -> dict:
+        raise NotReady(f"{file} not computed")
+    return missing
+
+
 def _cached_eval(folder: RunDir, file: str, model: Any, x: Any, y: Any, ev: dict[str, Any],
-                 n: int, log: Callable[[str], None] = print) -> dict:
+                 n: int, log: Callable[[str], None] = print, report_only: bool = False) -> dict:
     """The evaluation ``ev`` of ``model`` on the first ``n`` test examples, cached in
-    ``file`` of the run folder (recomputed for other weights or settings), resumable."""
+    ``file`` of the run folder (recomputed for other weights or settings), resumable;
+    ``report_only``: the cached one or ``NotReady``."""
     from erat.evaluate import evaluate
 
     def compute() -> dict:
@@ -181,7 +211,7 @@ def _cached_eval(folder: RunDir, file: str, model: Any, x: Any, y: Any, ev: dict
                         extra_info={"checkpoint_sha256": folder.weights_sha256(),
                                     "run": folder.path.name, "file": file}, **ev)
 
-    return folder.cached(file, {**ev, "n": n}, compute)
+    return folder.cached(file, {**ev, "n": n}, _not_ready(file) if report_only else compute)
 
 
 def _validation(folder: RunDir, meta: dict[str, Any]) -> dict[str, Any]:
@@ -197,7 +227,7 @@ def _validation(folder: RunDir, meta: dict[str, Any]) -> dict[str, Any]:
 
 def autoattack_stage(suite: dict[str, Any], out: Path, runs: list[dict[str, Any]],
                      cfgs: list[TrainConfig], rows: list[dict[str, Any]],
-                     log: Callable[[str], None]) -> None:
+                     log: Callable[[str], None], report_only: bool = False) -> None:
     """AutoAttack (the suite's ``autoattack.eval``) on the first ``n`` test images for the
     best run on validation of each group (``group`` keys of the rows, e.g. family and
     budget), and for the runs named in ``also``; adds its accuracies to their rows."""
@@ -210,9 +240,13 @@ def autoattack_stage(suite: dict[str, Any], out: Path, runs: list[dict[str, Any]
         folder, cfg = RunDir(out / "runs" / run["name"]), cfgs[i]
         x, y = load_dataset(cfg.dataset, "test", cfg.data_dir).tensors
         log(f"[{run['name']}] AutoAttack on the first {n} test images")
-        with folder.lock():
-            res = _cached_eval(folder, "eval-autoattack.json", folder.load_model(), x, y, ev, n,
-                               log)
+        try:
+            with folder.lock():
+                res = _cached_eval(folder, "eval-autoattack.json", folder.load_model(), x, y,
+                                   ev, n, log, report_only)
+        except NotReady:
+            log(f"[{run['name']}] AutoAttack not computed yet: left out")
+            continue
         rows[i] |= {"aa_n": n, "aa_clean_acc": res["clean_acc"], "aa_checks_failed":
                     res["checks_failed"], **{f"aa_{k}": v for k, v in res["robust_acc"].items()}}
 
@@ -268,7 +302,8 @@ def _flag(flag: str, value: Any) -> str:
 
 def write_report(suite: dict[str, Any], out: Path, rows: list[dict[str, Any]],
                  results: dict[str, dict], commands: list[str], test: tuple | None,
-                 log: Callable[[str], None] = print) -> None:
+                 log: Callable[[str], None] = print, left_out: list[str] | None = None
+                 ) -> None:
     from erat import report
 
     columns = list(dict.fromkeys(k for row in rows for k in row))
@@ -297,6 +332,7 @@ def write_report(suite: dict[str, Any], out: Path, rows: list[dict[str, Any]],
                 "threads": torch.get_num_threads()}
     text = [f"# Suite `{suite['suite']}`", "", (suite.get("description") or "").strip(), "",
             report.results_table(rows, columns), "",
+            *([f"Left out, not finished: {', '.join(left_out)}.", ""] if left_out else []),
             "![accuracy vs radius](accuracy_vs_radius.png)", "", "## Commands", "", "```",
             *commands, "```", "", "## Versions", "", "```", yaml.safe_dump(versions).strip(),
             "```", ""]
