@@ -294,7 +294,3 @@ def run_bench(args: argparse.Namespace) -> int:
                    device=resolve_device(args.device))
     _write_json(result, args.json)
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
