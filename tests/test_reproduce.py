@@ -103,4 +103,8 @@ def test_report_only_reports_what_is_finished_and_computes_nothing(suite_file, t
     rows = reproduce(str(suite_file), out, report_only=True, log=lines.append)
     assert [r["name"] for r in rows] == ["erm"]
     assert not (out / "runs" / "er").exists()  # nothing trained
+    from erat.rundir import RunDir
+
+    with RunDir(out / "runs" / "erm").lock():  # another process at work: reading still works
+        assert len(reproduce(str(suite_file), out, report_only=True, log=lines.append)) == 1
     assert "er (not trained)" in lines[-2] and "Left out" in (out / "results.md").read_text()

@@ -25,6 +25,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -154,7 +155,7 @@ def run_one(suite: dict[str, Any], run: dict[str, Any], cfg: TrainConfig, folder
     x, y = load_dataset(cfg.dataset, "test", cfg.data_dir).tensors
     ev = {**(suite.get("eval") or {}), **(run.get("eval") or {})}
     n = ev.pop("n", None) or len(x)
-    with folder.lock():
+    with nullcontext() if report_only else folder.lock():  # reading needs no lock
         result = _cached_eval(folder, RunDir.EVAL, model, x, y, ev, n, log, report_only)
         en = run["energy"] if "energy" in run else suite.get("energy")
         energy = None
@@ -241,7 +242,7 @@ def autoattack_stage(suite: dict[str, Any], out: Path, runs: list[dict[str, Any]
         x, y = load_dataset(cfg.dataset, "test", cfg.data_dir).tensors
         log(f"[{run['name']}] AutoAttack on the first {n} test images")
         try:
-            with folder.lock():
+            with nullcontext() if report_only else folder.lock():
                 res = _cached_eval(folder, "eval-autoattack.json", folder.load_model(), x, y,
                                    ev, n, log, report_only)
         except NotReady:
