@@ -96,3 +96,21 @@ def test_write_csv_round_trip(tmp_path):
         back = list(csv.DictReader(f))
     assert list(back[0]) == ["label", "acc", "extra", "n"]
     assert back[0]["extra"] == '{"k": 1}' and back[1]["n"] == "3" and back[0]["n"] == ""
+
+
+def test_frontier_draws_the_best_on_validation_of_a_family_at_each_budget(tmp_path):
+    from erat.report import frontier, frontier_points
+
+    rows = [{"name": "er1", "family": "er", "budget": 8, "cost_erm_epochs": 8.0, "rob": 0.60,
+             "clean_acc": 0.83, "val_robust_acc": 0.618},
+            {"name": "er3", "family": "er", "budget": 8, "cost_erm_epochs": 7.99, "rob": 0.59,
+             "clean_acc": 0.80, "val_robust_acc": 0.634},
+            {"name": "er3-4", "family": "er", "budget": 4, "cost_erm_epochs": 4.0, "rob": 0.58,
+             "clean_acc": 0.79, "val_robust_acc": 0.62},
+            {"name": "pgd", "family": "pgd-at", "budget": 8, "cost_erm_epochs": 8.0,
+             "rob": 0.61, "clean_acc": 0.81},
+            {"name": "no-eval", "family": "at", "budget": 8, "cost_erm_epochs": 8.0}]
+    points = frontier_points(rows, robust="rob")
+    assert points == {"er": [(4.0, 0.58, 0.79), (7.99, 0.59, 0.80)],
+                      "pgd-at": [(8.0, 0.61, 0.81)]}
+    assert (tmp_path / "f.png") in frontier(rows, tmp_path / "f", robust="rob")

@@ -165,31 +165,51 @@ def landscape(models: Mapping[str, nn.Module], x: Tensor, y: Tensor, *, eps: flo
     return _save(fig, out)
 
 
+def frontier_points(rows: Sequence[Mapping], *, robust: str, clean: str = "clean_acc",
+                    cost: str = "cost_erm_epochs", family: str = "family",
+                    select: str = "val_robust_acc") -> dict[str, list[tuple]]:
+    """``{family: [(cost, robust, clean), ...]}`` sorted by cost, one point per family and
+    budget: the row with the highest ``select`` value among those at that budget."""
+    best: dict[tuple[str, float], Mapping] = {}
+    for r in rows:
+        if r.get(robust) is None or r.get(cost) is None:
+            continue
+        key = (str(r.get(family, r.get("name"))), float(r.get("budget") or r[cost]))
+        if key not in best or (r.get(select) or 0) > (best[key].get(select) or 0):
+            best[key] = r
+    points: dict[str, list[tuple]] = {}
+    for (name, _), r in sorted(best.items()):
+        points.setdefault(name, []).append(
+            (float(r[cost]), float(r[robust]), float(r.get(clean, float("nan")))))
+    return {k: sorted(v) for k, v in points.items()}
+
+
 def frontier(rows: Sequence[Mapping], out: Path, *, robust: str, clean: str = "clean_acc",
              cost: str = "cost_erm_epochs", family: str = "family",
-             title: str | None = None) -> list[Path]:
+             select: str = "val_robust_acc", title: str | None = None) -> list[Path]:
     """Robust accuracy (``robust`` key of each row) against training cost (``cost``), one
     curve per ``family``, with clean accuracy (``clean``) in a second panel: which method buys
-    the most robustness for the compute. Rows without the keys are left out."""
-    points: dict[str, list[tuple[float, float, float]]] = {}
-    for r in rows:
-        if r.get(robust) is not None and r.get(cost) is not None:
-            points.setdefault(str(r.get(family, r.get("name"))), []).append(
-                (float(r[cost]), float(r[robust]), float(r.get(clean, float("nan")))))
+    the most robustness for the compute. Of several rows of a family at one budget, the one
+    with the highest ``select`` (validation) value is drawn. Rows without the keys are left
+    out."""
+    points = frontier_points(rows, robust=robust, clean=clean, cost=cost, family=family,
+                             select=select)
     if not points:
         raise ValueError(f"no row has both {robust!r} and {cost!r}")
     plt = _pyplot()
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(5.6, 6.4), sharex=True)
     for i, (name, pts) in enumerate(sorted(points.items())):
-        pts.sort()
         c, rob, cl = zip(*pts, strict=True)
         style = {"marker": "os^vD<>ph*"[i % 10], "label": name}
         top.plot(c, rob, **style)
         bottom.plot(c, cl, **style)
     top.set(ylabel=robust, title=title or "robust accuracy against training cost")
     bottom.set(xlabel=f"training cost ({cost})", ylabel=clean)
+    ticks = sorted({round(p[0], 1) for pts in points.values() for p in pts})
     for ax in (top, bottom):
         ax.set_xscale("log")
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.minorticks_off()
         ax.grid(alpha=0.3)
     top.legend(fontsize=7, ncol=2)
     fig.tight_layout()
