@@ -208,6 +208,7 @@ def frontier(rows: Sequence[Mapping], out: Path, *, robust: str, clean: str = "c
     ticks = sorted({round(p[0], 1) for pts in points.values() for p in pts})
     for ax in (top, bottom):
         ax.set_xscale("log")
+        ax.set_xlim(ticks[0] / 1.3, ticks[-1] * 1.3)  # budgets that differ in the 3rd digit
         ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
         ax.minorticks_off()
         ax.grid(alpha=0.3)
