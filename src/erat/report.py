@@ -178,7 +178,7 @@ def frontier_points(rows: Sequence[Mapping], *, robust: str, clean: str = "clean
         if key not in best or (r.get(select) or 0) > (best[key].get(select) or 0):
             best[key] = r
     points: dict[str, list[tuple]] = {}
-    for (name, _), r in sorted(best.items()):
+    for (name, _), r in best.items():
         points.setdefault(name, []).append(
             (float(r[cost]), float(r[robust]), float(r.get(clean, float("nan")))))
     return {k: sorted(v) for k, v in points.items()}

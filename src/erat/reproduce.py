@@ -162,9 +162,12 @@ def run_one(suite: dict[str, Any], run: dict[str, Any], cfg: TrainConfig, folder
         if en:
             en = dict(en)
             ne = en.pop("n", None) or len(x)
-            energy = folder.cached(RunDir.ENERGY, {**en, "n": ne}, _not_ready(
-                RunDir.ENERGY) if report_only else lambda: energy_report(model, x[:ne], y[:ne],
-                                                                        **en))
+
+            def measure() -> dict:
+                return energy_report(model, x[:ne], y[:ne], **en)
+
+            energy = folder.cached(RunDir.ENERGY, {**en, "n": ne},
+                                   _not_ready(RunDir.ENERGY) if report_only else measure)
         if run.get("eval_last") and (folder / RunDir.MODEL_LAST).exists():
             last = folder.load_model(file=RunDir.MODEL_LAST)
             res_last = _cached_eval(folder, "eval-last.json", last, x, y, ev, n, log,
