@@ -329,8 +329,7 @@ def _semi(tmp_path, name, method, params):
 
 
 def test_default_semi_supervised_er_does_not_drift_below_the_labels_alone(tmp_path):
-    """300 updates, 50 labels: ER at its defaults (lam 0, a 20% warm-up in semi-supervised
-    use) ends above the supervised-only model and never falls far below its own best."""
+    """300 updates, 50 labels: ER at its semi-supervised defaults (lam 0, S 0) ends above the supervised-only model and never falls far below its own best."""
     sup, _ = _semi(tmp_path, "sup", "erm", {})
     er, logs = _semi(tmp_path, "er", "er", {"eps": 1.0})
     assert er[-1]["test_acc"] >= sup[-1]["test_acc"] + 0.02
@@ -341,7 +340,7 @@ def test_default_semi_supervised_er_does_not_drift_below_the_labels_alone(tmp_pa
 
 def test_the_guard_fires_on_a_collapsing_run(tmp_path):
     rows, logs = _semi(tmp_path, "collapse", "er", {"eps": 1.0, "lam_u": 100.0,
-                                                   "balance": 0.0})
+                                                   "balance": 0.0, "S": 1})
     assert rows[-1]["unlabeled_max_share"] > 0.3
     assert any("one class" in r.get("guard", "") for r in rows)
     assert any(m.startswith("warning:") and "one class" in m for m in logs)

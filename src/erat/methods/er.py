@@ -9,9 +9,11 @@ from a random start; for the virtual loss VAT's power iteration with ``xi``,
 ``power_iters``, refined by ``S`` PGD steps; ``u_2..u_M`` random) and ``T`` segments per
 ray. With ``T=1, M=1, S=0, lam=1``, ``l(x) + E_hat(x) = l(x + eps u_fgm)`` wherever the loss
 rises along the ray (AT's objective), and the virtual form gives VAT's term: AT and VAT are
-the coarsest members. Defaults ``T=1, M=1, S=1`` come from the ablations (docs/results.md):
-the searched direction decides, ``T`` and ``M`` added cost only. ``warmup_updates``: the
-first updates search with ``S=0`` (in the virtual form, VAT's direction), then ``S`` steps.
+the coarsest members. Defaults ``T=1, M=1`` and, supervised, ``S=1`` come from the ablations
+(docs/results.md): the searched direction decides, ``T`` and ``M`` added cost only.
+Semi-supervised, ``S`` defaults to 0 (VAT's direction): the refined search drifted below
+VAT on the BatchNorm MLP (METHOD.md 3c). ``warmup_updates``: the first updates search with
+``S=0`` (in the virtual form, VAT's direction), then ``S`` steps.
 
 Beyond the end point (METHOD.md section 3b): ``estimator="gradient"`` trains on ``G_T``, the
 gradient-norm integral along each ray (an upper bound of its variation; double backward);
@@ -69,7 +71,8 @@ class ER:
     eps: float = param(2.0, "training radius in pixel space")
     T: int = param(1, "ER: segments per ray")
     M: int = param(1, "ER: directions (1 searched + M-1 random)")
-    S: int = param(1, "ER: PGD steps refining the searched direction (0: FGM / VAT's)")
+    S: int | None = param(None, "ER: PGD steps refining the searched direction (0: FGM / "
+                                "VAT's; default: 1 supervised, 0 semi-supervised)")
     reduce: Reduce = param("max", "ER: reduction over the directions")
     estimator: Estimator = param("variation", "ER: the ray's estimate: the variation V_T (a "
                                               "lower bound) or the gradient-norm integral "
@@ -102,7 +105,8 @@ class ER:
         _checks.finite_nonneg("eps", self.eps)
         _checks.integer("T", self.T, 1)
         _checks.integer("M", self.M, 1)
-        _checks.integer("S", self.S, 0)
+        if self.S is not None:
+            _checks.integer("S", self.S, 0)
         _checks.choice("reduce", self.reduce, REDUCES)
         _checks.choice("estimator", self.estimator, ESTIMATORS)
         if self.lam is not None:
@@ -136,6 +140,12 @@ class ER:
             return self.lam
         return 0.0 if self.semi(batch) else 1.0
 
+    def steps(self, semi: bool = False) -> int:
+        """``S``, by default 1 supervised and 0 semi-supervised."""
+        if self.S is not None:
+            return self.S
+        return 0 if semi else 1
+
     def search_steps(self, batch: Batch) -> int:
         """``S``, or 0 during the warm-up: the first ``warmup_updates`` updates, by default
         none supervised and the first 20% of training semi-supervised (outside a trainer,
@@ -144,7 +154,8 @@ class ER:
         if warmup is None:
             warmup = int(0.2 * batch.total_updates) if self.semi(batch) and \
                 batch.total_updates else 0
-        return 0 if batch.updates is not None and batch.updates < warmup else self.S
+        S = self.steps(self.semi(batch))
+        return 0 if batch.updates is not None and batch.updates < warmup else S
 
     def radius(self, batch: Batch) -> float:
         """``eps``, or during the first ``ramp`` of training ``eps * (updates + 1) / (ramp *
@@ -160,7 +171,7 @@ class ER:
         eps = self.eps if eps is None else eps
         loss_fn = supervised_loss(model, y)
         with supervised_search(model):
-            u1 = search_direction(loss_fn, x, eps, S=self.S if S is None else S,
+            u1 = search_direction(loss_fn, x, eps, S=self.steps() if S is None else S,
                                   step_size=self.step_size)
         return self._rays(model, loss_fn, x, u1, clean, eps)
 
@@ -176,7 +187,7 @@ class ER:
         with label_free_search(model):
             d = vat_direction(model, x, target, xi=self.xi, power_iters=self.power_iters)
             u1 = search_direction(virtual_loss(model, target), x, eps,
-                                  S=self.S if S is None else S, start_direction=d,
+                                  S=self.steps(True) if S is None else S, start_direction=d,
                                   step_size=self.step_size)
         zero = torch.zeros(len(x), device=x.device) if reuse else None
         return self._rays(model, virtual_loss(model, clean_logits), x, u1, zero, eps)
