@@ -247,6 +247,18 @@ def test_er_warmup_searches_without_refinement_first():
     assert not torch.equal(loss(s0, 0), loss(s2, 0))
 
 
+def test_er_search_steps_default_to_vat_direction_semi_supervised():
+    """``S`` unset: 1 on a supervised batch, 0 (VAT's direction) on a semi-supervised one, at
+    every update; ``S`` set keeps the semi-supervised warm-up (the first 20%)."""
+    semi, sup = batch(True), batch(False)
+    at = lambda b, k: dataclasses.replace(b, updates=k, total_updates=100)
+    default, explicit = ER(eps=0.5), ER(eps=0.5, S=1)
+    assert [default.search_steps(at(sup, k)) for k in (0, 50, 99)] == [1, 1, 1]
+    assert [default.search_steps(at(semi, k)) for k in (0, 50, 99)] == [0, 0, 0]
+    assert [explicit.search_steps(at(semi, k)) for k in (0, 19, 20, 99)] == [0, 0, 1, 1]
+    assert ER(eps=0.5, lam_u=0.0).search_steps(at(semi, 50)) == 1  # reads no unlabeled data
+
+
 @pytest.mark.parametrize("name", ["vat", "er"])
 def test_semi_supervised_terms_and_entmin(name):
     model, b = bn_net().train(), batch(True)
