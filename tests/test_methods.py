@@ -251,7 +251,10 @@ def test_er_search_steps_default_to_vat_direction_semi_supervised():
     """``S`` unset: 1 on a supervised batch, 0 (VAT's direction) on a semi-supervised one, at
     every update; ``S`` set keeps the semi-supervised warm-up (the first 20%)."""
     semi, sup = batch(True), batch(False)
-    at = lambda b, k: dataclasses.replace(b, updates=k, total_updates=100)
+
+    def at(b: Batch, k: int) -> Batch:
+        return dataclasses.replace(b, updates=k, total_updates=100)
+
     default, explicit = ER(eps=0.5), ER(eps=0.5, S=1)
     assert [default.search_steps(at(sup, k)) for k in (0, 50, 99)] == [1, 1, 1]
     assert [default.search_steps(at(semi, k)) for k in (0, 50, 99)] == [0, 0, 0]

@@ -329,7 +329,8 @@ def _semi(tmp_path, name, method, params):
 
 
 def test_default_semi_supervised_er_does_not_drift_below_the_labels_alone(tmp_path):
-    """300 updates, 50 labels: ER at its semi-supervised defaults (lam 0, S 0) ends above the supervised-only model and never falls far below its own best."""
+    """300 updates, 50 labels: ER at its semi-supervised defaults (lam 0, S 0) ends above
+    the supervised-only model and never falls far below its own best."""
     sup, _ = _semi(tmp_path, "sup", "erm", {})
     er, logs = _semi(tmp_path, "er", "er", {"eps": 1.0})
     assert er[-1]["test_acc"] >= sup[-1]["test_acc"] + 0.02
