@@ -150,12 +150,11 @@ class ER:
         """``S``, or 0 during the warm-up: the first ``warmup_updates`` updates, by default
         none supervised and the first 20% of training semi-supervised (outside a trainer,
         ``updates=None``: ``S``)."""
-        warmup = self.warmup_updates
+        semi, warmup = self.semi(batch), self.warmup_updates
         if warmup is None:
-            warmup = int(0.2 * batch.total_updates) if self.semi(batch) and \
-                batch.total_updates else 0
-        S = self.steps(self.semi(batch))
-        return 0 if batch.updates is not None and batch.updates < warmup else S
+            warmup = int(0.2 * batch.total_updates) if semi and batch.total_updates else 0
+        in_warmup = batch.updates is not None and batch.updates < warmup
+        return 0 if in_warmup else self.steps(semi)
 
     def radius(self, batch: Batch) -> float:
         """``eps``, or during the first ``ramp`` of training ``eps * (updates + 1) / (ramp *
