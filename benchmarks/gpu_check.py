@@ -1,10 +1,12 @@
-"""GPU check (issue 7): preact-resnet18 on random 32x32 data, every method, with and without AMP.
+"""GPU check (issue 7): a model on random data, every method, with and without AMP.
 
-Prints milliseconds per step, steps per second and the ratio to ERM for each method, in
-float32 and in bf16 autocast, then one DDP-free sanity line per method (finite loss).
-Sized to finish in under 5 minutes on one H100:
+Prints milliseconds per step, steps per second, the measured ratio to ERM and the counted
+(pass-based) ratio for each method, in float32 and in bf16 autocast. Sized to finish in under
+5 minutes on one H100 (the whole device session: benchmarks/gpu_session.sh):
 
     python benchmarks/gpu_check.py --steps 200 --json gpu.json
+    python benchmarks/gpu_check.py --model cnn --shape 1,28,28 --amp none \
+        --methods "erm,at,vat,pgd:steps=1,pgd:steps=3,pgd:steps=10,trades:steps=3,er:S=1,er:S=3"
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from erat.methods import method_names
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="preact-resnet18")
+    p.add_argument("--shape", default="3,32,32", help="input shape C,H,W")
+    p.add_argument("--methods", help="comma-separated (name or name:key=value); default: all")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--steps", type=int, default=200, help="timed steps per method (at most)")
     p.add_argument("--max-seconds", type=float, default=12.0, help="time cap per method and AMP")
@@ -34,13 +38,19 @@ def main() -> None:
     device = torch.device("cuda")
     torch.backends.cudnn.benchmark = True
     print(f"GPU: {torch.cuda.get_device_name(device)}, torch {torch.__version__}")
-    results = {"gpu": torch.cuda.get_device_name(device), "torch": torch.__version__, "runs": []}
+    results = {
+        "gpu": torch.cuda.get_device_name(device),
+        "torch": torch.__version__,
+        "model": args.model,
+        "shape": args.shape,
+        "runs": [],
+    }
     t0 = time.time()
     for amp in args.amp.split(","):
         rows = bench_training(
             args.model,
-            (3, 32, 32),
-            method_names(),
+            tuple(int(v) for v in args.shape.split(",")),
+            args.methods.split(",") if args.methods else method_names(),
             batch_size=args.batch_size,
             steps=args.steps,
             warmup=5,
@@ -53,7 +63,8 @@ def main() -> None:
             r["steps_per_s"] = 1000 / r["ms_per_step"]
             print(
                 f"{args.model} amp={amp:<5} {r['method']:<7} {r['ms_per_step']:8.1f} ms/step "
-                f"{r['steps_per_s']:7.2f} steps/s  x{r['ratio_to_erm']:.2f} erm  "
+                f"{r['steps_per_s']:7.2f} steps/s  x{r['ratio_to_erm']:.2f} erm "
+                f"(counted x{r['counted_ratio_to_erm']:.2f})  "
                 f"peak {r['peak_mem_mb']:.0f} MB ({r['timed_steps']} steps)"
             )
         results["runs"].extend(rows)

@@ -251,6 +251,24 @@ def test_eval_errors(finished, capsys):
         assert code == 1 and one_line(err) and "no CUDA GPU" in err
 
 
+def test_eval_without_pyautoattack_says_so_before_attacking(finished, tmp_path, capsys,
+                                                              monkeypatch):
+    import erat.evaluate
+
+    real = erat.evaluate.find_spec
+    monkeypatch.setattr(erat.evaluate, "find_spec",
+                        lambda name: None if name == "pyautoattack" else real(name))
+    out = tmp_path / "e.json"
+    code, _, err = run(["eval", finished, "--n", "20", "--json", out], capsys)
+    assert code == 1 and one_line(err) and "masking check (Square) needs pyautoattack" in err
+    code, _, err = run(["eval", finished, "--n", "20", "--attack", "autoattack", "--no-checks",
+                        "--json", out], capsys)
+    assert code == 1 and one_line(err) and "--attack autoattack needs pyautoattack" in err
+    assert not out.exists() and not list(finished.glob(".eval*"))  # nothing attacked or written
+    code, _, err = run(["eval", finished, "--n", "20", "--steps", "2", "--no-checks"], capsys)
+    assert code == 0, err  # PGD alone needs nothing more
+
+
 def test_report_errors(finished, tmp_path, capsys):
     (finished / "eval.json").write_text(json.dumps({"clean_acc": 0.9}))
     code, _, err = run(["report", finished, "--out", tmp_path / "rep"], capsys)

@@ -33,6 +33,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,7 @@ from erat import checks as sanity
 from erat.attacks import attack_options, build_attack, resolve, robust_key
 from erat.attacks.base import ATTACKS
 from erat.checks import EvaluationWarning  # noqa: F401  (part of this module's interface)
-from erat.errors import UserError
+from erat.errors import EnvironmentProblem, UserError
 from erat.files import atomic_save
 from erat.passes import supervised_search
 from erat.threat import NORMS, Threat
@@ -132,6 +133,7 @@ def evaluate(
     """
     cfg = config if config is not None else EvalConfig.build(**settings)
     _validate_data(x, y, n_total)
+    _check_installed(cfg)
     clash = set(extra_info or {}) & set(_threat(cfg, len(y), n_total))
     if clash:
         raise ValueError(f"extra_info may not override threat keys: {sorted(clash)}")
@@ -278,12 +280,27 @@ def _correct(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         return (model(x).argmax(dim=1) == y).cpu()
 
 
+def _required(cfg: EvalConfig) -> dict[str, str]:
+    """Packages the evaluation needs beyond torch, each with what needs it."""
+    needed = {p: f"--attack {name}" for name in cfg.attacks
+              for p in getattr(ATTACKS[name], "requires", ())}
+    if cfg.sanity_n > 0 and cfg.masking_check:
+        for p in getattr(ATTACKS["square"], "requires", ()):
+            needed.setdefault(p, "the gradient-masking check (Square)")
+    return needed
+
+
+def _check_installed(cfg: EvalConfig) -> None:
+    """One line naming the missing package and what needs it, before any attack work."""
+    for pkg, what in sorted(_required(cfg).items()):
+        if find_spec(pkg) is None:
+            raise EnvironmentProblem(f"{what} needs {pkg}: pip install '{pkg}>=0.2,<0.3'"
+                                     if pkg == "pyautoattack" else f"{what} needs {pkg}")
+
+
 def _versions(cfg: EvalConfig) -> dict:
     out = {"torch": torch.__version__}
-    needed = {p for name in cfg.attacks for p in getattr(ATTACKS[name], "requires", ())}
-    if cfg.sanity_n > 0 and cfg.masking_check:
-        needed |= set(getattr(ATTACKS["square"], "requires", ()))
-    for pkg in ["erat", *sorted(needed)]:
+    for pkg in ["erat", *sorted(_required(cfg))]:
         try:
             out[pkg] = version(pkg)
         except PackageNotFoundError:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from erat.attacks.base import correct, register_attack
+from erat.errors import EnvironmentProblem
 from erat.threat import Threat
 
 _NORM = {"l2": "L2", "linf": "Linf"}
@@ -23,7 +24,7 @@ def run_pyautoattack(model: nn.Module, x: Tensor, y: Tensor, threat: Threat, see
         from pyautoattack import AutoAttack
     except ImportError as err:
         msg = "AutoAttack and Square need pyautoattack: pip install 'pyautoattack>=0.2,<0.3'"
-        raise ImportError(msg) from err
+        raise EnvironmentProblem(msg) from err
     aa = AutoAttack(model, attacks=attacks, device=x.device, eps=threat.eps,
                     norm=_NORM[threat.norm], seed=seed,
                     version="standard" if attacks is None else "custom")
