@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -313,17 +314,20 @@ def test_interrupt_during_a_save_leaves_no_temporary(tmp_path, monkeypatch):
 
 def test_sigint_gives_one_line_and_exit_130(tmp_path):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "erat", *TRAIN, "--epochs", "200", "--out", str(out)]
+    # far more epochs than can finish before the signal (200 took 1.5 s on a loaded machine:
+    # the run ended first and the test flaked); the process is killed if it outlives the test
+    cmd = [sys.executable, "-m", "erat", *TRAIN, "--epochs", "20000", "--out", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
-    deadline = 120
-    while not (out / "metrics.jsonl").exists() and deadline > 0:
-        import time
-
-        time.sleep(0.2)
-        deadline -= 0.2
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "metrics.jsonl").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.communicate()[1]
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
     assert proc.returncode == 130 and "Traceback" not in err and "interrupted" in err
     assert not (out / ".lock").exists()
 
