@@ -7,7 +7,8 @@
 #     PGD-AT-10 at budget 16 (the suite's settings as flags), PGD-l2 on all 10,000 test images at
 #     four radii, then PGD with 5 restarts and AutoAttack at 1.5 on the first 500.
 # Usage (repository root): OUT=DIR FM=DIR_WITH_FASHION_MNIST_IDX bash benchmarks/gpu_session.sh
-# Everything lands in $OUT: session.log and gpu.tgz (JSON of every step, packed after each).
+# Needs torch with CUDA and pyautoattack importable (add its folder to PYTHONPATH where pip cannot
+# reach an index). Everything lands in $OUT: session.log and gpu.tgz (JSON of every step).
 set -u
 OUT=${OUT:?set OUT to a folder for the results}
 FM=${FM:?set FM to the folder holding the Fashion-MNIST IDX files}

@@ -280,22 +280,22 @@ def _correct(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         return (model(x).argmax(dim=1) == y).cpu()
 
 
-def _required(cfg: EvalConfig) -> dict[str, str]:
-    """Packages the evaluation needs beyond torch, each with what needs it."""
-    needed = {p: f"--attack {name}" for name in cfg.attacks
-              for p in getattr(ATTACKS[name], "requires", ())}
+def _required(cfg: EvalConfig) -> dict[str, tuple[str, str]]:
+    """Packages the evaluation needs beyond torch: name -> (what needs it, pip requirement),
+    from the attacks' ``requires``."""
+    needed = {p: (f"--attack {name}", spec) for name in cfg.attacks
+              for p, spec in getattr(ATTACKS[name], "requires", {}).items()}
     if cfg.sanity_n > 0 and cfg.masking_check:
-        for p in getattr(ATTACKS["square"], "requires", ()):
-            needed.setdefault(p, "the gradient-masking check (Square)")
+        for p, spec in getattr(ATTACKS["square"], "requires", {}).items():
+            needed.setdefault(p, ("the gradient-masking check (Square)", spec))
     return needed
 
 
 def _check_installed(cfg: EvalConfig) -> None:
     """One line naming the missing package and what needs it, before any attack work."""
-    for pkg, what in sorted(_required(cfg).items()):
+    for pkg, (what, spec) in sorted(_required(cfg).items()):
         if find_spec(pkg) is None:
-            raise EnvironmentProblem(f"{what} needs {pkg}: pip install '{pkg}>=0.2,<0.3'"
-                                     if pkg == "pyautoattack" else f"{what} needs {pkg}")
+            raise EnvironmentProblem(f"{what} needs {pkg}: pip install '{spec}'")
 
 
 def _versions(cfg: EvalConfig) -> dict:

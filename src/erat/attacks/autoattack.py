@@ -14,6 +14,7 @@ from erat.errors import EnvironmentProblem
 from erat.threat import Threat
 
 _NORM = {"l2": "L2", "linf": "Linf"}
+REQUIRES = {"pyautoattack": "pyautoattack>=0.2,<0.3"}  # package -> pip requirement
 
 
 def run_pyautoattack(model: nn.Module, x: Tensor, y: Tensor, threat: Threat, seed: int,
@@ -23,7 +24,7 @@ def run_pyautoattack(model: nn.Module, x: Tensor, y: Tensor, threat: Threat, see
     try:
         from pyautoattack import AutoAttack
     except ImportError as err:
-        msg = "AutoAttack and Square need pyautoattack: pip install 'pyautoattack>=0.2,<0.3'"
+        msg = f"AutoAttack and Square need pyautoattack: pip install '{REQUIRES['pyautoattack']}'"
         raise EnvironmentProblem(msg) from err
     aa = AutoAttack(model, attacks=attacks, device=x.device, eps=threat.eps,
                     norm=_NORM[threat.norm], seed=seed,
@@ -38,7 +39,7 @@ def run_pyautoattack(model: nn.Module, x: Tensor, y: Tensor, threat: Threat, see
 @register_attack("autoattack")
 @dataclass
 class AutoAttackStandard:
-    requires = ("pyautoattack",)
+    requires = REQUIRES
 
     def describe(self) -> str:
         return "AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square)"

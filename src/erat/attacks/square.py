@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from erat.attacks.autoattack import run_pyautoattack
+from erat.attacks.autoattack import REQUIRES, run_pyautoattack
 from erat.attacks.base import option, register_attack
 from erat.errors import UserError
 from erat.threat import Threat
@@ -18,7 +18,7 @@ from erat.threat import Threat
 class Square:
     square_queries: int = option(5000, "queries of the Square attack")
 
-    requires = ("pyautoattack",)
+    requires = REQUIRES
 
     def __post_init__(self) -> None:
         if not isinstance(self.square_queries, int) or self.square_queries < 1:
