@@ -14,7 +14,7 @@ from erat.train import train
 
 @pytest.mark.parametrize("method", method_names())
 def test_bf16_autocast_trains(tmp_path, method):
-    cfg = TrainConfig(
+    cfg = TrainConfig.from_dict(dict(
         dataset="digits",
         model="cnn",
         method=method,
@@ -24,7 +24,7 @@ def test_bf16_autocast_trains(tmp_path, method):
         amp="bf16",
         progress=False,
         channels_last=True,
-    )
+    ))
     train(cfg, tmp_path / "run", log=lambda *_: None)
     row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
     assert all(math.isfinite(v) for k, v in row.items() if k.startswith("train_"))

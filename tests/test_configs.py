@@ -8,8 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from erat.cli import build_parser, resolve_train_config
-from erat.config import TrainConfig, load_suite, run_config, suite_dir, suite_names
+from erat.cli import TRAIN_ONLY, build_parser
+from erat.config import (
+    TrainConfig,
+    load_suite,
+    resolve_train,
+    run_config,
+    suite_dir,
+    suite_names,
+)
 from erat.datasets import dataset_info, dataset_names
 from erat.evaluate import EvalConfig
 from erat.measure import energy_report
@@ -74,11 +81,12 @@ def test_paper_suite_covers_the_protocol(name, labels):
     assert kinds == {("erm", False), ("vat", False), ("vat", True), ("er", False), ("er", True)}
     for n, c in semi.items():
         assert n.endswith(f"-{labels}"), n
-        assert c.unlabeled_batch_size and c.epoch_updates, n  # VAT's protocol, fixed updates
+        assert c.fit.unlabeled_batch_size and c.fit.epoch_updates, n  # VAT's fixed updates
     # every semi-supervised run shares the optimiser, model and length of its baseline
     shared = {
-        (c.model, c.optimizer, c.lr, c.batch_size, c.unlabeled_batch_size, c.epoch_updates,
-         c.epochs)
+        (c.model, c.fit.optimizer, c.fit.lr, c.fit.batch_size, c.fit.unlabeled_batch_size,
+         c.fit.epoch_updates,
+         c.fit.epochs)
         for c in semi.values()
     }
     assert len(shared) == 1
@@ -87,7 +95,8 @@ def test_paper_suite_covers_the_protocol(name, labels):
 @pytest.mark.parametrize("path", PROTOCOLS, ids=[p.stem for p in PROTOCOLS])
 def test_protocol_resolves_through_the_cli(tmp_path, path):
     args = build_parser().parse_args(["train", "--config", str(path), "--out", str(tmp_path)])
-    cfg = TrainConfig.from_dict(resolve_train_config(args))
+    cfg = resolve_train(args.out, resume=False, config_file=args.config,
+                        flags={k: v for k, v in vars(args).items() if k not in TRAIN_ONLY})
     _check_train_config(cfg, path.name)
 
 

@@ -117,9 +117,10 @@ def test_validation_never_overlaps_training(tmp_path, monkeypatch):
         return real(model, method, data, *a, **k)
 
     monkeypatch.setattr(erat.train, "fit", spy)
-    cfg = TrainConfig(dataset="digits", model_kwargs={"hidden": [16]}, epochs=1, val=200,
-                      labels=50, method="vat", method_params={"eps": 0.5},
-                      epoch_updates=2, progress=False)
+    cfg = TrainConfig.from_dict(dict(dataset="digits", model_kwargs={"hidden": [16]}, epochs=1,
+                                     val=200, labels=50, method="vat",
+                                     method_params={"eps": 0.5}, epoch_updates=2,
+                                     progress=False))
     train(cfg, tmp_path / "run", log=lambda *_: None)
     split = json.loads((tmp_path / "run" / "split.json").read_text())
     val, labeled = set(split["val_indices"]), set(split["labeled"])
@@ -137,21 +138,22 @@ def test_validation_never_overlaps_training(tmp_path, monkeypatch):
     assert not used & val
     balanced = torch.bincount(data.val[1]).tolist()
     assert max(balanced) - min(balanced) <= 1
-    other = TrainConfig(**{**cfg.to_dict(), "seed": 5})  # another training seed: same hold-out
+    other = TrainConfig.from_dict({**cfg.to_dict(), "seed": 5})  # another seed: same hold-out
     train(other, tmp_path / "run2", log=lambda *_: None)
     assert json.loads((tmp_path / "run2" / "split.json").read_text())["val_indices"] == \
         split["val_indices"]
 
 
 def test_select_best_robust_keeps_the_best_epoch(tmp_path, monkeypatch):
-    import erat.fit
+    import erat.fit.loop
 
     scores = iter([0.30, 0.50, 0.40])  # validation robust accuracy of epochs 1, 2, 3
-    monkeypatch.setattr(erat.fit, "_validate", lambda *a, **k: {
+    monkeypatch.setattr(erat.fit.loop, "validate", lambda *a, **k: {
         "val_clean_acc": 0.9, "val_robust_acc": next(scores)})
-    cfg = TrainConfig(dataset="digits", model_kwargs={"hidden": [16]}, epochs=3, val=100,
-                      method="at", method_params={"eps": 0.5}, select="best-robust",
-                      epoch_updates=3, progress=False, keep_checkpoint=True)
+    cfg = TrainConfig.from_dict(dict(dataset="digits", model_kwargs={"hidden": [16]}, epochs=3,
+                                     val=100, method="at", method_params={"eps": 0.5},
+                                     select="best-robust", epoch_updates=3, progress=False,
+                                     keep_checkpoint=True))
     train(cfg, tmp_path / "run", log=lambda *_: None)
     run = tmp_path / "run"
     model = torch.load(run / "model.pt", weights_only=True)

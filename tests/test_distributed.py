@@ -43,13 +43,13 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     )
     torch.set_num_threads(1)
     try:
-        train(TrainConfig(**CFG), out, log=lambda *_: None)
+        train(TrainConfig.from_dict(CFG), out, log=lambda *_: None)
     finally:
         close()
 
 
 def test_two_processes_match_one(tmp_path):
-    single = train(TrainConfig(**CFG), tmp_path / "single", log=lambda *_: None)
+    single = train(TrainConfig.from_dict(CFG), tmp_path / "single", log=lambda *_: None)
     out = tmp_path / "ddp"
     mp.spawn(_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
     a = torch.load(single, weights_only=True)["state_dict"]

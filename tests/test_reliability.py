@@ -301,8 +301,8 @@ def test_interrupt_during_a_save_leaves_no_temporary(tmp_path, monkeypatch):
         return real(obj, f, *a, **k)
 
     monkeypatch.setattr(torch, "save", interrupted)
-    cfg = TrainConfig(dataset="digits", model_kwargs={"hidden": [16]}, epochs=3,
-                      epoch_updates=2, progress=False)
+    cfg = TrainConfig.from_dict(dict(dataset="digits", model_kwargs={"hidden": [16]}, epochs=3,
+                      epoch_updates=2, progress=False))
     with pytest.raises(KeyboardInterrupt):
         train(cfg, tmp_path / "run", log=lambda *_: None)
     run_dir = tmp_path / "run"

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-import erat.fit
+import erat.fit.loop
 import erat.train
 from erat.config import TrainConfig
 from erat.datasets import DataError, labeled_split, load_dataset
@@ -44,7 +44,7 @@ def _cfg(**kw) -> TrainConfig:
         progress=False,
         seed=0,
     )
-    return TrainConfig(**(base | kw))
+    return TrainConfig.from_dict(base | kw)
 
 
 def _quiet(*_) -> None:
@@ -189,7 +189,7 @@ def test_labels_of_unlabeled_examples_are_never_read(tmp_path, monkeypatch, digi
     cfg = _cfg(method=name, method_params=params, labels=20, epoch_updates=3,
                unlabeled_batch_size=32)
     x, y = load_dataset("digits", "train").tensors
-    labeled, unlabeled = labeled_split(y, 20, cfg.seed)
+    labeled, unlabeled = labeled_split(y, 20, cfg.fit.seed)
     logs: list[str] = []
     train(cfg, tmp_path / "true", log=logs.append)
     assert f"semi-supervised: 20 labeled, {N_TRAIN - 20} unlabeled" in logs
@@ -236,7 +236,7 @@ class _Recorder:
     def __init__(self, monkeypatch) -> None:
         self.samplers: list[EpochSampler] = []
         self.batches: list[Batch] = []
-        recorder, real_step = self, erat.fit._update
+        recorder, real_step = self, erat.fit.loop.update
 
         class Sampler(EpochSampler):
             def __init__(self, *args, **kwargs) -> None:
@@ -247,8 +247,8 @@ class _Recorder:
             recorder.batches.append(batch)
             return real_step(model, method, batch, *args, **kwargs)
 
-        monkeypatch.setattr(erat.fit, "EpochSampler", Sampler)
-        monkeypatch.setattr(erat.fit, "_update", step)
+        monkeypatch.setattr(erat.fit.loop, "EpochSampler", Sampler)
+        monkeypatch.setattr(erat.fit.loop, "update", step)
 
 
 @pytest.mark.parametrize(
@@ -276,7 +276,7 @@ def test_methods_without_unlabeled_use_train_on_the_labels_alone(
     assert sampler.updates == 20 // 8  # an epoch is one pass over the 20 labeled examples
     assert len(rec.batches) == sampler.updates
     x_train = load_dataset("digits", "train").tensors[0].flatten(1)
-    x_labeled = x_train[labeled_split(digits_y, 20, cfg.seed)[0]]
+    x_labeled = x_train[labeled_split(digits_y, 20, cfg.fit.seed)[0]]
     for batch in rec.batches:
         assert batch.x_unlabeled is None and len(batch.x) == 8
         # every input is one of the 20 labeled images (digits has no augmentation)
@@ -285,7 +285,7 @@ def test_methods_without_unlabeled_use_train_on_the_labels_alone(
 
 def test_semisupervised_epoch_is_one_pass_over_the_unlabeled_set():
     cfg = _cfg(method="vat", labels=20, batch_size=16, unlabeled_batch_size=64)
-    sampler = EpochSampler(cfg, 20, N_TRAIN - 20)
+    sampler = EpochSampler(cfg.fit, 20, N_TRAIN - 20)
     assert sampler.updates == (N_TRAIN - 20) // 64 == 22
     batches = list(sampler.batches(torch.Generator().manual_seed(0)))
     assert len(batches) == 22
@@ -294,9 +294,9 @@ def test_semisupervised_epoch_is_one_pass_over_the_unlabeled_set():
     assert int(seen.max()) < N_TRAIN - 20
     for li, ui in batches:  # the 20 labels cycle, reshuffled, in batches of 16
         assert len(li) == 16 and len(ui) == 64 and int(li.max()) < 20
-    assert EpochSampler(_cfg(labels=20, batch_size=16), 20, N_TRAIN - 20).updates == 88
-    assert EpochSampler(_cfg(labels=20, epoch_updates=5), 20, N_TRAIN - 20).updates == 5
-    assert EpochSampler(_cfg(labels=20, batch_size=16), 20, 0).updates == 1  # labels only
+    assert EpochSampler(_cfg(labels=20, batch_size=16).fit, 20, N_TRAIN - 20).updates == 88
+    assert EpochSampler(_cfg(labels=20, epoch_updates=5).fit, 20, N_TRAIN - 20).updates == 5
+    assert EpochSampler(_cfg(labels=20, batch_size=16).fit, 20, 0).updates == 1  # labels only
 
 
 def test_trainer_epoch_length_with_unlabeled_data(tmp_path, monkeypatch):
@@ -318,10 +318,10 @@ def test_trainer_epoch_length_with_unlabeled_data(tmp_path, monkeypatch):
 # --- defaults that do not collapse, and the guard that says so when a run does -----------
 def _semi(tmp_path, name, method, params):
     logs: list[str] = []
-    cfg = TrainConfig(dataset="digits", model="mlp", model_kwargs={"hidden": [64]}, labels=50,
-                      method=method, method_params=params, epochs=5, epoch_updates=60,
-                      batch_size=50, unlabeled_batch_size=100, lr=0.002, seed=0,
-                      progress=False)
+    cfg = TrainConfig.from_dict(dict(dataset="digits", model="mlp", model_kwargs={"hidden": [64]},
+                                     labels=50, method=method, method_params=params, epochs=5,
+                                     epoch_updates=60, batch_size=50, unlabeled_batch_size=100,
+                                     lr=0.002, seed=0, progress=False))
     train(cfg, tmp_path / name, log=logs.append)
     rows = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text()
             .splitlines()]
@@ -348,7 +348,7 @@ def test_the_guard_fires_on_a_collapsing_run(tmp_path):
 
 
 def test_the_guard_reads_the_validation_accuracy():
-    from erat.fit import _guard
+    from erat.fit.guard import guard as _guard
 
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
     y = torch.arange(20) % 10

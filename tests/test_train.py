@@ -28,13 +28,13 @@ def quiet(*_: object) -> None:
 
 
 def test_run_folder_and_portable_model(tmp_path):
-    cfg = TrainConfig(**{**FAST, "epochs": 2, "keep_checkpoint": True})
+    cfg = TrainConfig.from_dict({**FAST, "epochs": 2, "keep_checkpoint": True})
     path = train(cfg, tmp_path / "run", log=quiet)
     run = tmp_path / "run"
     assert {"config.yaml", "metrics.jsonl", "checkpoint.pt", "model.pt"} <= {
         p.name for p in run.iterdir()
     }
-    train(TrainConfig(**{**FAST, "epochs": 1}), tmp_path / "lean", log=quiet)
+    train(TrainConfig.from_dict({**FAST, "epochs": 1}), tmp_path / "lean", log=quiet)
     assert {p.name for p in (tmp_path / "lean").iterdir()} == {
         "config.yaml", "metrics.jsonl", "model.pt"}  # no checkpoint.pt unless kept
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -50,7 +50,7 @@ def test_run_folder_and_portable_model(tmp_path):
 
 
 def test_resume_gives_the_same_weights(tmp_path):
-    cfg = TrainConfig(**FAST)
+    cfg = TrainConfig.from_dict(FAST)
     full = train(cfg, tmp_path / "full", log=quiet)
     train(cfg, tmp_path / "part", stop_after=2, log=quiet)
     assert not (tmp_path / "part" / "model.pt").exists()
@@ -71,15 +71,15 @@ def test_batches_carry_the_update_count_across_epochs_and_resume(tmp_path, monke
     call = ER.__call__
     monkeypatch.setattr(ER, "__call__",
                         lambda self, m, b: seen.append(b.updates) or call(self, m, b))
-    cfg = TrainConfig(**{**FAST, "epochs": 2, "method": "er",
-                         "method_params": {"eps": 0.5, "S": 0}})
+    cfg = TrainConfig.from_dict({**FAST, "epochs": 2, "method": "er",
+                                 "method_params": {"eps": 0.5, "S": 0}})
     train(cfg, tmp_path / "run", stop_after=1, log=quiet)
     train(cfg, tmp_path / "run", resume=True, log=quiet)
     assert seen == list(range(10))
 
 
 def test_refuses_to_overwrite_a_run(tmp_path):
-    cfg = TrainConfig(**{**FAST, "epochs": 1})
+    cfg = TrainConfig.from_dict({**FAST, "epochs": 1})
     train(cfg, tmp_path / "run", log=quiet)
     with pytest.raises(ValueError, match="already holds a run"):
         train(cfg, tmp_path / "run", log=quiet)
@@ -88,4 +88,4 @@ def test_refuses_to_overwrite_a_run(tmp_path):
 @pytest.mark.parametrize("bad", [{"epochs": 0}, {"lr": -1.0}, {"optimizer": "rmsprop"}])
 def test_bad_config_is_refused(bad):
     with pytest.raises(ValueError):
-        TrainConfig(**{**FAST, **bad})
+        TrainConfig.from_dict({**FAST, **bad})

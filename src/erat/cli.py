@@ -83,8 +83,9 @@ def _add_specs(group, specs: dict, defaults: dict | None = None) -> None:
 
 # ---------------------------------------------------------------------------- train
 def _add_train(sub) -> None:
-    from erat.config import TrainConfig
+    from erat.config import REGISTERED, TrainConfig
     from erat.fields import flag_specs
+    from erat.fit import FitOptions
     from erat.methods import method_flags
 
     p = sub.add_parser("train", help="train a classifier with a robust-training method",
@@ -95,9 +96,11 @@ def _add_train(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace the run in --out")
     p.add_argument("--stop-after", type=int, help="stop after this epoch (resume later)")
     defaults = TrainConfig().to_dict()
-    found = flag_specs({"train": TrainConfig})
+    found = flag_specs({"train": TrainConfig, "fit": FitOptions})
     specs = {k: found[k]._replace(help=found[k].help.rsplit(" [", 1)[0])
              for k in defaults if k in found}
+    for name, names in REGISTERED.items():  # the registries are the one list of names
+        specs[name] = specs[name]._replace(help=f"{specs[name].help}: {', '.join(names())}")
     for name in ("augment", "progress"):  # on by default: offered as --no-...
         p.add_argument(f"--no-{name}", dest=name, action="store_false",
                        help=f"off: {specs.pop(name).help}")
@@ -107,30 +110,17 @@ def _add_train(sub) -> None:
     p.set_defaults(run=run_train)
 
 
-def resolve_train_config(args: argparse.Namespace) -> dict[str, Any]:
-    """Merge defaults, a resumed run's config, ``--config`` and flags into one dict."""
-    from erat.config import merge, read_settings
-    from erat.rundir import RunDir
-
-    run, merged = RunDir(args.out), {}
-    if getattr(args, "resume", False) and (run / RunDir.CONFIG).is_file():
-        merged = merge(merged, run.read_config(), str(run / RunDir.CONFIG))
-    given = read_settings(args.config) if getattr(args, "config", None) else {}
-    skip = {"out", "config", "resume", "overwrite", "stop_after", "run", "command", "debug"}
-    flags = {k: v for k, v in vars(args).items() if k not in skip}
-    if {**given, **flags}.get("budget") is not None and "epochs" in {**given, **flags}:
-        raise UserError("--budget and --epochs contradict each other; give one")
-    if given:
-        merged = merge(merged, given, str(args.config))
-    return merge(merged, flags, "flags")
+TRAIN_ONLY = {"out", "config", "resume", "overwrite", "stop_after", "run", "command", "debug"}
 
 
 def run_train(args: argparse.Namespace) -> int:
     from erat import distributed
-    from erat.config import TrainConfig
+    from erat.config import resolve_train
     from erat.train import train
 
-    cfg = TrainConfig.from_dict(resolve_train_config(args))
+    cfg = resolve_train(args.out, resume=getattr(args, "resume", False),
+                        config_file=getattr(args, "config", None),
+                        flags={k: v for k, v in vars(args).items() if k not in TRAIN_ONLY})
     try:
         path = train(cfg, args.out, resume=getattr(args, "resume", False),
                      overwrite=getattr(args, "overwrite", False),
@@ -174,8 +164,9 @@ def _add_eval(sub) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    from erat.assess import evaluate_run, format_result
     from erat.attacks import attack_flags
-    from erat.evaluate import EvalConfig, evaluate_run, format_result
+    from erat.evaluate import EvalConfig
 
     options = {k: getattr(args, k) for k in attack_flags() if getattr(args, k) is not None}
     cfg = EvalConfig.build(args.attack, norm=args.norm, eps=args.eps, batch_size=args.batch_size,
@@ -207,7 +198,7 @@ def _add_energy(sub) -> None:
 
 
 def run_energy(args: argparse.Namespace) -> int:
-    from erat.measure import energy_run, format_report
+    from erat.assess import energy_run, format_report
 
     result = energy_run(args.run_dir, eps=args.eps, T=args.T, M=args.M, S=args.S, n=args.n,
                         data_dir=args.data_dir, batch_size=args.batch_size, seed=args.seed,

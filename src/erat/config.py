@@ -1,15 +1,16 @@
 """Configuration: :class:`TrainConfig`, the merge rule of its layers, YAML in and out, and
 suites (loading and expanding seeds and grids). The only module that reads YAML settings.
 
-Precedence, lowest first: the defaults of :class:`TrainConfig` < the saved ``config.yaml``
-of a run being resumed < ``--config FILE.yaml`` (or a suite's ``defaults`` and the run's own
-entry) < flags given on the command line. Keys that are not fields of :class:`TrainConfig`
-are the method's hyper-parameters (:func:`erat.methods.method_flags`) and go to
-``method_params``; changing the method drops the previous method's parameters.
+Precedence, lowest first (:func:`resolve`, the one path for the CLI and suites): the
+defaults of :class:`TrainConfig` < the saved ``config.yaml`` of a run being resumed <
+``--config FILE.yaml`` (or a suite's ``defaults`` and the run's own entry) < flags given on
+the command line. Keys that are not settings of :class:`TrainConfig` are the method's
+hyper-parameters (:func:`erat.methods.method_flags`) and go to ``method_params``; changing
+the method drops the previous method's parameters.
 
 Example::
 
-    cfg = TrainConfig.from_dict(merge(merge({}, read_settings("c.yaml")), {"lr": 0.01}))
+    cfg = resolve([(read_settings(Path("c.yaml")), "c.yaml"), ({"lr": 0.01}, "flags")])
 """
 
 from __future__ import annotations
@@ -21,38 +22,44 @@ import math
 import sys
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from erat.datasets import dataset_names
 from erat.errors import UserError
 from erat.fields import param
 from erat.files import read_yaml
 from erat.fit import FitOptions
-from erat.methods import method_flags
+from erat.methods import method_flags, method_names, reserve
+from erat.models import model_names
 
 RENAMED = {"epoch_steps": "epoch_updates", "warmup_steps": "warmup_updates",
            "alpha": "adv_weight"}
 # settings a resumed run may change: where things are and how they are shown
 RESUME_MAY_CHANGE = {"data_dir", "download", "device", "progress", "keep_checkpoint"}
-
+# fields whose help lists the registered names (the registries are the one list)
+REGISTERED = {"dataset": dataset_names, "model": model_names, "method": method_names}
 
 FIRST = ("dataset", "data_dir", "download", "model", "model_kwargs", "method", "method_params",
          "epochs", "budget", "budget_epochs", "batch_size", "labels", "val")
 
 
 @dataclass
-class TrainConfig(FitOptions):
-    """Everything a run depends on; saved as ``config.yaml`` in the run folder."""
+class TrainConfig:
+    """Everything a run depends on: what to train (dataset, model, method, splits, device)
+    and how (``fit``, :class:`~erat.fit.FitOptions`); saved flat as ``config.yaml`` in the
+    run folder (:meth:`to_dict`), read back by :meth:`from_dict`."""
 
-    dataset: str = param("digits", "digits, mnist, fashion-mnist, cifar10, svhn")
+    dataset: str = param("digits", "dataset")
     data_dir: str | None = param(None, "folder holding the official dataset files")
     download: bool = param(False, "download the dataset through torchvision")
-    model: str = param("mlp", "mlp, cnn, conv-large, preact-resnet18, wrn-28-10")
+    model: str = param("mlp", "model")
     model_kwargs: dict[str, Any] = field(default_factory=dict, metadata={
         "help": 'model options as JSON, e.g. \'{"width": 16}\''})
-    method: str = param("erm", "erm, at, vat, pgd, trades, er")
+    method: str = param("erm", "training method")
     method_params: dict[str, Any] = field(default_factory=dict, metadata={"flag": False})
     labels: int | None = param(None, "semi-supervised: keep N balanced labels")
     val: int | None = param(None, "hold out N training images for validation")
@@ -61,10 +68,10 @@ class TrainConfig(FitOptions):
     device: str = param("auto", "auto (CUDA when present), cpu, cuda, cuda:1, ...")
     sync_bn: bool = param(False, "multi-GPU: SyncBatchNorm instead of per-rank statistics")
     keep_checkpoint: bool = param(False, "keep checkpoint.pt after the run finishes")
+    fit: FitOptions = field(default_factory=FitOptions, metadata={"flag": False})
 
     def __post_init__(self) -> None:
         _check_types(self)
-        super().__post_init__()
         if self.labels is not None and self.labels < 1:
             raise UserError(f"labels must be an integer >= 1, got {self.labels}")
         if self.val is not None and self.val < 1:
@@ -72,30 +79,50 @@ class TrainConfig(FitOptions):
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
+        """From flat settings (the keys of ``config.yaml``): this class's own fields and
+        :class:`~erat.fit.FitOptions`' fields; anything else is refused."""
+        own, fit = own_fields(), fit_fields()
+        unknown = set(d) - own - fit
         if unknown:
             raise UserError(f"unknown configuration key(s): {', '.join(sorted(unknown))}")
-        return cls(**d)
+        options = {k: v for k, v in d.items() if k in fit}
+        _check_types(FitOptions, options)
+        return cls(**{k: v for k, v in d.items() if k in own}, fit=FitOptions(**options))
 
     def to_dict(self) -> dict[str, Any]:
-        """The settings, what is trained first (the order of ``config.yaml``)."""
-        d = dataclasses.asdict(self)
+        """The flat settings, what is trained first (the order of ``config.yaml``)."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "fit"}
+        d = copy.deepcopy(d) | dataclasses.asdict(self.fit)
         return {k: d[k] for k in [*FIRST, *(k for k in d if k not in FIRST)]}
 
-    def fit_options(self) -> FitOptions:
-        names = {f.name for f in dataclasses.fields(FitOptions)}
-        return FitOptions(**{k: v for k, v in self.to_dict().items() if k in names})
+
+def own_fields() -> set[str]:
+    return {f.name for f in dataclasses.fields(TrainConfig)} - {"fit"}
 
 
-def _check_types(cfg: Any) -> None:
-    """One line naming the key when a value has the wrong type (``epochs: ten``)."""
-    hints = typing.get_type_hints(type(cfg))
-    for f in dataclasses.fields(cfg):
-        value, want = getattr(cfg, f.name), hints[f.name]
+def fit_fields() -> set[str]:
+    return {f.name for f in dataclasses.fields(FitOptions)}
+
+
+def config_fields() -> set[str]:
+    """Every flat key of a training configuration."""
+    return own_fields() | fit_fields()
+
+
+def _check_types(cls: Any, values: dict[str, Any] | None = None) -> None:
+    """One line naming the key when a value has the wrong type (``epochs: ten``); checks
+    ``values`` against ``cls``'s fields, or an instance's own values."""
+    if values is None:
+        cls, values = type(cls), {f.name: getattr(cls, f.name) for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for name, value in values.items():
+        want = hints[name]
+        if isinstance(want, type) and dataclasses.is_dataclass(want):
+            continue
         if not _is(value, want):
             shown = getattr(want, "__name__", None) or str(want).replace("typing.", "")
-            raise UserError(f"{f.name} must be {shown}, got {value!r}")
+            shown = shown.removesuffix(" | None")  # (None means "not set", not a choice)
+            raise UserError(f"{name} must be {shown}, got {value!r}")
 
 
 def _is(value: Any, hint: Any) -> bool:
@@ -115,8 +142,10 @@ def _is(value: Any, hint: Any) -> bool:
     return isinstance(value, hint) if isinstance(hint, type) else True
 
 
-def config_fields() -> set[str]:
-    return {f.name for f in dataclasses.fields(TrainConfig)}
+def method_keys() -> set[str]:
+    """The hyper-parameter names of every registered method (they go to ``method_params``);
+    the training settings' names are reserved (:func:`erat.methods.reserve`)."""
+    return set(method_flags())
 
 
 def merge(base: dict[str, Any], new: dict[str, Any], source: str = "settings"
@@ -128,7 +157,7 @@ def merge(base: dict[str, Any], new: dict[str, Any], source: str = "settings"
     new = _renamed(new, source)
     if "method" in new and new["method"] != out.get("method"):
         params = {}  # another method: the old one's parameters do not carry over
-    fields, flags = config_fields(), method_flags()
+    fields, flags = config_fields(), method_keys()
     for key, value in new.items():
         if key == "method_params":
             if not isinstance(value or {}, dict):
@@ -141,6 +170,41 @@ def merge(base: dict[str, Any], new: dict[str, Any], source: str = "settings"
         else:
             raise UserError(f"{source}: unknown setting {key!r}")
     out["method_params"] = params
+    return out
+
+
+def resolve(layers: Sequence[tuple[dict[str, Any], str]], saved: dict[str, Any] | None = None
+            ) -> TrainConfig:
+    """The one path from settings to a :class:`TrainConfig`, for the CLI and suites alike:
+    the defaults < ``saved`` (the configuration of a run being resumed) < each ``(settings,
+    source)`` layer in order (a ``--config`` file, then flags; a suite's defaults, a run's
+    entry, the command line's overrides). A run's length is ``epochs`` or ``budget``: giving
+    both among the layers is a contradiction."""
+    merged = merge({}, migrate(saved), "the saved configuration") if saved else {}
+    given: dict[str, str] = {}
+    for settings, source in layers:
+        if not isinstance(settings, dict):
+            raise UserError(f"{source} must hold a mapping of settings")
+        for key in ("epochs", "budget"):
+            if settings.get(key) is not None:
+                given[key] = source
+        merged = merge(merged, settings, source)
+    if len(given) == 2:
+        where = " and ".join(sorted(set(given.values())))
+        raise UserError(f"--budget and --epochs contradict each other ({where}); give one")
+    if "budget" in given:
+        merged["epochs"] = None  # the budget drives the run; an earlier layer's epochs do not
+    elif "epochs" in given:
+        merged["budget"] = None
+    return TrainConfig.from_dict(merged)
+
+
+def migrate(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved configuration in today's form: runs before 0.3 recorded ``epochs: 10`` beside
+    the ``budget`` that drove them."""
+    out = dict(saved)
+    if out.get("budget") is not None:
+        out["epochs"] = None
     return out
 
 
@@ -161,7 +225,7 @@ def read_settings(path: Path) -> dict[str, Any]:
 
 def resume_conflicts(saved: dict[str, Any], asked: dict[str, Any]) -> list[str]:
     """The settings in ``asked`` that contradict a resumed run's ``saved`` configuration."""
-    out = []
+    out, saved = [], migrate(saved)
     for key, value in asked.items():
         if key in RESUME_MAY_CHANGE or key not in saved:
             continue
@@ -253,9 +317,24 @@ def _short(v: Any) -> str:
 
 def run_config(suite: dict[str, Any], run: dict[str, Any], overrides: dict[str, Any]
                ) -> TrainConfig:
-    """Suite defaults < the run's own settings < command-line overrides (e.g. data_dir)."""
+    """Suite defaults < the run's own settings < command-line overrides (e.g. data_dir),
+    through :func:`resolve`."""
     where = f"{suite.get('path', suite['suite'])} run {run['name']}"
-    merged = merge({}, suite.get("defaults", {}) or {}, where)
-    merged = merge(merged, {k: v for k, v in run.items() if k not in RUN_ONLY_KEYS}, where)
-    merged = merge(merged, overrides, where)
-    return TrainConfig.from_dict(merged)
+    return resolve([(suite.get("defaults", {}) or {}, where),
+                    ({k: v for k, v in run.items() if k not in RUN_ONLY_KEYS}, where),
+                    (overrides, "the command line")])
+
+
+def resolve_train(out: Path, *, resume: bool, config_file: Path | None,
+                  flags: dict[str, Any]) -> TrainConfig:
+    """``erat train``'s configuration: the saved one of a run being resumed (``out``) <
+    ``config_file`` < ``flags``, through :func:`resolve`."""
+    from erat.rundir import RunDir
+
+    run = RunDir(out)
+    saved = run.read_config() if resume and (run / RunDir.CONFIG).is_file() else None
+    layers = [(read_settings(config_file), str(config_file))] if config_file else []
+    return resolve([*layers, (flags, "flags")], saved)
+
+
+reserve(config_fields(), "the training configuration")

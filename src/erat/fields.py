@@ -42,11 +42,12 @@ def init_fields(cls: type) -> dict[str, dataclasses.Field]:
 
 
 def flag_specs(classes: Mapping[str, type]) -> dict[str, FlagSpec]:
-    """One flag specification per setting name over ``classes`` (name -> dataclass), with
-    the names of the classes that take it appended to the help. Two classes may share a
-    setting name only with the same type."""
+    """One flag specification per setting name over ``classes`` (name -> dataclass). The
+    help names the classes that take the setting; classes that describe a shared setting
+    differently each keep their own words (``help A [pgd, trades]; help B [er]``). Two
+    classes may share a setting name only with the same type."""
     specs: dict[str, FlagSpec] = {}
-    owners: dict[str, list[str]] = {}
+    helps: dict[str, dict[str, list[str]]] = {}  # name -> help text -> owners
     for owner in sorted(classes):
         hints = typing.get_type_hints(classes[owner])
         for field in init_fields(classes[owner]).values():
@@ -57,8 +58,10 @@ def flag_specs(classes: Mapping[str, type]) -> dict[str, FlagSpec]:
             if field.name in specs and specs[field.name][:2] != spec[:2]:
                 raise TypeError(f"setting {field.name!r} has two types among {sorted(classes)}")
             specs.setdefault(field.name, spec)
-            owners.setdefault(field.name, []).append(owner)
-    return {k: s._replace(help=f"{s.help} [{', '.join(owners[k])}]") for k, s in specs.items()}
+            helps.setdefault(field.name, {}).setdefault(spec.help, []).append(owner)
+    return {k: s._replace(help="; ".join(f"{text} [{', '.join(owners)}]"
+                                         for text, owners in helps[k].items()))
+            for k, s in specs.items()}
 
 
 def _flag_type(hint: Any) -> tuple[type, tuple[str, ...] | None]:

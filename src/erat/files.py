@@ -11,6 +11,7 @@ temporaries a killed process left behind. An ``OSError`` becomes one line naming
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -85,11 +86,27 @@ def remove_temps(folder: Path, names: list[str]) -> list[Path]:
 
 def load_file(path: Path, map_location: str | torch.device = "cpu") -> Any:
     """``torch.load`` with ``weights_only=True``; a missing or corrupt file is a ``UserError``."""
+    return _load(Path(path), path, map_location)
+
+
+def load_file_and_digest(path: Path, map_location: str | torch.device = "cpu"
+                         ) -> tuple[Any, str]:
+    """:func:`load_file` and the file's SHA-256, from one read of the file."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"no such file: {path}")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        data = path.read_bytes()
+    except OSError as err:
+        raise os_problem(err, f"read {path}") from err
+    return _load(path, io.BytesIO(data), map_location), hashlib.sha256(data).hexdigest()
+
+
+def _load(path: Path, source: Any, map_location: str | torch.device) -> Any:
+    if not path.is_file():
+        raise UserError(f"no such file: {path}")
+    try:
+        return torch.load(source, map_location=map_location, weights_only=True)
     except RuntimeError as e:
         if "cuda" in str(e).lower():
             raise UserError(f"cannot load {path} on {map_location}: {str(e).splitlines()[0]}"
@@ -137,6 +154,15 @@ def sha256(path: Path) -> str:
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
+    return h.hexdigest()
+
+
+def tensor_sha256(tensors: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> str:
+    """SHA-256 of tensors' shapes, dtypes and bytes (the same on every machine)."""
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(str((tuple(t.shape), t.dtype)).encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 

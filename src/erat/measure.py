@@ -13,7 +13,6 @@ Example::
 from __future__ import annotations
 
 from functools import partial
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -95,31 +94,3 @@ def energy_report(
             "certified_frac": r["certified"].mean().item(),
             "certificate_note": CERTIFICATE_NOTE, "settings": s}
     return out
-
-
-def energy_run(path: Path, *, eps: float, T: int, M: int, S: int, n: int | None,
-               data_dir: str | None, batch_size: int, seed: int, device: str,
-               json_path: Path | None = None) -> dict:
-    """``erat energy``: :func:`energy_report` of a run folder (or model file) on its test
-    set; settings and ``json_path`` are checked before any work."""
-    from erat.distributed import resolve_device
-    from erat.evaluate import run_inputs
-    from erat.files import check_writable_file
-
-    check_settings(eps, T, M, S, "max")
-    if json_path is not None:
-        check_writable_file(json_path, "--json")
-    model, meta, x, y, n_total, digest = run_inputs(path, n=n, data_dir=data_dir,
-                                                    device=resolve_device(device))
-    result = energy_report(model, x, y, eps=eps, T=T, M=M, S=S, batch_size=batch_size,
-                           seed=seed)
-    result["settings"].update({"n_total": n_total, "checkpoint_sha256": digest,
-                               "dataset": meta["dataset"]})
-    return result
-
-
-def format_report(result: dict) -> str:
-    """The lines ``erat energy`` prints."""
-    keys = ("energy_mean", "energy_median", "at_term_mean", "vat_term_mean", "certified_frac",
-            "virtual_energy_mean")
-    return "\n".join([*(f"{k:<22} {result[k]:.4f}" for k in keys), result["certificate_note"]])

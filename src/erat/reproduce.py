@@ -178,7 +178,7 @@ def run_one(suite: dict[str, Any], run: dict[str, Any], cfg: TrainConfig, folder
     row = {
         "name": name, "method": cfg.method, "dataset": cfg.dataset, "labels": cfg.labels or "",
         **({"family": run["family"]} if "family" in run else {}),
-        **({"budget": cfg.budget} if cfg.budget is not None else {}),
+        **({"budget": cfg.fit.budget} if cfg.fit.budget is not None else {}),
         "clean_acc": result["clean_acc"], "clean_err": 1 - result["clean_acc"],
         **result["robust_acc"], "checks_failed": result.get("checks_failed", 0),
         "train_s_per_epoch": _seconds_per_epoch(folder),
@@ -280,12 +280,12 @@ NAMED = {"dataset", "model", "method", "epochs", "seed"}
 def command(cfg: TrainConfig, folder: Path) -> str:
     """The ``erat train`` command line of a configuration (settings that differ from the
     defaults, plus the ones that name the run)."""
-    default = TrainConfig()
+    default = TrainConfig().to_dict()
     parts = ["erat train"]
     for name, value in cfg.to_dict().items():
-        if name == "progress" or (value == getattr(default, name) and name not in NAMED):
+        if name == "progress" or (value == default[name] and name not in NAMED):
             continue
-        if name == "epochs" and cfg.budget is not None:
+        if name == "epochs" and value is None:
             continue
         if name == "method_params":
             parts += [_flag("--" + k.replace("_", "-"), v) for k, v in value.items()]

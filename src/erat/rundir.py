@@ -35,7 +35,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import yaml
@@ -49,6 +49,7 @@ from erat.files import (
     atomic_write_text,
     check_writable_dir,
     load_file,
+    load_file_and_digest,
     read_yaml,
     remove_temps,
     sha256,
@@ -285,23 +286,43 @@ def model_path(path: str | Path) -> Path:
     return path / RunDir.MODEL if path.is_dir() else path
 
 
-def _read_model_file(path: Path, device: str | torch.device = "cpu") -> dict[str, Any]:
+def _read_model_file(path: Path, device: str | torch.device = "cpu", digest: bool = False
+                     ) -> dict[str, Any]:
     if not path.exists():
         raise UserError(f"{path.parent if path.name == RunDir.MODEL else path}: no "
                         f"{RunDir.MODEL} (is the run finished?)")
-    blob = load_file(path, map_location=device)
+    blob, sha = load_file_and_digest(path, device) if digest else (load_file(path, device), None)
     if not isinstance(blob, dict) or "state_dict" not in blob or "meta" not in blob:
         raise UserError(f"{path} is not an erat model file")
-    return blob
+    return {**blob, "sha256": sha} if digest else blob
+
+
+class ModelFile(NamedTuple):
+    """A model file read once: the model (eval mode), its metadata, the file's SHA-256."""
+
+    model: nn.Module
+    meta: dict[str, Any]
+    sha256: str
+    path: Path
+
+
+def open_model(path: str | Path, device: str | torch.device = "cpu") -> ModelFile:
+    """The model of a run folder or model file, its metadata and digest, from one read."""
+    path = model_path(path)
+    blob = _read_model_file(path, device, digest=True)
+    return ModelFile(_build(path, blob).to(device).eval(), blob["meta"], blob["sha256"], path)
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     """The trained model of a run folder (or a model file), in eval mode: inputs in
     ``[0, 1]`` (normalisation is its first layer), logits out."""
+    path = model_path(path)
+    return _build(path, _read_model_file(path, device)).to(device).eval()
+
+
+def _build(path: Path, blob: dict[str, Any]) -> nn.Module:
     from erat.models import build_model
 
-    path = model_path(path)
-    blob = _read_model_file(path, device)
     meta = blob["meta"]
     try:
         model = build_model(meta["model"], in_shape=tuple(meta["in_shape"]),
@@ -310,7 +331,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Modul
         model.load_state_dict(blob["state_dict"])
     except (KeyError, TypeError, RuntimeError) as err:
         raise UserError(f"{path}: the metadata does not rebuild its model ({err})") from err
-    return model.to(device).eval()
+    return model
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -359,4 +380,4 @@ def _alive(holder: dict) -> bool:
     return holder.get("start") is None or start is None or start == holder["start"]
 
 
-__all__ = ["RunDir", "load_model", "model_path"]
+__all__ = ["ModelFile", "RunDir", "load_model", "model_path", "open_model"]

@@ -8,7 +8,7 @@ the temporaries an interrupted write left behind.
 
 Example::
 
-    train(TrainConfig(dataset="digits", method="er", method_params={"eps": 1.0}), "runs/er")
+    train(resolve([({"dataset": "digits", "method": "er", "eps": 1.0}, "example")]), "runs/er")
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from erat.config import TrainConfig, resume_conflicts
 from erat.datasets import dataset_info, labeled_split, load_dataset, validation_split
 from erat.distributed import resolve_device
 from erat.errors import UserError
+from erat.files import tensor_sha256
 from erat.fit import FitData, FitResult, fit
 from erat.methods import Method, build_method, method_config
 from erat.models import build_model
@@ -95,8 +96,8 @@ def _prepare_folder(run: RunDir, cfg: TrainConfig, resume: bool, overwrite: bool
 
 
 class _Built:
-    def __init__(self, method: Method, model: nn.Module, info: Any) -> None:
-        self.method, self.model, self.info = method, model, info
+    def __init__(self, method: Method, model: nn.Module, info: Any, test_sha256: str) -> None:
+        self.method, self.model, self.info, self.test_sha256 = method, model, info, test_sha256
 
 
 def _run(cfg: TrainConfig, run: RunDir, resume: bool, stop_after: int | None,
@@ -111,17 +112,17 @@ def _run(cfg: TrainConfig, run: RunDir, resume: bool, stop_after: int | None,
     data.augment = info.augment
     if cfg.val is None:  # with a validation set, training never looks at the test set
         data.test = test_set.tensors
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.fit.seed)
     model = build_model(cfg.model, in_shape=info.shape, num_classes=info.num_classes,
                         mean=info.mean, std=info.std, **cfg.model_kwargs).to(device)
     if cfg.sync_bn and dist.enabled:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    if cfg.channels_last:
+    if cfg.fit.channels_last:
         model = model.to(memory_format=torch.channels_last)
     distributed.broadcast_parameters(model, dist)
-    result = fit(model, method, data, cfg.fit_options(), run, resume=resume,
+    result = fit(model, method, data, cfg.fit, run, resume=resume,
                  stop_after=stop_after, log=log, dist=dist)
-    return result, _Built(method, model, info)
+    return result, _Built(method, model, info, tensor_sha256(list(test_set.tensors)))
 
 
 def _split(cfg: TrainConfig, method: Method, x: Tensor, y: Tensor, run: RunDir | None,
@@ -138,9 +139,9 @@ def _split(cfg: TrainConfig, method: Method, x: Tensor, y: Tensor, run: RunDir |
             keep[val_idx] = False
         labeled, unlabeled = torch.nonzero(keep).flatten(), torch.empty(0, dtype=torch.long)
     else:
-        labeled, unlabeled = (labeled_split(y, cfg.labels, cfg.seed) if val_idx is None
-                              else labeled_split(y, cfg.labels, cfg.seed, exclude=val_idx))
-        saved |= {"labels": cfg.labels, "seed": cfg.seed, "labeled": labeled.tolist()}
+        labeled, unlabeled = (labeled_split(y, cfg.labels, cfg.fit.seed) if val_idx is None
+                              else labeled_split(y, cfg.labels, cfg.fit.seed, exclude=val_idx))
+        saved |= {"labels": cfg.labels, "seed": cfg.fit.seed, "labeled": labeled.tolist()}
     if run is not None and saved:
         run.write_split(saved)
     if cfg.labels is not None:
@@ -159,11 +160,11 @@ def _save(run: RunDir, cfg: TrainConfig, built: _Built, result: FitResult) -> No
     info = built.info
     common = dict(dataset=cfg.dataset, model_name=cfg.model, model_kwargs=cfg.model_kwargs,
                   in_shape=info.shape, num_classes=info.num_classes, mean=info.mean,
-                  std=info.std, method=method_config(built.method), epochs=cfg.epochs,
-                  budget=cfg.budget, seed=cfg.seed, labels=cfg.labels, val=cfg.val,
-                  select=cfg.select, last_epoch=result.last_epoch,
+                  std=info.std, method=method_config(built.method), epochs=cfg.fit.epochs,
+                  budget=cfg.fit.budget, seed=cfg.fit.seed, labels=cfg.labels, val=cfg.val,
+                  select=cfg.fit.select, last_epoch=result.last_epoch,
                   updates=result.updates, cost_erm_epochs=result.cost,
-                  train_seconds=result.seconds)
+                  train_seconds=result.seconds, test_sha256=built.test_sha256)
     run.save_model(result.model, selected_epoch=result.selected_epoch, **common)
     if result.last_state is not None:
         run.save_model(result.last_state, selected_epoch=result.last_epoch, last=True, **common)

@@ -3,14 +3,15 @@ module in this package registers its attack by being here."""
 
 from erat.attacks.base import (
     ATTACKS,
-    PRESETS,
     Attack,
     attack_flags,
     attack_names,
     attack_options,
+    attack_with,
     build_attack,
     correct,
     option,
+    presets,
     register_attack,
     resolve,
     robust_key,
@@ -21,14 +22,15 @@ import_package(__name__, __path__, helpers={"base"})
 
 __all__ = [
     "ATTACKS",
-    "PRESETS",
     "Attack",
     "attack_flags",
     "attack_names",
     "attack_options",
+    "attack_with",
     "build_attack",
     "correct",
     "option",
+    "presets",
     "register_attack",
     "resolve",
     "robust_key",

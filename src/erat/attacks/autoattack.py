@@ -40,6 +40,8 @@ def run_pyautoattack(model: nn.Module, x: Tensor, y: Tensor, threat: Threat, see
 @dataclass
 class AutoAttackStandard:
     requires = REQUIRES
+    presets = {"all": 1}
+    roles = {"reference"}  # the strong attack a PGD figure is compared with (erat.checks)
 
     def describe(self) -> str:
         return "AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square)"

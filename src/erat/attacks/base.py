@@ -13,6 +13,12 @@ the flags after stage ``i`` are the worst case over attacks ``0..i``. Their resu
 ``a+b`` for ``b`` after ``a``; a preset (``all`` = ``pgd`` then ``autoattack``) gives its
 last stage its own name (``all-l2-eps1.5``).
 
+An attack says where it belongs in its own file: ``presets = {"all": 1}`` puts it second in
+the preset ``all``; ``roles = {"black-box"}`` makes it the gradient-masking check's attack (its
+``queries_option`` names the option that sets its query budget),
+``roles = {"reference"}`` the strong attack that PGD is compared with (:mod:`erat.checks`);
+``requires`` names the packages it needs (package -> pip requirement).
+
 Example::
 
     @register_attack("toy")
@@ -38,7 +44,6 @@ from erat.registry import Registry
 from erat.threat import Threat
 
 ATTACKS = Registry("attack")
-PRESETS: dict[str, tuple[str, ...]] = {"all": ("pgd", "autoattack")}
 
 
 class Attack(Protocol):
@@ -51,14 +56,31 @@ class Attack(Protocol):
 def register_attack(name: str) -> Callable[[type], type]:
     """Class decorator adding an attack dataclass to the registry under ``name``."""
 
-    if name in PRESETS:
-        raise ValueError(f"attack {name!r} is the name of a preset")
-    return ATTACKS.decorator(name, named=True)
+    def add(cls: type) -> type:
+        if name in presets() or name in getattr(cls, "presets", {}):
+            raise ValueError(f"attack {name!r} is the name of a preset")
+        return ATTACKS.decorator(name, named=True)(cls)
+
+    return add
+
+
+def presets() -> dict[str, tuple[str, ...]]:
+    """Preset name -> its attacks in order, from the attacks' own ``presets`` ranks."""
+    ranked: dict[str, list[tuple[int, str]]] = {}
+    for name, cls in ATTACKS.items():
+        for preset, rank in getattr(cls, "presets", {}).items():
+            ranked.setdefault(preset, []).append((rank, name))
+    return {p: tuple(n for _, n in sorted(members)) for p, members in sorted(ranked.items())}
+
+
+def attack_with(role: str) -> str | None:
+    """The registered attack that declares ``role`` in its ``roles`` (None if none does)."""
+    return next((n for n in sorted(ATTACKS) if role in getattr(ATTACKS[n], "roles", ())), None)
 
 
 def attack_names() -> list[str]:
     """Registered attacks, then presets."""
-    return [*sorted(ATTACKS), *PRESETS]
+    return [*sorted(ATTACKS), *presets()]
 
 
 def attack_options(name: str) -> dict[str, dataclasses.Field]:
@@ -81,8 +103,8 @@ def resolve(spec: str | Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]
     """Attack names and stage labels of ``spec``: a name, a preset, a comma-separated list
     or a sequence of names (see the module docstring for the labels)."""
     items = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else list(spec)
-    if len(items) == 1 and items[0] in PRESETS:
-        names = PRESETS[items[0]]
+    if len(items) == 1 and items[0] in presets():
+        names = presets()[items[0]]
         labels = tuple("+".join(names[: i + 1]) for i in range(len(names)))
         return names, (*labels[:-1], items[0])
     unknown = [s for s in items if s not in ATTACKS]

@@ -22,6 +22,8 @@ CHECK_EVERY = 10  # steps between checks for misclassified (then finished) examp
 @register_attack("pgd")
 @dataclass
 class PGDAttack:
+    presets = {"all": 0}  # first in `all`, AutoAttack then runs on its survivors
+
     steps: int = option(50, "PGD steps")
     step_size: float | None = option(None, "PGD step size (default: 2.5*eps/steps)")
     restarts: int = option(1, "PGD restarts, each on the survivors of the previous")

@@ -19,6 +19,8 @@ class Square:
     square_queries: int = option(5000, "queries of the Square attack")
 
     requires = REQUIRES
+    roles = {"black-box"}  # the gradient-masking check's attack (erat.checks) ...
+    queries_option = "square_queries"  # ... with its query budget set here
 
     def __post_init__(self) -> None:
         if not isinstance(self.square_queries, int) or self.square_queries < 1:

@@ -13,6 +13,7 @@ from erat.methods.base import (
     method_params,
     param,
     register,
+    reserve,
 )
 from erat.registry import import_package
 
@@ -30,4 +31,5 @@ __all__ = [
     "method_params",
     "param",
     "register",
+    "reserve",
 ]

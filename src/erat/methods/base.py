@@ -21,7 +21,7 @@ Example (inside a user's own loop)::
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
@@ -69,9 +69,33 @@ class Method(Protocol):
 METHODS = Registry("method")
 
 
+RESERVED: dict[str, str] = {}  # setting name -> its owner, which a method field may not shadow
+
+
 def register(name: str) -> Callable[[type], type]:
-    """Class decorator adding a method dataclass to the registry under ``name``."""
-    return METHODS.decorator(name, named=True)
+    """Class decorator adding a method dataclass to the registry under ``name``; a field
+    named like a reserved setting (:func:`reserve`) is refused."""
+
+    def add(cls: type) -> type:
+        _refuse_reserved(name, cls)
+        return METHODS.decorator(name, named=True)(cls)
+
+    return add
+
+
+def reserve(names: Iterable[str], owner: str) -> None:
+    """Reserve setting names for ``owner`` (the training configuration): a method field of
+    that name would be read as the owner's setting, so registering one is an error."""
+    RESERVED.update(dict.fromkeys(names, owner))
+    for name, cls in METHODS.items():
+        _refuse_reserved(name, cls)
+
+
+def _refuse_reserved(name: str, cls: type) -> None:
+    clash = sorted(set(init_fields(cls)) & set(RESERVED))
+    if clash:
+        raise TypeError(f"method {name!r}: field(s) {', '.join(clash)} share a name with "
+                        f"settings of {RESERVED[clash[0]]}; rename them")
 
 
 def method_names() -> list[str]:

@@ -1,0 +1,122 @@
+"""Evaluating a run folder (``erat eval``, ``erat energy``): the run's model, read once, its
+test data (checked to be the data it was trained beside), the resumable state of an
+interrupted evaluation in the run folder, and the lines printed. The evaluation itself is
+the library on tensors (:func:`erat.evaluate.evaluate`, :func:`erat.measure.energy_report`).
+
+Example::
+
+    result = evaluate_run(Path("runs/fm-er"), EvalConfig.build("pgd", eps=[1.5]), n=500,
+                          data_dir=None, device="cpu")
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from erat.datasets import load_dataset
+from erat.distributed import resolve_device
+from erat.energy import check_settings
+from erat.errors import UserError
+from erat.evaluate import EvalConfig, evaluate
+from erat.files import check_writable_file, tensor_sha256
+from erat.measure import energy_report
+from erat.rundir import RunDir, open_model
+
+
+class RunInputs(NamedTuple):
+    """What an evaluation of a run reads: its model (eval mode), metadata, the first ``n``
+    test examples, the test set's size and the model file's SHA-256."""
+
+    model: nn.Module
+    meta: dict[str, Any]
+    x: Tensor
+    y: Tensor
+    n_total: int
+    sha256: str
+
+
+def run_inputs(path: Path, *, n: int | None, data_dir: str | None, device: torch.device
+               ) -> RunInputs:
+    """The model of a run folder (or model file), read once, and the first ``n`` test
+    examples of its dataset (from the run's own ``data_dir`` unless given). A test set that
+    differs from the one recorded at training (another dataset in ``data_dir``) is refused."""
+    opened = open_model(path, device)
+    run = RunDir(opened.path.parent)
+    if data_dir is None and (run / RunDir.CONFIG).exists():
+        data_dir = run.read_config().get("data_dir")
+    dataset = opened.meta["dataset"]
+    x, y = load_dataset(dataset, "test", data_dir).tensors
+    recorded = opened.meta.get("test_sha256")
+    if recorded is not None and recorded != tensor_sha256([x, y]):
+        raise UserError(f"the {dataset} test set in {data_dir} is not the one {path} was "
+                        f"trained beside (another dataset or version there?); pass the "
+                        f"--data-dir of the run's own {dataset} files")
+    total = len(x)
+    if n is not None:
+        if n < 1 or n > total:
+            raise UserError(f"--n must be between 1 and {total} (the test set's size), got {n}")
+        x, y = x[:n], y[:n]
+    return RunInputs(opened.model, opened.meta, x, y, total, opened.sha256)
+
+
+def evaluate_run(path: Path, cfg: EvalConfig, *, n: int | None, data_dir: str | None,
+                 device: str, fresh: bool = False, json_path: Path | None = None) -> dict:
+    """``erat eval``: :func:`~erat.evaluate.evaluate` a run folder (or model file) on its
+    test set, its resumable state in the run folder (or a cache folder when read-only);
+    ``json_path`` is checked for writing before any attack work."""
+    if json_path is not None:
+        check_writable_file(json_path, "--json")
+    got = run_inputs(path, n=n, data_dir=data_dir, device=resolve_device(device))
+    state = None if Path(path).is_file() else RunDir(path).state_path(
+        f"eval-{cfg.labels[-1]}-{cfg.norm}")
+    if state is not None and fresh:
+        state.unlink(missing_ok=True)
+    return evaluate(got.model, got.x, got.y, cfg, n_total=got.n_total, progress=True,
+                    state_path=state,
+                    extra_info={"checkpoint_sha256": got.sha256, "run": str(path),
+                                "dataset": got.meta["dataset"], "method": got.meta["method"]})
+
+
+def format_result(result: dict[str, Any]) -> str:
+    """The lines ``erat eval`` prints: examples, clean and robust accuracies, failed checks
+    and notes."""
+    threat = result["threat"]
+    lines = [
+        f"examples: {threat['n']}"
+        + (f" ({threat['subset_note']})" if threat.get("subset") else ""),
+        f"{'clean':<24} {result['clean_acc']:.4f}",
+    ]
+    lines += [f"{key:<24} {acc:.4f}" for key, acc in result["robust_acc"].items()]
+    lines.append(f"sanity checks failed: {result.get('checks_failed', 0)}")
+    for c in result.get("checks", []):
+        if not c["passed"]:
+            mark = "note" if c.get("severity") == "note" else "!"
+            lines.append(f"  {mark} {c['name']}: {c['detail']}")
+    return "\n".join(lines)
+
+
+def energy_run(path: Path, *, eps: float, T: int, M: int, S: int, n: int | None,
+               data_dir: str | None, batch_size: int, seed: int, device: str,
+               json_path: Path | None = None) -> dict:
+    """``erat energy``: :func:`~erat.measure.energy_report` of a run folder (or model file)
+    on its test set; settings and ``json_path`` are checked before any work."""
+    check_settings(eps, T, M, S, "max")
+    if json_path is not None:
+        check_writable_file(json_path, "--json")
+    got = run_inputs(path, n=n, data_dir=data_dir, device=resolve_device(device))
+    result = energy_report(got.model, got.x, got.y, eps=eps, T=T, M=M, S=S,
+                           batch_size=batch_size, seed=seed)
+    result["settings"].update({"n_total": got.n_total, "checkpoint_sha256": got.sha256,
+                               "dataset": got.meta["dataset"]})
+    return result
+
+
+def format_report(result: dict) -> str:
+    """The lines ``erat energy`` prints."""
+    keys = ("energy_mean", "energy_median", "at_term_mean", "vat_term_mean", "certified_frac",
+            "virtual_energy_mean")
+    return "\n".join([*(f"{k:<22} {result[k]:.4f}" for k in keys), result["certificate_note"]])

@@ -1,0 +1,218 @@
+"""The training loop: ``fit(model, method, data, options, run_dir)`` trains any ``nn.Module``
+with any :class:`~erat.methods.Method` on tensors; it knows no name of a dataset, model or
+method (:func:`erat.train.train` looks the names up and calls it).
+
+One epoch is a pass over the labeled training set (supervised), or over the unlabeled set
+when there is one and the method reads it (semi-supervised; the labeled batches cycle,
+reshuffled each cycle); ``epoch_updates`` overrides the length. ``budget`` (in ERM epochs,
+:mod:`erat.fit.schedule`) sets the number of updates instead of ``epochs``. Validation work
+is not training cost; it is timed apart (:mod:`erat.fit.validate`).
+
+Reproducibility: the global RNG is seeded by the caller before the model is built; each
+epoch's shuffling and augmentation draw from a generator seeded by ``(seed, epoch)``; the
+checkpoint stores the RNG states, so a resumed run ends with the same weights as an
+uninterrupted one (on the CPU).
+
+Example::
+
+    result = fit(my_module, build_method("er", eps=1.5), FitData(x, y), FitOptions(epochs=5))
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from erat import distributed
+from erat.datasets import augment_batch
+from erat.errors import UserError
+from erat.fit.guard import guard
+from erat.fit.options import FitData, FitOptions, FitResult
+from erat.fit.sampler import EpochSampler
+from erat.fit.schedule import build_optimizer, plan
+from erat.fit.state import TrainState
+from erat.fit.validate import clean_accuracy, val_radius, validate
+from erat.methods import Batch, Method
+from erat.rundir import RunDir, unwrap
+
+
+def fit(
+    model: nn.Module,
+    method: Method,
+    data: FitData | tuple[Tensor, Tensor],
+    options: FitOptions | None = None,
+    run_dir: RunDir | None = None,
+    *,
+    resume: bool = False,
+    stop_after: int | None = None,
+    log: Callable[[str], None] = print,
+    dist: distributed.Dist | None = None,
+) -> FitResult:
+    """Train ``model`` in place with ``method`` on ``data``; returns the selected model.
+
+    With ``run_dir``, every epoch appends to ``metrics.jsonl`` and writes ``checkpoint.pt``
+    (and ``best.pt`` when selecting), and ``resume`` continues from the checkpoint.
+    ``stop_after`` ends after that epoch as if interrupted. The model's device is used.
+    """
+    data = data if isinstance(data, FitData) else FitData(*data)
+    loop = Loop(model, method, data, options or FitOptions(), run_dir, log,
+                dist or distributed.Dist())
+    start = loop.state.restore(run_dir.load_checkpoint()) if resume and run_dir else 0
+    if start:
+        log(f"resumed {run_dir.path} after epoch {start}")
+    if loop.dist.enabled:  # different random searches on each rank, reproducibly
+        torch.manual_seed(loop.options.seed * 7919 + start * 31 + loop.dist.rank)
+    loop.history = run_dir.metrics() if run_dir and start else []
+    epochs = loop.schedule.epochs
+    for epoch in range(start + 1, epochs + 1):
+        row = loop.epoch(epoch)
+        loop.record(row)
+        if stop_after is not None and stop_after <= epoch < epochs:
+            log(f"stopped after epoch {epoch}; continue with --resume")
+            return FitResult(model, epoch, epoch, None, row["updates"],
+                             loop.schedule.cost(row["updates"]), _train_seconds(loop.history),
+                             stopped=True, history=loop.history)
+    return loop.result()
+
+
+class Loop:
+    """The state of one :func:`fit` call: data on the device, schedule, optimiser."""
+
+    def __init__(self, model: nn.Module, method: Method, data: FitData, options: FitOptions,
+                 run_dir: RunDir | None, log: Callable[[str], None], dist: distributed.Dist):
+        self.model, self.method, self.data, self.options = model, method, data, options
+        self.run_dir, self.log, self.dist = run_dir, log, dist
+        self.device = next(model.parameters()).device
+        if dist.enabled and options.batch_size % dist.world_size:
+            raise UserError(f"batch_size {options.batch_size} must divide among "
+                            f"{dist.world_size} processes")
+        uses = data.x_unlabeled is not None and method.uses_unlabeled
+        self.sampler = EpochSampler(options, len(data.y), len(data.x_unlabeled) if uses else 0)
+        self.schedule = plan(method, model, options, self.sampler)
+        self.sampler.updates = self.schedule.per_epoch
+        optimizer, scheduler = build_optimizer(options, model, self.schedule.updates)
+        scaler = torch.amp.GradScaler(self.device.type, enabled=options.amp == "fp16")
+        self.val_eps = val_radius(method, options, data)
+        self.state = TrainState(model, optimizer, scheduler, scaler)
+        self.step_model = torch.compile(model) if options.compile else model
+        self.x, self.y = data.x.to(self.device), data.y.to(self.device)
+        self.xu = data.x_unlabeled.to(self.device) if uses else None
+        self.augment = data.augment if options.augment else "none"
+        self.history: list[dict[str, Any]] = []
+
+    def epoch(self, epoch: int) -> dict[str, Any]:
+        """Train one epoch; its metrics row (without validation)."""
+        opt, sched, dist = self.options, self.schedule, self.dist
+        gen = torch.Generator().manual_seed(opt.seed * 100_003 + epoch)
+        first = (epoch - 1) * sched.per_epoch
+        n = min(sched.per_epoch, sched.updates - first)
+        t0 = time.perf_counter()
+        self.model.train()
+        sums: dict[str, float] = {}
+        bar = tqdm(self.sampler.batches(gen), total=n, desc=f"epoch {epoch}/{sched.epochs}",
+                   disable=not opt.progress or not dist.is_main, leave=False)
+        for i, (li, ui) in enumerate(bar):
+            if i == n:
+                break
+            idx = distributed.shard(li, dist).to(self.device)
+            batch = Batch(_prepare(self.x[idx], self.augment, gen, opt), self.y[idx],
+                          updates=first + i, total_updates=sched.updates)
+            if ui is not None:
+                uidx = distributed.shard(ui, dist).to(self.device)
+                batch.x_unlabeled = _prepare(self.xu[uidx], self.augment, gen, opt)
+            metrics = update(self.step_model, self.method, batch, self.state, opt.amp,
+                             self.device, dist)
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + v
+            bar.set_postfix(loss=f"{metrics['loss']:.3f}")
+        seconds = time.perf_counter() - t0
+        sums = distributed.mean_over_ranks(sums, dist, self.device)
+        row = {"epoch": epoch, "updates": first + n, "seconds": round(seconds, 3),
+               "lr": self.state.scheduler.get_last_lr()[0],
+               **{f"train_{k}": v / n for k, v in sums.items()}}
+        if sched.counted:
+            row["cost"] = sched.cost(first + n)
+        return row
+
+    def record(self, row: dict[str, Any]) -> None:
+        """Validate, log, select, and write the epoch's metrics and checkpoint."""
+        if self.data.val is not None:
+            row |= validate(self.model, self.data.val, self.options, self.val_eps,
+                            self.device, getattr(self.method, "norm", "l2"))
+        if self.data.test is not None:
+            row["test_acc"] = clean_accuracy(self.model, *self.data.test)
+        warning = guard(self.model, self.xu, self.y, row, self.history)
+        if warning:
+            row["guard"] = warning
+            self.log(f"warning: {warning}")
+        self.history.append(row)
+        if self.dist.is_main and self.run_dir is not None:
+            self.state.select(row, self.options, self.run_dir)
+            self.run_dir.append_metrics(row)
+            self.run_dir.save_checkpoint(self.state.checkpoint(row["epoch"]))
+        elif self.options.select == "best-robust":
+            self.state.select(row, self.options, None)
+        self.log(epoch_line(row, self.schedule.epochs))
+
+    def result(self) -> FitResult:
+        """The finished run; the selected epoch's weights in the model."""
+        last, model = self.schedule.epochs, unwrap(self.model)
+        best = self.state.best_state(self.run_dir)
+        selecting = self.options.select == "best-robust" and best is not None
+        last_state = None
+        if selecting and best["epoch"] != last:
+            last_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            model.load_state_dict(best["state_dict"])
+        return FitResult(self.model, last, best["epoch"] if selecting else last, last_state,
+                         self.schedule.updates, self.schedule.cost(self.schedule.updates),
+                         _train_seconds(self.history), history=self.history)
+
+
+def _train_seconds(history: list[dict]) -> float:
+    return round(sum(r.get("seconds", 0.0) for r in history), 3)
+
+
+def _prepare(x: Tensor, aug: str, gen: torch.Generator, options: FitOptions) -> Tensor:
+    x = augment_batch(x, aug, gen)
+    return x.contiguous(memory_format=torch.channels_last) if options.channels_last else x
+
+
+def update(model: nn.Module, method: Method, batch: Batch, state: TrainState, amp: str,
+           device: torch.device, dist: distributed.Dist) -> dict[str, float]:
+    """One optimiser update on ``batch``; returns the method's metrics as floats."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+    with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        out = method(model, batch)
+    if not torch.isfinite(out.loss):
+        raise UserError(f"the training loss became {out.loss.item()} at update "
+                        f"{batch.updates}; lower --lr or check the data")
+    state.optimizer.zero_grad(set_to_none=True)
+    state.scaler.scale(out.loss).backward()
+    distributed.average_gradients(model, dist)
+    state.scaler.step(state.optimizer)
+    state.scaler.update()
+    state.scheduler.step()
+    return {k: float(v) for k, v in out.metrics.items()}
+
+
+def epoch_line(row: dict[str, Any], epochs: int) -> str:
+    """A short human line for an epoch (the full row goes to ``metrics.jsonl``)."""
+    parts = [f"epoch {row['epoch']}/{epochs}", f"loss {row.get('train_loss', math.nan):.3f}"]
+    if "train_acc" in row:
+        parts.append(f"acc {row['train_acc']:.3f}")
+    if "val_clean_acc" in row:
+        robust = row.get("val_robust_acc")
+        parts.append(f"val {row['val_clean_acc']:.3f}" + (f"/{robust:.3f}" if robust is not None
+                                                           else ""))
+    if "test_acc" in row:
+        parts.append(f"test {row['test_acc']:.3f}")
+    parts.append(f"{row['seconds']:.1f} s")
+    if row.get("cost") is not None:
+        parts.append(f"cost {row['cost']:.2f}")
+    return "  ".join(parts)

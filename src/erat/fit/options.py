@@ -1,0 +1,124 @@
+"""What :func:`erat.fit.fit` is told and what it returns: :class:`FitOptions` (how to train),
+:class:`FitData` (the tensors) and :class:`FitResult` (the model and the record)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from torch import Tensor, nn
+
+from erat.errors import UserError
+from erat.fields import param
+
+Select = Literal["last", "best-robust"]
+DEFAULT_EPOCHS = 10  # the length of a run that names neither --epochs nor --budget
+
+
+@dataclass
+class FitOptions:
+    """How to train: length, batches, optimiser, schedule, precision, validation.
+
+    ``epochs`` is None when ``budget`` sets the length (a budget-driven run records no
+    epoch count it did not use)."""
+
+    epochs: int | None = param(None, f"passes over the training set (default: "
+                                     f"{DEFAULT_EPOCHS}; not with --budget)")
+    budget: float | None = param(None, "train for this cost in ERM epochs (sets the updates "
+                                       "instead of --epochs)")
+    budget_epochs: int | None = param(None, "with --budget: split the run into this many "
+                                            "epochs (validations, checkpoints); default: "
+                                            "one pass over the data each")
+    batch_size: int = param(128, "labeled batch size")
+    unlabeled_batch_size: int | None = param(None, "unlabeled batch size (default: "
+                                                   "--batch-size)")
+    epoch_updates: int | None = param(None, "optimiser updates per epoch (default: one pass)")
+    optimizer: Literal["sgd", "adam"] = param("adam", "optimiser")
+    lr: float = param(1e-3, "learning rate")
+    momentum: float = param(0.9, "SGD momentum")
+    weight_decay: float = param(0.0, "L2 weight decay")
+    schedule: Literal["cosine", "step", "none"] = param("cosine", "learning-rate schedule")
+    seed: int = param(0, "random seed")
+    amp: Literal["none", "bf16", "fp16"] = param("none", "mixed precision")
+    channels_last: bool = param(False, "channels-last memory format (faster on recent GPUs)")
+    compile: bool = param(False, "torch.compile the model")
+    augment: bool = param(True, "the dataset's train-time augmentation")
+    progress: bool = param(True, "progress bars")
+    val_n: int = param(1000, "validation images measured after each epoch")
+    val_eps: float | None = param(None, "radius of the per-epoch validation PGD (default: "
+                                        "the method's eps)")
+    val_steps: int = param(10, "steps of the per-epoch validation PGD")
+    select: Select = param("last", "model.pt from the last epoch, or from the epoch of the "
+                                   "best validation robust accuracy")
+
+    def __post_init__(self) -> None:
+        if self.epochs is not None and self.budget is not None:
+            raise UserError("--budget and --epochs contradict each other; give one")
+        if self.epochs is None and self.budget is None:
+            self.epochs = DEFAULT_EPOCHS
+        checks = {
+            "epochs must be an integer >= 1": self.epochs is None or _int(self.epochs, 1),
+            "budget must be a finite number > 0": self.budget is None
+            or (_num(self.budget) and 0 < self.budget < math.inf),
+            "budget_epochs must be an integer >= 1 (and needs --budget)":
+            self.budget_epochs is None or (_int(self.budget_epochs, 1) and self.budget is not None),
+            "batch_size must be an integer >= 1": _int(self.batch_size, 1),
+            "lr must be a finite number > 0": _num(self.lr) and 0 < self.lr < math.inf,
+            "momentum must be a number in [0, 1)": _num(self.momentum) and 0 <= self.momentum < 1,
+            "weight_decay must be a finite number >= 0": _num(self.weight_decay)
+            and 0 <= self.weight_decay < math.inf,
+            "unlabeled_batch_size must be an integer >= 1": self.unlabeled_batch_size is None
+            or _int(self.unlabeled_batch_size, 1),
+            "epoch_updates must be an integer >= 1": self.epoch_updates is None
+            or _int(self.epoch_updates, 1),
+            "optimizer must be sgd or adam": self.optimizer in ("sgd", "adam"),
+            "schedule must be cosine, step or none": self.schedule in ("cosine", "step", "none"),
+            "amp must be none, bf16 or fp16": self.amp in ("none", "bf16", "fp16"),
+            "seed must be an integer": _int(self.seed, -(2**63)),
+            "val_n must be an integer >= 1": _int(self.val_n, 1),
+            "val_eps must be a finite number > 0": self.val_eps is None
+            or (_num(self.val_eps) and 0 < self.val_eps < math.inf),
+            "val_steps must be an integer >= 1": _int(self.val_steps, 1),
+            "select must be last or best-robust": self.select in ("last", "best-robust"),
+        }
+        for message, ok in checks.items():
+            if not ok:
+                raise UserError(message)
+
+
+def _int(v: Any, minimum: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= minimum
+
+
+def _num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+@dataclass
+class FitData:
+    """Training tensors: labeled ``x`` ``[N, C, H, W]`` in [0, 1] and ``y`` ``[N]``; optional
+    unlabeled inputs, a validation set (model selection) and a test set (logged only)."""
+
+    x: Tensor
+    y: Tensor
+    x_unlabeled: Tensor | None = None
+    val: tuple[Tensor, Tensor] | None = None
+    test: tuple[Tensor, Tensor] | None = None
+    augment: str = "none"  # the dataset's train-time augmentation (erat.datasets.augment)
+
+
+@dataclass
+class FitResult:
+    """What :func:`erat.fit.fit` returns: the model holding the selected weights, and the
+    record."""
+
+    model: nn.Module
+    last_epoch: int
+    selected_epoch: int
+    last_state: dict[str, Tensor] | None  # the last epoch's weights when another is selected
+    updates: int
+    cost: float | None  # ERM epochs
+    seconds: float  # training time, validation excluded
+    stopped: bool = False  # ended early by stop_after
+    history: list[dict[str, Any]] = field(default_factory=list)

@@ -1,0 +1,63 @@
+"""Per-epoch validation: clean and PGD robust accuracy on the first ``val_n`` held-out
+images (``val_steps`` steps, one restart, radius ``val_eps`` or the method's ``eps``), the
+figures ``select="best-robust"`` chooses by; and clean accuracy of a model on a tensor set."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import Tensor, nn
+
+from erat.errors import UserError
+from erat.fit.options import FitData, FitOptions
+from erat.methods import Method
+
+
+def val_radius(method: Method, options: FitOptions, data: FitData) -> float | None:
+    """The validation PGD's radius; ``UserError`` when ``best-robust`` cannot be chosen."""
+    eps = options.val_eps if options.val_eps is not None else getattr(method, "eps", None)
+    if options.select == "best-robust":
+        if data.val is None:
+            raise UserError("--select best-robust needs a validation set (--val N)")
+        if not eps:
+            raise UserError(f"--select best-robust needs --val-eps for method "
+                            f"{getattr(method, 'name', method)!r} (it has no eps)")
+    return eps or None
+
+
+def validate(model: nn.Module, val: tuple[Tensor, Tensor], options: FitOptions,
+             eps: float | None, device: torch.device, norm: str = "l2") -> dict[str, float]:
+    """Clean and PGD robust accuracy on the first ``val_n`` validation images."""
+    from erat.evaluate import evaluate
+
+    t0 = time.perf_counter()
+    xv, yv = val[0][: options.val_n].to(device), val[1][: options.val_n].to(device)
+    was_training = model.training
+    model.eval()
+    try:
+        if eps is None:
+            out = {"val_clean_acc": clean_accuracy(model, xv, yv)}
+        else:
+            res = evaluate(model, xv, yv, attacks="pgd", norm=norm, eps=[eps],
+                           steps=options.val_steps, restarts=1, sanity_n=0, seed=0,
+                           batch_size=500)
+            out = {"val_clean_acc": res["clean_acc"],
+                   "val_robust_acc": next(iter(res["robust_acc"].values()))}
+    finally:
+        model.train(was_training)
+    return out | {"val_seconds": round(time.perf_counter() - t0, 3)}
+
+
+@torch.no_grad()
+def clean_accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1000) -> float:
+    """Accuracy in eval mode; the model's mode is restored afterwards."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    correct = 0
+    for i in range(0, len(x), batch_size):
+        xb, yb = x[i : i + batch_size].to(device), y[i : i + batch_size].to(device)
+        correct += int((model(xb).argmax(1) == yb).sum())
+    model.train(was_training)
+    return correct / max(len(x), 1)

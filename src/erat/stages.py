@@ -1,0 +1,197 @@
+"""The bookkeeping of a robustness evaluation on tensors: :class:`EvalConfig` (its typed
+settings, every attack built once) and :class:`Stages`, which runs clean accuracy and then
+each attack, batch by batch, on the examples still robust, worst case per example.
+
+An example counts as robust at ``eps`` only if it is classified correctly on the clean pass
+AND at the end point of every attack run against it (Croce & Hein 2020, arXiv 2003.01690;
+RobustBench, arXiv 2010.09670). Every (stage, batch) is seeded from the evaluation's seed,
+and the per-example flags can be saved after every batch (:class:`Progress`) and reused when
+the settings, the data and the weights match, so a resumed evaluation gives the same
+numbers as an uninterrupted one.
+
+Example::
+
+    cfg = EvalConfig.build("pgd", eps=[0.5], steps=20)
+    flags = Stages(model, x, y, cfg, Progress(None, {})).run_attacks()
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import warnings
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from erat.attacks import Attack, attack_options, build_attack, correct, resolve, robust_key
+from erat.attacks.base import ATTACKS
+from erat.errors import UserError
+from erat.files import atomic_save, tensor_sha256
+from erat.threat import NORMS, Norm, Threat
+
+STATE_VERSION = 2  # the key of saved progress (unchanged since 0.2)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """The settings of an evaluation. ``attacks`` are run in order (:func:`erat.attacks.
+    resolve` gives their stage ``labels``); ``options`` holds the attacks' own settings by
+    name (e.g. ``steps``, ``restarts``, ``square_queries``); ``sanity_n = 0`` skips the
+    checks that cost attack work. ``built`` holds each attack, built once from ``options``."""
+
+    attacks: tuple[str, ...] = ("pgd",)
+    labels: tuple[str, ...] = ("pgd",)
+    norm: Norm = "l2"
+    eps: tuple[float, ...] = (0.5, 1.0)
+    batch_size: int = 500
+    seed: int = 0
+    sanity_n: int = 100
+    masking_check: bool = True
+    masking_queries: int = 500
+    options: dict[str, Any] = field(default_factory=dict)
+    built: tuple[Attack, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.norm not in NORMS:
+            raise UserError(f"unknown norm {self.norm!r}; choose one of {', '.join(NORMS)}")
+        eps = (self.eps,) if isinstance(self.eps, int | float) else tuple(self.eps)
+        if not eps or any(isinstance(e, bool) or not isinstance(e, int | float)
+                          or not math.isfinite(e) or e < 0 for e in eps):
+            raise UserError(f"eps must be a non-empty list of finite numbers >= 0, got "
+                            f"{self.eps}")
+        for e in eps:
+            Threat(self.norm, float(e))  # the radius rules of the threat model
+        object.__setattr__(self, "eps", tuple(float(e) for e in eps))
+        if self.batch_size < 1 or self.sanity_n < 0 or self.masking_queries < 1:
+            raise UserError("need batch_size >= 1, sanity_n >= 0 and masking_queries >= 1")
+        # options of the wrong type or range fail here, once
+        object.__setattr__(self, "built", tuple(build_attack(a, self.options)
+                                                for a in self.attacks))
+
+    @classmethod
+    def build(cls, attacks: str | Sequence[str] = "pgd", *, checks: bool = True,
+              **settings: Any) -> EvalConfig:
+        """From names as a user gives them: ``attacks`` (a name, a preset such as ``all``, a
+        comma-separated list or a sequence), this class's fields, and attack options;
+        ``checks=False`` sets ``sanity_n = 0``. Unknown names raise ``UserError``."""
+        if "attack" in settings:  # the flag's and the suites' name for it
+            attacks = settings.pop("attack")
+        names, labels = resolve(attacks)
+        own = {f.name for f in dataclasses.fields(cls) if f.init} - {"attacks", "labels",
+                                                                        "options"}
+        known_options = {o for a in ATTACKS for o in attack_options(a)}
+        unknown = set(settings) - own - known_options
+        if unknown:
+            raise UserError(f"unknown evaluation setting(s): {', '.join(sorted(unknown))}")
+        base = {k: v for k, v in settings.items() if k in own}
+        options = {k: v for k, v in settings.items() if k in known_options}
+        if not checks:
+            base["sanity_n"] = 0
+        return cls(attacks=names, labels=labels, options=options, **base)
+
+    def settings(self) -> dict[str, Any]:
+        """The settings as plain JSON-ready data (without the built attacks)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
+
+    def stages(self) -> list[tuple[str, Attack]]:
+        """``(label, attack)`` of each stage, in order."""
+        return list(zip(self.labels, self.built, strict=True))
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """SHA-256 of a model's state (parameters and buffers)."""
+    return tensor_sha256(list(model.state_dict().values()))
+
+
+def progress_key(cfg: EvalConfig, model: nn.Module, x: Tensor, y: Tensor) -> dict:
+    """What saved progress must match to be reused: the config, the data and the weights."""
+    raw = {"version": STATE_VERSION, **cfg.settings(), "n": len(y),
+           "data": tensor_sha256([x, y]), "weights": weights_fingerprint(model)}
+    return json.loads(json.dumps(raw))  # tuples -> lists, as they come back from disk
+
+
+class Progress:
+    """Per-example robust flags and batches done, per stage key; saved atomically at
+    ``path`` after every batch (``None``: kept in memory only) and reused when ``key``
+    matches the saved one."""
+
+    def __init__(self, path: Path | None, key: dict):
+        self.path, self.key, self.resumed = path, key, False
+        self.flags: dict[str, Tensor] = {}
+        self.done: dict[str, int] = {}
+        if path is None or not Path(path).exists():
+            return
+        try:
+            saved = torch.load(path, weights_only=True)
+        except Exception as err:  # unreadable (truncated, foreign): start afresh
+            warnings.warn(f"ignoring unreadable evaluation state {path}: {err}", stacklevel=3)
+            return
+        if isinstance(saved, dict) and saved.get("settings") == key:
+            self.flags, self.done, self.resumed = saved["flags"], saved["done"], True
+        else:
+            warnings.warn(f"evaluation state {path} has other settings; starting afresh",
+                          stacklevel=3)
+
+    def get(self, key: str, start: Tensor) -> tuple[Tensor, int]:
+        if key in self.flags:
+            return self.flags[key].clone(), self.done[key]
+        return start.clone(), 0
+
+    def put(self, key: str, flags: Tensor, done: int) -> None:
+        self.flags[key], self.done[key] = flags.clone(), done
+        if self.path is not None:
+            atomic_save({"settings": self.key, "flags": self.flags, "done": self.done},
+                        Path(self.path))
+
+
+class Stages:
+    """Runs stages (clean, attacks, check attacks) batch by batch on still-robust examples
+    of ``x`` ``[N, ...]`` (on the model's device) with labels ``y`` ``[N]``."""
+
+    def __init__(self, model: nn.Module, x: Tensor, y: Tensor, cfg: EvalConfig,
+                 progress: Progress, show: bool = False):
+        self.model, self.x, self.y, self.cfg = model, x, y, cfg
+        self.progress, self.show = progress, show
+
+    def run(self, key: str, start: Tensor, attack: Attack | None,
+            threat: Threat | None = None) -> Tensor:
+        """Flags ``[len(start)]`` after ``attack`` (None: clean accuracy) on the examples
+        flagged in ``start`` (indices ``0..len(start)-1``), one batch at a time, seeded per
+        batch, saving after each batch."""
+        flags, done = self.progress.get(key, start)
+        bs = self.cfg.batch_size
+        n_batches = math.ceil(len(flags) / bs)
+        batches = range(done, n_batches)
+        if self.show:
+            from tqdm.auto import tqdm
+
+            batches = tqdm(batches, desc=key, initial=done, total=n_batches, leave=False)
+        for b in batches:
+            idx = torch.arange(b * bs, min((b + 1) * bs, len(flags)))
+            live = idx[flags[idx]]
+            if len(live) and (threat is None or threat.eps > 0):  # eps 0: robust = clean
+                seed = zlib.crc32(f"{self.cfg.seed}/{key}/{b}".encode())
+                torch.manual_seed(seed)
+                xb, yb = self.x[live.to(self.x.device)], self.y[live.to(self.x.device)]
+                flags[live] = (correct(self.model, xb, yb) if attack is None
+                               else attack(self.model, xb, yb, threat, seed).cpu())
+            self.progress.put(key, flags, b + 1)
+        return flags
+
+    def run_attacks(self) -> dict[str, Tensor]:
+        """Per-example flags: ``"clean"`` and one entry per stage and radius."""
+        clean = self.run("clean", torch.ones(len(self.y), dtype=torch.bool), None)
+        flags = {"clean": clean}
+        for eps in self.cfg.eps:
+            src = clean
+            for label, attack in self.cfg.stages():
+                src = self.run(f"{label}@{eps!r}", src, attack, Threat(self.cfg.norm, eps))
+                flags[robust_key(label, self.cfg.norm, eps)] = src
+        return flags
