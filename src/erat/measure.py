@@ -72,9 +72,9 @@ def energy_report(
     (so ``E_hat`` covers AT's direction; FGSM's in l-inf); for the virtual loss, VAT's
     direction (``xi``, ``power_iters``; ``sign(d)`` in l-inf) refined by ``S`` PGD steps, plus
     its own ray. Reports AT's term ``l(x + eps u_fgm) - l(x)``, VAT's term
-    ``v(x + eps d_vat)``, both energies, the mean
-    over random directions (``Ebar``) and the certified fraction ``l(x) + E_hat(x) < ln 2``.
-    Per sample until the final statistics; JSON-ready.
+    ``v(x + eps d_vat)``, both energies, the mean over random directions (``Ebar``) and the
+    certified fraction ``l(x) + E_hat(x) < ln 2``. Per sample until the final statistics;
+    JSON-ready. ``norm="linf"`` warns once for an l2-sized radius (``check_radius``).
 
     Example::
 
