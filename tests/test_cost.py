@@ -52,10 +52,15 @@ def batch(n: int = 8, nu: int = 0, updates: int | None = None, total: int | None
 
 
 PARAMS = {"erm": {}, "at": {}, "vat": {}, "pgd": {"steps": 3}, "trades": {"steps": 3},
-          "er": {}}
+          "er": {}, "fast-at": {"eps": 0.1}}
+LINF = {"norm": "linf", "eps": 0.1}
 CASES = [(m, p) for m, p in PARAMS.items()] + [
     ("er", {"S": 3, "T": 2, "M": 2}), ("er", {"S": 0}), ("er", {"lam": 0.5, "lam_u": 1.0}),
-    ("vat", {"power_iters": 2})]
+    ("vat", {"power_iters": 2}),
+    # the l-inf variants (METHOD.md 3d): the norm changes no pass
+    ("at", LINF), ("vat", LINF), ("pgd", {**LINF, "steps": 2}), ("trades", {**LINF, "steps": 2}),
+    ("er", {**LINF, "S": 2, "T": 2, "M": 2}), ("er", {**LINF, "S": 0, "lam_u": 1.0}),
+    ("fast-at", {"eps": 0.1, "step_size": 0.05})]
 
 
 @pytest.mark.parametrize("name, params", CASES)
@@ -68,6 +73,18 @@ def test_counted_cost_matches_the_passes_made(name, params, unlabeled, dropout):
     counter = Counter(model)
     method(model, b).loss.backward()
     assert counter.passes == method.cost(b, model), (counter.forward, counter.backward)
+
+
+def test_the_norm_changes_no_pass():
+    """l-inf variants count what their l2 twins count (the gradient estimator's double
+    backward too, which the hooks above cannot see: METHOD.md 3b's convention)."""
+    model, b = tiny().train(), batch(8, 12)
+    for name, params in [("at", {}), ("vat", {}), ("pgd", {"steps": 3}),
+                         ("er", {"S": 2, "M": 2}), ("er", {"estimator": "gradient"})]:
+        l2 = build_method(name, eps=0.5, **params).cost(b, model)
+        assert build_method(name, **LINF, **params).cost(b, model) == l2, name
+    fast = build_method("fast-at", eps=0.1).cost(b, model)
+    assert fast == build_method("pgd", **LINF, steps=1).cost(b, model) == 7 * 8
 
 
 def test_every_registered_method_counts_its_cost():

@@ -28,11 +28,14 @@ from erat.search import fgm
 from erat.threat import Threat
 
 FAST = {"eps": 0.5, "steps": 2}  # keep the searches short on the CPU
+LINF = {"eps": 0.1}  # the radius of methods that default to the l-inf ball (fast-at)
 
 
 def make(name: str, **over) -> object:
     params = method_params(name)
-    return build_method(name, **{k: v for k, v in {**FAST, **over}.items() if k in params})
+    linf = "norm" in params and params["norm"].default == "linf"
+    given = {**FAST, **(LINF if linf else {}), **over}
+    return build_method(name, **{k: v for k, v in given.items() if k in params})
 
 
 def bn_net() -> nn.Module:
@@ -114,7 +117,7 @@ def test_bn_running_stats_updated_by_one_pass_only(name, unlabeled):
     calls = _count_updating_passes(model)
     method(model, b)
     assert len(calls) >= 1 and model[1].num_batches_tracked.item() == 1
-    if name == "pgd":  # its only training pass is on the adversarial points
+    if name in ("pgd", "fast-at"):  # their only training pass is on the adversarial points
         assert model[1].num_batches_tracked.item() == 1
         return
     semi = method.uses_unlabeled and b.x_unlabeled is not None and name in ("vat", "er")
@@ -279,10 +282,12 @@ def test_semi_supervised_terms_and_entmin(name):
 def test_every_method_is_a_dataclass_with_cli_fields():
     fields = {n: {f.name for f in dataclasses.fields(make(n))} for n in NAMES}
     assert fields["at"] == {"eps", "norm", "adv_weight"}
-    assert fields["vat"] == {"eps", "xi", "power_iters", "adv_weight", "entmin", "balance"}
+    assert fields["vat"] == {"eps", "norm", "xi", "power_iters", "adv_weight", "entmin",
+                             "balance"}
     assert fields["pgd"] == {"eps", "norm", "steps", "step_size"}
     assert fields["trades"] == {"eps", "norm", "steps", "step_size", "beta"}
-    assert fields["er"] == {"eps", "T", "M", "S", "reduce", "lam", "lam_u", "entmin", "xi",
+    assert fields["fast-at"] == {"eps", "norm", "step_size"}
+    assert fields["er"] == {"eps", "norm", "T", "M", "S", "reduce", "lam", "lam_u", "entmin", "xi",
                             "power_iters", "step_size", "warmup_updates", "estimator",
                             "lam_kl", "ramp", "balance"}
 

@@ -25,6 +25,7 @@ from erat.evaluate import EvalConfig, evaluate
 from erat.files import check_writable_file, tensor_sha256
 from erat.measure import energy_report
 from erat.rundir import RunDir, open_model
+from erat.threat import Norm
 
 
 class RunInputs(NamedTuple):
@@ -101,15 +102,15 @@ def format_result(result: dict[str, Any]) -> str:
 
 def energy_run(path: Path, *, eps: float, T: int, M: int, S: int, n: int | None,
                data_dir: str | None, batch_size: int, seed: int, device: str,
-               json_path: Path | None = None) -> dict:
+               json_path: Path | None = None, norm: Norm = "l2") -> dict:
     """``erat energy``: :func:`~erat.measure.energy_report` of a run folder (or model file)
     on its test set; settings and ``json_path`` are checked before any work."""
-    check_settings(eps, T, M, S, "max")
+    check_settings(eps, T, M, S, "max", norm)
     if json_path is not None:
         check_writable_file(json_path, "--json")
     got = run_inputs(path, n=n, data_dir=data_dir, device=resolve_device(device))
     result = energy_report(got.model, got.x, got.y, eps=eps, T=T, M=M, S=S,
-                           batch_size=batch_size, seed=seed)
+                           batch_size=batch_size, seed=seed, norm=norm)
     result["settings"].update({"n_total": got.n_total, "checkpoint_sha256": got.sha256,
                                "dataset": got.meta["dataset"]})
     return result

@@ -190,7 +190,8 @@ def _add_energy(sub) -> None:
     p = sub.add_parser("energy", help="estimate the energy (loss variation in the ball) on "
                        "test data", formatter_class=_Help)
     _add_run_data_args(p)
-    p.add_argument("--eps", type=float, required=True, help="l2 radius of the neighbourhood")
+    p.add_argument("--eps", type=float, required=True, help="radius of the neighbourhood")
+    p.add_argument("--norm", default="l2", choices=["l2", "linf"], help="the ball's norm")
     p.add_argument("--T", type=int, default=16, help="ray segments")
     p.add_argument("--M", type=int, default=16, help="directions (1 searched + M-1 random)")
     p.add_argument("--S", type=int, default=20, help="PGD steps searching the first direction")
@@ -202,7 +203,7 @@ def run_energy(args: argparse.Namespace) -> int:
 
     result = energy_run(args.run_dir, eps=args.eps, T=args.T, M=args.M, S=args.S, n=args.n,
                         data_dir=args.data_dir, batch_size=args.batch_size, seed=args.seed,
-                        device=args.device, json_path=args.json)
+                        device=args.device, json_path=args.json, norm=args.norm)
     print(format_report(result))
     _write_json(result, args.json)
     return 0

@@ -2,16 +2,19 @@
 
 Zhang, Huang, Xu, *On Model Robustness Against Adversarial Examples*, arXiv 1911.06479;
 the equations are those of METHOD.md sections 2-3. Threat model: the l2 ball of radius
-``eps`` around ``x`` in pixel space, every point clipped to ``[0, 1]``.
+``eps`` around ``x`` in pixel space, or the l-inf ball (``norm="linf"``, section 3d: rays
+``x + t u`` with ``||u||_inf = 1``), every point clipped to ``[0, 1]``.
 
 - ``V_T(x, u) = sum_{k=1..T} |l(x + t_k u) - l(x + t_{k-1} u)|``, ``t_k = k eps / T``
   (METHOD.md section 3), a lower bound of the ray variation ``V(x, u)`` (section 2);
 - ``E_hat(x) = reduce_m V_T(x, u_m)`` over ``M`` unit directions: ``u_1`` from an adversarial
-  search (:func:`erat.search.search_direction`), ``u_2..u_M`` uniformly random; ``reduce``
-  is ``max`` (E is a sup) or ``mean`` (the average ``Ebar``);
-- ``G_T(x, u)``, the gradient-norm integral ``integral_0^eps ||grad l(x + s u)|| ds`` by the
-  trapezoid rule over the same ``T + 1`` ray points (METHOD.md section 3b): an upper bound of
-  the ray variation that does not telescope where the loss is monotone (``estimator``);
+  search (:func:`erat.search.search_direction`), ``u_2..u_M`` random (uniform on the l2
+  sphere; random sign vectors, the cube's vertices, in l-inf); ``reduce`` is ``max`` (E is a
+  sup) or ``mean`` (the average ``Ebar``);
+- ``G_T(x, u)``, the gradient-norm integral ``integral_0^eps ||grad l(x + s u)||_* ds`` by the
+  trapezoid rule over the same ``T + 1`` ray points (METHOD.md sections 3b, 3d; ``||.||_*``
+  the dual norm: l2 for the l2 ball, l1 for the l-inf ball): an upper bound of the ray
+  variation that does not telescope where the loss is monotone (``estimator``);
 - the certificate ``l(x) + E(x) < ln 2`` (section 2).
 
 Loss closures (:mod:`erat.losses`) map points ``[N, ...]`` to losses ``[N]``; all ``M*T``
@@ -39,7 +42,7 @@ from torch import Tensor
 from erat.errors import UserError
 from erat.losses import LossFn
 from erat.search import search_direction
-from erat.threat import random_unit
+from erat.threat import Norm, check_radius, dual_norm, random_direction
 
 Reduce = Literal["max", "mean"]
 REDUCES: tuple[Reduce, ...] = ("max", "mean")
@@ -47,7 +50,7 @@ Estimator = Literal["variation", "gradient"]
 ESTIMATORS: tuple[Estimator, ...] = ("variation", "gradient")
 LN2 = math.log(2.0)
 CERTIFICATE_NOTE = (
-    "l(x) + E_hat(x) < ln 2 certifies every point of the l2 ball only as far as the estimate "
+    "l(x) + E_hat(x) < ln 2 certifies every point of the ball only as far as the estimate "
     "E_hat (a lower bound of the energy E: finitely many directions and ray segments) "
     "reaches E; it is a diagnostic, not a proof."
 )
@@ -100,17 +103,18 @@ def _ray_points(x: Tensor, dirs: Tensor, eps: float, T: int) -> Tensor:
     return pts.reshape(M * T * B, *x.shape[1:])
 
 
-def gradient_norms(loss_fn: LossFn, x: Tensor, dirs: Tensor, eps: float, T: int
-                   ) -> tuple[Tensor, Tensor]:
-    """``l`` and ``||grad_z l(z)||`` at ``x`` and the ``T`` points of each ray, both
-    ``[M, T+1, B]``, in one pass; differentiable (a double backward) when grad is enabled."""
+def gradient_norms(loss_fn: LossFn, x: Tensor, dirs: Tensor, eps: float, T: int,
+                   norm: Norm = "l2") -> tuple[Tensor, Tensor]:
+    """``l`` and the dual norm ``||grad_z l(z)||_*`` (l2 for ``norm="l2"``, l1 for
+    ``"linf"``) at ``x`` and the ``T`` points of each ray, both ``[M, T+1, B]``, in one
+    pass; differentiable (a double backward) when grad is enabled."""
     M, B = dirs.shape[:2]
     graph = torch.is_grad_enabled()
     z = torch.cat([x, _ray_points(x, dirs, eps, T)]).detach().requires_grad_(True)
     with torch.enable_grad():
         losses = loss_fn(z)
         (g,) = torch.autograd.grad(losses.sum(), z, create_graph=graph)
-    norms = g.flatten(1).to(torch.promote_types(g.dtype, torch.float32)).norm(dim=1)
+    norms = dual_norm(g, norm)
     if not graph:
         losses, norms = losses.detach(), norms.detach()
 
@@ -122,7 +126,8 @@ def gradient_norms(loss_fn: LossFn, x: Tensor, dirs: Tensor, eps: float, T: int
 
 def gradient_bound(norms: Tensor, eps: float) -> Tensor:
     """``G_T = eps/T * (g_0/2 + g_1 + ... + g_{T-1} + g_T/2)`` over the last dimension
-    ``[..., T+1]``: the trapezoid rule for ``integral_0^eps ||grad l(x + s u)|| ds``."""
+    ``[..., T+1]``: the trapezoid rule for ``integral_0^eps ||grad l(x + s u)||_* ds``
+    (``g_k`` the dual norms of :func:`gradient_norms`)."""
     T = norms.shape[-1] - 1
     w = torch.ones(T + 1, dtype=norms.dtype, device=norms.device)
     w[0] = w[-1] = 0.5
@@ -142,10 +147,11 @@ def ray_variation(
     return losses.diff(dim=1).abs().sum(dim=1)[0]
 
 
-def check_settings(eps: float, T: int, M: int, S: int, reduce: str) -> None:
-    """One-line errors for settings of :func:`energy` a user can get wrong."""
-    if not math.isfinite(eps) or eps < 0:
-        raise UserError(f"eps must be a finite number >= 0, got {eps}")
+def check_settings(eps: float, T: int, M: int, S: int, reduce: str, norm: str = "l2", *,
+                   warn: bool = True) -> None:
+    """One-line errors for settings of :func:`energy` a user can get wrong; the radius by
+    :func:`erat.threat.check_radius` (``warn``: an l2-sized l-inf radius warns once)."""
+    check_radius(eps, norm, warn=warn)
     if T < 1 or M < 1 or S < 0:
         raise UserError(f"need T >= 1, M >= 1, S >= 0, got T={T}, M={M}, S={S}")
     if reduce not in REDUCES:
@@ -166,25 +172,29 @@ def energy(
     step_size: float | None = None,
     max_points: int | None = None,
     estimator: Estimator = "variation",
+    norm: Norm = "l2",
 ) -> EnergyEstimate:
     """The estimate ``E_hat(x) = reduce_m V_T(x, u_m)`` of METHOD.md section 3, per sample
-    (``estimator="gradient"``: ``reduce_m G_T(x, u_m)``, section 3b).
+    (``estimator="gradient"``: ``reduce_m G_T(x, u_m)``, section 3b), in the l2 or the
+    l-inf ball (``norm``, section 3d).
 
-    ``u_1`` comes from :func:`search_direction` (``S``, ``first_direction``), ``u_2..u_M``
-    are uniformly random unit vectors. All ``M*T`` ray points go through ``loss_fn`` in
+    ``u_1`` comes from :func:`search_direction` (``S``, ``first_direction``, ``norm``),
+    ``u_2..u_M`` are random directions of unit size in ``norm``
+    (:func:`erat.threat.random_direction`). The radius is checked without a warning (the
+    callers that take it from a user warn). All ``M*T`` ray points go through ``loss_fn`` in
     one pass of ``M*T*B`` points (plus ``B`` for ``t_0`` unless ``loss_at_x`` is given;
     the gradient estimator always evaluates ``x`` again, for its gradient);
     ``max_points`` caps the points per pass (for evaluation without a graph).
     """
-    check_settings(eps, T, M, S, reduce)
+    check_settings(eps, T, M, S, reduce, norm, warn=False)
     if estimator not in ESTIMATORS:
         raise UserError(f"estimator must be one of {', '.join(ESTIMATORS)}, got {estimator!r}")
     u1 = search_direction(loss_fn, x, eps, S=S, start_direction=first_direction,
-                          step_size=step_size)
-    dirs = torch.stack([u1, *(random_unit(x) for _ in range(M - 1))])  # [M, B, ...]
+                          step_size=step_size, norm=norm)
+    dirs = torch.stack([u1, *(random_direction(x, norm) for _ in range(M - 1))])  # [M, B, ..]
     norms = None
     if estimator == "gradient":
-        losses, norms = gradient_norms(loss_fn, x, dirs, eps, T)  # [M, T+1, B] each
+        losses, norms = gradient_norms(loss_fn, x, dirs, eps, T, norm)  # [M, T+1, B] each
         per_dir = gradient_bound(norms.permute(2, 0, 1), eps)  # [B, M]
     else:
         losses = _ray_losses(loss_fn, x, dirs, eps, T, loss_at_x, max_points)  # [M, T+1, B]

@@ -3,7 +3,9 @@ mode, the end-point terms that AT and VAT minimise, and the certified fraction.
 
 METHOD.md sections 2-3: ``E_hat`` from a PGD-searched direction, random directions and the
 FGM ray; AT's term ``l(x + eps u_fgm) - l(x)`` and VAT's term ``v(x + eps d_vat)``, lower
-bounds of the energy; the certificate ``l(x) + E_hat(x) < ln 2``.
+bounds of the energy; the certificate ``l(x) + E_hat(x) < ln 2``. In the l2 or the l-inf
+ball (``norm``, section 3d: l-inf PGD, FGSM's ray ``sign(g)``, VAT's ``sign(d)``, random
+sign vectors).
 
 Example::
 
@@ -20,7 +22,8 @@ from torch import Tensor, nn
 from erat.energy import CERTIFICATE_NOTE, certify, check_settings, energy
 from erat.losses import cross_entropy, supervised_loss, virtual_loss
 from erat.passes import supervised_search
-from erat.search import fgm_direction, vat_direction
+from erat.search import XI, fgm_direction, vat_direction, vat_step
+from erat.threat import Norm
 
 
 def _summary(prefix: str, v: Tensor) -> dict[str, float]:
@@ -34,15 +37,17 @@ def _summary(prefix: str, v: Tensor) -> dict[str, float]:
 
 def _report_batch(model: nn.Module, x: Tensor, y: Tensor, s: dict) -> dict[str, Tensor]:
     """Per-sample report quantities for one batch (model already in eval mode)."""
-    run = partial(energy, x=x, eps=s["eps"], T=s["T"], max_points=s["max_points"])
+    norm = s["norm"]
+    run = partial(energy, x=x, eps=s["eps"], T=s["T"], max_points=s["max_points"], norm=norm)
     with torch.no_grad():
         logits = model(x)
     l0, ce = cross_entropy(logits, y), supervised_loss(model, y)
     zero, v = torch.zeros_like(l0), virtual_loss(model, logits)
     with torch.no_grad():  # the searches re-enable grad, for the input only
-        fgm_ray = run(ce, M=1, first_direction=fgm_direction(ce, x), loss_at_x=l0)
+        fgm_ray = run(ce, M=1, first_direction=fgm_direction(ce, x, norm), loss_at_x=l0)
         strong = run(ce, M=s["M"], S=s["S"], loss_at_x=l0)
-        d = vat_direction(model, x, logits, xi=s["xi"], power_iters=s["power_iters"])
+        d = vat_step(vat_direction(model, x, logits, xi=s["xi"],
+                                   power_iters=s["power_iters"]), norm)
         vat_ray = run(v, M=1, first_direction=d, loss_at_x=zero)
         strong_v = run(v, M=s["M"], S=s["S"], first_direction=d, loss_at_x=zero)
     e = torch.maximum(strong.value, fgm_ray.value)  # max over the union of directions
@@ -56,25 +61,26 @@ def _report_batch(model: nn.Module, x: Tensor, y: Tensor, s: dict) -> dict[str, 
 
 def energy_report(
     model: nn.Module, x: Tensor, y: Tensor, *, eps: float, T: int = 16, M: int = 16,
-    S: int = 20, batch_size: int = 128, seed: int = 0, xi: float = 1e-2,
-    power_iters: int = 1, max_points: int = 8192,
+    S: int = 20, batch_size: int = 128, seed: int = 0, xi: float = XI,
+    power_iters: int = 1, max_points: int = 8192, norm: Norm = "l2",
 ) -> dict:
     """Energy statistics of a trained model on ``x`` [N, ...], ``y`` [N] (``erat energy``).
 
     A strong estimate in eval mode, without gradients to the weights: ``u_1`` from
-    ``S``-step l2 PGD, ``M - 1`` random directions, ``T`` segments, plus the FGM ray (so
-    ``E_hat`` covers AT's direction); for the virtual loss, VAT's direction (``xi``,
-    ``power_iters``) refined by ``S`` PGD steps, plus its own ray. Reports AT's term
-    ``l(x + eps u_fgm) - l(x)``, VAT's term ``v(x + eps d_vat)``, both energies, the mean
-    over random directions (``Ebar``) and the certified fraction ``l(x) + E_hat(x) < ln 2``.
-    Per sample until the final statistics; JSON-ready.
+    ``S``-step PGD in ``norm``, ``M - 1`` random directions, ``T`` segments, plus the FGM ray
+    (so ``E_hat`` covers AT's direction; FGSM's in l-inf); for the virtual loss, VAT's
+    direction (``xi``, ``power_iters``; ``sign(d)`` in l-inf) refined by ``S`` PGD steps, plus
+    its own ray. Reports AT's term ``l(x + eps u_fgm) - l(x)``, VAT's term
+    ``v(x + eps d_vat)``, both energies, the mean over random directions (``Ebar``) and the
+    certified fraction ``l(x) + E_hat(x) < ln 2``. Per sample until the final statistics;
+    JSON-ready. ``norm="linf"`` warns once for an l2-sized radius (``check_radius``).
 
     Example::
 
         report = energy_report(model, x_test[:1000], y_test[:1000], eps=2.0)
     """
-    check_settings(eps, T, M, S, "max")
-    s = {"eps": eps, "norm": "l2", "T": T, "M": M, "S": S, "n": len(y), "seed": seed,
+    check_settings(eps, T, M, S, "max", norm)
+    s = {"eps": eps, "norm": norm, "T": T, "M": M, "S": S, "n": len(y), "seed": seed,
          "xi": xi, "power_iters": power_iters, "reduce": "max", "mode": "eval",
          "batch_size": batch_size, "max_points": max_points}
     cuda = [x.device] if x.device.type == "cuda" else []

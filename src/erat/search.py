@@ -8,6 +8,12 @@ Gradients are taken with respect to the input only (``torch.autograd.grad``), so
 ``.grad`` is never touched, and every result is detached, inside the threat's ball and
 inside ``[0, 1]``. The caller picks the model's mode with a recipe of :mod:`erat.passes`.
 
+Two rules live here and nowhere else: PGD's default step ``2.5 * eps / steps``
+(:func:`pgd_step_size`, ``STEP_RULE`` for help texts) and VAT's float32-safe
+finite-difference step ``XI`` (see :mod:`erat.methods.vat`). Directions are of unit size in
+the threat's norm (METHOD.md section 3d for l-inf: ``||u||_inf = 1``, FGSM's ``sign(g)``,
+random sign vectors).
+
 Example::
 
     with supervised_search(model):
@@ -22,7 +28,25 @@ import torch
 from torch import Tensor, nn
 
 from erat.losses import LossFn, kl_div, supervised_loss
-from erat.threat import Threat, l2_norm, per_sample, random_unit, unit_l2
+from erat.threat import (
+    Norm,
+    Threat,
+    l2_norm,
+    per_sample,
+    random_direction,
+    random_unit,
+    unit,
+    unit_l2,
+)
+
+STEP_RULE = "2.5*eps/steps"  # PGD's default step (Madry et al. 2018 use 2.5 eps / steps)
+XI = 1e-2  # VAT's finite-difference step: float32-safe (1e-6, the paper's, is not)
+
+
+def pgd_step_size(eps: float, steps: int, step_size: float | None = None) -> float:
+    """``step_size``, or by default ``STEP_RULE``: ``2.5 * eps / steps`` (at least one
+    step), so that the steps can cross the ball and come back to its boundary."""
+    return 2.5 * eps / max(steps, 1) if step_size is None else step_size
 
 
 def input_grad(loss_fn: LossFn, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -54,8 +78,9 @@ def pgd(
 ) -> Tensor:
     """Projected gradient ascent on ``loss_fn`` (Madry et al. 2018, arXiv 1706.06083).
 
-    ``step_size`` defaults to ``2.5 * eps / steps``. With ``restarts > 1`` the point of
-    highest loss over the restarts is kept, per example. ``eps = 0`` returns ``x``.
+    ``step_size`` defaults to :func:`pgd_step_size` (``2.5 * eps / steps``). With
+    ``restarts > 1`` the point of highest loss over the restarts is kept, per example.
+    ``eps = 0`` returns ``x``.
     ``start`` (projected into the ball) replaces the random start, e.g. TRADES' start
     ``x + 0.001 * N(0, 1)`` or a search refined from a given direction.
     """
@@ -64,7 +89,7 @@ def pgd(
     x = x.detach()
     if threat.eps == 0:
         return x.clone()
-    alpha = 2.5 * threat.eps / max(steps, 1) if step_size is None else step_size
+    alpha = pgd_step_size(threat.eps, steps, step_size)
     best, best_loss = x.clone(), None
     for _ in range(restarts):
         if start is not None:
@@ -92,7 +117,7 @@ def vat_direction(
     x: Tensor,
     clean_logits: Tensor,
     *,
-    xi: float = 1e-6,
+    xi: float = XI,
     power_iters: int = 1,
 ) -> Tensor:
     """Unit l2 direction of VAT's power iteration (Miyato et al. 2018, arXiv 1704.03976, eq. 8).
@@ -100,6 +125,8 @@ def vat_direction(
     Starts from a random direction (zero-mean Gaussian, normalised), and takes ``power_iters``
     finite-difference steps of size ``xi`` on ``KL(p(.|x) || p(.|x + xi d))``. The points
     ``x + xi d`` are not clipped: ``xi`` is a differentiation step, not a perturbation.
+    In every norm the search is VAT's l2 power iteration; :func:`vat_step` maps ``d`` to
+    the ball's perturbation direction.
     """
     target = clean_logits.detach()
     d = random_unit(x)
@@ -111,18 +138,28 @@ def vat_direction(
     return d.detach()
 
 
-def unit_or_random(v: Tensor) -> Tensor:
-    """Unit l2 directions; a sample whose vector is zero (flat loss) gets a random one."""
+def vat_step(d: Tensor, norm: Norm = "l2") -> Tensor:
+    """The direction of VAT's perturbation ``eps * vat_step(d)`` from the power iteration's
+    ``d``: ``d`` itself in l2 (Miyato et al.'s ``eps d``), ``sign(d)`` in l-inf, the
+    vertex nearest ``d`` and the l-inf steepest ascent of the virtual loss at VAT's probe
+    point (erat's choice, METHOD.md section 3d)."""
+    return d if norm == "l2" else d.sign()
+
+
+def unit_or_random(v: Tensor, norm: Norm = "l2") -> Tensor:
+    """Directions of unit size in ``norm`` (:func:`erat.threat.unit`); a sample whose vector
+    is zero (flat loss) gets a random one (:func:`erat.threat.random_direction`)."""
     zero = l2_norm(v) == 0
     if not zero.any():  # (draws no random numbers in the usual case)
-        return unit_l2(v).detach()
-    return torch.where(per_sample(zero, v), random_unit(v), unit_l2(v)).detach()
+        return unit(v, norm).detach()
+    return torch.where(per_sample(zero, v), random_direction(v, norm), unit(v, norm)).detach()
 
 
-def fgm_direction(loss_fn: LossFn, x: Tensor) -> Tensor:
-    """The normalised input gradient ``g/||g||`` (one l2 FGM step, METHOD.md section 3)."""
+def fgm_direction(loss_fn: LossFn, x: Tensor, norm: Norm = "l2") -> Tensor:
+    """The steepest-ascent direction of unit size: the normalised input gradient ``g/||g||``
+    in l2 (one FGM step, METHOD.md section 3), ``sign(g)`` in l-inf (FGSM, section 3d)."""
     _, grad = input_grad(loss_fn, x)
-    return unit_or_random(grad)
+    return unit_or_random(grad if norm == "l2" else grad.sign(), norm)
 
 
 def search_direction(
@@ -133,24 +170,27 @@ def search_direction(
     S: int = 0,
     start_direction: Tensor | None = None,
     step_size: float | None = None,
+    norm: Norm = "l2",
 ) -> Tensor:
-    """The adversarial direction ``u_1`` of METHOD.md section 3, unit l2 per sample.
+    """The adversarial direction ``u_1`` of METHOD.md section 3, of unit size in ``norm``
+    per sample (``||u||_2 = 1``, or ``||u||_inf = 1`` in l-inf, section 3d).
 
     ``S = 0``: ``start_direction`` normalised if given (e.g. VAT's power iteration for the
-    virtual loss, whose input gradient at ``x`` vanishes), else the FGM direction.
-    ``S > 0``: ``S`` l2 PGD steps maximising the end-point loss, from a random point of
-    the ball (as in PGD-AT) or from ``x + eps * start_direction``; then
+    virtual loss, whose input gradient at ``x`` vanishes; in l-inf pass
+    :func:`vat_step`'s ``sign(d)``), else the FGM direction (FGSM's ``sign(g)`` in l-inf).
+    ``S > 0``: ``S`` PGD steps in ``norm`` maximising the end-point loss, from a random point
+    of the ball (as in PGD-AT) or from ``x + eps * start_direction``; then
     ``u_1 = (x_adv - x) / ||x_adv - x||``. The random start matters: a search that always
     starts at ``x`` taught the model to mask its gradient at ``x`` (docs/results.md).
     """
     if S == 0:
         if start_direction is None:
-            return fgm_direction(loss_fn, x)
-        return unit_or_random(start_direction)
+            return fgm_direction(loss_fn, x, norm)
+        return unit_or_random(start_direction, norm)
     start = None if start_direction is None else x + eps * start_direction
-    x_adv = pgd(loss_fn, x, Threat("l2", eps), steps=S, step_size=step_size,
+    x_adv = pgd(loss_fn, x, Threat(norm, eps), steps=S, step_size=step_size,
                 random_start=start is None, start=start)
-    return unit_or_random(x_adv - x)
+    return unit_or_random(x_adv - x, norm)
 
 
 def adversarial_direction(model: nn.Module, x: Tensor, y: Tensor, *, eps: float,

@@ -4,6 +4,13 @@ Every radius in erat is measured in pixel space: normalisation (mean/std) lives 
 model, so ``x`` here is always in ``[0, 1]`` and perturbed points are clipped to that box.
 All norms and projections are per sample (the first dimension is the batch).
 
+Every radius a user gives is checked here, once (:func:`check_radius`): a negative or
+non-finite radius is refused, an l-inf radius above 1 is refused (at 1 the ball holds the
+whole box) and one above ``LINF_L2_SIZED`` warns once (it looks like an l2 radius);
+METHOD.md section 3d. Directions of unit size in either norm (:func:`unit`,
+:func:`random_direction`) and the dual norm of a gradient (:func:`dual_norm`) serve the
+energy's rays (section 3d: ``||u||_inf = 1`` rays and random sign vectors in l-inf).
+
 Example::
 
     threat = Threat("l2", eps=2.0)
@@ -13,6 +20,8 @@ Example::
 from __future__ import annotations
 
 import math
+import numbers
+import warnings
 from dataclasses import dataclass
 from typing import Literal
 
@@ -23,6 +32,33 @@ from erat.errors import UserError
 
 Norm = Literal["l2", "linf"]
 NORMS: tuple[Norm, ...] = ("l2", "linf")
+LINF_L2_SIZED = 0.4  # an l-inf radius above this on [0, 1] pixels looks like an l2 radius
+LINF_RADII = "l-inf radii are about 0.3 on MNIST, 8/255 on CIFAR-10 and SVHN"
+_warned: set[tuple[str, float]] = set()  # (name, radius) pairs already warned about
+
+
+def check_radius(eps: object, norm: str = "l2", name: str = "eps", *, warn: bool = True
+                 ) -> float:
+    """The one check of a radius ``eps`` in ``norm`` (METHOD.md section 3d); returns it as a
+    float. Raises a one-line ``UserError`` for an unknown norm, a radius that is not a
+    finite number >= 0, and an l-inf radius above 1 (the ball then holds the whole box
+    ``[0, 1]^d``: an l2 radius given with ``--norm linf``). An l-inf radius above
+    ``LINF_L2_SIZED`` warns once per radius in a process (``warn=False``: never, for
+    radii the program derives rather than the user gives)."""
+    if norm not in NORMS:
+        raise UserError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
+    if (isinstance(eps, bool) or not isinstance(eps, numbers.Real)
+            or not math.isfinite(eps) or eps < 0):
+        raise UserError(f"{name} must be a finite number >= 0, got {eps!r}")
+    eps = float(eps)
+    if norm == "linf" and eps > 1:
+        raise UserError(f"an l-inf radius {name}={eps:g} on [0, 1] pixels is above 1, where "
+                        f"the ball holds every image: it looks like an l2 radius ({LINF_RADII})")
+    if warn and norm == "linf" and eps > LINF_L2_SIZED and (name, eps) not in _warned:
+        _warned.add((name, eps))
+        warnings.warn(f"an l-inf radius {name}={eps:g} on [0, 1] pixels looks like an l2 "
+                      f"radius ({LINF_RADII})", UserWarning, stacklevel=2)
+    return eps
 
 
 def per_sample(v: Tensor, like: Tensor) -> Tensor:
@@ -40,15 +76,46 @@ def linf_norm(t: Tensor) -> Tensor:
     return t.flatten(1).abs().amax(dim=1).float()
 
 
+def dual_norm(t: Tensor, norm: Norm) -> Tensor:
+    """Per-sample dual norm ``[B]`` of a gradient ``t``: l2 for the l2 ball, l1 for the
+    l-inf ball (Hölder: ``<g, u> <= ||g||_* ||u||``; METHOD.md sections 3b and 3d),
+    computed in at least float32."""
+    v = t.flatten(1).to(torch.promote_types(t.dtype, torch.float32))
+    return v.norm(dim=1) if norm == "l2" else v.abs().sum(dim=1)
+
+
 def unit_l2(t: Tensor, tiny: float = 1e-12) -> Tensor:
     """Each sample scaled to unit l2 norm (zero stays zero)."""
     return t / per_sample(l2_norm(t).clamp_min(tiny), t).to(t.dtype)
+
+
+def unit(t: Tensor, norm: Norm = "l2", tiny: float = 1e-12) -> Tensor:
+    """Each sample scaled to unit size in ``norm`` (zero stays zero): ``t / ||t||_2`` or
+    ``t / ||t||_inf``, whose largest entry is then exactly +-1."""
+    if norm == "l2":
+        return unit_l2(t, tiny)
+    return t / per_sample(linf_norm(t).clamp_min(tiny), t).to(t.dtype)
 
 
 def random_unit(like: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """Directions drawn uniformly from the unit l2 sphere, one per sample."""
     g = torch.randn(like.shape, generator=generator, dtype=torch.float32, device=like.device)
     return unit_l2(g).to(like.dtype)
+
+
+def random_sign(like: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Random sign vectors (independent +-1 entries), the uniformly random vertices of the
+    l-inf unit cube: erat's random l-inf directions (METHOD.md section 3d: the extreme
+    points of the ball, where l-inf worst cases lie, and its longest rays)."""
+    bits = torch.rand(like.shape, generator=generator, dtype=torch.float32, device=like.device)
+    return torch.where(bits < 0.5, -1.0, 1.0).to(like.dtype)
+
+
+def random_direction(like: Tensor, norm: Norm = "l2",
+                     generator: torch.Generator | None = None) -> Tensor:
+    """One random direction of unit size in ``norm`` per sample: uniform on the l2 sphere
+    (:func:`random_unit`) or a random vertex of the l-inf cube (:func:`random_sign`)."""
+    return random_unit(like, generator) if norm == "l2" else random_sign(like, generator)
 
 
 @dataclass(frozen=True)
@@ -59,10 +126,7 @@ class Threat:
     eps: float
 
     def __post_init__(self) -> None:
-        if self.norm not in NORMS:
-            raise UserError(f"unknown norm {self.norm!r}; choose one of {', '.join(NORMS)}")
-        if not math.isfinite(self.eps) or self.eps < 0:
-            raise UserError(f"eps must be a finite number >= 0, got {self.eps}")
+        check_radius(self.eps, self.norm, warn=False)  # (the user's radius warned already)
 
     def norms(self, r: Tensor) -> Tensor:
         """Per-sample size ``[B]`` of a perturbation in this threat's norm."""

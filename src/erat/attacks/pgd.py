@@ -25,7 +25,7 @@ class PGDAttack:
     presets = {"all": 0}  # first in `all`, AutoAttack then runs on its survivors
 
     steps: int = option(50, "PGD steps")
-    step_size: float | None = option(None, "PGD step size (default: 2.5*eps/steps)")
+    step_size: float | None = option(None, f"PGD step size (default: {search.STEP_RULE})")
     restarts: int = option(1, "PGD restarts, each on the survivors of the previous")
 
     def __post_init__(self) -> None:
@@ -37,14 +37,14 @@ class PGDAttack:
             raise UserError(f"--step-size must be a finite number > 0, got {self.step_size}")
 
     def step(self, eps: float) -> float:
-        return 2.5 * eps / self.steps if self.step_size is None else self.step_size
+        return search.pgd_step_size(eps, self.steps, self.step_size)
 
     def describe(self) -> str:
         return f"PGD on cross-entropy ({self.restarts} restart(s), each on the survivors)"
 
     def threat_info(self, eps: tuple[float, ...]) -> dict:
         return {"steps": self.steps, "step_size": {f"{e:g}": self.step(e) for e in eps},
-                "step_size_rule": "2.5*eps/steps" if self.step_size is None else "fixed",
+                "step_size_rule": search.STEP_RULE if self.step_size is None else "fixed",
                 "restarts": self.restarts}
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, threat: Threat,

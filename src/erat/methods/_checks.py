@@ -1,4 +1,6 @@
-"""Validation of method hyper-parameters: each check raises a one-line ``UserError``."""
+"""Validation of method hyper-parameters: each check raises a one-line ``UserError``. A
+radius and its norm are checked by :func:`erat.threat.check_radius`, the one home of that
+rule."""
 
 from __future__ import annotations
 
@@ -6,7 +8,6 @@ import math
 from collections.abc import Iterable
 
 from erat.errors import UserError
-from erat.threat import NORMS
 
 
 def finite_nonneg(name: str, value: float) -> None:
@@ -36,6 +37,3 @@ def choice(name: str, value: str, options: Iterable[str]) -> None:
     if value not in options:
         raise UserError(f"{name} must be one of {', '.join(options)}, got {value!r}")
 
-
-def norm(value: str) -> None:
-    choice("norm", value, NORMS)

@@ -1,6 +1,8 @@
 """Adversarial training with an l2 FGM step (Goodfellow et al. 2015, arXiv 1412.6572;
 Miyato et al. 2016, arXiv 1605.07725): ``mean l(x) + adv_weight * mean l(x + eps g/||g||)``,
-METHOD.md section 4. With ``norm="linf"`` the step is FGSM (``eps * sign(g)``).
+METHOD.md section 4. With ``norm="linf"`` the step is FGSM (``eps * sign(g)``): l-inf AT
+(Goodfellow et al. 2015), whose term is the end-to-end change along the ray ``sign(g)``
+(METHOD.md section 3d).
 
 AT's term ``l(x + eps u) - l(x)`` is the end-to-end change along one ray, a lower bound of
 the energy; :mod:`erat.methods.er` with ``T=1, M=1`` reproduces it (METHOD.md section 3).
@@ -25,7 +27,7 @@ from erat.methods import _checks
 from erat.methods.base import BACKWARD, FORWARD, Batch, StepOutput, param, register, rows
 from erat.passes import perturbed_pass, supervised_search
 from erat.search import fgm
-from erat.threat import Norm, Threat
+from erat.threat import Norm, Threat, check_radius
 
 
 @register("at")
@@ -41,8 +43,7 @@ class AT:
     uses_unlabeled = False
 
     def __post_init__(self) -> None:
-        _checks.finite_nonneg("eps", self.eps)
-        _checks.norm(self.norm)
+        check_radius(self.eps, self.norm)
         _checks.finite_nonneg("adv_weight", self.adv_weight)
 
     def __call__(self, model: nn.Module, batch: Batch) -> StepOutput:

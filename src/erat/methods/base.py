@@ -30,8 +30,12 @@ from torch import Tensor, nn
 from erat.errors import UserError
 from erat.fields import FlagSpec, flag_specs, init_fields, param  # noqa: F401  (param: re-export)
 from erat.registry import Registry
+from erat.search import STEP_RULE
 
 FORWARD, BACKWARD = 1.0, 2.0  # the cost convention: a backward counts as two forwards
+# the help of every method's step_size (one text: the CLI shows one help per flag)
+STEP_SIZE_HELP = (f"step size of the inner search (default: {STEP_RULE}; ER: 2.5*eps/S; "
+                  "fast-at: 1.25*eps)")
 
 
 @dataclass

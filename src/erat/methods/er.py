@@ -21,6 +21,14 @@ gradient-norm integral along each ray (an upper bound of its variation; double b
 (TRADES' regulariser is the ``T=1`` member of ``E_kl``); ``ramp`` grows the radius from 0 to
 ``eps`` over that fraction of training.
 
+``norm="linf"`` takes every ray, search and random direction in the l-inf ball (METHOD.md
+section 3d): ``u_1`` is FGSM's ``sign(g)`` for ``S=0``, else from ``S`` l-inf PGD steps
+(sign steps, random start), normalised to ``||u_1||_inf = 1``; the virtual search starts at
+VAT's l-inf point ``x + eps sign(d)``; the random directions are random sign vectors; the
+gradient estimator integrates the l1 norm of the gradient (the dual norm). With ``T=1,
+M=1, S=0, lam=1`` the objective is l-inf AT's (FGSM) where the loss rises along the ray, and
+the virtual form gives l-inf VAT's term.
+
 Passes (:mod:`erat.passes`): one clean train-mode pass over labeled + unlabeled inputs
 inside :func:`~erat.passes.shared_statistics` (the only pass that updates BatchNorm running
 stats); the supervised direction search as a supervised search; the virtual search as a
@@ -51,7 +59,16 @@ from erat.losses import (
     virtual_loss,
 )
 from erat.methods import _checks
-from erat.methods.base import BACKWARD, FORWARD, Batch, StepOutput, param, register, rows
+from erat.methods.base import (
+    BACKWARD,
+    FORWARD,
+    STEP_SIZE_HELP,
+    Batch,
+    StepOutput,
+    param,
+    register,
+    rows,
+)
 from erat.passes import (
     dropout_active,
     label_free_search,
@@ -60,7 +77,8 @@ from erat.passes import (
     shared_statistics,
     supervised_search,
 )
-from erat.search import search_direction, vat_direction
+from erat.search import XI, search_direction, vat_direction, vat_step
+from erat.threat import Norm, check_radius
 
 
 @register("er")
@@ -69,6 +87,7 @@ class ER:
     """The energy regulariser; ``entmin`` adds the entropy term with weight 1."""
 
     eps: float = param(2.0, "training radius in pixel space")
+    norm: Norm = param("l2", "threat norm")
     T: int = param(1, "ER: segments per ray")
     M: int = param(1, "ER: directions (1 searched + M-1 random)")
     S: int | None = param(None, "ER: PGD steps refining the searched direction (0: FGM / "
@@ -86,10 +105,9 @@ class ER:
     entmin: bool = param(False, "add entropy minimisation on unlabeled predictions")
     balance: float = param(1.0, "weight of the class-balance term on unlabeled predictions "
                                 "(KL of their mean to the labels' class frequencies)")
-    xi: float = param(1e-2, "finite-difference step of VAT's power iteration")
+    xi: float = param(XI, "finite-difference step of VAT's power iteration")
     power_iters: int = param(1, "power iterations of VAT's direction search")
-    step_size: float | None = param(None, "step size of the inner search (default: "
-                                          "2.5*eps/steps; ER: 2.5*eps/S)")
+    step_size: float | None = param(None, STEP_SIZE_HELP)
     warmup_updates: int | None = param(None, "ER: the first updates search with S=0 "
                                              "(default: 0 supervised, the first 20% of "
                                              "training semi-supervised)")
@@ -102,7 +120,7 @@ class ER:
         return self.lam_u > 0 or self.entmin
 
     def __post_init__(self) -> None:
-        _checks.finite_nonneg("eps", self.eps)
+        check_radius(self.eps, self.norm)
         _checks.integer("T", self.T, 1)
         _checks.integer("M", self.M, 1)
         if self.S is not None:
@@ -125,7 +143,8 @@ class ER:
               loss_at_x: Tensor | None, eps: float) -> EnergyEstimate:
         with ray_pass(model):
             return energy(loss_fn, x, eps, T=self.T, M=self.M, reduce=self.reduce,
-                          loss_at_x=loss_at_x, first_direction=u1, estimator=self.estimator)
+                          loss_at_x=loss_at_x, first_direction=u1, estimator=self.estimator,
+                          norm=self.norm)
 
     def semi(self, batch: Batch) -> bool:
         """Whether this batch trains semi-supervised (unlabeled inputs that ER reads)."""
@@ -171,7 +190,7 @@ class ER:
         loss_fn = supervised_loss(model, y)
         with supervised_search(model):
             u1 = search_direction(loss_fn, x, eps, S=self.steps() if S is None else S,
-                                  step_size=self.step_size)
+                                  step_size=self.step_size, norm=self.norm)
         return self._rays(model, loss_fn, x, u1, clean, eps)
 
     def virtual(self, model: nn.Module, x: Tensor, clean_logits: Tensor, reuse: bool,
@@ -186,8 +205,9 @@ class ER:
         with label_free_search(model):
             d = vat_direction(model, x, target, xi=self.xi, power_iters=self.power_iters)
             u1 = search_direction(virtual_loss(model, target), x, eps,
-                                  S=self.steps(True) if S is None else S, start_direction=d,
-                                  step_size=self.step_size)
+                                  S=self.steps(True) if S is None else S,
+                                  start_direction=vat_step(d, self.norm),
+                                  step_size=self.step_size, norm=self.norm)
         zero = torch.zeros(len(x), device=x.device) if reuse else None
         return self._rays(model, virtual_loss(model, clean_logits), x, u1, zero, eps)
 

@@ -21,10 +21,19 @@ from torch import nn
 
 from erat.losses import cross_entropy, supervised_loss
 from erat.methods import _checks
-from erat.methods.base import BACKWARD, FORWARD, Batch, StepOutput, param, register, rows
+from erat.methods.base import (
+    BACKWARD,
+    FORWARD,
+    STEP_SIZE_HELP,
+    Batch,
+    StepOutput,
+    param,
+    register,
+    rows,
+)
 from erat.passes import supervised_search
 from erat.search import pgd
-from erat.threat import Norm, Threat
+from erat.threat import Norm, Threat, check_radius
 
 
 @register("pgd")
@@ -35,14 +44,12 @@ class PGD:
     eps: float = param(2.0, "training radius in pixel space")
     norm: Norm = param("l2", "threat norm")
     steps: int = param(10, "steps of the inner PGD search")
-    step_size: float | None = param(None, "step size of the inner search (default: "
-                                          "2.5*eps/steps; ER: 2.5*eps/S)")
+    step_size: float | None = param(None, STEP_SIZE_HELP)
 
     uses_unlabeled = False
 
     def __post_init__(self) -> None:
-        _checks.finite_nonneg("eps", self.eps)
-        _checks.norm(self.norm)
+        check_radius(self.eps, self.norm)
         _checks.integer("steps", self.steps, 1)
         _checks.positive("step_size", self.step_size, optional=True)
 

@@ -22,10 +22,19 @@ from torch import Tensor, nn
 
 from erat.losses import cross_entropy, kl_div, virtual_loss
 from erat.methods import _checks
-from erat.methods.base import BACKWARD, FORWARD, Batch, StepOutput, param, register, rows
+from erat.methods.base import (
+    BACKWARD,
+    FORWARD,
+    STEP_SIZE_HELP,
+    Batch,
+    StepOutput,
+    param,
+    register,
+    rows,
+)
 from erat.passes import is_stochastic, perturbed_pass, supervised_search, supervised_target
 from erat.search import pgd
-from erat.threat import Norm, Threat
+from erat.threat import Norm, Threat, check_radius
 
 
 @register("trades")
@@ -36,15 +45,13 @@ class TRADES:
     eps: float = param(2.0, "training radius in pixel space")
     norm: Norm = param("l2", "threat norm")
     steps: int = param(10, "steps of the inner PGD search")
-    step_size: float | None = param(None, "step size of the inner search (default: "
-                                          "2.5*eps/steps; ER: 2.5*eps/S)")
+    step_size: float | None = param(None, STEP_SIZE_HELP)
     beta: float = param(6.0, "TRADES' weight of the KL term")
 
     uses_unlabeled = False
 
     def __post_init__(self) -> None:
-        _checks.finite_nonneg("eps", self.eps)
-        _checks.norm(self.norm)
+        check_radius(self.eps, self.norm)
         _checks.integer("steps", self.steps, 1)
         _checks.positive("step_size", self.step_size, optional=True)
         _checks.finite_nonneg("beta", self.beta)

@@ -1,7 +1,10 @@
 """Virtual adversarial training (Miyato et al. 2018, arXiv 1704.03976):
 ``mean l(x) + adv_weight * mean v(x + eps d)``, ``v(z) = KL(p(.|x) || p(.|z))`` with
 ``p(.|x)`` held constant, ``d`` from ``power_iters`` power iterations with finite-difference
-step ``xi``; METHOD.md section 4. Optional entropy minimisation (VAT+EntMin).
+step ``xi``; METHOD.md section 4. Optional entropy minimisation (VAT+EntMin). With
+``norm="linf"`` the perturbation is ``eps * sign(d)``: the vertex of the l-inf ball nearest
+``d``, and the l-inf steepest ascent of ``v`` at the power iteration's probe point (erat's
+choice, METHOD.md section 3d; :func:`erat.search.vat_step`).
 
 The virtual term runs over the labeled and the unlabeled inputs when ``batch.x_unlabeled``
 is given, over the labeled inputs otherwise; EntMin runs over the unlabeled inputs (the
@@ -16,8 +19,8 @@ perturbed pass normalised with the clean batch's statistics, so ``v`` is exactly
 
 On ``xi`` in float32: with ``xi = 1e-6`` the logit change ``xi * J d`` is at the level of
 float32 rounding and the direction is far from the exact power-iteration direction; erat's
-default ``xi = 1e-2`` is float32-safe (``--xi 1e-6`` for the paper's value; the measurement
-is in docs/results.md, findings).
+default ``xi = 1e-2`` (:data:`erat.search.XI`) is float32-safe (``--xi 1e-6`` for the
+paper's value; the measurement is in docs/results.md, findings).
 
 Example::
 
@@ -35,16 +38,19 @@ from erat.losses import class_balance, cross_entropy, entropy, kl_div
 from erat.methods import _checks
 from erat.methods.base import BACKWARD, FORWARD, Batch, StepOutput, param, register, rows
 from erat.passes import dropout_active, label_free_search, label_free_target, shared_statistics
-from erat.search import vat_direction
+from erat.search import XI, vat_direction, vat_step
+from erat.threat import Norm, check_radius
 
 
 @register("vat")
 @dataclass
 class VAT:
-    """VAT with an l2 radius ``eps``; ``entmin`` adds the entropy term with weight 1."""
+    """VAT with an l2 (or l-inf) radius ``eps``; ``entmin`` adds the entropy term with
+    weight 1."""
 
     eps: float = param(2.0, "training radius in pixel space")
-    xi: float = param(1e-2, "finite-difference step of VAT's power iteration")
+    norm: Norm = param("l2", "threat norm")
+    xi: float = param(XI, "finite-difference step of VAT's power iteration")
     power_iters: int = param(1, "power iterations of VAT's direction search")
     adv_weight: float = param(1.0, "weight of the adversarial (AT) or virtual adversarial "
                                    "(VAT) term")
@@ -59,7 +65,7 @@ class VAT:
         return self.adv_weight > 0 or self.entmin
 
     def __post_init__(self) -> None:
-        _checks.finite_nonneg("eps", self.eps)
+        check_radius(self.eps, self.norm)
         _checks.positive("xi", self.xi)
         _checks.integer("power_iters", self.power_iters, 1)
         _checks.finite_nonneg("adv_weight", self.adv_weight)
@@ -77,8 +83,9 @@ class VAT:
             with label_free_search(model):
                 d = vat_direction(model, z, target, xi=self.xi, power_iters=self.power_iters)
             # the perturbed pass is normalised with the clean batch's statistics: v compares
-            # one function at x and x + eps d
-            kl = kl_div(logits_z.detach(), model((z + self.eps * d).clamp(0.0, 1.0)))
+            # one function at x and x + eps d (l-inf: x + eps sign(d))
+            x_adv = (z + self.eps * vat_step(d, self.norm)).clamp(0.0, 1.0)
+            kl = kl_div(logits_z.detach(), model(x_adv))
         loss = clean.mean() + self.adv_weight * kl.mean()
         metrics = {"loss": loss, "acc": (logits.argmax(1) == y).float().mean(),
                    "clean_loss": clean.mean(), "kl": kl.mean()}
