@@ -5,7 +5,7 @@ one-step refinement of it (``S=1``, PGD's step 2.5 eps and a gentler 0.5 eps), e
 applied as ``clip(x + eps u, 0, 1)``; prints the mean distance moved, as a fraction of
 ``eps``, and the mean ``v = KL(p(.|x) || p(.|x + r))`` at that point. All on the clean
 training pass's function (train-mode BatchNorm with the batch's statistics, dropout off),
-as the methods search (docs/results.md, semi-supervised)::
+as the methods search (docs/results/semi-supervised-100-labels.md)::
 
     python experiments/direction_reach.py --data-dir DIR --eps 1.0 RUN [RUN ...]
 """

@@ -1,5 +1,5 @@
 """Every failure a user can cause or meet, tried through the ``erat`` command as a user would,
-printed as the Markdown table of docs/results.md (reliability): exit code, the message, and
+printed as the Markdown table of docs/results/reliability.md: exit code, the message, and
 whether any earlier result was lost or changed.
 
     python experiments/reliability_cases.py            # about two minutes on a CPU

@@ -5,7 +5,7 @@ logits included; the VAT term on the unlabeled batch only; every pass in train m
 searched and perturbed passes with their own batch statistics and no running-stat update;
 ``xi = 1e-6``; Adam 2e-3 decayed x0.9 every 100 steps; labeled batch 100, unlabeled 250.
 Each ``--with`` flag moves one choice towards erat's VAT, so the effect of each can be
-measured on its own (docs/results.md, semi-supervised)::
+measured on its own (docs/results/semi-supervised-100-labels.md)::
 
     python experiments/semi_vat_check.py --data-dir DIR --eps 1.0 --steps 1500
     python experiments/semi_vat_check.py --data-dir DIR --with eval-search

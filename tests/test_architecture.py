@@ -1,6 +1,6 @@
-"""The shape of the house, held against the code: imports flow one way (no cycles), the
-command line only parses and dispatches, functions stay short, docstrings carry no
-measurements (those live in docs/results.md)."""
+"""The shape of the house, held against the code: imports flow one way (no cycles, and
+down the documented layers), the command line only parses and dispatches, functions stay short, docstrings carry no
+measurements (those live in docs/results/)."""
 
 from __future__ import annotations
 
@@ -61,6 +61,51 @@ def test_no_import_cycles():
     for n in graph:
         if n not in state:
             visit(n, [])
+
+
+# The layers of docs/ARCHITECTURE.md, lowest first: a module imports only from lines above
+# its own (not from its own line). The package's __init__ (two lazy shortcuts) is outside.
+LAYERS = [
+    "errors",
+    "registry fields files",
+    "threat distributed",
+    "losses",
+    "search",
+    "passes",
+    "energy datasets models",
+    "methods attacks",
+    "rundir",
+    "stages",
+    "checks",
+    "evaluate measure",
+    "fit",
+    "config",
+    "train report",
+    "assess",
+    "reproduce bench",
+    "cli",
+    "__main__",
+]
+
+
+def test_imports_follow_the_documented_layers():
+    level = {name: i for i, line in enumerate(LAYERS) for name in line.split()}
+    trees = modules()
+
+    def room(module: str) -> str:
+        return module.split(".")[1] if module != "erat" else "erat"
+
+    assert {room(n) for n in trees} - {"erat"} == set(level), "LAYERS must name every room"
+    wrong = []
+    for name, tree in trees.items():
+        for dep in imports(name, tree, set(trees)):
+            a, b = room(name), room(dep)
+            if a != b and "erat" not in (a, b) and level[b] >= level[a]:
+                wrong.append(f"{name} imports {dep} (layer {level[b]} >= {level[a]})")
+    assert not wrong, wrong
+    doc = (PACKAGE.parents[1] / "docs" / "ARCHITECTURE.md").read_text()
+    for line in LAYERS:
+        assert line.replace(" ", ", ") in doc, f"ARCHITECTURE.md does not list {line!r}"
 
 
 def test_cli_is_short_and_functions_are_short():

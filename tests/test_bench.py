@@ -14,8 +14,10 @@ def test_training_rows_have_ratio_to_erm():
                           max_seconds=5.0)
     by = {r["method"]: r for r in rows}
     assert set(by) == {"erm", "er"}
-    assert by["erm"]["ratio_to_erm"] == pytest.approx(1.0)
-    assert by["er"]["ms_per_step"] > 0 and by["er"]["ratio_to_erm"] > 0
+    er, erm = by["er"], by["erm"]
+    assert er["ratio_to_erm"] == pytest.approx(er["ms_per_step"] / erm["ms_per_step"])
+    # counted: ER (S=1, T=1, M=1) makes 3 forward-backwards per example to ERM's 1
+    assert er["counted_ratio_to_erm"] == pytest.approx(3.0)
 
 
 def test_attack_throughput_and_peer_ratio():

@@ -159,10 +159,12 @@ def test_digits_embedded():
 
 def test_registry_facts():
     names = dataset_names()  # embedded first: the error message lists digits first
-    assert names[0] == "digits" and set(names) == {"digits", "mnist", "fashion-mnist",
-                                                   "cifar10", "svhn"}
-    for info in DATASETS.values():
-        assert len(info.mean) == len(info.std) == info.shape[0] and info.num_classes == 10
+    assert names[0] == "digits" and set(names) == set(DATASETS)
+    assert [DATASETS[n].files for n in names] == sorted(DATASETS[n].files for n in names)
+    for name, info in DATASETS.items():
+        assert info.name == name and len(info.shape) == 3 and info.num_classes >= 2
+        assert len(info.mean) == len(info.std) == info.shape[0] and min(info.std) > 0
+        assert info.augment in ("none", "crop", "crop-flip")
     assert dataset_info("cifar10").augment == "crop-flip" and dataset_info("svhn").augment == "crop"
 
 

@@ -3,7 +3,7 @@
 ``bench_training`` times ``method(model, batch)`` + backward + optimiser step on random
 inputs in [0, 1] (median over the timed steps, after warm-up) and reports each method's
 ratio to ``erm`` measured in the same process. ``bench_attacks`` measures PGD throughput
-of :func:`erat.perturb.pgd`, of the same PGD in ``torchattacks`` when that package is
+of :func:`erat.search.pgd`, of the same PGD in ``torchattacks`` when that package is
 installed (the peer ratio), and of AutoAttack on a few images. Peak memory is CUDA's
 allocator peak on a GPU and the process's peak resident size on the CPU (monotone across
 methods there, so read it as an upper bound).
@@ -26,7 +26,7 @@ from erat.losses import cross_entropy
 from erat.methods import Batch, build_method, method_names
 from erat.models import build_model
 from erat.passes import supervised_search
-from erat.search import pgd
+from erat.search import pgd, pgd_step_size
 from erat.threat import Threat
 
 DEFAULT_SETUPS: tuple[tuple[str, tuple[int, int, int]], ...] = (
@@ -184,7 +184,7 @@ def bench_attacks(
     model = model.to(device).eval()
     with torch.no_grad():  # label every image as predicted, so every image is attacked
         batch.y = model(batch.x).argmax(1)
-    threat, alpha = Threat("l2", eps), 2.5 * eps / steps
+    threat, alpha = Threat("l2", eps), pgd_step_size(eps, steps)
     out: dict[str, Any] = {"pgd_steps": steps, "eps": eps, "batch_size": batch_size}
 
     def ours() -> None:

@@ -112,7 +112,7 @@ def label_free_search(model: nn.Module) -> Iterator[nn.Module]:
 
     The search probes the very function the perturbed pass trains; VAT's reference code
     searches in train mode too (takerum/vat). Searching the eval-mode function instead made
-    VAT drift with few labels (docs/results.md, semi-supervised findings)."""
+    VAT drift with few labels (docs/results/semi-supervised-100-labels.md)."""
     with clean_function(model):
         yield model
 
@@ -142,7 +142,7 @@ def shared_statistics(model: nn.Module, stats_from: int = 0) -> Iterator[nn.Modu
     Why: ``V_T`` subtracts the clean loss; with the ray points' own batch statistics or the
     running ones, training rewards the gap between two functions. And a few labels in every
     batch, always the same images, made the statistics theirs: the BatchNorm MLP drifted
-    with 100 labels, VAT and ER alike (docs/results.md, semi-supervised defaults).
+    with 100 labels, VAT and ER alike (docs/results/semi-supervised-defaults.md).
     """
     bns = _batchnorms(model)
     originals = {m: m.forward for m in bns}

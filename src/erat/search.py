@@ -181,7 +181,7 @@ def search_direction(
     ``S > 0``: ``S`` PGD steps in ``norm`` maximising the end-point loss, from a random point
     of the ball (as in PGD-AT) or from ``x + eps * start_direction``; then
     ``u_1 = (x_adv - x) / ||x_adv - x||``. The random start matters: a search that always
-    starts at ``x`` taught the model to mask its gradient at ``x`` (docs/results.md).
+    starts at ``x`` taught the model to mask its gradient at ``x`` (docs/results/findings.md).
     """
     if S == 0:
         if start_direction is None:

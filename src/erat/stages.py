@@ -34,7 +34,7 @@ from erat.attacks import Attack, attack_options, build_attack, correct, resolve,
 from erat.attacks.base import ATTACKS
 from erat.errors import UserError
 from erat.files import atomic_save, tensor_sha256
-from erat.threat import NORMS, Norm, Threat
+from erat.threat import Norm, Threat, check_radius
 
 STATE_VERSION = 2  # the key of saved progress (unchanged since 0.2)
 
@@ -59,16 +59,10 @@ class EvalConfig:
     built: tuple[Attack, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if self.norm not in NORMS:
-            raise UserError(f"unknown norm {self.norm!r}; choose one of {', '.join(NORMS)}")
         eps = (self.eps,) if isinstance(self.eps, int | float) else tuple(self.eps)
-        if not eps or any(isinstance(e, bool) or not isinstance(e, int | float)
-                          or not math.isfinite(e) or e < 0 for e in eps):
-            raise UserError(f"eps must be a non-empty list of finite numbers >= 0, got "
-                            f"{self.eps}")
-        for e in eps:
-            Threat(self.norm, float(e))  # the radius rules of the threat model
-        object.__setattr__(self, "eps", tuple(float(e) for e in eps))
+        if not eps:
+            raise UserError("eps must be a non-empty list of radii")
+        object.__setattr__(self, "eps", tuple(check_radius(e, self.norm) for e in eps))
         if self.batch_size < 1 or self.sanity_n < 0 or self.masking_queries < 1:
             raise UserError("need batch_size >= 1, sanity_n >= 0 and masking_queries >= 1")
         # options of the wrong type or range fail here, once

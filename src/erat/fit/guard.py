@@ -1,6 +1,6 @@
 """Warnings for training that goes wrong in a way the training loss does not show: the
 predictions on unlabeled data collapse into one class, or the validation accuracy falls
-well below its best (docs/results.md, semi-supervised defaults)."""
+well below its best (docs/results/semi-supervised-defaults.md)."""
 
 from __future__ import annotations
 

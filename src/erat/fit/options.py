@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from erat.errors import UserError
 from erat.fields import param
+from erat.threat import check_radius
 
 Select = Literal["last", "best-robust"]
 DEFAULT_EPOCHS = 10  # the length of a run that names neither --epochs nor --budget
@@ -78,7 +79,8 @@ class FitOptions:
             "seed must be an integer": _int(self.seed, -(2**63)),
             "val_n must be an integer >= 1": _int(self.val_n, 1),
             "val_eps must be a finite number > 0": self.val_eps is None
-            or (_num(self.val_eps) and 0 < self.val_eps < math.inf),
+            or (_num(self.val_eps) and self.val_eps > 0 and check_radius(self.val_eps,
+                                                                          name="val_eps") > 0),
             "val_steps must be an integer >= 1": _int(self.val_steps, 1),
             "select must be last or best-robust": self.select in ("last", "best-robust"),
         }

@@ -1,7 +1,7 @@
 """The shared interface of every training objective, and the registry of methods by name.
 
 A method maps ``(model, batch)`` to a scalar loss and a dict of detached metrics; only the
-trainer calls ``backward`` and steps the optimiser (DESIGN.md habit 2). Hyper-parameters
+trainer calls ``backward`` and steps the optimiser (docs/ARCHITECTURE.md). Hyper-parameters
 are dataclass fields declared with :func:`erat.fields.param`, whose help text becomes the method's
 command-line flag (``--name``) with no other edit; a method file in this package registers
 itself (:func:`register`) by being there.

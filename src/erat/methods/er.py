@@ -10,7 +10,7 @@ from a random start; for the virtual loss VAT's power iteration with ``xi``,
 ray. With ``T=1, M=1, S=0, lam=1``, ``l(x) + E_hat(x) = l(x + eps u_fgm)`` wherever the loss
 rises along the ray (AT's objective), and the virtual form gives VAT's term: AT and VAT are
 the coarsest members. Defaults ``T=1, M=1`` and, supervised, ``S=1`` come from the ablations
-(docs/results.md): the searched direction decides, ``T`` and ``M`` added cost only.
+(docs/results/er-variants.md): the searched direction decides, ``T`` and ``M`` added cost only.
 Semi-supervised, ``S`` defaults to 0 (VAT's direction): the refined search drifted below
 VAT on the BatchNorm MLP (METHOD.md 3c). ``warmup_updates``: the first updates search with
 ``S=0`` (in the virtual form, VAT's direction), then ``S`` steps.
@@ -154,7 +154,7 @@ class ER:
         """``lam``, by default 1 supervised and 0 semi-supervised: with ``lam = 1`` and a
         loss that rises along the ray, ``l(x) + lam V`` telescopes to ``l(x + eps u)`` and
         the clean labels drop out; beside the virtual energy on unlabeled data that made the
-        predictions collapse into one class (docs/results.md, semi-supervised defaults)."""
+        predictions collapse into one class (docs/results/semi-supervised-defaults.md)."""
         if self.lam is not None:
             return self.lam
         return 0.0 if self.semi(batch) else 1.0
@@ -199,7 +199,7 @@ class ER:
         (no active dropout), so ``v(x) = 0`` at ``t_0``; ``S``, ``eps`` as in
         :meth:`supervised`. The search probes the same function as the rays, so its target
         is that function's value at ``x`` (an eval-mode search aimed at the train-mode
-        logits chased the gap between the two functions; docs/results.md, findings)."""
+        logits chased the gap between the two functions; docs/results/findings.md)."""
         eps = self.eps if eps is None else eps
         target = label_free_target(model, x, clean_logits)
         with label_free_search(model):

@@ -20,7 +20,7 @@ perturbed pass normalised with the clean batch's statistics, so ``v`` is exactly
 On ``xi`` in float32: with ``xi = 1e-6`` the logit change ``xi * J d`` is at the level of
 float32 rounding and the direction is far from the exact power-iteration direction; erat's
 default ``xi = 1e-2`` (:data:`erat.search.XI`) is float32-safe (``--xi 1e-6`` for the
-paper's value; the measurement is in docs/results.md, findings).
+paper's value; the measurement is in docs/results/findings.md).
 
 Example::
 

@@ -1,7 +1,7 @@
 """The model registry and the normalisation layer that opens every model.
 
 Inputs are pixels in ``[0, 1]``; :class:`Normalize` is the first layer of every model built
-here, so every eps is measured in pixel space (DESIGN.md). A registered factory takes
+here, so every eps is measured in pixel space (docs/METHOD.md section 1). A registered factory takes
 ``in_shape`` ``(C, H, W)``, ``num_classes`` and its own keyword arguments, and returns the
 body; :func:`build_model` puts ``Normalize`` in front. The model maps ``[B, C, H, W]`` to
 logits ``[B, num_classes]``.
