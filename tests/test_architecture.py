@@ -1,6 +1,6 @@
 """The shape of the house, held against the code: imports flow one way (no cycles, and
-down the documented layers), the command line only parses and dispatches, functions stay short, docstrings carry no
-measurements (those live in docs/results/)."""
+down the documented layers), the command line only parses and dispatches, functions stay
+short, docstrings carry no measurements (those live in docs/results/)."""
 
 from __future__ import annotations
 
