@@ -282,6 +282,17 @@ def read_results(runs: Sequence[Path], eval_name: str = "eval.json") -> dict[str
     return results
 
 
+def _training_notes(run: Path) -> dict:
+    """What the training guard flagged in a run folder's ``metrics.jsonl``: the epoch of
+    catastrophic overfitting, if any (:mod:`erat.fit.guard`)."""
+    from erat.fit.guard import overfitting_epoch
+    from erat.rundir import RunDir
+
+    epoch = overfitting_epoch(RunDir(run).metrics()) if (run / RunDir.METRICS).is_file() \
+        else None
+    return {} if epoch is None else {"catastrophic_overfitting_epoch": epoch}
+
+
 def report_runs(runs: Sequence[Path], out: Path, *, eval_name: str = "eval.json",
                 landscape_eps: float | None = None, index: int = 0,
                 log=print) -> list[dict]:
@@ -293,7 +304,8 @@ def report_runs(runs: Sequence[Path], out: Path, *, eval_name: str = "eval.json"
     check_writable_dir(out, "--out")
     results = read_results(runs, eval_name)
     rows = [{"run": name, "clean_acc": res["clean_acc"], **res["robust_acc"],
-             "checks_failed": res.get("checks_failed", 0)} for name, res in results.items()]
+             "checks_failed": res.get("checks_failed", 0), **_training_notes(Path(run))}
+            for run, (name, res) in zip(runs, results.items(), strict=True)]
     columns = list(dict.fromkeys(k for row in rows for k in row))
     out = Path(out)
     write_csv(rows, out / "results.csv")

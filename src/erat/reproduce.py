@@ -38,6 +38,7 @@ from erat.datasets import load_dataset
 from erat.errors import UserError
 from erat.evaluate import EvalConfig
 from erat.files import atomic_write_text, check_writable_dir
+from erat.fit.guard import overfitting_epoch
 from erat.rundir import RunDir
 from erat.train import train
 
@@ -226,6 +227,9 @@ def _validation(folder: RunDir, meta: dict[str, Any]) -> dict[str, Any]:
     out = {"selected_epoch": meta.get("selected_epoch"), "val_clean_acc": rows[0]["val_clean_acc"]}
     if "val_robust_acc" in rows[0]:
         out["val_robust_acc"] = rows[0]["val_robust_acc"]
+    collapsed = overfitting_epoch(folder.metrics())
+    if collapsed is not None:
+        out["catastrophic_overfitting_epoch"] = collapsed
     return out
 
 

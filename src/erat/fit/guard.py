@@ -1,6 +1,9 @@
 """Warnings for training that goes wrong in a way the training loss does not show: the
-predictions on unlabeled data collapse into one class, or the validation accuracy falls
-well below its best (docs/results/semi-supervised-defaults.md)."""
+predictions on unlabeled data collapse into one class, the validation accuracy falls well
+below its best (docs/results/semi-supervised-defaults.md), or catastrophic overfitting
+(Wong, Rice, Kolter 2020, arXiv 2001.03994): the validation PGD accuracy collapses within an
+epoch while the FGSM accuracy stays high, the signature of a model that has learnt to defeat
+the one-step attack it trains on rather than to be robust."""
 
 from __future__ import annotations
 
@@ -11,14 +14,17 @@ from torch import Tensor, nn
 
 COLLAPSE_SHARE = 3.0  # predicted share of a class, against its largest share among the labels
 VAL_DROP = 0.05  # validation accuracy below its best by this much
+PGD_COLLAPSE = 0.5  # PGD accuracy down to this fraction of its best (and by VAL_DROP at least)
+FGSM_HOLD = 0.05  # ... while FGSM accuracy stays within this of its best
 
 
 def guard(model: nn.Module, xu: Tensor | None, y: Tensor, row: dict[str, Any],
           history: list[dict[str, Any]]) -> str | None:
     """A warning, or None: the predictions on unlabeled data pile into one class (its share
-    over ``COLLAPSE_SHARE`` times the largest class share among the labels), or the
-    validation accuracy falls ``VAL_DROP`` below its best. Adds ``unlabeled_max_share`` to
-    ``row`` when there are unlabeled data."""
+    over ``COLLAPSE_SHARE`` times the largest class share among the labels), the
+    validation accuracy falls ``VAL_DROP`` below its best, or catastrophic overfitting
+    (:func:`catastrophic`). Adds ``unlabeled_max_share`` and ``catastrophic_overfitting`` to
+    ``row`` where they apply."""
     out = []
     if xu is not None:
         with torch.no_grad():
@@ -37,4 +43,31 @@ def guard(model: nn.Module, xu: Tensor | None, y: Tensor, row: dict[str, Any],
     if best is not None and row.get("val_clean_acc", best) < best - VAL_DROP:
         out.append(f"validation accuracy fell to {row['val_clean_acc']:.3f} from its best "
                    f"{best:.3f}")
+    co = catastrophic(row, history)
+    if co:
+        row["catastrophic_overfitting"] = True
+        out.append(co)
     return "; ".join(out) or None
+
+
+def catastrophic(row: dict[str, Any], history: list[dict[str, Any]]) -> str | None:
+    """Catastrophic overfitting at this epoch: the validation PGD accuracy falls to at most
+    ``PGD_COLLAPSE`` of its best so far (and by ``VAL_DROP`` at least) while the FGSM
+    accuracy at the same radius stays within ``FGSM_HOLD`` of its best or above."""
+    pgd, fgsm = row.get("val_robust_acc"), row.get("val_fgsm_acc")
+    earlier = [r for r in history if "val_robust_acc" in r and "val_fgsm_acc" in r]
+    if pgd is None or fgsm is None or not earlier:
+        return None
+    best_pgd = max(r["val_robust_acc"] for r in earlier)
+    best_fgsm = max(r["val_fgsm_acc"] for r in earlier)
+    if pgd <= PGD_COLLAPSE * best_pgd and best_pgd - pgd >= VAL_DROP \
+            and fgsm >= best_fgsm - FGSM_HOLD:
+        return (f"catastrophic overfitting: validation PGD accuracy fell to {pgd:.3f} from "
+                f"its best {best_pgd:.3f} while FGSM accuracy is {fgsm:.3f} (Wong et al. "
+                "2020); --select best-robust keeps the best epoch")
+    return None
+
+
+def overfitting_epoch(history: list[dict[str, Any]]) -> int | None:
+    """The first epoch the guard flagged as catastrophic overfitting (None: none)."""
+    return next((r["epoch"] for r in history if r.get("catastrophic_overfitting")), None)

@@ -1,6 +1,8 @@
 """Per-epoch validation: clean and PGD robust accuracy on the first ``val_n`` held-out
-images (``val_steps`` steps, one restart, radius ``val_eps`` or the method's ``eps``), the
-figures ``select="best-robust"`` chooses by; and clean accuracy of a model on a tensor set."""
+images (``val_steps`` steps, one restart, radius ``val_eps`` or the method's ``eps``, the
+method's norm), the figures ``select="best-robust"`` chooses by, and FGSM accuracy at the
+same radius, which the catastrophic-overfitting guard compares with PGD's
+(:mod:`erat.fit.guard`); and clean accuracy of a model on a tensor set."""
 
 from __future__ import annotations
 
@@ -42,8 +44,11 @@ def validate(model: nn.Module, val: tuple[Tensor, Tensor], options: FitOptions,
             res = evaluate(model, xv, yv, attacks="pgd", norm=norm, eps=[eps],
                            steps=options.val_steps, restarts=1, sanity_n=0, seed=0,
                            batch_size=500)
+            weak = evaluate(model, xv, yv, attacks="fgsm", norm=norm, eps=[eps], sanity_n=0,
+                            seed=0, batch_size=500)
             out = {"val_clean_acc": res["clean_acc"],
-                   "val_robust_acc": next(iter(res["robust_acc"].values()))}
+                   "val_robust_acc": next(iter(res["robust_acc"].values())),
+                   "val_fgsm_acc": next(iter(weak["robust_acc"].values()))}
     finally:
         model.train(was_training)
     return out | {"val_seconds": round(time.perf_counter() - t0, 3)}
