@@ -108,3 +108,15 @@ def test_report_only_reports_what_is_finished_and_computes_nothing(suite_file, t
     with RunDir(out / "runs" / "erm").lock():  # another process at work: reading still works
         assert len(reproduce(str(suite_file), out, report_only=True, log=lines.append)) == 1
     assert "er (not trained)" in lines[-2] and "Left out" in (out / "results.md").read_text()
+
+
+def test_eval_at_the_training_radius():
+    from erat.config import resolve
+    from erat.errors import UserError
+    from erat.reproduce import _radii
+
+    cfg = resolve([({"method": "pgd", "norm": "linf", "eps": 0.1}, "test")])
+    assert _radii({"attack": "all", "eps": "train"}, cfg)["eps"] == [0.1]
+    assert _radii({"eps": [0.5]}, cfg) == {"eps": [0.5]}
+    with pytest.raises(UserError, match="eps: train"):
+        _radii({"eps": "train"}, resolve([({"method": "erm"}, "test")]))

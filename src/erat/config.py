@@ -242,7 +242,7 @@ def resume_conflicts(saved: dict[str, Any], asked: dict[str, Any]) -> list[str]:
 
 SUITE_KEYS = {"suite", "description", "defaults", "runs", "eval", "energy", "plots", "report",
               "autoattack"}
-RUN_ONLY_KEYS = {"name", "eval", "energy", "seeds", "grid", "family", "eval_last"}
+RUN_ONLY_KEYS = {"name", "eval", "energy", "seeds", "grid", "family", "radius", "eval_last"}
 
 
 def suite_dir() -> Path:

@@ -33,6 +33,7 @@ import torch
 import yaml
 
 from erat import __version__
+from erat.attacks import resolve
 from erat.config import TrainConfig, load_suite, resume_conflicts, run_config
 from erat.datasets import load_dataset
 from erat.errors import UserError
@@ -112,7 +113,20 @@ def _check_eval_settings(suite: dict[str, Any], runs: list[dict[str, Any]]) -> N
             continue
         ev = {**(suite.get("eval") or {}), **(run.get("eval") or {})}
         ev.pop("n", None)
-        EvalConfig.build(**ev)
+        EvalConfig.build(**_radii(ev, run_config(suite, run, {})))
+    spec = (suite.get("autoattack") or {}).get("eval")
+    if spec:
+        for run in runs:
+            EvalConfig.build(**_radii(spec, run_config(suite, run, {})))
+
+
+def _radii(ev: dict[str, Any], cfg: TrainConfig) -> dict[str, Any]:
+    """``ev`` with ``eps: train`` replaced by the run's training radius (its method's eps)."""
+    if ev.get("eps") != "train":
+        return ev
+    if "eps" not in cfg.method_params:
+        raise UserError(f"eval eps: train needs a method with an eps; {cfg.method!r} names none")
+    return {**ev, "eps": [cfg.method_params["eps"]]}
 
 
 def _check_belongs(folder: RunDir, cfg: TrainConfig) -> None:
@@ -154,7 +168,7 @@ def run_one(suite: dict[str, Any], run: dict[str, Any], cfg: TrainConfig, folder
                 "train_seconds": meta.get("train_seconds"), **_validation(folder, meta)}, None, None
     model = folder.load_model()
     x, y = load_dataset(cfg.dataset, "test", cfg.data_dir).tensors
-    ev = {**(suite.get("eval") or {}), **(run.get("eval") or {})}
+    ev = _radii({**(suite.get("eval") or {}), **(run.get("eval") or {})}, cfg)
     n = ev.pop("n", None) or len(x)
     with nullcontext() if report_only else folder.lock():  # reading needs no lock
         result = _cached_eval(folder, RunDir.EVAL, model, x, y, ev, n, log, report_only)
@@ -178,7 +192,7 @@ def run_one(suite: dict[str, Any], run: dict[str, Any], cfg: TrainConfig, folder
     meta = folder.read_meta()
     row = {
         "name": name, "method": cfg.method, "dataset": cfg.dataset, "labels": cfg.labels or "",
-        **({"family": run["family"]} if "family" in run else {}),
+        **{k: run[k] for k in ("family", "radius") if k in run},
         **({"budget": cfg.fit.budget} if cfg.fit.budget is not None else {}),
         "clean_acc": result["clean_acc"], "clean_err": 1 - result["clean_acc"],
         **result["robust_acc"], "checks_failed": result.get("checks_failed", 0),
@@ -251,7 +265,7 @@ def autoattack_stage(suite: dict[str, Any], out: Path, runs: list[dict[str, Any]
         try:
             with nullcontext() if report_only else folder.lock():
                 res = _cached_eval(folder, "eval-autoattack.json", folder.load_model(), x, y,
-                                   ev, n, log, report_only)
+                                   _radii(ev, cfg), n, log, report_only)
         except NotReady:
             log(f"[{run['name']}] AutoAttack not computed yet: left out")
             continue
@@ -317,7 +331,7 @@ def write_report(suite: dict[str, Any], out: Path, rows: list[dict[str, Any]],
     columns = list(dict.fromkeys(k for row in rows for k in row))
     report.write_csv(rows, out / "results.csv")
     ev = suite.get("eval") or {}
-    label = EvalConfig.build(**{k: v for k, v in ev.items() if k != "n"}).labels[-1]
+    label = resolve(ev.get("attack", "pgd"))[1][-1]
     if results:
         report.accuracy_vs_radius(results, out / "accuracy_vs_radius", attack=label,
                                   norm=ev.get("norm", "l2"))
