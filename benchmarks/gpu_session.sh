@@ -1,8 +1,8 @@
 #!/bin/bash
 # One GPU session, sized for about 7 minutes on one H100 (a lent device has 15 minutes in all):
 #  1. the device: GPU, driver, torch;
-#  2. benchmarks/gpu_check.py: preact-resnet18 at 3x32x32 (CIFAR-10/SVHN shape), every method,
-#     float32 and bf16; then `cnn` at 1x28x28 with the Fashion-MNIST suite's methods, float32;
+#  2. erat bench: preact-resnet18 at 3x32x32 (CIFAR-10/SVHN shape), every method, float32 and
+#     bf16; then `cnn` at 1x28x28 with the Fashion-MNIST suite's methods, float32;
 #  3. the largest budget of the Fashion-MNIST frontier trained and tested on the GPU: ER S=3 and
 #     PGD-AT-10 at budget 16 (the suite's settings as flags), PGD-l2 on all 10,000 test images at
 #     four radii, then PGD with 5 restarts and AutoAttack at 1.5 on the first 500.
@@ -24,12 +24,13 @@ stamp device
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 $PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
 
-stamp gpu_check preact-resnet18
-timeout 240 $PY benchmarks/gpu_check.py --steps 200 --max-seconds 6 --json "$W/check-resnet18.json"
+stamp bench preact-resnet18
+timeout 240 $PY -m erat bench --models preact-resnet18:3x32x32 --amp none,bf16 --steps 200 \
+  --warmup 5 --max-seconds 6 --no-attacks --device cuda --json "$W/check-resnet18.json"
 pack
-stamp gpu_check cnn
-timeout 120 $PY benchmarks/gpu_check.py --model cnn --shape 1,28,28 --amp none --steps 300 \
-  --max-seconds 4 --json "$W/check-cnn.json" \
+stamp bench cnn
+timeout 120 $PY -m erat bench --models cnn:1x28x28 --steps 300 --warmup 5 --max-seconds 4 \
+  --no-attacks --device cuda --json "$W/check-cnn.json" \
   --methods "erm,at,vat,pgd:steps=1,pgd:steps=3,pgd:steps=10,trades:steps=3,trades:steps=10,er:S=1,er:S=3"
 pack
 

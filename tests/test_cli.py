@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import yaml
 
-from erat.cli import main
+from erat.cli import build_parser, main
 
 TRAIN = [
     "train",
@@ -136,3 +137,42 @@ def test_eval_missing_run(tmp_path, capsys):
 def test_bench_errors_are_one_line(capsys, args, message):
     code, _, err = run(["bench", "--no-attacks", *args], capsys)
     assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_every_help_shows_the_true_defaults_once():
+    """Each subcommand's --help against the values the command really uses: the parser's
+    own default, the training configuration's (train), the attacks' own (eval options)."""
+    import argparse
+
+    from erat.attacks import attack_defaults
+    from erat.cli import COMMANDS
+    from erat.config import TrainConfig
+    from erat.fields import HelpFormatter
+
+    parser = build_parser()
+    subs = parser._subparsers._group_actions[0].choices
+    assert set(subs) == set(COMMANDS)
+    train_defaults, attack = TrainConfig().to_dict(), attack_defaults()
+    for name, sub in subs.items():
+        formatter = HelpFormatter(prog="erat")
+        for action in sub._actions:
+            if isinstance(action, argparse._HelpAction) or action.dest in ("debug", "run"):
+                continue
+            text = formatter._get_help_string(action) or ""
+            assert text.count("(default") <= 1, (name, action.dest, text)
+            if action.required or isinstance(action, argparse._StoreTrueAction |
+                                              argparse._StoreFalseAction):
+                assert "(default" not in text, (name, action.dest, text)
+                continue
+            if name == "train":
+                true = train_defaults.get(action.dest, attack.get(action.dest))
+            elif name == "eval" and action.dest in attack:
+                true = attack[action.dest]
+            else:
+                true = action.default
+            if isinstance(true, list | tuple):
+                true = ",".join(map(str, true))
+            if true not in (None, argparse.SUPPRESS, {}) and not (
+                    name == "train" and action.dest not in train_defaults):
+                assert re.search(rf"\(default: {re.escape(str(true))}[);]", text), \
+                    (name, action.dest, text)

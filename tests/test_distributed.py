@@ -6,6 +6,7 @@ import json
 import os
 import socket
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 
@@ -48,6 +49,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         close()
 
 
+@pytest.mark.slow
 def test_two_processes_match_one(tmp_path):
     single = train(TrainConfig.from_dict(CFG), tmp_path / "single", log=lambda *_: None)
     out = tmp_path / "ddp"

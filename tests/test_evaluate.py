@@ -217,6 +217,7 @@ def test_resume_skips_finished_work(model, digits, tmp_path, monkeypatch):
     assert counter.calls > before and other["resumed"] is False
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::erat.evaluate.EvaluationWarning")  # PGD-10 may be weak
 def test_autoattack_all_runs_on_cpu(model, digits):
     _, _, xt, yt = digits

@@ -312,23 +312,29 @@ def test_interrupt_during_a_save_leaves_no_temporary(tmp_path, monkeypatch):
     assert RunDir(run_dir).finished()
 
 
-def test_sigint_gives_one_line_and_exit_130(tmp_path):
+@pytest.mark.slow
+@pytest.mark.parametrize(("sig", "code", "word"), [(signal.SIGINT, 130, "interrupted"),
+                                                   (signal.SIGTERM, 143, "terminated")])
+def test_a_signal_gives_one_line_a_resume_hint_and_no_stale_lock(tmp_path, sig, code, word):
     out = tmp_path / "run"
     # far more epochs than can finish before the signal (200 took 1.5 s on a loaded machine:
     # the run ended first and the test flaked); the process is killed if it outlives the test
     cmd = [sys.executable, "-m", "erat", *TRAIN, "--epochs", "20000", "--out", str(out)]
+    # (a test run started in the background inherits an ignored SIGINT: give it back)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 120
         while not (out / "metrics.jsonl").exists() and time.monotonic() < deadline:
             time.sleep(0.05)
         assert proc.poll() is None, proc.communicate()[1]
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         _, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
-    assert proc.returncode == 130 and "Traceback" not in err and "interrupted" in err
+    assert proc.returncode == code and "Traceback" not in err and word in err
+    assert f"erat train --out {out} --resume" in err and err.count("\n") == 1
     assert not (out / ".lock").exists()
 
 

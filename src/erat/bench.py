@@ -1,8 +1,10 @@
-"""Speed figures: milliseconds per training step of every method, and attack throughput.
+"""Speed figures, the one home of erat's speed code (``erat bench``; the GPU session script
+``benchmarks/gpu_session.sh`` calls it): milliseconds per training step of every method,
+eager or ``torch.compile``d, in float32 or mixed precision, and attack throughput.
 
 ``bench_training`` times ``method(model, batch)`` + backward + optimiser step on random
 inputs in [0, 1] (median over the timed steps, after warm-up) and reports each method's
-ratio to ``erm`` measured in the same process. ``bench_attacks`` measures PGD throughput
+ratio to ``erm`` measured in the same process and variant. ``bench_attacks`` measures PGD throughput
 of :func:`erat.search.pgd`, of the same PGD in ``torchattacks`` when that package is
 installed (the peer ratio), and of AutoAttack on a few images. Peak memory is CUDA's
 allocator peak on a GPU and the process's peak resident size on the CPU (monotone across
@@ -16,12 +18,14 @@ import resource
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from erat.errors import UserError
+from erat.fields import param
 from erat.losses import cross_entropy
 from erat.methods import Batch, build_method, method_names
 from erat.models import build_model
@@ -29,11 +33,26 @@ from erat.passes import supervised_search
 from erat.search import pgd, pgd_step_size
 from erat.threat import Threat
 
-DEFAULT_SETUPS: tuple[tuple[str, tuple[int, int, int]], ...] = (
-    ("cnn", (1, 28, 28)),
-    ("conv-large", (3, 32, 32)),
-    ("preact-resnet18", (3, 32, 32)),
-)
+
+@dataclass
+class BenchOptions:
+    """The settings of ``erat bench`` (each a flag)."""
+
+    models: str = param("cnn:1x28x28,conv-large:3x32x32,preact-resnet18:3x32x32",
+                        "MODEL:CxHxW, comma-separated")
+    methods: str = param("all", "methods, comma-separated (all: every registered one); "
+                                "NAME:key=value;... sets a parameter (er:S=3)")
+    batch_size: int = param(128, "batch size")
+    steps: int = param(20, "timed steps per method (at most)")
+    warmup: int = param(2, "untimed steps before the timed ones")
+    max_seconds: float = param(20.0, "time budget per method and variant")
+    amp: str = param("none", "precisions, comma-separated: none, bf16, fp16")
+    compile: str = param("off", "torch.compile the model: off, on, or off,on (both, compared)")
+    channels_last: bool = param(False, "channels-last memory format")
+    attacks: bool = param(True, "measure attack throughput")
+    attack_steps: int = param(10, "PGD steps of the attack throughput")
+    autoattack_n: int = param(16, "images of the AutoAttack throughput (0: none)")
+    device: str = param("auto", "auto (CUDA when present), cpu, cuda, cuda:1, ...")
 
 
 def _sync(device: torch.device) -> None:
@@ -100,13 +119,15 @@ def bench_training(
     method_params: dict[str, dict[str, Any]] | None = None,
     amp: str = "none",
     channels_last: bool = False,
+    compiled: bool = False,
 ) -> list[dict[str, Any]]:
     """One row per method: ``ms_per_step`` (median), ``ratio_to_erm``, ``peak_mem_mb``, and
     the counted ``passes_per_example`` with its ``counted_ratio_to_erm``.
 
     A method is a name or ``name:key=value;key=value`` (e.g. ``er:S=3``; its parameters are
     parsed as YAML scalars) beside ``method_params`` by name. ``amp`` is ``none``, ``bf16``
-    or ``fp16`` (autocast, with a gradient scaler for fp16).
+    or ``fp16`` (autocast, with a gradient scaler for fp16); ``compiled`` runs the method on
+    ``torch.compile(model)`` (its first steps, the compilation, are warm-up).
     """
     device = device or torch.device("cpu")
     batch = random_batch(shape, batch_size, device)
@@ -116,27 +137,19 @@ def bench_training(
     rows = []
     for name in ["erm", *[m for m in methods if m != "erm"]]:
         torch.manual_seed(0)
-        model = (
-            build_model(
-                model_name,
-                in_shape=shape,
-                num_classes=10,
-                mean=[0.5] * shape[0],
-                std=[0.25] * shape[0],
-            )
-            .to(device)
-            .train()
-        )
+        model = build_model(model_name, in_shape=shape, num_classes=10, mean=[0.5] * shape[0],
+                            std=[0.25] * shape[0]).to(device).train()
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         base, params = parse_method(name)
         method = build_method(base, **{**(method_params or {}).get(base, {}), **params})
         opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+        stepped = torch.compile(model) if compiled else model
         scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
 
-        def step(model=model, method=method, opt=opt, scaler=scaler) -> None:
+        def step(model=stepped, method=method, opt=opt, scaler=scaler) -> None:
             opt.zero_grad(set_to_none=True)
             with torch.autocast(
                 device.type, dtype=dtype or torch.float32, enabled=dtype is not None
@@ -147,18 +160,12 @@ def bench_training(
             scaler.update()
 
         times = _time(step, device, steps, warmup, max_seconds)
-        rows.append(
-            {
-                "model": model_name,
-                "method": name,
-                "batch_size": batch_size,
-                "amp": amp,
-                "ms_per_step": statistics.median(times),
-                "timed_steps": len(times),
-                "peak_mem_mb": round(_peak_mb(device), 1),
-                "passes_per_example": method.cost(batch, model.train()) / batch_size,
-            }
-        )
+        ms = statistics.median(times)
+        rows.append({"model": model_name, "method": name, "batch_size": batch_size, "amp": amp,
+                     "compiled": compiled, "ms_per_step": ms,
+                     "images_per_s": batch_size / (ms / 1000), "timed_steps": len(times),
+                     "peak_mem_mb": round(_peak_mb(device), 1),
+                     "passes_per_example": method.cost(batch, model.train()) / batch_size})
     erm, erm_passes = rows[0]["ms_per_step"], rows[0]["passes_per_example"]
     for row in rows:
         row["ratio_to_erm"] = row["ms_per_step"] / erm
@@ -251,38 +258,50 @@ def parse_setups(text: str) -> list[tuple[str, tuple[int, int, int]]]:
     return setups
 
 
-def run_bench(models: str, methods: str, *, batch_size: int, steps: int, warmup: int,
-              max_seconds: float, attacks: bool, attack_steps: int, autoattack_n: int,
-              device: torch.device, log=print) -> dict[str, Any]:
-    """``erat bench``: every method's step time on each model, the measured ratio to ERM
-    beside the counted one (:meth:`Method.cost`), and attack throughput; printed as a table."""
-    if steps < 1 or warmup < 0 or batch_size < 1:
+def run_bench(options: BenchOptions, device: torch.device, log=print) -> dict[str, Any]:
+    """``erat bench``: every method's step time on each model in each variant (precision,
+    eager or compiled), the measured ratio to ERM beside the counted one
+    (:meth:`Method.cost`), and attack throughput; printed as a table."""
+    o = options
+    if o.steps < 1 or o.warmup < 0 or o.batch_size < 1:
         raise UserError("bench needs --steps >= 1, --warmup >= 0 and --batch-size >= 1")
-    names = methods.split(",")
+    names = method_names() if o.methods == "all" else o.methods.split(",")
     unknown = {parse_method(n)[0] for n in names} - set(method_names())
     if unknown:
         raise UserError(f"unknown method(s) {sorted(unknown)}; choose from {method_names()}")
-    setups = parse_setups(models)
+    amps, compiles = o.amp.split(","), o.compile.split(",")
+    if set(amps) - {"none", "bf16", "fp16"} or set(compiles) - {"off", "on"}:
+        raise UserError(f"--amp takes none, bf16, fp16 and --compile off, on (comma-separated), "
+                        f"got {o.amp!r} and {o.compile!r}")
+    setups = parse_setups(o.models)
     result: dict[str, Any] = {"device": str(device), "threads": torch.get_num_threads(),
                               "torch": str(torch.__version__), "models": {}}
     if device.type == "cuda":
         result["gpu"] = torch.cuda.get_device_name(device)
-    log(f"device {device}, {torch.get_num_threads()} CPU threads, batch {batch_size}")
-    log(f"{'model':<16} {'method':<22} {'ms/step':>9} {'x erm':>7} {'counted':>8} {'peak MB':>8}")
+    log(f"device {device}, {torch.get_num_threads()} CPU threads, batch {o.batch_size}")
+    log(f"{'model':<16} {'variant':<10} {'method':<20} {'ms/step':>9} {'img/s':>8} "
+        f"{'x erm':>6} {'counted':>8} {'peak MB':>8}")
     for name, shape in setups:
-        rows = bench_training(name, shape, names, batch_size=batch_size, steps=steps,
-                              warmup=warmup, max_seconds=max_seconds, device=device)
-        entry: dict[str, Any] = {"shape": list(shape), "methods": {r["method"]: r for r in rows}}
+        rows = []
+        for amp in amps:
+            for comp in compiles:
+                rows += bench_training(name, shape, names, batch_size=o.batch_size,
+                                       steps=o.steps, warmup=o.warmup + 3 * (comp == "on"),
+                                       max_seconds=o.max_seconds, device=device, amp=amp,
+                                       channels_last=o.channels_last, compiled=comp == "on")
+        entry: dict[str, Any] = {"shape": list(shape), "rows": rows}
         for r in rows:
-            log(f"{name:<16} {r['method']:<22} {r['ms_per_step']:>9.1f} {r['ratio_to_erm']:>7.2f} "
+            variant = r["amp"] + ("+compile" if r["compiled"] else "")
+            log(f"{name:<16} {variant:<10} {r['method']:<20} {r['ms_per_step']:>9.1f} "
+                f"{r['images_per_s']:>8.0f} {r['ratio_to_erm']:>6.2f} "
                 f"{r['counted_ratio_to_erm']:>8.2f} {r['peak_mem_mb']:>8.0f}")
-        if attacks:
+        if o.attacks:
             model = build_model(name, in_shape=shape, num_classes=10, mean=[0.5] * shape[0],
                                 std=[0.25] * shape[0])
-            entry["attacks"] = bench_attacks(model, shape, batch_size=batch_size,
-                                             steps=attack_steps, repeats=min(5, steps),
-                                             device=device, autoattack_n=autoattack_n,
-                                             max_seconds=max_seconds)
+            entry["attacks"] = bench_attacks(model, shape, batch_size=o.batch_size,
+                                             steps=o.attack_steps, repeats=min(5, o.steps),
+                                             device=device, autoattack_n=o.autoattack_n,
+                                             max_seconds=o.max_seconds)
             log(f"{name:<16} attacks: " + json.dumps(entry["attacks"]))
         result["models"][name] = entry
     return result

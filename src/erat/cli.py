@@ -2,32 +2,59 @@
 ``bench``. It parses and dispatches; the work is done by the modules it calls.
 
 Errors a user can cause are one line on stderr, exit code 2; problems of the environment
-(no GPU, disk full, read-only folder) exit code 1; ``--debug`` or ``ERAT_DEBUG=1`` shows
-the traceback. Anything else is a bug and keeps its traceback.
+(no GPU, disk full, read-only folder) exit code 1; a failed sanity check of ``erat eval``
+(evidence that the robust accuracy is too high) exit code 3, after the result is written;
+SIGINT and SIGTERM exit 130 and 143 with one line (and how to resume a training run).
+``--debug`` or ``ERAT_DEBUG=1`` shows the traceback. Anything else is a bug and keeps its
+traceback. Only the parser of the command given is built, so ``erat --help`` imports no torch.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from erat.errors import EnvironmentProblem, UserError, os_problem
-from erat.fields import json_object, radii
+from erat.errors import (
+    EnvironmentProblem,
+    Terminated,
+    UserError,
+    first_line,
+    one_line_warning,
+    os_problem,
+    terminate,
+)
+from erat.fields import HelpFormatter, add_flags, radii
+
+COMMANDS = {"train": "train a classifier with a robust-training method",
+            "eval": "clean and robust accuracy of a trained run",
+            "energy": "the energy (loss variation in the ball) of a trained run on test data",
+            "report": "tables and plots from evaluated run folders",
+            "reproduce": "run a named suite of experiments (resumable)",
+            "bench": "ms per training step of each method, attack throughput"}
+CHECKS_FAILED = 3  # exit code of an evaluation whose sanity checks failed
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if a in COMMANDS), None)
+    args = build_parser([command] if command else []).parse_args(argv)
     debug = args.debug or os.environ.get("ERAT_DEBUG", "") not in ("", "0")
+    warnings.showwarning = one_line_warning
+    previous = signal.signal(signal.SIGTERM, terminate)
     try:
         return int(args.run(args) or 0)
-    except KeyboardInterrupt:
-        print("erat: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        hint = f"; continue with: erat train --out {args.out} --resume" \
+            if args.command == "train" else ""
+        print(f"erat: {'terminated' if isinstance(e, Terminated) else 'interrupted'}{hint}",
+              file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
     except (UserError, EnvironmentProblem, OSError) as e:
         if debug:
             raise
@@ -35,18 +62,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             e = os_problem(e, f"use {e.filename}" if e.filename else "go on")
         print(f"erat: error: {first_line(e)}", file=sys.stderr)
         return 1 if isinstance(e, EnvironmentProblem) else 2
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
-def first_line(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0]
-
-
-class _Help(argparse.ArgumentDefaultsHelpFormatter):
-    pass
-
-
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(commands: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser with the arguments of ``commands`` (default: every command; building one
+    imports what it lists, so ``main`` builds only the command given)."""
     from erat import __version__
 
     parser = argparse.ArgumentParser(prog="erat", description="erat: energy-regularised "
@@ -54,42 +76,31 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"erat {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_train, _add_eval, _add_energy, _add_report, _add_reproduce, _add_bench):
-        add(sub)
-    for p in sub.choices.values():  # also after the command: erat train ... --debug
+    for name, text in COMMANDS.items():
+        p = sub.add_parser(name, help=text, description=text, formatter_class=HelpFormatter)
+        if commands is None or name in commands:
+            globals()[f"_add_{name}"](p)
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                       help="show tracebacks of errors")
+                       help="show tracebacks of errors")  # also after the command
     return parser
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+def _options(cls: type, args: argparse.Namespace) -> Any:
+    """An options dataclass from the flags given (the others keep its defaults)."""
+    import dataclasses
 
-
-def _add_specs(group, specs: dict, defaults: dict | None = None) -> None:
-    """Flags from :class:`erat.fields.FlagSpec` entries (switches for booleans)."""
-    for name, spec in specs.items():
-        spec = spec._replace(help=spec.help.replace("%", "%%"))  # argparse formats help
-        default = (defaults or {}).get(name)
-        shown = spec.help if default in (None, {}) else f"{spec.help} (default: {default})"
-        if spec.kind is bool:
-            group.add_argument(_flag(name), dest=name, action="store_true", help=spec.help)
-        elif spec.kind is dict:
-            group.add_argument(_flag(name), dest=name, type=json_object, help=shown)
-        else:
-            group.add_argument(_flag(name), dest=name, type=spec.kind, choices=spec.choices,
-                               help=shown)
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
+                  if getattr(args, f.name, None) is not None})
 
 
 # ---------------------------------------------------------------------------- train
-def _add_train(sub) -> None:
+def _add_train(p: argparse.ArgumentParser) -> None:
     from erat.config import REGISTERED, TrainConfig
     from erat.fields import flag_specs
     from erat.fit import FitOptions
     from erat.methods import method_flags
 
-    p = sub.add_parser("train", help="train a classifier with a robust-training method",
-                       argument_default=argparse.SUPPRESS)
+    p.argument_default = argparse.SUPPRESS  # only what is given overrides --config
     p.add_argument("--out", required=True, type=Path, help="run folder to write")
     p.add_argument("--config", type=Path, help="YAML file of settings (flags override it)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
@@ -101,12 +112,9 @@ def _add_train(sub) -> None:
              for k in defaults if k in found}
     for name, names in REGISTERED.items():  # the registries are the one list of names
         specs[name] = specs[name]._replace(help=f"{specs[name].help}: {', '.join(names())}")
-    for name in ("augment", "progress"):  # on by default: offered as --no-...
-        p.add_argument(f"--no-{name}", dest=name, action="store_false",
-                       help=f"off: {specs.pop(name).help}")
-    _add_specs(p, specs, defaults)
-    _add_specs(p.add_argument_group("method hyper-parameters (METHOD.md section 4)"),
-               method_flags())
+    add_flags(p, specs, defaults)
+    add_flags(p.add_argument_group("method hyper-parameters (METHOD.md section 4; each "
+                                    "method's default is in its help)"), method_flags())
     p.set_defaults(run=run_train)
 
 
@@ -135,31 +143,34 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------- eval, energy
-def _add_run_data_args(p: argparse.ArgumentParser) -> None:
+def _add_run_data_args(p: argparse.ArgumentParser, batch_size: int) -> None:
     p.add_argument("run_dir", type=Path, help="run folder (or a model.pt file)")
-    p.add_argument("--n", type=int, help="evaluate the first N test examples (a subset)")
+    p.add_argument("--n", type=int, help="evaluate the first N test examples (default: all)")
     p.add_argument("--data-dir", help="dataset folder (default: the one the run used)")
-    p.add_argument("--batch-size", type=int, default=500)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--json", type=Path, help="write the result as JSON here")
+    p.add_argument("--batch-size", type=int, default=batch_size, help="examples per batch")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random draw")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, ...")
+    p.add_argument("--norm", default="l2", choices=["l2", "linf"], help="the threat's norm")
+    p.add_argument("--json", type=Path, help="write the result as JSON here (checked before "
+                   "any work)")
 
 
-def _add_eval(sub) -> None:
-    from erat.attacks import attack_flags, attack_names
+def _add_eval(p: argparse.ArgumentParser) -> None:
+    from erat.attacks import attack_defaults, attack_flags, attack_names
+    from erat.stages import EvalConfig
 
-    p = sub.add_parser("eval", help="clean and robust accuracy of a trained run",
-                       formatter_class=_Help)
-    _add_run_data_args(p)
-    p.add_argument("--attack", default="pgd", help=f"attacks in order, comma-separated: "
-                   f"{', '.join(attack_names())}")
-    p.add_argument("--norm", default="l2", choices=["l2", "linf"])
-    p.add_argument("--eps", type=radii, default=[0.5, 1.0], help="radii, e.g. 0.5,1.0")
-    _add_specs(p.add_argument_group("attack options"), attack_flags())
+    cfg = EvalConfig()
+    _add_run_data_args(p, cfg.batch_size)
+    p.add_argument("--attack", default="pgd", help=f"attacks in order, comma-separated, each "
+                   f"on the survivors of the ones before: {', '.join(attack_names())}")
+    p.add_argument("--eps", type=radii, default=list(cfg.eps), help="radii, e.g. 0.5,1.0")
+    group = p.add_argument_group("attack options")
+    add_flags(group, attack_flags(), attack_defaults())
     p.add_argument("--no-checks", dest="checks", action="store_false", help="skip the sanity "
                    "checks that cost attack work")
     p.add_argument("--fresh", action="store_true", help="ignore the saved per-example "
-                   "progress of an earlier, interrupted eval")
+                   "progress of an earlier, interrupted eval (kept as .eval-*.state.pt in "
+                   "the run folder, or a cache folder when it is read-only)")
     p.set_defaults(run=run_eval)
 
 
@@ -175,7 +186,7 @@ def run_eval(args: argparse.Namespace) -> int:
                           device=args.device, fresh=args.fresh, json_path=args.json)
     print(format_result(result))
     _write_json(result, args.json)
-    return 0
+    return CHECKS_FAILED if result.get("checks_failed") else 0
 
 
 def _write_json(result: dict[str, Any], path: Path | None) -> None:
@@ -186,12 +197,9 @@ def _write_json(result: dict[str, Any], path: Path | None) -> None:
         print(f"wrote {path}")
 
 
-def _add_energy(sub) -> None:
-    p = sub.add_parser("energy", help="estimate the energy (loss variation in the ball) on "
-                       "test data", formatter_class=_Help)
-    _add_run_data_args(p)
+def _add_energy(p: argparse.ArgumentParser) -> None:
+    _add_run_data_args(p, 128)
     p.add_argument("--eps", type=float, required=True, help="radius of the neighbourhood")
-    p.add_argument("--norm", default="l2", choices=["l2", "linf"], help="the ball's norm")
     p.add_argument("--T", type=int, default=16, help="ray segments")
     p.add_argument("--M", type=int, default=16, help="directions (1 searched + M-1 random)")
     p.add_argument("--S", type=int, default=20, help="PGD steps searching the first direction")
@@ -210,18 +218,16 @@ def run_energy(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------- report, reproduce
-def _add_report(sub) -> None:
-    p = sub.add_parser("report", help="tables and plots from evaluated run folders",
-                       formatter_class=_Help)
+def _add_report(p: argparse.ArgumentParser) -> None:
     p.add_argument("runs", nargs="+", type=Path, help="run folders holding eval.json")
     p.add_argument("--out", type=Path, required=True, help="folder for the tables and plots")
     p.add_argument("--eval-name", default="eval.json", help="evaluation JSON inside each run")
     p.add_argument("--landscape-eps", type=float, help="also draw the loss landscape here")
     p.add_argument("--index", type=int, default=0, help="test image of the landscape")
-    p.set_defaults(run=lambda a: _report(a))
+    p.set_defaults(run=run_report)
 
 
-def _report(args: argparse.Namespace) -> int:
+def run_report(args: argparse.Namespace) -> int:
     from erat.report import report_runs
 
     report_runs(args.runs, args.out, eval_name=args.eval_name,
@@ -230,14 +236,13 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_reproduce(sub) -> None:
-    p = sub.add_parser("reproduce", help="run a named suite of experiments (resumable)",
-                       formatter_class=_Help)
-    p.add_argument("suite", help="digits, mnist-subset, fashion-mnist, mnist, cifar10, svhn, "
-                   "or a YAML file")
+def _add_reproduce(p: argparse.ArgumentParser) -> None:
+    from erat.config import suite_names
+
+    p.add_argument("suite", help=f"{', '.join(suite_names())}, or a YAML file")
     p.add_argument("--out", type=Path, help="report folder (default: runs/SUITE)")
     p.add_argument("--data-dir", help="folder holding the dataset files")
-    p.add_argument("--device", help="auto, cpu, cuda, ...")
+    p.add_argument("--device", help="auto, cpu, cuda, ... (default: the suite's)")
     p.add_argument("--only", help="comma-separated run names of the suite")
     p.add_argument("--report-only", action="store_true", help="report what is finished only")
     p.set_defaults(run=run_reproduce)
@@ -255,34 +260,28 @@ def run_reproduce(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------- bench
-def _add_bench(sub) -> None:
-    p = sub.add_parser("bench", help="ms per training step of each method, attack throughput",
-                       formatter_class=_Help)
-    p.add_argument("--models", default="cnn:1x28x28,conv-large:3x32x32,preact-resnet18:3x32x32",
-                   help="MODEL:CxHxW list")
-    p.add_argument("--methods", default="erm,at,vat,pgd,trades,er")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--steps", type=int, default=20, help="timed steps per method (at most)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps before the timed ones")
-    p.add_argument("--max-seconds", type=float, default=20.0, help="time budget per method")
-    p.add_argument("--attack-steps", type=int, default=10)
-    p.add_argument("--no-attacks", dest="attacks", action="store_false")
-    p.add_argument("--autoattack-n", type=int, default=16)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--json", type=Path)
+def _add_bench(p: argparse.ArgumentParser) -> None:
+    import dataclasses
+
+    from erat.bench import BenchOptions
+    from erat.fields import flag_specs
+
+    specs = {k: s._replace(help=s.help.rsplit(" [", 1)[0])
+             for k, s in flag_specs({"bench": BenchOptions}).items()}
+    add_flags(p, specs, dataclasses.asdict(BenchOptions()))
+    p.add_argument("--json", type=Path, help="write the figures as JSON here")
     p.set_defaults(run=run_bench)
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    from erat.bench import BenchOptions
     from erat.bench import run_bench as bench
     from erat.distributed import resolve_device
     from erat.files import check_writable_file
 
     if args.json:
         check_writable_file(args.json, "--json")
-    result = bench(args.models, args.methods, batch_size=args.batch_size, steps=args.steps,
-                   warmup=args.warmup, max_seconds=args.max_seconds, attacks=args.attacks,
-                   attack_steps=args.attack_steps, autoattack_n=args.autoattack_n,
-                   device=resolve_device(args.device))
+    options = _options(BenchOptions, args)
+    result = bench(options, device=resolve_device(options.device))
     _write_json(result, args.json)
     return 0

@@ -11,6 +11,9 @@ Anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import sys
+from typing import Any
+
 
 class UserError(ValueError):
     """A mistake in what the user asked for: printed as one line, exit code 2."""
@@ -31,3 +34,24 @@ def os_problem(err: OSError, what: str) -> Exception:
                      errno.ENAMETOOLONG):
         return UserError(f"cannot {what}: {reason}")
     return EnvironmentProblem(f"cannot {what}: {reason}")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like SIGINT: locks released, one line, a resume hint."""
+
+
+def terminate(signum: int, frame: Any) -> None:
+    """The SIGTERM handler of the command line: unwind as for SIGINT."""
+    raise Terminated()
+
+
+def one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """``warnings.showwarning`` for the command line: ``erat: warning: ...`` on one line,
+    without Python's source file and line."""
+    print(f"erat: warning: {first_line(Warning(message))}", file=file or sys.stderr)
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an error's message (its type's name when it has none)."""
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0]

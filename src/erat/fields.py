@@ -98,3 +98,42 @@ def json_object(text: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f"want a JSON object, got {text!r}")
     return value
+
+
+# --- flags on an argparse parser -----------------------------------------------------
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Shows a flag's true default once: the parser's own, or the one its help names."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if "(default" in text or action.required or isinstance(
+                action, argparse._StoreTrueAction | argparse._StoreFalseAction) \
+                or default in (None, argparse.SUPPRESS, {}):
+            return text
+        shown = ",".join(map(str, default)) if isinstance(default, list | tuple) else default
+        return f"{text} (default: {shown})"
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_flags(group, specs: dict, defaults: dict | None = None) -> None:
+    """Flags from :class:`erat.fields.FlagSpec` entries (switches for booleans; a boolean
+    that is on by default is offered as ``--no-NAME``), their defaults in the help."""
+    for name, spec in specs.items():
+        text = spec.help.replace("%", "%%")  # argparse formats help
+        default = (defaults or {}).get(name)
+        shown = text if default in (None, {}) or spec.kind is bool or "(default" in text \
+            else f"{text} (default: {default})"
+        if spec.kind is bool and default is True:
+            group.add_argument(f"--no-{name.replace('_', '-')}", dest=name,
+                               action="store_false", help=f"off: {text}")
+        elif spec.kind is bool:
+            group.add_argument(_flag(name), dest=name, action="store_true", help=text)
+        else:
+            group.add_argument(_flag(name), dest=name, type=json_object if spec.kind is dict
+                               else spec.kind, choices=spec.choices, help=shown)

@@ -92,6 +92,15 @@ def attack_flags() -> dict[str, FlagSpec]:
     return flag_specs(ATTACKS)
 
 
+def attack_defaults() -> dict[str, Any]:
+    """Every attack option's default (the first attack that declares it), for help texts."""
+    out: dict[str, Any] = {}
+    for name in sorted(ATTACKS):
+        for key, field in attack_options(name).items():
+            out.setdefault(key, field.default)
+    return out
+
+
 def build_attack(name: str, options: dict[str, Any]) -> Any:
     """The attack ``name`` with the entries of ``options`` that are its own fields."""
     cls = ATTACKS.lookup(name, attack_names())
