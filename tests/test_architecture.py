@@ -68,7 +68,7 @@ def test_no_import_cycles():
 LAYERS = [
     "errors",
     "registry fields files",
-    "threat distributed",
+    "threat distributed graphs",
     "losses",
     "search",
     "passes",

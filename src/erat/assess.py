@@ -77,7 +77,7 @@ def evaluate_run(path: Path, cfg: EvalConfig, *, n: int | None, data_dir: str | 
     if state is not None and fresh:
         state.unlink(missing_ok=True)
     return evaluate(got.model, got.x, got.y, cfg, n_total=got.n_total, progress=True,
-                    state_path=state,
+                    state_path=state, fast=got.x.is_cuda or next(got.model.parameters()).is_cuda,
                     extra_info={"checkpoint_sha256": got.sha256, "run": str(path),
                                 "dataset": got.meta["dataset"], "method": got.meta["method"]})
 

@@ -32,12 +32,14 @@ from tqdm import tqdm
 from erat import distributed
 from erat.datasets import augment_batch
 from erat.errors import UserError
+from erat.fit import fast
 from erat.fit.guard import guard
 from erat.fit.options import FitData, FitOptions, FitResult
 from erat.fit.sampler import EpochSampler
 from erat.fit.schedule import build_optimizer, plan
 from erat.fit.state import TrainState
 from erat.fit.validate import clean_accuracy, val_radius, validate
+from erat.graphs import check_capturable, compiled
 from erat.methods import Batch, Method
 from erat.rundir import RunDir, unwrap
 
@@ -96,20 +98,40 @@ class Loop:
         self.sampler = EpochSampler(options, len(data.y), len(data.x_unlabeled) if uses else 0)
         self.schedule = plan(method, model, options, self.sampler)
         self.sampler.updates = self.schedule.per_epoch
-        optimizer, scheduler = build_optimizer(options, model, self.schedule.updates)
-        scaler = torch.amp.GradScaler(self.device.type, enabled=options.amp == "fp16")
+        self.fast = fast.active(options, self.device)
+        conv = self.fast and fast.convolutional(model)
+        self.amp = "bf16" if conv and options.fast_bf16 and options.amp == "none" else options.amp
+        self.channels_last = options.channels_last or (conv and options.fast_channels_last)
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        optimizer, scheduler = build_optimizer(options, model, self.schedule.updates,
+                                               **(fast.optimizer_kwargs(self.device)
+                                                  if self.fast else {}))
+        scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
         self.val_eps = val_radius(method, options, data)
         self.state = TrainState(model, optimizer, scheduler, scaler)
-        self.step_model = torch.compile(model) if options.compile else model
-        self.x, self.y = data.x.to(self.device), data.y.to(self.device)
-        self.xu = data.x_unlabeled.to(self.device) if uses else None
+        self.step_model = self._step_model(data)
+        on_device = self.fast and options.fast_data
+        self.x = fast.DeviceImages(data.x, self.device) if on_device else data.x.to(self.device)
+        self.y = data.y.to(self.device)
+        self.xu = None if not uses else fast.DeviceImages(data.x_unlabeled, self.device) \
+            if on_device else data.x_unlabeled.to(self.device)
+        self.gen_device = self.device if on_device else torch.device("cpu")
         self.augment = data.augment if options.augment else "none"
         self.history: list[dict[str, Any]] = []
+
+    def _step_model(self, data: FitData) -> nn.Module:
+        """The module the method calls: the model, or its compiled graph (``compile``, or
+        the fast path's ``fast_graph``, refused for a model with graph breaks)."""
+        if self.fast and self.options.fast_graph:
+            check_capturable(self.model, data.x[:2].to(self.device))
+            return compiled(self.model, graphs=True)
+        return torch.compile(self.model) if self.options.compile else self.model
 
     def epoch(self, epoch: int) -> dict[str, Any]:
         """Train one epoch; its metrics row (without validation)."""
         opt, sched, dist = self.options, self.schedule, self.dist
-        gen = torch.Generator().manual_seed(opt.seed * 100_003 + epoch)
+        gen = torch.Generator(self.gen_device).manual_seed(opt.seed * 100_003 + epoch)
         first = (epoch - 1) * sched.per_epoch
         n = min(sched.per_epoch, sched.updates - first)
         t0 = time.perf_counter()
@@ -121,12 +143,12 @@ class Loop:
             if i == n:
                 break
             idx = distributed.shard(li, dist).to(self.device)
-            batch = Batch(_prepare(self.x[idx], self.augment, gen, opt), self.y[idx],
+            batch = Batch(self._prepare(self.x[idx], gen), self.y[idx],
                           updates=first + i, total_updates=sched.updates)
             if ui is not None:
                 uidx = distributed.shard(ui, dist).to(self.device)
-                batch.x_unlabeled = _prepare(self.xu[uidx], self.augment, gen, opt)
-            metrics = update(self.step_model, self.method, batch, self.state, opt.amp,
+                batch.x_unlabeled = self._prepare(self.xu[uidx], gen)
+            metrics = update(self.step_model, self.method, batch, self.state, self.amp,
                              self.device, dist)
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + v
@@ -139,6 +161,10 @@ class Loop:
         if sched.counted:
             row["cost"] = sched.cost(first + n)
         return row
+
+    def _prepare(self, x: Tensor, gen: torch.Generator) -> Tensor:
+        x = augment_batch(x, self.augment, gen)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def record(self, row: dict[str, Any]) -> None:
         """Validate, log, select, and write the epoch's metrics and checkpoint."""
@@ -176,11 +202,6 @@ class Loop:
 
 def _train_seconds(history: list[dict]) -> float:
     return round(sum(r.get("seconds", 0.0) for r in history), 3)
-
-
-def _prepare(x: Tensor, aug: str, gen: torch.Generator, options: FitOptions) -> Tensor:
-    x = augment_batch(x, aug, gen)
-    return x.contiguous(memory_format=torch.channels_last) if options.channels_last else x
 
 
 def update(model: nn.Module, method: Method, batch: Batch, state: TrainState, amp: str,

@@ -43,7 +43,15 @@ class FitOptions:
     seed: int = param(0, "random seed")
     amp: Literal["none", "bf16", "fp16"] = param("none", "mixed precision")
     channels_last: bool = param(False, "channels-last memory format (faster on recent GPUs)")
-    compile: bool = param(False, "torch.compile the model")
+    compile: bool = param(False, "torch.compile the model (the fast path does on a GPU)")
+    fast: Literal["auto", "on", "off"] = param("auto", "the GPU fast path (erat.fit.fast): "
+                                                       "auto = on with CUDA, off on the CPU")
+    fast_data: bool = param(True, "fast path: training images on the GPU as uint8, batches "
+                                  "drawn and augmented there")
+    fast_graph: bool = param(True, "fast path: the model captured as CUDA graphs")
+    fast_bf16: bool = param(True, "fast path: bf16 autocast for convolutional models")
+    fast_channels_last: bool = param(True, "fast path: channels-last memory for "
+                                           "convolutional models")
     augment: bool = param(True, "the dataset's train-time augmentation")
     progress: bool = param(True, "progress bars")
     val_n: int = param(1000, "validation images measured after each epoch")
@@ -76,6 +84,7 @@ class FitOptions:
             "optimizer must be sgd or adam": self.optimizer in ("sgd", "adam"),
             "schedule must be cosine, step or none": self.schedule in ("cosine", "step", "none"),
             "amp must be none, bf16 or fp16": self.amp in ("none", "bf16", "fp16"),
+            "fast must be auto, on or off": self.fast in ("auto", "on", "off"),
             "seed must be an integer": _int(self.seed, -(2**63)),
             "val_n must be an integer >= 1": _int(self.val_n, 1),
             "val_eps must be a finite number > 0": self.val_eps is None

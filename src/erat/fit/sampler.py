@@ -34,6 +34,6 @@ def _cycle(n: int, batch: int, gen: torch.Generator) -> Iterator[Tensor]:
     """Endless batches of a fresh permutation per pass; a pass drops its last partial batch."""
     batch = min(batch, n)
     while True:
-        perm = torch.randperm(n, generator=gen)
+        perm = torch.randperm(n, generator=gen, device=gen.device)
         for i in range(0, n - batch + 1, batch):
             yield perm[i : i + batch]

@@ -1,0 +1,74 @@
+"""The GPU fast path of :func:`erat.fit.fit`, on by default with CUDA (``fast="auto"``), each
+part with its own switch; the CPU path is the eager one and stays as it is.
+
+- **data on the device** (``fast_data``): the training images live on the GPU as ``uint8``
+  (a quarter of float32's memory; exact, since erat's pixels are ``k / 255``), the batch is
+  drawn and augmented there (:func:`erat.datasets.augment_batch` on the device's generator):
+  no host copy per update. The last partial batch of an epoch is dropped, as on the CPU, so
+  every update has the same shape (a fresh permutation each epoch uses every image in turn).
+- **a graph-captured model** (``fast_graph``): ``torch.compile(mode="reduce-overhead")``,
+  whose compiled forward and backward graphs are replayed as CUDA graphs, one per shape and
+  per BatchNorm/dropout recipe the method uses (the ray points of ER, the searches of PGD).
+  The inner searches take input gradients (``torch.autograd.grad``), which a compiled
+  region cannot hold, so the update is captured piecewise, not as one graph; a model with
+  data-dependent control flow (a graph break in its forward) is refused before training.
+- **bf16 and channels-last** (``fast_bf16``, ``fast_channels_last``) for convolutional
+  models, where tensor cores pay; losses, norms and the energy's differences stay float32
+  (:mod:`erat.losses`, :mod:`erat.threat`).
+- **a fused optimiser** (``fused=True``): one kernel per parameter group for Adam and SGD.
+
+The fast step is the same method: ``tests/test_fast.py`` compares compiled and eager steps of
+every method on the CPU (``torch.compile`` runs there too), loss and update within tolerance.
+
+The graph capture itself is :mod:`erat.graphs` (shared with ``erat eval``).
+
+Example::
+
+    data = DeviceImages(x_train, device)          # uint8 on the GPU
+    batch = data[idx]                             # float32 in [0, 1], on the GPU
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from erat.errors import UserError
+
+
+def active(options: Any, device: torch.device) -> bool:
+    """Whether the fast path runs: ``fast`` is ``on``, or ``auto`` with a CUDA device. ``on``
+    without CUDA is refused: the CPU path is the eager one."""
+    if options.fast == "on" and device.type != "cuda":
+        raise UserError(f"--fast on needs a CUDA device (training is on {device}); the CPU "
+                        "path is the eager one: drop --fast or pass --device cuda")
+    return options.fast == "on" or (options.fast == "auto" and device.type == "cuda")
+
+
+def convolutional(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+class DeviceImages:
+    """Images ``[N, C, H, W]`` in [0, 1] kept on ``device``, as ``uint8`` when every pixel is
+    a multiple of 1/255 (the float32 tensor otherwise); indexing returns float32 in [0, 1]."""
+
+    def __init__(self, x: Tensor, device: torch.device) -> None:
+        as_bytes = torch.round(x * 255)
+        exact = bool(torch.equal(as_bytes / 255, x)) if x.dtype == torch.float32 else False
+        self.store = (as_bytes.to(torch.uint8) if exact else x).to(device)
+        self.bytes = exact
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def __getitem__(self, idx: Tensor) -> Tensor:
+        part = self.store[idx]
+        return part.float().div_(255) if self.bytes else part
+
+
+def optimizer_kwargs(device: torch.device) -> dict[str, Any]:
+    """``fused=True`` on CUDA (one kernel per parameter group), nothing elsewhere."""
+    return {"fused": True} if device.type == "cuda" else {}

@@ -1,0 +1,113 @@
+"""The GPU fast path, checked on the CPU where it can be: the compiled step is the same method
+(loss and update of every method against the eager step), images kept as uint8 come back
+exact, padded batches give the same outputs, a model with graph breaks and ``--fast on``
+without a GPU are refused in one line. The CUDA-graph replay itself runs on a GPU only
+(benchmarks/gpu_session.sh)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from erat.cli import main
+from erat.fit.fast import DeviceImages
+from erat.graphs import Padded, check_capturable, compiled
+from erat.methods import Batch, build_method, method_names
+
+# TRADES' search starts at x + 0.001 N(0, 1), where the KL is ~1e-6 and its gradient's
+# direction turns with float rounding: the compiled kernels' rounding moves its end point
+TOLERANCE = {"trades": 5e-2}
+
+
+def tiny() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                         nn.Flatten(), nn.Linear(4 * 8 * 8, 10))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", method_names())
+def test_compiled_step_is_the_eager_step(name):
+    params = {"eps": 0.1} if name == "fast-at" else {}
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.rand(16, 1, 8, 8, generator=g), torch.randint(0, 10, (16,), generator=g)
+    xu = torch.rand(16, 1, 8, 8, generator=g)
+    out = {}
+    for kind in ("eager", "compiled"):
+        model = tiny().train()
+        step = compiled(model, graphs=True) if kind == "compiled" else model
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        torch.manual_seed(1)
+        loss = build_method(name, **params)(step, Batch(x, y, xu)).loss
+        loss.backward()
+        before = copy.deepcopy(model.state_dict())
+        opt.step()
+        out[kind] = loss.item(), {k: v - before[k] for k, v in model.state_dict().items()}
+    tol = TOLERANCE.get(name, 1e-4)
+    assert out["compiled"][0] == pytest.approx(out["eager"][0], rel=tol, abs=tol)
+    # the update of every tensor, against the size of the whole update (a conv bias before
+    # BatchNorm has a zero gradient up to rounding)
+    scale = max(v.abs().max() for v in out["eager"][1].values() if v.is_floating_point())
+    for k, eager in out["eager"][1].items():
+        if eager.is_floating_point():
+            assert (out["compiled"][1][k] - eager).abs().max() <= 10 * tol * scale, k
+
+
+def test_uint8_images_come_back_exact_and_floats_stay():
+    x = torch.randint(0, 256, (5, 3, 4, 4), dtype=torch.uint8).float() / 255
+    stored = DeviceImages(x, torch.device("cpu"))
+    assert stored.bytes and stored.store.dtype == torch.uint8
+    idx = torch.tensor([4, 0, 2])
+    assert torch.equal(stored[idx], x[idx])
+    other = torch.rand(5, 3, 4, 4)  # not multiples of 1/255: kept as they are
+    kept = DeviceImages(other, torch.device("cpu"))
+    assert not kept.bytes and torch.equal(kept[idx], other[idx])
+
+
+def test_padded_batches_give_the_same_outputs():
+    model = tiny().eval()
+    padded = Padded(model)
+    for n in (1, 63, 64, 65, 3000):
+        x = torch.rand(n, 1, 8, 8)
+        with torch.no_grad():
+            assert torch.allclose(padded(x), model(x), atol=1e-6), n
+
+
+class Branchy(nn.Module):
+    """Data-dependent control flow: a graph break in its forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        if x.sum() > 0:  # decided by the data
+            return self.fc(x.flatten(1))
+        return -self.fc(x.flatten(1))
+
+
+@pytest.mark.slow
+def test_a_model_with_graph_breaks_is_refused():
+    check_capturable(tiny(), torch.rand(2, 1, 8, 8))  # captured whole: accepted
+    with pytest.raises(ValueError, match="cannot be captured.*--fast off"):
+        check_capturable(Branchy(), torch.rand(2, 1, 8, 8))
+
+
+def test_fast_on_without_a_gpu_is_one_line(tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: --fast on is allowed")
+    code = main(["train", "--dataset", "digits", "--epochs", "1", "--fast", "on", "--device",
+                 "cpu", "--no-progress", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "--fast on needs a CUDA device" in err
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_fast_training_on_a_gpu(tmp_path):
+    code = main(["train", "--dataset", "digits", "--model", "cnn", "--epochs", "1", "--method",
+                 "er", "--eps", "0.5", "--no-progress", "--out", str(tmp_path / "run")])
+    assert code == 0
