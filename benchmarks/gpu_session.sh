@@ -1,54 +1,66 @@
 #!/bin/bash
-# One GPU session, sized for about 7 minutes on one H100 (a lent device has 15 minutes in all):
+# The GPU check of the fast path (issue 24), one call of about 8 minutes on one H200 (a lent
+# device has 15 minutes in all: room for a second try). Stages by priority, each under its own
+# timeout, so that what finishes comes back:
 #  1. the device: GPU, driver, torch;
-#  2. erat bench: preact-resnet18 at 3x32x32 (CIFAR-10/SVHN shape), every method, float32 and
-#     bf16; then `cnn` at 1x28x28 with the Fashion-MNIST suite's methods, float32;
-#  3. the largest budget of the Fashion-MNIST frontier trained and tested on the GPU: ER S=3 and
-#     PGD-AT-10 at budget 16 (the suite's settings as flags), PGD-l2 on all 10,000 test images at
-#     four radii, then PGD with 5 restarts and AutoAttack at 1.5 on the first 500.
-# Usage (repository root): OUT=DIR FM=DIR_WITH_FASHION_MNIST_IDX bash benchmarks/gpu_session.sh
-# Needs torch with CUDA and pyautoattack importable (add its folder to PYTHONPATH where pip cannot
-# reach an index). Everything lands in $OUT: session.log and gpu.tgz (JSON of every step).
+#  2. erat bench --chip: the card's bf16 matrix rate measured in this run, preact-resnet18's
+#     FLOPs per image (torch.utils.flop_counter), ms per step and images/s of ERM, AT, VAT,
+#     PGD-AT-3/10, TRADES-10, ER S 1/3 at batch 128, eager float32 against the fast path, the
+#     fraction of the matrix rate reached and a 50,000-image epoch's time; then ERM at batch
+#     512 (the 40%-of-rate target);
+#  3. 100 updates of ER S 3 on the cifar10-subset, fast and eager from one seed: the two loss
+#     curves (metrics.jsonl, 20 epochs of 5 updates);
+#  4. the cifar10-subset trained fast and eager at the same settings (PGD-AT-3 and ER S 3,
+#     budget 30, best validation epoch), PGD-l2 at 0.5 on all 1,017 test images side by side.
+# Usage (repository root): OUT=DIR C10=DIR_WITH_cifar-10-batches-py bash benchmarks/gpu_session.sh
+# (the device tool: carry data/cifar10-subset, then C10=data/cifar10-subset). Everything lands
+# in $OUT: session.log and gpu.tgz (the JSON of every stage, metrics of every run).
 set -u
 OUT=${OUT:?set OUT to a folder for the results}
-FM=${FM:?set FM to the folder holding the Fashion-MNIST IDX files}
+C10=${C10:?set C10 to the folder holding cifar-10-batches-py}
 PY=${PY:-python3}
 W=$(mktemp -d)
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TQDM_DISABLE=1
 exec > >(tee -a "$OUT/session.log") 2>&1
-pack() { tar czf "$OUT/gpu.tgz" -C "$W" . ; }
+pack() { tar czf "$OUT/gpu.tgz" --exclude='*.pt' -C "$W" . ; }
 stamp() { echo "== $(date +%T) $*"; }
+METHODS="erm,at,vat,pgd:steps=3,pgd:steps=10,trades:steps=10,er:S=1,er:S=3"
 
 stamp device
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 $PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
 
-stamp bench preact-resnet18
-timeout 240 $PY -m erat bench --models preact-resnet18:3x32x32 --amp none,bf16 --steps 200 \
-  --warmup 5 --max-seconds 6 --no-attacks --device cuda --json "$W/check-resnet18.json"
+stamp "bench preact-resnet18, batch 128, eager fp32 against the fast path"
+timeout 260 $PY -m erat bench --models preact-resnet18:3x32x32 --methods "$METHODS" --fast off,on \
+  --chip --batch-size 128 --steps 40 --warmup 5 --max-seconds 3 --no-attacks --device cuda \
+  --json "$W/bench-128.json"
 pack
-stamp bench cnn
-timeout 120 $PY -m erat bench --models cnn:1x28x28 --steps 300 --warmup 5 --max-seconds 4 \
-  --no-attacks --device cuda --json "$W/check-cnn.json" \
-  --methods "erm,at,vat,pgd:steps=1,pgd:steps=3,pgd:steps=10,trades:steps=3,trades:steps=10,er:S=1,er:S=3"
+stamp "bench preact-resnet18 ERM, batch 512"
+timeout 60 $PY -m erat bench --models preact-resnet18:3x32x32 --methods erm --fast off,on --chip \
+  --batch-size 512 --steps 40 --warmup 5 --max-seconds 3 --no-attacks --device cuda \
+  --json "$W/bench-512.json"
 pack
 
-SUITE=(--dataset fashion-mnist --data-dir "$FM" --model cnn --batch-size 128 --optimizer adam
-  --lr 0.001 --schedule cosine --seed 0 --val 5000 --val-n 1000 --val-steps 10 --val-eps 1.5
-  --select best-robust --budget 16 --budget-epochs 8 --no-progress --device cuda)
-for run in "er3 --method er --eps 1.5 --S 3 --lam 1.0" "pgd10 --method pgd --eps 1.5 --steps 10"; do
+RUN=(--dataset cifar10 --data-dir "$C10" --model preact-resnet18 --optimizer sgd --lr 0.1
+  --momentum 0.9 --weight-decay 5e-4 --schedule step --seed 0 --no-progress --device cuda)
+for fast in off on; do
+  stamp "100 updates of ER S 3, fast $fast"
+  timeout 60 $PY -m erat train "${RUN[@]}" --method er --eps 0.5 --S 3 --epochs 20 \
+    --epoch-updates 5 --fast $fast --out "$W/curve-$fast"
+done
+pack
+for run in "pgd3 --method pgd --eps 0.5 --steps 3" "er3 --method er --eps 0.5 --S 3"; do
   set -- $run
   name=$1; shift
-  stamp "train $name"
-  timeout 200 $PY -m erat train "${SUITE[@]}" "$@" --out "$W/$name"
-  stamp "eval $name: PGD-l2, 50 steps, all 10,000"
-  timeout 90 $PY -m erat eval "$W/$name" --device cuda --norm l2 --eps 0.5,1.0,1.5,2.0 \
-    --steps 50 --restarts 1 --json "$W/$name-pgd.json"
-  stamp "eval $name: PGD (5 restarts) then AutoAttack at 1.5, first 500"
-  timeout 150 $PY -m erat eval "$W/$name" --device cuda --attack all --norm l2 --eps 1.5 \
-    --restarts 5 --n 500 --json "$W/$name-aa.json"
-  rm -f "$W/$name"/*.pt
-  pack
+  for fast in off on; do
+    stamp "train $name fast $fast (budget 30, 500 held out)"
+    timeout 60 $PY -m erat train "${RUN[@]}" "$@" --budget 30 --budget-epochs 10 --val 500 \
+      --val-eps 0.5 --select best-robust --fast $fast --out "$W/$name-$fast"
+    stamp "eval $name fast $fast: PGD-l2 0.5, 50 steps, all 1,017"
+    timeout 40 $PY -m erat eval "$W/$name-$fast" --device cuda --eps 0.5 --steps 50 \
+      --no-checks --json "$W/$name-$fast-pgd.json"
+    pack
+  done
 done
 stamp done

@@ -42,3 +42,20 @@ def test_method_specs_with_parameters():
     assert parse_method("pgd") == ("pgd", {})
     rows = bench_training("cnn", (1, 8, 8), ["er:S=2"], batch_size=4, steps=1, warmup=0)
     assert rows[0]["method"] == "er:S=2" and rows[0]["counted_ratio_to_erm"] == 4.0
+
+
+def test_chip_figures_and_variants():
+    from erat.bench import BenchOptions, flops_per_image, matrix_rate, run_bench
+
+    flops = flops_per_image("mlp", (1, 8, 8), torch.device("cpu"))
+    assert flops["train_step"] > 2 * flops["forward"] > 0  # a backward costs about two
+    assert matrix_rate(torch.device("cpu"), seconds=0.2) > 0
+    out = run_bench(BenchOptions(models="mlp:1x8x8", methods="erm,er", steps=2, warmup=0,
+                                 max_seconds=1.0, amp="none,bf16", attacks=False, chip=True),
+                    torch.device("cpu"), log=lambda *_: None)
+    rows = out["models"]["mlp"]["rows"]
+    assert {(r["method"], r["amp"]) for r in rows} == {("erm", "none"), ("er", "none"),
+                                                       ("erm", "bf16"), ("er", "bf16")}
+    assert all(r["rate_fraction"] > 0 and r["epoch_50k_s"] > 0 for r in rows)
+    with pytest.raises(ValueError, match="--fast off, on"):
+        run_bench(BenchOptions(fast="maybe"), torch.device("cpu"))

@@ -26,6 +26,8 @@ from torch import nn
 
 from erat.errors import UserError
 from erat.fields import param
+from erat.fit.fast import optimizer_kwargs
+from erat.graphs import compiled as graphed
 from erat.losses import cross_entropy
 from erat.methods import Batch, build_method, method_names
 from erat.models import build_model
@@ -48,6 +50,11 @@ class BenchOptions:
     max_seconds: float = param(20.0, "time budget per method and variant")
     amp: str = param("none", "precisions, comma-separated: none, bf16, fp16")
     compile: str = param("off", "torch.compile the model: off, on, or off,on (both, compared)")
+    fast: str = param("off", "the training fast path (CUDA graphs, bf16, channels-last, fused "
+                             "optimiser): off, on, or off,on")
+    chip: bool = param(False, "the device's bf16 matrix rate and each model's FLOPs per image: "
+                              "the fraction of the rate every step reaches, a 50,000-image "
+                              "epoch's time")
     channels_last: bool = param(False, "channels-last memory format")
     attacks: bool = param(True, "measure attack throughput")
     attack_steps: int = param(10, "PGD steps of the attack throughput")
@@ -120,6 +127,7 @@ def bench_training(
     amp: str = "none",
     channels_last: bool = False,
     compiled: bool = False,
+    fast: bool = False,
 ) -> list[dict[str, Any]]:
     """One row per method: ``ms_per_step`` (median), ``ratio_to_erm``, ``peak_mem_mb``, and
     the counted ``passes_per_example`` with its ``counted_ratio_to_erm``.
@@ -127,24 +135,29 @@ def bench_training(
     A method is a name or ``name:key=value;key=value`` (e.g. ``er:S=3``; its parameters are
     parsed as YAML scalars) beside ``method_params`` by name. ``amp`` is ``none``, ``bf16``
     or ``fp16`` (autocast, with a gradient scaler for fp16); ``compiled`` runs the method on
-    ``torch.compile(model)`` (its first steps, the compilation, are warm-up).
+    ``torch.compile(model)`` (its first steps, the compilation, are warm-up); ``fast`` is the
+    training fast path (:mod:`erat.fit.fast`: the model as CUDA graphs, bf16 and
+    channels-last for convolutional models, a fused optimiser).
     """
     device = device or torch.device("cpu")
+    if fast:
+        conv = any(isinstance(m, nn.Conv2d) for m in _model(model_name, shape, device).modules())
+        amp, channels_last = ("bf16", True) if conv else (amp, channels_last)
     batch = random_batch(shape, batch_size, device)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
     if channels_last:
         batch.x = batch.x.contiguous(memory_format=torch.channels_last)
     rows = []
     for name in ["erm", *[m for m in methods if m != "erm"]]:
-        torch.manual_seed(0)
-        model = build_model(model_name, in_shape=shape, num_classes=10, mean=[0.5] * shape[0],
-                            std=[0.25] * shape[0]).to(device).train()
+        model = _model(model_name, shape, device)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         base, params = parse_method(name)
         method = build_method(base, **{**(method_params or {}).get(base, {}), **params})
-        opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-        stepped = torch.compile(model) if compiled else model
+        opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9,
+                              **(optimizer_kwargs(device) if fast else {}))
+        stepped = graphed(model, graphs=True) if fast else torch.compile(model) if compiled \
+            else model
         scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -162,7 +175,7 @@ def bench_training(
         times = _time(step, device, steps, warmup, max_seconds)
         ms = statistics.median(times)
         rows.append({"model": model_name, "method": name, "batch_size": batch_size, "amp": amp,
-                     "compiled": compiled, "ms_per_step": ms,
+                     "compiled": compiled, "fast": fast, "ms_per_step": ms,
                      "images_per_s": batch_size / (ms / 1000), "timed_steps": len(times),
                      "peak_mem_mb": round(_peak_mb(device), 1),
                      "passes_per_example": method.cost(batch, model.train()) / batch_size})
@@ -171,6 +184,36 @@ def bench_training(
         row["ratio_to_erm"] = row["ms_per_step"] / erm
         row["counted_ratio_to_erm"] = row["passes_per_example"] / erm_passes
     return [r for r in rows if r["method"] in methods]
+
+
+def _model(name: str, shape: tuple[int, int, int], device: torch.device) -> nn.Module:
+    torch.manual_seed(0)
+    return build_model(name, in_shape=shape, num_classes=10, mean=[0.5] * shape[0],
+                       std=[0.25] * shape[0]).to(device).train()
+
+
+def matrix_rate(device: torch.device, n: int = 8192, seconds: float = 3.0) -> float:
+    """The device's measured dense bf16 matrix-multiply rate in TFLOP/s (``n x n`` by
+    ``n x n``, ``2 n^3`` FLOPs each; float32 and ``n = 1024`` on a CPU), the ceiling a
+    training step is held against."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    n = n if device.type == "cuda" else 1024
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    times = _time(lambda: a @ b, device, 1000, 3, seconds)
+    return 2 * n ** 3 / (statistics.median(times) / 1000) / 1e12
+
+
+def flops_per_image(name: str, shape: tuple[int, int, int], device: torch.device) -> dict:
+    """FLOPs of one ERM training step per image (forward and backward) and of the forward
+    alone, counted by ``torch.utils.flop_counter`` on a batch of 8."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model, batch = _model(name, shape, device), random_batch(shape, 8, device)
+    with FlopCounterMode(display=False) as forward, torch.no_grad():
+        model(batch.x)
+    with FlopCounterMode(display=False) as both:
+        cross_entropy(model(batch.x), batch.y).mean().backward()
+    return {"train_step": both.get_total_flops() / 8, "forward": forward.get_total_flops() / 8}
 
 
 def bench_attacks(
@@ -260,8 +303,9 @@ def parse_setups(text: str) -> list[tuple[str, tuple[int, int, int]]]:
 
 def run_bench(options: BenchOptions, device: torch.device, log=print) -> dict[str, Any]:
     """``erat bench``: every method's step time on each model in each variant (precision,
-    eager or compiled), the measured ratio to ERM beside the counted one
-    (:meth:`Method.cost`), and attack throughput; printed as a table."""
+    eager, compiled or the fast path), the measured ratio to ERM beside the counted one
+    (:meth:`Method.cost`), with ``chip`` the fraction of the device's matrix rate each step
+    reaches, and attack throughput; printed as a table."""
     o = options
     if o.steps < 1 or o.warmup < 0 or o.batch_size < 1:
         raise UserError("bench needs --steps >= 1, --warmup >= 0 and --batch-size >= 1")
@@ -269,39 +313,62 @@ def run_bench(options: BenchOptions, device: torch.device, log=print) -> dict[st
     unknown = {parse_method(n)[0] for n in names} - set(method_names())
     if unknown:
         raise UserError(f"unknown method(s) {sorted(unknown)}; choose from {method_names()}")
-    amps, compiles = o.amp.split(","), o.compile.split(",")
-    if set(amps) - {"none", "bf16", "fp16"} or set(compiles) - {"off", "on"}:
-        raise UserError(f"--amp takes none, bf16, fp16 and --compile off, on (comma-separated), "
-                        f"got {o.amp!r} and {o.compile!r}")
-    setups = parse_setups(o.models)
+    variants = _variants(o)
     result: dict[str, Any] = {"device": str(device), "threads": torch.get_num_threads(),
                               "torch": str(torch.__version__), "models": {}}
     if device.type == "cuda":
         result["gpu"] = torch.cuda.get_device_name(device)
+    if o.chip:
+        result["matrix_tflops"] = matrix_rate(device)
+        log(f"matrix rate {result['matrix_tflops']:.3g} TFLOP/s "
+            f"({'bf16' if device.type == 'cuda' else 'float32'})")
     log(f"device {device}, {torch.get_num_threads()} CPU threads, batch {o.batch_size}")
-    log(f"{'model':<16} {'variant':<10} {'method':<20} {'ms/step':>9} {'img/s':>8} "
-        f"{'x erm':>6} {'counted':>8} {'peak MB':>8}")
-    for name, shape in setups:
-        rows = []
-        for amp in amps:
-            for comp in compiles:
-                rows += bench_training(name, shape, names, batch_size=o.batch_size,
-                                       steps=o.steps, warmup=o.warmup + 3 * (comp == "on"),
-                                       max_seconds=o.max_seconds, device=device, amp=amp,
-                                       channels_last=o.channels_last, compiled=comp == "on")
+    log(f"{'model':<16} {'variant':<13} {'method':<20} {'ms/step':>9} {'img/s':>8} "
+        f"{'x erm':>6} {'counted':>8} {'peak MB':>8}" + ("  % of rate" if o.chip else ""))
+    for name, shape in parse_setups(o.models):
+        rows = [r for amp, comp, fast in variants
+                for r in bench_training(name, shape, names, batch_size=o.batch_size,
+                                        steps=o.steps, warmup=o.warmup + 3 * (comp or fast),
+                                        max_seconds=o.max_seconds, device=device, amp=amp,
+                                        channels_last=o.channels_last, compiled=comp,
+                                        fast=fast)]
         entry: dict[str, Any] = {"shape": list(shape), "rows": rows}
+        if o.chip:
+            entry["flops_per_image"] = flops_per_image(name, shape, device)
+            _chip_columns(rows, entry["flops_per_image"]["train_step"],
+                          result["matrix_tflops"])
         for r in rows:
-            variant = r["amp"] + ("+compile" if r["compiled"] else "")
-            log(f"{name:<16} {variant:<10} {r['method']:<20} {r['ms_per_step']:>9.1f} "
+            variant = "fast" if r["fast"] else r["amp"] + ("+compile" if r["compiled"] else "")
+            log(f"{name:<16} {variant:<13} {r['method']:<20} {r['ms_per_step']:>9.1f} "
                 f"{r['images_per_s']:>8.0f} {r['ratio_to_erm']:>6.2f} "
-                f"{r['counted_ratio_to_erm']:>8.2f} {r['peak_mem_mb']:>8.0f}")
+                f"{r['counted_ratio_to_erm']:>8.2f} {r['peak_mem_mb']:>8.0f}"
+                + (f"  {r['rate_fraction']:>9.1%}" if o.chip else ""))
         if o.attacks:
-            model = build_model(name, in_shape=shape, num_classes=10, mean=[0.5] * shape[0],
-                                std=[0.25] * shape[0])
-            entry["attacks"] = bench_attacks(model, shape, batch_size=o.batch_size,
-                                             steps=o.attack_steps, repeats=min(5, o.steps),
-                                             device=device, autoattack_n=o.autoattack_n,
+            entry["attacks"] = bench_attacks(_model(name, shape, device).eval(), shape,
+                                             batch_size=o.batch_size, steps=o.attack_steps,
+                                             repeats=min(5, o.steps), device=device,
+                                             autoattack_n=o.autoattack_n,
                                              max_seconds=o.max_seconds)
             log(f"{name:<16} attacks: " + json.dumps(entry["attacks"]))
         result["models"][name] = entry
     return result
+
+
+def _variants(o: BenchOptions) -> list[tuple[str, bool, bool]]:
+    """``(amp, compiled, fast)`` of every variant asked for (the fast path sets its own
+    precision and capture: one variant)."""
+    amps, compiles, fasts = o.amp.split(","), o.compile.split(","), o.fast.split(",")
+    if set(amps) - {"none", "bf16", "fp16"} or (set(compiles) | set(fasts)) - {"off", "on"}:
+        raise UserError(f"--amp takes none, bf16, fp16 and --compile, --fast off, on "
+                        f"(comma-separated), got {o.amp!r}, {o.compile!r}, {o.fast!r}")
+    plain = [(a, c == "on", False) for a in amps for c in compiles] if "off" in fasts else []
+    return plain + ([("none", False, True)] if "on" in fasts else [])
+
+
+def _chip_columns(rows: list[dict[str, Any]], step_flops: float, tflops: float) -> None:
+    """The fraction of the matrix rate a step reaches (its counted passes, in ERM steps,
+    times an ERM step's FLOPs per image) and the time of a 50,000-image epoch."""
+    for r in rows:
+        flops = r["images_per_s"] * step_flops * r["passes_per_example"] / 3.0
+        r["rate_fraction"] = flops / (tflops * 1e12)
+        r["epoch_50k_s"] = 50_000 / r["images_per_s"]

@@ -148,8 +148,7 @@ class Loop:
             if ui is not None:
                 uidx = distributed.shard(ui, dist).to(self.device)
                 batch.x_unlabeled = self._prepare(self.xu[uidx], gen)
-            metrics = update(self.step_model, self.method, batch, self.state, self.amp,
-                             self.device, dist)
+            metrics = self._update(batch)
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + v
             bar.set_postfix(loss=f"{metrics['loss']:.3f}")
@@ -161,6 +160,21 @@ class Loop:
         if sched.counted:
             row["cost"] = sched.cost(first + n)
         return row
+
+    def _update(self, batch: Batch) -> dict[str, float]:
+        """One update; where the CUDA-graph replay fails (a pattern of calls it cannot
+        serve), the run goes on eager, said once (``--no-fast-graph`` skips the attempt)."""
+        try:
+            return update(self.step_model, self.method, batch, self.state, self.amp,
+                          self.device, self.dist)
+        except RuntimeError as err:
+            if self.step_model is self.model or "graph" not in str(err).lower():
+                raise
+            self.log(f"warning: the CUDA-graph step failed ({str(err).splitlines()[0]}); "
+                     "this run goes on eager (--no-fast-graph skips the attempt)")
+            self.step_model = self.model
+            return update(self.model, self.method, batch, self.state, self.amp, self.device,
+                          self.dist)
 
     def _prepare(self, x: Tensor, gen: torch.Generator) -> Tensor:
         x = augment_batch(x, self.augment, gen)
