@@ -50,6 +50,7 @@ import torch
 from torch import Tensor, nn
 
 from erat.energy import ESTIMATORS, REDUCES, EnergyEstimate, Estimator, Reduce, energy
+from erat.fields import param
 from erat.losses import (
     LossFn,
     class_balance,
@@ -59,16 +60,7 @@ from erat.losses import (
     virtual_loss,
 )
 from erat.methods import _checks
-from erat.methods.base import (
-    BACKWARD,
-    FORWARD,
-    STEP_SIZE_HELP,
-    Batch,
-    StepOutput,
-    param,
-    register,
-    rows,
-)
+from erat.methods.base import BACKWARD, FORWARD, STEP_SIZE_HELP, Batch, StepOutput, register, rows
 from erat.passes import (
     dropout_active,
     label_free_search,

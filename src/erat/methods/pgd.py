@@ -19,18 +19,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from erat.fields import param
 from erat.losses import cross_entropy, supervised_loss
 from erat.methods import _checks
-from erat.methods.base import (
-    BACKWARD,
-    FORWARD,
-    STEP_SIZE_HELP,
-    Batch,
-    StepOutput,
-    param,
-    register,
-    rows,
-)
+from erat.methods.base import BACKWARD, FORWARD, STEP_SIZE_HELP, Batch, StepOutput, register, rows
 from erat.passes import supervised_search
 from erat.search import pgd
 from erat.threat import Norm, Threat, check_radius

@@ -20,18 +20,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from erat.fields import param
 from erat.losses import cross_entropy, kl_div, virtual_loss
 from erat.methods import _checks
-from erat.methods.base import (
-    BACKWARD,
-    FORWARD,
-    STEP_SIZE_HELP,
-    Batch,
-    StepOutput,
-    param,
-    register,
-    rows,
-)
+from erat.methods.base import BACKWARD, FORWARD, STEP_SIZE_HELP, Batch, StepOutput, register, rows
 from erat.passes import is_stochastic, perturbed_pass, supervised_search, supervised_target
 from erat.search import pgd
 from erat.threat import Norm, Threat, check_radius
