@@ -104,3 +104,24 @@ def test_protocol_resolves_through_the_cli(tmp_path, path):
 
 def test_there_are_protocols():
     assert {p.stem for p in PROTOCOLS} >= {"mnist-vat-100", "svhn-vat-1000", "cifar10-vat-4000"}
+
+
+def test_one_resolution_path_refuses_budget_with_epochs_for_suites_too(tmp_path):
+    from erat.config import resolve
+    from erat.errors import UserError
+
+    suite = tmp_path / "s.yaml"
+    suite.write_text("defaults: {dataset: digits, epochs: 3}\n"
+                     "runs:\n  - {name: a, method: erm, budget: 2}\n")
+    loaded = load_suite(str(suite))
+    with pytest.raises(UserError, match="--budget and --epochs contradict"):
+        run_config(loaded, loaded["runs"][0], {})
+    # a budget-driven run records what drives it: no epoch count it did not use
+    cfg = resolve([({"dataset": "digits", "budget": 2.0}, "flags")])
+    assert cfg.fit.epochs is None and cfg.to_dict()["epochs"] is None
+    assert resolve([({"dataset": "digits"}, "flags")]).fit.epochs == 10
+    # a run saved before 0.3 (epochs 10 beside its budget) resumes without a conflict
+    from erat.config import resume_conflicts
+
+    saved = {**cfg.to_dict(), "epochs": 10}
+    assert resume_conflicts(saved, cfg.to_dict()) == []
