@@ -113,6 +113,19 @@ def test_folder_with_train_and_test(tmp_path):
     assert len(load_dataset(f"folder:{root}", "test")) == 8
 
 
+def test_folder_reads_images_in_imagefolders_order(tmp_path):
+    from torchvision.datasets import ImageFolder
+    from torchvision.transforms.functional import pil_to_tensor
+
+    root = image_folder(tmp_path / "imgs", classes=("b", "a", "C"), n_train=3, n_test=1)
+    write_images(root / "train" / "a" / "nested", 2)
+    (root / "train" / "a" / "notes.txt").write_text("not an image")
+    x, y = load_dataset(f"folder:{root}", "train").tensors
+    reference = ImageFolder(str(root / "train"))
+    assert y.tolist() == reference.targets and reference.classes == ["C", "a", "b"]
+    assert torch.equal((x[4] * 255).round().byte(), pil_to_tensor(reference[4][0]))
+
+
 def test_folder_test_split_is_stratified_and_fixed(tmp_path):
     for label, name in enumerate(("a", "b", "c")):
         write_images(tmp_path / "flat" / name, 10, label=min(label, 1))

@@ -6,16 +6,18 @@ per class (the labels are the class folders' indices in sorted order, as
 - ``PATH/<class>/*.png`` with ``--test-split F`` (the test images held out from these), or
 - ``PATH/test/<class>/...`` only: images that can be evaluated, not trained on.
 
-The files are listed by torchvision (``find_classes``, ``make_dataset``, its image
-extensions) and decoded by PIL, every one when the data is read: an unreadable image is
-named then. Images whose files are all grayscale stay one channel, otherwise every image is
-RGB. Every image must have the same size unless ``--resize N`` gives each N x N pixels
-(bilinear with antialiasing, ``torchvision.transforms.functional.resize``). The checks and
-facts shared with ``npz:`` are :mod:`erat.datasets.own`.
+The class folders are torchvision's (``find_classes``), their files are listed as its
+``make_dataset`` lists them (its image extensions, its order), and every one is decoded by
+PIL when the data is read: an unreadable image is named then. Images whose files are all
+grayscale stay one channel, otherwise every image is RGB. Every image must have the same
+size unless ``--resize N`` gives each N x N pixels (bilinear with antialiasing,
+``torchvision.transforms.functional.resize``). The checks and facts shared with ``npz:``
+are :mod:`erat.datasets.own`.
 """
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -53,14 +55,14 @@ def read_folder(path: Path, resize: int | None) -> Source:
 
 def _read_tree(root: Path, resize: int | None) -> tuple[Tensor, Tensor, list[str]]:
     """The images below ``root``'s class folders, ``[N, C, H, W]`` uint8, and their labels."""
-    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
 
     try:
         classes, index = find_classes(root)
     except FileNotFoundError:
         raise DataError(f"folder: no class folders in {root} (one folder of images per "
                         "class)") from None
-    samples = make_dataset(root, index, extensions=IMG_EXTENSIONS, allow_empty=True)
+    samples = [(file, index[name]) for name in classes for file in _files(root / name)]
     counts = Counter(label for _, label in samples)
     empty = [c for c in classes if counts[index[c]] == 0]
     if empty:
@@ -78,6 +80,15 @@ def _read_tree(root: Path, resize: int | None) -> tuple[Tensor, Tensor, list[str
     x = torch.stack(_same_channels(images))
     y = torch.tensor([label for _, label in samples], dtype=torch.int64)
     return x, y, classes
+
+
+def _files(folder: Path) -> list[str]:
+    """The image files below a class folder in ImageFolder's order (``make_dataset``'s
+    walk, without its refusal of an empty folder, which is said here with the path)."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    return [os.path.join(top, f) for top, _, files in sorted(os.walk(folder, followlinks=True))
+            for f in sorted(files) if f.lower().endswith(IMG_EXTENSIONS)]
 
 
 def _read_image(file: Path, resize: int | None) -> Tensor:
