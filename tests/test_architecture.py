@@ -75,6 +75,7 @@ LAYERS = [
     "energy datasets models",
     "methods attacks",
     "rundir",
+    "external",
     "stages",
     "checks",
     "evaluate measure",

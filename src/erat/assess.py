@@ -1,7 +1,9 @@
 """Evaluating a run folder (``erat eval``, ``erat energy``): the run's model, read once, its
-test data (checked to be the data it was trained beside), the resumable state of an
-interrupted evaluation in the run folder, and the lines printed. The evaluation itself is
-the library on tensors (:func:`erat.evaluate.evaluate`, :func:`erat.measure.energy_report`).
+test data (checked to be the data it was trained beside; your own data is re-read as the
+run's ``model.pt`` records it), the resumable state of an interrupted evaluation in the run
+folder, and the lines printed. A model from outside erat (``--model``, no run folder) is
+read by :mod:`erat.external`. The evaluation itself is the library on tensors
+(:func:`erat.evaluate.evaluate`, :func:`erat.measure.energy_report`).
 
 Example::
 
@@ -11,17 +13,19 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from erat.datasets import load_dataset
+from erat.datasets import load_dataset, recorded_options
 from erat.distributed import resolve_device
 from erat.energy import check_settings
 from erat.errors import UserError
 from erat.evaluate import EvalConfig, evaluate
+from erat.external import ExternalOptions, open_external, state_path
 from erat.files import check_writable_file, tensor_sha256
 from erat.measure import energy_report
 from erat.rundir import RunDir, open_model
@@ -30,14 +34,35 @@ from erat.threat import Norm
 
 class RunInputs(NamedTuple):
     """What an evaluation of a run reads: its model (eval mode), metadata, the first ``n``
-    test examples, the test set's size and the model file's SHA-256."""
+    test examples, the test set's size, the model file's SHA-256, what the result records
+    about the model and data, and where the resumable state goes (None: nowhere)."""
 
     model: nn.Module
     meta: dict[str, Any]
     x: Tensor
     y: Tensor
     n_total: int
-    sha256: str
+    sha256: str | None
+    record: dict[str, Any]
+    state: Callable[[str], Path | None]
+
+
+def inputs(path: Path | None, external: ExternalOptions | None, *, n: int | None,
+           data_dir: str | None, device: torch.device) -> RunInputs:
+    """A run folder (or model file) or, with ``--model``, a model from outside erat."""
+    given = external.given() if external is not None else []
+    if path is not None and given:
+        raise UserError(f"{', '.join(given)}: for a model from outside erat, and a run folder "
+                        f"({path}) records its own model and data; give one or the other")
+    if path is not None:
+        return run_inputs(path, n=n, data_dir=data_dir, device=device)
+    if external is None or external.model is None:
+        raise UserError("give a run folder (or model.pt), or a model from outside erat with "
+                        "--model MODULE:FACTORY --weights FILE --dataset DATA")
+    got = open_external(external, n=n, data_dir=data_dir, device=device)
+    meta = {"dataset": external.dataset, "method": None}
+    return RunInputs(got.model, meta, got.x, got.y, got.n_total, got.record["model_sha256"],
+                     got.record, lambda name: state_path(got, name))
 
 
 def run_inputs(path: Path, *, n: int | None, data_dir: str | None, device: torch.device
@@ -50,7 +75,8 @@ def run_inputs(path: Path, *, n: int | None, data_dir: str | None, device: torch
     if data_dir is None and (run / RunDir.CONFIG).exists():
         data_dir = run.read_config().get("data_dir")
     dataset = opened.meta["dataset"]
-    x, y = load_dataset(dataset, "test", data_dir).tensors
+    where = recorded_options(opened.meta, data_dir)
+    x, y = load_dataset(where.pop("name"), "test", **where).tensors
     recorded = opened.meta.get("test_sha256")
     if recorded is not None and recorded != tensor_sha256([x, y]):
         raise UserError(f"the {dataset} test set in {data_dir} is not the one {path} was "
@@ -61,32 +87,39 @@ def run_inputs(path: Path, *, n: int | None, data_dir: str | None, device: torch
         if n < 1 or n > total:
             raise UserError(f"--n must be between 1 and {total} (the test set's size), got {n}")
         x, y = x[:n], y[:n]
-    return RunInputs(opened.model, opened.meta, x, y, total, opened.sha256)
+    record = {"checkpoint_sha256": opened.sha256, "run": str(path), "dataset": dataset,
+              "method": opened.meta["method"]}
+    if opened.meta.get("data"):
+        record["data"] = opened.meta["data"]
+    state = (lambda name: None) if Path(path).is_file() else RunDir(path).state_path
+    return RunInputs(opened.model, opened.meta, x, y, total, opened.sha256, record, state)
 
 
-def evaluate_run(path: Path, cfg: EvalConfig, *, n: int | None, data_dir: str | None,
-                 device: str, fresh: bool = False, json_path: Path | None = None) -> dict:
+def evaluate_run(path: Path | None, cfg: EvalConfig, *, n: int | None, data_dir: str | None,
+                 device: str, fresh: bool = False, json_path: Path | None = None,
+                 external: ExternalOptions | None = None) -> dict:
     """``erat eval``: :func:`~erat.evaluate.evaluate` a run folder (or model file) on its
-    test set, its resumable state in the run folder (or a cache folder when read-only);
-    ``json_path`` is checked for writing before any attack work."""
+    test set, its resumable state in the run folder (or a cache folder when read-only), or a
+    model from outside erat (``external``); ``json_path`` is checked for writing before any
+    attack work."""
     if json_path is not None:
         check_writable_file(json_path, "--json")
-    got = run_inputs(path, n=n, data_dir=data_dir, device=resolve_device(device))
-    state = None if Path(path).is_file() else RunDir(path).state_path(
-        f"eval-{cfg.labels[-1]}-{cfg.norm}")
+    got = inputs(path, external, n=n, data_dir=data_dir, device=resolve_device(device))
+    state = got.state(f"eval-{cfg.labels[-1]}-{cfg.norm}")
     if state is not None and fresh:
         state.unlink(missing_ok=True)
     return evaluate(got.model, got.x, got.y, cfg, n_total=got.n_total, progress=True,
-                    state_path=state, fast=got.x.is_cuda or next(got.model.parameters()).is_cuda,
-                    extra_info={"checkpoint_sha256": got.sha256, "run": str(path),
-                                "dataset": got.meta["dataset"], "method": got.meta["method"]})
+                    state_path=state, extra_info=got.record,
+                    fast=any(p.is_cuda for p in got.model.parameters())
+                    and not isinstance(got.model, torch.jit.ScriptModule))
 
 
 def format_result(result: dict[str, Any]) -> str:
     """The lines ``erat eval`` prints: examples, clean and robust accuracies, failed checks
     and notes."""
     threat = result["threat"]
-    lines = [
+    lines = [describe_data(threat)] if threat.get("data") or threat.get("model_kind") else []
+    lines += [
         f"examples: {threat['n']}"
         + (f" ({threat['subset_note']})" if threat.get("subset") else ""),
         f"{'clean':<24} {result['clean_acc']:.4f}",
@@ -100,20 +133,38 @@ def format_result(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def energy_run(path: Path, *, eps: float, T: int, M: int, S: int, n: int | None,
+def energy_run(path: Path | None, *, eps: float, T: int, M: int, S: int, n: int | None,
                data_dir: str | None, batch_size: int, seed: int, device: str,
-               json_path: Path | None = None, norm: Norm = "l2") -> dict:
-    """``erat energy``: :func:`~erat.measure.energy_report` of a run folder (or model file)
-    on its test set; settings and ``json_path`` are checked before any work."""
+               json_path: Path | None = None, norm: Norm = "l2",
+               external: ExternalOptions | None = None) -> dict:
+    """``erat energy``: :func:`~erat.measure.energy_report` of a run folder (or model file),
+    or of a model from outside erat (``external``), on its test set; settings and
+    ``json_path`` are checked before any work."""
     check_settings(eps, T, M, S, "max", norm)
     if json_path is not None:
         check_writable_file(json_path, "--json")
-    got = run_inputs(path, n=n, data_dir=data_dir, device=resolve_device(device))
+    got = inputs(path, external, n=n, data_dir=data_dir, device=resolve_device(device))
     result = energy_report(got.model, got.x, got.y, eps=eps, T=T, M=M, S=S,
                            batch_size=batch_size, seed=seed, norm=norm)
     result["settings"].update({"n_total": got.n_total, "checkpoint_sha256": got.sha256,
                                "dataset": got.meta["dataset"]})
+    if "model_kind" in got.record:
+        result["settings"]["model"] = got.record
     return result
+
+
+def describe_data(threat: dict[str, Any]) -> str:
+    """The line that says which outside model and which of your own data were evaluated."""
+    parts = []
+    if threat.get("model_kind"):
+        parts.append(f"model: {threat['model']} ({threat['model_kind']}"
+                     + (f", {threat['model_file']} sha256 {threat['model_sha256'][:12]}"
+                        if threat.get("model_file") else ", no weights file") + ")")
+    d = threat.get("data")
+    if d:
+        parts.append(f"data: {threat['dataset']} test split ({d.get('test')}), "
+                     f"{d.get('layout')}, {len(d.get('classes', []))} classes")
+    return "; ".join(parts)
 
 
 def format_report(result: dict) -> str:

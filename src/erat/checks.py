@@ -12,7 +12,8 @@ attack work is bounded by ``sanity_n`` examples, small next to the main attacks:
 4. ``autoattack_vs_pgd`` (PGD, then AutoAttack; a note): how much AutoAttack removes after
    PGD, beyond 2 points said so;
 5. ``square_vs_whitebox`` (``masking_check``): Square with ``masking_queries`` queries at the
-   largest radius fools at most 2% more of the subset than the white-box attacks did;
+   largest radius fools at most 2% more of the subset than the white-box attacks did (a
+   note that it did not run on images that are not square, which Square cannot attack);
 6. ``input_gradients``: at most 1% of clean points have an all-zero or non-finite gradient;
 7. ``eval_mode`` (a note): the model was handed over in eval mode (it is evaluated in eval
    mode anyway).
@@ -123,6 +124,11 @@ def masking(stages: Stages, flags: dict[str, Tensor]) -> dict:
     examples; None when no black-box attack is registered."""
     cfg, black_box = stages.cfg, attack_with("black-box")
     eps = max(cfg.eps)
+    h, w = stages.x.shape[-2:] if stages.x.dim() == 4 else (0, 0)
+    if h != w and getattr(ATTACKS[black_box], "square_images", False):
+        return check(f"{black_box}_vs_whitebox", False, f"not run: {black_box} attacks square "
+                     f"images only, these are {h}x{w} (resize them to have this check)",
+                     severity="note")
     m = min(cfg.sanity_n, len(flags["clean"]))
     white = flags[robust_key(cfg.labels[-1], cfg.norm, eps)][:m]
     queries = ATTACKS[black_box].queries_option  # its option that sets the query budget

@@ -29,7 +29,7 @@ from erat.errors import (
     os_problem,
     terminate,
 )
-from erat.fields import HelpFormatter, add_flags, radii
+from erat.fields import HelpFormatter, add_flags, add_options, radii
 
 COMMANDS = {"train": "train a classifier with a robust-training method",
             "eval": "clean and robust accuracy of a trained run",
@@ -144,7 +144,11 @@ def run_train(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------- eval, energy
 def _add_run_data_args(p: argparse.ArgumentParser, batch_size: int) -> None:
-    p.add_argument("run_dir", type=Path, help="run folder (or a model.pt file)")
+    from erat.external import ExternalOptions
+    p.add_argument("run_dir", type=Path, nargs="?", help="run folder (or a model.pt file)")
+    add_options(p.add_argument_group("a model from outside erat, instead of a run folder "
+                                     "(docs/own-model-and-data.md)"), ExternalOptions)
+    p.set_defaults(external=ExternalOptions)  # run_eval, run_energy: _options(args.external)
     p.add_argument("--n", type=int, help="evaluate the first N test examples (default: all)")
     p.add_argument("--data-dir", help="dataset folder (default: the one the run used)")
     p.add_argument("--batch-size", type=int, default=batch_size, help="examples per batch")
@@ -183,7 +187,8 @@ def run_eval(args: argparse.Namespace) -> int:
     cfg = EvalConfig.build(args.attack, norm=args.norm, eps=args.eps, batch_size=args.batch_size,
                            seed=args.seed, checks=args.checks, **options)
     result = evaluate_run(args.run_dir, cfg, n=args.n, data_dir=args.data_dir,
-                          device=args.device, fresh=args.fresh, json_path=args.json)
+                          device=args.device, fresh=args.fresh, json_path=args.json,
+                          external=_options(args.external, args))
     print(format_result(result))
     _write_json(result, args.json)
     return CHECKS_FAILED if result.get("checks_failed") else 0
@@ -211,7 +216,8 @@ def run_energy(args: argparse.Namespace) -> int:
 
     result = energy_run(args.run_dir, eps=args.eps, T=args.T, M=args.M, S=args.S, n=args.n,
                         data_dir=args.data_dir, batch_size=args.batch_size, seed=args.seed,
-                        device=args.device, json_path=args.json, norm=args.norm)
+                        device=args.device, json_path=args.json, norm=args.norm,
+                        external=_options(args.external, args))
     print(format_report(result))
     _write_json(result, args.json)
     return 0

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from erat.datasets import dataset_names
+from erat.datasets.own import check_options
 from erat.errors import UserError
 from erat.fields import param
 from erat.files import read_yaml
@@ -43,7 +44,8 @@ RESUME_MAY_CHANGE = {"data_dir", "download", "device", "progress", "keep_checkpo
 # fields whose help lists the registered names (the registries are the one list)
 REGISTERED = {"dataset": dataset_names, "model": model_names, "method": method_names}
 
-FIRST = ("dataset", "data_dir", "download", "model", "model_kwargs", "method", "method_params",
+FIRST = ("dataset", "data_dir", "download", "test_split", "resize", "model", "model_kwargs",
+         "method", "method_params",
          "epochs", "budget", "budget_epochs", "batch_size", "labels", "val")
 
 
@@ -53,10 +55,14 @@ class TrainConfig:
     and how (``fit``, :class:`~erat.fit.FitOptions`); saved flat as ``config.yaml`` in the
     run folder (:meth:`to_dict`), read back by :meth:`from_dict`."""
 
-    dataset: str = param("digits", "dataset")
+    dataset: str = param("digits", "dataset (your own: folder:PATH, an ImageFolder tree, or "
+                                   "npz:PATH; docs/own-model-and-data.md)")
     data_dir: str | None = param(None, "folder holding the official dataset files")
     download: bool = param(False, "download the dataset through torchvision")
-    model: str = param("mlp", "model")
+    test_split: float | None = param(None, "your own data without a test split: hold out this "
+                                           "fraction of each class (fixed seed)")
+    resize: int | None = param(None, "your own data: resize every image to N x N pixels")
+    model: str = param("mlp", "model (your own: MODULE:FACTORY, any nn.Module)")
     model_kwargs: dict[str, Any] = field(default_factory=dict, metadata={
         "help": 'model options as JSON, e.g. \'{"width": 16}\''})
     method: str = param("erm", "training method")
@@ -76,6 +82,12 @@ class TrainConfig:
             raise UserError(f"labels must be an integer >= 1, got {self.labels}")
         if self.val is not None and self.val < 1:
             raise UserError(f"val must be an integer >= 1, got {self.val}")
+        check_options(self.test_split, self.resize)
+
+    @property
+    def data_options(self) -> dict[str, Any]:
+        """The keywords of :func:`erat.datasets.load_dataset` for your own data."""
+        return {"test_split": self.test_split, "resize": self.resize}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:

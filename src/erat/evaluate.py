@@ -37,7 +37,7 @@ from erat import checks as sanity
 from erat.attacks import attack_with
 from erat.attacks.base import ATTACKS
 from erat.checks import EvaluationWarning  # noqa: F401  (part of this module's interface)
-from erat.errors import EnvironmentProblem
+from erat.errors import EnvironmentProblem, UserError
 from erat.graphs import Padded, compiled
 from erat.passes import supervised_search
 from erat.stages import EvalConfig, Progress, Stages, progress_key, weights_fingerprint
@@ -72,6 +72,7 @@ def evaluate(
     cfg = config if config is not None else EvalConfig.build(**settings)
     _validate_data(x, y, n_total)
     _check_installed(cfg)
+    _check_square(cfg, x)
     clash = set(extra_info or {}) & set(_threat(cfg, len(y), n_total))
     if clash:
         raise ValueError(f"extra_info may not override threat keys: {sorted(clash)}")
@@ -114,6 +115,17 @@ def _validate_data(x: Tensor, y: Tensor, n_total: int | None) -> None:
                          f"got values in [{lo:.4g}, {hi:.4g}]")
     if n_total is not None and n_total < len(y):
         raise ValueError(f"n_total ({n_total}) is smaller than the {len(y)} examples given")
+
+
+def _check_square(cfg: EvalConfig, x: Tensor) -> None:
+    """One line, before any attack work, when an attack that needs square images is asked
+    for on images that are not (the gradient-masking check skips them, :mod:`erat.checks`)."""
+    if x.dim() == 4 and x.shape[-2] != x.shape[-1]:
+        needs = [a for a in cfg.attacks if getattr(ATTACKS[a], "square_images", False)]
+        if needs:
+            raise UserError(f"{needs[0]} needs square images (pyautoattack's Square); "
+                            f"these are {x.shape[-2]}x{x.shape[-1]}: resize them (--resize N "
+                            "for your own data) or choose --attack pgd")
 
 
 def _required(cfg: EvalConfig) -> dict[str, tuple[str, str]]:

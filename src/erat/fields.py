@@ -137,3 +137,11 @@ def add_flags(group, specs: dict, defaults: dict | None = None) -> None:
         else:
             group.add_argument(_flag(name), dest=name, type=json_object if spec.kind is dict
                                else spec.kind, choices=spec.choices, help=shown)
+
+
+def add_options(group, cls: type) -> None:
+    """The settings of the dataclass ``cls`` as flags of ``group`` (an options class such as
+    :class:`erat.external.ExternalOptions`), their defaults in the help."""
+    specs = {k: s._replace(help=s.help.rsplit(" [", 1)[0])
+             for k, s in flag_specs({cls.__name__: cls}).items()}
+    add_flags(group, specs, dataclasses.asdict(cls()))

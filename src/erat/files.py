@@ -14,7 +14,10 @@ import hashlib
 import io
 import json
 import os
+import pickle
+import re
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -84,13 +87,15 @@ def remove_temps(folder: Path, names: list[str]) -> list[Path]:
     return removed
 
 
-def load_file(path: Path, map_location: str | torch.device = "cpu") -> Any:
-    """``torch.load`` with ``weights_only=True``; a missing or corrupt file is a ``UserError``."""
-    return _load(Path(path), path, map_location)
+def load_file(path: Path, map_location: str | torch.device = "cpu", what: str = "erat file"
+              ) -> Any:
+    """``torch.load`` with ``weights_only=True``; a missing or corrupt file is a ``UserError``
+    (``what`` names what the file should have been)."""
+    return _load(Path(path), path, map_location, what)
 
 
-def load_file_and_digest(path: Path, map_location: str | torch.device = "cpu"
-                         ) -> tuple[Any, str]:
+def load_file_and_digest(path: Path, map_location: str | torch.device = "cpu",
+                         what: str = "erat file") -> tuple[Any, str]:
     """:func:`load_file` and the file's SHA-256, from one read of the file."""
     path = Path(path)
     if not path.is_file():
@@ -99,21 +104,28 @@ def load_file_and_digest(path: Path, map_location: str | torch.device = "cpu"
         data = path.read_bytes()
     except OSError as err:
         raise os_problem(err, f"read {path}") from err
-    return _load(path, io.BytesIO(data), map_location), hashlib.sha256(data).hexdigest()
+    return _load(path, io.BytesIO(data), map_location, what), hashlib.sha256(data).hexdigest()
 
 
-def _load(path: Path, source: Any, map_location: str | torch.device) -> Any:
+def _load(path: Path, source: Any, map_location: str | torch.device, what: str) -> Any:
     if not path.is_file():
         raise UserError(f"no such file: {path}")
     try:
-        return torch.load(source, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # (a pickle protocol torch did not write: said below)
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(source, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:  # code or objects that weights-only loading refuses
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        held = f"the Python object {found.group(1)}" if found else "pickled Python objects"
+        raise UserError(f"cannot read {path}: not a valid {what}: it holds {held}, which erat "
+                        "refuses to unpickle (weights_only=True: tensors only)") from e
     except RuntimeError as e:
         if "cuda" in str(e).lower():
             raise UserError(f"cannot load {path} on {map_location}: {str(e).splitlines()[0]}"
                             ) from e
-        raise UserError(f"cannot read {path}: not a valid erat file ({type(e).__name__})") from e
-    except Exception as e:  # pickle, zip and unpickler errors all mean the same to a user
-        raise UserError(f"cannot read {path}: not a valid erat file ({type(e).__name__})") from e
+        raise UserError(f"cannot read {path}: not a valid {what} ({type(e).__name__})") from e
+    except Exception as e:  # zip and other reader errors all mean the same to a user
+        raise UserError(f"cannot read {path}: not a valid {what} ({type(e).__name__})") from e
 
 
 def read_text(path: Path, what: str = "file") -> str:

@@ -298,7 +298,7 @@ def report_runs(runs: Sequence[Path], out: Path, *, eval_name: str = "eval.json"
                 log=print) -> list[dict]:
     """``erat report``: the table (CSV, Markdown) and the accuracy-radius plot of evaluated
     run folders, and optionally the loss landscape of test image ``index``."""
-    from erat.datasets import load_dataset
+    from erat.datasets import load_dataset, recorded_options
     from erat.rundir import RunDir
 
     check_writable_dir(out, "--out")
@@ -318,7 +318,8 @@ def report_runs(runs: Sequence[Path], out: Path, *, eval_name: str = "eval.json"
         meta = run0.read_meta()
         data_dir = run0.read_config().get("data_dir") if (run0 / RunDir.CONFIG).exists() \
             else None
-        x, y = load_dataset(meta["dataset"], "test", data_dir).tensors
+        where = recorded_options(meta, data_dir)
+        x, y = load_dataset(where.pop("name"), "test", **where).tensors
         if not 0 <= index < len(x):
             raise UserError(f"--index must be in 0..{len(x) - 1}, got {index}")
         landscape({Path(r).name: RunDir(r).load_model() for r in runs}, x[index:index + 1],

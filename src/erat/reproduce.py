@@ -167,7 +167,7 @@ def run_one(suite: dict[str, Any], run: dict[str, Any], cfg: TrainConfig, folder
                 "cost_erm_epochs": meta.get("cost_erm_epochs"),
                 "train_seconds": meta.get("train_seconds"), **_validation(folder, meta)}, None, None
     model = folder.load_model()
-    x, y = load_dataset(cfg.dataset, "test", cfg.data_dir).tensors
+    x, y = load_dataset(cfg.dataset, "test", cfg.data_dir, **cfg.data_options).tensors
     ev = _radii({**(suite.get("eval") or {}), **(run.get("eval") or {})}, cfg)
     n = ev.pop("n", None) or len(x)
     with nullcontext() if report_only else folder.lock():  # reading needs no lock
@@ -260,7 +260,7 @@ def autoattack_stage(suite: dict[str, Any], out: Path, runs: list[dict[str, Any]
         if run["name"] not in chosen:
             continue
         folder, cfg = RunDir(out / "runs" / run["name"]), cfgs[i]
-        x, y = load_dataset(cfg.dataset, "test", cfg.data_dir).tensors
+        x, y = load_dataset(cfg.dataset, "test", cfg.data_dir, **cfg.data_options).tensors
         log(f"[{run['name']}] AutoAttack on the first {n} test images")
         try:
             with nullcontext() if report_only else folder.lock():

@@ -271,13 +271,20 @@ class RunDir:
         a cache folder (``$XDG_CACHE_HOME/erat``), else nowhere (None)."""
         if os.access(self.path, os.W_OK):
             return self.path / f".{name}.state.pt"
-        root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "erat"
-        where = root / self.weights_sha256()[:16]
-        try:
-            where.mkdir(parents=True, exist_ok=True)
-        except OSError:
-            return None
-        return where / f"{name}.state.pt" if os.access(where, os.W_OK) else None
+        return cache_state_path(self.weights_sha256(), name)
+
+
+def cache_state_path(key: str, name: str) -> Path | None:
+    """Where the resumable state of an evaluation with no writable run folder goes:
+    ``$XDG_CACHE_HOME/erat/<key[:16]>/<name>.state.pt`` (``key``: the SHA-256 of the weights
+    or of what defines the model), or nowhere (None) when that cannot be written."""
+    root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "erat"
+    where = root / key[:16]
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return where / f"{name}.state.pt" if os.access(where, os.W_OK) else None
 
 
 def model_path(path: str | Path) -> Path:
@@ -380,4 +387,4 @@ def _alive(holder: dict) -> bool:
     return holder.get("start") is None or start is None or start == holder["start"]
 
 
-__all__ = ["ModelFile", "RunDir", "load_model", "model_path", "open_model"]
+__all__ = ["ModelFile", "RunDir", "cache_state_path", "load_model", "model_path", "open_model"]

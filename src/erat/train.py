@@ -23,13 +23,21 @@ from torch import Tensor, nn
 
 from erat import distributed
 from erat.config import TrainConfig, resume_conflicts
-from erat.datasets import dataset_info, labeled_split, load_dataset, validation_split
+from erat.datasets import (
+    DatasetInfo,
+    dataset_info,
+    labeled_split,
+    load_dataset,
+    validation_split,
+)
+from erat.datasets.own import describe
 from erat.distributed import resolve_device
-from erat.errors import UserError
+from erat.errors import UserError, first_line
 from erat.files import tensor_sha256
 from erat.fit import FitData, FitResult, fit
 from erat.methods import Method, build_method, method_config
 from erat.models import build_model
+from erat.models.factory import is_factory
 from erat.rundir import RunDir
 
 
@@ -47,8 +55,11 @@ def train(
     run = RunDir(out)
     if stop_after is not None and stop_after < 1:
         raise UserError(f"--stop-after must be >= 1, got {stop_after}")
-    dataset_info(cfg.dataset)  # names and settings first: a bad one touches no folder
+    # names, settings and your own data and model first: a bad one touches no folder
+    info = dataset_info(cfg.dataset, cfg.data_dir, **cfg.data_options)
     build_method(cfg.method, **cfg.method_params)
+    if is_factory(cfg.model):
+        _check_factory(cfg, info)
     run.check_output(resume=resume, overwrite=overwrite)
     device = resolve_device(cfg.device)
     dist = distributed.setup(device)
@@ -78,6 +89,26 @@ def train(
     return run.model_file()
 
 
+def _check_factory(cfg: TrainConfig, info: DatasetInfo) -> None:
+    """Build a ``MODULE:FACTORY`` model once (the random streams left as they were) and run
+    it on two blank images: an import, a factory or an output that does not fit is refused
+    before the run folder is touched."""
+    with torch.random.fork_rng(devices=[]):
+        model = build_model(cfg.model, in_shape=info.shape, num_classes=info.num_classes,
+                            mean=info.mean, std=info.std, **cfg.model_kwargs)
+        try:
+            with torch.no_grad():
+                out = model.eval()(torch.zeros(2, *info.shape))
+        except Exception as e:  # the user's module: any error is theirs to read
+            raise UserError(f"--model {cfg.model} fails on {cfg.dataset}'s images "
+                            f"[2, {', '.join(map(str, info.shape))}]: {type(e).__name__}: "
+                            f"{first_line(e)}") from e
+    if not isinstance(out, Tensor) or tuple(out.shape) != (2, info.num_classes):
+        shown = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise UserError(f"--model {cfg.model} gives {shown} for 2 images; {cfg.dataset} needs "
+                        f"logits [2, {info.num_classes}] ({info.num_classes} classes)")
+
+
 def _prepare_folder(run: RunDir, cfg: TrainConfig, resume: bool, overwrite: bool,
                     log: Callable[[str], None]) -> None:
     removed = run.remove_temps()
@@ -103,10 +134,12 @@ class _Built:
 def _run(cfg: TrainConfig, run: RunDir, resume: bool, stop_after: int | None,
          log: Callable[[str], None], device: torch.device, dist: distributed.Dist
          ) -> tuple[FitResult, _Built]:
-    info = dataset_info(cfg.dataset)
+    info = dataset_info(cfg.dataset, cfg.data_dir, **cfg.data_options)
+    if info.details is not None:
+        log(describe(info))
     method = build_method(cfg.method, **cfg.method_params)
-    train_set = load_dataset(cfg.dataset, "train", cfg.data_dir, cfg.download)
-    test_set = load_dataset(cfg.dataset, "test", cfg.data_dir, cfg.download)
+    train_set = load_dataset(cfg.dataset, "train", cfg.data_dir, cfg.download, **cfg.data_options)
+    test_set = load_dataset(cfg.dataset, "test", cfg.data_dir, cfg.download, **cfg.data_options)
     x, y = train_set.tensors
     data = _split(cfg, method, x, y, run if dist.is_main else None, log)
     data.augment = info.augment
@@ -165,6 +198,8 @@ def _save(run: RunDir, cfg: TrainConfig, built: _Built, result: FitResult) -> No
                   select=cfg.fit.select, last_epoch=result.last_epoch,
                   updates=result.updates, cost_erm_epochs=result.cost,
                   train_seconds=result.seconds, test_sha256=built.test_sha256)
+    if info.details is not None:  # your own data: what erat eval re-reads
+        common["data"] = info.details
     run.save_model(result.model, selected_epoch=result.selected_epoch, **common)
     if result.last_state is not None:
         run.save_model(result.last_state, selected_epoch=result.last_epoch, last=True, **common)

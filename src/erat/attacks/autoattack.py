@@ -1,12 +1,16 @@
 """AutoAttack, standard version (Croce & Hein 2020, arXiv 2003.01690): APGD-CE, APGD-T,
 FAB-T and Square, worst case per example, through the pyautoattack package. Its points are
 re-classified after projection into the declared ball, so only points of the threat model
-count."""
+count. The targeted attacks aim at the 9 most likely other classes, all of them when there
+are fewer (your own data); with fewer than 4 classes APGD-T, whose targeted DLR loss needs
+4 logits, is left out, with a warning."""
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 
 from erat.attacks.base import correct, register_attack
@@ -32,8 +36,21 @@ def run_pyautoattack(model: nn.Module, x: Tensor, y: Tensor, threat: Threat, see
     aa.verbose = False
     if attacks is not None:
         aa.square.n_queries = queries
+    else:
+        _fit_targets(aa, model, x)
     x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=len(y))
     return correct(model, threat.project(x, x_adv.to(x.device)), y)
+
+
+def _fit_targets(aa, model: nn.Module, x: Tensor) -> None:
+    """The standard version's targeted attacks, fitted to the number of classes."""
+    with torch.no_grad():
+        classes = model(x[:1]).shape[1]
+    aa.apgd_targeted.n_target_classes = aa.fab.n_target_classes = min(9, classes - 1)
+    if classes < 4:
+        aa.attacks_to_run = [a for a in aa.attacks_to_run if a != "apgd-t"]
+        warnings.warn(f"AutoAttack on {classes} classes: APGD-T (its targeted DLR loss needs "
+                      "at least 4) is left out; APGD-CE, FAB-T and Square run", stacklevel=3)
 
 
 @register_attack("autoattack")
@@ -42,6 +59,7 @@ class AutoAttackStandard:
     requires = REQUIRES
     presets = {"all": 1}
     roles = {"reference"}  # the strong attack a PGD figure is compared with (erat.checks)
+    square_images = True  # its last attack is Square
 
     def describe(self) -> str:
         return "AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square)"

@@ -17,7 +17,8 @@ An attack says where it belongs in its own file: ``presets = {"all": 1}`` puts i
 the preset ``all``; ``roles = {"black-box"}`` makes it the gradient-masking check's attack (its
 ``queries_option`` names the option that sets its query budget),
 ``roles = {"reference"}`` the strong attack that PGD is compared with (:mod:`erat.checks`);
-``requires`` names the packages it needs (package -> pip requirement).
+``requires`` names the packages it needs (package -> pip requirement);
+``square_images = True`` says it attacks square images only (pyautoattack's Square).
 
 Example::
 

@@ -21,6 +21,7 @@ class Square:
     requires = REQUIRES
     roles = {"black-box"}  # the gradient-masking check's attack (erat.checks) ...
     queries_option = "square_queries"  # ... with its query budget set here
+    square_images = True  # pyautoattack's Square draws square windows of an H = W image
 
     def __post_init__(self) -> None:
         if not isinstance(self.square_queries, int) or self.square_queries < 1:

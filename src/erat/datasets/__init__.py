@@ -9,12 +9,14 @@ from erat.datasets.registry import (
     dataset_info,
     dataset_names,
     load_dataset,
+    recorded_options,
     register_dataset,
+    register_scheme,
 )
 from erat.datasets.splits import balanced_split, labeled_split, validation_split
 from erat.registry import import_package
 
-import_package(__name__, __path__, helpers={"registry", "augment", "splits"})
+import_package(__name__, __path__, helpers={"registry", "augment", "splits", "own"})
 
 __all__ = [
     "AUGMENTS",
@@ -27,6 +29,8 @@ __all__ = [
     "dataset_names",
     "labeled_split",
     "load_dataset",
+    "recorded_options",
     "register_dataset",
+    "register_scheme",
     "validation_split",
 ]

@@ -7,17 +7,26 @@ int64 ``[N]``; :func:`load_dataset` turns ``x`` into float32 in ``[0, 1]`` (pixe
 where every eps is measured; mean/std live inside the model) and checks shapes and labels.
 Problems raise :class:`DataError` with a one-line message naming the file or folder.
 
+Beside the registered names, a name ``SCHEME:PATH`` is your own data (``folder:PATH``, a
+torchvision ImageFolder tree; ``npz:PATH``, numpy arrays): :data:`SCHEMES` maps each scheme
+to its loader (``datasets/folder.py``, ``datasets/npz.py``, sharing ``datasets/own.py``),
+whose :class:`DatasetInfo` is computed from the data's training split and carries
+``details`` (classes, layout, where the test split came from) for the run folder. Those
+datasets take two options, ``test_split`` (a fraction held out when the data has no test
+split) and ``resize``; a registered dataset takes neither.
+
 Example::
 
     train = load_dataset("mnist", "train", data_dir="~/data")
+    mine = load_dataset("folder:photos", "train", test_split=0.2, resize=32)
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import Tensor
@@ -39,7 +48,8 @@ class DataError(UserError):
 class DatasetInfo:
     """Static facts about a dataset: ``shape`` is ``(C, H, W)``; ``mean``/``std`` are per
     channel, of the ``[0, 1]`` training pixels; ``augment`` is the train-time augmentation;
-    ``files``: whether it is read from ``data_dir`` (False: embedded)."""
+    ``files``: whether it is read from ``data_dir`` (False: embedded); ``details``: for your
+    own data (``folder:``, ``npz:``), what was read and how (recorded in ``model.pt``)."""
 
     name: str
     shape: tuple[int, int, int]
@@ -48,10 +58,22 @@ class DatasetInfo:
     std: tuple[float, ...]
     augment: Augment = "none"
     files: bool = True
+    details: dict[str, Any] | None = field(default=None, compare=False)
+
+
+class OwnData(NamedTuple):
+    """What a scheme's loader returns: the facts (computed from the training split) and
+    each split's ``(x, y)``; ``train`` is None for data that can be evaluated only."""
+
+    info: DatasetInfo
+    train: tuple[Tensor, Tensor] | None
+    test: tuple[Tensor, Tensor]
 
 
 DATASETS = Registry("dataset")
 LOADERS: dict[str, Loader] = {}
+# scheme -> loader (name, path, test_split, resize) -> OwnData, for names SCHEME:PATH
+SCHEMES: dict[str, Callable[[str, Path, float | None, int | None], OwnData]] = {}
 
 
 def register_dataset(*infos: DatasetInfo) -> Callable[[Callable], Callable]:
@@ -67,15 +89,63 @@ def register_dataset(*infos: DatasetInfo) -> Callable[[Callable], Callable]:
     return add
 
 
+def register_scheme(scheme: str) -> Callable[[Callable], Callable]:
+    """Decorator: ``loader(name, path, test_split, resize) -> OwnData`` serves the names
+    ``scheme:PATH``."""
+
+    def add(loader: Callable) -> Callable:
+        if scheme in SCHEMES:
+            raise ValueError(f"dataset scheme {scheme!r} is registered twice")
+        SCHEMES[scheme] = loader
+        return loader
+
+    return add
+
+
 def dataset_names() -> list[str]:
     """Embedded datasets first (no files needed), then by name."""
     return sorted(DATASETS, key=lambda n: (DATASETS[n].files, n))
 
 
-def dataset_info(name: str) -> DatasetInfo:
+def own_scheme(name: str) -> str | None:
+    """The scheme of a name ``SCHEME:PATH`` (your own data), None for a registered name."""
+    scheme, colon, _ = name.partition(":")
+    return scheme if colon and scheme.isidentifier() else None
+
+
+def dataset_info(name: str, data_dir: str | Path | None = None, *,
+                 test_split: float | None = None, resize: int | None = None) -> DatasetInfo:
+    """A dataset's facts; for your own data (``SCHEME:PATH``) they are computed from its
+    training split, which is read (and every check run) here."""
+    own = _own(name, data_dir, test_split, resize)
+    if own is not None:
+        return own.info
     if name not in DATASETS:
-        raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(dataset_names())}")
+        raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(dataset_names())}"
+                        f", or your own: {', '.join(f'{s}:PATH' for s in sorted(SCHEMES))}")
+    for flag, value in (("--test-split", test_split), ("--resize", resize)):
+        if value is not None:
+            raise DataError(f"{flag} is for your own data "
+                            f"({' or '.join(f'{s}:PATH' for s in sorted(SCHEMES))}); {name} "
+                            "has its own test split and image size")
     return DATASETS.lookup(name)
+
+
+def _own(name: str, data_dir: str | Path | None, test_split: float | None,
+         resize: int | None) -> OwnData | None:
+    """Your own data named ``SCHEME:PATH`` (PATH relative to ``data_dir`` when given)."""
+    scheme = own_scheme(name)
+    if scheme is None:
+        return None
+    if scheme not in SCHEMES:
+        raise DataError(f"unknown kind of dataset {scheme!r} in {name!r}; your own data is "
+                        f"{' or '.join(f'{s}:PATH' for s in sorted(SCHEMES))}")
+    if not name.partition(":")[2]:
+        raise DataError(f"{name!r}: give the path after the colon, e.g. {scheme}:my-data")
+    path = Path(name.partition(":")[2]).expanduser()
+    if data_dir is not None and not path.is_absolute():
+        path = Path(data_dir).expanduser() / path
+    return SCHEMES[scheme](name, path, test_split, resize)
 
 
 def load_dataset(
@@ -83,11 +153,25 @@ def load_dataset(
     split: str = "test",
     data_dir: str | Path | None = None,
     download: bool = False,
+    *,
+    test_split: float | None = None,
+    resize: int | None = None,
 ) -> TensorDataset:
-    """Load one split (``"train"`` or ``"test"``) of a dataset into memory."""
-    info = dataset_info(name)
+    """Load one split (``"train"`` or ``"test"``) of a dataset into memory (your own data:
+    ``folder:PATH`` or ``npz:PATH``, with its ``test_split`` and ``resize``)."""
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    own = _own(name, data_dir, test_split, resize)
+    if own is not None:
+        pair = own.train if split == "train" else own.test
+        if pair is None:
+            raise DataError(f"{name} has no training images (no x_train, no train/): it can "
+                            "be evaluated, not trained on")
+        x, y = pair
+        _check(own.info, x, y, split, None)
+        return TensorDataset(x.float().div_(255.0) if x.dtype == torch.uint8 else x.clone(),
+                             y.clone())
+    info = dataset_info(name, test_split=test_split, resize=resize)
     root = None
     if info.files:
         if data_dir is None:
@@ -99,6 +183,19 @@ def load_dataset(
     x, y = LOADERS[name](root, split, download)
     _check(info, x, y, split, root)
     return TensorDataset(x.float().div_(255.0) if x.dtype == torch.uint8 else x, y)
+
+
+def recorded_options(meta: dict[str, Any], data_dir: str | Path | None) -> dict[str, Any]:
+    """The keywords of :func:`load_dataset` that re-read the data a model file's metadata
+    records: the dataset's name, and for your own data its options and, unless ``data_dir``
+    is given, the absolute path it was read from at training (so ``erat eval`` works from
+    any folder)."""
+    details = meta.get("data") or {}
+    name = meta["dataset"]
+    if own_scheme(name) and details.get("path") and data_dir is None:
+        name = f"{own_scheme(name)}:{details['path']}"
+    return {"name": name, "data_dir": data_dir, "test_split": details.get("test_split"),
+            "resize": details.get("resize")}
 
 
 def _check(info: DatasetInfo, x: Tensor, y: Tensor, split: str, root: Path | None) -> None:

@@ -11,6 +11,6 @@ from erat.models.registry import (
 )
 from erat.registry import import_package
 
-import_package(__name__, __path__, helpers={"registry"})
+import_package(__name__, __path__, helpers={"registry", "factory"})
 
 __all__ = ["MODELS", "Normalize", "build_model", "model_names", "model_params", "register_model"]

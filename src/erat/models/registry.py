@@ -4,7 +4,8 @@ Inputs are pixels in ``[0, 1]``; :class:`Normalize` is the first layer of every 
 here, so every eps is measured in pixel space (docs/METHOD.md section 1). A registered factory takes
 ``in_shape`` ``(C, H, W)``, ``num_classes`` and its own keyword arguments, and returns the
 body; :func:`build_model` puts ``Normalize`` in front. The model maps ``[B, C, H, W]`` to
-logits ``[B, num_classes]``.
+logits ``[B, num_classes]``. A name ``MODULE:FACTORY`` is a model of your own
+(:mod:`erat.models.factory`), built the same way.
 
 Example::
 
@@ -23,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from erat.errors import UserError
+from erat.models.factory import build_factory, is_factory
 from erat.registry import Registry
 
 Factory = Callable[..., nn.Module]
@@ -71,14 +73,18 @@ def build_model(
     std: Sequence[float],
     **kwargs: Any,
 ) -> nn.Module:
-    """``nn.Sequential(normalize=Normalize(mean, std), net=<the registered model>)``."""
+    """``nn.Sequential(normalize=Normalize(mean, std), net=<the registered model>)``; the
+    net of ``MODULE:FACTORY`` is what that factory returns."""
+    if len(in_shape) != 3 or len(mean) != in_shape[0]:
+        raise ValueError(f"need in_shape (C, H, W) and C means, got {in_shape} and {mean}")
+    if is_factory(name):
+        net = build_factory(name, in_shape=tuple(in_shape), num_classes=num_classes, **kwargs)
+        return nn.Sequential(OrderedDict(normalize=Normalize(mean, std), net=net))
     factory = _lookup(name)
     unknown = set(kwargs) - set(model_params(name))
     if unknown:
         raise UserError(f"model {name!r} takes no parameter(s) {', '.join(sorted(unknown))}; "
                         f"it takes: {', '.join(model_params(name)) or 'nothing'}")
-    if len(in_shape) != 3 or len(mean) != in_shape[0]:
-        raise ValueError(f"need in_shape (C, H, W) and C means, got {in_shape} and {mean}")
     try:
         net = factory(in_shape=tuple(in_shape), num_classes=num_classes, **kwargs)
     except UserError:

@@ -1,0 +1,124 @@
+"""``folder:PATH``: your own images in a torchvision ImageFolder tree, one folder of images
+per class (the labels are the class folders' indices in sorted order, as
+``torchvision.datasets.ImageFolder`` gives them):
+
+- ``PATH/train/<class>/*.png`` and ``PATH/test/<class>/*.png`` (the same class folders), or
+- ``PATH/<class>/*.png`` with ``--test-split F`` (the test images held out from these), or
+- ``PATH/test/<class>/...`` only: images that can be evaluated, not trained on.
+
+The class folders are torchvision's (``find_classes``), their files are listed as its
+``make_dataset`` lists them (its image extensions, its order), and every one is decoded by
+PIL when the data is read: an unreadable image is named then. Images whose files are all
+grayscale stay one channel, otherwise every image is RGB. Every image must have the same
+size unless ``--resize N`` gives each N x N pixels (bilinear with antialiasing,
+``torchvision.transforms.functional.resize``). The checks and facts shared with ``npz:``
+are :mod:`erat.datasets.own`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from erat.datasets.own import Source, own_data
+from erat.datasets.registry import DataError, one_line, register_scheme
+
+GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}  # PIL modes read as one channel
+
+
+@register_scheme("folder")
+@own_data
+def read_folder(path: Path, resize: int | None) -> Source:
+    if not path.is_dir():
+        raise DataError(f"folder:{path}: no such folder")
+    train_dir, test_dir = path / "train", path / "test"
+    if not (train_dir.is_dir() or test_dir.is_dir()):
+        x, y, classes = _read_tree(path, resize)
+        return Source((x, y), None, classes, _layout(x))
+    train = _read_tree(train_dir, resize) if train_dir.is_dir() else None
+    test = _read_tree(test_dir, resize) if test_dir.is_dir() else None
+    if train is not None and test is not None and train[2] != test[2]:
+        only = sorted(set(train[2]) ^ set(test[2]))
+        raise DataError(f"folder:{path}: train/ and test/ must hold the same class folders; "
+                        f"only in one of them: {', '.join(only[:5])}")
+    read = [p for p in (train, test) if p is not None]
+    xs = _same_channels([x for x, _, _ in read])
+    pairs = [(x, y) for x, (_, y, _) in zip(xs, read, strict=True)]
+    train_pair = pairs.pop(0) if train is not None else None
+    test_pair = pairs.pop(0) if test is not None else None
+    return Source(train_pair, test_pair, read[0][2], _layout(xs[0]), test_source="test/")
+
+
+def _read_tree(root: Path, resize: int | None) -> tuple[Tensor, Tensor, list[str]]:
+    """The images below ``root``'s class folders, ``[N, C, H, W]`` uint8, and their labels."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
+
+    try:
+        classes, index = find_classes(root)
+    except FileNotFoundError:
+        raise DataError(f"folder: no class folders in {root} (one folder of images per "
+                        "class)") from None
+    samples = [(file, index[name]) for name in classes for file in _files(root / name)]
+    counts = Counter(label for _, label in samples)
+    empty = [c for c in classes if counts[index[c]] == 0]
+    if empty:
+        more = f" (and {len(empty) - 1} more)" if len(empty) > 1 else ""
+        raise DataError(f"class folder {root / empty[0]} holds no images{more} "
+                        f"({', '.join(IMG_EXTENSIONS)})")
+    images = [_read_image(Path(file), resize) for file, _ in samples]
+    sizes = {tuple(im.shape[1:]) for im in images}
+    if len(sizes) > 1:
+        first = tuple(images[0].shape[1:])
+        other = next(i for i, im in enumerate(images) if tuple(im.shape[1:]) != first)
+        raise DataError(f"images of different sizes in {root}: {samples[0][0]} is "
+                        f"{_hw(images[0])}, {samples[other][0]} is {_hw(images[other])}; pass "
+                        "--resize N to give every image N x N pixels")
+    x = torch.stack(_same_channels(images))
+    y = torch.tensor([label for _, label in samples], dtype=torch.int64)
+    return x, y, classes
+
+
+def _files(folder: Path) -> list[str]:
+    """The image files below a class folder in ImageFolder's order (``make_dataset``'s
+    walk, without its refusal of an empty folder, which is said here with the path)."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    return [os.path.join(top, f) for top, _, files in sorted(os.walk(folder, followlinks=True))
+            for f in sorted(files) if f.lower().endswith(IMG_EXTENSIONS)]
+
+
+def _read_image(file: Path, resize: int | None) -> Tensor:
+    """One image, decoded now (a truncated file fails here), ``[C, H, W]`` uint8."""
+    from PIL import Image
+    from torchvision.transforms import functional
+
+    try:
+        with Image.open(file) as img:
+            img.load()
+            img = img.convert("L" if img.mode in GRAY_MODES else "RGB")
+        if resize is not None:
+            img = functional.resize(img, [resize, resize], antialias=True)
+        return functional.pil_to_tensor(img)
+    except Exception as e:  # PIL raises many types for a damaged file (OSError, SyntaxError..)
+        raise DataError(f"cannot read image {file}: {one_line(e)}") from None
+
+
+def _same_channels(xs: list[Tensor]) -> list[Tensor]:
+    """Grayscale images (``[1, H, W]``) or splits (``[N, 1, H, W]``) made RGB when any
+    other is RGB."""
+    if not any(x.shape[-3] == 3 for x in xs):
+        return xs
+    return [x.expand(*x.shape[:-3], 3, *x.shape[-2:]).contiguous() if x.shape[-3] == 1 else x
+            for x in xs]
+
+
+def _layout(x: Tensor) -> str:
+    return f"image files, {'RGB' if x.shape[1] == 3 else 'grayscale'}"
+
+
+def _hw(image: Tensor) -> str:
+    return f"{image.shape[1]}x{image.shape[2]} (HxW)"
