@@ -364,27 +364,27 @@ def _mixed_sizes(root: Path) -> str:
     return f"folder:{root}"
 
 
-def _lengths_differ(root: Path) -> str:
+def _npz(root: Path, x: np.ndarray, **labels: np.ndarray) -> str:
+    """A data folder holding d.npz with ``x`` as the images of every split given labels."""
     root.mkdir()
-    x = RNG.integers(0, 256, (10, 8, 8, 3), dtype=np.uint8)
-    np.savez(root / "d.npz", x_train=x, y_train=np.arange(9) % 2, x_test=x,
-             y_test=np.arange(10) % 2)
+    images = {f"x_{k.split('_')[1]}": x for k in labels}
+    np.savez(root / "d.npz", **images, **labels)
     return f"npz:{root / 'd.npz'}"
+
+
+def _lengths_differ(root: Path) -> str:
+    x = RNG.integers(0, 256, (10, 8, 8, 3), dtype=np.uint8)
+    return _npz(root, x, y_train=np.arange(9) % 2, y_test=np.arange(10) % 2)
 
 
 def _labels_outside(root: Path) -> str:
-    root.mkdir()
     x = RNG.integers(0, 256, (10, 8, 8, 3), dtype=np.uint8)
-    np.savez(root / "d.npz", x_train=x, y_train=np.arange(10) % 2, x_test=x,
-             y_test=np.arange(10) % 3)
-    return f"npz:{root / 'd.npz'}"
+    return _npz(root, x, y_train=np.arange(10) % 2, y_test=np.arange(10) % 3)
 
 
 def _float_outside(root: Path) -> str:
-    root.mkdir()
-    x = RNG.normal(size=(10, 3, 8, 8)).astype(np.float32)
-    np.savez(root / "d.npz", x_train=x, y_train=np.arange(10) % 2)
-    return f"npz:{root / 'd.npz'}"
+    return _npz(root, RNG.normal(size=(10, 3, 8, 8)).astype(np.float32),
+                y_train=np.arange(10) % 2)
 
 
 class Evil:
