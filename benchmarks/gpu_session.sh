@@ -6,8 +6,9 @@
 #  2. erat bench --chip: the card's bf16 matrix rate measured in this run, preact-resnet18's
 #     FLOPs per image (torch.utils.flop_counter), ms per step and images/s of ERM, AT, VAT,
 #     PGD-AT-3/10, TRADES-10, ER S 1/3 at batch 128, eager float32 against the fast path, the
-#     fraction of the matrix rate reached and a 50,000-image epoch's time; then ERM at batch
-#     512 (the 40%-of-rate target);
+#     fraction of the matrix rate reached, a 50,000-image epoch's time, and a profile of each
+#     step (kernels per step, the device-busy share: what holds a step back); then ERM at
+#     batch 512 (the 40%-of-rate target);
 #  3. 100 updates of ER S 3 on the cifar10-subset, fast and eager from one seed: the two loss
 #     curves (metrics.jsonl, 20 epochs of 5 updates);
 #  4. the cifar10-subset trained fast and eager at the same settings (PGD-AT-3 and ER S 3,
@@ -33,8 +34,8 @@ $PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_na
 
 stamp "bench preact-resnet18, batch 128, eager fp32 against the fast path"
 timeout 260 $PY -m erat bench --models preact-resnet18:3x32x32 --methods "$METHODS" --fast off,on \
-  --chip --batch-size 128 --steps 40 --warmup 5 --max-seconds 3 --no-attacks --device cuda \
-  --json "$W/bench-128.json"
+  --chip --profile --batch-size 128 --steps 40 --warmup 5 --max-seconds 3 --no-attacks \
+  --device cuda --json "$W/bench-128.json"
 pack
 stamp "bench preact-resnet18 ERM, batch 512"
 timeout 60 $PY -m erat bench --models preact-resnet18:3x32x32 --methods erm --fast off,on --chip \

@@ -55,6 +55,7 @@ class BenchOptions:
     chip: bool = param(False, "the device's bf16 matrix rate and each model's FLOPs per image: "
                               "the fraction of the rate every step reaches, a 50,000-image "
                               "epoch's time")
+    profile: bool = param(False, "each step's kernel count and device-busy share (GPU)")
     channels_last: bool = param(False, "channels-last memory format")
     attacks: bool = param(True, "measure attack throughput")
     attack_steps: int = param(10, "PGD steps of the attack throughput")
@@ -128,6 +129,7 @@ def bench_training(
     channels_last: bool = False,
     compiled: bool = False,
     fast: bool = False,
+    profile: bool = False,
 ) -> list[dict[str, Any]]:
     """One row per method: ``ms_per_step`` (median), ``ratio_to_erm``, ``peak_mem_mb``, and
     the counted ``passes_per_example`` with its ``counted_ratio_to_erm``.
@@ -137,7 +139,8 @@ def bench_training(
     or ``fp16`` (autocast, with a gradient scaler for fp16); ``compiled`` runs the method on
     ``torch.compile(model)`` (its first steps, the compilation, are warm-up); ``fast`` is the
     training fast path (:mod:`erat.fit.fast`: the model as CUDA graphs, bf16 and
-    channels-last for convolutional models, a fused optimiser).
+    channels-last for convolutional models, a fused optimiser); ``profile`` adds each step's
+    kernel count and the share of its time the device is busy (:func:`kernel_profile`).
     """
     device = device or torch.device("cpu")
     if fast:
@@ -178,7 +181,8 @@ def bench_training(
                      "compiled": compiled, "fast": fast, "ms_per_step": ms,
                      "images_per_s": batch_size / (ms / 1000), "timed_steps": len(times),
                      "peak_mem_mb": round(_peak_mb(device), 1),
-                     "passes_per_example": method.cost(batch, model.train()) / batch_size})
+                     "passes_per_example": method.cost(batch, model.train()) / batch_size,
+                     **(kernel_profile(step, device) if profile else {})})
     erm, erm_passes = rows[0]["ms_per_step"], rows[0]["passes_per_example"]
     for row in rows:
         row["ratio_to_erm"] = row["ms_per_step"] / erm
@@ -190,6 +194,31 @@ def _model(name: str, shape: tuple[int, int, int], device: torch.device) -> nn.M
     torch.manual_seed(0)
     return build_model(name, in_shape=shape, num_classes=10, mean=[0.5] * shape[0],
                        std=[0.25] * shape[0]).to(device).train()
+
+
+def kernel_profile(step: Callable[[], Any], device: torch.device, steps: int = 3) -> dict:
+    """What holds a step back from the chip: kernels launched per step, and the share of the
+    step's wall time that the device spends in kernels (the rest: launch gaps, host work,
+    synchronisation), from ``torch.profiler`` over ``steps`` steps."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda"
+                                           else [])
+    _sync(device)
+    t0 = time.perf_counter()
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        _sync(device)
+    wall = (time.perf_counter() - t0) / steps
+    try:
+        events = [e for e in prof.events() if e.device_type.name == "CUDA"] \
+            if device.type == "cuda" else []
+        busy = sum(e.device_time for e in events) / 1e6 / steps  # microseconds in events
+    except (AttributeError, RuntimeError) as err:  # (the profiler's API moves between releases)
+        return {"profile_error": str(err).splitlines()[0]}
+    return {"kernels_per_step": len(events) / steps,
+            "device_busy": busy / wall if events else None}
 
 
 def matrix_rate(device: torch.device, n: int = 8192, seconds: float = 3.0) -> float:
@@ -331,7 +360,7 @@ def run_bench(options: BenchOptions, device: torch.device, log=print) -> dict[st
                                         steps=o.steps, warmup=o.warmup + 3 * (comp or fast),
                                         max_seconds=o.max_seconds, device=device, amp=amp,
                                         channels_last=o.channels_last, compiled=comp,
-                                        fast=fast)]
+                                        fast=fast, profile=o.profile)]
         entry: dict[str, Any] = {"shape": list(shape), "rows": rows}
         if o.chip:
             entry["flops_per_image"] = flops_per_image(name, shape, device)
