@@ -111,3 +111,21 @@ def test_fast_training_on_a_gpu(tmp_path):
     code = main(["train", "--dataset", "digits", "--model", "cnn", "--epochs", "1", "--method",
                  "er", "--eps", "0.5", "--no-progress", "--out", str(tmp_path / "run")])
     assert code == 0
+
+
+def test_the_fast_loop_trains_with_device_data_on_the_cpu(tmp_path, monkeypatch):
+    """The fast path's loop (uint8 images, batches drawn with the device's generator, bf16 and
+    channels-last for a conv net, the lazy cost) run on the CPU by pretending CUDA."""
+    import json
+
+    import erat.fit.fast
+
+    monkeypatch.setattr(erat.fit.fast, "active", lambda options, device: True)
+    code = main(["train", "--dataset", "digits", "--model", "cnn", "--epochs", "2",
+                 "--epoch-updates", "3", "--method", "er", "--eps", "0.5", "--no-fast-graph",
+                 "--no-progress", "--out", str(tmp_path / "run")])
+    assert code == 0
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text()
+            .splitlines()]
+    assert len(rows) == 2 and all(torch.isfinite(torch.tensor(r["train_loss"])) for r in rows)
+    assert rows[-1]["cost"] > 0
