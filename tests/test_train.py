@@ -89,3 +89,24 @@ def test_refuses_to_overwrite_a_run(tmp_path):
 def test_bad_config_is_refused(bad):
     with pytest.raises(ValueError):
         TrainConfig.from_dict({**FAST, **bad})
+
+
+def test_a_huge_epochs_starts_its_first_epoch_at_once(tmp_path):
+    """A run's length costs nothing up front (costs are counted as the updates happen):
+    --epochs 10**9 reaches the end of its first epoch quickly and in little memory."""
+    import time
+    import tracemalloc
+
+    settings = {**FAST, "method": "er", "method_params": {"eps": 0.5, "S": 0}}
+    train(TrainConfig.from_dict({**settings, "epochs": 1}), tmp_path / "warm", log=quiet)
+    cfg = TrainConfig.from_dict({**settings, "epochs": 10**9})  # 5 * 10**9 updates
+    tracemalloc.start()  # (after the warm-up: imports are not the run's)
+    t0 = time.perf_counter()
+    try:
+        train(cfg, tmp_path / "run", stop_after=1, log=quiet)
+        seconds, peak = time.perf_counter() - t0, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert seconds < 15 and peak < 20e6, (seconds, peak)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert [r["epoch"] for r in rows] == [1] and rows[0]["cost"] > 0
