@@ -75,6 +75,7 @@ def train(
         if dist.is_main:
             _save(run, cfg, built, result)
             run.finish(cfg.keep_checkpoint)
+            log(f"weights: state_dict_sha256 {run.read_meta()['state_dict_sha256']}")
     return run.model_file()
 
 
