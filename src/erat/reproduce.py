@@ -12,11 +12,15 @@ resumes from its checkpoint, a finished evaluation is read back from its JSON wh
 computed on the same weights with the same settings. A run folder that holds another
 configuration is refused, never reused. ``report_only`` (``--report-only``) writes the report
 of what is finished and computes nothing: the runs not trained or evaluated yet are listed
-as left out.
+as left out, and with nothing finished it writes nothing (``UserError``). Each run prints
+one line, ``[k/N name]`` with its figures, the time elapsed and about how long the rest
+takes.
 
 The report folder holds ``results.csv`` (one row per run: ``method``, ``dataset``,
-``clean_acc``, one column per robust-accuracy key, cost), ``results.md`` (the same as a
-Markdown table, the commands and the versions), ``runs/<name>/`` and the plots.
+``clean_acc``, one column per robust-accuracy key, cost, ...), ``results.md`` (the short
+table under human column names that is also printed, every column that holds a value, the
+commands and the versions), ``runs/<name>/`` and the plots (the loss landscape: one run per
+method).
 """
 
 from __future__ import annotations
