@@ -5,7 +5,9 @@ whether any earlier result was lost or changed.
     python experiments/reliability_cases.py            # about two minutes on a CPU
 
 Run as root on Linux, it also mounts a 300 KB tmpfs (a full disk) and a read-only bind mount
-(a read-only run folder); otherwise those two rows say they were skipped.
+(a read-only run folder), otherwise those two rows say they were skipped; the output paths
+where no file can be created are under /sys as root (os.access says yes there), else in a
+read-only folder.
 """
 
 from __future__ import annotations
@@ -94,12 +96,106 @@ def main() -> None:
     case("`report` of an eval.json without robust_acc", ["report", str(run), "--out",
                                                          str(root / "rep")], run)
     case("`report --out` naming a file", ["report", str(run), "--out", str(f)], run)
+    _outputs(root, run)
+    _console(root, run)
     _mounted(root, run)
     _interrupted(root)
     print("| case | exit | message | earlier results lost |")
     print("|---|---|---|---|")
     for name, code, msg, lost in ROWS:
         print(f"| {name} | {code} | {msg.replace('|', '/')} | {lost} |")
+
+
+def _unwritable(root: Path) -> Path:
+    """A folder where no file can be created: a read-only folder, or for root (whom the
+    permission bits do not stop) /sys, where os.access says yes and a write fails."""
+    folder = root / "ro-bits"
+    folder.mkdir()
+    folder.chmod(0o555)
+    return Path("/sys") if os.geteuid() == 0 else folder
+
+
+def _outputs(root: Path, run: Path) -> None:
+    """Every command's output path in a folder where no file can be created: refused in one
+    line before the work (eval's attacks, the suite's training)."""
+    ro = _unwritable(root)
+    (run / "eval.json").unlink(missing_ok=True)
+    for label, args in [
+        ("`eval --json` where no file can be created", ["eval", str(run), "--json",
+                                                         str(ro / "e.json")]),
+        ("`energy --json` there", ["energy", str(run), "--eps", "1", "--json",
+                                   str(ro / "e.json")]),
+        ("`bench --json` there", ["bench", "--json", str(ro / "b.json")]),
+        ("`train --out` there", [*TRAIN, "--out", str(ro / "new")]),
+        ("`report --out` there", ["report", str(run), "--out", str(ro / "rep")]),
+        ("`reproduce --out` there", ["reproduce", "digits", "--out", str(ro / "rep")]),
+    ]:
+        t0 = time.perf_counter()
+        case(label, args, run)
+        name, code, msg, lost = ROWS[-1]
+        ROWS[-1] = (f"{name} (refused after {time.perf_counter() - t0:.1f} s)", code, msg, lost)
+
+
+def _console(root: Path, run: Path) -> None:
+    """The console cases: a report of nothing, another test set, a failed check, a huge
+    --epochs, a resumed run against an uninterrupted one."""
+    case("`reproduce --report-only` with nothing finished", ["reproduce", "digits", "--out",
+                                                             str(root / "empty"),
+                                                             "--report-only"])
+    ROWS[-1] = (*ROWS[-1][:3], "none; files written: " + (
+        ", ".join(p.name for p in (root / "empty").rglob("*")) if (root / "empty").exists()
+        else "none"))
+    _idx_folders(root)
+    mnist = [*TRAIN[:2], "mnist", *TRAIN[3:], "--batch-size", "16"]
+    assert erat(*mnist, "--epochs", "1", "--data-dir", str(root / "idx-a"), "--out",
+                str(root / "mn"))[0] == 0
+    case("`eval --data-dir` holding another test set", ["eval", str(root / "mn"), "--data-dir",
+                                                        str(root / "idx-b")], root / "mn")
+    import torch
+
+    masked = root / "masked"
+    assert erat(*TRAIN, "--epochs", "1", "--out", str(masked))[0] == 0
+    blob = torch.load(masked / "model.pt", weights_only=True)
+    blob["state_dict"]["net.1.weight"].zero_()  # no input gradient: a masked model
+    torch.save(blob, masked / "model.pt")
+    case("`eval` of a model with vanishing gradients (a failed check)",
+         ["eval", str(masked), "--n", "40", "--steps", "2", "--json", str(root / "m.json")])
+    ROWS[-1] = (*ROWS[-1][:3], "none; result written: " + str((root / "m.json").exists()))
+    t0 = time.perf_counter()
+    case("`--epochs 1000000000 --stop-after 1`", [*TRAIN, "--epochs", "1000000000",
+                                                   "--stop-after", "1", "--out",
+                                                   str(root / "huge")])
+    ROWS[-1] = (f"{ROWS[-1][0]} ({time.perf_counter() - t0:.1f} s in all)", *ROWS[-1][1:3],
+                f"none; .lock left: {(root / 'huge' / '.lock').exists()}")
+    hashes = []
+    for name, steps in (("whole", [[]]), ("parts", [["--stop-after", "1"], ["--resume"]])):
+        for extra in steps:
+            code, msg = erat(*TRAIN, "--epochs", "2", *extra, "--out", str(root / name))
+            assert code == 0, msg
+        hashes.append(torch.load(root / name / "model.pt", weights_only=True)["meta"]
+                      ["state_dict_sha256"])
+    same = (root / "whole" / "model.pt").read_bytes() == (root / "parts" / "model.pt"
+                                                          ).read_bytes()
+    ROWS.append(("2 epochs, against 1 + `--resume`", 0, f"state_dict_sha256 equal: "
+                 f"{hashes[0] == hashes[1]}; model.pt bytes equal: {same} (train_seconds)",
+                 "-"))
+
+
+def _idx_folders(root: Path) -> None:
+    """Two MNIST-format folders with the same training set and different test images."""
+    import struct
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, (64, 28, 28), dtype=np.uint8), np.arange(64, dtype=np.uint8) % 10
+    for name in ("idx-a", "idx-b"):
+        (root / name).mkdir()
+        test = rng.integers(0, 256, (20, 28, 28), dtype=np.uint8)
+        for prefix, images, labels in (("train", x, y), ("t10k", test, y[:20])):
+            for kind, a in (("images-idx3", images), ("labels-idx1", labels)):
+                head = bytes([0, 0, 8, a.ndim]) + struct.pack(f">{a.ndim}I", *a.shape)
+                (root / name / f"{prefix}-{kind}-ubyte").write_bytes(head + a.tobytes())
 
 
 def _locked(root: Path) -> list[str]:
@@ -150,6 +246,16 @@ def _interrupted(root: Path) -> None:
     temps = [p.name for p in out.iterdir() if p.name.startswith(".")]
     ROWS.append(("Ctrl-C while training (checkpoints every epoch)", proc.returncode,
                  err.strip().splitlines()[-1], f"none; temporaries left: {temps or 'none'}"))
+    term = root / "term"
+    proc = subprocess.Popen([*ERAT, *TRAIN, "--epochs", "500", "--out", str(term)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    while not (term / "metrics.jsonl").exists():
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate()
+    ROWS.append(("SIGTERM while training", proc.returncode, err.strip().splitlines()[-1],
+                 f"none; .lock left: {(term / '.lock').exists()}"))
     proc = subprocess.Popen([*ERAT, *TRAIN, "--epochs", "500", "--resume", "--out", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     time.sleep(6)

@@ -176,3 +176,52 @@ def test_every_help_shows_the_true_defaults_once():
                     name == "train" and action.dest not in train_defaults):
                 assert re.search(rf"\(default: {re.escape(str(true))}[);]", text), \
                     (name, action.dest, text)
+
+
+def test_a_failed_sanity_check_exits_3_after_writing_the_result(tmp_path, capsys):
+    """A model whose first layer is zero has no input gradient (a masked gradient): the
+    checks fail, the result is written and printed anyway, and the exit code says so."""
+    import torch
+
+    out = tmp_path / "run"
+    assert main([*TRAIN, "--out", str(out)]) == 0
+    blob = torch.load(out / "model.pt", weights_only=True)
+    blob["state_dict"]["net.1.weight"].zero_()
+    torch.save(blob, out / "model.pt")
+    code, text, err = run(["eval", out, "--n", "40", "--steps", "2", "--json",
+                           tmp_path / "e.json"], capsys)
+    result = json.loads((tmp_path / "e.json").read_text())
+    assert code == 3 and result["checks_failed"] >= 1
+    assert "! input_gradients" in text and "erat: warning: evaluation check" in err
+
+
+def _idx(folder, prefix, x, y):
+    import struct
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for kind, a in (("images-idx3", x), ("labels-idx1", y)):
+        head = bytes([0, 0, 8, a.ndim]) + struct.pack(f">{a.ndim}I", *a.shape)
+        (folder / f"{prefix}-{kind}-ubyte").write_bytes(head + a.tobytes())
+
+
+def test_eval_refuses_a_test_set_other_than_the_training_one(tmp_path, capsys):
+    """Two MNIST-format folders that differ in their test images: a run trained beside one
+    is not evaluated on the other (model.pt records the test set's SHA-256)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, (64, 28, 28), dtype=np.uint8), np.arange(64, dtype=np.uint8) % 10
+    for name in ("a", "b"):
+        _idx(tmp_path / name, "train", x, y)
+        _idx(tmp_path / name, "t10k", rng.integers(0, 256, (20, 28, 28), dtype=np.uint8),
+             y[:20])
+    out = tmp_path / "run"
+    assert main([*TRAIN, "--dataset", "mnist", "--data-dir", str(tmp_path / "a"),
+                 "--model-kwargs", '{"hidden": [8]}', "--batch-size", "16",
+                 "--epoch-updates", "2", "--out", str(out)]) == 0
+    code, _, err = run(["eval", out, "--data-dir", tmp_path / "b", "--steps", "1",
+                        "--no-checks"], capsys)
+    assert code == 2 and err.startswith("erat: error: the mnist test set in") and \
+        err.count("\n") == 1 and "not the one" in err
+    code, _, err = run(["eval", out, "--steps", "1", "--no-checks"], capsys)
+    assert code == 0, err  # its own test set (the run's --data-dir)

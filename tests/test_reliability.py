@@ -195,13 +195,69 @@ def test_out_that_is_a_file(tmp_path, capsys, where, message):
     assert code == 2 and one_line(err) and message in err
 
 
-def test_read_only_out(tmp_path, capsys, monkeypatch):
-    real = os.access
-    monkeypatch.setattr(os, "access", lambda p, mode: False if str(p).startswith(
-        str(tmp_path / "ro")) else real(p, mode))
-    (tmp_path / "ro").mkdir()
-    code, _, err = run([*TRAIN, "--out", tmp_path / "ro" / "run"], capsys)
-    assert code == 1 and one_line(err) and "read-only" in err
+@pytest.fixture
+def unwritable(tmp_path):
+    """A folder where no file can be created: a read-only folder, or for root (whom the
+    permission bits do not stop) /sys, where os.access says yes and a write fails."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        (folder / "x").touch()
+    except OSError:
+        yield folder
+    else:
+        (folder / "x").unlink()
+        sys_dir = Path("/sys")
+        if not (sys_dir.is_dir() and os.access(sys_dir, os.W_OK)):
+            pytest.skip("no folder here refuses root's writes")
+        yield sys_dir
+    finally:
+        folder.chmod(0o755)
+
+
+def test_read_only_out(unwritable, capsys):
+    code, _, err = run([*TRAIN, "--out", unwritable / "run"], capsys)
+    assert code == 1 and one_line(err) and "cannot write into --out" in err
+
+
+def _boom(*_, **__):
+    raise AssertionError("work started before the output path was checked")
+
+
+@pytest.mark.parametrize("command, work", [
+    ("train", "erat.train._run"),
+    ("eval", "erat.assess.run_inputs"),
+    ("energy", "erat.assess.run_inputs"),
+    ("bench", "erat.bench.run_bench"),
+    ("report", "erat.report.read_results"),
+    ("reproduce", "erat.reproduce.run_one"),
+])
+def test_every_output_path_is_checked_before_any_work(finished, unwritable, capsys,
+                                                        monkeypatch, command, work):
+    """Each command's output (--out, --json) in a folder where no file can be created is
+    refused in one line before the command's work starts (the work is replaced by a failure),
+    and the check creates no folder."""
+    module, name = work.rsplit(".", 1)
+    monkeypatch.setattr(__import__(module, fromlist=[name]), name, _boom)
+    target = unwritable / "new" / "out.json"
+    args = {"train": [*TRAIN, "--out", unwritable / "new"],
+            "eval": ["eval", finished, "--n", "20", "--json", target],
+            "energy": ["energy", finished, "--eps", "0.5", "--json", target],
+            "bench": ["bench", "--no-attacks", "--json", target],
+            "report": ["report", finished, "--out", unwritable / "new"],
+            "reproduce": ["reproduce", "digits", "--out", unwritable / "new"]}[command]
+    code, _, err = run(args, capsys)
+    assert code == 1 and one_line(err) and str(unwritable / "new") in err, err
+    assert not (unwritable / "new").exists()
+
+
+def test_the_output_check_creates_nothing(tmp_path):
+    from erat.files import check_writable_dir, check_writable_file
+
+    check_writable_file(tmp_path / "a" / "b" / "e.json", "--json")
+    check_writable_dir(tmp_path / "c", "--out")
+    assert not list(tmp_path.iterdir())
 
 
 def test_disk_full_during_a_checkpoint(tmp_path, capsys, monkeypatch):

@@ -114,3 +114,18 @@ def test_frontier_draws_the_best_on_validation_of_a_family_at_each_budget(tmp_pa
     assert points == {"er": [(4.0, 0.58, 0.79), (7.99, 0.59, 0.80)],
                       "pgd-at": [(8.0, 0.61, 0.81)]}
     assert (tmp_path / "f.png") in frontier(rows, tmp_path / "f", robust="rob")
+
+
+def test_short_tables_name_their_columns_for_people_and_drop_empty_ones():
+    from erat.report import column_name, readable_columns
+
+    rows = [{"name": "er", "method": "er", "dataset": "digits", "labels": "", "clean_acc": 0.9,
+             "clean_err": 0.1, "pgd-l2-eps0.5": 0.7, "last_pgd-l2-eps0.5": 0.6, "aa_n": 500,
+             "aa_all-linf-eps0.1": 0.5, "cost_erm_epochs": 30.0, "energy_mean": None,
+             "train_s_per_epoch": 0.3, "checks_failed": 0}]
+    keys, names = readable_columns(rows)
+    assert names == ["run", "method", "clean", "PGD-l2 0.5", "PGD+AutoAttack-l-inf 0.1 (500)",
+                     "s/epoch", "failed checks"]
+    assert keys[:3] == ["name", "method", "clean_acc"] and "energy_mean" not in keys
+    assert column_name("pgd+autoattack-l2-eps1.5") == "PGD+AutoAttack-l2 1.5"
+    assert column_name("cost_erm_epochs") is None  # left to the CSV

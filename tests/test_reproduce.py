@@ -7,6 +7,7 @@ import csv
 import pytest
 
 from erat.cli import main
+from erat.errors import UserError
 from erat.reproduce import load_suite, reproduce
 
 SUITE = """
@@ -31,14 +32,23 @@ def suite_file(tmp_path):
 
 def test_suite_runs_reports_and_resumes(suite_file, tmp_path):
     out = tmp_path / "report"
-    rows = reproduce(str(suite_file), out, log=lambda *_: None)
+    lines: list[str] = []
+    rows = reproduce(str(suite_file), out, log=lines.append)
     assert [r["name"] for r in rows] == ["erm", "er"]
     with open(out / "results.csv") as f:
         table = list(csv.DictReader(f))
-    assert {"method", "dataset", "clean_acc", "pgd-l2-eps0.25", "pgd-l2-eps0.5"} <= set(table[0])
+    assert {"method", "dataset", "clean_acc", "pgd-l2-eps0.25", "pgd-l2-eps0.5",
+            "cost_erm_epochs", "train_seconds", "at_term_mean"} <= set(table[0])  # complete
     assert "energy_mean" in table[1] and table[0].get("energy_mean", "") == ""
+    assert "labels" not in table[0]  # a supervised suite has no labels column
     text = (out / "results.md").read_text()
     assert "erat train" in text and "--method er" in text and "torch" in text
+    short = "| run | method | clean | PGD-l2 0.25 | PGD-l2 0.5 | energy | s/epoch | failed checks |"
+    assert text.count(short) == 1 and lines[-1].startswith(short)  # printed and in results.md
+    assert "| labels" not in text and " , " not in "".join(lines) and ",," not in "".join(lines)
+    progress = [line for line in lines if line.startswith("[1/2 erm] ")]
+    assert len(progress) == 1 and "elapsed, about " in progress[0] and " left)" in progress[0]
+    assert "clean " in progress[0] and "PGD-l2 0.5 " in progress[0]
     for name in ("accuracy_vs_radius.png", "landscape.png"):
         assert (out / name).stat().st_size > 0
     model = out / "runs" / "er" / "model.pt"
@@ -97,8 +107,11 @@ def test_report_only_reports_what_is_finished_and_computes_nothing(suite_file, t
     reproduce(str(suite_file), out, only=["erm"], log=lambda *_: None)
     (out / "runs" / "erm" / "eval.json").rename(out / "runs" / "erm" / "kept.json")
     lines: list[str] = []
-    assert reproduce(str(suite_file), out, report_only=True, log=lines.append) == []
+    before = {p: p.stat().st_mtime_ns for p in out.iterdir()}
+    with pytest.raises(UserError, match="no run of suite 'tiny' is finished"):
+        reproduce(str(suite_file), out, report_only=True, log=lines.append)
     assert not (out / "runs" / "erm" / "eval.json").exists()  # nothing evaluated
+    assert {p: p.stat().st_mtime_ns for p in out.iterdir()} == before  # nor written
     (out / "runs" / "erm" / "kept.json").rename(out / "runs" / "erm" / "eval.json")
     rows = reproduce(str(suite_file), out, report_only=True, log=lines.append)
     assert [r["name"] for r in rows] == ["erm"]
@@ -120,3 +133,29 @@ def test_eval_at_the_training_radius():
     assert _radii({"eps": [0.5]}, cfg) == {"eps": [0.5]}
     with pytest.raises(UserError, match="eps: train"):
         _radii({"eps": "train"}, resolve([({"method": "erm"}, "test")]))
+
+
+def test_report_only_of_an_empty_folder_is_one_line_and_writes_nothing(suite_file, tmp_path,
+                                                                        capsys):
+    out = tmp_path / "empty"
+    assert main(["reproduce", str(suite_file), "--out", str(out), "--report-only"]) == 2
+    got = capsys.readouterr()
+    assert got.out == "" and got.err.count("\n") == 1
+    assert "no run of suite 'tiny' is finished" in got.err and "no report written" in got.err
+    assert not out.exists()
+
+
+def test_the_landscape_draws_every_method_and_names_the_runs_left_out(tmp_path, monkeypatch):
+    import erat.report
+
+    drawn = []
+    monkeypatch.setattr(erat.report, "landscape", lambda models, *a, **k: drawn.append(
+        list(models)))
+    path = tmp_path / "s.yaml"
+    path.write_text(SUITE.replace("  - {name: er, method: er, eps: 0.5, energy",
+                                  "  - {name: er2, method: er, eps: 0.5, seed: 1}\n"
+                                  "  - {name: er, method: er, eps: 0.5, energy"))
+    lines: list[str] = []
+    reproduce(str(path), tmp_path / "out", log=lines.append)
+    assert drawn == [["erm", "er2"]]
+    assert any(line.startswith("landscape: one run per method; left out er ") for line in lines)

@@ -9,6 +9,7 @@ import torch
 
 import erat
 from erat.config import TrainConfig
+from erat.files import tensor_sha256
 from erat.train import train
 
 FAST = dict(
@@ -55,10 +56,15 @@ def test_resume_gives_the_same_weights(tmp_path):
     train(cfg, tmp_path / "part", stop_after=2, log=quiet)
     assert not (tmp_path / "part" / "model.pt").exists()
     resumed = train(cfg, tmp_path / "part", resume=True, log=quiet)
-    a = torch.load(full, weights_only=True)["state_dict"]
-    b = torch.load(resumed, weights_only=True)["state_dict"]
-    assert a.keys() == b.keys()
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    a, b = torch.load(full, weights_only=True), torch.load(resumed, weights_only=True)
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    # the file's bytes differ (train_seconds); the weights' hash is how to compare two runs
+    assert a["meta"]["state_dict_sha256"] == b["meta"]["state_dict_sha256"]
+    assert a["meta"]["state_dict_sha256"] == tensor_sha256(list(a["state_dict"].values()))
+    other = train(TrainConfig.from_dict({**FAST, "seed": 4}), tmp_path / "other", log=quiet)
+    assert torch.load(other, weights_only=True)["meta"]["state_dict_sha256"] != \
+        a["meta"]["state_dict_sha256"]
     lines = (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3, 4]
 
@@ -89,3 +95,24 @@ def test_refuses_to_overwrite_a_run(tmp_path):
 def test_bad_config_is_refused(bad):
     with pytest.raises(ValueError):
         TrainConfig.from_dict({**FAST, **bad})
+
+
+def test_a_huge_epochs_starts_its_first_epoch_at_once(tmp_path):
+    """A run's length costs nothing up front (costs are counted as the updates happen):
+    --epochs 10**9 reaches the end of its first epoch quickly and in little memory."""
+    import time
+    import tracemalloc
+
+    settings = {**FAST, "method": "er", "method_params": {"eps": 0.5, "S": 0}}
+    train(TrainConfig.from_dict({**settings, "epochs": 1}), tmp_path / "warm", log=quiet)
+    cfg = TrainConfig.from_dict({**settings, "epochs": 10**9})  # 5 * 10**9 updates
+    tracemalloc.start()  # (after the warm-up: imports are not the run's)
+    t0 = time.perf_counter()
+    try:
+        train(cfg, tmp_path / "run", stop_after=1, log=quiet)
+        seconds, peak = time.perf_counter() - t0, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert seconds < 15 and peak < 20e6, (seconds, peak)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert [r["epoch"] for r in rows] == [1] and rows[0]["cost"] > 0

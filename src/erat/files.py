@@ -10,6 +10,7 @@ temporaries a killed process left behind. An ``OSError`` becomes one line naming
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -180,14 +181,12 @@ def tensor_sha256(tensors: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> str
 
 def check_writable_file(path: Path, flag: str) -> None:
     """Refuse an output file that cannot be written, before any work is done: a folder in
-    its place, a parent that is a file, or a read-only folder."""
+    its place, a parent that is a file, or a folder where no file can be created (probed,
+    :func:`probe_folder`)."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{flag} {path} is a folder; give a file name")
-    parent = _existing_folder(path.parent, path, flag)
-    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise os_problem(PermissionError(13, "permission denied (read-only?)"),
-                         f"write {flag} {path}")
+    probe_folder(_existing_folder(path.parent, path, flag), f"write {flag} {path}")
 
 
 def check_writable_dir(path: Path, flag: str) -> None:
@@ -195,10 +194,21 @@ def check_writable_dir(path: Path, flag: str) -> None:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise UserError(f"{flag} {path} is a file, not a folder")
-    parent = _existing_folder(path, path, flag)
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise os_problem(PermissionError(13, "permission denied (read-only?)"),
-                         f"write into {flag} {path}")
+    probe_folder(_existing_folder(path, path, flag), f"write into {flag} {path}")
+
+
+def probe_folder(folder: Path, what: str) -> None:
+    """Create and remove an empty temporary file in ``folder`` (which exists; no folder is
+    created): the test that files can be written there. Permission bits and ``os.access``
+    can say yes where a write fails (as root: ``/sys``, ``/proc``, some network mounts)."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".erat-probe.", dir=folder)
+    except OSError as err:
+        if err.errno == errno.ENOENT:  # e.g. /proc: no file can be created there
+            err = PermissionError(errno.EACCES, "no file can be created there")
+        raise os_problem(err, what) from err
+    os.close(fd)
+    Path(tmp).unlink(missing_ok=True)
 
 
 def _existing_folder(start: Path, path: Path, flag: str) -> Path:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -228,12 +229,52 @@ def _cell(v, float_fmt: str) -> str:
 
 
 def results_table(rows: Sequence[Mapping], columns: Sequence[str], *,
-                  float_fmt: str = "{:.4f}") -> str:
-    """A Markdown table: a header row of ``columns``, then one line per row (missing -> empty)."""
-    lines = ["| " + " | ".join(_cell(c, float_fmt) for c in columns) + " |",
+                  float_fmt: str = "{:.4f}", headers: Sequence[str] | None = None) -> str:
+    """A Markdown table: a header row (``headers``, default ``columns``), then one line per
+    row (missing -> empty)."""
+    lines = ["| " + " | ".join(_cell(c, float_fmt) for c in headers or columns) + " |",
              "|" + "|".join("---" for _ in columns) + "|"]
     lines += ["| " + " | ".join(_cell(r.get(c), float_fmt) for c in columns) + " |" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+_ATTACK_NAMES = {"pgd": "PGD", "fgsm": "FGSM", "autoattack": "AutoAttack",
+                 "square": "Square", "all": "PGD+AutoAttack"}
+_ROBUST_KEY = re.compile(r"^(aa_)?([a-z0-9+]+)-(l2|linf)-eps([0-9.e+-]+)$")
+# the columns of a short table: these first, the robust accuracies, then those after
+_FIRST = {"name": "run", "run": "run", "method": "method", "budget": "budget",
+          "radius": "radius", "clean_acc": "clean"}
+_LAST = {"val_robust_acc": "val. robust", "energy_mean": "energy",
+         "train_s_per_epoch": "s/epoch", "checks_failed": "failed checks",
+         "catastrophic_overfitting_epoch": "overfitting at epoch"}
+
+
+def column_name(key: str, rows: Sequence[Mapping] = ()) -> str | None:
+    """The human name of a result column (``pgd-l2-eps0.5`` -> ``PGD-l2 0.5``; AutoAttack
+    on the first ``aa_n`` examples: ``AutoAttack-l2 1.5 (500)``), None for a column that
+    short tables leave to the CSV."""
+    if key in _FIRST or key in _LAST:
+        return {**_FIRST, **_LAST}[key]
+    m = _ROBUST_KEY.match(key)
+    if m is None:
+        return None
+    attack = "+".join(_ATTACK_NAMES.get(a, a) for a in m[2].split("+"))
+    norm = "l-inf" if m[3] == "linf" else m[3]
+    subset = sorted({r["aa_n"] for r in rows if r.get(key) is not None and "aa_n" in r})
+    return f"{attack}-{norm} {m[4]}" + (f" ({', '.join(map(str, subset))})"
+                                         if m[1] and subset else "")
+
+
+def readable_columns(rows: Sequence[Mapping]) -> tuple[list[str], list[str]]:
+    """The columns of a short table of ``rows`` and their human names: the run, its method,
+    clean and robust accuracies, energy, time per epoch, failed checks; columns empty in
+    every row are left out."""
+    present = [k for k in dict.fromkeys(k for r in rows for k in r)
+               if any(r.get(k) not in (None, "") for r in rows)]
+    first = [k for k in _FIRST if k in present and not (k == "run" and "name" in present)]
+    robust = [k for k in present if _ROBUST_KEY.match(k)]
+    keys = first + robust + [k for k in _LAST if k in present]
+    return keys, [column_name(k, rows) for k in keys]
 
 
 def write_csv(rows: Sequence[Mapping], path: Path, columns: Sequence[str] | None = None) -> Path:
@@ -296,8 +337,9 @@ def _training_notes(run: Path) -> dict:
 def report_runs(runs: Sequence[Path], out: Path, *, eval_name: str = "eval.json",
                 landscape_eps: float | None = None, index: int = 0,
                 log=print) -> list[dict]:
-    """``erat report``: the table (CSV, Markdown) and the accuracy-radius plot of evaluated
-    run folders, and optionally the loss landscape of test image ``index``."""
+    """``erat report``: the table (CSV, Markdown: every column) and the accuracy-radius plot
+    of evaluated run folders, and optionally the loss landscape of test image ``index``; the
+    short table (:func:`readable_columns`) is printed."""
     from erat.datasets import load_dataset, recorded_options
     from erat.rundir import RunDir
 
@@ -324,5 +366,6 @@ def report_runs(runs: Sequence[Path], out: Path, *, eval_name: str = "eval.json"
             raise UserError(f"--index must be in 0..{len(x) - 1}, got {index}")
         landscape({Path(r).name: RunDir(r).load_model() for r in runs}, x[index:index + 1],
                   y[index:index + 1], eps=landscape_eps, out=out / "landscape")
-    log(results_table(rows, columns))
+    keys, names = readable_columns(rows)
+    log(results_table(rows, keys, headers=names, float_fmt="{:.3f}"))
     return rows

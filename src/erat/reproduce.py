@@ -12,11 +12,15 @@ resumes from its checkpoint, a finished evaluation is read back from its JSON wh
 computed on the same weights with the same settings. A run folder that holds another
 configuration is refused, never reused. ``report_only`` (``--report-only``) writes the report
 of what is finished and computes nothing: the runs not trained or evaluated yet are listed
-as left out.
+as left out, and with nothing finished it writes nothing (``UserError``). Each run prints
+one line, ``[k/N name]`` with its figures, the time elapsed and about how long the rest
+takes.
 
 The report folder holds ``results.csv`` (one row per run: ``method``, ``dataset``,
-``clean_acc``, one column per robust-accuracy key, cost), ``results.md`` (the same as a
-Markdown table, the commands and the versions), ``runs/<name>/`` and the plots.
+``clean_acc``, one column per robust-accuracy key, cost, ...), ``results.md`` (the short
+table under human column names that is also printed, every column that holds a value, the
+commands and the versions), ``runs/<name>/`` and the plots (the loss landscape: one run per
+method).
 """
 
 from __future__ import annotations
@@ -72,12 +76,20 @@ def reproduce(
     cfgs = [run_config(suite, r, overrides or {}) for r in runs]
     _check_eval_settings(suite, runs)
     rows, results, commands, test, left_out = [], {}, [], None, []
+    clock = SuiteClock(len(runs), timed=not report_only)
+    said: list[str] = []  # run_one logs only when it trains or evaluates
+
+    def noted(line: str) -> None:
+        said.append(line)
+        log(line)
+
     for run, cfg in zip(runs, cfgs, strict=True):
         folder = RunDir(out / "runs" / run["name"])
         commands.append(command(cfg, folder.path))
-        t0 = time.perf_counter()
+        said.clear()
+        clock.start()
         try:
-            row, result, data = run_one(suite, run, cfg, folder, log, report_only)
+            row, result, data = run_one(suite, run, cfg, folder, noted, report_only)
         except NotReady as why:
             left_out.append(f"{run['name']} ({why})")
             continue
@@ -85,9 +97,10 @@ def reproduce(
         rows.append(row)
         if result is not None:
             results[run["name"]] = result
-        shown = {k: v for k, v in row.items() if k not in ("name", "method", "dataset")}
-        log(f"[{run['name']}] " + ", ".join(f"{k} {_fmt(v)}" for k, v in shown.items())
-            + f" ({time.perf_counter() - t0:.0f} s)")
+        log(clock.line(run["name"], bool(said), summary(row)))
+    if not rows:
+        raise UserError(f"no run of suite {suite['suite']!r} is finished in {out} yet "
+                        f"({', '.join(left_out)}); no report written")
     if suite.get("autoattack") and only:
         log("AutoAttack stage skipped: it picks the best run of each group over the whole "
             "suite (run without --only)")
@@ -103,7 +116,51 @@ def reproduce(
 
 
 def _fmt(v: Any) -> str:
-    return f"{v:.4f}" if isinstance(v, float) else str(v)
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def summary(row: dict[str, Any]) -> str:
+    """A run's figures in one line: the columns of the short table after its name."""
+    from erat.report import readable_columns
+
+    keys, names = readable_columns([row])
+    return ", ".join(f"{n} {_fmt(row[k])}" for k, n in zip(keys, names, strict=True)
+                     if k != "name")
+
+
+class SuiteClock:
+    """The line of each run of a suite: ``[k/N name]``, its figures, the time it took, the
+    time elapsed and, from the runs that trained or evaluated so far, about how long the
+    rest will take."""
+
+    def __init__(self, total: int, timed: bool = True) -> None:
+        self.total, self.k, self.worked, self.timed = total, 0, [], timed
+        self.t0 = self.began = time.perf_counter()
+
+    def start(self) -> None:
+        """The next run begins (a run left out counts too)."""
+        self.k, self.began = self.k + 1, time.perf_counter()
+
+    def line(self, name: str, worked: bool, text: str) -> str:
+        now = time.perf_counter()
+        if worked:
+            self.worked.append(now - self.began)
+        left = self.total - self.k
+        if not self.timed:
+            return f"[{self.k}/{self.total} {name}] {text}"
+        eta = (f", about {_duration(left * sum(self.worked) / len(self.worked))} left"
+               if self.worked and left else "")
+        return (f"[{self.k}/{self.total} {name}] {text} ({_duration(now - self.began)}; "
+                f"{_duration(now - self.t0)} elapsed{eta})")
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
 def _check_eval_settings(suite: dict[str, Any], runs: list[dict[str, Any]]) -> None:
@@ -191,7 +248,8 @@ def run_one(suite: dict[str, Any], run: dict[str, Any], cfg: TrainConfig, folder
                                          **res_last["robust_acc"]}}
     meta = folder.read_meta()
     row = {
-        "name": name, "method": cfg.method, "dataset": cfg.dataset, "labels": cfg.labels or "",
+        "name": name, "method": cfg.method, "dataset": cfg.dataset,
+        **({"labels": cfg.labels} if cfg.labels is not None else {}),
         **{k: run[k] for k in ("family", "radius") if k in run},
         **({"budget": cfg.fit.budget} if cfg.fit.budget is not None else {}),
         "clean_acc": result["clean_acc"], "clean_err": 1 - result["clean_acc"],
@@ -326,10 +384,13 @@ def write_report(suite: dict[str, Any], out: Path, rows: list[dict[str, Any]],
                  results: dict[str, dict], commands: list[str], test: tuple | None,
                  log: Callable[[str], None] = print, left_out: list[str] | None = None
                  ) -> None:
+    """``results.csv`` (every column), ``results.md`` (the short table with human column
+    names, then every column that holds a value), the plots; the short table is printed."""
     from erat import report
 
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    report.write_csv(rows, out / "results.csv")
+    columns = [k for k in dict.fromkeys(k for row in rows for k in row)
+               if any(row.get(k) not in (None, "") for row in rows)]
+    report.write_csv(rows, out / "results.csv", columns)
     ev = suite.get("eval") or {}
     label = resolve(ev.get("attack", "pgd"))[1][-1]
     if results:
@@ -337,13 +398,7 @@ def write_report(suite: dict[str, Any], out: Path, rows: list[dict[str, Any]],
                                   norm=ev.get("norm", "l2"))
     plots = suite.get("plots", {}) or {}
     if plots.get("landscape", True) and test is not None and results:
-        wanted = [n for n in ("erm", "at", "vat", "er") if n in results] or list(results)[:4]
-        index = int(plots.get("landscape_index", 0))
-        x, y = test
-        report.landscape(
-            {n: RunDir(out / "runs" / n).load_model() for n in wanted},
-            x[index : index + 1], y[index : index + 1],
-            eps=float(plots.get("landscape_eps", 1.0)), out=out / "landscape")
+        _landscape(out, rows, results, test, plots, log)
     for name, spec in ((suite.get("report") or {}).get("frontiers") or {}).items():
         try:
             report.frontier(rows, out / name, **spec)
@@ -352,12 +407,36 @@ def write_report(suite: dict[str, Any], out: Path, rows: list[dict[str, Any]],
     versions = {"erat": __version__, "torch": str(torch.__version__),
                 "python": sys.version.split()[0], "platform": platform.platform(),
                 "threads": torch.get_num_threads()}
+    keys, names = report.readable_columns(rows)
+    short = report.results_table(rows, keys, headers=names, float_fmt="{:.3f}")
     text = [f"# Suite `{suite['suite']}`", "", (suite.get("description") or "").strip(), "",
-            report.results_table(rows, columns), "",
+            short, "",
             *([f"Left out, not finished: {', '.join(left_out)}.", ""] if left_out else []),
-            "![accuracy vs radius](accuracy_vs_radius.png)", "", "## Commands", "", "```",
-            *commands, "```", "", "## Versions", "", "```", yaml.safe_dump(versions).strip(),
-            "```", ""]
+            "![accuracy vs radius](accuracy_vs_radius.png)", "",
+            "## Every column (also in results.csv)", "", report.results_table(rows, columns),
+            "", "## Commands", "", "```", *commands, "```", "", "## Versions", "", "```",
+            yaml.safe_dump(versions).strip(), "```", ""]
     atomic_write_text("\n".join(text), out / "results.md")
-    log(report.results_table(rows, [c for c in columns if c not in ("labels", "clean_err")],
-                             float_fmt="{:.3f}"))
+    log(short)
+
+
+def _landscape(out: Path, rows: list[dict[str, Any]], results: dict[str, dict], test: tuple,
+               plots: dict[str, Any], log: Callable[[str], None]) -> None:
+    """The loss landscape of one test image, one column per method (its first evaluated
+    run); the runs left out are named."""
+    from erat import report
+
+    first: dict[str, str] = {}
+    for row in rows:
+        if row["name"] in results:
+            first.setdefault(row["method"], row["name"])
+    drawn = list(first.values())
+    others = [n for n in results if n not in drawn]
+    if others:
+        log(f"landscape: one run per method; left out {', '.join(others)} (a run of the same "
+            "method is drawn)")
+    index = int(plots.get("landscape_index", 0))
+    x, y = test
+    report.landscape({n: RunDir(out / "runs" / n).load_model() for n in drawn},
+                     x[index : index + 1], y[index : index + 1],
+                     eps=float(plots.get("landscape_eps", 1.0)), out=out / "landscape")

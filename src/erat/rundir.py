@@ -53,6 +53,7 @@ from erat.files import (
     read_yaml,
     remove_temps,
     sha256,
+    tensor_sha256,
 )
 
 
@@ -224,17 +225,21 @@ class RunDir:
     def save_model(self, model: nn.Module | dict, *, dataset: str, model_name: str,
                    model_kwargs: dict, in_shape: tuple[int, ...], num_classes: int,
                    mean: tuple[float, ...], std: tuple[float, ...], method: dict,
-                   last: bool = False, **extra: Any) -> None:
+                   last: bool = False, **extra: Any) -> dict[str, Any]:
         """``model.pt`` (``model-last.pt`` when ``last``): the weights and the metadata that
         rebuilds the model (:meth:`load_model`) and says how it was trained (``extra``:
-        epochs, seed, labels, selected epoch, cost, ...)."""
+        epochs, seed, labels, selected epoch, cost, ...), with ``state_dict_sha256``, the
+        SHA-256 of the weights alone (the file's bytes also hold the training time), which
+        two runs share when their weights are equal. Returns the metadata."""
+        state = model if isinstance(model, dict) else _cpu_state(model)
         meta = {"erat_version": __version__, "dataset": dataset, "model": model_name,
                 "model_kwargs": model_kwargs, "in_shape": list(in_shape),
                 "num_classes": num_classes, "mean": list(mean), "std": list(std),
-                "method": method, **extra}
-        state = model if isinstance(model, dict) else _cpu_state(model)
+                "method": method, **extra,
+                "state_dict_sha256": tensor_sha256(list(state.values()))}
         atomic_save({"state_dict": state, "meta": meta},
                     self.path / (self.MODEL_LAST if last else self.MODEL))
+        return meta
 
     def model_file(self) -> Path:
         return self.path / self.MODEL

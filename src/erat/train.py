@@ -84,8 +84,9 @@ def train(
         if result.stopped:
             return run / RunDir.CHECKPOINT
         if dist.is_main:
-            _save(run, cfg, built, result)
+            digest = _save(run, cfg, built, result)
             run.finish(cfg.keep_checkpoint)
+            log(f"weights: state_dict_sha256 {digest}")
     return run.model_file()
 
 
@@ -189,7 +190,8 @@ def _split(cfg: TrainConfig, method: Method, x: Tensor, y: Tensor, run: RunDir |
     return FitData(x[labeled], y[labeled], xu, val)
 
 
-def _save(run: RunDir, cfg: TrainConfig, built: _Built, result: FitResult) -> None:
+def _save(run: RunDir, cfg: TrainConfig, built: _Built, result: FitResult) -> str:
+    """``model.pt`` (and ``model-last.pt``); returns ``model.pt``'s ``state_dict_sha256``."""
     info = built.info
     common = dict(dataset=cfg.dataset, model_name=cfg.model, model_kwargs=cfg.model_kwargs,
                   in_shape=info.shape, num_classes=info.num_classes, mean=info.mean,
@@ -200,9 +202,10 @@ def _save(run: RunDir, cfg: TrainConfig, built: _Built, result: FitResult) -> No
                   train_seconds=result.seconds, test_sha256=built.test_sha256)
     if info.details is not None:  # your own data: what erat eval re-reads
         common["data"] = info.details
-    run.save_model(result.model, selected_epoch=result.selected_epoch, **common)
+    meta = run.save_model(result.model, selected_epoch=result.selected_epoch, **common)
     if result.last_state is not None:
         run.save_model(result.last_state, selected_epoch=result.last_epoch, last=True, **common)
+    return meta["state_dict_sha256"]
 
 
 def _silent(*_: Any) -> None:
