@@ -233,28 +233,29 @@ def _mounted(root: Path, run: Path) -> None:
         subprocess.run(["umount", str(ro)], check=False)
 
 
-def _interrupted(root: Path) -> None:
-    out = root / "int"
+def _signal_after_first_epoch(out: Path, sig: int, wait: float = 0.0) -> tuple[int, str]:
+    """A training run sent ``sig`` once its first epoch is written: exit code, stderr."""
     proc = subprocess.Popen([*ERAT, *TRAIN, "--epochs", "500", "--out", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     while not (out / "metrics.jsonl").exists():
         time.sleep(0.1)
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
+    time.sleep(wait)
+    proc.send_signal(sig)
     _, err = proc.communicate()
+    return proc.returncode, err
+
+
+def _interrupted(root: Path) -> None:
+    out = root / "int"
+    code, err = _signal_after_first_epoch(out, signal.SIGINT, wait=0.5)
     temps = [p.name for p in out.iterdir() if p.name.startswith(".")]
-    ROWS.append(("Ctrl-C while training (checkpoints every epoch)", proc.returncode,
+    ROWS.append(("Ctrl-C while training (checkpoints every epoch)", code,
                  err.strip().splitlines()[-1], f"none; temporaries left: {temps or 'none'}"))
     term = root / "term"
-    proc = subprocess.Popen([*ERAT, *TRAIN, "--epochs", "500", "--out", str(term)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    while not (term / "metrics.jsonl").exists():
-        time.sleep(0.1)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate()
-    ROWS.append(("SIGTERM while training", proc.returncode, err.strip().splitlines()[-1],
+    code, err = _signal_after_first_epoch(term, signal.SIGTERM)
+    ROWS.append(("SIGTERM while training", code, err.strip().splitlines()[-1],
                  f"none; .lock left: {(term / '.lock').exists()}"))
     proc = subprocess.Popen([*ERAT, *TRAIN, "--epochs", "500", "--resume", "--out", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
