@@ -225,3 +225,21 @@ def test_eval_refuses_a_test_set_other_than_the_training_one(tmp_path, capsys):
         err.count("\n") == 1 and "not the one" in err
     code, _, err = run(["eval", out, "--steps", "1", "--no-checks"], capsys)
     assert code == 0, err  # its own test set (the run's --data-dir)
+
+
+def test_a_closed_pipe_ends_quietly(monkeypatch, capsys):
+    """``erat ... | head``: the reader leaving is no error (exit 141, as for SIGPIPE)."""
+    import os
+
+    import erat.cli
+
+    def closed(args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(erat.cli, "run_report", closed)
+    saved = os.dup(1)  # (main points a real stdout at /dev/null)
+    try:
+        assert main(["report", "x", "--out", "y"]) == 141
+    finally:
+        os.dup2(saved, 1)
+    assert capsys.readouterr().err == ""

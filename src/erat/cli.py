@@ -12,6 +12,7 @@ traceback. Only the parser of the command given is built, so ``erat --help`` imp
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -55,6 +56,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"erat: {'terminated' if isinstance(e, Terminated) else 'interrupted'}{hint}",
               file=sys.stderr)
         return 143 if isinstance(e, Terminated) else 130
+    except BrokenPipeError:  # `erat ... | head`: the reader left; stop quietly, as SIGPIPE would
+        with contextlib.suppress(OSError, ValueError):  # (no flush into the closed pipe)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except (UserError, EnvironmentProblem, OSError) as e:
         if debug:
             raise
