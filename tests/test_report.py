@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import pytest
 import torch
@@ -129,3 +130,19 @@ def test_short_tables_name_their_columns_for_people_and_drop_empty_ones():
     assert keys[:3] == ["name", "method", "clean_acc"] and "energy_mean" not in keys
     assert column_name("pgd+autoattack-l2-eps1.5") == "PGD+AutoAttack-l2 1.5"
     assert column_name("cost_erm_epochs") is None  # left to the CSV
+
+
+def test_report_refuses_two_run_folders_of_one_name_in_one_line(tmp_path, capsys):
+    """Rows are keyed by the folder's name: two folders named alike lost a row (and then,
+    beside the training notes, ended in a traceback); now one line, exit 2."""
+    from erat.cli import main
+
+    result = {"clean_acc": 0.9, "robust_acc": {"pgd-l2-eps0.5": 0.5},
+              "threat": {"attack": "pgd", "norm": "l2"}, "checks_failed": 0}
+    runs = [tmp_path / "a" / "run", tmp_path / "b" / "run"]
+    for run in runs:
+        run.mkdir(parents=True)
+        (run / "eval.json").write_text(json.dumps(result))
+    assert main(["report", *map(str, runs), "--out", str(tmp_path / "rep")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "two run folders are named 'run'" in err

@@ -319,7 +319,11 @@ def read_results(runs: Sequence[Path], eval_name: str = "eval.json") -> dict[str
                 or "clean_acc" not in res or "threat" not in res:
             raise UserError(f"{path} is not an erat evaluation result (no clean_acc, "
                             "robust_acc and threat)")
-        results[Path(run).name] = res
+        name = Path(run).name
+        if name in results:  # (the rows are keyed by name: one would replace the other)
+            raise UserError(f"two run folders are named {name!r} ({run} and an earlier "
+                            "one); a report names each run by its folder: rename one")
+        results[name] = res
     return results
 
 
