@@ -159,3 +159,24 @@ def test_the_landscape_draws_every_method_and_names_the_runs_left_out(tmp_path, 
     reproduce(str(path), tmp_path / "out", log=lines.append)
     assert drawn == [["erm", "er2"]]
     assert any(line.startswith("landscape: one run per method; left out er ") for line in lines)
+
+
+def test_the_recorded_command_parses_back_to_the_configuration(tmp_path):
+    """results.md's ``erat train`` line of a run: switches on by default (the fast path's,
+    augmentation) are written as ``--no-NAME``, not ``--fast-graph False``, which the parser
+    refuses; the line parses back to the same configuration."""
+    import shlex
+
+    from erat.cli import TRAIN_ONLY, build_parser
+    from erat.config import resolve
+    from erat.reproduce import command
+
+    cfg = resolve([({"dataset": "digits", "method": "er", "eps": 1.0, "epochs": 2,
+                     "fast_graph": False, "fast_bf16": False, "augment": False,
+                     "compile": True, "entmin": False, "S": None}, "test")])
+    line = command(cfg, tmp_path / "run")
+    assert "--no-fast-graph" in line and "False" not in line and "None" not in line
+    args = build_parser(["train"]).parse_args(shlex.split(line)[1:])
+    flags = {k: v for k, v in vars(args).items() if k not in TRAIN_ONLY}
+    assert resolve([(flags, "flags")]).to_dict() == {**cfg.to_dict(), "method_params":
+                                                     {"eps": 1.0}}

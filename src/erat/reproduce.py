@@ -364,13 +364,14 @@ def command(cfg: TrainConfig, folder: Path) -> str:
         if name == "epochs" and value is None:
             continue
         if name == "method_params":
-            parts += [_flag("--" + k.replace("_", "-"), v) for k, v in value.items()]
+            parts += [_flag("--" + k.replace("_", "-"), v) for k, v in value.items()
+                      if v is not None and v is not False]  # (a method's switches are off)
         elif name == "model_kwargs":
             import json
 
             parts.append(f"--model-kwargs '{json.dumps(value)}'")
-        elif name == "augment":
-            parts.append("--no-augment")
+        elif value is False and default[name] is True:  # on by default: offered as --no-NAME
+            parts.append("--no-" + name.replace("_", "-"))
         else:
             parts.append(_flag("--" + name.replace("_", "-"), value))
     return " ".join([*parts, f"--out {folder}"])
