@@ -280,6 +280,22 @@ def test_eval_a_torchscript_or_export_file(weights, net_module, capsys, kind):
         result["clean_acc"]
 
 
+def test_a_torchscript_file_is_attacked_eager_inside_its_wrapper(weights, net_module):
+    """The fast evaluation (CUDA graphs) leaves TorchScript out; the network comes wrapped in
+    ``Sequential(normalize, net)``, so the check looks inside (it looked at the wrapper only,
+    which is never a ScriptModule)."""
+    from erat.assess import scripted
+    from erat.external import ExternalOptions, open_external
+
+    path = net_module / "net.ts"
+    with pytest.warns(FutureWarning):
+        torch.jit.save(torch.jit.script(weights.eval()), path)
+    got = open_external(ExternalOptions(model=str(path), dataset="npz:data.npz"), n=None,
+                        data_dir=str(net_module), device=torch.device("cpu"))
+    assert not isinstance(got.model, torch.jit.ScriptModule) and scripted(got.model)
+    assert not scripted(weights)
+
+
 def test_normalize_and_input_range_keep_radii_in_pixel_space():
     mean, std = parse_normalize("0.4,0.5,0.6,0.2,0.25,0.5", 3)
     assert mean == (0.4, 0.5, 0.6) and std == (0.2, 0.25, 0.5)

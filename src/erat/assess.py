@@ -111,7 +111,13 @@ def evaluate_run(path: Path | None, cfg: EvalConfig, *, n: int | None, data_dir:
     return evaluate(got.model, got.x, got.y, cfg, n_total=got.n_total, progress=True,
                     state_path=state, extra_info=got.record,
                     fast=any(p.is_cuda for p in got.model.parameters())
-                    and not isinstance(got.model, torch.jit.ScriptModule))
+                    and not scripted(got.model))
+
+
+def scripted(model: nn.Module) -> bool:
+    """Whether a TorchScript module is part of ``model`` (an outside model's file, held in
+    erat's ``Sequential(normalize, net)``): such a model is attacked eager, not captured."""
+    return any(isinstance(m, torch.jit.ScriptModule) for m in model.modules())
 
 
 def format_result(result: dict[str, Any]) -> str:
