@@ -243,3 +243,28 @@ def test_a_closed_pipe_ends_quietly(monkeypatch, capsys):
     finally:
         os.dup2(saved, 1)
     assert capsys.readouterr().err == ""
+
+
+def test_a_closed_pipe_does_not_cost_the_json(digits_run, tmp_path, monkeypatch, capsys):
+    """``erat eval RUN --json F | head``: the reader may leave before the result is printed;
+    the file is written first, so the evaluation's work is kept."""
+    import builtins
+    import os
+    import sys
+
+    printed = builtins.print
+
+    def closed(*args, file=None, **kwargs):  # stdout is a closed pipe; stderr is not
+        if file is None or file is sys.stdout:
+            raise BrokenPipeError(32, "Broken pipe")
+        printed(*args, file=file, **kwargs)
+
+    monkeypatch.setattr(builtins, "print", closed)
+    saved = os.dup(1)  # (main points a real stdout at /dev/null)
+    try:
+        out = tmp_path / "eval.json"
+        assert main(["eval", str(digits_run), "--n", "20", "--steps", "1", "--no-checks",
+                     "--json", str(out)]) == 141
+    finally:
+        os.dup2(saved, 1)
+    assert json.loads(out.read_text())["threat"]["n"] == 20

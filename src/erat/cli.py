@@ -194,17 +194,21 @@ def run_eval(args: argparse.Namespace) -> int:
     result = evaluate_run(args.run_dir, cfg, n=args.n, data_dir=args.data_dir,
                           device=args.device, fresh=args.fresh, json_path=args.json,
                           external=_options(args.external, args))
-    print(format_result(result))
-    _write_json(result, args.json)
+    wrote = _write_json(result, args.json)
+    print("\n".join([format_result(result), *wrote]))
     return CHECKS_FAILED if result.get("checks_failed") else 0
 
 
-def _write_json(result: dict[str, Any], path: Path | None) -> None:
-    if path is not None:
-        from erat.files import atomic_write_json
+def _write_json(result: dict[str, Any], path: Path | None) -> list[str]:
+    """Write ``result`` to ``path`` (if given) before anything is printed, so that a reader
+    that leaves early (``| head``: a broken pipe) does not cost the file; the lines to print
+    after the result."""
+    if path is None:
+        return []
+    from erat.files import atomic_write_json
 
-        atomic_write_json(result, path)
-        print(f"wrote {path}")
+    atomic_write_json(result, path)
+    return [f"wrote {path}"]
 
 
 def _add_energy(p: argparse.ArgumentParser) -> None:
@@ -223,8 +227,8 @@ def run_energy(args: argparse.Namespace) -> int:
                         data_dir=args.data_dir, batch_size=args.batch_size, seed=args.seed,
                         device=args.device, json_path=args.json, norm=args.norm,
                         external=_options(args.external, args))
-    print(format_report(result))
-    _write_json(result, args.json)
+    wrote = _write_json(result, args.json)
+    print("\n".join([format_report(result), *wrote]))
     return 0
 
 
@@ -294,5 +298,6 @@ def run_bench(args: argparse.Namespace) -> int:
         check_writable_file(args.json, "--json")
     options = _options(BenchOptions, args)
     result = bench(options, device=resolve_device(options.device))
-    _write_json(result, args.json)
+    for line in _write_json(result, args.json):
+        print(line)
     return 0
