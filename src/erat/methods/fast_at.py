@@ -10,7 +10,8 @@ example, as PGD-AT with one step), is PGD-AT's. l-inf AT without a random start 
 ``x``, Goodfellow et al. 2015) is ``at --norm linf``.
 
 Fast-AT is known to fail by catastrophic overfitting at larger radii (robust accuracy
-against PGD collapses within an epoch); this file does not guard against it.
+against PGD collapses within an epoch); this file does not prevent it, the trainer flags
+it when there is a validation set (:mod:`erat.fit.guard`).
 
 Example::
 
