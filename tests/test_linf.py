@@ -254,6 +254,20 @@ def test_one_radius_check(fresh_warnings):
     assert check_radius(1, "linf", warn=False) == 1.0  # the whole box: the largest allowed
 
 
+def test_an_l2_sized_val_eps_of_an_linf_method_is_refused_before_training():
+    """``--val-eps`` is checked in the method's norm when the run is set up (it was checked
+    as an l2 radius, then refused by the first epoch's validation, an epoch later)."""
+    from erat.fit import FitData, FitOptions, fit
+
+    x, y = images(16, torch.float32)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(UserError, match="val_eps=2 .*above 1"):
+        fit(model, build_method("fast-at", eps=0.1), FitData(x, y, val=(x, y)),
+            FitOptions(epochs=1, val_eps=2.0, progress=False), log=lambda _: None)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
 def test_one_step_rule_and_one_xi():
     from erat.attacks.pgd import PGDAttack
     from erat.methods.vat import VAT
