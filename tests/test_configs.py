@@ -111,11 +111,17 @@ def test_one_resolution_path_refuses_budget_with_epochs_for_suites_too(tmp_path)
     from erat.errors import UserError
 
     suite = tmp_path / "s.yaml"
-    suite.write_text("defaults: {dataset: digits, epochs: 3}\n"
-                     "runs:\n  - {name: a, method: erm, budget: 2}\n")
+    suite.write_text("defaults: {dataset: digits, epochs: 3, budget_epochs: 2}\n"
+                     "runs:\n  - {name: a, method: erm, budget: 2}\n"
+                     "  - {name: b, method: erm, budget: 2, epochs: 4}\n")
     loaded = load_suite(str(suite))
+    a = run_config(loaded, loaded["runs"][0], {})  # the run's own budget replaces the default
+    assert a.fit.budget == 2 and a.fit.epochs is None
     with pytest.raises(UserError, match="--budget and --epochs contradict"):
-        run_config(loaded, loaded["runs"][0], {})
+        run_config(loaded, loaded["runs"][1], {})  # one entry giving both
+    # flags override the --config file: its budget gives way to --epochs, with its split
+    flags = resolve([({"budget": 4, "budget_epochs": 2}, "c.yaml"), ({"epochs": 3}, "flags")])
+    assert flags.fit.epochs == 3 and flags.fit.budget is None and flags.fit.budget_epochs is None
     # a budget-driven run records what drives it: no epoch count it did not use
     cfg = resolve([({"dataset": "digits", "budget": 2.0}, "flags")])
     assert cfg.fit.epochs is None and cfg.to_dict()["epochs"] is None

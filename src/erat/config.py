@@ -190,24 +190,23 @@ def resolve(layers: Sequence[tuple[dict[str, Any], str]], saved: dict[str, Any] 
     """The one path from settings to a :class:`TrainConfig`, for the CLI and suites alike:
     the defaults < ``saved`` (the configuration of a run being resumed) < each ``(settings,
     source)`` layer in order (a ``--config`` file, then flags; a suite's defaults, a run's
-    entry, the command line's overrides). A run's length is ``epochs`` or ``budget``: giving
-    both among the layers is a contradiction."""
+    entry, the command line's overrides). A run's length is ``epochs`` or ``budget``: a layer
+    that gives both contradicts itself; a later layer's one replaces an earlier layer's
+    other (flags override the ``--config`` file)."""
     merged = merge({}, migrate(saved), "the saved configuration") if saved else {}
-    given: dict[str, str] = {}
     for settings, source in layers:
         if not isinstance(settings, dict):
             raise UserError(f"{source} must hold a mapping of settings")
-        for key in ("epochs", "budget"):
-            if settings.get(key) is not None:
-                given[key] = source
+        length = {k for k in ("epochs", "budget") if settings.get(k) is not None}
+        if len(length) == 2:
+            raise UserError(f"--budget and --epochs contradict each other ({source}); give one")
         merged = merge(merged, settings, source)
-    if len(given) == 2:
-        where = " and ".join(sorted(set(given.values())))
-        raise UserError(f"--budget and --epochs contradict each other ({where}); give one")
-    if "budget" in given:
-        merged["epochs"] = None  # the budget drives the run; an earlier layer's epochs do not
-    elif "epochs" in given:
-        merged["budget"] = None
+        if length == {"budget"}:
+            merged["epochs"] = None  # the budget drives the run, not an earlier epoch count
+        elif length == {"epochs"}:
+            merged["budget"] = None
+            if "budget_epochs" not in settings:  # (an earlier layer's, for its budget)
+                merged.pop("budget_epochs", None)
     return TrainConfig.from_dict(merged)
 
 
