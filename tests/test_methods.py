@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import re
 
 import pytest
 import torch
@@ -291,7 +292,8 @@ def test_every_method_is_a_dataclass_with_cli_fields(name):
     for field in dataclasses.fields(make(name)):
         assert field.metadata.get("help"), f"{name}.{field.name} has no help"
         assert field.name not in config_fields(), f"{name}.{field.name} shadows a setting"
-        assert f"[{name}" in flags[field.name].help or f", {name}" in flags[field.name].help
+        owners = re.search(r"\[([^\]]*)\]$", flags[field.name].help).group(1)
+        assert name in re.split(r"[,;:] ?", owners), flags[field.name].help
 
 
 def test_er_ray_pass_uses_the_clean_batch_statistics():

@@ -41,11 +41,12 @@ def init_fields(cls: type) -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(cls) if f.init}
 
 
-def flag_specs(classes: Mapping[str, type]) -> dict[str, FlagSpec]:
+def flag_specs(classes: Mapping[str, type], defaults: bool = False) -> dict[str, FlagSpec]:
     """One flag specification per setting name over ``classes`` (name -> dataclass). The
     help names the classes that take the setting; classes that describe a shared setting
-    differently each keep their own words (``help A [pgd, trades]; help B [er]``). Two
-    classes may share a setting name only with the same type."""
+    differently each keep their own words (``help A [pgd, trades]; help B [er]``); with
+    ``defaults``, each owner's default too (``[at, pgd: 2.0; fast-at: 0.3]``). Two classes
+    may share a setting name only with the same type."""
     specs: dict[str, FlagSpec] = {}
     helps: dict[str, dict[str, list[str]]] = {}  # name -> help text -> owners
     for owner in sorted(classes):
@@ -58,10 +59,21 @@ def flag_specs(classes: Mapping[str, type]) -> dict[str, FlagSpec]:
             if field.name in specs and specs[field.name][:2] != spec[:2]:
                 raise TypeError(f"setting {field.name!r} has two types among {sorted(classes)}")
             specs.setdefault(field.name, spec)
-            helps.setdefault(field.name, {}).setdefault(spec.help, []).append(owner)
-    return {k: s._replace(help="; ".join(f"{text} [{', '.join(owners)}]"
+            shown = f"{owner}: {field.default}" if defaults and field.default not in (
+                None, dataclasses.MISSING) else owner
+            helps.setdefault(field.name, {}).setdefault(spec.help, []).append(shown)
+    return {k: s._replace(help="; ".join(f"{text} [{_owners(owners)}]"
                                          for text, owners in helps[k].items()))
             for k, s in specs.items()}
+
+
+def _owners(shown: list[str]) -> str:
+    """``a: 1, b: 1, c: 2`` as ``a, b: 1; c: 2`` (owners that share a default together)."""
+    groups: dict[str, list[str]] = {}
+    for item in shown:
+        owner, _, default = item.partition(": ")
+        groups.setdefault(default, []).append(owner)
+    return "; ".join(", ".join(o) + (f": {d}" if d else "") for d, o in groups.items())
 
 
 def _flag_type(hint: Any) -> tuple[type, tuple[str, ...] | None]:

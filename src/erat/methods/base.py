@@ -113,7 +113,7 @@ def method_params(name: str) -> dict[str, dataclasses.Field]:
 
 def method_flags() -> dict[str, FlagSpec]:
     """Every hyper-parameter of every registered method as a flag specification."""
-    return flag_specs(METHODS)
+    return flag_specs(METHODS, defaults=True)
 
 
 def build_method(name: str, **params: Any) -> Method:
