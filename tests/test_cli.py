@@ -268,3 +268,25 @@ def test_a_closed_pipe_does_not_cost_the_json(digits_run, tmp_path, monkeypatch,
     finally:
         os.dup2(saved, 1)
     assert json.loads(out.read_text())["threat"]["n"] == 20
+
+
+def test_eval_defaults_follow_the_run(tmp_path, capsys):
+    """`erat eval RUN` takes the run's training norm; an l-inf run is evaluated at its own
+    training radius when no --eps is given (the l2 defaults are no l-inf radii)."""
+    import json
+
+    run = tmp_path / "linf"
+    assert main(["train", "--dataset", "digits", "--model-kwargs", '{"hidden": [16]}',
+                 "--epochs", "1", "--epoch-updates", "2", "--method", "pgd", "--norm", "linf",
+                 "--eps", "0.1", "--steps", "2", "--no-progress", "--out", str(run)]) == 0
+    assert main(["eval", str(run), "--n", "20", "--steps", "2", "--no-checks",
+                 "--json", str(tmp_path / "e.json")]) == 0
+    assert set(json.loads((tmp_path / "e.json").read_text())["robust_acc"]) == {
+        "pgd-linf-eps0.1"}
+    capsys.readouterr()
+    l2 = tmp_path / "l2"
+    assert main(["train", "--dataset", "digits", "--model-kwargs", '{"hidden": [16]}',
+                 "--epochs", "1", "--epoch-updates", "2", "--no-progress", "--out",
+                 str(l2)]) == 0
+    assert main(["eval", str(l2), "--norm", "linf", "--n", "20", "--no-checks"]) == 2
+    assert "--norm linf needs --eps" in capsys.readouterr().err

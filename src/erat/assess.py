@@ -120,6 +120,43 @@ def scripted(model: nn.Module) -> bool:
     return any(isinstance(m, torch.jit.ScriptModule) for m in model.modules())
 
 
+def default_threat(path: Path | None, norm: str | None, eps: list[float] | None
+                   ) -> tuple[str, list[float]]:
+    """The norm and radii of an evaluation where the command line names none: the run's
+    training norm (l2 for a model from outside erat); in l2 the radii 0.5 and 1.0, in l-inf
+    the run's training radius (an l-inf run needs no l2 radius, and the l2 defaults are none
+    of its)."""
+    trained = _trained_threat(path)
+    norm = norm or (trained[0] if trained else "l2")
+    if eps is None:
+        if norm == "l2":
+            eps = list(EvalConfig().eps)
+        elif trained is not None and trained[0] == "linf" and trained[1]:
+            eps = [trained[1]]
+        else:
+            raise UserError("--norm linf needs --eps (the l2 defaults 0.5,1.0 are no l-inf "
+                            "radii), e.g. --eps 0.031373 for 8/255")
+    return norm, eps
+
+
+def _trained_threat(path: Path | None) -> tuple[str, float | None] | None:
+    """``(norm, eps)`` of the method a run folder (or its model.pt) was trained with, from
+    its ``config.yaml``; None without one."""
+    from erat.methods import build_method
+
+    if path is None:
+        return None
+    run = RunDir(Path(path).parent if Path(path).is_file() else path)
+    if not (run / RunDir.CONFIG).is_file():
+        return None
+    config = run.read_config()
+    try:
+        method = build_method(config["method"], **(config.get("method_params") or {}))
+    except (KeyError, TypeError, UserError):
+        return None
+    return getattr(method, "norm", "l2"), getattr(method, "eps", None)
+
+
 def format_result(result: dict[str, Any]) -> str:
     """The lines ``erat eval`` prints: examples, clean and robust accuracies, failed checks
     and notes."""

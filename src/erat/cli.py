@@ -12,7 +12,6 @@ traceback. Only the parser of the command given is built, so ``erat --help`` imp
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import signal
 import sys
@@ -21,15 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from erat.errors import (
-    EnvironmentProblem,
-    Terminated,
-    UserError,
-    first_line,
-    one_line_warning,
-    os_problem,
-    terminate,
-)
+from erat.errors import EnvironmentProblem, UserError, exit_code, one_line_warning, terminate
 from erat.fields import HelpFormatter, add_flags, add_options, radii
 
 COMMANDS = {"train": "train a classifier with a robust-training method",
@@ -50,23 +41,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, terminate)
     try:
         return int(args.run(args) or 0)
-    except KeyboardInterrupt as e:
-        hint = f"; continue with: erat train --out {args.out} --resume" \
-            if args.command == "train" else ""
-        print(f"erat: {'terminated' if isinstance(e, Terminated) else 'interrupted'}{hint}",
-              file=sys.stderr)
-        return 143 if isinstance(e, Terminated) else 130
-    except BrokenPipeError:  # `erat ... | head`: the reader left; stop quietly, as SIGPIPE would
-        with contextlib.suppress(OSError, ValueError):  # (no flush into the closed pipe)
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 141
-    except (UserError, EnvironmentProblem, OSError) as e:
-        if debug:
+    except (KeyboardInterrupt, UserError, EnvironmentProblem, OSError) as e:
+        if debug and not isinstance(e, KeyboardInterrupt | BrokenPipeError):
             raise
-        if isinstance(e, OSError):
-            e = os_problem(e, f"use {e.filename}" if e.filename else "go on")
-        print(f"erat: error: {first_line(e)}", file=sys.stderr)
-        return 1 if isinstance(e, EnvironmentProblem) else 2
+        hint = f"continue with: erat train --out {args.out} --resume" \
+            if args.command == "train" else ""
+        return exit_code(e, hint)
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -159,7 +139,8 @@ def _add_run_data_args(p: argparse.ArgumentParser, batch_size: int) -> None:
     p.add_argument("--batch-size", type=int, default=batch_size, help="examples per batch")
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, ...")
-    p.add_argument("--norm", default="l2", choices=["l2", "linf"], help="the threat's norm")
+    p.add_argument("--norm", choices=["l2", "linf"], help="the threat's norm (default: the "
+                   "run's training norm; l2 for a model from outside erat)")
     p.add_argument("--json", type=Path, help="write the result as JSON here (checked before "
                    "any work)")
 
@@ -172,7 +153,8 @@ def _add_eval(p: argparse.ArgumentParser) -> None:
     _add_run_data_args(p, cfg.batch_size)
     p.add_argument("--attack", default="pgd", help=f"attacks in order, comma-separated, each "
                    f"on the survivors of the ones before: {', '.join(attack_names())}")
-    p.add_argument("--eps", type=radii, default=list(cfg.eps), help="radii, e.g. 0.5,1.0")
+    p.add_argument("--eps", type=radii, help=f"radii, e.g. 0.5,1.0 (default: "
+                   f"{','.join(map(str, cfg.eps))} in l2; the run's training radius in l-inf)")
     group = p.add_argument_group("attack options")
     add_flags(group, attack_flags(), attack_defaults())
     p.add_argument("--no-checks", dest="checks", action="store_false", help="skip the sanity "
@@ -184,12 +166,13 @@ def _add_eval(p: argparse.ArgumentParser) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from erat.assess import evaluate_run, format_result
+    from erat.assess import default_threat, evaluate_run, format_result
     from erat.attacks import attack_flags
     from erat.evaluate import EvalConfig
 
     options = {k: getattr(args, k) for k in attack_flags() if getattr(args, k) is not None}
-    cfg = EvalConfig.build(args.attack, norm=args.norm, eps=args.eps, batch_size=args.batch_size,
+    norm, eps = default_threat(args.run_dir, args.norm, args.eps)
+    cfg = EvalConfig.build(args.attack, norm=norm, eps=eps, batch_size=args.batch_size,
                            seed=args.seed, checks=args.checks, **options)
     result = evaluate_run(args.run_dir, cfg, n=args.n, data_dir=args.data_dir,
                           device=args.device, fresh=args.fresh, json_path=args.json,
@@ -221,11 +204,12 @@ def _add_energy(p: argparse.ArgumentParser) -> None:
 
 
 def run_energy(args: argparse.Namespace) -> int:
-    from erat.assess import energy_run, format_report
+    from erat.assess import default_threat, energy_run, format_report
 
+    norm = default_threat(args.run_dir, args.norm, [args.eps])[0]
     result = energy_run(args.run_dir, eps=args.eps, T=args.T, M=args.M, S=args.S, n=args.n,
                         data_dir=args.data_dir, batch_size=args.batch_size, seed=args.seed,
-                        device=args.device, json_path=args.json, norm=args.norm,
+                        device=args.device, json_path=args.json, norm=norm,
                         external=_options(args.external, args))
     wrote = _write_json(result, args.json)
     print("\n".join([format_report(result), *wrote]))

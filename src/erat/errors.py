@@ -11,6 +11,8 @@ Anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 from typing import Any
 
@@ -55,3 +57,22 @@ def first_line(e: BaseException) -> str:
     """The first line of an error's message (its type's name when it has none)."""
     text = str(e).strip() or type(e).__name__
     return text.splitlines()[0]
+
+
+def exit_code(e: BaseException, resume_hint: str = "") -> int:
+    """What the command line prints for ``e`` (one line on stderr, none for a closed pipe)
+    and the exit code: 2 for the user's mistake, 1 for the environment's, 130 and 143 for
+    SIGINT and SIGTERM (``resume_hint`` appended), 141 for a reader that left
+    (``erat ... | head``, as SIGPIPE would)."""
+    if isinstance(e, BrokenPipeError):
+        with contextlib.suppress(OSError, ValueError):  # (no flush into the closed pipe)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    if isinstance(e, KeyboardInterrupt):
+        word = "terminated" if isinstance(e, Terminated) else "interrupted"
+        print(f"erat: {word}" + (f"; {resume_hint}" if resume_hint else ""), file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
+    if isinstance(e, OSError):
+        e = os_problem(e, f"use {e.filename}" if e.filename else "go on")
+    print(f"erat: error: {first_line(e)}", file=sys.stderr)
+    return 1 if isinstance(e, EnvironmentProblem) else 2
