@@ -287,10 +287,12 @@ def test_disk_full_inside_torch_save(tmp_path, capsys, monkeypatch):
 
 
 def test_eval_of_a_read_only_run_and_unwritable_json(finished, tmp_path, capsys, monkeypatch):
-    real = os.access
+    import erat.rundir
+
+    real = erat.rundir.writable  # root can write anywhere: fake a read-only run folder
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setattr(os, "access", lambda p, mode: False if str(p).startswith(
-        str(finished)) else real(p, mode))
+    monkeypatch.setattr(erat.rundir, "writable", lambda p: False if str(p).startswith(
+        str(finished)) else real(p))
     code, out, err = run(["eval", finished, "--n", "20", "--steps", "2", "--no-checks"], capsys)
     assert code == 0, err
     assert not list(finished.glob(".eval*")) and list((tmp_path / "cache").rglob("*.state.pt"))

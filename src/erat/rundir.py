@@ -42,7 +42,7 @@ import yaml
 from torch import nn
 
 from erat import __version__
-from erat.errors import UserError, os_problem
+from erat.errors import EnvironmentProblem, UserError, os_problem
 from erat.files import (
     atomic_save,
     atomic_write_json,
@@ -50,6 +50,7 @@ from erat.files import (
     check_writable_dir,
     load_file,
     load_file_and_digest,
+    probe_folder,
     read_yaml,
     remove_temps,
     sha256,
@@ -274,7 +275,7 @@ class RunDir:
     def state_path(self, name: str) -> Path | None:
         """Where an evaluation keeps its resumable state: the run folder when writable, else
         a cache folder (``$XDG_CACHE_HOME/erat``), else nowhere (None)."""
-        if os.access(self.path, os.W_OK):
+        if writable(self.path):
             return self.path / f".{name}.state.pt"
         return cache_state_path(self.weights_sha256(), name)
 
@@ -289,7 +290,17 @@ def cache_state_path(key: str, name: str) -> Path | None:
         where.mkdir(parents=True, exist_ok=True)
     except OSError:
         return None
-    return where / f"{name}.state.pt" if os.access(where, os.W_OK) else None
+    return where / f"{name}.state.pt" if writable(where) else None
+
+
+def writable(folder: Path) -> bool:
+    """Whether a file can be created in ``folder`` (a real probe: :func:`files.probe_folder`;
+    ``os.access`` says yes where a write fails, as root on read-only mounts)."""
+    try:
+        probe_folder(folder, f"write into {folder}")
+    except (UserError, EnvironmentProblem):
+        return False
+    return True
 
 
 def model_path(path: str | Path) -> Path:
