@@ -61,12 +61,11 @@ def read_npz(path: Path, resize: int | None) -> Source:
 def _read_arrays(path: Path) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise DataError(f"npz:{path}: no such file")
+    if not zipfile.is_zipfile(path):  # np.load would read a text or .npy file as a pickle
+        raise DataError(f"{path} is not an .npz archive of x_train, y_train, x_test, y_test "
+                        "(numpy.savez)")
     try:
-        data = np.load(path, allow_pickle=False)
-        if not isinstance(data, np.lib.npyio.NpzFile):
-            raise DataError(f"{path} is a single .npy array, not an .npz archive of x_train, "
-                            "y_train, x_test, y_test (numpy.savez)")
-        with data:
+        with np.load(path, allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
     except ValueError as e:
         if "pickle" in str(e):
