@@ -13,7 +13,7 @@ import erat.fit.loop
 from erat.cli import main
 from erat.config import TrainConfig
 from erat.evaluate import evaluate
-from erat.fit.guard import catastrophic, overfitting_epoch
+from erat.fit.guard import catastrophic, overfitting_epoch, stuck
 from erat.train import train
 
 
@@ -34,6 +34,15 @@ def test_collapse_while_fgsm_holds_is_flagged():
     assert catastrophic({"val_robust_acc": 0.0, "val_fgsm_acc": 0.9}, []) is None
     assert overfitting_epoch([{"epoch": 1}, {"epoch": 2, "catastrophic_overfitting": True},
                               {"epoch": 3, "catastrophic_overfitting": True}]) == 2
+
+
+def test_a_model_at_chance_is_flagged_once():
+    at = [{"epoch": i + 1, "val_clean_acc": 0.10} for i in range(3)]
+    assert not stuck(at[1], at[:1], 0.1)  # two epochs are not yet evidence
+    assert stuck(at[2], at[:2], 0.1)
+    assert not stuck({"epoch": 4, "val_clean_acc": 0.1}, at, 0.1)  # said once
+    assert not stuck({"epoch": 3, "val_clean_acc": 0.25}, at[:2], 0.1)  # learning
+    assert not stuck({"epoch": 3}, at[:2], 0.1)  # no validation set
 
 
 def test_fgsm_is_one_full_step_and_weaker_than_pgd():

@@ -3,7 +3,8 @@ predictions on unlabeled data collapse into one class, the validation accuracy f
 below its best (docs/results/semi-supervised-defaults.md), or catastrophic overfitting
 (Wong, Rice, Kolter 2020, arXiv 2001.03994): the validation PGD accuracy collapses within an
 epoch while the FGSM accuracy stays high, the signature of a model that has learnt to defeat
-the one-step attack it trains on rather than to be robust."""
+the one-step attack it trains on rather than to be robust; or a model that never leaves
+chance level (large-radius adversarial training from scratch can stall there)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ COLLAPSE_SHARE = 3.0  # predicted share of a class, against its largest share am
 VAL_DROP = 0.05  # validation accuracy below its best by this much
 PGD_COLLAPSE = 0.5  # PGD accuracy down to this fraction of its best (and by VAL_DROP at least)
 FGSM_HOLD = 0.05  # ... while FGSM accuracy stays within this of its best
+STUCK_EPOCHS = 3  # validation clean accuracy at chance for this many epochs from the start
+STUCK_MARGIN = 0.02  # "at chance": at most the largest class share plus this
 
 
 def guard(model: nn.Module, xu: Tensor | None, y: Tensor, row: dict[str, Any],
@@ -43,6 +46,11 @@ def guard(model: nn.Module, xu: Tensor | None, y: Tensor, row: dict[str, Any],
     if best is not None and row.get("val_clean_acc", best) < best - VAL_DROP:
         out.append(f"validation accuracy fell to {row['val_clean_acc']:.3f} from its best "
                    f"{best:.3f}")
+    chance = torch.bincount(y).max().item() / len(y)
+    if stuck(row, history, chance):
+        out.append(f"validation accuracy has stayed at chance ({row['val_clean_acc']:.3f}) "
+                   f"for the first {STUCK_EPOCHS} epochs: the model is not learning (try a "
+                   "smaller --lr, or a smaller radius)")
     co = catastrophic(row, history)
     if co:
         row["catastrophic_overfitting"] = True
@@ -66,6 +74,14 @@ def catastrophic(row: dict[str, Any], history: list[dict[str, Any]]) -> str | No
                 f"its best {best_pgd:.3f} while FGSM accuracy is {fgsm:.3f} (Wong et al. "
                 "2020); --select best-robust keeps the best epoch")
     return None
+
+
+def stuck(row: dict[str, Any], history: list[dict[str, Any]], chance: float) -> bool:
+    """Whether this epoch is the ``STUCK_EPOCHS``-th from the start whose validation clean
+    accuracy is within ``STUCK_MARGIN`` of ``chance`` (said once, at that epoch)."""
+    rows = [r for r in history if "val_clean_acc" in r] + [row]
+    return "val_clean_acc" in row and len(rows) == STUCK_EPOCHS and all(
+        r["val_clean_acc"] <= chance + STUCK_MARGIN for r in rows)
 
 
 def overfitting_epoch(history: list[dict[str, Any]]) -> int | None:
