@@ -206,11 +206,14 @@ def frontier(rows: Sequence[Mapping], out: Path, *, robust: str, clean: str = "c
         bottom.plot(c, cl, **style)
     top.set(ylabel=robust, title=title or "robust accuracy against training cost")
     bottom.set(xlabel=f"training cost ({cost})", ylabel=clean)
-    ticks = sorted({round(p[0], 1) for pts in points.values() for p in pts})
+    ticks: list[float] = []
+    for t in sorted(p[0] for pts in points.values() for p in pts):
+        if not ticks or t > ticks[-1] * 1.02:  # one tick per budget (costs 119.6-120 are one)
+            ticks.append(t)
     for ax in (top, bottom):
         ax.set_xscale("log")
-        ax.set_xlim(ticks[0] / 1.3, ticks[-1] * 1.3)  # budgets that differ in the 3rd digit
-        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.set_xlim(ticks[0] / 1.3, ticks[-1] * 1.3)
+        ax.set_xticks(ticks, [f"{t:.0f}" if t >= 10 else f"{t:.2g}" for t in ticks])
         ax.minorticks_off()
         ax.grid(alpha=0.3)
     top.legend(fontsize=7, ncol=2)
