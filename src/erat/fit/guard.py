@@ -29,6 +29,7 @@ def guard(model: nn.Module, xu: Tensor | None, y: Tensor, row: dict[str, Any],
     (:func:`catastrophic`). Adds ``unlabeled_max_share`` and ``catastrophic_overfitting`` to
     ``row`` where they apply."""
     out = []
+    chance = torch.bincount(y).max().item() / len(y)  # the largest class share of the labels
     if xu is not None:
         with torch.no_grad():
             was = model.training
@@ -36,17 +37,15 @@ def guard(model: nn.Module, xu: Tensor | None, y: Tensor, row: dict[str, Any],
             pred = torch.cat([model(b).argmax(1) for b in xu[:2000].split(500)])
             model.train(was)
         share = torch.bincount(pred, minlength=int(y.max()) + 1).max().item() / len(pred)
-        limit = COLLAPSE_SHARE * torch.bincount(y).max().item() / len(y)
         row["unlabeled_max_share"] = round(share, 4)
-        if share > limit:
+        if share > COLLAPSE_SHARE * chance:
             out.append(f"{share:.0%} of the unlabeled predictions fall into one class (the "
-                       f"labels: at most {limit / COLLAPSE_SHARE:.0%}); the unlabeled term may "
+                       f"labels: at most {chance:.0%}); the unlabeled term may "
                        "be overpowering the labels")
     best = max((r["val_clean_acc"] for r in history if "val_clean_acc" in r), default=None)
     if best is not None and row.get("val_clean_acc", best) < best - VAL_DROP:
         out.append(f"validation accuracy fell to {row['val_clean_acc']:.3f} from its best "
                    f"{best:.3f}")
-    chance = torch.bincount(y).max().item() / len(y)
     if stuck(row, history, chance):
         out.append(f"validation accuracy has stayed at chance ({row['val_clean_acc']:.3f}) "
                    f"for the first {STUCK_EPOCHS} epochs: the model is not learning (try a "
