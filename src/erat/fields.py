@@ -48,7 +48,7 @@ def flag_specs(classes: Mapping[str, type], defaults: bool = False) -> dict[str,
     ``defaults``, each owner's default too (``[at, pgd: 2.0; fast-at: 0.3]``). Two classes
     may share a setting name only with the same type."""
     specs: dict[str, FlagSpec] = {}
-    helps: dict[str, dict[str, list[str]]] = {}  # name -> help text -> owners
+    helps: dict[str, dict[str, list[tuple[str, str]]]] = {}  # name -> help -> (owner, default)
     for owner in sorted(classes):
         hints = typing.get_type_hints(classes[owner])
         for field in init_fields(classes[owner]).values():
@@ -59,19 +59,19 @@ def flag_specs(classes: Mapping[str, type], defaults: bool = False) -> dict[str,
             if field.name in specs and specs[field.name][:2] != spec[:2]:
                 raise TypeError(f"setting {field.name!r} has two types among {sorted(classes)}")
             specs.setdefault(field.name, spec)
-            shown = f"{owner}: {field.default}" if defaults and field.default not in (
-                None, dataclasses.MISSING) else owner
-            helps.setdefault(field.name, {}).setdefault(spec.help, []).append(shown)
+            shown = str(field.default) if defaults and field.default not in (
+                None, dataclasses.MISSING) else ""
+            helps.setdefault(field.name, {}).setdefault(spec.help, []).append((owner, shown))
     return {k: s._replace(help="; ".join(f"{text} [{_owners(owners)}]"
                                          for text, owners in helps[k].items()))
             for k, s in specs.items()}
 
 
-def _owners(shown: list[str]) -> str:
-    """``a: 1, b: 1, c: 2`` as ``a, b: 1; c: 2`` (owners that share a default together)."""
+def _owners(owners: list[tuple[str, str]]) -> str:
+    """``(a, 1), (b, 1), (c, 2)`` as ``a, b: 1; c: 2`` (owners that share a default together;
+    an empty default is not shown)."""
     groups: dict[str, list[str]] = {}
-    for item in shown:
-        owner, _, default = item.partition(": ")
+    for owner, default in owners:
         groups.setdefault(default, []).append(owner)
     return "; ".join(", ".join(o) + (f": {d}" if d else "") for d, o in groups.items())
 
