@@ -180,3 +180,37 @@ def test_the_recorded_command_parses_back_to_the_configuration(tmp_path):
     flags = {k: v for k, v in vars(args).items() if k not in TRAIN_ONLY}
     assert resolve([(flags, "flags")]).to_dict() == {**cfg.to_dict(), "method_params":
                                                      {"eps": 1.0}}
+
+
+GROUPS = """
+suite: groups
+defaults: {dataset: digits, model: mlp, model_kwargs: {hidden: [16]}, batch_size: 64,
+           val: 200, val_n: 50, val_steps: 2, val_eps: 0.5, select: best-robust,
+           budget_epochs: 2, budget: 1, progress: false}
+runs:
+  - {name: a, method: erm, family: f}
+  - {name: b, method: erm, family: f, lr: 0.03}
+  - {name: c, method: erm, family: g}
+eval: {attack: pgd, eps: [0.5], steps: 2, n: 30, sanity_n: 0}
+autoattack: {n: 8, eval: {attack: all, eps: [0.5], steps: 2, sanity_n: 0}, group: [family]}
+plots: {landscape: false}
+"""
+
+
+@pytest.mark.filterwarnings("ignore::erat.checks.EvaluationWarning")
+def test_only_lists_split_a_suite_and_autoattack_waits_for_the_group(tmp_path):
+    path, out = tmp_path / "groups.yaml", tmp_path / "out"
+    path.write_text(GROUPS)
+    lines: list[str] = []
+    rows = reproduce(str(path), out, only=["a"], log=lines.append)
+    assert [r["name"] for r in rows] == ["a"]
+    assert any("AutoAttack waits for b" in line for line in lines)
+    assert not (out / "runs" / "a" / "eval-autoattack.json").exists()
+    rows = reproduce(str(path), out, only=["c"], log=lines.append)  # a second worker
+    assert [r["name"] for r in rows] == ["a", "c"]  # the report covers every finished run
+    assert "aa_clean_acc" in rows[1] and not (out / "runs" / "b").exists()
+    assert "| c " in (out / "results.md").read_text() and "| a " in (out / "results.md").read_text()
+    reproduce(str(path), out, only=["b"], log=lambda *_: None)
+    rows = {r["name"]: r for r in reproduce(str(path), out, log=lambda *_: None)}
+    best = max(("a", "b"), key=lambda n: rows[n]["val_robust_acc"])
+    assert {n for n, r in rows.items() if "aa_clean_acc" in r} == {best, "c"}

@@ -10,7 +10,11 @@ it names or for the best run of each family on validation) and ``report`` (the f
 Finished steps are skipped, so an interrupted suite continues where it stopped: training
 resumes from its checkpoint, a finished evaluation is read back from its JSON when it was
 computed on the same weights with the same settings. A run folder that holds another
-configuration is refused, never reused. ``report_only`` (``--report-only``) writes the report
+configuration is refused, never reused. ``only`` (``--only``) trains and evaluates the named
+runs and reports every finished run of the suite, so that disjoint ``--only`` lists can run
+side by side into one folder; AutoAttack of a group waits until the group is finished, and
+what a named run's worker could not attack is attacked by a later pass without ``--only``.
+``report_only`` (``--report-only``) writes the report
 of what is finished and computes nothing: the runs not trained or evaluated yet are listed
 as left out, and with nothing finished it writes nothing (``UserError``). Each run prints
 one line, ``[k/N name]`` with its figures, the time elapsed and about how long the rest
@@ -72,11 +76,13 @@ def reproduce(
     unknown = sorted(set(only or []) - set(names))
     if unknown:
         raise UserError(f"--only: suite {suite['suite']!r} has no run(s) {', '.join(unknown)}")
-    runs = [r for r in suite["runs"] if not only or r["name"] in only]
+    mine = set(only or names)  # the runs this call reports on the console
+    work = set() if report_only else mine  # the runs it may train and evaluate
+    runs = suite["runs"]
     cfgs = [run_config(suite, r, overrides or {}) for r in runs]
     _check_eval_settings(suite, runs)
-    rows, results, commands, test, left_out = [], {}, [], None, []
-    clock = SuiteClock(len(runs), timed=not report_only)
+    rows, results, commands, test, left_out, pending = [], {}, [], None, [], []
+    clock = SuiteClock(len(mine), timed=not report_only)
     said: list[str] = []  # run_one logs only when it trains or evaluates
 
     def noted(line: str) -> None:
@@ -84,31 +90,32 @@ def reproduce(
         log(line)
 
     for run, cfg in zip(runs, cfgs, strict=True):
-        folder = RunDir(out / "runs" / run["name"])
+        name = run["name"]
+        folder = RunDir(out / "runs" / name)
         commands.append(command(cfg, folder.path))
         said.clear()
-        clock.start()
+        if name in mine:
+            clock.start()
         try:
-            row, result, data = run_one(suite, run, cfg, folder, noted, report_only)
+            row, result, data = run_one(suite, run, cfg, folder, noted, name not in work)
         except NotReady as why:
-            left_out.append(f"{run['name']} ({why})")
+            left_out.append(f"{name} ({why})")
+            pending.append(identity(run, cfg))
             continue
         test = data or test
         rows.append(row)
         if result is not None:
-            results[run["name"]] = result
-        log(clock.line(run["name"], bool(said), summary(row)))
+            results[name] = result
+        if name in mine:
+            log(clock.line(name, bool(said), summary(row)))
     if not rows:
         raise UserError(f"no run of suite {suite['suite']!r} is finished in {out} yet "
                         f"({', '.join(left_out)}); no report written")
-    if suite.get("autoattack") and only:
-        log("AutoAttack stage skipped: it picks the best run of each group over the whole "
-            "suite (run without --only)")
-    elif suite.get("autoattack"):
-        done = [r["name"] for r in rows]
+    if suite.get("autoattack"):
+        done = {r["name"] for r in rows}
         autoattack_stage(suite, out, [r for r in runs if r["name"] in done],
                          [c for r, c in zip(runs, cfgs, strict=True) if r["name"] in done],
-                         rows, log, report_only)
+                         rows, log, work, pending)
     if left_out:
         log(f"left out of the report, not finished: {', '.join(left_out)}")
     write_report(suite, out, rows, results, commands, test, log, left_out)
@@ -199,6 +206,12 @@ def _check_belongs(folder: RunDir, cfg: TrainConfig) -> None:
                         "choose another --out for this suite")
 
 
+def identity(run: dict[str, Any], cfg: TrainConfig) -> dict[str, Any]:
+    """The columns that name a run and place it in a group: name, family, radius, budget."""
+    return {"name": run["name"], **{k: run[k] for k in ("family", "radius") if k in run},
+            **({"budget": cfg.fit.budget} if cfg.fit.budget is not None else {})}
+
+
 def run_one(suite: dict[str, Any], run: dict[str, Any], cfg: TrainConfig, folder: RunDir,
             log: Callable[[str], None], report_only: bool = False
             ) -> tuple[dict[str, Any], dict, tuple]:
@@ -248,10 +261,8 @@ def run_one(suite: dict[str, Any], run: dict[str, Any], cfg: TrainConfig, folder
                                          **res_last["robust_acc"]}}
     meta = folder.read_meta()
     row = {
-        "name": name, "method": cfg.method, "dataset": cfg.dataset,
+        **identity(run, cfg), "method": cfg.method, "dataset": cfg.dataset,
         **({"labels": cfg.labels} if cfg.labels is not None else {}),
-        **{k: run[k] for k in ("family", "radius") if k in run},
-        **({"budget": cfg.fit.budget} if cfg.fit.budget is not None else {}),
         "clean_acc": result["clean_acc"], "clean_err": 1 - result["clean_acc"],
         **result["robust_acc"], "checks_failed": result.get("checks_failed", 0),
         "train_s_per_epoch": _seconds_per_epoch(folder),
@@ -307,25 +318,37 @@ def _validation(folder: RunDir, meta: dict[str, Any]) -> dict[str, Any]:
 
 def autoattack_stage(suite: dict[str, Any], out: Path, runs: list[dict[str, Any]],
                      cfgs: list[TrainConfig], rows: list[dict[str, Any]],
-                     log: Callable[[str], None], report_only: bool = False) -> None:
+                     log: Callable[[str], None], work: set[str] | None = None,
+                     pending: list[dict[str, Any]] = ()) -> None:
     """AutoAttack (the suite's ``autoattack.eval``) on the first ``n`` test images for the
     best run on validation of each group (``group`` keys of the rows, e.g. family and
-    budget), and for the runs named in ``also``; adds its accuracies to their rows."""
+    budget), and for the runs named in ``also``; adds its accuracies to their rows. Only the
+    runs in ``work`` (default: all) are attacked, the others read back; a group's best is
+    attacked once no run of the group is ``pending`` (unfinished), so that it is final."""
     spec = dict(suite["autoattack"])
     ev, n = dict(spec.get("eval") or {}), int(spec.get("n", 500))
     chosen = autoattack_choice(spec, rows)
+    keys = spec.get("group", [])
+    waiting = {tuple(p.get(k) for k in keys): p["name"] for p in pending}
     for i, run in enumerate(runs):
         if run["name"] not in chosen:
             continue
+        compute = work is None or run["name"] in work
+        wait = waiting.get(tuple(rows[i].get(k) for k in keys))
+        if compute and wait and run["name"] not in (spec.get("also") or []):
+            log(f"[{run['name']}] AutoAttack waits for {wait} of its group to finish")
+            compute = False
         folder, cfg = RunDir(out / "runs" / run["name"]), cfgs[i]
         x, y = load_dataset(cfg.dataset, "test", cfg.data_dir, **cfg.data_options).tensors
-        log(f"[{run['name']}] AutoAttack on the first {n} test images")
+        if compute:
+            log(f"[{run['name']}] AutoAttack on the first {n} test images")
         try:
-            with nullcontext() if report_only else folder.lock():
+            with folder.lock() if compute else nullcontext():
                 res = _cached_eval(folder, "eval-autoattack.json", folder.load_model(), x, y,
-                                   _radii(ev, cfg), n, log, report_only)
+                                   _radii(ev, cfg), n, log, not compute)
         except NotReady:
-            log(f"[{run['name']}] AutoAttack not computed yet: left out")
+            if compute or not wait:
+                log(f"[{run['name']}] AutoAttack not computed yet: left out")
             continue
         rows[i] |= {"aa_n": n, "aa_clean_acc": res["clean_acc"], "aa_checks_failed":
                     res["checks_failed"], **{f"aa_{k}": v for k, v in res["robust_acc"].items()}}
