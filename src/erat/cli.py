@@ -242,7 +242,8 @@ def _add_reproduce(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, help="report folder (default: runs/SUITE)")
     p.add_argument("--data-dir", help="folder holding the dataset files")
     p.add_argument("--device", help="auto, cpu, cuda, ... (default: the suite's)")
-    p.add_argument("--only", help="comma-separated run names of the suite")
+    p.add_argument("--only", help="comma-separated run names to train and evaluate (the "
+                   "report covers every finished run of the suite)")
     p.add_argument("--report-only", action="store_true", help="report what is finished only")
     p.set_defaults(run=run_reproduce)
 
