@@ -253,8 +253,8 @@ def run_reproduce(args: argparse.Namespace) -> int:
 
     overrides = {k: v for k, v in (("data_dir", args.data_dir), ("device", args.device)) if v}
     out = args.out or Path("runs") / Path(args.suite).stem
-    reproduce(args.suite, out, overrides=overrides,
-              only=args.only.split(",") if args.only else None, report_only=args.report_only)
+    only = [n.strip() for n in (args.only or "").split(",") if n.strip()] or None
+    reproduce(args.suite, out, overrides=overrides, only=only, report_only=args.report_only)
     print(f"wrote {out / 'results.md'} and {out / 'results.csv'}")
     return 0
 
