@@ -346,8 +346,8 @@ def autoattack_stage(suite: dict[str, Any], out: Path, runs: list[dict[str, Any]
             with folder.lock() if compute else nullcontext():
                 res = _cached_eval(folder, "eval-autoattack.json", folder.load_model(), x, y,
                                    _radii(ev, cfg), n, log, not compute)
-        except NotReady:
-            if compute or not wait:
+        except NotReady:  # (a run of another --only list is that list's to attack)
+            if not wait and (not work or run["name"] in work):
                 log(f"[{run['name']}] AutoAttack not computed yet: left out")
             continue
         rows[i] |= {"aa_n": n, "aa_clean_acc": res["clean_acc"], "aa_checks_failed":
