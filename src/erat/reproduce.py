@@ -318,12 +318,12 @@ def _validation(folder: RunDir, meta: dict[str, Any]) -> dict[str, Any]:
 
 def autoattack_stage(suite: dict[str, Any], out: Path, runs: list[dict[str, Any]],
                      cfgs: list[TrainConfig], rows: list[dict[str, Any]],
-                     log: Callable[[str], None], work: set[str] | None = None,
-                     pending: list[dict[str, Any]] = ()) -> None:
+                     log: Callable[[str], None], work: set[str],
+                     pending: list[dict[str, Any]]) -> None:
     """AutoAttack (the suite's ``autoattack.eval``) on the first ``n`` test images for the
     best run on validation of each group (``group`` keys of the rows, e.g. family and
     budget), and for the runs named in ``also``; adds its accuracies to their rows. Only the
-    runs in ``work`` (default: all) are attacked, the others read back; a group's best is
+    runs in ``work`` are attacked, the others read back; a group's best is
     attacked once no run of the group is ``pending`` (unfinished), so that it is final."""
     spec = dict(suite["autoattack"])
     ev, n = dict(spec.get("eval") or {}), int(spec.get("n", 500))
@@ -333,7 +333,7 @@ def autoattack_stage(suite: dict[str, Any], out: Path, runs: list[dict[str, Any]
     for i, run in enumerate(runs):
         if run["name"] not in chosen:
             continue
-        compute = work is None or run["name"] in work
+        compute = run["name"] in work
         wait = waiting.get(tuple(rows[i].get(k) for k in keys))
         if compute and wait and run["name"] not in (spec.get("also") or []):
             log(f"[{run['name']}] AutoAttack waits for {wait} of its group to finish")
