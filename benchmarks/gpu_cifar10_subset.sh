@@ -17,4 +17,6 @@ exec > >(tee -a "$OUT/suite.log") 2>&1
 timeout "$LEFT" $PY -m erat reproduce cifar10-subset-resnet --data-dir "$C10" \
   --out runs/c10-resnet --device cuda ${ONLY:+--only "$ONLY"}
 echo "reproduce exit $?"
-tar czf "$OUT/runs.tgz" --exclude='checkpoint.pt' --exclude='best.pt' -C runs/c10-resnet .
+# written beside and renamed: a kill during tar never leaves a truncated runs.tgz
+tar czf "$OUT/.runs.tgz.part" --exclude='checkpoint.pt' --exclude='best.pt' -C runs/c10-resnet . \
+  && mv -f "$OUT/.runs.tgz.part" "$OUT/runs.tgz"

@@ -12,33 +12,55 @@
 #  3. 100 updates of ER S 3 on the cifar10-subset, fast and eager from one seed: the two loss
 #     curves (metrics.jsonl, 20 epochs of 5 updates);
 #  4. the cifar10-subset trained fast and eager at the same settings (PGD-AT-3 and ER S 3,
-#     budget 30, best validation epoch), PGD-l2 at 0.5 on all 1,017 test images side by side.
+#     budget 30, best validation epoch), PGD-l2 at 0.5 on all 1,017 test images side by side
+#     (one evaluator for all: eager, `erat eval --fast off`); then the fast ER model evaluated
+#     again as CUDA graphs (the graph-captured evaluation: same accuracy, its time).
 # Usage (repository root): OUT=DIR C10=DIR_WITH_cifar-10-batches-py bash benchmarks/gpu_session.sh
 # (the device tool: carry data/cifar10-subset, then C10=data/cifar10-subset). Everything lands
 # in $OUT: session.log and gpu.tgz (the JSON of every stage, metrics of every run).
+# LIMIT (seconds, default 480, the 8 minutes above): the whole script's deadline; a stage gets
+# at most what is left (and is skipped under 20 s), so the run call's limit never cuts a pack
+# short. The bench's JSON is rewritten after every measured row, and a method whose capture
+# fails is a row with its error, not the end of the stage.
 set -u
 OUT=${OUT:?set OUT to a folder for the results}
 C10=${C10:?set C10 to the folder holding cifar-10-batches-py}
 PY=${PY:-python3}
+END=$((SECONDS + ${LIMIT:-480}))
 W=$(mktemp -d)
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TQDM_DISABLE=1
 exec > >(tee -a "$OUT/session.log") 2>&1
-pack() { tar czf "$OUT/gpu.tgz" --exclude='*.pt' -C "$W" . ; }
+# written beside and renamed: a kill during tar never leaves a truncated gpu.tgz
+pack() { tar czf "$OUT/.gpu.tgz.part" --exclude='*.pt' -C "$W" . && mv -f "$OUT/.gpu.tgz.part" "$OUT/gpu.tgz"; }
 stamp() { echo "== $(date +%T) $*"; }
+# limit SECONDS CMD...: CMD under min(SECONDS, time left); skipped when under 20 s are left
+limit() {
+  local want=$1 left=$((END - SECONDS)); shift
+  if [ "$left" -lt 20 ]; then echo "skipped (deadline): $*"; return 124; fi
+  timeout $((want < left ? want : left)) "$@"
+}
 METHODS="erm,at,vat,pgd:steps=3,pgd:steps=10,trades:steps=10,er:S=1,er:S=3"
 
 stamp device
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-$PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
+limit 30 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+limit 60 $PY -c "import torch, numpy, tqdm, yaml, erat.cli; print('torch', torch.__version__, torch.cuda.get_device_name())"
+stamp "preflight: a reduce-overhead graph, forward and backward (Triton, C compiler, CUDA graphs)"
+limit 90 $PY -c "
+import torch
+f = torch.compile(torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.GELU()).cuda(), mode='reduce-overhead')
+for _ in range(3):
+    x = torch.randn(32, 64, device='cuda', requires_grad=True)
+    f(x).clone().sum().backward()
+torch.cuda.synchronize(); print('preflight ok')"
 
 stamp "bench preact-resnet18, batch 128, eager fp32 against the fast path"
-timeout 260 $PY -m erat bench --models preact-resnet18:3x32x32 --methods "$METHODS" --fast off,on \
+limit 260 $PY -m erat bench --models preact-resnet18:3x32x32 --methods "$METHODS" --fast off,on \
   --chip --profile --batch-size 128 --steps 40 --warmup 5 --max-seconds 3 --no-attacks \
   --device cuda --json "$W/bench-128.json"
 pack
 stamp "bench preact-resnet18 ERM, batch 512"
-timeout 60 $PY -m erat bench --models preact-resnet18:3x32x32 --methods erm --fast off,on --chip \
+limit 60 $PY -m erat bench --models preact-resnet18:3x32x32 --methods erm --fast off,on --chip \
   --batch-size 512 --steps 40 --warmup 5 --max-seconds 3 --no-attacks --device cuda \
   --json "$W/bench-512.json"
 pack
@@ -47,7 +69,7 @@ RUN=(--dataset cifar10 --data-dir "$C10" --model preact-resnet18 --optimizer sgd
   --momentum 0.9 --weight-decay 5e-4 --schedule step --seed 0 --no-progress --device cuda)
 for fast in off on; do
   stamp "100 updates of ER S 3, fast $fast"
-  timeout 60 $PY -m erat train "${RUN[@]}" --method er --eps 0.5 --S 3 --epochs 20 \
+  limit 60 $PY -m erat train "${RUN[@]}" --method er --eps 0.5 --S 3 --epochs 20 \
     --epoch-updates 5 --fast $fast --out "$W/curve-$fast"
 done
 pack
@@ -56,12 +78,18 @@ for run in "pgd3 --method pgd --eps 0.5 --steps 3" "er3 --method er --eps 0.5 --
   name=$1; shift
   for fast in off on; do
     stamp "train $name fast $fast (budget 30, 500 held out)"
-    timeout 60 $PY -m erat train "${RUN[@]}" "$@" --budget 30 --budget-epochs 10 --val 500 \
+    limit 60 $PY -m erat train "${RUN[@]}" "$@" --budget 30 --budget-epochs 10 --val 500 \
       --val-eps 0.5 --select best-robust --fast $fast --out "$W/$name-$fast"
-    stamp "eval $name fast $fast: PGD-l2 0.5, 50 steps, all 1,017"
-    timeout 40 $PY -m erat eval "$W/$name-$fast" --device cuda --eps 0.5 --steps 50 \
-      --no-checks --json "$W/$name-$fast-pgd.json"
+    stamp "eval $name fast $fast: PGD-l2 0.5, 50 steps, all 1,017 (eager evaluator)"
+    limit 60 $PY -m erat eval "$W/$name-$fast" --device cuda --eps 0.5 --steps 50 \
+      --no-checks --fast off --json "$W/$name-$fast-pgd.json"
     pack
   done
 done
+stamp "eval er3 fast on again, the evaluator as CUDA graphs: the same accuracy, its time"
+limit 90 $PY -m erat eval "$W/er3-on" --device cuda --eps 0.5 --steps 50 --no-checks \
+  --fresh --json "$W/er3-on-pgd-graphs.json"
+pack
+stamp "fallbacks and skips (CUDA-graph step failed, Dynamo recompile limit, deadline)"
+grep -v "^== " "$OUT/session.log" | grep -E "CUDA-graph step failed|recompile_limit|cache_size_limit|skipping cudagraphs|skipped \(deadline\)" | sort | uniq -c | head -20
 stamp done

@@ -59,3 +59,49 @@ def test_chip_figures_and_variants():
     assert all(r["rate_fraction"] > 0 and r["epoch_50k_s"] > 0 for r in rows)
     with pytest.raises(ValueError, match="--fast off, on"):
         run_bench(BenchOptions(fast="maybe"), torch.device("cpu"))
+
+
+def test_a_method_that_fails_is_one_row_and_the_others_run(monkeypatch):
+    """A failed capture or compilation on the GPU (a RuntimeError in a step) is an error row;
+    the bench goes on with the other methods."""
+    import erat.bench
+
+    timer, calls = erat.bench._time, []
+
+    def fails_for_at(*args):  # the methods run in the order given: erm, at, pgd
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("accessing tensor output of CUDAGraphs that has been overwritten")
+        return timer(*args)
+
+    monkeypatch.setattr(erat.bench, "_time", fails_for_at)
+    rows = bench_training("mlp", (1, 8, 8), ["erm", "at", "pgd"], batch_size=8, steps=1,
+                          warmup=0)
+    errors = {r["method"]: r.get("error") for r in rows}
+    assert errors["at"].startswith("accessing tensor output") and errors["erm"] is None
+    assert errors["pgd"] is None and rows[-1]["ms_per_step"] > 0
+
+
+def test_bench_json_holds_each_row_as_it_is_measured(tmp_path, monkeypatch):
+    """--json is rewritten after every measured row: a bench cut short by a time limit keeps
+    what it measured."""
+    import json
+
+    import erat.bench
+    from erat.cli import main
+
+    timer, seen = erat.bench._time, []
+    path = tmp_path / "bench.json"
+
+    def peek(*args):  # the file as it stands when the next row starts
+        seen.append(len(json.loads(path.read_text())["models"]["mlp"]["rows"])
+                    if path.exists() else 0)
+        return timer(*args)
+
+    monkeypatch.setattr(erat.bench, "_time", peek)
+    assert main(["bench", "--models", "mlp:1x8x8", "--methods", "erm,at", "--steps", "1",
+                 "--warmup", "0", "--no-attacks", "--batch-size", "8", "--json",
+                 str(path)]) == 0
+    assert seen == [0, 1]
+    assert [r["method"] for r in json.loads(path.read_text())["models"]["mlp"]["rows"]] \
+        == ["erm", "at"]

@@ -85,6 +85,18 @@ def test_eval_json_contract(digits_run, tmp_path, capsys):
     assert "pgd-l2-eps0.5" in text
 
 
+def test_eval_fast_off_is_the_same_evaluation(digits_run, tmp_path, capsys):
+    """``--fast off`` (eager on a GPU too) changes nothing on the CPU, where eval is eager."""
+    results = []
+    for extra in ([], ["--fast", "off"]):
+        out = tmp_path / f"eval{len(extra)}.json"
+        code, _, err = run(["eval", digits_run, "--eps", "0.5", "--steps", "3", "--n", "30",
+                            "--fresh", "--json", out, *extra], capsys)
+        assert code == 0, err
+        results.append(json.loads(out.read_text())["robust_acc"])
+    assert results[0] == results[1]
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -110,6 +122,7 @@ def test_train_errors_are_one_line(tmp_path, capsys, args, message):
         (["--eps", "-0.5"], "radii"),
         (["--norm", "l3"], "invalid choice"),
         (["--attack", "nope"], "attack"),
+        (["--fast", "on"], "invalid choice"),
     ],
 )
 def test_eval_errors(digits_run, capsys, args, message):

@@ -14,7 +14,7 @@ from torch import nn
 
 from erat.cli import main
 from erat.fit.fast import DeviceImages
-from erat.graphs import Padded, check_capturable, compiled
+from erat.graphs import Cloned, Padded, check_capturable, compiled
 from erat.methods import Batch, build_method, method_names
 
 # TRADES' search starts at x + 0.001 N(0, 1), where the KL is ~1e-6 and its gradient's
@@ -74,6 +74,61 @@ def test_padded_batches_give_the_same_outputs():
         x = torch.rand(n, 1, 8, 8)
         with torch.no_grad():
             assert torch.allclose(padded(x), model(x), atol=1e-6), n
+
+
+class GraphTree(nn.Module):
+    """CPU stand-in for torch's CUDA-graph trees (``reduce-overhead``): a forward made after a
+    backward, with no forward waiting for its backward, starts a new generation and frees the
+    older generations' saved tensors; a backward into a freed one fails as on the GPU."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model, self.generation, self.waiting, self.searches = model, 0, False, 0
+
+    def forward(self, x):
+        if not self.waiting:
+            self.generation += 1
+        self.waiting = True
+        self.searches += x.requires_grad
+        out, born = self.model(x), self.generation
+        if out.requires_grad:
+            out.register_hook(lambda g: self._backward(born))
+        return out
+
+    def _backward(self, born: int) -> None:
+        if born != self.generation:
+            raise RuntimeError("accessing tensor output of CUDAGraphs that has been "
+                               "overwritten by a subsequent run")
+        self.waiting = False
+
+
+def _graphed_step(name: str, eager: bool) -> GraphTree:
+    """One training step of method ``name`` on ``Cloned(GraphTree(model))`` (with the eager
+    model for searches, or without); the tree."""
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.rand(8, 1, 8, 8, generator=g), torch.randint(0, 10, (8,), generator=g)
+    model = tiny().train()
+    tree = GraphTree(model)
+    params = {"eps": 0.1} if name == "fast-at" else {}
+    step = Cloned(tree, model if eager else None)
+    build_method(name, **params)(step, Batch(x, y, torch.rand(8, 1, 8, 8, generator=g))) \
+        .loss.backward()
+    assert step.pending == 0
+    return tree
+
+
+@pytest.mark.parametrize("name", method_names())
+def test_searches_leave_the_graphs_while_a_forward_waits(name):
+    """A clean pass waiting for its backward while the inner search runs its own backward
+    loses its saved tensors to the next graph generation (AT, TRADES, VAT, ER: the stand-in
+    fails as the GPU would); with the eager model beside the graphs such a search runs eager
+    and every method's step completes, while searches with nothing waiting (PGD-AT's,
+    Fast-AT's) stay in the graphs."""
+    if name in ("at", "trades", "vat", "er"):
+        with pytest.raises(RuntimeError, match="overwritten"):
+            _graphed_step(name, eager=False)
+    tree = _graphed_step(name, eager=True)
+    assert (tree.searches > 0) == (name in ("pgd", "fast-at"))
 
 
 class Branchy(nn.Module):

@@ -97,11 +97,11 @@ def run_inputs(path: Path, *, n: int | None, data_dir: str | None, device: torch
 
 def evaluate_run(path: Path | None, cfg: EvalConfig, *, n: int | None, data_dir: str | None,
                  device: str, fresh: bool = False, json_path: Path | None = None,
-                 external: ExternalOptions | None = None) -> dict:
+                 external: ExternalOptions | None = None, fast: bool = True) -> dict:
     """``erat eval``: :func:`~erat.evaluate.evaluate` a run folder (or model file) on its
     test set, its resumable state in the run folder (or a cache folder when read-only), or a
     model from outside erat (``external``); ``json_path`` is checked for writing before any
-    attack work."""
+    attack work. With ``fast``, a model on a GPU is attacked as CUDA graphs."""
     if json_path is not None:
         check_writable_file(json_path, "--json")
     got = inputs(path, external, n=n, data_dir=data_dir, device=resolve_device(device))
@@ -110,7 +110,7 @@ def evaluate_run(path: Path | None, cfg: EvalConfig, *, n: int | None, data_dir:
         state.unlink(missing_ok=True)
     return evaluate(got.model, got.x, got.y, cfg, n_total=got.n_total, progress=True,
                     state_path=state, extra_info=got.record,
-                    fast=any(p.is_cuda for p in got.model.parameters())
+                    fast=fast and any(p.is_cuda for p in got.model.parameters())
                     and not scripted(got.model))
 
 

@@ -130,6 +130,7 @@ def bench_training(
     compiled: bool = False,
     fast: bool = False,
     profile: bool = False,
+    on_row: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """One row per method: ``ms_per_step`` (median), ``ratio_to_erm``, ``peak_mem_mb``, and
     the counted ``passes_per_example`` with its ``counted_ratio_to_erm``.
@@ -140,7 +141,9 @@ def bench_training(
     ``torch.compile(model)`` (its first steps, the compilation, are warm-up); ``fast`` is the
     training fast path (:mod:`erat.fit.fast`: the model as CUDA graphs, bf16 and
     channels-last for convolutional models, a fused optimiser); ``profile`` adds each step's
-    kernel count and the share of its time the device is busy (:func:`kernel_profile`).
+    kernel count and the share of its time the device is busy (:func:`kernel_profile`);
+    ``on_row`` is called with each row as it is measured. A step that raises a
+    ``RuntimeError`` (a failed capture or compilation) is a row with its ``error``.
     """
     device = device or torch.device("cpu")
     if fast:
@@ -175,14 +178,25 @@ def bench_training(
             scaler.step(opt)
             scaler.update()
 
-        times = _time(step, device, steps, warmup, max_seconds)
-        ms = statistics.median(times)
-        rows.append({"model": model_name, "method": name, "batch_size": batch_size, "amp": amp,
-                     "compiled": compiled, "fast": fast, "ms_per_step": ms,
-                     "images_per_s": batch_size / (ms / 1000), "timed_steps": len(times),
-                     "peak_mem_mb": round(_peak_mb(device), 1),
-                     "passes_per_example": method.cost(batch, model.train()) / batch_size,
-                     **(kernel_profile(step, device) if profile else {})})
+        row = {"model": model_name, "method": name, "batch_size": batch_size, "amp": amp,
+               "compiled": compiled, "fast": fast}
+        try:
+            times = _time(step, device, steps, warmup, max_seconds)
+        except RuntimeError as err:  # (a failed capture or compilation: one row says so, the
+            # other methods and variants are still measured)
+            nan = float("nan")
+            rows.append({**row, "error": str(err).splitlines()[0][:300], "ms_per_step": nan,
+                         "images_per_s": nan, "timed_steps": 0, "peak_mem_mb": nan,
+                         "passes_per_example": nan})
+        else:
+            ms = statistics.median(times)
+            rows.append({**row, "ms_per_step": ms,
+                         "images_per_s": batch_size / (ms / 1000), "timed_steps": len(times),
+                         "peak_mem_mb": round(_peak_mb(device), 1),
+                         "passes_per_example": method.cost(batch, model.train()) / batch_size,
+                         **(kernel_profile(step, device, ms) if profile else {})})
+        if on_row is not None:
+            on_row(rows[-1])
     erm, erm_passes = rows[0]["ms_per_step"], rows[0]["passes_per_example"]
     for row in rows:
         row["ratio_to_erm"] = row["ms_per_step"] / erm
@@ -196,21 +210,29 @@ def _model(name: str, shape: tuple[int, int, int], device: torch.device) -> nn.M
                        std=[0.25] * shape[0]).to(device).train()
 
 
-def kernel_profile(step: Callable[[], Any], device: torch.device, steps: int = 3) -> dict:
+def kernel_profile(step: Callable[[], Any], device: torch.device, ms_per_step: float | None = None,
+                   steps: int = 3) -> dict:
     """What holds a step back from the chip: kernels launched per step, and the share of the
     step's wall time that the device spends in kernels (the rest: launch gaps, host work,
-    synchronisation), from ``torch.profiler`` over ``steps`` steps."""
+    synchronisation), from ``torch.profiler`` over ``steps`` steps. The wall time is the
+    unprofiled ``ms_per_step`` when given (the profiler slows the host), else the profiled
+    steps' own time, taken inside the profiler (its start and stop are not the step's)."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda"
                                            else [])
-    _sync(device)
-    t0 = time.perf_counter()
-    with profile(activities=activities) as prof:
-        for _ in range(steps):
-            step()
-        _sync(device)
-    wall = (time.perf_counter() - t0) / steps
+    try:
+        with profile(activities=activities) as prof:
+            _sync(device)
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                step()
+            _sync(device)
+            wall = (time.perf_counter() - t0) / steps
+    except RuntimeError as err:  # (a profiler that cannot start is one field, not the bench)
+        return {"profile_error": str(err).splitlines()[0]}
+    if ms_per_step is not None:
+        wall = ms_per_step / 1000
     try:
         events = [e for e in prof.events() if e.device_type.name == "CUDA"] \
             if device.type == "cuda" else []
@@ -330,11 +352,13 @@ def parse_setups(text: str) -> list[tuple[str, tuple[int, int, int]]]:
     return setups
 
 
-def run_bench(options: BenchOptions, device: torch.device, log=print) -> dict[str, Any]:
+def run_bench(options: BenchOptions, device: torch.device, log=print,
+              partial: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """``erat bench``: every method's step time on each model in each variant (precision,
     eager, compiled or the fast path), the measured ratio to ERM beside the counted one
     (:meth:`Method.cost`), with ``chip`` the fraction of the device's matrix rate each step
-    reaches, and attack throughput; printed as a table."""
+    reaches, and attack throughput; printed as a table. ``partial`` is given the result so
+    far after each measured row (what a time limit cuts short is not lost)."""
     o = options
     if o.steps < 1 or o.warmup < 0 or o.batch_size < 1:
         raise UserError("bench needs --steps >= 1, --warmup >= 0 and --batch-size >= 1")
@@ -355,13 +379,22 @@ def run_bench(options: BenchOptions, device: torch.device, log=print) -> dict[st
     log(f"{'model':<16} {'variant':<13} {'method':<20} {'ms/step':>9} {'img/s':>8} "
         f"{'x erm':>6} {'counted':>8} {'peak MB':>8}" + ("  % of rate" if o.chip else ""))
     for name, shape in parse_setups(o.models):
-        rows = [r for amp, comp, fast in variants
-                for r in bench_training(name, shape, names, batch_size=o.batch_size,
-                                        steps=o.steps, warmup=o.warmup + 3 * (comp or fast),
-                                        max_seconds=o.max_seconds, device=device, amp=amp,
-                                        channels_last=o.channels_last, compiled=comp,
-                                        fast=fast, profile=o.profile)]
+        rows: list[dict[str, Any]] = []
         entry: dict[str, Any] = {"shape": list(shape), "rows": rows}
+        result["models"][name] = entry
+
+        def measured(row: dict[str, Any], rows: list = rows) -> None:
+            rows.append(row)
+            if partial is not None:
+                partial(result)
+
+        for amp, comp, fast in variants:
+            start = len(rows)
+            rows[start:] = bench_training(
+                name, shape, names, batch_size=o.batch_size, steps=o.steps,
+                warmup=o.warmup + 3 * (comp or fast), max_seconds=o.max_seconds,
+                device=device, amp=amp, channels_last=o.channels_last, compiled=comp,
+                fast=fast, profile=o.profile, on_row=measured)
         if o.chip:
             entry["flops_per_image"] = flops_per_image(name, shape, device)
             _chip_columns(rows, entry["flops_per_image"]["train_step"],
@@ -379,7 +412,6 @@ def run_bench(options: BenchOptions, device: torch.device, log=print) -> dict[st
                                              autoattack_n=o.autoattack_n,
                                              max_seconds=o.max_seconds)
             log(f"{name:<16} attacks: " + json.dumps(entry["attacks"]))
-        result["models"][name] = entry
     return result
 
 

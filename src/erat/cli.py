@@ -162,6 +162,8 @@ def _add_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fresh", action="store_true", help="ignore the saved per-example "
                    "progress of an earlier, interrupted eval (kept as .eval-*.state.pt in "
                    "the run folder, or a cache folder when it is read-only)")
+    p.add_argument("--fast", choices=["auto", "off"], default="auto", help="auto: the model "
+                   "as CUDA graphs on a GPU (padded batches); off: eager everywhere")
     p.set_defaults(run=run_eval)
 
 
@@ -176,7 +178,7 @@ def run_eval(args: argparse.Namespace) -> int:
                            seed=args.seed, checks=args.checks, **options)
     result = evaluate_run(args.run_dir, cfg, n=args.n, data_dir=args.data_dir,
                           device=args.device, fresh=args.fresh, json_path=args.json,
-                          external=_options(args.external, args))
+                          external=_options(args.external, args), fast=args.fast == "auto")
     wrote = _write_json(result, args.json)
     print("\n".join([format_result(result), *wrote]))
     return CHECKS_FAILED if result.get("checks_failed") else 0
@@ -282,7 +284,9 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.json:
         check_writable_file(args.json, "--json")
     options = _options(BenchOptions, args)
-    result = bench(options, device=resolve_device(options.device))
+    result = bench(options, device=resolve_device(options.device),
+                   partial=(lambda so_far: _write_json(so_far, args.json)) if args.json
+                   else None)
     for line in _write_json(result, args.json):
         print(line)
     return 0

@@ -81,7 +81,7 @@ def evaluate(
     start = time.perf_counter()
     attacked = _channels_last_copy(model) if x.dim() == 4 else model
     if fast and device.type == "cuda":
-        attacked = Padded(compiled(attacked, graphs=True))
+        attacked = Padded(compiled(attacked, graphs=True, graph_searches=True))
     cuda = [device] if device.type == "cuda" else []
     with supervised_search(attacked), torch.random.fork_rng(devices=cuda):
         torch.manual_seed(cfg.seed)

@@ -39,27 +39,67 @@ def check_capturable(model: nn.Module, example: Tensor) -> None:
                         "with --fast off (the eager path)")
 
 
-def compiled(model: nn.Module, *, graphs: bool) -> nn.Module:
+def compiled(model: nn.Module, *, graphs: bool, graph_searches: bool = False) -> nn.Module:
     """``torch.compile`` of ``model``: CUDA-graph replay (``reduce-overhead``) on a GPU with
     ``graphs``, plain kernel fusion otherwise (the CPU tests' mode). A replayed graph writes
     its outputs into the same buffers each time, and a method calls the model on one shape
     several times before it uses the first output (the clean and the perturbed pass): the
-    graph's outputs are cloned (:class:`Cloned`)."""
+    graph's outputs are cloned (:class:`Cloned`).
+
+    CUDA-graph trees end a "generation" (and free every live output of the previous one,
+    saved activations included) at the first compiled forward after *any* compiled backward
+    (torch's note "Backward Generation Handling"). A step whose clean pass waits for its
+    backward while an inner search runs its own ``torch.autograd.grad`` (AT, TRADES, VAT, ER)
+    would lose the clean pass's saved tensors: unless ``graph_searches`` (evaluation, where
+    every forward's backward follows at once), a search (a call on an input that requires
+    grad) made while a captured forward still waits for its backward runs on the eager model,
+    outside the graphs. Searches with nothing pending (PGD-AT's, before its one trained pass)
+    stay captured."""
+    _raise_recompile_limit()
     cuda = next(model.parameters()).device.type == "cuda"
     if graphs and cuda:
-        return Cloned(torch.compile(model, mode="reduce-overhead"))
+        return Cloned(torch.compile(model, mode="reduce-overhead"),
+                      None if graph_searches else model)
     return torch.compile(model)
 
 
-class Cloned(nn.Module):
-    """``model``'s output copied out of the CUDA graph's buffers (autograd flows through)."""
+def _raise_recompile_limit(limit: int = 64) -> None:
+    """Every recipe (train/eval mode, BN momentum, patched BN forward, grad mode, input
+    requires_grad) is one Dynamo cache entry of one shared frame; past the default limit of
+    8 (reached by the 8 methods of one ``erat bench --fast on``) Dynamo runs the rest eager
+    and says so only in a log line."""
+    import torch._dynamo.config as dynamo_config
 
-    def __init__(self, model: nn.Module) -> None:
+    for name in ("recompile_limit", "cache_size_limit"):  # (renamed in torch 2.7)
+        if getattr(dynamo_config, name, limit) < limit:
+            setattr(dynamo_config, name, limit)
+
+
+class Cloned(nn.Module):
+    """``model``'s output copied out of the CUDA graph's buffers (autograd flows through).
+    With ``eager`` (the same module, uncompiled), a search made while a captured forward
+    waits for its backward (``pending``, counted by a gradient hook on each output) runs
+    there instead (see :func:`compiled`)."""
+
+    def __init__(self, model: nn.Module, eager: nn.Module | None = None) -> None:
         super().__init__()
         self.model = model
+        self._eager = (eager,)  # (a tuple: not a second copy in modules()/state_dict)
+        self.pending = 0
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.model(x).clone()
+        eager = self._eager[0]
+        search = x.requires_grad and torch.is_grad_enabled()
+        if eager is not None and search and self.pending:
+            return eager(x)
+        out = self.model(x).clone()
+        if eager is not None and out.requires_grad:
+            self.pending += 1
+            out.register_hook(self._backward_done)
+        return out
+
+    def _backward_done(self, grad: Tensor) -> None:
+        self.pending = max(self.pending - 1, 0)
 
 
 class Padded(nn.Module):

@@ -10,8 +10,10 @@ part with its own switch; the CPU path is the eager one and stays as it is.
   whose compiled forward and backward graphs are replayed as CUDA graphs, one per shape and
   per BatchNorm/dropout recipe the method uses (the ray points of ER, the searches of PGD).
   The inner searches take input gradients (``torch.autograd.grad``), which a compiled
-  region cannot hold, so the update is captured piecewise, not as one graph; a model with
-  data-dependent control flow (a graph break in its forward) is refused before training.
+  region cannot hold, so the update is captured piecewise, not as one graph; a search made
+  while a captured pass waits for its backward (AT, TRADES, VAT, ER) runs eager, since CUDA
+  graph trees would free that pass's saved tensors (:func:`erat.graphs.compiled`); a model
+  with data-dependent control flow (a graph break in its forward) is refused before training.
 - **bf16 and channels-last** (``fast_bf16``, ``fast_channels_last``) for convolutional
   models, where tensor cores pay; losses, norms and the energy's differences stay float32
   (:mod:`erat.losses`, :mod:`erat.threat`).
