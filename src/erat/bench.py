@@ -180,21 +180,9 @@ def bench_training(
 
         row = {"model": model_name, "method": name, "batch_size": batch_size, "amp": amp,
                "compiled": compiled, "fast": fast}
-        try:
-            times = _time(step, device, steps, warmup, max_seconds)
-        except RuntimeError as err:  # (a failed capture or compilation: one row says so, the
-            # other methods and variants are still measured)
-            nan = float("nan")
-            rows.append({**row, "error": str(err).splitlines()[0][:300], "ms_per_step": nan,
-                         "images_per_s": nan, "timed_steps": 0, "peak_mem_mb": nan,
-                         "passes_per_example": nan})
-        else:
-            ms = statistics.median(times)
-            rows.append({**row, "ms_per_step": ms,
-                         "images_per_s": batch_size / (ms / 1000), "timed_steps": len(times),
-                         "peak_mem_mb": round(_peak_mb(device), 1),
-                         "passes_per_example": method.cost(batch, model.train()) / batch_size,
-                         **(kernel_profile(step, device, ms) if profile else {})})
+        rows.append(row | _measured(step, device, steps, warmup, max_seconds, profile,
+                                    lambda method=method, model=model: method.cost(
+                                        batch, model.train()) / batch_size, batch_size))
         if on_row is not None:
             on_row(rows[-1])
     erm, erm_passes = rows[0]["ms_per_step"], rows[0]["passes_per_example"]
@@ -202,6 +190,25 @@ def bench_training(
         row["ratio_to_erm"] = row["ms_per_step"] / erm
         row["counted_ratio_to_erm"] = row["passes_per_example"] / erm_passes
     return [r for r in rows if r["method"] in methods]
+
+
+def _measured(step: Callable[[], Any], device: torch.device, steps: int, warmup: int,
+              max_seconds: float, profile: bool, passes: Callable[[], float],
+              batch_size: int) -> dict[str, Any]:
+    """The timing columns of one row; a step that raises a ``RuntimeError`` (a failed
+    capture or compilation) gives its ``error`` and NaNs, so the other rows still run."""
+    try:
+        times = _time(step, device, steps, warmup, max_seconds)
+    except RuntimeError as err:
+        nan = float("nan")
+        return {"error": str(err).splitlines()[0][:300], "ms_per_step": nan,
+                "images_per_s": nan, "timed_steps": 0, "peak_mem_mb": nan,
+                "passes_per_example": nan}
+    ms = statistics.median(times)
+    return {"ms_per_step": ms, "images_per_s": batch_size / (ms / 1000),
+            "timed_steps": len(times), "peak_mem_mb": round(_peak_mb(device), 1),
+            "passes_per_example": passes(),
+            **(kernel_profile(step, device, ms) if profile else {})}
 
 
 def _model(name: str, shape: tuple[int, int, int], device: torch.device) -> nn.Module:
