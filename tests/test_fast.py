@@ -184,3 +184,19 @@ def test_the_fast_loop_trains_with_device_data_on_the_cpu(tmp_path, monkeypatch)
             .splitlines()]
     assert len(rows) == 2 and all(torch.isfinite(torch.tensor(r["train_loss"])) for r in rows)
     assert rows[-1]["cost"] > 0
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_a_non_finite_loss_stops_the_run_with_one_line(tmp_path, capsys, monkeypatch, fast):
+    """The loss is read on the host every update on the CPU and every few updates on the
+    fast path (no synchronisation per update there); either way a loss that blows up stops
+    the run with one line and leaves no run folder behind."""
+    import erat.fit.fast
+
+    monkeypatch.setattr(erat.fit.fast, "active", lambda options, device: fast)
+    code = main(["train", "--dataset", "digits", "--model", "cnn", "--epochs", "2",
+                 "--epoch-updates", "3", "--method", "erm", "--lr", "1e8", "--no-fast-graph",
+                 "--no-progress", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and "the training loss became" in err and err.count("\n") == 1
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()

@@ -18,6 +18,9 @@ part with its own switch; the CPU path is the eager one and stays as it is.
   models, where tensor cores pay; losses, norms and the energy's differences stay float32
   (:mod:`erat.losses`, :mod:`erat.threat`).
 - **a fused optimiser** (``fused=True``): one kernel per parameter group for Adam and SGD.
+- **no host synchronisation per update**: the metrics are summed on the device and the loss
+  is checked for NaN or infinity every ``CHECK_EVERY`` updates and at the epoch's end
+  (:mod:`erat.fit.loop`), so the host queues the next update while the device runs this one.
 
 The fast step is the same method: ``tests/test_fast.py`` compares compiled and eager steps of
 every method on the CPU (``torch.compile`` runs there too), loss and update within tolerance.

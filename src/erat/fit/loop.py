@@ -43,6 +43,9 @@ from erat.graphs import check_capturable, compiled
 from erat.methods import Batch, Method
 from erat.rundir import RunDir, unwrap
 
+# the fast path reads the loss on the host (a synchronisation) every this many updates
+CHECK_EVERY = 25
+
 
 def fit(
     model: nn.Module,
@@ -136,7 +139,7 @@ class Loop:
         n = min(sched.per_epoch, sched.updates - first)
         t0 = time.perf_counter()
         self.model.train()
-        sums: dict[str, float] = {}
+        sums: dict[str, Any] = {}
         bar = tqdm(self.sampler.batches(gen), total=n, desc=f"epoch {epoch}/{sched.epochs}",
                    disable=not opt.progress or not dist.is_main, leave=False)
         for i, (li, ui) in enumerate(bar):
@@ -149,11 +152,14 @@ class Loop:
                 uidx = distributed.shard(ui, dist).to(self.device)
                 batch.x_unlabeled = self._prepare(self.xu[uidx], gen)
             metrics = self._update(batch)
-            for k, v in metrics.items():
-                sums[k] = sums.get(k, 0.0) + v
-            bar.set_postfix(loss=f"{metrics['loss']:.3f}")
+            for k, v in metrics.items():  # (float64 sums, on the device on the fast path)
+                sums[k] = sums.get(k, 0.0) + (v.double() if self.fast else float(v))
+            if not self.fast or (i + 1) % CHECK_EVERY == 0 or i + 1 == n:
+                _check_finite(sums["loss"], first + i)  # (the fast path: every few updates)
+                bar.set_postfix(loss=f"{float(metrics['loss']):.3f}")
         seconds = time.perf_counter() - t0
-        sums = distributed.mean_over_ranks(sums, dist, self.device)
+        sums = distributed.mean_over_ranks({k: float(v) for k, v in sums.items()}, dist,
+                                           self.device)
         row = {"epoch": epoch, "updates": first + n, "seconds": round(seconds, 3),
                "lr": self.state.scheduler.get_last_lr()[0],
                **{f"train_{k}": v / n for k, v in sums.items()}}
@@ -161,7 +167,7 @@ class Loop:
             row["cost"] = sched.cost(first + n)
         return row
 
-    def _update(self, batch: Batch) -> dict[str, float]:
+    def _update(self, batch: Batch) -> dict[str, Tensor]:
         """One update; where the CUDA-graph replay fails (a pattern of calls it cannot
         serve), the run goes on eager, said once (``--no-fast-graph`` skips the attempt)."""
         try:
@@ -219,21 +225,26 @@ def _train_seconds(history: list[dict]) -> float:
 
 
 def update(model: nn.Module, method: Method, batch: Batch, state: TrainState, amp: str,
-           device: torch.device, dist: distributed.Dist) -> dict[str, float]:
-    """One optimiser update on ``batch``; returns the method's metrics as floats."""
+           device: torch.device, dist: distributed.Dist) -> dict[str, Tensor]:
+    """One optimiser update on ``batch``; returns the method's metrics as detached tensors
+    (read on the host only when the caller asks: no synchronisation per update)."""
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
     with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
         out = method(model, batch)
-    if not torch.isfinite(out.loss):
-        raise UserError(f"the training loss became {out.loss.item()} at update "
-                        f"{batch.updates}; lower --lr or check the data")
     state.optimizer.zero_grad(set_to_none=True)
     state.scaler.scale(out.loss).backward()
     distributed.average_gradients(model, dist)
     state.scaler.step(state.optimizer)
     state.scaler.update()
     state.scheduler.step()
-    return {k: float(v) for k, v in out.metrics.items()}
+    return {k: torch.as_tensor(v).detach() for k, v in out.metrics.items()}
+
+
+def _check_finite(loss_sum: Tensor, update: int) -> None:
+    """Stop when a training loss since the last check was NaN or infinite (their sum is)."""
+    if not math.isfinite(float(loss_sum)):
+        raise UserError(f"the training loss became {float(loss_sum)} by update {update}; "
+                        "lower --lr or check the data")
 
 
 def epoch_line(row: dict[str, Any], epochs: int) -> str:
