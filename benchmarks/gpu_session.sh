@@ -30,15 +30,16 @@ END=$((SECONDS + ${LIMIT:-480}))
 W=$(mktemp -d)
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TQDM_DISABLE=1
-exec > >(tee -a "$OUT/session.log") 2>&1
+exec > >(tee "$OUT/session.log") 2>&1
 # written beside and renamed: a kill during tar never leaves a truncated gpu.tgz
-pack() { tar czf "$OUT/.gpu.tgz.part" --exclude='*.pt' -C "$W" . && mv -f "$OUT/.gpu.tgz.part" "$OUT/gpu.tgz"; }
+# (tar's exit 1, "file changed as we read it", still leaves a whole archive)
+pack() { tar czf "$OUT/.gpu.tgz.part" --exclude='*.pt' -C "$W" .; [ $? -le 1 ] && mv -f "$OUT/.gpu.tgz.part" "$OUT/gpu.tgz"; }
 stamp() { echo "== $(date +%T) $*"; }
 # limit SECONDS CMD...: CMD under min(SECONDS, time left); skipped when under 20 s are left
 limit() {
   local want=$1 left=$((END - SECONDS)); shift
   if [ "$left" -lt 20 ]; then echo "skipped (deadline): $*"; return 124; fi
-  timeout $((want < left ? want : left)) "$@"
+  timeout -k 10 $((want < left ? want : left)) "$@"  # (KILL 10 s after a TERM ignored)
 }
 METHODS="erm,at,vat,pgd:steps=3,pgd:steps=10,trades:steps=10,er:S=1,er:S=3"
 
@@ -52,7 +53,8 @@ f = torch.compile(torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.GELU()).
 for _ in range(3):
     x = torch.randn(32, 64, device='cuda', requires_grad=True)
     f(x).clone().sum().backward()
-torch.cuda.synchronize(); print('preflight ok')"
+torch.cuda.synchronize(); print('preflight ok')" \
+  || echo "preflight failed: the fast-path rows and runs below will fail; the eager ones still run"
 
 stamp "bench preact-resnet18, batch 128, eager fp32 against the fast path"
 limit 260 $PY -m erat bench --models preact-resnet18:3x32x32 --methods "$METHODS" --fast off,on \

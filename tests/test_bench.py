@@ -68,18 +68,21 @@ def test_a_method_that_fails_is_one_row_and_the_others_run(monkeypatch):
 
     timer, calls = erat.bench._time, []
 
-    def fails_for_at(*args):  # the methods run in the order given: erm, at, pgd
+    def fails_for_at(*args):  # the methods run in the order given: erm, at, pgd, trades
         calls.append(1)
         if len(calls) == 2:
             raise RuntimeError("accessing tensor output of CUDAGraphs that has been overwritten")
+        if len(calls) == 4:
+            raise RuntimeError()  # (no message: the row names the error's type)
         return timer(*args)
 
     monkeypatch.setattr(erat.bench, "_time", fails_for_at)
-    rows = bench_training("mlp", (1, 8, 8), ["erm", "at", "pgd"], batch_size=8, steps=1,
-                          warmup=0)
+    rows = bench_training("mlp", (1, 8, 8), ["erm", "at", "pgd", "trades"], batch_size=8,
+                          steps=1, warmup=0)
     errors = {r["method"]: r.get("error") for r in rows}
     assert errors["at"].startswith("accessing tensor output") and errors["erm"] is None
-    assert errors["pgd"] is None and rows[-1]["ms_per_step"] > 0
+    assert errors["pgd"] is None and rows[2]["ms_per_step"] > 0
+    assert errors["trades"] == "RuntimeError" and rows[1]["passes_per_example"] > 0
 
 
 def test_bench_json_holds_each_row_as_it_is_measured(tmp_path, monkeypatch):

@@ -27,6 +27,7 @@ from torch import nn
 from erat.errors import UserError
 from erat.fields import param
 from erat.fit.fast import optimizer_kwargs
+from erat.graphs import Cloned
 from erat.graphs import compiled as graphed
 from erat.losses import cross_entropy
 from erat.methods import Batch, build_method, method_names
@@ -169,6 +170,8 @@ def bench_training(
             torch.cuda.reset_peak_memory_stats(device)
 
         def step(model=stepped, method=method, opt=opt, scaler=scaler) -> None:
+            if isinstance(model, Cloned):
+                model.pending = 0  # (as the training loop does before each update)
             opt.zero_grad(set_to_none=True)
             with torch.autocast(
                 device.type, dtype=dtype or torch.float32, enabled=dtype is not None
@@ -181,8 +184,8 @@ def bench_training(
         row = {"model": model_name, "method": name, "batch_size": batch_size, "amp": amp,
                "compiled": compiled, "fast": fast}
         rows.append(row | _measured(step, device, steps, warmup, max_seconds, profile,
-                                    lambda method=method, model=model: method.cost(
-                                        batch, model.train()) / batch_size, batch_size))
+                                    batch_size)
+                    | {"passes_per_example": method.cost(batch, model.train()) / batch_size})
         if on_row is not None:
             on_row(rows[-1])
     erm, erm_passes = rows[0]["ms_per_step"], rows[0]["passes_per_example"]
@@ -193,22 +196,29 @@ def bench_training(
 
 
 def _measured(step: Callable[[], Any], device: torch.device, steps: int, warmup: int,
-              max_seconds: float, profile: bool, passes: Callable[[], float],
-              batch_size: int) -> dict[str, Any]:
+              max_seconds: float, profile: bool, batch_size: int) -> dict[str, Any]:
     """The timing columns of one row; a step that raises a ``RuntimeError`` (a failed
-    capture or compilation) gives its ``error`` and NaNs, so the other rows still run."""
+    capture or compilation) gives its ``error`` and NaNs, so the other rows still run (on a
+    GPU after resetting Dynamo and its CUDA-graph trees, which the failure may have left
+    half-recorded)."""
     try:
         times = _time(step, device, steps, warmup, max_seconds)
     except RuntimeError as err:
+        if device.type == "cuda":
+            import torch._dynamo
+
+            torch._dynamo.reset()
         nan = float("nan")
-        return {"error": str(err).splitlines()[0][:300], "ms_per_step": nan,
-                "images_per_s": nan, "timed_steps": 0, "peak_mem_mb": nan,
-                "passes_per_example": nan}
+        return {"error": _first_line(err)[:300], "ms_per_step": nan, "images_per_s": nan,
+                "timed_steps": 0, "peak_mem_mb": nan}
     ms = statistics.median(times)
     return {"ms_per_step": ms, "images_per_s": batch_size / (ms / 1000),
             "timed_steps": len(times), "peak_mem_mb": round(_peak_mb(device), 1),
-            "passes_per_example": passes(),
             **(kernel_profile(step, device, ms) if profile else {})}
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).splitlines() or [type(err).__name__])[0]
 
 
 def _model(name: str, shape: tuple[int, int, int], device: torch.device) -> nn.Module:
@@ -237,7 +247,7 @@ def kernel_profile(step: Callable[[], Any], device: torch.device, ms_per_step: f
             _sync(device)
             wall = (time.perf_counter() - t0) / steps
     except RuntimeError as err:  # (a profiler that cannot start is one field, not the bench)
-        return {"profile_error": str(err).splitlines()[0]}
+        return {"profile_error": _first_line(err)}
     if ms_per_step is not None:
         wall = ms_per_step / 1000
     try:
@@ -245,7 +255,7 @@ def kernel_profile(step: Callable[[], Any], device: torch.device, ms_per_step: f
             if device.type == "cuda" else []
         busy = sum(e.device_time for e in events) / 1e6 / steps  # microseconds in events
     except (AttributeError, RuntimeError) as err:  # (the profiler's API moves between releases)
-        return {"profile_error": str(err).splitlines()[0]}
+        return {"profile_error": _first_line(err)}
     return {"kernels_per_step": len(events) / steps,
             "device_busy": busy / wall if events else None}
 
@@ -411,7 +421,8 @@ def run_bench(options: BenchOptions, device: torch.device, log=print,
             log(f"{name:<16} {variant:<13} {r['method']:<20} {r['ms_per_step']:>9.1f} "
                 f"{r['images_per_s']:>8.0f} {r['ratio_to_erm']:>6.2f} "
                 f"{r['counted_ratio_to_erm']:>8.2f} {r['peak_mem_mb']:>8.0f}"
-                + (f"  {r['rate_fraction']:>9.1%}" if o.chip else ""))
+                + (f"  {r['rate_fraction']:>9.1%}" if o.chip else "")
+                + (f"  error: {r['error']}" if "error" in r else ""))
         if o.attacks:
             entry["attacks"] = bench_attacks(_model(name, shape, device).eval(), shape,
                                              batch_size=o.batch_size, steps=o.attack_steps,

@@ -5,7 +5,7 @@ can be captured, and padded batches so that few graph shapes serve every batch s
 Example::
 
     check_capturable(model, x[:2])                # refuses a model with graph breaks
-    fast = Padded(compiled(model, graphs=True))   # eval mode: survivors of any size
+    fast = Padded(compiled(model, graphs=True, graph_searches=True))  # eval: any batch size
 """
 
 from __future__ import annotations
@@ -53,8 +53,9 @@ def compiled(model: nn.Module, *, graphs: bool, graph_searches: bool = False) ->
     would lose the clean pass's saved tensors: unless ``graph_searches`` (evaluation, where
     every forward's backward follows at once), a search (a call on an input that requires
     grad) made while a captured forward still waits for its backward runs on the eager model,
-    outside the graphs. Searches with nothing pending (PGD-AT's, before its one trained pass)
-    stay captured."""
+    outside the graphs (so does any pass on such an input: ER's gradient-norm estimator's
+    ray pass, a double backward). Searches with nothing pending (PGD-AT's, before its one
+    trained pass) stay captured."""
     _raise_recompile_limit()
     cuda = next(model.parameters()).device.type == "cuda"
     if graphs and cuda:
@@ -78,8 +79,9 @@ def _raise_recompile_limit(limit: int = 64) -> None:
 class Cloned(nn.Module):
     """``model``'s output copied out of the CUDA graph's buffers (autograd flows through).
     With ``eager`` (the same module, uncompiled), a search made while a captured forward
-    waits for its backward (``pending``, counted by a gradient hook on each output) runs
-    there instead (see :func:`compiled`)."""
+    waits for its backward (``pending``, counted by a gradient hook on each output; the
+    training loop sets it to 0 before each update) runs there instead (see
+    :func:`compiled`)."""
 
     def __init__(self, model: nn.Module, eager: nn.Module | None = None) -> None:
         super().__init__()
@@ -99,7 +101,7 @@ class Cloned(nn.Module):
         return out
 
     def _backward_done(self, grad: Tensor) -> None:
-        self.pending = max(self.pending - 1, 0)
+        self.pending -= 1  # (a second backward through one output: below 0, searches eager)
 
 
 class Padded(nn.Module):

@@ -18,9 +18,11 @@ part with its own switch; the CPU path is the eager one and stays as it is.
   models, where tensor cores pay; losses, norms and the energy's differences stay float32
   (:mod:`erat.losses`, :mod:`erat.threat`).
 - **a fused optimiser** (``fused=True``): one kernel per parameter group for Adam and SGD.
-- **no host synchronisation per update**: the metrics are summed on the device and the loss
-  is checked for NaN or infinity every ``CHECK_EVERY`` updates and at the epoch's end
-  (:mod:`erat.fit.loop`), so the host queues the next update while the device runs this one.
+- **no host synchronisation per update in the loop**: the metrics are summed on the device
+  and the loss is checked for NaN or infinity every ``CHECK_EVERY`` updates and at the
+  epoch's end (:mod:`erat.fit.loop`), so the host can queue the next update while the device
+  runs this one (a method's own reads remain: ER's searches check for a zero gradient,
+  :func:`erat.search.unit_or_random`).
 
 The fast step is the same method: ``tests/test_fast.py`` compares compiled and eager steps of
 every method on the CPU (``torch.compile`` runs there too), loss and update within tolerance.

@@ -39,7 +39,7 @@ from erat.fit.sampler import EpochSampler
 from erat.fit.schedule import build_optimizer, plan
 from erat.fit.state import TrainState
 from erat.fit.validate import clean_accuracy, val_radius, validate
-from erat.graphs import check_capturable, compiled
+from erat.graphs import Cloned, check_capturable, compiled
 from erat.methods import Batch, Method
 from erat.rundir import RunDir, unwrap
 
@@ -153,9 +153,10 @@ class Loop:
                 batch.x_unlabeled = self._prepare(self.xu[uidx], gen)
             metrics = self._update(batch)
             for k, v in metrics.items():  # (float64 sums, on the device on the fast path)
-                sums[k] = sums.get(k, 0.0) + (v.double() if self.fast else float(v))
+                sums[k] = sums.get(k, 0.0) + (v.double() if self.fast else v)
             if not self.fast or (i + 1) % CHECK_EVERY == 0 or i + 1 == n:
-                _check_finite(sums["loss"], first + i)  # (the fast path: every few updates)
+                if self.fast:
+                    _check_finite(sums["loss"], first + i)
                 bar.set_postfix(loss=f"{float(metrics['loss']):.3f}")
         seconds = time.perf_counter() - t0
         sums = distributed.mean_over_ranks({k: float(v) for k, v in sums.items()}, dist,
@@ -167,12 +168,12 @@ class Loop:
             row["cost"] = sched.cost(first + n)
         return row
 
-    def _update(self, batch: Batch) -> dict[str, Tensor]:
+    def _update(self, batch: Batch) -> dict[str, Any]:
         """One update; where the CUDA-graph replay fails (a pattern of calls it cannot
         serve), the run goes on eager, said once (``--no-fast-graph`` skips the attempt)."""
         try:
             return update(self.step_model, self.method, batch, self.state, self.amp,
-                          self.device, self.dist)
+                          self.device, self.dist, lazy=self.fast)
         except RuntimeError as err:
             if self.step_model is self.model or "graph" not in str(err).lower():
                 raise
@@ -180,7 +181,7 @@ class Loop:
                      "this run goes on eager (--no-fast-graph skips the attempt)")
             self.step_model = self.model
             return update(self.model, self.method, batch, self.state, self.amp, self.device,
-                          self.dist)
+                          self.dist, lazy=self.fast)
 
     def _prepare(self, x: Tensor, gen: torch.Generator) -> Tensor:
         x = augment_batch(x, self.augment, gen)
@@ -225,23 +226,34 @@ def _train_seconds(history: list[dict]) -> float:
 
 
 def update(model: nn.Module, method: Method, batch: Batch, state: TrainState, amp: str,
-           device: torch.device, dist: distributed.Dist) -> dict[str, Tensor]:
-    """One optimiser update on ``batch``; returns the method's metrics as detached tensors
-    (read on the host only when the caller asks: no synchronisation per update)."""
+           device: torch.device, dist: distributed.Dist, *, lazy: bool = False
+           ) -> dict[str, Any]:
+    """One optimiser update on ``batch``; returns the method's metrics as floats, after
+    refusing a non-finite loss before the step. With ``lazy`` (the fast path) neither: the
+    metrics stay detached tensors on the device and the caller checks the loss every few
+    updates (no host synchronisation per update)."""
+    if isinstance(model, Cloned):
+        model.pending = 0  # (nothing waits for its backward across updates)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
     with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
         out = method(model, batch)
+    if not lazy and not torch.isfinite(out.loss):
+        raise UserError(f"the training loss became {out.loss.item()} at update "
+                        f"{batch.updates}; lower --lr or check the data")
     state.optimizer.zero_grad(set_to_none=True)
     state.scaler.scale(out.loss).backward()
     distributed.average_gradients(model, dist)
     state.scaler.step(state.optimizer)
     state.scaler.update()
     state.scheduler.step()
-    return {k: torch.as_tensor(v).detach() for k, v in out.metrics.items()}
+    if lazy:
+        return {k: torch.as_tensor(v).detach() for k, v in out.metrics.items()}
+    return {k: float(v) for k, v in out.metrics.items()}
 
 
 def _check_finite(loss_sum: Tensor, update: int) -> None:
-    """Stop when a training loss since the last check was NaN or infinite (their sum is)."""
+    """Stop when a training loss (the ``loss`` metric) since the last check was NaN or
+    infinite (their sum is): the fast path's check, every ``CHECK_EVERY`` updates."""
     if not math.isfinite(float(loss_sum)):
         raise UserError(f"the training loss became {float(loss_sum)} by update {update}; "
                         "lower --lr or check the data")
