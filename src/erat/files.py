@@ -47,17 +47,20 @@ def atomic_write_bytes(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
     except BaseException as err:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
-        cause = _os_error(err)  # torch.save wraps a failed write (disk full) in a RuntimeError
+        interrupt = _behind(err, KeyboardInterrupt)  # (a signal inside torch.save's writer
+        if interrupt is not None and interrupt is not err:  # surfaces as its RuntimeError)
+            raise interrupt from None
+        cause = _behind(err, OSError)  # torch.save wraps a failed write (disk full) too
         if cause is not None:
             raise os_problem(cause, f"write {path}") from err
         raise
 
 
-def _os_error(err: BaseException) -> OSError | None:
-    """The ``OSError`` behind ``err`` (itself, or in its chain of causes), if any."""
+def _behind(err: BaseException | None, kind: type[BaseException]) -> BaseException | None:
+    """The ``kind`` exception behind ``err`` (itself, or in its chain of causes), if any."""
     seen = 0
     while err is not None and seen < 10:
-        if isinstance(err, OSError):
+        if isinstance(err, kind):
             return err
         err, seen = err.__cause__ or err.__context__, seen + 1
     return None
