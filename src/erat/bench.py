@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from erat.errors import UserError
+from erat.errors import UserError, first_line
 from erat.fields import param
 from erat.fit.fast import optimizer_kwargs
 from erat.graphs import Cloned
@@ -209,16 +209,12 @@ def _measured(step: Callable[[], Any], device: torch.device, steps: int, warmup:
 
             torch._dynamo.reset()
         nan = float("nan")
-        return {"error": _first_line(err)[:300], "ms_per_step": nan, "images_per_s": nan,
+        return {"error": first_line(err)[:300], "ms_per_step": nan, "images_per_s": nan,
                 "timed_steps": 0, "peak_mem_mb": nan}
     ms = statistics.median(times)
     return {"ms_per_step": ms, "images_per_s": batch_size / (ms / 1000),
             "timed_steps": len(times), "peak_mem_mb": round(_peak_mb(device), 1),
             **(kernel_profile(step, device, ms) if profile else {})}
-
-
-def _first_line(err: BaseException) -> str:
-    return (str(err).splitlines() or [type(err).__name__])[0]
 
 
 def _model(name: str, shape: tuple[int, int, int], device: torch.device) -> nn.Module:
@@ -247,7 +243,7 @@ def kernel_profile(step: Callable[[], Any], device: torch.device, ms_per_step: f
             _sync(device)
             wall = (time.perf_counter() - t0) / steps
     except RuntimeError as err:  # (a profiler that cannot start is one field, not the bench)
-        return {"profile_error": _first_line(err)}
+        return {"profile_error": first_line(err)}
     if ms_per_step is not None:
         wall = ms_per_step / 1000
     try:
@@ -255,7 +251,7 @@ def kernel_profile(step: Callable[[], Any], device: torch.device, ms_per_step: f
             if device.type == "cuda" else []
         busy = sum(e.device_time for e in events) / 1e6 / steps  # microseconds in events
     except (AttributeError, RuntimeError) as err:  # (the profiler's API moves between releases)
-        return {"profile_error": _first_line(err)}
+        return {"profile_error": first_line(err)}
     return {"kernels_per_step": len(events) / steps,
             "device_busy": busy / wall if events else None}
 

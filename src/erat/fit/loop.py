@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from erat import distributed
 from erat.datasets import augment_batch
-from erat.errors import UserError
+from erat.errors import UserError, first_line
 from erat.fit import fast
 from erat.fit.guard import guard
 from erat.fit.options import FitData, FitOptions, FitResult
@@ -177,7 +177,7 @@ class Loop:
         except RuntimeError as err:
             if self.step_model is self.model or "graph" not in str(err).lower():
                 raise
-            self.log(f"warning: the CUDA-graph step failed ({str(err).splitlines()[0]}); "
+            self.log(f"warning: the CUDA-graph step failed ({first_line(err)}); "
                      "this run goes on eager (--no-fast-graph skips the attempt)")
             self.step_model = self.model
             return update(self.model, self.method, batch, self.state, self.amp, self.device,

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from erat.errors import UserError
+from erat.errors import UserError, first_line
 from erat.models.factory import build_factory, is_factory
 from erat.registry import Registry
 
@@ -91,8 +91,7 @@ def build_model(
         raise
     except (TypeError, ValueError, RuntimeError) as err:  # e.g. hidden=[-5], width="x"
         shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items()) or "its defaults"
-        raise UserError(f"cannot build model {name!r} with {shown}: "
-                        f"{str(err).splitlines()[0] if str(err) else type(err).__name__}"
+        raise UserError(f"cannot build model {name!r} with {shown}: {first_line(err)}"
                         ) from err
     return nn.Sequential(OrderedDict(normalize=Normalize(mean, std), net=net))
 
