@@ -108,3 +108,19 @@ def test_bench_json_holds_each_row_as_it_is_measured(tmp_path, monkeypatch):
     assert seen == [0, 1]
     assert [r["method"] for r in json.loads(path.read_text())["models"]["mlp"]["rows"]] \
         == ["erm", "at"]
+
+
+def test_fast_rows_say_which_passes_left_the_graphs(monkeypatch):
+    """On the fast path each row counts its step's model calls replayed as graphs and run
+    eager (erat.graphs.Cloned's routing, here around the eager model itself): ERM and PGD-AT
+    replay every pass; AT and ER run only their clean pass eager, their searches replayed."""
+    import erat.bench
+    from erat.graphs import Cloned
+
+    monkeypatch.setattr(erat.bench, "graphed", lambda model, graphs: Cloned(model, model))
+    rows = bench_training("mlp", (1, 8, 8), ["erm", "at", "pgd", "er:S=3"], batch_size=8,
+                          steps=2, warmup=1, fast=True)
+    passes = {r["method"]: (r["graph_passes"], r["eager_passes"]) for r in rows}
+    assert passes == {"erm": (1, 0), "at": (2, 1), "pgd": (passes["pgd"][0], 0),
+                      "er:S=3": (4, 1)}
+    assert passes["pgd"][0] > 1

@@ -77,21 +77,25 @@ def test_padded_batches_give_the_same_outputs():
 
 
 class GraphTree(nn.Module):
-    """CPU stand-in for torch's CUDA-graph trees (``reduce-overhead``): a forward made after a
-    backward, with no forward waiting for its backward, starts a new generation and frees the
-    older generations' saved tensors; a backward into a freed one fails as on the GPU."""
+    """CPU stand-in for torch's CUDA-graph trees (``reduce-overhead``): a forward made with no
+    forward waiting for its backward starts a new generation and frees the older
+    generations' saved tensors; a backward into a freed one fails as on the GPU. (A pass
+    without grad waits for nothing; a backward ends the waiting: torch's
+    ``running_forwards_with_pending_backwards``.)"""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        self.model, self.generation, self.waiting, self.searches = model, 0, False, 0
+        self.model, self.generation, self.waiting = model, 0, False
+        self.calls, self.searches = 0, 0
 
     def forward(self, x):
         if not self.waiting:
             self.generation += 1
-        self.waiting = True
+        self.calls += 1
         self.searches += x.requires_grad
         out, born = self.model(x), self.generation
         if out.requires_grad:
+            self.waiting = True
             out.register_hook(lambda g: self._backward(born))
         return out
 
@@ -102,33 +106,65 @@ class GraphTree(nn.Module):
         self.waiting = False
 
 
-def _graphed_step(name: str, eager: bool) -> GraphTree:
-    """One training step of method ``name`` on ``Cloned(GraphTree(model))`` (with the eager
-    model for searches, or without); the tree."""
+class Counted(nn.Module):
+    """The eager side of :class:`Cloned`, counting its calls."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model, self.calls = model, 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.model(x)
+
+
+def _graphed_updates(name: str, routed: bool | None, updates: int = 3) -> tuple[list, list]:
+    """``updates`` training updates of method ``name`` on ``Cloned(GraphTree(model))`` (with
+    the eager model beside it if ``routed``; None: on the model itself); per update its loss
+    and the (captured, captured searches, eager) pass counts."""
     g = torch.Generator().manual_seed(3)
-    x, y = torch.rand(8, 1, 8, 8, generator=g), torch.randint(0, 10, (8,), generator=g)
     model = tiny().train()
-    tree = GraphTree(model)
-    params = {"eps": 0.1} if name == "fast-at" else {}
-    step = Cloned(tree, model if eager else None)
-    build_method(name, **params)(step, Batch(x, y, torch.rand(8, 1, 8, 8, generator=g))) \
-        .loss.backward()
-    assert step.pending == 0
-    return tree
+    tree, counted = GraphTree(model), Counted(model)
+    step = Cloned(tree, counted if routed else None) if routed is not None else model
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    method = build_method(name, **({"eps": 0.1} if name == "fast-at" else {}))
+    torch.manual_seed(1)
+    losses, passes = [], []
+    for _ in range(updates):
+        x, y = torch.rand(8, 1, 8, 8, generator=g), torch.randint(0, 10, (8,), generator=g)
+        counts = lambda: (tree.calls, tree.searches, counted.calls)  # noqa: E731
+        before = counts()
+        if isinstance(step, Cloned):
+            step.start_update()
+        opt.zero_grad()
+        loss = method(step, Batch(x, y, torch.rand(8, 1, 8, 8, generator=g))).loss
+        loss.backward()
+        opt.step()
+        assert not isinstance(step, Cloned) or step.pending == 0, step.pending
+        losses.append(loss.item())
+        passes.append(tuple(a - b for a, b in zip(counts(), before, strict=True)))
+    return losses, passes
 
 
 @pytest.mark.parametrize("name", method_names())
-def test_searches_leave_the_graphs_while_a_forward_waits(name):
+def test_the_graphs_never_lose_a_waiting_forward(name):
     """A clean pass waiting for its backward while the inner search runs its own backward
     loses its saved tensors to the next graph generation (AT, TRADES, VAT, ER: the stand-in
-    fails as the GPU would); with the eager model beside the graphs such a search runs eager
-    and every method's step completes, while searches with nothing waiting (PGD-AT's,
-    Fast-AT's) stay in the graphs."""
-    if name in ("at", "trades", "vat", "er"):
+    fails as the GPU would). Routed (:class:`Cloned` with the eager model), every method
+    trains: in the first update such a search runs eager; from the second on only the
+    clean pass does, and every search step is captured; methods without the overlap (ERM,
+    PGD-AT, Fast-AT) never leave the graphs. The routed losses are the eager ones."""
+    overlap = name in ("at", "trades", "vat", "er")
+    if overlap:
         with pytest.raises(RuntimeError, match="overwritten"):
-            _graphed_step(name, eager=False)
-    tree = _graphed_step(name, eager=True)
-    assert (tree.searches > 0) == (name in ("pgd", "fast-at"))
+            _graphed_updates(name, routed=False, updates=1)
+    losses, passes = _graphed_updates(name, routed=True)
+    searches = name != "erm"
+    first, *later = passes
+    assert (first[1] > 0) == (searches and not overlap) and (first[2] > 0) == overlap
+    for _, captured_searches, eager in later:
+        assert (captured_searches > 0) == searches and eager == overlap
+    assert losses == _graphed_updates(name, routed=None)[0]
 
 
 class Branchy(nn.Module):
@@ -200,3 +236,15 @@ def test_a_non_finite_loss_stops_the_run_with_one_line(tmp_path, capsys, monkeyp
     err = capsys.readouterr().err
     assert code == 2 and "the training loss became" in err and err.count("\n") == 1
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_a_double_backward_method_trains_eager_under_compile(tmp_path, capsys):
+    """ER's gradient estimator differentiates through an input gradient, which a compiled
+    graph cannot: ``--compile`` (and the fast path's graphs) leave its model eager, said in
+    one note, and the run trains."""
+    code = main(["train", "--dataset", "digits", "--epochs", "1", "--epoch-updates", "2",
+                 "--method", "er", "--estimator", "gradient", "--compile", "--no-progress",
+                 "--out", str(tmp_path / "run")])
+    out = capsys.readouterr()
+    assert code == 0 and "double backward" in out.out + out.err
+    assert "compiled step failed" not in out.out + out.err

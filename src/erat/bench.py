@@ -171,7 +171,7 @@ def bench_training(
 
         def step(model=stepped, method=method, opt=opt, scaler=scaler) -> None:
             if isinstance(model, Cloned):
-                model.pending = 0  # (as the training loop does before each update)
+                model.start_update()  # (as the training loop does)
             opt.zero_grad(set_to_none=True)
             with torch.autocast(
                 device.type, dtype=dtype or torch.float32, enabled=dtype is not None
@@ -185,7 +185,8 @@ def bench_training(
                "compiled": compiled, "fast": fast}
         rows.append(row | _measured(step, device, steps, warmup, max_seconds, profile,
                                     batch_size)
-                    | {"passes_per_example": method.cost(batch, model.train()) / batch_size})
+                    | {"passes_per_example": method.cost(batch, model.train()) / batch_size}
+                    | (_graph_passes(stepped) if isinstance(stepped, Cloned) else {}))
         if on_row is not None:
             on_row(rows[-1])
     erm, erm_passes = rows[0]["ms_per_step"], rows[0]["passes_per_example"]
@@ -193,6 +194,12 @@ def bench_training(
         row["ratio_to_erm"] = row["ms_per_step"] / erm
         row["counted_ratio_to_erm"] = row["passes_per_example"] / erm_passes
     return [r for r in rows if r["method"] in methods]
+
+
+def _graph_passes(model: Cloned) -> dict[str, int]:
+    """The last step's model calls replayed as CUDA graphs and run eager
+    (:class:`erat.graphs.Cloned`'s routing): what the fast path leaves uncaptured."""
+    return {"graph_passes": model.passes["graph"], "eager_passes": model.passes["eager"]}
 
 
 def _measured(step: Callable[[], Any], device: torch.device, steps: int, warmup: int,
@@ -418,6 +425,8 @@ def run_bench(options: BenchOptions, device: torch.device, log=print,
                 f"{r['images_per_s']:>8.0f} {r['ratio_to_erm']:>6.2f} "
                 f"{r['counted_ratio_to_erm']:>8.2f} {r['peak_mem_mb']:>8.0f}"
                 + (f"  {r['rate_fraction']:>9.1%}" if o.chip else "")
+                + (f"  eager passes {r['eager_passes']}/{r['eager_passes'] + r['graph_passes']}"
+                   if "eager_passes" in r else "")
                 + (f"  error: {r['error']}" if "error" in r else ""))
         if o.attacks:
             entry["attacks"] = bench_attacks(_model(name, shape, device).eval(), shape,

@@ -50,12 +50,13 @@ def compiled(model: nn.Module, *, graphs: bool, graph_searches: bool = False) ->
     saved activations included) at the first compiled forward after *any* compiled backward
     (torch's note "Backward Generation Handling"). A step whose clean pass waits for its
     backward while an inner search runs its own ``torch.autograd.grad`` (AT, TRADES, VAT, ER)
-    would lose the clean pass's saved tensors: unless ``graph_searches`` (evaluation, where
-    every forward's backward follows at once), a search (a call on an input that requires
-    grad) made while a captured forward still waits for its backward runs on the eager model,
-    outside the graphs (so does any pass on such an input: ER's gradient-norm estimator's
-    ray pass, a double backward). Searches with nothing pending (PGD-AT's, before its one
-    trained pass) stay captured."""
+    would lose the clean pass's saved tensors. Unless ``graph_searches`` (evaluation, where
+    every forward's backward follows at once), one side of that overlap runs on the eager
+    model (:class:`Cloned`): in a method's first update the search, and once a step has shown
+    the overlap, the first pass of each update instead (the clean pass: one pass, where the
+    search makes ``S`` of them), so that every search step and every later pass is replayed.
+    Searches with nothing pending (PGD-AT's, before its one trained pass) are captured from
+    the start."""
     _raise_recompile_limit()
     cuda = next(model.parameters()).device.type == "cuda"
     if graphs and cuda:
@@ -78,22 +79,39 @@ def _raise_recompile_limit(limit: int = 64) -> None:
 
 class Cloned(nn.Module):
     """``model``'s output copied out of the CUDA graph's buffers (autograd flows through).
-    With ``eager`` (the same module, uncompiled), a search made while a captured forward
-    waits for its backward (``pending``, counted by a gradient hook on each output; the
-    training loop sets it to 0 before each update) runs there instead (see
-    :func:`compiled`)."""
+
+    With ``eager`` (the same module, uncompiled), the routing of :func:`compiled`: a search
+    (a call on an input that requires grad) made while a captured forward waits for its
+    backward (``pending``, counted by a gradient hook on each output) runs eager, and is
+    remembered (``overlaps``): from then on the first pass of each update, unless it is itself
+    a search, runs eager, so that nothing captured waits across the searches. The training
+    loop calls :meth:`start_update` before each update; ``passes`` counts the update's
+    replayed and eager calls (``erat bench`` reports them)."""
 
     def __init__(self, model: nn.Module, eager: nn.Module | None = None) -> None:
         super().__init__()
         self.model = model
         self._eager = (eager,)  # (a tuple: not a second copy in modules()/state_dict)
         self.pending = 0
+        self.overlaps = False  # a search has met a waiting forward: first passes run eager
+        self.first = True  # the next call is the update's first
+        self.passes = {"graph": 0, "eager": 0}
+
+    def start_update(self) -> None:
+        """Nothing waits for its backward across updates: the next call is the first."""
+        self.pending, self.first, self.passes = 0, True, {"graph": 0, "eager": 0}
 
     def forward(self, x: Tensor) -> Tensor:
         eager = self._eager[0]
-        search = x.requires_grad and torch.is_grad_enabled()
-        if eager is not None and search and self.pending:
-            return eager(x)
+        first, self.first = self.first, False
+        if eager is not None and torch.is_grad_enabled():
+            search = x.requires_grad
+            waits = search and self.pending != 0
+            self.overlaps |= waits
+            if waits or (first and self.overlaps and not search):
+                self.passes["eager"] += 1
+                return eager(x)
+        self.passes["graph"] += 1
         out = self.model(x).clone()
         if eager is not None and out.requires_grad:
             self.pending += 1

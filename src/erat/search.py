@@ -148,9 +148,11 @@ def vat_step(d: Tensor, norm: Norm = "l2") -> Tensor:
 
 def unit_or_random(v: Tensor, norm: Norm = "l2") -> Tensor:
     """Directions of unit size in ``norm`` (:func:`erat.threat.unit`); a sample whose vector
-    is zero (flat loss) gets a random one (:func:`erat.threat.random_direction`)."""
+    is zero (flat loss) gets a random one (:func:`erat.threat.random_direction`). On the CPU
+    the random numbers are drawn only when a vector is zero; on a GPU always, so that the
+    host never waits for the device to tell (the fast path's queue stays full)."""
     zero = l2_norm(v) == 0
-    if not zero.any():  # (draws no random numbers in the usual case)
+    if not v.is_cuda and not zero.any():
         return unit(v, norm).detach()
     return torch.where(per_sample(zero, v), random_direction(v, norm), unit(v, norm)).detach()
 

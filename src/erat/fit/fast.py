@@ -10,10 +10,12 @@ part with its own switch; the CPU path is the eager one and stays as it is.
   whose compiled forward and backward graphs are replayed as CUDA graphs, one per shape and
   per BatchNorm/dropout recipe the method uses (the ray points of ER, the searches of PGD).
   The inner searches take input gradients (``torch.autograd.grad``), which a compiled
-  region cannot hold, so the update is captured piecewise, not as one graph; a search made
-  while a captured pass waits for its backward (AT, TRADES, VAT, ER) runs eager, since CUDA
-  graph trees would free that pass's saved tensors (:func:`erat.graphs.compiled`); a model
-  with data-dependent control flow (a graph break in its forward) is refused before training.
+  region cannot hold, so the update is captured piecewise, not as one graph. Where a clean
+  pass would wait for its backward across a search (AT, TRADES, VAT, ER), CUDA graph trees
+  would free its saved tensors: that clean pass runs eager and every search step is
+  replayed (:func:`erat.graphs.compiled`). A method that differentiates twice (ER's
+  gradient estimator) runs eager; a model with data-dependent control flow (a graph break
+  in its forward) is refused before training.
 - **bf16 and channels-last** (``fast_bf16``, ``fast_channels_last``) for convolutional
   models, where tensor cores pay; losses, norms and the energy's differences stay float32
   (:mod:`erat.losses`, :mod:`erat.threat`).
@@ -21,8 +23,8 @@ part with its own switch; the CPU path is the eager one and stays as it is.
 - **no host synchronisation per update in the loop**: the metrics are summed on the device
   and the loss is checked for NaN or infinity every ``CHECK_EVERY`` updates and at the
   epoch's end (:mod:`erat.fit.loop`), so the host can queue the next update while the device
-  runs this one (a method's own reads remain: ER's searches check for a zero gradient,
-  :func:`erat.search.unit_or_random`).
+  runs this one (ER's check for a zero search gradient, :func:`erat.search.unit_or_random`,
+  reads nothing on a GPU either).
 
 The fast step is the same method: ``tests/test_fast.py`` compares compiled and eager steps of
 every method on the CPU (``torch.compile`` runs there too), loss and update within tolerance.

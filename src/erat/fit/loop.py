@@ -125,7 +125,13 @@ class Loop:
 
     def _step_model(self, data: FitData) -> nn.Module:
         """The module the method calls: the model, or its compiled graph (``compile``, or
-        the fast path's ``fast_graph``, refused for a model with graph breaks)."""
+        the fast path's ``fast_graph``, refused for a model with graph breaks); the model
+        itself for a method that differentiates twice, which compiled graphs cannot."""
+        wanted = self.options.compile or (self.fast and self.options.fast_graph)
+        if wanted and getattr(self.method, "double_backward", False):
+            self.log("note: this method differentiates through an input gradient (a double "
+                     "backward), which compiled graphs cannot: the model runs eager")
+            return self.model
         if self.fast and self.options.fast_graph:
             check_capturable(self.model, data.x[:2].to(self.device))
             return compiled(self.model, graphs=True)
@@ -169,16 +175,18 @@ class Loop:
         return row
 
     def _update(self, batch: Batch) -> dict[str, Any]:
-        """One update; where the CUDA-graph replay fails (a pattern of calls it cannot
-        serve), the run goes on eager, said once (``--no-fast-graph`` skips the attempt)."""
+        """One update; where the compiled step or its CUDA-graph replay fails (a pattern of
+        calls it cannot serve), the run goes on eager, said once."""
         try:
             return update(self.step_model, self.method, batch, self.state, self.amp,
                           self.device, self.dist, lazy=self.fast)
         except RuntimeError as err:
             if self.step_model is self.model or "graph" not in str(err).lower():
                 raise
-            self.log(f"warning: the CUDA-graph step failed ({first_line(err)}); "
-                     "this run goes on eager (--no-fast-graph skips the attempt)")
+            skip = "--no-fast-graph" if self.fast and self.options.fast_graph else \
+                "training without --compile"
+            self.log(f"warning: the compiled step failed ({first_line(err)}); this run goes "
+                     f"on eager ({skip} skips the attempt)")
             self.step_model = self.model
             return update(self.model, self.method, batch, self.state, self.amp, self.device,
                           self.dist, lazy=self.fast)
@@ -233,7 +241,7 @@ def update(model: nn.Module, method: Method, batch: Batch, state: TrainState, am
     metrics stay detached tensors on the device and the caller checks the loss every few
     updates (no host synchronisation per update)."""
     if isinstance(model, Cloned):
-        model.pending = 0  # (nothing waits for its backward across updates)
+        model.start_update()
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
     with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
         out = method(model, batch)

@@ -60,7 +60,9 @@ class StepOutput(NamedTuple):
 
 @runtime_checkable
 class Method(Protocol):
-    """A training objective. ``uses_unlabeled`` says whether ``batch.x_unlabeled`` is read."""
+    """A training objective. ``uses_unlabeled`` says whether ``batch.x_unlabeled`` is read;
+    an optional ``double_backward`` (default False) that the step differentiates through an
+    input gradient, which a compiled graph cannot (the model then runs eager)."""
 
     name: str
     uses_unlabeled: bool

@@ -111,6 +111,11 @@ class ER:
         """Unlabeled inputs are read only for the virtual form (``lam_u > 0``) or EntMin."""
         return self.lam_u > 0 or self.entmin
 
+    @property
+    def double_backward(self) -> bool:
+        """The gradient estimator trains on input-gradient norms (a double backward)."""
+        return self.estimator == "gradient"
+
     def __post_init__(self) -> None:
         check_radius(self.eps, self.norm)
         _checks.integer("T", self.T, 1)
