@@ -124,3 +124,16 @@ def test_fast_rows_say_which_passes_left_the_graphs(monkeypatch):
     assert passes == {"erm": (1, 0), "at": (2, 1), "pgd": (passes["pgd"][0], 0),
                       "er:S=3": (4, 1)}
     assert passes["pgd"][0] > 1
+
+
+def test_a_double_backward_method_is_benched_on_the_model_itself(monkeypatch):
+    """ER's gradient estimator differentiates twice, which no compiled graph can: on the fast
+    path its row runs on the model itself (not an error row, no graph passes counted)."""
+    import erat.bench
+    from erat.graphs import Cloned
+
+    monkeypatch.setattr(erat.bench, "graphed", lambda model, graphs: Cloned(model, model))
+    rows = bench_training("mlp", (1, 8, 8), ["er:estimator=gradient"], batch_size=4, steps=1,
+                          warmup=0, fast=True)
+    assert "error" not in rows[0] and "graph_passes" not in rows[0]
+    assert rows[0]["ms_per_step"] > 0

@@ -143,7 +143,8 @@ def bench_training(
     training fast path (:mod:`erat.fit.fast`: the model as CUDA graphs, bf16 and
     channels-last for convolutional models, a fused optimiser); ``profile`` adds each step's
     kernel count and the share of its time the device is busy (:func:`kernel_profile`);
-    ``on_row`` is called with each row as it is measured. A step that raises a
+    ``on_row`` is called with each row as it is measured; a method that differentiates twice
+    (ER's gradient estimator) runs on the model itself. A step that raises a
     ``RuntimeError`` (a failed capture or compilation) is a row with its ``error``.
     """
     device = device or torch.device("cpu")
@@ -163,8 +164,7 @@ def bench_training(
         method = build_method(base, **{**(method_params or {}).get(base, {}), **params})
         opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9,
                               **(optimizer_kwargs(device) if fast else {}))
-        stepped = graphed(model, graphs=True) if fast else torch.compile(model) if compiled \
-            else model
+        stepped = _stepped(model, method, fast, compiled)
         scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -182,7 +182,7 @@ def bench_training(
             scaler.update()
 
         row = {"model": model_name, "method": name, "batch_size": batch_size, "amp": amp,
-               "compiled": compiled, "fast": fast}
+               "compiled": compiled and stepped is not model, "fast": fast}
         rows.append(row | _measured(step, device, steps, warmup, max_seconds, profile,
                                     batch_size)
                     | {"passes_per_example": method.cost(batch, model.train()) / batch_size}
@@ -194,6 +194,14 @@ def bench_training(
         row["ratio_to_erm"] = row["ms_per_step"] / erm
         row["counted_ratio_to_erm"] = row["passes_per_example"] / erm_passes
     return [r for r in rows if r["method"] in methods]
+
+
+def _stepped(model: nn.Module, method: Any, fast: bool, compiled: bool) -> nn.Module:
+    """The module a bench step calls: the fast path's graphs, ``torch.compile``, or the model
+    itself (also for a method that differentiates twice, which no compiled graph can)."""
+    if getattr(method, "double_backward", False):
+        return model
+    return graphed(model, graphs=True) if fast else torch.compile(model) if compiled else model
 
 
 def _graph_passes(model: Cloned) -> dict[str, int]:

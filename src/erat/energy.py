@@ -97,8 +97,9 @@ def _ray_losses(
 def _ray_points(x: Tensor, dirs: Tensor, eps: float, T: int) -> Tensor:
     """The points ``clip(x + t_k u_m)``, ``k = 1..T``, as ``[M*T*B, ...]`` (block-major)."""
     M, B = dirs.shape[:2]
-    t = torch.tensor([k * eps / T for k in range(1, T + 1)], dtype=x.dtype)
-    t = t.to(x.device, non_blocking=True)  # (a blocking copy would wait for the GPU's queue)
+    # k * eps / T in float64 on the device, then x's dtype (the values of a Python list, with
+    # no host-to-device copy, which would wait for the GPU's queue)
+    t = (torch.arange(1, T + 1, dtype=torch.float64, device=x.device) * eps / T).to(x.dtype)
     t = t.view(1, T, 1, *([1] * (x.dim() - 1)))
     pts = (x.unsqueeze(0).unsqueeze(0) + t * dirs.unsqueeze(1)).clamp(0.0, 1.0)  # [M,T,B,...]
     return pts.reshape(M * T * B, *x.shape[1:])

@@ -54,9 +54,10 @@ def compiled(model: nn.Module, *, graphs: bool, graph_searches: bool = False) ->
     every forward's backward follows at once), one side of that overlap runs on the eager
     model (:class:`Cloned`): in a method's first update the search, and once a step has shown
     the overlap, the first pass of each update instead (the clean pass: one pass, where the
-    search makes ``S`` of them), so that every search step and every later pass is replayed.
-    Searches with nothing pending (PGD-AT's, before its one trained pass) are captured from
-    the start."""
+    search makes ``S`` of them), so that the search and the passes after it are replayed (a
+    second search while one of those waits, ER's virtual one after its supervised rays, runs
+    eager). Searches with nothing pending (PGD-AT's, before its one trained pass) are
+    captured from the start."""
     _raise_recompile_limit()
     cuda = next(model.parameters()).device.type == "cuda"
     if graphs and cuda:
@@ -66,7 +67,7 @@ def compiled(model: nn.Module, *, graphs: bool, graph_searches: bool = False) ->
 
 
 def _raise_recompile_limit(limit: int = 64) -> None:
-    """Every recipe (train/eval mode, BN momentum, patched BN forward, grad mode, input
+    """Every recipe (train/eval mode, BN buffers lifted, patched BN forward, grad mode, input
     requires_grad) is one Dynamo cache entry of one shared frame; past the default limit of
     8 (reached by the 8 methods of one ``erat bench --fast on``) Dynamo runs the rest eager
     and says so only in a log line."""

@@ -75,20 +75,23 @@ def supervised_search(model: nn.Module) -> Iterator[nn.Module]:
 @contextmanager
 def perturbed_pass(model: nn.Module) -> Iterator[nn.Module]:
     """Train-mode BatchNorm (batch statistics) without running-stat updates; dropout as it
-    is. For the forward passes on perturbed points whose loss is trained on."""
-    bns = _batchnorms(model)
-    saved = [(m, m.momentum) for m in bns]
-    for m in bns:
-        m.momentum = 0.0  # running = (1 - 0) * running + 0 * batch: unchanged
-    counters = [(m, m.num_batches_tracked.clone()) for m in bns
-                if m.num_batches_tracked is not None]
+    is. For the forward passes on perturbed points whose loss is trained on.
+
+    The running statistics and the batch counter are lifted off during the pass (BatchNorm
+    without them normalises with the batch's and writes nothing): a write, even an unchanged
+    one, would bump the version of buffers that an eager clean pass saved for its backward
+    (a compiled pass writes its buffers back)."""
+    names = ("running_mean", "running_var", "num_batches_tracked")
+    saved = [(m, [getattr(m, k) for k in names]) for m in _batchnorms(model)]
+    for m, _ in saved:
+        for k in names:
+            setattr(m, k, None)
     try:
         yield model
     finally:
-        for m, momentum in saved:
-            m.momentum = momentum
-        for m, n in counters:
-            m.num_batches_tracked.copy_(n)
+        for m, buffers in saved:
+            for k, b in zip(names, buffers, strict=True):
+                setattr(m, k, b)
 
 
 @contextmanager

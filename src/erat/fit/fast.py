@@ -12,8 +12,8 @@ part with its own switch; the CPU path is the eager one and stays as it is.
   The inner searches take input gradients (``torch.autograd.grad``), which a compiled
   region cannot hold, so the update is captured piecewise, not as one graph. Where a clean
   pass would wait for its backward across a search (AT, TRADES, VAT, ER), CUDA graph trees
-  would free its saved tensors: that clean pass runs eager and every search step is
-  replayed (:func:`erat.graphs.compiled`). A method that differentiates twice (ER's
+  would free its saved tensors: that clean pass runs eager and the search is replayed
+  (:func:`erat.graphs.compiled`). A method that differentiates twice (ER's
   gradient estimator) runs eager; a model with data-dependent control flow (a graph break
   in its forward) is refused before training.
 - **bf16 and channels-last** (``fast_bf16``, ``fast_channels_last``) for convolutional
