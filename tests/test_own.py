@@ -472,6 +472,11 @@ def _weights_that_do_not_fit(folder: Path) -> list[str]:
     return ["--model", "mynet:build", "--weights", "w.pt"]
 
 
+def _text_weights(folder: Path) -> list[str]:
+    (folder / "w.txt").write_text("garbage\n")
+    return ["--model", "mynet:build", "--weights", "w.txt"]
+
+
 def _whole_model_pickle(folder: Path) -> list[str]:
     torch.save(nn.Linear(2, 2), folder / "whole.pt")
     return ["--model", "whole.pt"]
@@ -487,8 +492,10 @@ BAD_MODELS = {
     "weights that do not fit": (_weights_that_do_not_fit,
                                 r"weights in w.pt do not fit mynet:build \(missing: 1.bias"),
     "pickled code": (_pickled_code_weights, r"holds the Python object (posix|nt)\.system"),
-    "raw pickle": (_raw_pickle_weights, r"cannot read evil.pkl: not a valid state dict"),
+    "raw pickle": (_raw_pickle_weights, r"cannot read evil.pkl: not a file torch.save wrote"),
     "whole-model pickle": (_whole_model_pickle, r"not a TorchScript or torch.export"),
+    "not a torch file": (_text_weights, r"cannot read w.txt: not a file torch.save wrote; "
+                                        r"wanted a valid state dict"),
 }
 
 

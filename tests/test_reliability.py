@@ -116,6 +116,16 @@ def test_temporaries_of_interrupted_writes_are_removed(tmp_path, capsys):
     assert not (out / "checkpoint.pt").exists()  # finished: the state is dropped by default
 
 
+def test_an_unreadable_checkpoint_says_how_to_start_afresh(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run([*TRAIN, "--epochs", "2", "--stop-after", "1", "--out", out], capsys)[0] == 0
+    (out / "checkpoint.pt").write_text("garbage\n")
+    code, _, err = run([*TRAIN, "--epochs", "2", "--resume", "--out", out], capsys)
+    assert code == 2 and one_line(err), err
+    assert "not a file torch.save wrote; wanted a valid checkpoint" in err
+    assert err.rstrip().endswith("--overwrite starts the run afresh")
+
+
 def test_stale_cached_evaluation_is_recomputed(tmp_path):
     from erat.reproduce import reproduce
 

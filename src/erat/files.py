@@ -120,6 +120,9 @@ def _load(path: Path, source: Any, map_location: str | torch.device, what: str) 
             return torch.load(source, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:  # code or objects that weights-only loading refuses
         found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        if not found and "Unsupported operand" in str(e):  # not a pickle torch.save wrote
+            raise UserError(f"cannot read {path}: not a file torch.save wrote; wanted a "
+                            f"valid {what}") from e
         held = f"the Python object {found.group(1)}" if found else "pickled Python objects"
         raise UserError(f"cannot read {path}: not a valid {what}: it holds {held}, which erat "
                         "refuses to unpickle (weights_only=True: tensors only)") from e

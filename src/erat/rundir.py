@@ -205,8 +205,15 @@ class RunDir:
         atomic_save(state, self.path / self.CHECKPOINT)
 
     def load_checkpoint(self) -> dict[str, Any] | None:
+        """The checkpoint to resume from, or None; an unreadable one is a ``UserError`` that
+        says how to start afresh."""
         path = self.path / self.CHECKPOINT
-        return load_file(path) if path.exists() else None
+        if not path.exists():
+            return None
+        try:
+            return load_file(path, what="checkpoint")
+        except UserError as err:
+            raise UserError(f"{err}; --overwrite starts the run afresh") from err
 
     def save_best(self, model: nn.Module, epoch: int, score: float) -> None:
         atomic_save({"state_dict": _cpu_state(model), "epoch": epoch, "score": score},
