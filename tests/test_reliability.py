@@ -157,6 +157,8 @@ def test_stale_cached_evaluation_is_recomputed(tmp_path):
     (["--model-kwargs", '{"hidden": [-5]}'], 2, "cannot build model 'mlp'"),
     (["--labels", "0"], 2, "labels must be an integer >= 1"),
     (["--labels", "5000"], 2, "--labels must be between 1 and 1437"),
+    (["--labels", "5"], 2, "--labels 5 is fewer than the 10 classes"),
+    (["--model-kwargs", '{"nope": 1}'], 2, "model 'mlp' takes no parameter(s) nope"),
     (["--method", "pgd", "--steps", "0"], 2, "steps must be an integer >= 1"),
     (["--method", "vat", "--power-iters", "0"], 2, "power_iters must be an integer >= 1"),
     (["--stop-after", "0"], 2, "--stop-after must be >= 1"),
@@ -172,7 +174,7 @@ def test_train_errors(tmp_path, capsys, args, code, message):
     out = tmp_path / "run"
     got, _, err = run([*TRAIN, *args, "--out", out], capsys)
     assert got == code and one_line(err) and message in err, err
-    assert not out.exists() or not list(out.iterdir())  # nothing written, nothing left
+    assert not out.exists()  # nothing written, no folder left
 
 
 @pytest.mark.parametrize("text, message", [
@@ -278,8 +280,7 @@ def test_disk_full_during_a_checkpoint(tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     code, _, err = run([*TRAIN, "--out", out], capsys)
     assert code == 1 and one_line(err) and "No space left" in err
-    assert not [p for p in out.iterdir() if p.name.startswith(".") and p.name != ".lock"]
-    assert not (out / ".lock").exists()
+    assert not out.exists()  # failed before its first epoch: no temporaries, no folder
 
 
 def test_disk_full_inside_torch_save(tmp_path, capsys, monkeypatch):
@@ -432,3 +433,19 @@ def test_help_shows_defaults(capsys):
         main(["--help"])
     top = capsys.readouterr().out
     assert all(cmd in top for cmd in ("train", "eval", "energy", "report", "reproduce", "bench"))
+
+
+def test_an_interruption_before_the_first_epoch_leaves_nothing_to_resume(tmp_path, capsys,
+                                                                         monkeypatch):
+    """Ctrl-C before the first epoch ends: the folder is left as it was (here: not there),
+    and the message offers no --resume that would find no run."""
+    import erat.train
+
+    def interrupted(*_, **__):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(erat.train, "fit", interrupted)
+    out = tmp_path / "new" / "run"
+    code, _, err = run([*TRAIN, "--out", out], capsys)
+    assert code == 130 and "interrupted" in err and "--resume" not in err, err
+    assert not (tmp_path / "new").exists()

@@ -45,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug and not isinstance(e, KeyboardInterrupt | BrokenPipeError):
             raise
         hint = f"continue with: erat train --out {args.out} --resume" \
-            if args.command == "train" else ""
+            if args.command == "train" and (Path(args.out) / "config.yaml").is_file() else ""
         return exit_code(e, hint)
     finally:
         signal.signal(signal.SIGTERM, previous)

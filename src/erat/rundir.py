@@ -127,7 +127,10 @@ class RunDir:
     @contextmanager
     def lock(self) -> Iterator[None]:
         """Hold ``.lock`` while writing: a second writer is refused with the holder's name;
-        a lock left by a dead process on this machine is taken over."""
+        a lock left by a dead process on this machine is taken over. Folders it made are
+        removed again if they are empty at the end (a run that failed before its first
+        epoch leaves no trace)."""
+        made = [p for p in (self.path, *self.path.parents) if not p.exists()]
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -166,6 +169,11 @@ class RunDir:
         finally:
             if _read_lock(path) == mine:
                 path.unlink(missing_ok=True)
+            for folder in made:  # (the deepest first)
+                try:
+                    folder.rmdir()
+                except OSError:  # not empty, or gone: keep what is there
+                    break
 
     # --- configuration, metrics, split -------------------------------------------------
     def write_config(self, config: dict[str, Any]) -> None:

@@ -58,6 +58,7 @@ def labeled_split(y: Tensor, n_labels: int, seed: int, exclude: Tensor | None = 
     if exclude is None or len(exclude) == 0:
         if not 1 <= n_labels <= len(y):
             raise DataError(f"--labels must be between 1 and {len(y)}, got {n_labels}")
+        _every_class_labeled(y, n_labels)
         return balanced_split(y, n_labels, seed)
     keep = torch.ones(len(y), dtype=torch.bool)
     keep[exclude] = False
@@ -65,5 +66,14 @@ def labeled_split(y: Tensor, n_labels: int, seed: int, exclude: Tensor | None = 
     if not 1 <= n_labels <= len(pool):
         raise DataError(f"--labels must be between 1 and {len(pool)} (after --val), got "
                         f"{n_labels}")
+    _every_class_labeled(y[pool], n_labels)
     labeled, unlabeled = balanced_split(y[pool], n_labels, seed)
     return pool[labeled], pool[unlabeled]
+
+
+def _every_class_labeled(y: Tensor, n_labels: int) -> None:
+    """Refuse fewer labels than classes: a balanced split would leave some class unlabeled."""
+    classes = len(torch.unique(y))
+    if n_labels < classes:
+        raise DataError(f"--labels {n_labels} is fewer than the {classes} classes: every "
+                        f"class needs a label; give at least --labels {classes}")
