@@ -222,9 +222,18 @@ def test_eval_rereads_own_data_from_another_folder_and_refuses_changed_images(
     monkeypatch.chdir(tmp_path / "imgs")  # the run recorded the absolute path
     code, _, err = run(["eval", out, "--eps", "0.25", "--no-checks"], capsys)
     assert code == 0, err
-    write_images(tmp_path / "imgs" / "test" / "cat", 1, label=1)  # another 00.png
+    (tmp_path / "imgs").rename(tmp_path / "moved")  # the data moved: --data-dir says where
+    monkeypatch.chdir(tmp_path)
     code, _, err = run(["eval", out, "--eps", "0.25", "--no-checks"], capsys)
-    assert code == 2 and "is not the one" in err
+    assert code == 2 and "no such folder" in err, err
+    code, _, err = run(["eval", out, "--eps", "0.25", "--no-checks", "--data-dir",
+                        tmp_path / "moved", "--fresh"], capsys)
+    assert code == 0, err
+    write_images(tmp_path / "moved" / "test" / "cat", 1, label=1)  # another 00.png
+    code, _, err = run(["eval", out, "--eps", "0.25", "--no-checks", "--data-dir", "moved"],
+                       capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert "the test images of folder:moved are not the ones" in err and "None" not in err
 
 
 @pytest.fixture

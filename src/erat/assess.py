@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from erat.datasets import load_dataset, recorded_options
+from erat.datasets import load_dataset, own_scheme, recorded_options
 from erat.distributed import resolve_device
 from erat.energy import check_settings
 from erat.errors import UserError
@@ -68,20 +68,27 @@ def inputs(path: Path | None, external: ExternalOptions | None, *, n: int | None
 def run_inputs(path: Path, *, n: int | None, data_dir: str | None, device: torch.device
                ) -> RunInputs:
     """The model of a run folder (or model file), read once, and the first ``n`` test
-    examples of its dataset (from the run's own ``data_dir`` unless given). A test set that
-    differs from the one recorded at training (another dataset in ``data_dir``) is refused."""
+    examples of its dataset (from the run's own ``data_dir`` unless given; for your own
+    data, ``data_dir`` is where its folder or file is now). A test set that differs from the
+    one recorded at training (another dataset in ``data_dir``) is refused."""
     opened = open_model(path, device)
     run = RunDir(opened.path.parent)
+    dataset = opened.meta["dataset"]
+    moved_to = data_dir if own_scheme(dataset) else None
     if data_dir is None and (run / RunDir.CONFIG).exists():
         data_dir = run.read_config().get("data_dir")
-    dataset = opened.meta["dataset"]
-    where = recorded_options(opened.meta, data_dir)
-    x, y = load_dataset(where.pop("name"), "test", **where).tensors
+    where = recorded_options(opened.meta, data_dir, moved_to)
+    name = where.pop("name")
+    x, y = load_dataset(name, "test", **where).tensors
     recorded = opened.meta.get("test_sha256")
     if recorded is not None and recorded != tensor_sha256([x, y]):
-        raise UserError(f"the {dataset} test set in {data_dir} is not the one {path} was "
-                        f"trained beside (another dataset or version there?); pass the "
-                        f"--data-dir of the run's own {dataset} files")
+        if own_scheme(dataset):
+            raise UserError(f"the test images of {name} are not the ones {path} was trained "
+                            "beside (changed since?); if the data moved, pass --data-dir "
+                            "with where its folder or file is now")
+        raise UserError(f"the {dataset} test set{f' in {data_dir}' if data_dir else ''} is "
+                        f"not the one {path} was trained beside (another dataset or version "
+                        f"there?); pass the --data-dir of the run's own {dataset} files")
     total = len(x)
     if n is not None:
         if n < 1 or n > total:

@@ -135,7 +135,8 @@ def _add_run_data_args(p: argparse.ArgumentParser, batch_size: int) -> None:
                                      "(docs/own-model-and-data.md)"), ExternalOptions)
     p.set_defaults(external=ExternalOptions)  # run_eval, run_energy: _options(args.external)
     p.add_argument("--n", type=int, help="evaluate the first N test examples (default: all)")
-    p.add_argument("--data-dir", help="dataset folder (default: the one the run used)")
+    p.add_argument("--data-dir", help="dataset folder (default: the one the run used); for "
+                   "a run on your own data, where its folder or .npz file is now")
     p.add_argument("--batch-size", type=int, default=batch_size, help="examples per batch")
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, ...")

@@ -185,14 +185,17 @@ def load_dataset(
     return TensorDataset(x.float().div_(255.0) if x.dtype == torch.uint8 else x, y)
 
 
-def recorded_options(meta: dict[str, Any], data_dir: str | Path | None) -> dict[str, Any]:
+def recorded_options(meta: dict[str, Any], data_dir: str | Path | None,
+                     moved_to: str | Path | None = None) -> dict[str, Any]:
     """The keywords of :func:`load_dataset` that re-read the data a model file's metadata
     records: the dataset's name, and for your own data its options and, unless ``data_dir``
     is given, the absolute path it was read from at training (so ``erat eval`` works from
-    any folder)."""
+    any folder), or ``moved_to``, where that folder or file is now."""
     details = meta.get("data") or {}
     name = meta["dataset"]
-    if own_scheme(name) and details.get("path") and data_dir is None:
+    if own_scheme(name) and moved_to is not None:
+        name, data_dir = f"{own_scheme(name)}:{moved_to}", None
+    elif own_scheme(name) and details.get("path") and data_dir is None:
         name = f"{own_scheme(name)}:{details['path']}"
     return {"name": name, "data_dir": data_dir, "test_split": details.get("test_split"),
             "resize": details.get("resize")}
