@@ -123,6 +123,7 @@ def test_train_errors_are_one_line(tmp_path, capsys, args, message):
         (["--norm", "l3"], "invalid choice"),
         (["--attack", "nope"], "attack"),
         (["--fast", "on"], "invalid choice"),
+        (["--eps", "0.5,100"], "--eps 100 is above 8, the l2 diameter of 1x8x8 images"),
     ],
 )
 def test_eval_errors(digits_run, capsys, args, message):

@@ -158,6 +158,7 @@ def test_stale_cached_evaluation_is_recomputed(tmp_path):
     (["--labels", "0"], 2, "labels must be an integer >= 1"),
     (["--labels", "5000"], 2, "--labels must be between 1 and 1437"),
     (["--labels", "5"], 2, "--labels 5 is fewer than the 10 classes"),
+    (["--method", "er", "--eps", "100"], 2, "--eps 100 is above 8, the l2 diameter of 1x8x8"),
     (["--model-kwargs", '{"nope": 1}'], 2, "model 'mlp' takes no parameter(s) nope"),
     (["--method", "pgd", "--steps", "0"], 2, "steps must be an integer >= 1"),
     (["--method", "vat", "--power-iters", "0"], 2, "power_iters must be an integer >= 1"),

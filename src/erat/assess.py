@@ -29,7 +29,7 @@ from erat.external import ExternalOptions, open_external, state_path
 from erat.files import check_writable_file, tensor_sha256
 from erat.measure import energy_report
 from erat.rundir import RunDir, open_model
-from erat.threat import Norm
+from erat.threat import Norm, check_radius_fits
 
 
 class RunInputs(NamedTuple):
@@ -112,6 +112,8 @@ def evaluate_run(path: Path | None, cfg: EvalConfig, *, n: int | None, data_dir:
     if json_path is not None:
         check_writable_file(json_path, "--json")
     got = inputs(path, external, n=n, data_dir=data_dir, device=resolve_device(device))
+    for eps in cfg.eps:
+        check_radius_fits(eps, cfg.norm, tuple(got.x.shape[1:]))
     state = got.state(f"eval-{cfg.labels[-1]}-{cfg.norm}")
     if state is not None and fresh:
         state.unlink(missing_ok=True)

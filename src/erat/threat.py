@@ -61,6 +61,18 @@ def check_radius(eps: object, norm: str = "l2", name: str = "eps", *, warn: bool
     return eps
 
 
+def check_radius_fits(eps: float, norm: str, shape: tuple[int, ...] | list[int],
+                      name: str = "--eps") -> None:
+    """Refuse an l2 radius above the diameter ``sqrt(d)`` of the box ``[0, 1]^d`` of images
+    of ``shape``: that ball holds every image, so nothing is measured or trained (the l-inf
+    bound, 1, is :func:`check_radius`'s)."""
+    d = math.prod(shape)
+    if norm == "l2" and eps > math.sqrt(d):
+        raise UserError(f"{name} {eps:g} is above {math.sqrt(d):g}, the l2 diameter of "
+                        f"{'x'.join(map(str, shape))} images in [0, 1]: that ball holds every "
+                        "image; choose a smaller radius")
+
+
 def per_sample(v: Tensor, like: Tensor) -> Tensor:
     """Reshape a per-sample vector ``[B]`` so it broadcasts against ``like`` ``[B, ...]``."""
     return v.reshape(-1, *([1] * (like.dim() - 1)))

@@ -39,6 +39,7 @@ from erat.methods import Method, build_method, method_config
 from erat.models import build_model
 from erat.models.factory import is_factory
 from erat.rundir import RunDir
+from erat.threat import check_radius_fits
 
 
 def train(
@@ -57,7 +58,9 @@ def train(
         raise UserError(f"--stop-after must be >= 1, got {stop_after}")
     # names, settings and your own data and model first: a bad one touches no folder
     info = dataset_info(cfg.dataset, cfg.data_dir, **cfg.data_options)
-    build_method(cfg.method, **cfg.method_params)
+    method = build_method(cfg.method, **cfg.method_params)
+    if getattr(method, "eps", None) is not None:  # (a training radius in pixel space)
+        check_radius_fits(float(method.eps), getattr(method, "norm", "l2"), info.shape)
     if is_factory(cfg.model):
         _check_factory(cfg, info)
     run.check_output(resume=resume, overwrite=overwrite)
