@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -450,3 +451,11 @@ def test_an_interruption_before_the_first_epoch_leaves_nothing_to_resume(tmp_pat
     code, _, err = run([*TRAIN, "--out", out], capsys)
     assert code == 130 and "interrupted" in err and "--resume" not in err, err
     assert not (tmp_path / "new").exists()
+
+
+def test_a_budget_too_small_for_its_epochs_says_so(tmp_path, capsys):
+    code, out, err = run([*TRAIN, "--method", "er", "--budget", "0.5", "--budget-epochs", "50",
+                          "--out", tmp_path / "run"], capsys)
+    assert code == 0, err
+    assert re.search(r"note: --budget 0.5 pays for (\d+) updates: \1 epochs, not "
+                     r"--budget-epochs 50", out + err)

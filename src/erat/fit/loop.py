@@ -101,6 +101,9 @@ class Loop:
         self.sampler = EpochSampler(options, len(data.y), len(data.x_unlabeled) if uses else 0)
         self.schedule = plan(method, model, options, self.sampler)
         self.sampler.updates = self.schedule.per_epoch
+        if options.budget_epochs and self.schedule.epochs < options.budget_epochs:
+            log(f"note: --budget {options.budget:g} pays for {self.schedule.updates} updates: "
+                f"{self.schedule.epochs} epochs, not --budget-epochs {options.budget_epochs}")
         self.fast = fast.active(options, self.device)
         conv = self.fast and fast.convolutional(model)
         self.amp = "bf16" if conv and options.fast_bf16 and options.amp == "none" else options.amp
