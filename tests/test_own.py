@@ -212,6 +212,18 @@ def test_train_a_factory_model_on_a_folder_and_eval_the_run(net_module, capsys):
     assert "data: folder:imgs test split (test/)" in text
 
 
+def test_a_factory_changed_since_training_is_one_whole_line(net_module, capsys):
+    npz_file(net_module / "data.npz")
+    out = net_module / "run"
+    assert run(["train", "--dataset", "npz:data.npz", "--model", "mynet:build", "--epochs",
+                "1", "--no-progress", "--out", out], capsys)[0] == 0
+    (net_module / "mynet.py").write_text(NET.replace("hidden=16", "hidden=12"))
+    sys.modules.pop("mynet", None)
+    code, text, err = run(["eval", out, "--eps", "0.25", "--no-checks"], capsys)
+    assert_one_line_exit_2(code, text, err, r"did its factory change since training\? "
+                                            r"\(Error\(s\) in loading state_dict .*size mismatch")
+
+
 def test_eval_rereads_own_data_from_another_folder_and_refuses_changed_images(
         tmp_path, capsys, monkeypatch):
     image_folder(tmp_path / "imgs")

@@ -368,7 +368,12 @@ def _build(path: Path, blob: dict[str, Any]) -> nn.Module:
                             **meta.get("model_kwargs", {}))
         model.load_state_dict(blob["state_dict"])
     except (KeyError, TypeError, RuntimeError) as err:
-        raise UserError(f"{path}: the metadata does not rebuild its model ({err})") from err
+        detail = " ".join(str(err).split())  # (load_state_dict's message spans lines)
+        detail = detail if len(detail) <= 300 else detail[:297] + "..."
+        factory = ":" in str(meta.get("model"))
+        changed = "; did its factory change since training?" if factory else ""
+        raise UserError(f"{path}: the metadata does not rebuild its model{changed} "
+                        f"({detail})") from err
     return model
 
 
