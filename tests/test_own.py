@@ -212,6 +212,22 @@ def test_train_a_factory_model_on_a_folder_and_eval_the_run(net_module, capsys):
     assert "data: folder:imgs test split (test/)" in text
 
 
+def test_a_factory_without_weights_is_built_from_the_seed(net_module):
+    """Its weights are the factory's own random ones: the same for the same --seed."""
+    from erat.external import ExternalOptions, open_external
+
+    npz_file(net_module / "data.npz")
+    options = ExternalOptions(model="mynet:build", dataset="npz:data.npz")
+
+    def weights(seed):
+        with pytest.warns(UserWarning, match="no --weights"):
+            got = open_external(options, n=None, data_dir=None, device=torch.device("cpu"),
+                                seed=seed)
+        return torch.cat([p.flatten() for p in got.model.parameters()])
+
+    assert torch.equal(weights(0), weights(0)) and not torch.equal(weights(0), weights(1))
+
+
 def test_a_factory_changed_since_training_is_one_whole_line(net_module, capsys):
     npz_file(net_module / "data.npz")
     out = net_module / "run"

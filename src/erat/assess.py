@@ -48,8 +48,9 @@ class RunInputs(NamedTuple):
 
 
 def inputs(path: Path | None, external: ExternalOptions | None, *, n: int | None,
-           data_dir: str | None, device: torch.device) -> RunInputs:
-    """A run folder (or model file) or, with ``--model``, a model from outside erat."""
+           data_dir: str | None, device: torch.device, seed: int = 0) -> RunInputs:
+    """A run folder (or model file) or, with ``--model``, a model from outside erat (built
+    from ``seed`` when it comes without weights)."""
     given = external.given() if external is not None else []
     if path is not None and given:
         raise UserError(f"{', '.join(given)}: for a model from outside erat, and a run folder "
@@ -59,7 +60,7 @@ def inputs(path: Path | None, external: ExternalOptions | None, *, n: int | None
     if external is None or external.model is None:
         raise UserError("give a run folder (or model.pt), or a model from outside erat with "
                         "--model MODULE:FACTORY --weights FILE --dataset DATA")
-    got = open_external(external, n=n, data_dir=data_dir, device=device)
+    got = open_external(external, n=n, data_dir=data_dir, device=device, seed=seed)
     meta = {"dataset": external.dataset, "method": None}
     return RunInputs(got.model, meta, got.x, got.y, got.n_total, got.record["model_sha256"],
                      got.record, lambda name: state_path(got, name))
@@ -111,7 +112,8 @@ def evaluate_run(path: Path | None, cfg: EvalConfig, *, n: int | None, data_dir:
     attack work. With ``fast``, a model on a GPU is attacked as CUDA graphs."""
     if json_path is not None:
         check_writable_file(json_path, "--json")
-    got = inputs(path, external, n=n, data_dir=data_dir, device=resolve_device(device))
+    got = inputs(path, external, n=n, data_dir=data_dir, device=resolve_device(device),
+                 seed=cfg.seed)
     for eps in cfg.eps:
         check_radius_fits(eps, cfg.norm, tuple(got.x.shape[1:]))
     state = got.state(f"eval-{cfg.labels[-1]}-{cfg.norm}")
@@ -195,7 +197,8 @@ def energy_run(path: Path | None, *, eps: float, T: int, M: int, S: int, n: int 
     check_settings(eps, T, M, S, "max", norm)
     if json_path is not None:
         check_writable_file(json_path, "--json")
-    got = inputs(path, external, n=n, data_dir=data_dir, device=resolve_device(device))
+    got = inputs(path, external, n=n, data_dir=data_dir, device=resolve_device(device),
+                 seed=seed)
     result = energy_report(got.model, got.x, got.y, eps=eps, T=T, M=M, S=S,
                            batch_size=batch_size, seed=seed, norm=norm)
     result["settings"].update({"n_total": got.n_total, "checkpoint_sha256": got.sha256,

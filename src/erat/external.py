@@ -91,9 +91,10 @@ class External(NamedTuple):
 
 
 def open_external(options: ExternalOptions, *, n: int | None, data_dir: str | None,
-                  device: torch.device) -> External:
+                  device: torch.device, seed: int = 0) -> External:
     """The model ``options`` name and its test data; every flag is checked first, then the
-    data, then the model (its weights must fit it; it must give logits for the data)."""
+    data, then the model (its weights must fit it; it must give logits for the data; a
+    factory without ``--weights`` is built from ``seed``)."""
     if not options.dataset:
         raise UserError("--model needs --dataset: the test data to evaluate it on (a registered "
                         "dataset with --data-dir, or folder:PATH or npz:PATH)")
@@ -107,7 +108,7 @@ def open_external(options: ExternalOptions, *, n: int | None, data_dir: str | No
         if n < 1 or n > total:
             raise UserError(f"--n must be between 1 and {total} (the test set's size), got {n}")
         x, y = x[:n], y[:n]
-    net, record = _network(options, info)
+    net, record = _network(options, info, seed)
     model = nn.Sequential(OrderedDict(normalize=input_layer(lo, hi, mean, std), net=net))
     for m in model.modules():  # (an exported program refuses .eval(); the flag is enough)
         m.training = False
@@ -169,7 +170,8 @@ def input_layer(lo: float, hi: float, mean: tuple[float, ...], std: tuple[float,
     return Normalize([(m - lo) / scale for m in mean], [s / scale for s in std])
 
 
-def _network(options: ExternalOptions, info: DatasetInfo) -> tuple[nn.Module, dict[str, Any]]:
+def _network(options: ExternalOptions, info: DatasetInfo, seed: int = 0
+             ) -> tuple[nn.Module, dict[str, Any]]:
     """The network and what identifies it: the name, its file and the file's SHA-256."""
     spec = options.model
     path = Path(spec).expanduser()
@@ -185,8 +187,10 @@ def _network(options: ExternalOptions, info: DatasetInfo) -> tuple[nn.Module, di
                      "model_sha256": hashlib.sha256(data).hexdigest()}
     if not is_factory(spec):
         raise UserError(f"--model {spec}: no such file, and not MODULE:FACTORY")
-    net = build_factory(spec, in_shape=info.shape, num_classes=info.num_classes,
-                        **options.model_kwargs)
+    with torch.random.fork_rng(devices=[]):  # (the weights it builds: the same each time)
+        torch.manual_seed(seed)
+        net = build_factory(spec, in_shape=info.shape, num_classes=info.num_classes,
+                            **options.model_kwargs)
     record: dict[str, Any] = {"model": spec, "model_kind": "factory", "model_file": None,
                               "model_sha256": None}
     if options.weights is None:
