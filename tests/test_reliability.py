@@ -152,6 +152,20 @@ def test_stale_cached_evaluation_is_recomputed(tmp_path):
         reproduce(str(other), tmp_path / "out", log=lambda *_: None)
 
 
+def test_a_finished_evaluation_state_is_replaced_without_a_warning(finished, capsys):
+    """Another evaluation replaces the saved state of a finished one silently; an unfinished
+    one's (interrupted: its progress is lost) with a warning."""
+    evaluation = ["eval", finished, "--n", "20", "--steps", "2", "--no-checks"]
+    assert run([*evaluation, "--eps", "0.5"], capsys)[0] == 0
+    code, _, err = run([*evaluation, "--eps", "0.25"], capsys)
+    assert code == 0 and "other settings" not in err, err
+    state = next(finished.glob(".eval*.state.pt"))
+    saved = torch.load(state, weights_only=True)
+    torch.save(saved | {"finished": False}, state)  # as if interrupted
+    code, _, err = run([*evaluation, "--eps", "0.5"], capsys)
+    assert code == 0 and "has other settings (an unfinished evaluation)" in err, err
+
+
 # --- one line, never a traceback --------------------------------------------------------------
 @pytest.mark.parametrize("args, code, message", [
     (["--device", "cuda:7"], 1, "no CUDA GPU"),

@@ -89,6 +89,7 @@ def evaluate(
         stages = Stages(attacked, x.to(device), y.to(device), cfg, saved, progress)
         flags = stages.run_attacks()
         results = sanity.run_checks(stages, flags, was_training)
+        saved.finish()
     return _result(cfg, flags, results, n_total, extra_info, saved.resumed,
                    time.perf_counter() - start)
 

@@ -114,7 +114,8 @@ def progress_key(cfg: EvalConfig, model: nn.Module, x: Tensor, y: Tensor) -> dic
 class Progress:
     """Per-example robust flags and batches done, per stage key; saved atomically at
     ``path`` after every batch (``None``: kept in memory only) and reused when ``key``
-    matches the saved one."""
+    matches the saved one. A saved state of other settings is replaced, with a warning only
+    when that evaluation was left unfinished (:meth:`finish` marks a finished one)."""
 
     def __init__(self, path: Path | None, key: dict):
         self.path, self.key, self.resumed = path, key, False
@@ -129,9 +130,9 @@ class Progress:
             return
         if isinstance(saved, dict) and saved.get("settings") == key:
             self.flags, self.done, self.resumed = saved["flags"], saved["done"], True
-        else:
-            warnings.warn(f"evaluation state {path} has other settings; starting afresh",
-                          stacklevel=3)
+        elif not (isinstance(saved, dict) and saved.get("finished")):
+            warnings.warn(f"evaluation state {path} has other settings (an unfinished "
+                          "evaluation); starting afresh", stacklevel=3)
 
     def get(self, key: str, start: Tensor) -> tuple[Tensor, int]:
         if key in self.flags:
@@ -140,9 +141,16 @@ class Progress:
 
     def put(self, key: str, flags: Tensor, done: int) -> None:
         self.flags[key], self.done[key] = flags.clone(), done
+        self._save(finished=False)
+
+    def finish(self) -> None:
+        """Mark the saved state as a finished evaluation (replaced silently by another)."""
+        self._save(finished=True)
+
+    def _save(self, finished: bool) -> None:
         if self.path is not None:
-            atomic_save({"settings": self.key, "flags": self.flags, "done": self.done},
-                        Path(self.path))
+            atomic_save({"settings": self.key, "flags": self.flags, "done": self.done,
+                         "finished": finished}, Path(self.path))
 
 
 class Stages:
