@@ -146,3 +146,42 @@ def test_report_refuses_two_run_folders_of_one_name_in_one_line(tmp_path, capsys
     assert main(["report", *map(str, runs), "--out", str(tmp_path / "rep")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "two run folders are named 'run'" in err
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--landscape-eps", "-1"], "--landscape-eps must be a finite number >= 0"),
+    (["--landscape-eps", "nan"], "--landscape-eps must be a finite number >= 0"),
+    (["--landscape-eps", "1", "--index", "-5"], "--index must be a test image's position"),
+    (["--landscape-eps", "1", "--index", "99999"], "--index must be in 0..359"),
+])
+def test_report_checks_every_option_before_writing_anything(tmp_path, capsys, flags, says):
+    """A bad landscape radius or image index was refused only after results.md, results.csv
+    and the accuracy plot were written into --out; now one line, exit 2, and no --out."""
+    from erat.cli import main
+
+    run = tmp_path / "erm"
+    assert main(["train", "--dataset", "digits", "--model", "mlp", "--model-kwargs",
+                 '{"hidden": [8]}', "--epochs", "1", "--epoch-updates", "1", "--no-progress",
+                 "--out", str(run)]) == 0
+    (run / "eval.json").write_text(json.dumps(
+        {"clean_acc": 0.9, "robust_acc": {"pgd-l2-eps0.5": 0.5},
+         "threat": {"attack": "pgd", "norm": "l2"}, "checks_failed": 0}))
+    capsys.readouterr()
+    out = tmp_path / "rep"
+    assert main(["report", str(run), "--out", str(out), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and says in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_report_without_a_curve_to_draw_is_one_line_and_writes_nothing(tmp_path, capsys):
+    from erat.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "eval.json").write_text(json.dumps(
+        {"clean_acc": 0.9, "robust_acc": {}, "threat": {"attack": "pgd", "norm": "l2"}}))
+    assert main(["report", str(run), "--out", str(tmp_path / "rep")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no pgd-l2 robust accuracies" in err
+    assert not (tmp_path / "rep").exists()

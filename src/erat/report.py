@@ -341,38 +341,57 @@ def _training_notes(run: Path) -> dict:
     return {} if epoch is None else {"catastrophic_overfitting_epoch": epoch}
 
 
+def _landscape_inputs(runs: Sequence[Path], index: int) -> tuple[dict, Tensor, Tensor]:
+    """The models of ``runs`` by name and test image ``index`` of the first run's data
+    (``x``, ``y``, one row each), read before anything is written; an index outside the
+    test set is one line naming ``--index``."""
+    from erat.datasets import load_dataset, recorded_options
+    from erat.rundir import RunDir
+
+    run0 = RunDir(runs[0])
+    data_dir = run0.read_config().get("data_dir") if (run0 / RunDir.CONFIG).exists() else None
+    where = recorded_options(run0.read_meta(), data_dir)
+    x, y = load_dataset(where.pop("name"), "test", **where).tensors
+    if not 0 <= index < len(x):
+        raise UserError(f"--index must be in 0..{len(x) - 1} (the test images of "
+                        f"{runs[0]}), got {index}")
+    models = {Path(r).name: RunDir(r).load_model() for r in runs}
+    return models, x[index:index + 1], y[index:index + 1]
+
+
 def report_runs(runs: Sequence[Path], out: Path, *, eval_name: str = "eval.json",
                 landscape_eps: float | None = None, index: int = 0,
                 log=print) -> list[dict]:
     """``erat report``: the table (CSV, Markdown: every column) and the accuracy-radius plot
     of evaluated run folders, and optionally the loss landscape of test image ``index``; the
-    short table (:func:`readable_columns`) is printed."""
-    from erat.datasets import load_dataset, recorded_options
-    from erat.rundir import RunDir
+    short table (:func:`readable_columns`) is printed. Every option, the evaluation files,
+    and for a landscape the test image and the models, are checked and read before anything
+    is written: a mistake leaves ``out`` as it was."""
+    from erat.threat import check_radius
 
+    if landscape_eps is not None:
+        check_radius(landscape_eps, "l2", "--landscape-eps")  # (the landscape is l2)
+    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+        raise UserError(f"--index must be a test image's position (0 or more), got {index!r}")
     check_writable_dir(out, "--out")
     results = read_results(runs, eval_name)
     rows = [{"run": name, "clean_acc": res["clean_acc"], **res["robust_acc"],
              "checks_failed": res.get("checks_failed", 0), **_training_notes(Path(run))}
             for run, (name, res) in zip(runs, results.items(), strict=True)]
+    first = next(iter(results.values()))["threat"]
+    attack, norm = first.get("attack", "pgd"), first.get("norm", "l2")
+    if not any(radius_curve(r, attack=attack, norm=norm) for r in results.values()):
+        raise UserError(f"no {attack}-{norm} robust accuracies in the {eval_name} of "
+                        f"{', '.join(map(str, runs))}: nothing to plot")
+    drawn = _landscape_inputs(runs, index) if landscape_eps is not None else None
     columns = list(dict.fromkeys(k for row in rows for k in row))
     out = Path(out)
     write_csv(rows, out / "results.csv")
     (out / "results.md").write_text(results_table(rows, columns) + "\n")
-    first = next(iter(results.values()))["threat"]
-    accuracy_vs_radius(results, out / "accuracy_vs_radius", attack=first["attack"],
-                       norm=first["norm"])
-    if landscape_eps is not None:
-        run0 = RunDir(runs[0])
-        meta = run0.read_meta()
-        data_dir = run0.read_config().get("data_dir") if (run0 / RunDir.CONFIG).exists() \
-            else None
-        where = recorded_options(meta, data_dir)
-        x, y = load_dataset(where.pop("name"), "test", **where).tensors
-        if not 0 <= index < len(x):
-            raise UserError(f"--index must be in 0..{len(x) - 1}, got {index}")
-        landscape({Path(r).name: RunDir(r).load_model() for r in runs}, x[index:index + 1],
-                  y[index:index + 1], eps=landscape_eps, out=out / "landscape")
+    accuracy_vs_radius(results, out / "accuracy_vs_radius", attack=attack, norm=norm)
+    if drawn is not None:
+        models, x, y = drawn
+        landscape(models, x, y, eps=landscape_eps, out=out / "landscape")
     keys, names = readable_columns(rows)
     log(results_table(rows, keys, headers=names, float_fmt="{:.3f}"))
     return rows
