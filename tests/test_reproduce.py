@@ -63,6 +63,22 @@ def test_unknown_suite_is_one_line(capsys, tmp_path):
     assert "unknown suite 'nope'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("name", ["../../escape", "/tmp/abs", "a/b", "a\\\\b", "..", ".hidden",
+                                  "''", "' '"])
+def test_a_run_name_that_is_not_one_plain_folder_is_refused(tmp_path, capsys, name):
+    """A run named ../../escape was trained into a folder outside --out; now one line naming
+    the suite file and the run, exit 2, and nothing written."""
+    (tmp_path / "work").mkdir()
+    path = tmp_path / "work" / "bad.yaml"
+    path.write_text(SUITE.replace("{name: erm,", "{name: " + name + ","))
+    out = tmp_path / "work" / "a" / "b"
+    assert main(["reproduce", str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{path}: run name" in err
+    assert "must be a plain folder name" in err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["bad.yaml", "work"]
+
+
 def test_bundled_suites_load():
     for name in ("digits", "mnist-subset", "mnist", "cifar10", "svhn"):
         assert load_suite(name)["runs"]

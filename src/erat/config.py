@@ -312,12 +312,21 @@ def expand_runs(runs: list[Any], source: str) -> list[dict[str, Any]]:
                     entry["seed"] = seed
                     suffix += f"-s{seed}"
                 entry["name"] = run["name"] + suffix
+                _check_run_name(entry["name"], source)
                 out.append(entry)
     names = [r["name"] for r in out]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise UserError(f"{source}: duplicate run names {dupes}")
     return out
+
+
+def _check_run_name(name: str, source: str) -> None:
+    """A run's name is its folder under ``<out>/runs/``: one plain path component, so that
+    no run is written outside ``--out`` (``../x``, ``/tmp/x``) or hidden (``.x``)."""
+    if not name.strip() or name.startswith(".") or any(c in name for c in "/\\\0"):
+        raise UserError(f"{source}: run name {name!r} must be a plain folder name (not "
+                        "empty, no '/' or '\\', no leading '.')")
 
 
 def _short(v: Any) -> str:
