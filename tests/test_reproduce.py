@@ -230,3 +230,31 @@ def test_only_lists_split_a_suite_and_autoattack_waits_for_the_group(tmp_path):
     rows = {r["name"]: r for r in reproduce(str(path), out, log=lambda *_: None)}
     best = max(("a", "b"), key=lambda n: rows[n]["val_robust_acc"])
     assert {n for n, r in rows.items() if "aa_clean_acc" in r} == {best, "c"}
+
+
+def test_a_failed_sanity_check_exits_3_after_the_whole_suite(suite_file, tmp_path, capsys,
+                                                             monkeypatch):
+    """A run whose sanity check failed was shown only in the table and reproduce exited 0;
+    now, as `erat eval`, exit 3 after every run and the report, and a last line naming it
+    (also when the evaluation is read back; --only counts its own runs)."""
+    import erat.evaluate
+
+    real = erat.evaluate.evaluate
+
+    def failing(model, x, y, **kw):
+        result = real(model, x, y, **kw)
+        if kw["extra_info"]["run"] == "erm":
+            result["checks_failed"] = 1
+        return result
+
+    monkeypatch.setattr(erat.evaluate, "evaluate", failing)
+    out = tmp_path / "report"
+    assert main(["reproduce", str(suite_file), "--out", str(out)]) == 3
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1].startswith("sanity checks failed in 1 run(s): erm (")
+    assert lines[-2].startswith("wrote ") and (out / "results.md").is_file()
+    assert (out / "runs" / "er" / "eval.json").is_file()  # the suite went on after erm
+    assert main(["reproduce", str(suite_file), "--out", str(out), "--report-only"]) == 3
+    assert "sanity checks failed in 1 run(s): erm" in capsys.readouterr().out
+    assert main(["reproduce", str(suite_file), "--out", str(out), "--only", "er"]) == 0
+    assert "sanity checks failed" not in capsys.readouterr().out

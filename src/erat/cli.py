@@ -3,7 +3,8 @@
 
 Errors a user can cause are one line on stderr, exit code 2; problems of the environment
 (no GPU, disk full, read-only folder) exit code 1; a failed sanity check of ``erat eval``
-(evidence that the robust accuracy is too high) exit code 3, after the result is written;
+(evidence that the robust accuracy is too high) exit code 3, after the result is written,
+as does one in any run of ``erat reproduce`` (of ``--only``), after the suite's report;
 SIGINT and SIGTERM exit 130 and 143 with one line (and how to resume a training run).
 ``--debug`` or ``ERAT_DEBUG=1`` shows the traceback. Anything else is a bug and keeps its
 traceback. Only the parser of the command given is built, so ``erat --help`` imports no torch.
@@ -29,7 +30,7 @@ COMMANDS = {"train": "train a classifier with a robust-training method",
             "report": "tables and plots from evaluated run folders",
             "reproduce": "run a named suite of experiments (resumable)",
             "bench": "ms per training step of each method, attack throughput"}
-CHECKS_FAILED = 3  # exit code of an evaluation whose sanity checks failed
+CHECKS_FAILED = 3  # exit code of an evaluation (or a suite) whose sanity checks failed
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -252,14 +253,18 @@ def _add_reproduce(p: argparse.ArgumentParser) -> None:
 
 
 def run_reproduce(args: argparse.Namespace) -> int:
-    from erat.reproduce import reproduce
+    from erat.reproduce import failed_checks, reproduce
 
     overrides = {k: v for k, v in (("data_dir", args.data_dir), ("device", args.device)) if v}
     out = args.out or Path("runs") / Path(args.suite).stem
     only = [n.strip() for n in (args.only or "").split(",") if n.strip()] or None
-    reproduce(args.suite, out, overrides=overrides, only=only, report_only=args.report_only)
+    rows = reproduce(args.suite, out, overrides=overrides, only=only,
+                     report_only=args.report_only)
     print(f"wrote {out / 'results.md'} and {out / 'results.csv'}")
-    return 0
+    failed = failed_checks(rows, only)
+    if failed:
+        print(failed)
+    return CHECKS_FAILED if failed else 0
 
 
 # ---------------------------------------------------------------------------- bench

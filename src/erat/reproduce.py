@@ -18,7 +18,8 @@ what a named run's worker could not attack is attacked by a later pass without `
 of what is finished and computes nothing: the runs not trained or evaluated yet are listed
 as left out, and with nothing finished it writes nothing (``UserError``). Each run prints
 one line, ``[k/N name]`` with its figures, the time elapsed and about how long the rest
-takes.
+takes. A failed sanity check in any run is named by :func:`failed_checks` at the end, and
+the command line then exits 3, as ``erat eval`` does.
 
 The report folder holds ``results.csv`` (one row per run: ``method``, ``dataset``,
 ``clean_acc``, one column per robust-accuracy key, cost, ...), ``results.md`` (the short
@@ -120,6 +121,19 @@ def reproduce(
         log(f"left out of the report, not finished: {', '.join(left_out)}")
     write_report(suite, out, rows, results, commands, test, log, left_out)
     return rows
+
+
+def failed_checks(rows: list[dict[str, Any]], only: list[str] | None = None) -> str | None:
+    """The one line that ends a suite whose runs (those of ``only``, else every run; read
+    back from an earlier pass or evaluated now) failed a sanity check of their evaluation or
+    of AutoAttack's, as ``erat eval`` does with exit code 3 (evidence that a robust accuracy
+    is too high); None when every check passed."""
+    failed = [r["name"] for r in rows if (only is None or r["name"] in only)
+              and (r.get("checks_failed") or r.get("aa_checks_failed"))]
+    if not failed:
+        return None
+    return (f"sanity checks failed in {len(failed)} run(s): {', '.join(failed)} (the "
+            "'failed checks' columns of results.md; their robust accuracies may be too high)")
 
 
 def _fmt(v: Any) -> str:
