@@ -304,3 +304,15 @@ def test_eval_defaults_follow_the_run(tmp_path, capsys):
                  str(l2)]) == 0
     assert main(["eval", str(l2), "--norm", "linf", "--n", "20", "--no-checks"]) == 2
     assert "--norm linf needs --eps" in capsys.readouterr().err
+
+
+def test_eval_keeps_its_progress_in_the_file_the_readme_names(tmp_path, capsys):
+    from pathlib import Path
+
+    out = tmp_path / "run"
+    assert main([*TRAIN, "--out", str(out)]) == 0
+    assert run(["eval", out, "--n", "20", "--steps", "1", "--no-checks", "--eps", "0.5"],
+               capsys)[0] == 0
+    assert [p.name for p in out.glob(".*.state.pt")] == [".eval-pgd-l2.state.pt"]
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    assert "`.eval-<attack>-<norm>.state.pt`" in readme

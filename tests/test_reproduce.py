@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 import pytest
 
@@ -51,6 +52,9 @@ def test_suite_runs_reports_and_resumes(suite_file, tmp_path):
     assert "clean " in progress[0] and "PGD-l2 0.5 " in progress[0]
     for name in ("accuracy_vs_radius.png", "landscape.png"):
         assert (out / name).stat().st_size > 0
+    kept = [p.name for p in (out / "runs" / "er").glob(".*.state.pt")]
+    assert kept == [".eval.state.pt"]  # the README names it (it once said .eval-pgd-l2...)
+    assert "`.eval.state.pt`" in (Path(__file__).parents[1] / "README.md").read_text()
     model = out / "runs" / "er" / "model.pt"
     stamp = model.stat().st_mtime_ns
     again = reproduce(str(suite_file), out, log=lambda *_: None)
