@@ -65,10 +65,21 @@ def test_resume_refuses_other_settings(finished, capsys, args, differs):
 
 
 def test_resume_of_a_finished_run_changes_nothing(finished, capsys):
+    """... and does not claim to (it printed `wrote .../model.pt` after `nothing to do`)."""
     stamp = (finished / "model.pt").stat().st_mtime_ns
     code, out, err = run([*TRAIN, "--epochs", "2", "--resume", "--out", finished], capsys)
     assert code == 0 and "nothing to do" in out
+    assert "wrote" not in out and f"{finished / 'model.pt'} is already there, unchanged" in out
     assert (finished / "model.pt").stat().st_mtime_ns == stamp
+
+
+def test_train_says_what_it_wrote(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, text, _ = run([*TRAIN, "--epochs", "2", "--stop-after", "1", "--out", out], capsys)
+    assert code == 0 and text.splitlines()[-1] == f"wrote {out / 'checkpoint.pt'}"
+    code, text, _ = run([*TRAIN, "--epochs", "2", "--resume", "--out", out], capsys)
+    assert code == 0 and text.splitlines()[-1] == f"wrote {out / 'model.pt'}"
+    assert sum(line.startswith("wrote ") for line in text.splitlines()) == 1
 
 
 def test_resume_needs_a_run(tmp_path, capsys):

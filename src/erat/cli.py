@@ -115,16 +115,14 @@ def run_train(args: argparse.Namespace) -> int:
     cfg = resolve_train(args.out, resume=getattr(args, "resume", False),
                         config_file=getattr(args, "config", None),
                         flags={k: v for k, v in vars(args).items() if k not in TRAIN_ONLY})
-    try:
-        path = train(cfg, args.out, resume=getattr(args, "resume", False),
-                     overwrite=getattr(args, "overwrite", False),
-                     stop_after=getattr(args, "stop_after", None))
+    try:  # train() says what it wrote (nothing, for a finished run resumed)
+        train(cfg, args.out, resume=getattr(args, "resume", False),
+              overwrite=getattr(args, "overwrite", False),
+              stop_after=getattr(args, "stop_after", None))
     except BaseException:  # no barrier: the other ranks may never reach it
         distributed.close(wait_for_all=False)
         raise
     distributed.close()  # a torchrun process group is left by train() for the caller
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(f"wrote {path}")
     return 0
 
 

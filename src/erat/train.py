@@ -52,7 +52,8 @@ def train(
     log: Callable[[str], None] = print,
 ) -> Path:
     """Train as configured into the run folder ``out``; returns the path of ``model.pt``
-    (of ``checkpoint.pt`` when ``stop_after`` ended the run early)."""
+    (of ``checkpoint.pt`` when ``stop_after`` ended the run early) and logs ``wrote PATH``
+    when it wrote it (a finished run resumed is left unchanged, and says so)."""
     run = RunDir(out)
     if stop_after is not None and stop_after < 1:
         raise UserError(f"--stop-after must be >= 1, got {stop_after}")
@@ -76,7 +77,8 @@ def train(
         if dist.is_main:
             _prepare_folder(run, cfg, resume, overwrite, log)
         if resume and run.finished():
-            log(f"{run.path} is finished ({RunDir.MODEL}); nothing to do")
+            log(f"{run.path} is finished: {run.model_file()} is already there, unchanged; "
+                "nothing to do")
             return run.model_file()
         try:
             result, built = _run(cfg, run, resume, stop_after, log, device, dist)
@@ -85,11 +87,13 @@ def train(
                 run.clear()  # failed before its first epoch: leave the folder as it was
             raise
         if result.stopped:
+            log(f"wrote {run / RunDir.CHECKPOINT}")
             return run / RunDir.CHECKPOINT
         if dist.is_main:
             digest = _save(run, cfg, built, result)
             run.finish(cfg.keep_checkpoint)
             log(f"weights: state_dict_sha256 {digest}")
+            log(f"wrote {run.model_file()}")  # (here, not by the caller: only what was written)
     return run.model_file()
 
 
