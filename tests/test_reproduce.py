@@ -262,3 +262,31 @@ def test_a_failed_sanity_check_exits_3_after_the_whole_suite(suite_file, tmp_pat
     assert "sanity checks failed in 1 run(s): erm" in capsys.readouterr().out
     assert main(["reproduce", str(suite_file), "--out", str(out), "--only", "er"]) == 0
     assert "sanity checks failed" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("plots, says", [
+    ("{landscape_eps: -1}", "plots.landscape_eps must be a finite number >= 0"),
+    ("{landscape_index: -2}", "plots.landscape_index must be a test image's position"),
+])
+def test_landscape_settings_are_checked_before_any_training(tmp_path, capsys, plots, says):
+    """A bad plots setting was met only after every run had trained and the tables were
+    written; now one line naming the suite file, exit 2, nothing written."""
+    path = tmp_path / "bad.yaml"
+    path.write_text(SUITE.replace("plots: {landscape_eps: 0.5}", f"plots: {plots}"))
+    out = tmp_path / "out"
+    assert main(["reproduce", str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{path}: {says}" in err
+    assert not out.exists()
+
+
+def test_a_landscape_index_past_the_test_set_is_said_not_drawn(tmp_path):
+    import torch
+
+    from erat.reproduce import _landscape
+
+    lines: list[str] = []
+    _landscape(tmp_path, [{"name": "a", "method": "erm"}], {"a": {}},
+               (torch.zeros(3, 1, 8, 8), torch.zeros(3)), {"landscape_index": 3}, lines.append)
+    assert lines == ["landscape not drawn: plots.landscape_index 3 is past the 3 test images"]
+    assert not list(tmp_path.iterdir())

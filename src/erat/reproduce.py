@@ -82,6 +82,7 @@ def reproduce(
     runs = suite["runs"]
     cfgs = [run_config(suite, r, overrides or {}) for r in runs]
     _check_eval_settings(suite, runs)
+    _check_plots(suite)
     rows, results, commands, test, left_out, pending = [], {}, [], None, [], []
     clock = SuiteClock(len(mine), timed=not report_only)
     said: list[str] = []  # run_one logs only when it trains or evaluates
@@ -196,6 +197,21 @@ def _check_eval_settings(suite: dict[str, Any], runs: list[dict[str, Any]]) -> N
     if spec:
         for run in runs:
             EvalConfig.build(**_radii(spec, run_config(suite, run, {})))
+
+
+def _check_plots(suite: dict[str, Any]) -> None:
+    """The suite's landscape settings (``plots``), before any training: they were read only
+    after the suite had run and its tables were written."""
+    from erat.threat import check_radius
+
+    plots, where = suite.get("plots") or {}, f"{suite.get('path', suite['suite'])}: plots"
+    if not isinstance(plots, dict):
+        raise UserError(f"{where} must be a mapping, got {plots!r}")
+    check_radius(plots.get("landscape_eps", 1.0), "l2", f"{where}.landscape_eps")
+    index = plots.get("landscape_index", 0)
+    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+        raise UserError(f"{where}.landscape_index must be a test image's position (0 or "
+                        f"more), got {index!r}")
 
 
 def _radii(ev: dict[str, Any], cfg: TrainConfig) -> dict[str, Any]:
@@ -475,6 +491,10 @@ def _landscape(out: Path, rows: list[dict[str, Any]], results: dict[str, dict], 
             "method is drawn)")
     index = int(plots.get("landscape_index", 0))
     x, y = test
+    if index >= len(x):
+        log(f"landscape not drawn: plots.landscape_index {index} is past the {len(x)} test "
+            "images")
+        return
     report.landscape({n: RunDir(out / "runs" / n).load_model() for n in drawn},
                      x[index : index + 1], y[index : index + 1],
                      eps=float(plots.get("landscape_eps", 1.0)), out=out / "landscape")
