@@ -57,7 +57,7 @@ def test_chip_figures_and_variants():
     assert {(r["method"], r["amp"]) for r in rows} == {("erm", "none"), ("er", "none"),
                                                        ("erm", "bf16"), ("er", "bf16")}
     assert all(r["rate_fraction"] > 0 and r["epoch_50k_s"] > 0 for r in rows)
-    with pytest.raises(ValueError, match="--fast off, on"):
+    with pytest.raises(ValueError, match="--fast takes off, on"):
         run_bench(BenchOptions(fast="maybe"), torch.device("cpu"))
 
 

@@ -146,11 +146,24 @@ def test_eval_missing_run(tmp_path, capsys):
         (["--warmup", "-1"], "--warmup >= 0"),
         (["--methods", "erm,nope"], "unknown method"),
         (["--models", "cnn:28"], "MODEL:CxHxW"),
+        (["--models", "mlp:0x8x8", "--methods", "erm"], "--models wants MODEL:CxHxW"),
+        (["--models", "mlp:1x-8x8"], "positive integers"),
+        (["--max-seconds", "-1"], "--max-seconds wants a positive"),
+        (["--max-seconds", "nan"], "--max-seconds wants a positive"),
+        (["--max-seconds", "inf"], "--max-seconds wants a positive"),
+        (["--amp", "fp32"], "--amp takes none, bf16, fp16 (comma-separated), got 'fp32'"),
+        (["--compile", "maybe"], "--compile takes off, on (comma-separated), got 'maybe'"),
+        (["--fast", "on", "--device", "cpu"], "--fast on needs a CUDA device"),
+        (["--fast", "off,on", "--device", "cpu"], "--fast on needs a CUDA device"),
     ],
 )
-def test_bench_errors_are_one_line(capsys, args, message):
-    code, _, err = run(["bench", "--no-attacks", *args], capsys)
-    assert code == 2 and message in err and err.count("\n") == 1
+def test_bench_errors_are_one_line(tmp_path, capsys, args, message):
+    code, out, err = run(["bench", "--no-attacks", *args, "--json", tmp_path / "b.json"],
+                         capsys)
+    assert code == 2 and message in err and err.count("\n") == 1 and err.startswith("erat:")
+    assert not (tmp_path / "b.json").exists() and out == ""  # refused before any work
+    flags = {a for a in args if a.startswith("--") and a != "--device"}
+    assert all(f not in err for f in {"--amp", "--compile", "--fast", "--models"} - flags)
 
 
 def test_every_help_shows_the_true_defaults_once():

@@ -14,6 +14,7 @@ methods there, so read it as an upper bound).
 from __future__ import annotations
 
 import json
+import math
 import resource
 import statistics
 import time
@@ -62,6 +63,35 @@ class BenchOptions:
     attack_steps: int = param(10, "PGD steps of the attack throughput")
     autoattack_n: int = param(16, "images of the AutoAttack throughput (0: none)")
     device: str = param("auto", "auto (CUDA when present), cpu, cuda, cuda:1, ...")
+
+    def check(self, device: torch.device) -> None:
+        """Refuse, before any work, a setting the bench cannot run (a :class:`UserError`
+        naming its flag): counts out of range, a budget that is not a positive, finite
+        number of seconds, unknown methods, ill-formed ``--models``, unknown variants, and the fast
+        path off CUDA (as ``erat train --fast on`` refuses it)."""
+        for flag, value, low in (("--steps", self.steps, 1), ("--warmup", self.warmup, 0),
+                                 ("--batch-size", self.batch_size, 1),
+                                 ("--attack-steps", self.attack_steps, 1),
+                                 ("--autoattack-n", self.autoattack_n, 0)):
+            if value < low:
+                raise UserError(f"bench needs {flag} >= {low}, got {value}")
+        if not (math.isfinite(self.max_seconds) and self.max_seconds > 0):
+            raise UserError(f"--max-seconds wants a positive, finite number of seconds, got "
+                            f"{self.max_seconds}")
+        names = method_names() if self.methods == "all" else self.methods.split(",")
+        unknown = {parse_method(n)[0] for n in names} - set(method_names())
+        if unknown:
+            raise UserError(f"unknown method(s) {sorted(unknown)}; choose from {method_names()}")
+        parse_setups(self.models)
+        for flag, text, allowed in (("--amp", self.amp, ("none", "bf16", "fp16")),
+                                    ("--compile", self.compile, ("off", "on")),
+                                    ("--fast", self.fast, ("off", "on"))):
+            if set(text.split(",")) - set(allowed):
+                raise UserError(f"{flag} takes {', '.join(allowed)} (comma-separated), got "
+                                f"{text!r}")
+        if "on" in self.fast.split(",") and device.type != "cuda":
+            raise UserError(f"--fast on needs a CUDA device (the bench is on {device}); the CPU "
+                            "path is the eager one: use --fast off or pass --device cuda")
 
 
 def _sync(device: torch.device) -> None:
@@ -368,14 +398,17 @@ def parse_method(spec: str) -> tuple[str, dict[str, Any]]:
 
 
 def parse_setups(text: str) -> list[tuple[str, tuple[int, int, int]]]:
-    """``MODEL:CxHxW,...`` as (name, shape) pairs."""
+    """``MODEL:CxHxW,...`` as (name, shape) pairs; C, H and W are positive integers."""
     setups = []
     for item in text.split(","):
         name, _, shape = item.partition(":")
         try:
             c, h, w = (int(v) for v in shape.lower().split("x"))
-        except ValueError as e:
-            raise UserError(f"--models wants MODEL:CxHxW items, got {item!r}") from e
+        except ValueError:
+            c = h = w = 0
+        if min(c, h, w) < 1:
+            raise UserError(f"--models wants MODEL:CxHxW items, C, H and W positive integers, "
+                            f"got {item!r}")
         setups.append((name, (c, h, w)))
     return setups
 
@@ -386,14 +419,11 @@ def run_bench(options: BenchOptions, device: torch.device, log=print,
     eager, compiled or the fast path), the measured ratio to ERM beside the counted one
     (:meth:`Method.cost`), with ``chip`` the fraction of the device's matrix rate each step
     reaches, and attack throughput; printed as a table. ``partial`` is given the result so
-    far after each measured row (what a time limit cuts short is not lost)."""
+    far after each measured row (what a time limit cuts short is not lost). Every option
+    is checked first (:meth:`BenchOptions.check`)."""
     o = options
-    if o.steps < 1 or o.warmup < 0 or o.batch_size < 1:
-        raise UserError("bench needs --steps >= 1, --warmup >= 0 and --batch-size >= 1")
+    o.check(device)
     names = method_names() if o.methods == "all" else o.methods.split(",")
-    unknown = {parse_method(n)[0] for n in names} - set(method_names())
-    if unknown:
-        raise UserError(f"unknown method(s) {sorted(unknown)}; choose from {method_names()}")
     variants = _variants(o)
     result: dict[str, Any] = {"device": str(device), "threads": torch.get_num_threads(),
                               "torch": str(torch.__version__), "models": {}}
@@ -448,11 +478,8 @@ def run_bench(options: BenchOptions, device: torch.device, log=print,
 
 def _variants(o: BenchOptions) -> list[tuple[str, bool, bool]]:
     """``(amp, compiled, fast)`` of every variant asked for (the fast path sets its own
-    precision and capture: one variant)."""
+    precision and capture: one variant), from options :meth:`BenchOptions.check` passed."""
     amps, compiles, fasts = o.amp.split(","), o.compile.split(","), o.fast.split(",")
-    if set(amps) - {"none", "bf16", "fp16"} or (set(compiles) | set(fasts)) - {"off", "on"}:
-        raise UserError(f"--amp takes none, bf16, fp16 and --compile, --fast off, on "
-                        f"(comma-separated), got {o.amp!r}, {o.compile!r}, {o.fast!r}")
     plain = [(a, c == "on", False) for a in amps for c in compiles] if "off" in fasts else []
     return plain + ([("none", False, True)] if "on" in fasts else [])
 
