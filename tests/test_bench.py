@@ -110,6 +110,17 @@ def test_bench_json_holds_each_row_as_it_is_measured(tmp_path, monkeypatch):
         == ["erm", "at"]
 
 
+def test_no_profiler_off_cuda(capfd):
+    """--profile on a CPU: no device kernels to count, so no profiler is started (kineto's
+    probe for a GPU printed 'gpuGetDeviceCount failed' there)."""
+    from erat.bench import kernel_profile
+
+    calls = []
+    assert kernel_profile(lambda: calls.append(1), torch.device("cpu"), 1.0) == {
+        "kernels_per_step": None, "device_busy": None}
+    assert not calls and capfd.readouterr().err == ""
+
+
 def test_fast_rows_say_which_passes_left_the_graphs(monkeypatch):
     """On the fast path each row counts its step's model calls replayed as graphs and run
     eager (erat.graphs.Cloned's routing, here around the eager model itself): ERM and PGD-AT

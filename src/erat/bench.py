@@ -274,13 +274,15 @@ def kernel_profile(step: Callable[[], Any], device: torch.device, ms_per_step: f
     step's wall time that the device spends in kernels (the rest: launch gaps, host work,
     synchronisation), from ``torch.profiler`` over ``steps`` steps. The wall time is the
     unprofiled ``ms_per_step`` when given (the profiler slows the host), else the profiled
-    steps' own time, taken inside the profiler (its start and stop are not the step's)."""
+    steps' own time, taken inside the profiler (its start and stop are not the step's).
+    Off CUDA there are no device kernels: both are ``None``, and no profiler is started
+    (kineto's probe for a GPU would print errors)."""
     from torch.profiler import ProfilerActivity, profile
 
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda"
-                                           else [])
+    if device.type != "cuda":
+        return {"kernels_per_step": None, "device_busy": None}
     try:
-        with profile(activities=activities) as prof:
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             _sync(device)
             t0 = time.perf_counter()
             for _ in range(steps):
@@ -292,8 +294,7 @@ def kernel_profile(step: Callable[[], Any], device: torch.device, ms_per_step: f
     if ms_per_step is not None:
         wall = ms_per_step / 1000
     try:
-        events = [e for e in prof.events() if e.device_type.name == "CUDA"] \
-            if device.type == "cuda" else []
+        events = [e for e in prof.events() if e.device_type.name == "CUDA"]
         busy = sum(e.device_time for e in events) / 1e6 / steps  # microseconds in events
     except (AttributeError, RuntimeError) as err:  # (the profiler's API moves between releases)
         return {"profile_error": first_line(err)}
