@@ -20,8 +20,8 @@
 # in $OUT: session.log and gpu.tgz (the JSON of every stage, metrics of every run).
 # LIMIT (seconds, default 480, the 8 minutes above): the whole script's deadline; a stage gets
 # at most what is left (and is skipped under 20 s), so the run call's limit never cuts a pack
-# short. The bench's JSON is rewritten after every measured row, and a method whose capture
-# fails is a row with its error, not the end of the stage.
+# short. The bench's JSON is rewritten after every measured row ("complete": false until the
+# last), and a method whose capture fails is a row with its error, not the end of the stage.
 set -u
 OUT=${OUT:?set OUT to a folder for the results}
 C10=${C10:?set C10 to the folder holding cifar-10-batches-py}

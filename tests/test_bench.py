@@ -97,17 +97,52 @@ def test_bench_json_holds_each_row_as_it_is_measured(tmp_path, monkeypatch):
     path = tmp_path / "bench.json"
 
     def peek(*args):  # the file as it stands when the next row starts
-        seen.append(len(json.loads(path.read_text())["models"]["mlp"]["rows"])
-                    if path.exists() else 0)
+        so_far = json.loads(path.read_text()) if path.exists() else None
+        seen.append((len(so_far["models"]["mlp"]["rows"]), so_far["complete"]) if so_far
+                    else 0)
         return timer(*args)
 
     monkeypatch.setattr(erat.bench, "_time", peek)
     assert main(["bench", "--models", "mlp:1x8x8", "--methods", "erm,at", "--steps", "1",
                  "--warmup", "0", "--no-attacks", "--batch-size", "8", "--json",
                  str(path)]) == 0
-    assert seen == [0, 1]
-    assert [r["method"] for r in json.loads(path.read_text())["models"]["mlp"]["rows"]] \
-        == ["erm", "at"]
+    assert seen == [0, (1, False)]  # a partial file says so
+    final = json.loads(path.read_text())
+    assert [r["method"] for r in final["models"]["mlp"]["rows"]] == ["erm", "at"]
+    assert final["complete"] is True and final["models"]["mlp"]["rows"][1]["ratio_to_erm"] > 0
+
+
+@pytest.mark.parametrize("rows_before", [0, 1])
+def test_an_interrupted_bench_says_what_its_json_holds(tmp_path, monkeypatch, capsys,
+                                                       rows_before):
+    """Ctrl-C mid-bench: exit 130, one line; once a row is written the line names the --json
+    file as holding the rows measured so far, and the file says it is incomplete."""
+    import json
+
+    import erat.bench
+    from erat.cli import main
+
+    timer, calls = erat.bench._time, []
+    path = tmp_path / "bench.json"
+
+    def interrupted(*args):
+        calls.append(1)
+        if len(calls) > rows_before:
+            raise KeyboardInterrupt
+        return timer(*args)
+
+    monkeypatch.setattr(erat.bench, "_time", interrupted)
+    code = main(["bench", "--models", "mlp:1x8x8", "--methods", "erm,at", "--steps", "1",
+                 "--warmup", "0", "--no-attacks", "--batch-size", "8", "--json", str(path)])
+    err = capsys.readouterr().err
+    assert code == 130 and err.startswith("erat: interrupted") and err.count("\n") == 1
+    if rows_before == 0:
+        assert not path.exists() and str(path) not in err
+        return
+    assert f"--json {path} holds the rows measured so far" in err
+    so_far = json.loads(path.read_text())
+    assert so_far["complete"] is False
+    assert [r["method"] for r in so_far["models"]["mlp"]["rows"]] == ["erm"]
 
 
 def test_no_profiler_off_cuda(capfd):

@@ -420,13 +420,15 @@ def run_bench(options: BenchOptions, device: torch.device, log=print,
     eager, compiled or the fast path), the measured ratio to ERM beside the counted one
     (:meth:`Method.cost`), with ``chip`` the fraction of the device's matrix rate each step
     reaches, and attack throughput; printed as a table. ``partial`` is given the result so
-    far after each measured row (what a time limit cuts short is not lost). Every option
-    is checked first (:meth:`BenchOptions.check`)."""
+    far after each measured row (what a time limit cuts short is not lost), with
+    ``complete`` false; the result returned has it true. Every option is checked first
+    (:meth:`BenchOptions.check`)."""
     o = options
     o.check(device)
     names = method_names() if o.methods == "all" else o.methods.split(",")
     variants = _variants(o)
-    result: dict[str, Any] = {"device": str(device), "threads": torch.get_num_threads(),
+    result: dict[str, Any] = {"complete": False, "device": str(device),
+                              "threads": torch.get_num_threads(),
                               "torch": str(torch.__version__), "models": {}}
     if device.type == "cuda":
         result["gpu"] = torch.cuda.get_device_name(device)
@@ -474,6 +476,7 @@ def run_bench(options: BenchOptions, device: torch.device, log=print,
                                              autoattack_n=o.autoattack_n,
                                              max_seconds=o.max_seconds)
             log(f"{name:<16} attacks: " + json.dumps(entry["attacks"]))
+    result["complete"] = True
     return result
 
 

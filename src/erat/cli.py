@@ -5,7 +5,8 @@ Errors a user can cause are one line on stderr, exit code 2; problems of the env
 (no GPU, disk full, read-only folder) exit code 1; a failed sanity check of ``erat eval``
 (evidence that the robust accuracy is too high) exit code 3, after the result is written,
 as does one in any run of ``erat reproduce`` (of ``--only``), after the suite's report;
-SIGINT and SIGTERM exit 130 and 143 with one line (and how to resume a training run).
+SIGINT and SIGTERM exit 130 and 143 with one line (and how to resume a training run, or
+what a bench's ``--json`` holds).
 ``--debug`` or ``ERAT_DEBUG=1`` shows the traceback. Anything else is a bug and keeps its
 traceback. Only the parser of the command given is built, so ``erat --help`` imports no torch.
 """
@@ -46,7 +47,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug and not isinstance(e, KeyboardInterrupt | BrokenPipeError):
             raise
         hint = f"continue with: erat train --out {args.out} --resume" \
-            if args.command == "train" and (Path(args.out) / "config.yaml").is_file() else ""
+            if args.command == "train" and (Path(args.out) / "config.yaml").is_file() \
+            else getattr(args, "hint", "")
         return exit_code(e, hint)
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -287,10 +289,14 @@ def run_bench(args: argparse.Namespace) -> int:
 
     if args.json:
         check_writable_file(args.json, "--json")
+
+    def partial(so_far: dict[str, Any]) -> None:  # after each row; an interrupt names it
+        _write_json(so_far, args.json)
+        args.hint = f"--json {args.json} holds the rows measured so far (\"complete\": false)"
+
     options = _options(BenchOptions, args)
     result = bench(options, device=resolve_device(options.device),
-                   partial=(lambda so_far: _write_json(so_far, args.json)) if args.json
-                   else None)
+                   partial=partial if args.json else None)
     for line in _write_json(result, args.json):
         print(line)
     return 0
