@@ -166,6 +166,33 @@ def test_bench_errors_are_one_line(tmp_path, capsys, args, message):
     assert all(f not in err for f in {"--amp", "--compile", "--fast", "--models"} - flags)
 
 
+@pytest.mark.parametrize(
+    "args, start",
+    [
+        (["train", "--epochs", "abc"], "erat train: error: argument --epochs: invalid int"),
+        (["eval", "RUN", "--eps", "abc"], "erat eval: error: argument --eps: radii"),
+        (["eval", "RUN", "--no-progress"], "erat eval: error: unrecognized arguments: "
+                                           "--no-progress"),
+        (["bench", "--steps", "x"], "erat bench: error: argument --steps"),
+        (["energy", "RUN"], "erat energy: error: the following arguments are required: --eps"),
+        (["report", "r", "--out", "o", "--index", "1.5"], "erat report: error: argument"),
+        (["reproduce"], "erat reproduce: error: the following arguments are required"),
+        (["--nope", "eval", "RUN"], "erat: error: unrecognized arguments: --nope"),
+        (["nope"], "erat: error: argument command: invalid choice: 'nope'"),
+        ([], "erat: error: the following arguments are required: command"),
+    ],
+)
+def test_argument_errors_are_one_line_of_the_parser_given_them(capsys, args, start):
+    """argparse's own errors (a value of the wrong type, a missing or unknown argument) are
+    one line naming the (sub)command, not its usage text; an unknown flag after a subcommand
+    is that subcommand's (argparse would name the top command)."""
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    out, err = capsys.readouterr()
+    assert e.value.code == 2 and out == "" and err.startswith(start), err
+    assert err.count("\n") == 1 and "usage" not in err and err.endswith("--help)\n")
+
+
 def test_every_help_shows_the_true_defaults_once():
     """Each subcommand's --help against the values the command really uses: the parser's
     own default, the training configuration's (train), the attacks' own (eval options)."""

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from erat.errors import EnvironmentProblem, UserError, exit_code, one_line_warning, terminate
-from erat.fields import HelpFormatter, add_flags, add_options, radii
+from erat.fields import HelpFormatter, Parser, add_flags, add_options, radii
 
 COMMANDS = {"train": "train a classifier with a robust-training method",
             "eval": "clean and robust accuracy of a trained run",
@@ -59,8 +59,8 @@ def build_parser(commands: Sequence[str] | None = None) -> argparse.ArgumentPars
     imports what it lists, so ``main`` builds only the command given)."""
     from erat import __version__
 
-    parser = argparse.ArgumentParser(prog="erat", description="erat: energy-regularised "
-                                     "adversarial training and robustness evaluation")
+    parser = Parser(prog="erat", description="erat: energy-regularised adversarial training "
+                    "and robustness evaluation")
     parser.add_argument("--version", action="version", version=f"erat {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     sub = parser.add_subparsers(dest="command", required=True)

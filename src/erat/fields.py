@@ -115,6 +115,25 @@ def json_object(text: str) -> dict[str, Any]:
 # --- flags on an argparse parser -----------------------------------------------------
 
 
+class Parser(argparse.ArgumentParser):
+    """A parser whose errors are one line on stderr, exit code 2 (``erat train: error:
+    argument --epochs: ... (see erat train --help)``), not the usage text. An argument it
+    does not know is an error of this parser, in ``parse_known_args`` too: after a
+    subcommand, the subcommand's parser names it (argparse would leave it to the top
+    one). Subparsers are of this class as well."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} "
+                     f"(see {self.prog} --help)\n")
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None
+                         ) -> tuple[argparse.Namespace, list[str]]:
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
+
+
 class HelpFormatter(argparse.HelpFormatter):
     """Shows a flag's true default once: the parser's own, or the one its help names."""
 
