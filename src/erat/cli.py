@@ -1,14 +1,12 @@
 """The ``erat`` command line: ``train``, ``eval``, ``energy``, ``report``, ``reproduce``,
 ``bench``. It parses and dispatches; the work is done by the modules it calls.
 
-Errors a user can cause are one line on stderr, exit code 2; problems of the environment
-(no GPU, disk full, read-only folder) exit code 1; a failed sanity check of ``erat eval``
-(evidence that the robust accuracy is too high) exit code 3, after the result is written,
-as does one in any run of ``erat reproduce`` (of ``--only``), after the suite's report;
-SIGINT and SIGTERM exit 130 and 143 with one line (and how to resume a training run, or
-what a bench's ``--json`` holds).
-``--debug`` or ``ERAT_DEBUG=1`` shows the traceback. Anything else is a bug and keeps its
-traceback. Only the parser of the command given is built, so ``erat --help`` imports no torch.
+Errors a user can cause are one line on stderr, exit code 2; the environment's (no GPU,
+disk full, read-only folder) exit code 1; a failed sanity check (evidence that the robust
+accuracy is too high) exit code 3, after ``erat eval``'s result or ``erat reproduce``'s
+report; SIGINT and SIGTERM 130 and 143 with one line (how to resume a training run, what a
+bench's ``--json`` holds). ``--debug`` or ``ERAT_DEBUG=1`` shows the traceback; anything
+else is a bug. Only the parser of the command given is built: ``erat --help`` imports no torch.
 """
 
 from __future__ import annotations
@@ -46,10 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (KeyboardInterrupt, UserError, EnvironmentProblem, OSError) as e:
         if debug and not isinstance(e, KeyboardInterrupt | BrokenPipeError):
             raise
-        hint = f"continue with: erat train --out {args.out} --resume" \
-            if args.command == "train" and (Path(args.out) / "config.yaml").is_file() \
-            else getattr(args, "hint", "")
-        return exit_code(e, hint)
+        return exit_code(e, getattr(args, "hint", ""))  # (set by the command, if any)
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -122,6 +117,8 @@ def run_train(args: argparse.Namespace) -> int:
               overwrite=getattr(args, "overwrite", False),
               stop_after=getattr(args, "stop_after", None))
     except BaseException:  # no barrier: the other ranks may never reach it
+        if (args.out / "config.yaml").is_file():  # (a run that failed before it holds none)
+            args.hint = f"continue with: erat train --out {args.out} --resume"
         distributed.close(wait_for_all=False)
         raise
     distributed.close()  # a torchrun process group is left by train() for the caller
