@@ -7,7 +7,8 @@
 #     FLOPs per image (torch.utils.flop_counter), ms per step and images/s of ERM, AT, VAT,
 #     PGD-AT-3/10, TRADES-10, ER S 1/3 at batch 128, eager float32 against the fast path, the
 #     fraction of the matrix rate reached, a 50,000-image epoch's time, and a profile of each
-#     step (kernels per step, the device-busy share: what holds a step back); then ERM at
+#     step (kernels per step, the device-busy share, and the model calls replayed as graphs
+#     against run eager: what holds a step back); then ERM at
 #     batch 512 (the 40%-of-rate target);
 #  3. 100 updates of ER S 3 on the cifar10-subset, fast and eager from one seed: the two loss
 #     curves (metrics.jsonl, 20 epochs of 5 updates);
@@ -92,6 +93,6 @@ stamp "eval er3 fast on again, the evaluator as CUDA graphs: the same accuracy, 
 limit 90 $PY -m erat eval "$W/er3-on" --device cuda --eps 0.5 --steps 50 --no-checks \
   --fresh --json "$W/er3-on-pgd-graphs.json"
 pack
-stamp "fallbacks and skips (CUDA-graph step failed, Dynamo recompile limit, deadline)"
-grep -v "^== " "$OUT/session.log" | grep -E "CUDA-graph step failed|recompile_limit|cache_size_limit|skipping cudagraphs|skipped \(deadline\)" | sort | uniq -c | head -20
+stamp "fallbacks and skips (compiled step failed, Dynamo recompile limit, deadline)"
+grep -v "^== " "$OUT/session.log" | grep -E "compiled step failed|recompile_limit|cache_size_limit|skipping cudagraphs|skipped \(deadline\)" | sort | uniq -c | head -20
 stamp done
