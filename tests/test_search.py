@@ -105,6 +105,27 @@ def test_frozen_bn_stats_keeps_running_stats(data):
     assert not torch.equal(before["running_mean"], model[1].running_mean)
 
 
+def test_perturbed_pass_leaves_frozen_and_synced_batchnorm_working(data):
+    """A BatchNorm layer a user froze (eval mode) keeps normalising with its running
+    statistics in a perturbed pass; a SyncBatchNorm (``--sync-bn``) runs it; neither's
+    buffers change."""
+    x, _ = data
+    model = tiny_net().train()
+    model[1].eval()
+    model[1].running_mean.fill_(5.0)
+    model[3].eval()
+    with torch.no_grad():
+        frozen = model(x)
+        with perturbed_pass(model):
+            assert torch.equal(model(x), frozen)
+    synced = nn.SyncBatchNorm.convert_sync_batchnorm(tiny_net()).train()
+    before = {k: v.clone() for k, v in synced[1].state_dict().items()}
+    with perturbed_pass(synced), torch.no_grad():
+        synced(x)
+    assert all(torch.equal(v, synced[1].state_dict()[k]) for k, v in before.items())
+    assert synced[1].track_running_stats
+
+
 def test_vat_direction_is_unit_and_leaves_grads(data):
     x, _ = data
     model = tiny_net().eval().double()

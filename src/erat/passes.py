@@ -77,21 +77,19 @@ def perturbed_pass(model: nn.Module) -> Iterator[nn.Module]:
     """Train-mode BatchNorm (batch statistics) without running-stat updates; dropout as it
     is. For the forward passes on perturbed points whose loss is trained on.
 
-    The running statistics and the batch counter are lifted off during the pass (BatchNorm
-    without them normalises with the batch's and writes nothing): a write, even an unchanged
-    one, would bump the version of buffers that an eager clean pass saved for its backward
-    (a compiled pass writes its buffers back)."""
-    names = ("running_mean", "running_var", "num_batches_tracked")
-    saved = [(m, [getattr(m, k) for k in names]) for m in _batchnorms(model)]
-    for m, _ in saved:
-        for k in names:
-            setattr(m, k, None)
+    Each BatchNorm layer in training mode stops tracking for the pass (it then normalises
+    with the batch's statistics and writes nothing): a write, even an unchanged one, would
+    bump the version of buffers that an eager clean pass saved for its backward (a compiled
+    pass writes its buffers back). Layers a user froze (eval mode) keep their running
+    statistics."""
+    tracking = [m for m in _batchnorms(model) if m.training and m.track_running_stats]
+    for m in tracking:
+        m.track_running_stats = False
     try:
         yield model
     finally:
-        for m, buffers in saved:
-            for k, b in zip(names, buffers, strict=True):
-                setattr(m, k, b)
+        for m in tracking:
+            m.track_running_stats = True
 
 
 @contextmanager
