@@ -253,7 +253,7 @@ def test_eval_rereads_own_data_from_another_folder_and_refuses_changed_images(
     (tmp_path / "imgs").rename(tmp_path / "moved")  # the data moved: --data-dir says where
     monkeypatch.chdir(tmp_path)
     code, _, err = run(["eval", out, "--eps", "0.25", "--no-checks"], capsys)
-    assert code == 2 and "no such folder" in err, err
+    assert code == 2 and "no such folder" in err and "if the data moved, pass --data-dir" in err
     code, _, err = run(["eval", out, "--eps", "0.25", "--no-checks", "--data-dir",
                         tmp_path / "moved", "--fresh"], capsys)
     assert code == 0, err

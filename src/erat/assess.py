@@ -80,7 +80,13 @@ def run_inputs(path: Path, *, n: int | None, data_dir: str | None, device: torch
         data_dir = run.read_config().get("data_dir")
     where = recorded_options(opened.meta, data_dir, moved_to)
     name = where.pop("name")
-    x, y = load_dataset(name, "test", **where).tensors
+    try:
+        x, y = load_dataset(name, "test", **where).tensors
+    except UserError as err:
+        if not own_scheme(dataset) or moved_to is not None:
+            raise
+        raise UserError(f"{err}; if the data moved, pass --data-dir with where its folder or "
+                        "file is now") from err
     recorded = opened.meta.get("test_sha256")
     if recorded is not None and recorded != tensor_sha256([x, y]):
         if own_scheme(dataset):

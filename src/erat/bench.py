@@ -14,7 +14,6 @@ methods there, so read it as an upper bound).
 from __future__ import annotations
 
 import json
-import math
 import resource
 import statistics
 import time
@@ -75,9 +74,9 @@ class BenchOptions:
                                  ("--autoattack-n", self.autoattack_n, 0)):
             if value < low:
                 raise UserError(f"bench needs {flag} >= {low}, got {value}")
-        if not (math.isfinite(self.max_seconds) and self.max_seconds > 0):
-            raise UserError(f"--max-seconds wants a positive, finite number of seconds, got "
-                            f"{self.max_seconds}")
+        if not self.max_seconds > 0:  # (inf: every one of --steps; NaN is refused too)
+            raise UserError(f"--max-seconds wants a positive number of seconds (inf: no "
+                            f"limit), got {self.max_seconds}")
         names = method_names() if self.methods == "all" else self.methods.split(",")
         unknown = {parse_method(n)[0] for n in names} - set(method_names())
         if unknown:

@@ -27,6 +27,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -130,15 +131,28 @@ class RunDir:
         a lock left by a dead process on this machine is taken over. Folders it made are
         removed again if they are empty at the end (a run that failed before its first
         epoch leaves no trace)."""
-        made = [p for p in (self.path, *self.path.parents) if not p.exists()]
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise os_problem(err, f"create --out {self.path}") from err
+        made = [p for p in (self.path, *self.path.parents)  # (``x/../y`` makes ``x`` too)
+                if p.name not in ("", ".", "..") and not p.exists()]
         path = self.path / self.LOCK
         mine = {"pid": os.getpid(), "host": socket.gethostname(), "start": _start_time(os.getpid()),
                 "since": datetime.datetime.now().isoformat(timespec="seconds"),
                 "command": " ".join(sys.argv)[:300]}
+        try:
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise os_problem(err, f"create --out {self.path}") from err
+            self._take(path, mine)
+            yield
+        finally:
+            if _read_lock(path) == mine:
+                path.unlink(missing_ok=True)
+            for folder in made:  # (the deepest first; one not empty, or gone, is kept)
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+
+    def _take(self, path: Path, mine: dict[str, Any]) -> None:
+        """Create the lock file ``path`` holding ``mine``, taking over a dead holder's."""
         for _ in range(3):
             try:
                 fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -161,19 +175,8 @@ class RunDir:
                 raise os_problem(err, f"write {path}") from err
             with os.fdopen(fd, "w") as f:
                 json.dump(mine, f)
-            break
-        else:
-            raise UserError(f"cannot take the lock {path}; remove it if no erat process runs")
-        try:
-            yield
-        finally:
-            if _read_lock(path) == mine:
-                path.unlink(missing_ok=True)
-            for folder in made:  # (the deepest first)
-                try:
-                    folder.rmdir()
-                except OSError:  # not empty, or gone: keep what is there
-                    break
+            return
+        raise UserError(f"cannot take the lock {path}; remove it if no erat process runs")
 
     # --- configuration, metrics, split -------------------------------------------------
     def write_config(self, config: dict[str, Any]) -> None:
