@@ -32,7 +32,8 @@ ROWS: list[tuple[str, int, str, str]] = []
 def erat(*args: str, env: dict | None = None) -> tuple[int, str]:
     p = subprocess.run([*ERAT, *args], capture_output=True, text=True,
                        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
-    lines = [ln for ln in p.stderr.splitlines() if ln.startswith("erat:")]
+    lines = [ln for ln in p.stderr.splitlines() if ln.split(":")[0] in ("erat", *(
+        f"erat {c}" for c in ("train", "eval", "energy", "report", "reproduce", "bench")))]
     return p.returncode, (lines[-1] if lines else p.stdout.strip().splitlines()[-1])
 
 
@@ -98,6 +99,7 @@ def main() -> None:
     case("`report --out` naming a file", ["report", str(run), "--out", str(f)], run)
     _outputs(root, run)
     _console(root, run)
+    _trial(root, run)
     _mounted(root, run)
     _interrupted(root)
     print("| case | exit | message | earlier results lost |")
@@ -179,6 +181,44 @@ def _console(root: Path, run: Path) -> None:
     ROWS.append(("2 epochs, against 1 + `--resume`", 0, f"state_dict_sha256 equal: "
                  f"{hashes[0] == hashes[1]}; model.pt bytes equal: {same} (train_seconds)",
                  "-"))
+
+
+def _trial(root: Path, run: Path) -> None:
+    """The cases of a new user's trial (2026-12-01): each row says what was left behind."""
+    def left(folder: Path) -> str:
+        return "none; folder left: " + ("yes" if folder.exists() else "no")
+
+    for name, extra in (("`--labels 5` (10 classes)", ["--labels", "5"]),
+                        ("`--method er --eps 100` (8x8 images)", ["--method", "er", "--eps",
+                                                                  "100"]),
+                        ("`--model-kwargs` naming no parameter", ["--model-kwargs",
+                                                                  '{"nope": 1}']),
+                        ("`--epochs abc`", ["--epochs", "abc"])):
+        case(name, [*TRAIN, *extra, "--out", str(root / "t" / "new")])
+        ROWS[-1] = (*ROWS[-1][:3], left(root / "t"))
+    case("`eval --eps 0.5,100`", ["eval", str(run), "--eps", "0.5,100"], run)
+    case("`eval` with a flag it does not have", ["eval", str(run), "--no-progress"], run)
+    (root / "junk.pt").write_text("garbage\n")
+    case("`eval` of a text file named .pt", ["eval", str(root / "junk.pt")])
+    resumable = root / "resumable"
+    assert erat(*TRAIN, "--epochs", "2", "--stop-after", "1", "--out", str(resumable))[0] == 0
+    (resumable / "checkpoint.pt").write_text("garbage\n")
+    case("`--resume` with an unreadable checkpoint", [*TRAIN, "--epochs", "2", "--resume",
+                                                       "--out", str(resumable)], resumable)
+    case("`report --landscape-eps -1`", ["report", str(run), "--out", str(root / "rep-l"),
+                                         "--landscape-eps", "-1"], run)
+    ROWS[-1] = (*ROWS[-1][:3], left(root / "rep-l"))
+    suite = root / "escape.yaml"
+    suite.write_text("suite: s\ndefaults: {dataset: digits, model: mlp, epochs: 1}\n"
+                     "runs: [{name: ../../escape, method: erm}]\n")
+    case("a suite run named `../../escape`", ["reproduce", str(suite), "--out",
+                                              str(root / "s" / "x")])
+    ROWS[-1] = (*ROWS[-1][:3], left(root / "s") + "; escaped: " + str(
+        (root / "escape").exists()))
+    for name, extra in (("`bench --models mlp:0x8x8`", ["--models", "mlp:0x8x8"]),
+                        ("`bench --fast on` on a CPU", ["--fast", "on"]),
+                        ("`bench --max-seconds -1`", ["--max-seconds", "-1"])):
+        case(name, ["bench", "--methods", "erm", "--steps", "1", *extra])
 
 
 def _idx_folders(root: Path) -> None:
