@@ -67,7 +67,7 @@ def compiled(model: nn.Module, *, graphs: bool, graph_searches: bool = False) ->
 
 
 def _raise_recompile_limit(limit: int = 64) -> None:
-    """Every recipe (train/eval mode, BN buffers lifted, patched BN forward, grad mode, input
+    """Every recipe (train/eval mode, BN tracking off, patched BN forward, grad mode, input
     requires_grad) is one Dynamo cache entry of one shared frame; past the default limit of
     8 (reached by the 8 methods of one ``erat bench --fast on``) Dynamo runs the rest eager
     and says so only in a log line."""
