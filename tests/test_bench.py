@@ -183,3 +183,10 @@ def test_a_double_backward_method_is_benched_on_the_model_itself(monkeypatch):
                           warmup=0, fast=True)
     assert "error" not in rows[0] and "graph_passes" not in rows[0]
     assert rows[0]["ms_per_step"] > 0
+
+
+def test_a_factory_model_is_benched_by_its_module_and_factory():
+    from erat.bench import parse_setups
+
+    assert parse_setups("mynet:build:3x8x8,mlp:1x8x8") == [("mynet:build", (3, 8, 8)),
+                                                          ("mlp", (1, 8, 8))]

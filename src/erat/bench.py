@@ -42,7 +42,8 @@ class BenchOptions:
     """The settings of ``erat bench`` (each a flag)."""
 
     models: str = param("cnn:1x28x28,conv-large:3x32x32,preact-resnet18:3x32x32",
-                        "MODEL:CxHxW, comma-separated")
+                        "MODEL:CxHxW, comma-separated (MODEL: a registered name or your "
+                        "own MODULE:FACTORY)")
     methods: str = param("all", "methods, comma-separated (all: every registered one); "
                                 "NAME:key=value;... sets a parameter (er:S=3)")
     batch_size: int = param(128, "batch size")
@@ -398,10 +399,11 @@ def parse_method(spec: str) -> tuple[str, dict[str, Any]]:
 
 
 def parse_setups(text: str) -> list[tuple[str, tuple[int, int, int]]]:
-    """``MODEL:CxHxW,...`` as (name, shape) pairs; C, H and W are positive integers."""
+    """``MODEL:CxHxW,...`` as (name, shape) pairs; C, H and W are positive integers, the
+    shape after the last colon (``MODEL`` may be ``MODULE:FACTORY``)."""
     setups = []
     for item in text.split(","):
-        name, _, shape = item.partition(":")
+        name, _, shape = item.rpartition(":")
         try:
             c, h, w = (int(v) for v in shape.lower().split("x"))
         except ValueError:
