@@ -153,6 +153,7 @@ def test_report_refuses_two_run_folders_of_one_name_in_one_line(tmp_path, capsys
     (["--landscape-eps", "nan"], "--landscape-eps must be a finite number >= 0"),
     (["--landscape-eps", "1", "--index", "-5"], "--index must be a test image's position"),
     (["--landscape-eps", "1", "--index", "99999"], "--index must be in 0..359"),
+    (["--index", "3"], "--index picks the landscape's test image: give --landscape-eps too"),
 ])
 def test_report_checks_every_option_before_writing_anything(tmp_path, capsys, flags, says):
     """A bad landscape radius or image index was refused only after results.md, results.csv

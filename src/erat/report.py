@@ -360,10 +360,11 @@ def _landscape_inputs(runs: Sequence[Path], index: int) -> tuple[dict, Tensor, T
 
 
 def report_runs(runs: Sequence[Path], out: Path, *, eval_name: str = "eval.json",
-                landscape_eps: float | None = None, index: int = 0,
+                landscape_eps: float | None = None, index: int | None = None,
                 log=print) -> list[dict]:
     """``erat report``: the table (CSV, Markdown: every column) and the accuracy-radius plot
-    of evaluated run folders, and optionally the loss landscape of test image ``index``; the
+    of evaluated run folders, and optionally the loss landscape of test image ``index``
+    (default 0; only with ``landscape_eps``); the
     short table (:func:`readable_columns`) is printed. Every option, the evaluation files,
     and for a landscape the test image and the models, are checked and read before anything
     is written: a mistake leaves ``out`` as it was."""
@@ -371,6 +372,9 @@ def report_runs(runs: Sequence[Path], out: Path, *, eval_name: str = "eval.json"
 
     if landscape_eps is not None:
         check_radius(landscape_eps, "l2", "--landscape-eps")  # (the landscape is l2)
+    if index is not None and landscape_eps is None:
+        raise UserError("--index picks the landscape's test image: give --landscape-eps too")
+    index = 0 if index is None else index
     if isinstance(index, bool) or not isinstance(index, int) or index < 0:
         raise UserError(f"--index must be a test image's position (0 or more), got {index!r}")
     check_writable_dir(out, "--out")
