@@ -122,6 +122,7 @@ def test_train_errors_are_one_line(tmp_path, capsys, args, message):
         (["--eps", "-0.5"], "radii"),
         (["--norm", "l3"], "invalid choice"),
         (["--attack", "nope"], "attack"),
+        (["--attack", "all,square"], "attack 'all' is a preset (pgd, autoattack) and stands"),
         (["--fast", "on"], "invalid choice"),
         (["--eps", "0.5,100"], "--eps 100 is above 8, the l2 diameter of 1x8x8 images"),
     ],

@@ -318,6 +318,7 @@ def test_cli_energy_linf_and_norm_errors(tmp_path, capsys, fresh_warnings):
          "above 1"),  # VAT's default radius 2.0 is an l2 radius
         (["energy", str(run), "--norm", "linf", "--eps", "1.5"], "above 1"),
         (["energy", str(run), "--norm", "linf", "--eps", "-0.1"], "eps"),
+        (["energy", str(run), "--eps", "0.5", "--batch-size", "0"], "--batch-size must be >= 1"),
     ]:
         code = main(args)
         err = capsys.readouterr().err

@@ -280,6 +280,32 @@ def test_landscape_settings_are_checked_before_any_training(tmp_path, capsys, pl
     assert not out.exists()
 
 
+@pytest.mark.parametrize("old, new, says", [
+    ("{name: er, method: er,", "{name: er, method: er, grid: {S: 1},", "run er: grid must map"),
+    ("{name: er, method: er,", "{name: er, method: er, seeds: 3,", "run er: seeds must be a"),
+    ("{name: er, method: er,", "{name: er, method: er, seeds: [],", "run er: seeds must be a"),
+    ("{name: erm, method: erm}", "{name: erm, method: erm, eps: 1.0}",
+     "run erm: method 'erm' takes no --eps"),
+    ("S: 1, n: 20}", "S: 1, TT: 2}", "run er: energy must be a mapping with eps"),
+    ("{name: erm, method: erm}", "{name: erm, method: erm, energy: {eps: 1, T: 0}}",
+     "need T >= 1"),
+    ("plots: {landscape_eps: 0.5}", "plots: {landscape_epss: 0.5}", "plots must be a mapping"),
+    ("{name: er, method: er,", "{name: er, method: er, entmin: 'no',",
+     "entmin must be true or false"),
+])
+def test_a_malformed_suite_is_one_line_before_any_training(tmp_path, capsys, old, new, says):
+    """Suite mistakes were tracebacks (grid, seeds, energy names) or met at the run's turn,
+    after the runs before it had trained (a method setting), or ignored (plots, seeds: [])."""
+    path = tmp_path / "bad.yaml"
+    assert old in SUITE
+    path.write_text(SUITE.replace(old, new))
+    out = tmp_path / "out"
+    assert main(["reproduce", str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and says in err and "Traceback" not in err, err
+    assert not out.exists()
+
+
 def test_a_landscape_index_past_the_test_set_is_said_not_drawn(tmp_path):
     import torch
 

@@ -201,6 +201,8 @@ def energy_run(path: Path | None, *, eps: float, T: int, M: int, S: int, n: int 
     or of a model from outside erat (``external``), on its test set; settings and
     ``json_path`` are checked before any work."""
     check_settings(eps, T, M, S, "max", norm)
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {batch_size}")
     if json_path is not None:
         check_writable_file(json_path, "--json")
     got = inputs(path, external, n=n, data_dir=data_dir, device=resolve_device(device),

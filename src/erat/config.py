@@ -299,8 +299,7 @@ def expand_runs(runs: list[Any], source: str) -> list[dict[str, Any]]:
     for run in runs:
         if not isinstance(run, dict) or not isinstance(run.get("name"), str):
             raise UserError(f"{source}: every run needs a name, got {run!r}")
-        grid = run.get("grid") or {}
-        seeds = run.get("seeds")
+        grid, seeds = _grid_and_seeds(run, source)
         keys = list(grid)
         for values in itertools.product(*(grid[k] for k in keys)):
             for seed in seeds if seeds is not None else [None]:
@@ -319,6 +318,21 @@ def expand_runs(runs: list[Any], source: str) -> list[dict[str, Any]]:
     if dupes:
         raise UserError(f"{source}: duplicate run names {dupes}")
     return out
+
+
+def _grid_and_seeds(run: dict[str, Any], source: str) -> tuple[dict[str, list], list | None]:
+    """A run's ``grid`` (a mapping of setting -> non-empty list) and ``seeds`` (a non-empty
+    list of integers, or None), refused in one line naming the run when malformed."""
+    where = f"{source} run {run['name']}"
+    grid, seeds = run.get("grid") or {}, run.get("seeds")
+    if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
+        raise UserError(f"{where}: grid must map each setting to a non-empty list of values "
+                        f"(grid: {{eps: [0.5, 1.0]}}), got {grid!r}")
+    if seeds is not None and (not isinstance(seeds, list) or not seeds or not all(
+            isinstance(s, int) and not isinstance(s, bool) for s in seeds)):
+        raise UserError(f"{where}: seeds must be a non-empty list of integers (seeds: [0, 1, "
+                        f"2]), got {seeds!r}")
+    return grid, seeds
 
 
 def _check_run_name(name: str, source: str) -> None:

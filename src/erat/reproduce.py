@@ -186,7 +186,18 @@ def _duration(seconds: float) -> str:
 
 
 def _check_eval_settings(suite: dict[str, Any], runs: list[dict[str, Any]]) -> None:
-    """Every evaluation and energy setting of the suite resolves (before any training)."""
+    """Every run's method, and every evaluation and energy setting of the suite, resolves
+    (before any training: a run refused at its turn cost the runs before it)."""
+    from erat.methods import build_method
+
+    for run in runs:
+        cfg = run_config(suite, run, {})
+        try:
+            build_method(cfg.method, **cfg.method_params)
+        except UserError as err:
+            raise UserError(f"{suite.get('path', suite['suite'])} run {run['name']}: {err}"
+                            ) from err
+        _check_energy(suite, run)
     for run in runs:
         if run.get("eval", True) is False:
             continue
@@ -199,14 +210,36 @@ def _check_eval_settings(suite: dict[str, Any], runs: list[dict[str, Any]]) -> N
             EvalConfig.build(**_radii(spec, run_config(suite, run, {})))
 
 
+def _check_energy(suite: dict[str, Any], run: dict[str, Any]) -> None:
+    """A run's energy settings (its own ``energy``, else the suite's): known names of
+    :func:`erat.measure.energy_report`, a radius, and values :func:`erat.energy.
+    check_settings` accepts."""
+    import inspect
+
+    from erat.energy import check_settings
+    from erat.measure import energy_report
+
+    en = run["energy"] if "energy" in run else suite.get("energy")
+    if not en:
+        return
+    where = f"{suite.get('path', suite['suite'])} run {run['name']}: energy"
+    takes = set(inspect.signature(energy_report).parameters) - {"model", "x", "y"} | {"n"}
+    if not isinstance(en, dict) or set(en) - takes or "eps" not in en:
+        raise UserError(f"{where} must be a mapping with eps and any of "
+                        f"{', '.join(sorted(takes - {'eps'}))}, got {en!r}")
+    check_settings(en["eps"], en.get("T", 16), en.get("M", 16), en.get("S", 20), "max",
+                   en.get("norm", "l2"), warn=False)
+
+
 def _check_plots(suite: dict[str, Any]) -> None:
     """The suite's landscape settings (``plots``), before any training: they were read only
     after the suite had run and its tables were written."""
     from erat.threat import check_radius
 
     plots, where = suite.get("plots") or {}, f"{suite.get('path', suite['suite'])}: plots"
-    if not isinstance(plots, dict):
-        raise UserError(f"{where} must be a mapping, got {plots!r}")
+    known = ("landscape", "landscape_eps", "landscape_index")
+    if not isinstance(plots, dict) or set(plots) - set(known):
+        raise UserError(f"{where} must be a mapping of {', '.join(known)}, got {plots!r}")
     check_radius(plots.get("landscape_eps", 1.0), "l2", f"{where}.landscape_eps")
     index = plots.get("landscape_index", 0)
     if isinstance(index, bool) or not isinstance(index, int) or index < 0:

@@ -118,6 +118,10 @@ def resolve(spec: str | Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]
         labels = tuple("+".join(names[: i + 1]) for i in range(len(names)))
         return names, (*labels[:-1], items[0])
     unknown = [s for s in items if s not in ATTACKS]
+    bundled = [s for s in unknown if s in presets()]
+    if bundled:
+        raise UserError(f"attack {bundled[0]!r} is a preset ({', '.join(presets()[bundled[0]])})"
+                        " and stands alone; list attacks by name to chain others")
     if not items or unknown:
         shown = ", ".join(repr(u) for u in unknown) or "nothing"
         raise UserError(f"unknown attack {shown}; choose from {', '.join(attack_names())} "
