@@ -184,6 +184,8 @@ def test_a_finished_evaluation_state_is_replaced_without_a_warning(finished, cap
     (["--labels", "0"], 2, "labels must be an integer >= 1"),
     (["--labels", "5000"], 2, "--labels must be between 1 and 1437"),
     (["--labels", "5"], 2, "--labels 5 is fewer than the 10 classes"),
+    (["--labels", "50", "--val", "1400"], 2, "--val 1400: class 8 has 139 examples, fewer than "
+                                             "the 140 a balanced split takes from each"),
     (["--method", "er", "--eps", "100"], 2, "--eps 100 is above 8, the l2 diameter of 1x8x8"),
     (["--model-kwargs", '{"nope": 1}'], 2, "model 'mlp' takes no parameter(s) nope"),
     (["--method", "pgd", "--steps", "0"], 2, "steps must be an integer >= 1"),

@@ -186,3 +186,25 @@ def test_report_without_a_curve_to_draw_is_one_line_and_writes_nothing(tmp_path,
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no pgd-l2 robust accuracies" in err
     assert not (tmp_path / "rep").exists()
+
+
+def test_runs_evaluated_on_different_numbers_of_images_are_said(tmp_path, capsys):
+    """The number of test images each run was attacked on is a column, and a report that
+    mixes numbers says so."""
+    from erat.cli import main
+
+    runs = []
+    for name, n in (("a", 40), ("b", 50)):
+        run = tmp_path / name
+        assert main(["train", "--dataset", "digits", "--model", "mlp", "--model-kwargs",
+                     '{"hidden": [8]}', "--epochs", "1", "--epoch-updates", "1",
+                     "--no-progress", "--out", str(run)]) == 0
+        (run / "eval.json").write_text(json.dumps(
+            {"clean_acc": 0.9, "robust_acc": {"pgd-l2-eps0.5": 0.5}, "checks_failed": 0,
+             "threat": {"attack": "pgd", "norm": "l2", "n": n}}))
+        runs.append(str(run))
+    capsys.readouterr()
+    assert main(["report", *runs, "--out", str(tmp_path / "rep")]) == 0
+    assert "evaluated on different numbers of test images (40, 50" in capsys.readouterr().out
+    with (tmp_path / "rep" / "results.csv").open() as f:
+        assert [r["n"] for r in csv.DictReader(f)] == ["40", "50"]

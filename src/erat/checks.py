@@ -86,10 +86,10 @@ def weak_pgd(cfg: EvalConfig, acc: dict[str, float]) -> dict | None:
             for e in cfg.eps}
     worst = max(gaps, key=gaps.get)
     return check("autoattack_vs_pgd", gaps[worst] <= WEAK_PGD_TOL,
-                 f"AutoAttack lowers PGD's robust accuracy by up to {gaps[worst]:.1%} "
-                 f"(eps={worst:g}); PGD alone is an upper bound"
-                 + (f", here {gaps[worst]:.1%} above the stronger attack" if gaps[worst] >
-                    WEAK_PGD_TOL else ""), severity="note")
+                 f"AutoAttack lowers PGD's robust accuracy by up to {100 * gaps[worst]:.1f} "
+                 f"points (eps={worst:g}); PGD alone is an upper bound"
+                 + (f", here {100 * gaps[worst]:.1f} points above the stronger attack"
+                    if gaps[worst] > WEAK_PGD_TOL else ""), severity="note")
 
 
 def gradients(model: nn.Module, x: Tensor, y: Tensor, cfg: EvalConfig) -> dict:

@@ -380,8 +380,13 @@ def report_runs(runs: Sequence[Path], out: Path, *, eval_name: str = "eval.json"
     check_writable_dir(out, "--out")
     results = read_results(runs, eval_name)
     rows = [{"run": name, "clean_acc": res["clean_acc"], **res["robust_acc"],
-             "checks_failed": res.get("checks_failed", 0), **_training_notes(Path(run))}
+             "checks_failed": res.get("checks_failed", 0), "n": res["threat"].get("n"),
+             **_training_notes(Path(run))}
             for run, (name, res) in zip(runs, results.items(), strict=True)]
+    sizes = sorted({r["n"] for r in rows if r["n"] is not None})
+    if len(sizes) > 1:
+        log(f"note: the runs were evaluated on different numbers of test images "
+            f"({', '.join(map(str, sizes))}; the n column): compare with care")
     first = next(iter(results.values()))["threat"]
     attack, norm = first.get("attack", "pgd"), first.get("norm", "l2")
     if not any(radius_curve(r, attack=attack, norm=norm) for r in results.values()):

@@ -32,7 +32,8 @@ def balanced_split(y: Tensor, n_labels: int, seed: int) -> tuple[Tensor, Tensor]
     for i, (c, count) in enumerate(zip(classes.tolist(), counts.tolist(), strict=True)):
         quota = base + (i < extra)
         if quota > count:
-            raise DataError(f"class {c} has {count} examples, fewer than the {quota} to label")
+            raise DataError(f"class {c} has {count} examples, fewer than the {quota} a "
+                            "balanced split takes from each")
         idx = torch.nonzero(y == c).flatten()
         chosen.append(idx[torch.randperm(count, generator=gen)[:quota]])
     mask = torch.zeros(len(y), dtype=torch.bool)
@@ -47,7 +48,10 @@ def validation_split(y: Tensor, n_val: int, seed: int) -> tuple[Tensor, Tensor]:
     if not 0 < n_val < len(y):
         raise DataError(f"--val must be between 1 and {len(y) - 1} (the training set has "
                         f"{len(y)} examples), got {n_val}")
-    return balanced_split(y, n_val, seed)
+    try:
+        return balanced_split(y, n_val, seed)
+    except DataError as err:
+        raise DataError(f"--val {n_val}: {err}; hold out fewer") from err
 
 
 def labeled_split(y: Tensor, n_labels: int, seed: int, exclude: Tensor | None = None
@@ -67,7 +71,11 @@ def labeled_split(y: Tensor, n_labels: int, seed: int, exclude: Tensor | None = 
         raise DataError(f"--labels must be between 1 and {len(pool)} (after --val), got "
                         f"{n_labels}")
     _every_class_labeled(y[pool], n_labels)
-    labeled, unlabeled = balanced_split(y[pool], n_labels, seed)
+    try:
+        labeled, unlabeled = balanced_split(y[pool], n_labels, seed)
+    except DataError as err:
+        raise DataError(f"--labels {n_labels}: {err}, after --val held out {len(exclude)} "
+                        "images") from err
     return pool[labeled], pool[unlabeled]
 
 
