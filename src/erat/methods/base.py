@@ -126,9 +126,9 @@ def build_method(name: str, **params: Any) -> Method:
         flags = ", ".join("--" + k.replace("_", "-") for k in sorted(unknown))
         takes = ", ".join(sorted(method_params(name))) or "nothing"
         raise UserError(f"method {name!r} takes no {flags}; it takes: {takes}")
-    flags = {f.name: f.type for f in dataclasses.fields(cls)}
+    types = {f.name: f.type for f in dataclasses.fields(cls)}
     for key, value in params.items():  # (a YAML 'no' in quotes is a truthy string)
-        if flags.get(key) in (bool, "bool") and not isinstance(value, bool):
+        if types.get(key) in (bool, "bool") and not isinstance(value, bool):
             raise UserError(f"{key} must be true or false, got {value!r}")
     return cls(**params)
 
