@@ -75,7 +75,8 @@ def run_inputs(path: Path, *, n: int | None, data_dir: str | None, device: torch
     opened = open_model(path, device)
     run = RunDir(opened.path.parent)
     dataset = opened.meta["dataset"]
-    moved_to = data_dir if own_scheme(dataset) else None
+    own = own_scheme(dataset) is not None  # (your own data: data_dir is where it is now)
+    moved_to = data_dir if own else None
     if data_dir is None and (run / RunDir.CONFIG).exists():
         data_dir = run.read_config().get("data_dir")
     where = recorded_options(opened.meta, data_dir, moved_to)
@@ -83,13 +84,13 @@ def run_inputs(path: Path, *, n: int | None, data_dir: str | None, device: torch
     try:
         x, y = load_dataset(name, "test", **where).tensors
     except UserError as err:
-        if not own_scheme(dataset) or moved_to is not None:
+        if not own or moved_to is not None:
             raise
         raise UserError(f"{err}; if the data moved, pass --data-dir with where its folder or "
                         "file is now") from err
     recorded = opened.meta.get("test_sha256")
     if recorded is not None and recorded != tensor_sha256([x, y]):
-        if own_scheme(dataset):
+        if own:
             raise UserError(f"the test images of {name} are not the ones {path} was trained "
                             "beside (changed since?); if the data moved, pass --data-dir "
                             "with where its folder or file is now")

@@ -26,7 +26,7 @@ from torch import nn
 
 from erat.errors import UserError, first_line
 from erat.fields import param
-from erat.fit.fast import optimizer_kwargs
+from erat.fit.fast import needs_cuda, optimizer_kwargs
 from erat.graphs import Cloned
 from erat.graphs import compiled as graphed
 from erat.losses import cross_entropy
@@ -89,9 +89,8 @@ class BenchOptions:
             if set(text.split(",")) - set(allowed):
                 raise UserError(f"{flag} takes {', '.join(allowed)} (comma-separated), got "
                                 f"{text!r}")
-        if "on" in self.fast.split(",") and device.type != "cuda":
-            raise UserError(f"--fast on needs a CUDA device (the bench is on {device}); the CPU "
-                            "path is the eager one: use --fast off or pass --device cuda")
+        if "on" in self.fast.split(","):
+            needs_cuda(device, "the bench", "use --fast off")
 
 
 def _sync(device: torch.device) -> None:

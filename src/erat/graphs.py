@@ -93,13 +93,12 @@ class Cloned(nn.Module):
         super().__init__()
         self.model = model
         self._eager = (eager,)  # (a tuple: not a second copy in modules()/state_dict)
-        self.pending = 0
         self.overlaps = False  # a search has met a waiting forward: first passes run eager
-        self.first = True  # the next call is the update's first
-        self.passes = {"graph": 0, "eager": 0}
+        self.start_update()
 
     def start_update(self) -> None:
-        """Nothing waits for its backward across updates: the next call is the first."""
+        """Nothing waits for its backward across updates: the next call is the update's
+        first, and the update's passes are counted afresh."""
         self.pending, self.first, self.passes = 0, True, {"graph": 0, "eager": 0}
 
     def forward(self, x: Tensor) -> Tensor:

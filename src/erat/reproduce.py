@@ -190,6 +190,7 @@ def _check_eval_settings(suite: dict[str, Any], runs: list[dict[str, Any]]) -> N
     (before any training: a run refused at its turn cost the runs before it)."""
     from erat.methods import build_method
 
+    spec = (suite.get("autoattack") or {}).get("eval")
     for run in runs:
         cfg = run_config(suite, run, {})
         try:
@@ -198,16 +199,12 @@ def _check_eval_settings(suite: dict[str, Any], runs: list[dict[str, Any]]) -> N
             raise UserError(f"{suite.get('path', suite['suite'])} run {run['name']}: {err}"
                             ) from err
         _check_energy(suite, run)
-    for run in runs:
-        if run.get("eval", True) is False:
-            continue
-        ev = {**(suite.get("eval") or {}), **(run.get("eval") or {})}
-        ev.pop("n", None)
-        EvalConfig.build(**_radii(ev, run_config(suite, run, {})))
-    spec = (suite.get("autoattack") or {}).get("eval")
-    if spec:
-        for run in runs:
-            EvalConfig.build(**_radii(spec, run_config(suite, run, {})))
+        if run.get("eval", True) is not False:
+            ev = {**(suite.get("eval") or {}), **(run.get("eval") or {})}
+            ev.pop("n", None)
+            EvalConfig.build(**_radii(ev, cfg))
+        if spec:
+            EvalConfig.build(**_radii(spec, cfg))
 
 
 def _check_energy(suite: dict[str, Any], run: dict[str, Any]) -> None:

@@ -50,10 +50,17 @@ from erat.errors import UserError
 def active(options: Any, device: torch.device) -> bool:
     """Whether the fast path runs: ``fast`` is ``on``, or ``auto`` with a CUDA device. ``on``
     without CUDA is refused: the CPU path is the eager one."""
-    if options.fast == "on" and device.type != "cuda":
-        raise UserError(f"--fast on needs a CUDA device (training is on {device}); the CPU "
-                        "path is the eager one: drop --fast or pass --device cuda")
+    if options.fast == "on":
+        needs_cuda(device, "training", "drop --fast")
     return options.fast == "on" or (options.fast == "auto" and device.type == "cuda")
+
+
+def needs_cuda(device: torch.device, what: str, instead: str) -> None:
+    """Refuse ``--fast on`` off CUDA (``what`` runs on ``device``; ``instead``: the flag's
+    way back to the eager path)."""
+    if device.type != "cuda":
+        raise UserError(f"--fast on needs a CUDA device ({what} is on {device}); the CPU "
+                        f"path is the eager one: {instead} or pass --device cuda")
 
 
 def convolutional(model: nn.Module) -> bool:
