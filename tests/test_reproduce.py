@@ -292,10 +292,15 @@ def test_landscape_settings_are_checked_before_any_training(tmp_path, capsys, pl
     ("plots: {landscape_eps: 0.5}", "plots: {landscape_epss: 0.5}", "plots must be a mapping"),
     ("{name: er, method: er,", "{name: er, method: er, entmin: 'no',",
      "entmin must be true or false"),
+    ("plots:", "autoattack: {n: 5, also: [er], bogus: 1}\nplots:", "autoattack must be a mapping"),
+    ("plots:", "autoattack: {n: 0}\nplots:", "autoattack.n must be a number of test images"),
+    ("plots:", "autoattack: {also: [err]}\nplots:", "autoattack.also must list runs"),
+    ("plots:", "autoattack: {group: [method]}\nplots:", "autoattack.group must be a list of"),
 ])
 def test_a_malformed_suite_is_one_line_before_any_training(tmp_path, capsys, old, new, says):
     """Suite mistakes were tracebacks (grid, seeds, energy names) or met at the run's turn,
-    after the runs before it had trained (a method setting), or ignored (plots, seeds: [])."""
+    after the runs before it had trained (a method setting), or ignored (plots, seeds: [],
+    autoattack's keys, and a grouped run without validation, which was never attacked)."""
     path = tmp_path / "bad.yaml"
     assert old in SUITE
     path.write_text(SUITE.replace(old, new))
@@ -304,6 +309,22 @@ def test_a_malformed_suite_is_one_line_before_any_training(tmp_path, capsys, old
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and says in err and "Traceback" not in err, err
     assert not out.exists()
+
+
+def test_a_grouped_run_without_validation_is_refused(tmp_path, capsys):
+    """AutoAttack chooses a group's best on validation; a grouped run without validation
+    was never attacked and nothing said so: now one line naming it, nothing trained."""
+    path, out = tmp_path / "bad.yaml", tmp_path / "out"
+    path.write_text(SUITE.replace("{name: erm, method: erm}", "{name: erm, method: erm, family: a}")
+                    .replace("plots:", "autoattack: {group: [family]}\nplots:"))
+    assert main(["reproduce", str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "autoattack.group chooses each group's best run by validation robust accuracy, " \
+        "which run erm lacks" in err and err.count("\n") == 1
+    assert not out.exists()
+    path.write_text(path.read_text().replace("group: [family]", "group: [family], also: [erm]"))
+    with pytest.raises(UserError, match="no run of suite"):  # in also: attacked as it is
+        reproduce(str(path), out, report_only=True)
 
 
 def test_a_landscape_index_past_the_test_set_is_said_not_drawn(tmp_path):

@@ -5,7 +5,8 @@ at the repository root; experiments live in ``experiments/``) with ``defaults`` 
 settings shared by every run), a list of ``runs`` (each a name plus the settings it changes;
 ``seeds`` and ``grid`` expand into several, :func:`erat.config.expand_runs`), the ``eval``
 and ``energy`` settings, and optionally ``autoattack`` (AutoAttack on a subset for the runs
-it names or for the best run of each family on validation) and ``report`` (the frontier).
+it names or for the best run of each group on validation: :func:`_check_autoattack`) and
+``report`` (the frontier).
 
 Finished steps are skipped, so an interrupted suite continues where it stopped: training
 resumes from its checkpoint, a finished evaluation is read back from its JSON when it was
@@ -82,6 +83,7 @@ def reproduce(
     runs = suite["runs"]
     cfgs = [run_config(suite, r, overrides or {}) for r in runs]
     _check_eval_settings(suite, runs)
+    _check_autoattack(suite, runs, cfgs)
     _check_plots(suite)
     rows, results, commands, test, left_out, pending = [], {}, [], None, [], []
     clock = SuiteClock(len(mine), timed=not report_only)
@@ -205,6 +207,40 @@ def _check_eval_settings(suite: dict[str, Any], runs: list[dict[str, Any]]) -> N
             EvalConfig.build(**_radii(ev, cfg))
         if spec:
             EvalConfig.build(**_radii(spec, cfg))
+
+
+AUTOATTACK_KEYS = ("n", "eval", "group", "also")
+GROUP_KEYS = ("family", "radius", "budget")
+
+
+def _check_autoattack(suite: dict[str, Any], runs: list[dict[str, Any]],
+                      cfgs: list[TrainConfig]) -> None:
+    """The suite's ``autoattack`` mapping, before any training: its keys, ``n`` a count,
+    ``group`` keys of :func:`identity`, ``also`` runs of the suite; and a validation robust
+    accuracy for every evaluated run that falls in a group, the figure its best is chosen by
+    (without it the run was never attacked, and nothing said so)."""
+    spec, where = suite.get("autoattack"), f"{suite.get('path', suite['suite'])}: autoattack"
+    if not spec:
+        return
+    if not isinstance(spec, dict) or set(spec) - set(AUTOATTACK_KEYS):
+        raise UserError(f"{where} must be a mapping of {', '.join(AUTOATTACK_KEYS)}, got {spec!r}")
+    n, group, also = spec.get("n", 500), spec.get("group", []), spec.get("also") or []
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise UserError(f"{where}.n must be a number of test images (1 or more), got {n!r}")
+    if not isinstance(group, list) or set(group) - set(GROUP_KEYS):
+        raise UserError(f"{where}.group must be a list of {', '.join(GROUP_KEYS)}, got {group!r}")
+    unknown = sorted(set(also) - {r["name"] for r in runs}) if isinstance(also, list) else also
+    if unknown:
+        raise UserError(f"{where}.also must list runs of the suite; no run {unknown!r}")
+    for run, cfg in zip(runs, cfgs, strict=True):
+        placed = all(k in identity(run, cfg) for k in group)
+        if not group or not placed or run.get("eval", True) is False or run["name"] in also:
+            continue
+        if cfg.val is None or not (cfg.fit.val_eps or cfg.method_params.get("eps")):
+            raise UserError(
+                f"{where}.group chooses each group's best run by validation robust accuracy, "
+                f"which run {run['name']} lacks (it needs val and a val_eps or a method eps); "
+                "give it those, or name it in autoattack.also")
 
 
 def _check_energy(suite: dict[str, Any], run: dict[str, Any]) -> None:
