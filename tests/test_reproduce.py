@@ -44,6 +44,7 @@ def test_suite_runs_reports_and_resumes(suite_file, tmp_path):
     assert "labels" not in table[0]  # a supervised suite has no labels column
     text = (out / "results.md").read_text()
     assert "erat train" in text and "--method er" in text and "torch" in text
+    assert "PGD of 2 steps, on 40 of 360 test images (erm, er)" in text  # how, on how many
     short = "| run | method | clean | PGD-l2 0.25 | PGD-l2 0.5 | energy | s/epoch | failed checks |"
     assert text.count(short) == 1 and lines[-1].startswith(short)  # printed and in results.md
     assert "| labels" not in text and " , " not in "".join(lines) and ",," not in "".join(lines)
@@ -120,6 +121,9 @@ def test_frontier_suite_selects_on_validation_and_draws(tmp_path):
     assert attacked == {"erm", "pgd-budget1", "pgd-budget2", "at"}  # one per family, budget
     assert "last_clean_acc" in rows["at"] or rows["at"]["selected_epoch"] == 2
     assert (tmp_path / "out" / "frontier.png").stat().st_size > 0
+    text = (tmp_path / "out" / "results.md").read_text()
+    assert "- AutoAttack columns: l2 at 0.5, worst case per example over: PGD" in text
+    assert "PGD of 2 steps, on 8 of 360 test images (erm, pgd-budget1, pgd-budget2, at)" in text
 
 
 def test_report_only_reports_what_is_finished_and_computes_nothing(suite_file, tmp_path):

@@ -532,12 +532,38 @@ def write_report(suite: dict[str, Any], out: Path, rows: list[dict[str, Any]],
     text = [f"# Suite `{suite['suite']}`", "", (suite.get("description") or "").strip(), "",
             short, "",
             *([f"Left out, not finished: {', '.join(left_out)}.", ""] if left_out else []),
+            *_evaluation(out, rows, results),
             "![accuracy vs radius](accuracy_vs_radius.png)", "",
             "## Every column (also in results.csv)", "", report.results_table(rows, columns),
             "", "## Commands", "", "```", *commands, "```", "", "## Versions", "", "```",
             yaml.safe_dump(versions).strip(), "```", ""]
     atomic_write_text("\n".join(text), out / "results.md")
     log(short)
+
+
+def _evaluation(out: Path, rows: list[dict[str, Any]], results: dict[str, dict]) -> list[str]:
+    """The lines of ``results.md`` that say how the test figures were computed: each
+    distinct setting of the runs' evaluations and of their AutoAttack (from the ``threat``
+    of their JSON files), with the runs it applies to."""
+    import json
+
+    threats = [(name, "", result.get("threat") or {}) for name, result in results.items()]
+    for row in rows:
+        if row.get("aa_n"):
+            file = out / "runs" / row["name"] / "eval-autoattack.json"
+            threat = json.loads(file.read_text()).get("threat") or {}
+            threats.append((row["name"], "AutoAttack columns: ", threat))
+    said: dict[str, list[str]] = {}
+    for name, what, t in threats:
+        eps = ", ".join(f"{e:g}" for e in t.get("eps", []))
+        steps = f", PGD of {t.get('steps')} steps" if "pgd" in t.get("attacks", []) else ""
+        said.setdefault(f"{what}{t.get('norm')} at {eps}, worst case {t.get('worst_case')}"
+                        f"{steps}, on {t.get('n')} of {t.get('n_total')} test images", []
+                        ).append(name)
+    if not said:
+        return []
+    return ["## Evaluation", "", *[f"- {line} ({', '.join(names)})" for line, names in
+                                   said.items()], ""]
 
 
 def _landscape(out: Path, rows: list[dict[str, Any]], results: dict[str, dict], test: tuple,
