@@ -151,6 +151,14 @@ def test_gradient_masked_model_trips_checks(model, digits):
     assert good["checks_failed"] == 0, good["checks"]
 
 
+def test_square_may_fool_one_image_of_a_small_subset():
+    """The masking check allowed 2% of the subset: on 20 images one image fooled by Square
+    (5%) failed it, an anecdote, not evidence; now at least one image is allowed."""
+    from erat.checks import masking_allowed
+
+    assert [masking_allowed(m) for m in (1, 20, 49, 50, 100, 250)] == [1, 1, 1, 1, 2, 5]
+
+
 def test_train_mode_is_flagged_evaluated_in_eval_and_restored(digits):
     _, _, xt, yt = digits
     torch.manual_seed(0)

@@ -12,8 +12,9 @@ attack work is bounded by ``sanity_n`` examples, small next to the main attacks:
 4. ``autoattack_vs_pgd`` (PGD, then AutoAttack; a note): how much AutoAttack removes after
    PGD, beyond 2 points said so;
 5. ``square_vs_whitebox`` (``masking_check``): Square with ``masking_queries`` queries at the
-   largest radius fools at most 2% more of the subset than the white-box attacks did (a
-   note that it did not run on images that are not square, which Square cannot attack);
+   largest radius fools at most 2% more of the subset (and at least one example) than the
+   white-box attacks did (a note that it did not run on images that are not square, which
+   Square cannot attack);
 6. ``input_gradients``: at most 1% of clean points have an all-zero or non-finite gradient;
 7. ``eval_mode`` (a note): the model was handed over in eval mode (it is evaluated in eval
    mode anyway).
@@ -134,11 +135,19 @@ def masking(stages: Stages, flags: dict[str, Tensor]) -> dict:
     queries = ATTACKS[black_box].queries_option  # its option that sets the query budget
     attack = build_attack(black_box, {queries: cfg.masking_queries})
     both = stages.run(f"check-{black_box}@{eps!r}", white, attack, Threat(cfg.norm, eps))
-    gap = (white.sum() - both.sum()).item() / m
-    return check(f"{black_box}_vs_whitebox", gap <= MASKING_TOL,
-                 f"{black_box} ({cfg.masking_queries} queries, eps={eps:g}) fooled {gap:.1%} of "
-                 f"{m} examples that the white-box attacks left robust (allowed: "
-                 f"{MASKING_TOL:.0%}; more suggests gradient masking)")
+    fooled = int((white.sum() - both.sum()).item())
+    allowed = masking_allowed(m)
+    return check(f"{black_box}_vs_whitebox", fooled <= allowed,
+                 f"{black_box} ({cfg.masking_queries} queries, eps={eps:g}) fooled {fooled} of "
+                 f"{m} examples ({fooled / m:.1%}) that the white-box attacks left robust "
+                 f"(allowed: {allowed}, {MASKING_TOL:.0%} and at least one; more suggests "
+                 "gradient masking)")
+
+
+def masking_allowed(m: int) -> int:
+    """How many of ``m`` white-box survivors the black-box attack may fool: ``MASKING_TOL``
+    of them and at least one (one image is no evidence at a small ``m``)."""
+    return max(1, math.floor(MASKING_TOL * m))
 
 
 def run_checks(stages: Stages, flags: dict[str, Tensor], was_training: bool) -> list[dict]:
