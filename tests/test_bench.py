@@ -160,10 +160,10 @@ def test_fast_rows_say_which_passes_left_the_graphs(monkeypatch):
     """On the fast path each row counts its step's model calls replayed as graphs and run
     eager (erat.graphs.Cloned's routing, here around the eager model itself): ERM and PGD-AT
     replay every pass; AT and ER run only their clean pass eager, their searches replayed."""
-    import erat.bench
+    import erat.graphs
     from erat.graphs import Cloned
 
-    monkeypatch.setattr(erat.bench, "graphed", lambda model, graphs: Cloned(model, model))
+    monkeypatch.setattr(erat.graphs, "compiled", lambda model, graphs: Cloned(model, model))
     rows = bench_training("mlp", (1, 8, 8), ["erm", "at", "pgd", "er:S=3"], batch_size=8,
                           steps=2, warmup=1, fast=True)
     passes = {r["method"]: (r["graph_passes"], r["eager_passes"]) for r in rows}
@@ -175,10 +175,10 @@ def test_fast_rows_say_which_passes_left_the_graphs(monkeypatch):
 def test_a_double_backward_method_is_benched_on_the_model_itself(monkeypatch):
     """ER's gradient estimator differentiates twice, which no compiled graph can: on the fast
     path its row runs on the model itself (not an error row, no graph passes counted)."""
-    import erat.bench
+    import erat.graphs
     from erat.graphs import Cloned
 
-    monkeypatch.setattr(erat.bench, "graphed", lambda model, graphs: Cloned(model, model))
+    monkeypatch.setattr(erat.graphs, "compiled", lambda model, graphs: Cloned(model, model))
     rows = bench_training("mlp", (1, 8, 8), ["er:estimator=gradient"], batch_size=4, steps=1,
                           warmup=0, fast=True)
     assert "error" not in rows[0] and "graph_passes" not in rows[0]

@@ -27,8 +27,7 @@ from torch import nn
 from erat.errors import UserError, first_line
 from erat.fields import param
 from erat.fit.fast import needs_cuda, optimizer_kwargs
-from erat.graphs import Cloned
-from erat.graphs import compiled as graphed
+from erat.graphs import Cloned, step_module
 from erat.losses import cross_entropy
 from erat.methods import Batch, build_method, method_names
 from erat.models import build_model
@@ -193,7 +192,7 @@ def bench_training(
         method = build_method(base, **{**(method_params or {}).get(base, {}), **params})
         opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9,
                               **(optimizer_kwargs(device) if fast else {}))
-        stepped = _stepped(model, method, fast, compiled)
+        stepped = step_module(model, method, graphs=fast, compile=compiled)
         scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -223,14 +222,6 @@ def bench_training(
         row["ratio_to_erm"] = row["ms_per_step"] / erm
         row["counted_ratio_to_erm"] = row["passes_per_example"] / erm_passes
     return [r for r in rows if r["method"] in methods]
-
-
-def _stepped(model: nn.Module, method: Any, fast: bool, compiled: bool) -> nn.Module:
-    """The module a bench step calls: the fast path's graphs, ``torch.compile``, or the model
-    itself (also for a method that differentiates twice, which no compiled graph can)."""
-    if getattr(method, "double_backward", False):
-        return model
-    return graphed(model, graphs=True) if fast else torch.compile(model) if compiled else model
 
 
 def _graph_passes(model: Cloned) -> dict[str, int]:

@@ -66,6 +66,17 @@ def compiled(model: nn.Module, *, graphs: bool, graph_searches: bool = False) ->
     return torch.compile(model)
 
 
+def step_module(model: nn.Module, method: object, *, graphs: bool, compile: bool
+                ) -> nn.Module:
+    """The module a method's update calls (training and ``erat bench``): :func:`compiled`
+    with CUDA graphs (``graphs``, the fast path) or without (``compile``), else the model; the
+    model itself for a method that differentiates through an input gradient
+    (``double_backward``: a double backward, which no compiled graph supports)."""
+    if getattr(method, "double_backward", False) or not (graphs or compile):
+        return model
+    return compiled(model, graphs=graphs)
+
+
 def _raise_recompile_limit(limit: int = 64) -> None:
     """Every recipe (train/eval mode, BN tracking off, patched BN forward, grad mode, input
     requires_grad) is one Dynamo cache entry of one shared frame; past the default limit of

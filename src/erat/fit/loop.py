@@ -39,7 +39,7 @@ from erat.fit.sampler import EpochSampler
 from erat.fit.schedule import build_optimizer, plan
 from erat.fit.state import TrainState
 from erat.fit.validate import clean_accuracy, val_radius, validate
-from erat.graphs import Cloned, check_capturable, compiled
+from erat.graphs import Cloned, check_capturable, step_module
 from erat.methods import Batch, Method
 from erat.rundir import RunDir, unwrap
 
@@ -127,18 +127,18 @@ class Loop:
         self.history: list[dict[str, Any]] = []
 
     def _step_model(self, data: FitData) -> nn.Module:
-        """The module the method calls: the model, or its compiled graph (``compile``, or
-        the fast path's ``fast_graph``, refused for a model with graph breaks); the model
-        itself for a method that differentiates twice, which compiled graphs cannot."""
-        wanted = self.options.compile or (self.fast and self.options.fast_graph)
-        if wanted and getattr(self.method, "double_backward", False):
+        """The module the method calls (:func:`erat.graphs.step_module`: ``compile``, or the
+        fast path's ``fast_graph``, refused for a model with graph breaks); said when the
+        method differentiates twice, so that the model runs eager."""
+        graphs = self.fast and self.options.fast_graph
+        stepped = step_module(self.model, self.method, graphs=graphs,
+                              compile=self.options.compile)
+        if stepped is self.model and (graphs or self.options.compile):
             self.log("note: this method differentiates through an input gradient (a double "
                      "backward), which compiled graphs cannot: the model runs eager")
-            return self.model
-        if self.fast and self.options.fast_graph:
+        elif graphs:
             check_capturable(self.model, data.x[:2].to(self.device))
-            return compiled(self.model, graphs=True)
-        return torch.compile(self.model) if self.options.compile else self.model
+        return stepped
 
     def epoch(self, epoch: int) -> dict[str, Any]:
         """Train one epoch; its metrics row (without validation)."""
@@ -150,7 +150,7 @@ class Loop:
         self.model.train()
         sums: dict[str, Any] = {}
         bar = tqdm(self.sampler.batches(gen), total=n, desc=f"epoch {epoch}/{sched.epochs}",
-                   disable=not opt.progress or not dist.is_main, leave=False)
+                   disable=None if opt.progress and dist.is_main else True, leave=False)
         for i, (li, ui) in enumerate(bar):
             if i == n:
                 break
