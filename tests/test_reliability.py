@@ -181,19 +181,19 @@ def test_a_finished_evaluation_state_is_replaced_without_a_warning(finished, cap
 @pytest.mark.parametrize("args, code, message", [
     (["--device", "cuda:7"], 1, "no CUDA GPU"),
     (["--model-kwargs", '{"hidden": [-5]}'], 2, "cannot build model 'mlp'"),
-    (["--labels", "0"], 2, "labels must be an integer >= 1"),
+    (["--labels", "0"], 2, "--labels must be an integer >= 1"),
     (["--labels", "5000"], 2, "--labels must be between 1 and 1437"),
     (["--labels", "5"], 2, "--labels 5 is fewer than the 10 classes"),
     (["--labels", "50", "--val", "1400"], 2, "--val 1400: class 8 has 139 examples, fewer than "
                                              "the 140 a balanced split takes from each"),
     (["--method", "er", "--eps", "100"], 2, "--eps 100 is above 8, the l2 diameter of 1x8x8"),
     (["--model-kwargs", '{"nope": 1}'], 2, "model 'mlp' takes no parameter(s) nope"),
-    (["--method", "pgd", "--steps", "0"], 2, "steps must be an integer >= 1"),
-    (["--method", "vat", "--power-iters", "0"], 2, "power_iters must be an integer >= 1"),
+    (["--method", "pgd", "--steps", "0"], 2, "--steps must be an integer >= 1"),
+    (["--method", "vat", "--power-iters", "0"], 2, "--power-iters must be an integer >= 1"),
     (["--stop-after", "0"], 2, "--stop-after must be >= 1"),
     (["--budget", "2", "--epochs", "3"], 2, "--budget and --epochs"),
     (["--budget", "0.0001", "--method", "pgd"], 2, "pays for no update"),
-    (["--val", "-3"], 2, "val must be an integer >= 1"),
+    (["--val", "-3"], 2, "--val must be an integer >= 1"),
     (["--val", "99999"], 2, "--val must be between 1 and 1436"),
     (["--select", "best-robust"], 2, "needs a validation set"),
 ])
@@ -217,8 +217,7 @@ def test_config_file_errors_name_the_file(tmp_path, capsys, text, message):
     conf.write_text(text)
     code, _, err = run([*TRAIN, "--config", conf, "--out", tmp_path / "run"], capsys)
     assert code == 2 and one_line(err) and message in err
-    if "YAML" in message or "mapping" in message:
-        assert str(conf) in err
+    assert str(conf) in err  # (epochs: ten once did not say which file)
 
 
 def test_a_run_config_that_is_a_list(finished, capsys):

@@ -31,10 +31,10 @@ from typing import Any
 from erat.datasets import dataset_names
 from erat.datasets.own import check_options
 from erat.errors import UserError
-from erat.fields import param
+from erat.fields import flag, param
 from erat.files import read_yaml
 from erat.fit import FitOptions
-from erat.methods import method_flags, method_names, reserve
+from erat.methods import build_method, method_flags, method_names, reserve
 from erat.models import model_names
 
 RENAMED = {"epoch_steps": "epoch_updates", "warmup_steps": "warmup_updates",
@@ -167,7 +167,7 @@ def merge(base: dict[str, Any], new: dict[str, Any], source: str = "settings"
     out = copy.deepcopy(base)
     params = dict(out.get("method_params") or {})
     new = _renamed(new, source)
-    if "method" in new and new["method"] != out.get("method"):
+    if "method" in new and out.get("method") not in (None, new["method"]):
         params = {}  # another method: the old one's parameters do not carry over
     fields, flags = config_fields(), method_keys()
     for key, value in new.items():
@@ -192,7 +192,8 @@ def resolve(layers: Sequence[tuple[dict[str, Any], str]], saved: dict[str, Any] 
     source)`` layer in order (a ``--config`` file, then flags; a suite's defaults, a run's
     entry, the command line's overrides). A run's length is ``epochs`` or ``budget``: a layer
     that gives both contradicts itself; a later layer's one replaces an earlier layer's
-    other (flags override the ``--config`` file)."""
+    other (flags override the ``--config`` file). A setting refused (a range, a type, a
+    method's hyper-parameter) is named where it was given (:func:`_sourced`)."""
     merged = merge({}, migrate(saved), "the saved configuration") if saved else {}
     for settings, source in layers:
         if not isinstance(settings, dict):
@@ -207,7 +208,33 @@ def resolve(layers: Sequence[tuple[dict[str, Any], str]], saved: dict[str, Any] 
             merged["budget"] = None
             if "budget_epochs" not in settings:  # (an earlier layer's, for its budget)
                 merged.pop("budget_epochs", None)
-    return TrainConfig.from_dict(merged)
+    try:
+        cfg = TrainConfig.from_dict(merged)
+    except UserError as err:
+        raise _sourced(err, layers) from None
+    try:
+        build_method(cfg.method, **cfg.method_params)
+    except UserError as err:
+        raise _sourced(err, layers, "method") from None
+    return cfg
+
+
+def _sourced(err: UserError, layers: Sequence[tuple[dict[str, Any], str]],
+             fallback: str | None = None) -> UserError:
+    """``err`` naming where its setting was given. ``NAME must ...``: its flag when the
+    command line gave it (``--val-eps must ...``), else the file or suite entry that gave it
+    last (``c.yaml: epochs must ...``); any other message: the file or entry that gave the
+    setting ``fallback`` (a method's error, where its ``method`` was set). Unchanged when no
+    layer gave it."""
+    key, _, rest = str(err).partition(" ")
+    named = rest.startswith("must ")
+    key = key if named else fallback
+    for settings, source in reversed(layers):
+        if key is not None and (key in settings or key in (settings.get("method_params") or {})):
+            if source != "flags":
+                return UserError(f"{source}: {err}")
+            return UserError(f"{flag(key)} {rest}") if named else err
+    return err
 
 
 def migrate(saved: dict[str, Any]) -> dict[str, Any]:

@@ -148,7 +148,8 @@ class HelpFormatter(argparse.HelpFormatter):
         return f"{text} (default: {shown})"
 
 
-def _flag(name: str) -> str:
+def flag(name: str) -> str:
+    """The command-line flag of a setting: ``val_eps`` -> ``--val-eps``."""
     return "--" + name.replace("_", "-")
 
 
@@ -164,9 +165,9 @@ def add_flags(group, specs: dict, defaults: dict | None = None) -> None:
             group.add_argument(f"--no-{name.replace('_', '-')}", dest=name,
                                action="store_false", help=f"off: {text}")
         elif spec.kind is bool:
-            group.add_argument(_flag(name), dest=name, action="store_true", help=text)
+            group.add_argument(flag(name), dest=name, action="store_true", help=text)
         else:
-            group.add_argument(_flag(name), dest=name, type=json_object if spec.kind is dict
+            group.add_argument(flag(name), dest=name, type=json_object if spec.kind is dict
                                else spec.kind, choices=spec.choices, help=shown)
 
 

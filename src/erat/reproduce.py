@@ -48,6 +48,7 @@ from erat.config import TrainConfig, load_suite, resume_conflicts, run_config
 from erat.datasets import load_dataset
 from erat.errors import UserError
 from erat.evaluate import EvalConfig
+from erat.fields import flag
 from erat.files import atomic_write_text, check_writable_dir
 from erat.fit.guard import overfitting_epoch
 from erat.rundir import RunDir
@@ -82,7 +83,7 @@ def reproduce(
     work = set() if report_only else mine  # the runs it may train and evaluate
     runs = suite["runs"]
     cfgs = [run_config(suite, r, overrides or {}) for r in runs]
-    _check_eval_settings(suite, runs)
+    _check_eval_settings(suite, runs, cfgs)
     _check_autoattack(suite, runs, cfgs)
     _check_plots(suite)
     rows, results, commands, test, left_out, pending = [], {}, [], None, [], []
@@ -187,26 +188,27 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
-def _check_eval_settings(suite: dict[str, Any], runs: list[dict[str, Any]]) -> None:
-    """Every run's method, and every evaluation and energy setting of the suite, resolves
-    (before any training: a run refused at its turn cost the runs before it)."""
-    from erat.methods import build_method
-
+def _check_eval_settings(suite: dict[str, Any], runs: list[dict[str, Any]],
+                         cfgs: list[TrainConfig]) -> None:
+    """Every evaluation and energy setting of the suite resolves, for every run (before any
+    training: a run refused at its turn cost the runs before it; the runs' own settings were
+    checked by :func:`erat.config.run_config`)."""
     spec = (suite.get("autoattack") or {}).get("eval")
-    for run in runs:
-        cfg = run_config(suite, run, {})
-        try:
-            build_method(cfg.method, **cfg.method_params)
-        except UserError as err:
-            raise UserError(f"{suite.get('path', suite['suite'])} run {run['name']}: {err}"
-                            ) from err
+    where = suite.get("path", suite["suite"])
+    for run, cfg in zip(runs, cfgs, strict=True):
         _check_energy(suite, run)
-        if run.get("eval", True) is not False:
-            ev = {**(suite.get("eval") or {}), **(run.get("eval") or {})}
-            ev.pop("n", None)
-            EvalConfig.build(**_radii(ev, cfg))
-        if spec:
-            EvalConfig.build(**_radii(spec, cfg))
+        try:
+            if run.get("eval", True) is not False:
+                ev = {**(suite.get("eval") or {}), **(run.get("eval") or {})}
+                ev.pop("n", None)
+                EvalConfig.build(**_radii(ev, cfg))
+        except UserError as err:
+            raise UserError(f"{where} run {run['name']}: eval: {err}") from None
+        try:
+            if spec:
+                EvalConfig.build(**_radii(spec, cfg))
+        except UserError as err:
+            raise UserError(f"{where}: autoattack.eval: {err}") from None
 
 
 AUTOATTACK_KEYS = ("n", "eval", "group", "also")
@@ -483,7 +485,7 @@ def command(cfg: TrainConfig, folder: Path) -> str:
         if name == "epochs" and value is None:
             continue
         if name == "method_params":
-            parts += [_flag("--" + k.replace("_", "-"), v) for k, v in value.items()
+            parts += [_flag(k, v) for k, v in value.items()
                       if v is not None and v is not False]  # (a method's switches are off)
         elif name == "model_kwargs":
             import json
@@ -492,12 +494,12 @@ def command(cfg: TrainConfig, folder: Path) -> str:
         elif value is False and default[name] is True:  # on by default: offered as --no-NAME
             parts.append("--no-" + name.replace("_", "-"))
         else:
-            parts.append(_flag("--" + name.replace("_", "-"), value))
+            parts.append(_flag(name, value))
     return " ".join([*parts, f"--out {folder}"])
 
 
-def _flag(flag: str, value: Any) -> str:
-    return flag if value is True else f"{flag} {value}"
+def _flag(name: str, value: Any) -> str:
+    return flag(name) if value is True else f"{flag(name)} {value}"
 
 
 def write_report(suite: dict[str, Any], out: Path, rows: list[dict[str, Any]],

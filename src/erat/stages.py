@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from erat.attacks import Attack, attack_options, build_attack, correct, resolve, robust_key
 from erat.attacks.base import ATTACKS
 from erat.errors import UserError
+from erat.fields import flag
 from erat.files import atomic_save, tensor_sha256
 from erat.threat import Norm, Threat, check_radius
 
@@ -63,8 +64,11 @@ class EvalConfig:
         if not eps:
             raise UserError("eps must be a non-empty list of radii")
         object.__setattr__(self, "eps", tuple(check_radius(e, self.norm) for e in eps))
-        if self.batch_size < 1 or self.sanity_n < 0 or self.masking_queries < 1:
-            raise UserError("need batch_size >= 1, sanity_n >= 0 and masking_queries >= 1")
+        for name, least in (("batch_size", 1), ("sanity_n", 0), ("masking_queries", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise UserError(f"{flag(name) if name == 'batch_size' else name} must be an "
+                                f"integer >= {least}, got {value!r}")
         # options of the wrong type or range fail here, once
         object.__setattr__(self, "built", tuple(build_attack(a, self.options)
                                                 for a in self.attacks))
@@ -174,7 +178,8 @@ class Stages:
         if self.show:
             from tqdm.auto import tqdm
 
-            batches = tqdm(batches, desc=key, initial=done, total=n_batches, leave=False)
+            batches = tqdm(batches, desc=key, initial=done, total=n_batches, leave=False,
+                           disable=None)  # (a bar on a terminal, none in a log file)
         for b in batches:
             idx = torch.arange(b * bs, min((b + 1) * bs, len(flags)))
             live = idx[flags[idx]]

@@ -53,7 +53,7 @@ class FitOptions:
     fast_channels_last: bool = param(True, "fast path: channels-last memory for "
                                            "convolutional models")
     augment: bool = param(True, "the dataset's train-time augmentation")
-    progress: bool = param(True, "progress bars")
+    progress: bool = param(True, "progress bars (on a terminal only)")
     val_n: int = param(1000, "validation images measured after each epoch")
     val_eps: float | None = param(None, "radius of the per-epoch validation PGD (default: "
                                         "the method's eps)")
