@@ -125,6 +125,10 @@ def test_train_errors_are_one_line(tmp_path, capsys, args, message):
         (["--attack", "all,square"], "attack 'all' is a preset (pgd, autoattack) and stands"),
         (["--fast", "on"], "invalid choice"),
         (["--eps", "0.5,100"], "--eps 100 is above 8, the l2 diameter of 1x8x8 images"),
+        (["--batch-size", "0"], "--batch-size must be an integer >= 1, got 0"),  # (was batch_size)
+        (["--square-queries", "10"], "--square-queries is an option of square, which --attack "
+         "pgd does not run"),  # (was ignored without a word)
+        (["--attack", "fgsm", "--steps", "3", "--no-checks"], "--steps is an option of pgd"),
     ],
 )
 def test_eval_errors(digits_run, capsys, args, message):

@@ -92,6 +92,13 @@ class EvalConfig:
         options = {k: v for k, v in settings.items() if k in known_options}
         if not checks:
             base["sanity_n"] = 0
+        takes = {o for a in (*names, *(["pgd"] if base.get("sanity_n", 1) else []))
+                 for o in attack_options(a)}  # (the sanity checks' PGD takes PGD's options)
+        unused = sorted(set(options) - takes)
+        if unused:
+            owners = [a for a in ATTACKS if unused[0] in attack_options(a)]
+            raise UserError(f"{flag(unused[0])} is an option of {', '.join(owners)}, which "
+                            f"--attack {','.join(names)} does not run")
         return cls(attacks=names, labels=labels, options=options, **base)
 
     def settings(self) -> dict[str, Any]:
