@@ -248,6 +248,28 @@ def test_square_attack_alone(model, digits):
     assert "square_vs_whitebox" not in {c["name"] for c in res["checks"]}
 
 
+def test_square_refuses_the_sizes_pyautoattack_cannot_tile():
+    """pyautoattack's l2 Square crashed with a traceback on 12x12 and 14x14 images, in the
+    masking check of a plain PGD eval too: square_refusal names those sizes (the rule was
+    checked against pyautoattack for 3 to 40), the check notes it did not run, and an attack
+    that needs Square is refused before any work."""
+    from erat.attacks.autoattack import square_refusal
+    from erat.errors import UserError
+
+    refused = [h for h in range(3, 41) if square_refusal(h, h, "l2")]
+    assert refused == [3, 4, 12, 14, 18, 19, 24], refused  # (pyautoattack 0.2 fails on these)
+    assert square_refusal(12, 12, "linf") is None and square_refusal(28, 28, "l2") is None
+    assert "12x16" in square_refusal(12, 16, "linf")
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(144, 3)).eval()
+    x, y = torch.rand(6, 1, 12, 12), torch.arange(6) % 3
+    res = evaluate(net, x, y, eps=(0.5,), steps=2, sanity_n=6, masking_queries=5)
+    note = {c["name"]: c for c in res["checks"]}["square_vs_whitebox"]
+    assert note["severity"] == "note" and "not run: square cannot attack" in note["detail"]
+    with pytest.raises(UserError, match="--attack square cannot attack these images"):
+        evaluate(net, x, y, attack="square", eps=(0.5,), square_queries=5)
+
+
 def test_check_helpers_can_fail():
     cfg = EvalConfig.build("all", eps=(0.5, 1.0), steps=10, batch_size=10, sanity_n=0)
     acc = {"clean": 0.9, "pgd-l2-eps0.5": 0.5, "pgd-l2-eps1": 0.6,

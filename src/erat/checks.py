@@ -13,8 +13,8 @@ attack work is bounded by ``sanity_n`` examples, small next to the main attacks:
    PGD, beyond 2 points said so;
 5. ``square_vs_whitebox`` (``masking_check``): Square with ``masking_queries`` queries at the
    largest radius fools at most 2% more of the subset (and at least one example) than the
-   white-box attacks did (a note that it did not run on images that are not square, which
-   Square cannot attack);
+   white-box attacks did (a note that it did not run on images Square cannot attack: not
+   square, or an l2 size its start does not tile);
 6. ``input_gradients``: at most 1% of clean points have an all-zero or non-finite gradient;
 7. ``eval_mode`` (a note): the model was handed over in eval mode (it is evaluated in eval
    mode anyway).
@@ -125,11 +125,11 @@ def masking(stages: Stages, flags: dict[str, Tensor]) -> dict:
     examples; None when no black-box attack is registered."""
     cfg, black_box = stages.cfg, attack_with("black-box")
     eps = max(cfg.eps)
-    h, w = stages.x.shape[-2:] if stages.x.dim() == 4 else (0, 0)
-    if h != w and getattr(ATTACKS[black_box], "square_images", False):
-        return check(f"{black_box}_vs_whitebox", False, f"not run: {black_box} attacks square "
-                     f"images only, these are {h}x{w} (resize them to have this check)",
-                     severity="note")
+    refuses = getattr(ATTACKS[black_box], "refuses", None)
+    why = refuses(*stages.x.shape[-2:], cfg.norm) if refuses and stages.x.dim() == 4 else None
+    if why:
+        return check(f"{black_box}_vs_whitebox", False, f"not run: {black_box} cannot attack "
+                     f"these images ({why}; resize them to have this check)", severity="note")
     m = min(cfg.sanity_n, len(flags["clean"]))
     white = flags[robust_key(cfg.labels[-1], cfg.norm, eps)][:m]
     queries = ATTACKS[black_box].queries_option  # its option that sets the query budget

@@ -119,14 +119,15 @@ def _validate_data(x: Tensor, y: Tensor, n_total: int | None) -> None:
 
 
 def _check_square(cfg: EvalConfig, x: Tensor) -> None:
-    """One line, before any attack work, when an attack that needs square images is asked
-    for on images that are not (the gradient-masking check skips them, :mod:`erat.checks`)."""
-    if x.dim() == 4 and x.shape[-2] != x.shape[-1]:
-        needs = [a for a in cfg.attacks if getattr(ATTACKS[a], "square_images", False)]
-        if needs:
-            raise UserError(f"{needs[0]} needs square images (pyautoattack's Square); "
-                            f"these are {x.shape[-2]}x{x.shape[-1]}: resize them (--resize N "
-                            "for your own data) or choose --attack pgd")
+    """One line, before any attack work, when an attack is asked for on images it cannot
+    attack (its ``refuses``; the gradient-masking check skips them, :mod:`erat.checks`)."""
+    for name in cfg.attacks if x.dim() == 4 else ():
+        refuses = getattr(ATTACKS[name], "refuses", None)
+        why = refuses(x.shape[-2], x.shape[-1], cfg.norm) if refuses else None
+        if why:
+            raise UserError(f"--attack {name} cannot attack these images (pyautoattack's "
+                            f"Square: {why}): resize them (--resize N for your own data) or "
+                            "choose --attack pgd")
 
 
 def _required(cfg: EvalConfig) -> dict[str, tuple[str, str]]:

@@ -18,7 +18,8 @@ the preset ``all``; ``roles = {"black-box"}`` makes it the gradient-masking chec
 ``queries_option`` names the option that sets its query budget),
 ``roles = {"reference"}`` the strong attack that PGD is compared with (:mod:`erat.checks`);
 ``requires`` names the packages it needs (package -> pip requirement);
-``square_images = True`` says it attacks square images only (pyautoattack's Square).
+``refuses(h, w, norm)`` says why it cannot attack ``h x w`` images (None when it can; Square
+and AutoAttack: :func:`erat.attacks.autoattack.square_refusal`).
 
 Example::
 

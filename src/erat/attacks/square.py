@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from erat.attacks.autoattack import REQUIRES, run_pyautoattack
+from erat.attacks.autoattack import REQUIRES, run_pyautoattack, square_refusal
 from erat.attacks.base import option, register_attack
 from erat.errors import UserError
 from erat.threat import Threat
@@ -21,7 +21,7 @@ class Square:
     requires = REQUIRES
     roles = {"black-box"}  # the gradient-masking check's attack (erat.checks) ...
     queries_option = "square_queries"  # ... with its query budget set here
-    square_images = True  # pyautoattack's Square draws square windows of an H = W image
+    refuses = staticmethod(square_refusal)  # the image sizes pyautoattack's Square cannot
 
     def __post_init__(self) -> None:
         if not isinstance(self.square_queries, int) or self.square_queries < 1:
