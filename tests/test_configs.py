@@ -155,3 +155,16 @@ def test_a_refused_setting_is_named_where_it_was_given(layers, says):
     with pytest.raises(UserError) as err:
         resolve(layers)
     assert str(err.value).startswith(says), str(err.value)
+
+
+def test_a_method_switch_keeps_the_parameters_the_new_method_takes(capsys):
+    """--method er over a --config file of trades with eps 1.0 trained at ER's default eps 2.0
+    without a word (every parameter of the file's method was dropped); now the parameters the
+    new method takes carry over, and the others are named as dropped."""
+    from erat.config import resolve
+
+    cfg = resolve([({"method": "trades", "eps": 1.0, "steps": 3}, "c.yaml"),
+                   ({"method": "er"}, "flags")])
+    assert cfg.method_params == {"eps": 1.0}
+    assert "the method trades becomes er (flags); er takes no steps: dropped" in \
+        capsys.readouterr().err

@@ -6,7 +6,8 @@ defaults of :class:`TrainConfig` < the saved ``config.yaml`` of a run being resu
 ``--config FILE.yaml`` (or a suite's ``defaults`` and the run's own entry) < flags given on
 the command line. Keys that are not settings of :class:`TrainConfig` are the method's
 hyper-parameters (:func:`erat.methods.method_flags`) and go to ``method_params``; changing
-the method drops the previous method's parameters.
+the method keeps the previous method's parameters that the new one takes (``eps``, ``norm``)
+and drops the others, with a note.
 
 Example::
 
@@ -34,7 +35,7 @@ from erat.errors import UserError
 from erat.fields import flag, param
 from erat.files import read_yaml
 from erat.fit import FitOptions
-from erat.methods import build_method, method_flags, method_names, reserve
+from erat.methods import build_method, method_flags, method_names, method_params, reserve
 from erat.models import model_names
 
 RENAMED = {"epoch_steps": "epoch_updates", "warmup_steps": "warmup_updates",
@@ -168,7 +169,7 @@ def merge(base: dict[str, Any], new: dict[str, Any], source: str = "settings"
     params = dict(out.get("method_params") or {})
     new = _renamed(new, source)
     if "method" in new and out.get("method") not in (None, new["method"]):
-        params = {}  # another method: the old one's parameters do not carry over
+        params = _carried(params, out["method"], new["method"], source)
     fields, flags = config_fields(), method_keys()
     for key, value in new.items():
         if key == "method_params":
@@ -183,6 +184,21 @@ def merge(base: dict[str, Any], new: dict[str, Any], source: str = "settings"
             raise UserError(f"{source}: unknown setting {key!r}")
     out["method_params"] = params
     return out
+
+
+def _carried(params: dict[str, Any], old: str, new: str, source: str) -> dict[str, Any]:
+    """The parameters of method ``old`` that carry over to method ``new`` (given by
+    ``source``): those ``new`` takes too (``eps``, ``norm``, ...); the others are dropped,
+    with a note naming them."""
+    try:
+        takes = set(method_params(new))
+    except UserError:  # (an unknown method is refused by resolve, with its names)
+        return {}
+    dropped = sorted(set(params) - takes)
+    if dropped:
+        print(f"erat: note: the method {old} becomes {new} ({source}); {new} takes no "
+              f"{', '.join(dropped)}: dropped", file=sys.stderr)
+    return {k: v for k, v in params.items() if k in takes}
 
 
 def resolve(layers: Sequence[tuple[dict[str, Any], str]], saved: dict[str, Any] | None = None
