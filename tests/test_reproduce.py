@@ -66,6 +66,8 @@ def test_suite_runs_reports_and_resumes(suite_file, tmp_path):
 def test_unknown_suite_is_one_line(capsys, tmp_path):
     assert main(["reproduce", "nope", "--out", str(tmp_path)]) == 2
     assert "unknown suite 'nope'" in capsys.readouterr().err
+    assert main(["reproduce", "nope.yaml"]) == 2  # a file's name: the file is missing
+    assert "no such suite file: nope.yaml" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("name", ["../../escape", "/tmp/abs", "a/b", "a\\\\b", "..", ".hidden",
@@ -300,6 +302,9 @@ def test_landscape_settings_are_checked_before_any_training(tmp_path, capsys, pl
     ("plots:", "autoattack: {n: 0}\nplots:", "autoattack.n must be a number of test images"),
     ("plots:", "autoattack: {also: [err]}\nplots:", "autoattack.also must list runs"),
     ("plots:", "autoattack: {group: [method]}\nplots:", "autoattack.group must be a list of"),
+    ("plots:", "autoatack: {n: 5}\nplots:", "unknown key(s) 'autoatack'; a suite holds"),
+    ("epochs: 1,", "epoch: 1,", "bad.yaml defaults: unknown setting 'epoch'; did you mean"),
+    ("sanity_n: 10}", "sanity_n: 10, restart: 2}", "bad.yaml: eval: unknown evaluation setting"),
 ])
 def test_a_malformed_suite_is_one_line_before_any_training(tmp_path, capsys, old, new, says):
     """Suite mistakes were tracebacks (grid, seeds, energy names) or met at the run's turn,

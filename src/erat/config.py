@@ -181,9 +181,19 @@ def merge(base: dict[str, Any], new: dict[str, Any], source: str = "settings"
         elif key in flags:
             params[key] = value
         else:
-            raise UserError(f"{source}: unknown setting {key!r}")
+            raise UserError(f"{source}: unknown setting {key!r}{_did_you_mean(key)}")
     out["method_params"] = params
     return out
+
+
+def _did_you_mean(key: str) -> str:
+    """``"; did you mean 'epochs'?"`` for a key close to a setting's name (a flag's
+    spelling, ``epoch-updates``, is its setting's with underscores), else nothing."""
+    import difflib
+
+    names = sorted(config_fields() | method_keys())
+    close = difflib.get_close_matches(key.replace("-", "_"), names, n=1, cutoff=0.75)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def _carried(params: dict[str, Any], old: str, new: str, source: str) -> dict[str, Any]:
@@ -318,6 +328,8 @@ def _is_suite(path: Path) -> bool:
 def load_suite(name_or_path: str) -> dict[str, Any]:
     """A suite by name (``src/erat/configs/<name>.yaml``) or path, its runs expanded."""
     path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") and not path.is_file():
+        raise UserError(f"no such suite file: {path}")
     if not path.is_file():
         path = suite_dir() / f"{name_or_path}.yaml"
     if not path.is_file():
@@ -326,9 +338,12 @@ def load_suite(name_or_path: str) -> dict[str, Any]:
     suite = read_yaml(path, "suite")
     if not isinstance(suite, dict):
         raise UserError(f"{path}: a suite is a mapping with a 'runs' list")
-    unknown = set(suite) - SUITE_KEYS
-    if unknown or not isinstance(suite.get("runs"), list):
-        raise UserError(f"{path}: a suite needs a 'runs' list (unknown keys: {sorted(unknown)})")
+    unknown = sorted(set(suite) - SUITE_KEYS)
+    if unknown:
+        raise UserError(f"{path}: unknown key(s) {', '.join(map(repr, unknown))}; a suite holds "
+                        f"{', '.join(sorted(SUITE_KEYS))}")
+    if not isinstance(suite.get("runs"), list):
+        raise UserError(f"{path}: a suite needs a 'runs' list")
     suite.setdefault("suite", path.stem)
     suite["path"] = str(path)
     suite["runs"] = expand_runs(suite["runs"], str(path))
@@ -396,9 +411,10 @@ def run_config(suite: dict[str, Any], run: dict[str, Any], overrides: dict[str, 
                ) -> TrainConfig:
     """Suite defaults < the run's own settings < command-line overrides (e.g. data_dir),
     through :func:`resolve`."""
-    where = f"{suite.get('path', suite['suite'])} run {run['name']}"
-    return resolve([(suite.get("defaults", {}) or {}, where),
-                    ({k: v for k, v in run.items() if k not in RUN_ONLY_KEYS}, where),
+    where = suite.get("path", suite["suite"])
+    return resolve([(suite.get("defaults", {}) or {}, f"{where} defaults"),
+                    ({k: v for k, v in run.items() if k not in RUN_ONLY_KEYS},
+                     f"{where} run {run['name']}"),
                     (overrides, "the command line")])
 
 

@@ -202,8 +202,9 @@ def _check_eval_settings(suite: dict[str, Any], runs: list[dict[str, Any]],
                 ev = {**(suite.get("eval") or {}), **(run.get("eval") or {})}
                 ev.pop("n", None)
                 EvalConfig.build(**_radii(ev, cfg))
-        except UserError as err:
-            raise UserError(f"{where} run {run['name']}: eval: {err}") from None
+        except UserError as err:  # (the run's own eval mapping, else the suite's)
+            own = f" run {run['name']}" if isinstance(run.get("eval"), dict) else ""
+            raise UserError(f"{where}{own}: eval: {err}") from None
         try:
             if spec:
                 EvalConfig.build(**_radii(spec, cfg))
