@@ -314,3 +314,17 @@ def test_convolutional_model_is_attacked_in_channels_last_and_left_as_it_was(dig
     assert 0.0 <= res["robust_acc"]["pgd-l2-eps0.5"] <= res["clean_acc"]
     flat = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
     assert _channels_last_copy(flat) is flat  # nothing to gain without convolutions
+
+
+def test_the_printed_result_says_what_ran():
+    """`erat eval --no-checks` printed "sanity checks failed: 0" as if every check had passed,
+    and a resumed evaluation did not say so; now both are said."""
+    from erat.assess import format_result
+
+    result = {"threat": {"n": 10}, "clean_acc": 0.5, "robust_acc": {}, "checks_failed": 0,
+              "checks": [{"name": "eval_mode", "passed": True}], "resumed": True,
+              "check_settings": {"sanity_n": 0, "masking_check": False}}
+    text = format_result(result)
+    assert "sanity checks failed: 0 of 1 (--no-checks: the checks that cost attack work" in text
+    assert "resumed: the saved progress of an interrupted eval was used" in text
+    assert "did not run" not in format_result({**result, "check_settings": {"sanity_n": 100}})

@@ -183,10 +183,16 @@ def format_result(result: dict[str, Any]) -> str:
     lines += [
         f"examples: {threat['n']}"
         + (f" ({threat['subset_note']})" if threat.get("subset") else ""),
+        *(["resumed: the saved progress of an interrupted eval was used (--fresh starts "
+           "over)"] if result.get("resumed") else []),
         f"{'clean':<24} {result['clean_acc']:.4f}",
     ]
     lines += [f"{key:<24} {acc:.4f}" for key, acc in result["robust_acc"].items()]
-    lines.append(f"sanity checks failed: {result.get('checks_failed', 0)}")
+    skipped = (result.get("check_settings") or {}).get("sanity_n") == 0
+    lines.append(f"sanity checks failed: {result.get('checks_failed', 0)} of "
+                 f"{len(result.get('checks', []))}" + (" (--no-checks: the checks that cost "
+                                                       "attack work did not run)" if skipped
+                                                       else ""))
     for c in result.get("checks", []):
         if not c["passed"]:
             mark = "note" if c.get("severity") == "note" else "!"
