@@ -435,6 +435,11 @@ def _labels_outside(root: Path) -> str:
     return _npz(root, x, y_train=np.arange(10) % 2, y_test=np.arange(10) % 3)
 
 
+def _negative_labels(root: Path) -> str:  # (said "one class only (0)" before)
+    x = RNG.integers(0, 256, (10, 8, 8, 3), dtype=np.uint8)
+    return _npz(root, x, y_train=np.arange(10) % 2 - 1)
+
+
 def _float_outside(root: Path) -> str:
     return _npz(root, RNG.normal(size=(10, 3, 8, 8)).astype(np.float32),
                 y_train=np.arange(10) % 2)
@@ -465,6 +470,7 @@ BAD_DATA = {
     "mixed sizes": (_mixed_sizes, r"images of different sizes in .*; pass --resize N"),
     "lengths differ": (_lengths_differ, r"10 training images but 9 labels"),
     "labels outside": (_labels_outside, r"test labels 0\.\.2 outside 0\.\.1 \(2 classes\)"),
+    "negative labels": (_negative_labels, r"training labels -1\.\.0 outside 0\.\.0"),
     "pixels outside": (_float_outside, r"pixels in \[-.*\]; erat reads uint8"),
     "pickled code": (_npz_with_code, r"holds pickled Python objects"),
 }
@@ -527,7 +533,8 @@ BAD_MODELS = {
                      r"returned an object of type str, not a torch.nn.Module"),
     "wrong outputs": (lambda f: ["--model", "mynet:Fixed"], r"gives .*5.*3 classes"),
     "weights that do not fit": (_weights_that_do_not_fit,
-                                r"weights in w.pt do not fit mynet:build \(missing: 1.bias"),
+                                r"weights in w.pt do not fit mynet:build \(missing from the "
+                                r"file: 1.bias"),
     "pickled code": (_pickled_code_weights, r"holds the Python object (posix|nt)\.system"),
     "raw pickle": (_raw_pickle_weights, r"cannot read evil.pkl: not a file torch.save wrote"),
     "whole-model pickle": (_whole_model_pickle, r"not a TorchScript or torch.export"),

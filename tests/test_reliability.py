@@ -394,6 +394,9 @@ def test_report_errors(finished, tmp_path, capsys):
     f.write_text("x")
     code, _, err = run(["report", finished, "--out", f], capsys)
     assert code == 2 and one_line(err) and "is a file" in err
+    (tmp_path / "suite" / "runs").mkdir(parents=True)  # (it told to eval the suite folder)
+    code, _, err = run(["report", tmp_path / "suite", "--out", tmp_path / "rep"], capsys)
+    assert code == 2 and one_line(err) and "is a suite's report folder, not a run" in err
 
 
 def test_debug_shows_the_traceback(tmp_path, capsys):

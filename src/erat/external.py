@@ -214,11 +214,13 @@ def _load_state(net: nn.Module, blob: Any, path: Path, spec: str) -> None:
     own = net.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
-    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+    shapes = [f"{k} {tuple(state[k].shape)} in the file, {tuple(v.shape)} in the model"
+              for k, v in own.items()
               if k in state and state[k].shape != v.shape]
     if missing or unexpected or shapes:
         parts = [f"{what}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
-                 for what, keys in (("missing", missing), ("unexpected", unexpected),
+                 for what, keys in (("missing from the file", missing),
+                                    ("in the file, not in the model", unexpected),
                                     ("shapes differ", shapes)) if keys]
         raise UserError(f"the weights in {path} do not fit {spec} ({'; '.join(parts)})")
     net.load_state_dict(state)

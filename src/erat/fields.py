@@ -163,7 +163,7 @@ def add_flags(group, specs: dict, defaults: dict | None = None) -> None:
             else f"{text} (default: {default})"
         if spec.kind is bool and default is True:
             group.add_argument(f"--no-{name.replace('_', '-')}", dest=name,
-                               action="store_false", help=f"off: {text}")
+                               action="store_false", help=f"turn off (on by default): {text}")
         elif spec.kind is bool:
             group.add_argument(flag(name), dest=name, action="store_true", help=text)
         else:

@@ -315,6 +315,10 @@ def read_results(runs: Sequence[Path], eval_name: str = "eval.json") -> dict[str
     results = {}
     for run in runs:
         path = Path(run) / eval_name
+        if not path.is_file() and (Path(run) / "runs").is_dir():
+            raise UserError(f"{run} is a suite's report folder, not a run: give its runs "
+                            f"({Path(run) / 'runs'}/*), or write its report with `erat "
+                            f"reproduce SUITE --out {run} --report-only`")
         if not path.is_file():
             raise UserError(f"{path} not found: run `erat eval {run} --json {path}` first")
         res = read_json(path, "evaluation result")

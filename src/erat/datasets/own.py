@@ -103,12 +103,12 @@ def _prepare(name: str, path: Path, source: Source, test_split: float | None,
              resize: int | None) -> OwnData:
     """Checks, the held-out test split, and the facts of the training split."""
     classes = source.classes
+    for split, pair in (("training", source.train), ("test", source.test)):
+        if pair is not None:  # (first: a label -1 is not a class of its own)
+            _check_split(name, split, pair, len(classes))
     if len(classes) < 2:
         raise DataError(f"{name}: one class only ({', '.join(classes) or 'none'}); a "
                         "classifier needs at least two")
-    for split, pair in (("training", source.train), ("test", source.test)):
-        if pair is not None:
-            _check_split(name, split, pair, len(classes))
     train, test, held_out = source.train, source.test, None
     if test is None and test_split is None:
         raise DataError(f"{name} has no test split (no test/, no x_test): hold out a fraction "
