@@ -168,3 +168,21 @@ def test_a_method_switch_keeps_the_parameters_the_new_method_takes(capsys):
     assert cfg.method_params == {"eps": 1.0}
     assert "the method trades becomes er (flags); er takes no steps: dropped" in \
         capsys.readouterr().err
+
+
+def test_a_setting_without_effect_is_noted(tmp_path, capsys):
+    """--momentum under Adam, --val-eps without --val, --unlabeled-batch-size without --labels
+    trained without a word; now a note names each (from a --config file too)."""
+    from erat.config import resolve_train
+
+    conf = tmp_path / "c.yaml"
+    conf.write_text("val_eps: 0.5\n")
+    resolve_train(tmp_path / "run", resume=False, config_file=conf,
+                  flags={"optimizer": "adam", "momentum": 0.5, "unlabeled_batch_size": 8})
+    err = capsys.readouterr().err
+    assert "--momentum has no effect here (it is SGD's; --optimizer is adam)" in err
+    assert "--val-eps has no effect here (validation needs --val N)" in err
+    assert "--unlabeled-batch-size has no effect here" in err
+    resolve_train(tmp_path / "run", resume=False, config_file=None,
+                  flags={"optimizer": "sgd", "momentum": 0.5, "val": 50, "val_eps": 0.5})
+    assert "no effect" not in capsys.readouterr().err

@@ -427,7 +427,26 @@ def resolve_train(out: Path, *, resume: bool, config_file: Path | None,
     run = RunDir(out)
     saved = run.read_config() if resume and (run / RunDir.CONFIG).is_file() else None
     layers = [(read_settings(config_file), str(config_file))] if config_file else []
-    return resolve([*layers, (flags, "flags")], saved)
+    cfg = resolve([*layers, (flags, "flags")], saved)
+    for line in idle(cfg, {k for settings, _ in layers for k in settings} | set(flags)):
+        print(f"erat: note: {line}", file=sys.stderr)
+    return cfg
+
+
+def idle(cfg: TrainConfig, given: set[str]) -> list[str]:
+    """The settings in ``given`` that ``cfg`` does not use, each with what would use it."""
+    rules = {
+        "momentum": (cfg.fit.optimizer != "sgd", f"it is SGD's; --optimizer is "
+                                                 f"{cfg.fit.optimizer}"),
+        "val_eps": (cfg.val is None, "validation needs --val N"),
+        "val_steps": (cfg.val is None, "validation needs --val N"),
+        "val_n": (cfg.val is None, "validation needs --val N"),
+        "unlabeled_batch_size": (cfg.labels is None, "semi-supervised training needs "
+                                                      "--labels N"),
+        "val_seed": (cfg.val is None, "validation needs --val N"),
+    }
+    return [f"{flag(k)} has no effect here ({why})" for k, (unused, why) in rules.items()
+            if k in given and unused]
 
 
 reserve(config_fields(), "the training configuration")
