@@ -294,7 +294,7 @@ def test_landscape_settings_are_checked_before_any_training(tmp_path, capsys, pl
      "run erm: method 'erm' takes no --eps"),
     ("S: 1, n: 20}", "S: 1, TT: 2}", "run er: energy must be a mapping with eps"),
     ("{name: erm, method: erm}", "{name: erm, method: erm, energy: {eps: 1, T: 0}}",
-     "need T >= 1"),
+     "energy: T must be an integer >= 1, got 0"),
     ("plots: {landscape_eps: 0.5}", "plots: {landscape_epss: 0.5}", "plots must be a mapping"),
     ("{name: er, method: er,", "{name: er, method: er, entmin: 'no',",
      "entmin must be true or false"),

@@ -207,7 +207,10 @@ def energy_run(path: Path | None, *, eps: float, T: int, M: int, S: int, n: int 
     """``erat energy``: :func:`~erat.measure.energy_report` of a run folder (or model file),
     or of a model from outside erat (``external``), on its test set; settings and
     ``json_path`` are checked before any work."""
-    check_settings(eps, T, M, S, "max", norm)
+    try:
+        check_settings(eps, T, M, S, "max", norm)
+    except UserError as err:  # (named as the flags: --T, --eps)
+        raise UserError(f"--{err}" if " must " in str(err) else str(err)) from None
     if batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {batch_size}")
     if json_path is not None:
@@ -238,7 +241,10 @@ def describe_data(threat: dict[str, Any]) -> str:
 
 
 def format_report(result: dict) -> str:
-    """The lines ``erat energy`` prints."""
+    """The lines ``erat energy`` prints: the examples measured (of how many), then the
+    figures."""
     keys = ("energy_mean", "energy_median", "at_term_mean", "vat_term_mean", "certified_frac",
             "virtual_energy_mean")
-    return "\n".join([*(f"{k:<22} {result[k]:.4f}" for k in keys), result["certificate_note"]])
+    total = (result.get("settings") or {}).get("n_total")
+    return "\n".join([f"examples: {result['n']}" + (f" of {total}" if total else ""),
+                      *(f"{k:<22} {result[k]:.4f}" for k in keys), result["certificate_note"]])

@@ -154,8 +154,9 @@ def check_settings(eps: float, T: int, M: int, S: int, reduce: str, norm: str = 
     """One-line errors for settings of :func:`energy` a user can get wrong; the radius by
     :func:`erat.threat.check_radius` (``warn``: an l2-sized l-inf radius warns once)."""
     check_radius(eps, norm, warn=warn)
-    if T < 1 or M < 1 or S < 0:
-        raise UserError(f"need T >= 1, M >= 1, S >= 0, got T={T}, M={M}, S={S}")
+    for name, value, least in (("T", T, 1), ("M", M, 1), ("S", S, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise UserError(f"{name} must be an integer >= {least}, got {value!r}")
     if reduce not in REDUCES:
         raise UserError(f"reduce must be one of {', '.join(REDUCES)}, got {reduce!r}")
 

@@ -263,8 +263,11 @@ def _check_energy(suite: dict[str, Any], run: dict[str, Any]) -> None:
     if not isinstance(en, dict) or set(en) - takes or "eps" not in en:
         raise UserError(f"{where} must be a mapping with eps and any of "
                         f"{', '.join(sorted(takes - {'eps'}))}, got {en!r}")
-    check_settings(en["eps"], en.get("T", 16), en.get("M", 16), en.get("S", 20), "max",
-                   en.get("norm", "l2"), warn=False)
+    try:
+        check_settings(en["eps"], en.get("T", 16), en.get("M", 16), en.get("S", 20), "max",
+                       en.get("norm", "l2"), warn=False)
+    except UserError as err:
+        raise UserError(f"{where}: {err}") from None
 
 
 def _check_plots(suite: dict[str, Any]) -> None:
