@@ -139,6 +139,15 @@ def test_eval_errors(digits_run, capsys, args, message):
     assert code == 2 and message in err
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--T", "0"], "--T must be an integer >= 1, got 0"),
+    (["--S", "-1"], "--S must be an integer >= 0, got -1"),
+])
+def test_energy_errors_name_the_flags(digits_run, capsys, args, message):
+    code, _, err = run(["energy", digits_run, "--eps", "0.5", "--n", "5", *args], capsys)
+    assert code == 2 and message in err and err.count("\n") == 1
+
+
 def test_eval_missing_run(tmp_path, capsys):
     code, _, err = run(["eval", tmp_path / "nothing"], capsys)
     assert code == 2 and "no model.pt" in err
