@@ -205,6 +205,10 @@ def test_runs_evaluated_on_different_numbers_of_images_are_said(tmp_path, capsys
         runs.append(str(run))
     capsys.readouterr()
     assert main(["report", *runs, "--out", str(tmp_path / "rep")]) == 0
-    assert "evaluated on different numbers of test images (40, 50" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "evaluated on different numbers of test images (40, 50" in out
+    assert "| run | method | n | clean | PGD-l2 0.5 |" in out  # (the n column was in the file only)
+    text = (tmp_path / "rep" / "results.md").read_text()  # the same names as reproduce's
+    assert text.startswith("| run | method | n | clean |") and "## Every column" in text
     with (tmp_path / "rep" / "results.csv").open() as f:
         assert [r["n"] for r in csv.DictReader(f)] == ["40", "50"]

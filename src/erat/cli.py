@@ -232,7 +232,6 @@ def run_report(args: argparse.Namespace) -> int:
 
     report_runs(args.runs, args.out, eval_name=args.eval_name,
                 landscape_eps=args.landscape_eps, index=args.index)
-    print(f"wrote {args.out}")
     return 0
 
 

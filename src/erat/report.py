@@ -21,6 +21,7 @@ Example::
 from __future__ import annotations
 
 import csv
+import io
 import json
 import re
 import warnings
@@ -31,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from erat.errors import UserError
-from erat.files import check_writable_dir, read_json
+from erat.files import atomic_write_text, check_writable_dir, read_json
 from erat.losses import cross_entropy
 from erat.passes import supervised_search
 from erat.search import adversarial_direction
@@ -286,13 +287,13 @@ def write_csv(rows: Sequence[Mapping], path: Path, columns: Sequence[str] | None
     if columns is None:
         columns = list(dict.fromkeys(k for r in rows for k in r))
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({k: json.dumps(v) if isinstance(v, dict | list) else v
-                             for k, v in r.items()})
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(columns), extrasaction="ignore")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: json.dumps(v) if isinstance(v, dict | list) else v
+                         for k, v in r.items()})
+    atomic_write_text(text.getvalue(), path)  # (a reader never meets half a table)
     return path
 
 
@@ -366,12 +367,12 @@ def _landscape_inputs(runs: Sequence[Path], index: int) -> tuple[dict, Tensor, T
 def report_runs(runs: Sequence[Path], out: Path, *, eval_name: str = "eval.json",
                 landscape_eps: float | None = None, index: int | None = None,
                 log=print) -> list[dict]:
-    """``erat report``: the table (CSV, Markdown: every column) and the accuracy-radius plot
-    of evaluated run folders, and optionally the loss landscape of test image ``index``
-    (default 0; only with ``landscape_eps``); the
-    short table (:func:`readable_columns`) is printed. Every option, the evaluation files,
-    and for a landscape the test image and the models, are checked and read before anything
-    is written: a mistake leaves ``out`` as it was."""
+    """``erat report``: the table (CSV; Markdown: the short table of :func:`readable_columns`,
+    then every column) and the accuracy-radius plot of evaluated run folders, and optionally
+    the loss landscape of test image ``index`` (default 0; only with ``landscape_eps``); the
+    short table and the files written are printed. Every option, the evaluation files, and
+    for a landscape the test image and the models, are checked and read before anything is
+    written: a mistake leaves ``out`` as it was."""
     from erat.threat import check_radius
 
     if landscape_eps is not None:
@@ -383,9 +384,7 @@ def report_runs(runs: Sequence[Path], out: Path, *, eval_name: str = "eval.json"
         raise UserError(f"--index must be a test image's position (0 or more), got {index!r}")
     check_writable_dir(out, "--out")
     results = read_results(runs, eval_name)
-    rows = [{"run": name, "clean_acc": res["clean_acc"], **res["robust_acc"],
-             "checks_failed": res.get("checks_failed", 0), "n": res["threat"].get("n"),
-             **_training_notes(Path(run))}
+    rows = [_run_row(Path(run), name, res)
             for run, (name, res) in zip(runs, results.items(), strict=True)]
     sizes = sorted({r["n"] for r in rows if r["n"] is not None})
     if len(sizes) > 1:
@@ -397,14 +396,41 @@ def report_runs(runs: Sequence[Path], out: Path, *, eval_name: str = "eval.json"
         raise UserError(f"no {attack}-{norm} robust accuracies in the {eval_name} of "
                         f"{', '.join(map(str, runs))}: nothing to plot")
     drawn = _landscape_inputs(runs, index) if landscape_eps is not None else None
-    columns = list(dict.fromkeys(k for row in rows for k in row))
+    present = [k for k in dict.fromkeys(k for row in rows for k in row)
+               if any(row.get(k) is not None for row in rows)]
+    robust = [k for k in present if _ROBUST_KEY.match(k)]  # (together, whichever run has it)
+    rest = [k for k in present if k not in robust]
+    columns = [*rest[:rest.index("clean_acc") + 1], *robust, *rest[rest.index("clean_acc") + 1:]]
+    keys, names = readable_columns(rows)
+    if len(sizes) > 1:  # (said above: shown beside the accuracies)
+        keys.insert(keys.index("clean_acc"), "n")
+        names.insert(keys.index("n"), "n")
+    short = results_table(rows, keys, headers=names, float_fmt="{:.3f}")
     out = Path(out)
-    write_csv(rows, out / "results.csv")
-    (out / "results.md").write_text(results_table(rows, columns) + "\n")
+    write_csv(rows, out / "results.csv", columns)
+    atomic_write_text(f"{short}\n\n## Every column (also in results.csv)\n\n"
+                      f"{results_table(rows, columns)}\n", out / "results.md")
     accuracy_vs_radius(results, out / "accuracy_vs_radius", attack=attack, norm=norm)
     if drawn is not None:
         models, x, y = drawn
         landscape(models, x, y, eps=landscape_eps, out=out / "landscape")
-    keys, names = readable_columns(rows)
-    log(results_table(rows, keys, headers=names, float_fmt="{:.3f}"))
+    log(short)
+    log(f"wrote {out}/: results.md, results.csv, accuracy_vs_radius.png and .svg"
+        + (", landscape.png and .svg" if drawn is not None else ""))
     return rows
+
+
+def _run_row(run: Path, name: str, result: dict) -> dict:
+    """The report's row of a run folder: its name, method (``config.yaml``), test images,
+    accuracies, mean energy (``energy.json``, when measured), failed checks, and what the
+    training guard flagged."""
+    from erat.rundir import RunDir
+
+    folder = RunDir(run)
+    method = folder.read_config().get("method") if (run / RunDir.CONFIG).is_file() else None
+    energy = read_json(run / RunDir.ENERGY, "energy result") \
+        if (run / RunDir.ENERGY).is_file() else {}
+    return {"run": name, "method": method, "n": result["threat"].get("n"),
+            "clean_acc": result["clean_acc"], **result["robust_acc"],
+            "energy_mean": energy.get("energy_mean") if isinstance(energy, dict) else None,
+            "checks_failed": result.get("checks_failed", 0), **_training_notes(run)}
