@@ -35,13 +35,14 @@ CHECKS_FAILED = 3  # exit code of an evaluation (or a suite) whose sanity checks
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if a in COMMANDS), None)
-    args = build_parser([command] if command else []).parse_args(argv)
-    debug = args.debug or os.environ.get("ERAT_DEBUG", "") not in ("", "0")
-    warnings.showwarning = one_line_warning
     previous = signal.signal(signal.SIGTERM, terminate)
-    try:
+    args = argparse.Namespace(debug=False)
+    try:  # (building the parser imports torch: a Ctrl-C then is one line too)
+        args = build_parser([command] if command else []).parse_args(argv)
+        warnings.showwarning = one_line_warning
         return int(args.run(args) or 0)
     except (KeyboardInterrupt, UserError, EnvironmentProblem, OSError) as e:
+        debug = args.debug or os.environ.get("ERAT_DEBUG", "") not in ("", "0")
         if debug and not isinstance(e, KeyboardInterrupt | BrokenPipeError):
             raise
         return exit_code(e, getattr(args, "hint", ""))  # (set by the command, if any)
