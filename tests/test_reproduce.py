@@ -63,6 +63,16 @@ def test_suite_runs_reports_and_resumes(suite_file, tmp_path):
     assert again[1]["clean_acc"] == rows[1]["clean_acc"]
 
 
+def test_the_time_left_says_autoattack_is_not_in_it():
+    """The time left counted the runs only, and AutoAttack after them took most of a suite's
+    time: the line says so when the suite has an AutoAttack stage."""
+    from erat.reproduce import SuiteClock
+
+    clock = SuiteClock(2, then=" before AutoAttack")
+    clock.start()
+    assert clock.line("a", True, "x").endswith(" left before AutoAttack)")
+
+
 def test_unknown_suite_is_one_line(capsys, tmp_path):
     assert main(["reproduce", "nope", "--out", str(tmp_path)]) == 2
     assert "unknown suite 'nope'" in capsys.readouterr().err

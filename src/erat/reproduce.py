@@ -87,7 +87,8 @@ def reproduce(
     _check_autoattack(suite, runs, cfgs)
     _check_plots(suite)
     rows, results, commands, test, left_out, pending = [], {}, [], None, [], []
-    clock = SuiteClock(len(mine), timed=not report_only)
+    clock = SuiteClock(len(mine), timed=not report_only,
+                       then=" before AutoAttack" if suite.get("autoattack") else "")
     said: list[str] = []  # run_one logs only when it trains or evaluates
 
     def noted(line: str) -> None:
@@ -156,10 +157,10 @@ def summary(row: dict[str, Any]) -> str:
 class SuiteClock:
     """The line of each run of a suite: ``[k/N name]``, its figures, the time it took, the
     time elapsed and, from the runs that trained or evaluated so far, about how long the
-    rest will take."""
+    rest will take (``then``: what follows the runs and is not counted, AutoAttack)."""
 
-    def __init__(self, total: int, timed: bool = True) -> None:
-        self.total, self.k, self.worked, self.timed = total, 0, [], timed
+    def __init__(self, total: int, timed: bool = True, then: str = "") -> None:
+        self.total, self.k, self.worked, self.timed, self.then = total, 0, [], timed, then
         self.t0 = self.began = time.perf_counter()
 
     def start(self) -> None:
@@ -174,7 +175,7 @@ class SuiteClock:
         if not self.timed:
             return f"[{self.k}/{self.total} {name}] {text}"
         eta = (f", about {_duration(left * sum(self.worked) / len(self.worked))} left"
-               if self.worked and left else "")
+               f"{self.then}" if self.worked and left else "")
         return (f"[{self.k}/{self.total} {name}] {text} ({_duration(now - self.began)}; "
                 f"{_duration(now - self.t0)} elapsed{eta})")
 
