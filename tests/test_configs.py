@@ -140,6 +140,9 @@ def test_one_resolution_path_refuses_budget_with_epochs_for_suites_too(tmp_path)
     ([({"S": -2}, "c.yaml"), ({"method": "er"}, "flags")], "c.yaml: S must be an integer >= 0"),
     ([({"lr": 0}, "s.yaml run a"), ({"lr": 0.1}, "the command line")], None),
     ([({"lr": -1}, "s.yaml run a"), ({}, "the command line")], "s.yaml run a: lr must be"),
+    ([({"method": "er"}, "s.yaml defaults"), ({"steps": 3}, "s.yaml run a")],
+     "s.yaml run a: method 'er' takes no --steps"),  # (blamed the defaults, which set er)
+    ([({"method": "erm"}, "c.yaml"), ({"eps": 0.5}, "flags")], "method 'erm' takes no --eps"),
 ])
 def test_a_refused_setting_is_named_where_it_was_given(layers, says):
     """Range and type errors named the setting as Python spells it (val_eps), whether it came
@@ -159,15 +162,19 @@ def test_a_refused_setting_is_named_where_it_was_given(layers, says):
 
 def test_a_method_switch_keeps_the_parameters_the_new_method_takes(capsys):
     """--method er over a --config file of trades with eps 1.0 trained at ER's default eps 2.0
-    without a word (every parameter of the file's method was dropped); now the parameters the
-    new method takes carry over, and the others are named as dropped."""
+    without a word (every parameter of the file's method was dropped); now the threat (eps,
+    norm) carries over, and the other parameters are named as dropped."""
     from erat.config import resolve
 
     cfg = resolve([({"method": "trades", "eps": 1.0, "steps": 3}, "c.yaml"),
                    ({"method": "er"}, "flags")])
     assert cfg.method_params == {"eps": 1.0}
-    assert "the method trades becomes er (flags); er takes no steps: dropped" in \
-        capsys.readouterr().err
+    assert "the method trades becomes er (flags); its steps dropped" in capsys.readouterr().err
+    # the threat only: a step size means another thing to each method (PGD's, Fast-AT's FGSM)
+    cfg = resolve([({"method": "pgd", "eps": 0.03, "norm": "linf", "step_size": 0.007},
+                    "c.yaml"), ({"method": "fast-at"}, "flags")])
+    assert cfg.method_params == {"eps": 0.03, "norm": "linf"}
+    assert "its step_size dropped" in capsys.readouterr().err
 
 
 def test_a_setting_without_effect_is_noted(tmp_path, capsys):

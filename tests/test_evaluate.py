@@ -266,7 +266,7 @@ def test_square_refuses_the_sizes_pyautoattack_cannot_tile():
     res = evaluate(net, x, y, eps=(0.5,), steps=2, sanity_n=6, masking_queries=5)
     note = {c["name"]: c for c in res["checks"]}["square_vs_whitebox"]
     assert note["severity"] == "note" and "not run: square cannot attack" in note["detail"]
-    with pytest.raises(UserError, match="--attack square cannot attack these images"):
+    with pytest.raises(UserError, match="the attack square cannot attack these images"):
         evaluate(net, x, y, attack="square", eps=(0.5,), square_queries=5)
 
 

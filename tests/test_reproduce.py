@@ -313,6 +313,9 @@ def test_landscape_settings_are_checked_before_any_training(tmp_path, capsys, pl
     ("plots:", "autoattack: {also: [err]}\nplots:", "autoattack.also must list runs"),
     ("plots:", "autoattack: {group: [method]}\nplots:", "autoattack.group must be a list of"),
     ("plots:", "autoatack: {n: 5}\nplots:", "unknown key(s) 'autoatack'; a suite holds"),
+    ("plots:", "autoattack: {group: [{family: 1}]}\nplots:", "autoattack.group must be a list"),
+    ("plots:", "autoattack: {also: er}\nplots:", "autoattack.also must be a list of run names"),
+    ("sanity_n: 10}", "sanity_n: 10, restart: 2}\nx:", "bad.yaml: unknown key(s) 'x'"),
     ("epochs: 1,", "epoch: 1,", "bad.yaml defaults: unknown setting 'epoch'; did you mean"),
     ("sanity_n: 10}", "sanity_n: 10, restart: 2}", "bad.yaml: eval: unknown evaluation setting"),
 ])
@@ -344,6 +347,24 @@ def test_a_grouped_run_without_validation_is_refused(tmp_path, capsys):
     path.write_text(path.read_text().replace("group: [family]", "group: [family], also: [erm]"))
     with pytest.raises(UserError, match="no run of suite"):  # in also: attacked as it is
         reproduce(str(path), out, report_only=True)
+
+
+def test_suite_checks_take_what_the_runs_use(tmp_path, capsys):
+    """A grouped run on its method's default eps has a validation robust accuracy (it was
+    refused: only a given eps counted); a run's own eval with another attack may leave a
+    shared option of the suite's unused; a mistake in the suite's eval block is blamed on the
+    block, not on the run that has an eval of its own."""
+    path, out = tmp_path / "s.yaml", tmp_path / "out"
+    text = SUITE.replace("epochs: 1,", "epochs: 1, val: 50,").replace(
+        "{name: erm, method: erm}", "{name: at, method: at, family: a, eval: {attack: fgsm}}"
+    ).replace("plots:", "autoattack: {group: [family]}\nplots:")
+    path.write_text(text)
+    with pytest.raises(UserError, match="no run of suite"):  # (every check passed)
+        reproduce(str(path), out, report_only=True)
+    path.write_text(text.replace("sanity_n: 10}", "sanity_n: 10, restart: 2}"))
+    assert main(["reproduce", str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: eval: unknown evaluation setting(s): restart" in err, err
 
 
 def test_a_landscape_index_past_the_test_set_is_said_not_drawn(tmp_path):

@@ -145,8 +145,9 @@ def masking(stages: Stages, flags: dict[str, Tensor]) -> dict:
 
 
 def masking_allowed(m: int) -> int:
-    """How many of ``m`` white-box survivors the black-box attack may fool: ``MASKING_TOL``
-    of them and at least one (one image is no evidence at a small ``m``)."""
+    """How many examples of a check subset of ``m`` the black-box attack may fool beyond the
+    white-box attacks: ``MASKING_TOL`` of ``m`` and at least one (one image is no evidence
+    at a small ``m``)."""
     return max(1, math.floor(MASKING_TOL * m))
 
 

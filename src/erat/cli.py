@@ -175,7 +175,7 @@ def run_eval(args: argparse.Namespace) -> int:
     options = {k: getattr(args, k) for k in attack_flags() if getattr(args, k) is not None}
     norm, eps = default_threat(args.run_dir, args.norm, args.eps)
     cfg = EvalConfig.build(args.attack, norm=norm, eps=eps, batch_size=args.batch_size,
-                           seed=args.seed, checks=args.checks, **options)
+                           seed=args.seed, checks=args.checks, strict=True, **options)
     result = evaluate_run(args.run_dir, cfg, n=args.n, data_dir=args.data_dir,
                           device=args.device, fresh=args.fresh, json_path=args.json,
                           external=_options(args.external, args), fast=args.fast == "auto")

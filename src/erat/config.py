@@ -6,8 +6,8 @@ defaults of :class:`TrainConfig` < the saved ``config.yaml`` of a run being resu
 ``--config FILE.yaml`` (or a suite's ``defaults`` and the run's own entry) < flags given on
 the command line. Keys that are not settings of :class:`TrainConfig` are the method's
 hyper-parameters (:func:`erat.methods.method_flags`) and go to ``method_params``; changing
-the method keeps the previous method's parameters that the new one takes (``eps``, ``norm``)
-and drops the others, with a note.
+the method keeps the previous method's threat (``eps``, ``norm``) where the new one takes it
+and drops the other parameters, with a note.
 
 Example::
 
@@ -196,18 +196,21 @@ def _did_you_mean(key: str) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
+CARRIED = ("eps", "norm")  # the threat: the one meaning every method gives these
+
+
 def _carried(params: dict[str, Any], old: str, new: str, source: str) -> dict[str, Any]:
     """The parameters of method ``old`` that carry over to method ``new`` (given by
-    ``source``): those ``new`` takes too (``eps``, ``norm``, ...); the others are dropped,
-    with a note naming them."""
+    ``source``): the threat (``CARRIED``) where ``new`` takes it; the others (a step size,
+    a weight: each method's own meaning) are dropped, with a note naming them."""
     try:
-        takes = set(method_params(new))
+        takes = set(method_params(new)) & set(CARRIED)
     except UserError:  # (an unknown method is refused by resolve, with its names)
         return {}
     dropped = sorted(set(params) - takes)
     if dropped:
-        print(f"erat: note: the method {old} becomes {new} ({source}); {new} takes no "
-              f"{', '.join(dropped)}: dropped", file=sys.stderr)
+        print(f"erat: note: the method {old} becomes {new} ({source}); its "
+              f"{', '.join(dropped)} dropped", file=sys.stderr)
     return {k: v for k, v in params.items() if k in takes}
 
 
@@ -240,8 +243,9 @@ def resolve(layers: Sequence[tuple[dict[str, Any], str]], saved: dict[str, Any] 
         raise _sourced(err, layers) from None
     try:
         build_method(cfg.method, **cfg.method_params)
-    except UserError as err:
-        raise _sourced(err, layers, "method") from None
+    except UserError as err:  # (a parameter the method does not take: where it was given)
+        foreign = sorted(set(cfg.method_params) - set(method_params(cfg.method)))
+        raise _sourced(err, layers, foreign[0] if foreign else "method") from None
     return cfg
 
 

@@ -125,9 +125,9 @@ def _check_square(cfg: EvalConfig, x: Tensor) -> None:
         refuses = getattr(ATTACKS[name], "refuses", None)
         why = refuses(x.shape[-2], x.shape[-1], cfg.norm) if refuses else None
         if why:
-            raise UserError(f"--attack {name} cannot attack these images (pyautoattack's "
+            raise UserError(f"the attack {name} cannot attack these images (pyautoattack's "
                             f"Square: {why}): resize them (--resize N for your own data) or "
-                            "choose --attack pgd")
+                            "attack with pgd")
 
 
 def _required(cfg: EvalConfig) -> dict[str, tuple[str, str]]:

@@ -51,6 +51,7 @@ from erat.evaluate import EvalConfig
 from erat.fields import flag
 from erat.files import atomic_write_text, check_writable_dir
 from erat.fit.guard import overfitting_epoch
+from erat.methods import build_method
 from erat.rundir import RunDir
 from erat.train import train
 
@@ -198,19 +199,31 @@ def _check_eval_settings(suite: dict[str, Any], runs: list[dict[str, Any]],
     where = suite.get("path", suite["suite"])
     for run, cfg in zip(runs, cfgs, strict=True):
         _check_energy(suite, run)
-        try:
-            if run.get("eval", True) is not False:
-                ev = {**(suite.get("eval") or {}), **(run.get("eval") or {})}
-                ev.pop("n", None)
-                EvalConfig.build(**_radii(ev, cfg))
-        except UserError as err:  # (the run's own eval mapping, else the suite's)
-            own = f" run {run['name']}" if isinstance(run.get("eval"), dict) else ""
-            raise UserError(f"{where}{own}: eval: {err}") from None
+        if run.get("eval", True) is not False:
+            ev = {**(suite.get("eval") or {}), **(run.get("eval") or {})}
+            try:
+                _check_eval(ev, cfg)
+            except UserError as err:  # blamed on the suite's block when it fails alone
+                own = f" run {run['name']}" if _check_eval(suite.get("eval") or {}, cfg,
+                                                           quiet=True) else ""
+                raise UserError(f"{where}{own}: eval: {err}") from None
         try:
             if spec:
-                EvalConfig.build(**_radii(spec, cfg))
+                _check_eval(spec, cfg)
         except UserError as err:
             raise UserError(f"{where}: autoattack.eval: {err}") from None
+
+
+def _check_eval(ev: dict[str, Any], cfg: TrainConfig, quiet: bool = False) -> bool:
+    """Whether the evaluation settings ``ev`` (a suite's ``eval``, ``n`` aside) resolve for
+    the run ``cfg``; ``UserError`` unless ``quiet``."""
+    try:
+        EvalConfig.build(**_radii({k: v for k, v in ev.items() if k != "n"}, cfg))
+    except UserError:
+        if not quiet:
+            raise
+        return False
+    return True
 
 
 AUTOATTACK_KEYS = ("n", "eval", "group", "also")
@@ -231,16 +244,19 @@ def _check_autoattack(suite: dict[str, Any], runs: list[dict[str, Any]],
     n, group, also = spec.get("n", 500), spec.get("group", []), spec.get("also") or []
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise UserError(f"{where}.n must be a number of test images (1 or more), got {n!r}")
-    if not isinstance(group, list) or set(group) - set(GROUP_KEYS):
+    if not isinstance(group, list) or not all(k in GROUP_KEYS for k in group):
         raise UserError(f"{where}.group must be a list of {', '.join(GROUP_KEYS)}, got {group!r}")
-    unknown = sorted(set(also) - {r["name"] for r in runs}) if isinstance(also, list) else also
+    if not isinstance(also, list) or not all(isinstance(a, str) for a in also):
+        raise UserError(f"{where}.also must be a list of run names, got {also!r}")
+    unknown = sorted(set(also) - {r["name"] for r in runs})
     if unknown:
         raise UserError(f"{where}.also must list runs of the suite; no run {unknown!r}")
     for run, cfg in zip(runs, cfgs, strict=True):
         placed = all(k in identity(run, cfg) for k in group)
         if not group or not placed or run.get("eval", True) is False or run["name"] in also:
             continue
-        if cfg.val is None or not (cfg.fit.val_eps or cfg.method_params.get("eps")):
+        eps = getattr(build_method(cfg.method, **cfg.method_params), "eps", None)
+        if cfg.val is None or not (cfg.fit.val_eps or eps):  # (validation's radius)
             raise UserError(
                 f"{where}.group chooses each group's best run by validation robust accuracy, "
                 f"which run {run['name']} lacks (it needs val and a val_eps or a method eps); "

@@ -30,7 +30,9 @@ def square_refusal(h: int, w: int, norm: str) -> str | None:
         return f"it draws square windows and these images are {h}x{w}"
     side = h // 5
     start = (h - 5 * side) // 2
-    if norm == "l2" and (side == 0 or (side > 1 and start + (h // side) * side > h)):
+    if norm == "l2" and side == 0:
+        return f"its l2 start tiles an image with 5x5 blocks; these are {h}x{h}"
+    if norm == "l2" and side > 1 and start + (h // side) * side > h:
         return (f"its l2 start tiles {h}x{h} images with blocks of side {side} that run past "
                 "the edge (10, 16, 28 and 32 fit)")
     return None
