@@ -281,6 +281,22 @@ def readable_columns(rows: Sequence[Mapping]) -> tuple[list[str], list[str]]:
     return keys, [column_name(k, rows) for k in keys]
 
 
+def table_columns(rows: Sequence[Mapping]) -> list[str]:
+    """Every column that holds a value in some row, in order of first appearance, the robust
+    accuracies together after ``clean_acc`` (whichever row has them)."""
+    present = [k for k in dict.fromkeys(k for row in rows for k in row)
+               if any(row.get(k) not in (None, "") for row in rows)]
+    robust = [k for k in present if _ROBUST_KEY.match(k)]
+    rest = [k for k in present if k not in robust]
+    cut = rest.index("clean_acc") + 1 if "clean_acc" in rest else len(rest)
+    return [*rest[:cut], *robust, *rest[cut:]]
+
+
+def every_column(rows: Sequence[Mapping], columns: Sequence[str]) -> list[str]:
+    """The lines of a report's full table (``results.md`` after its short one)."""
+    return ["## Every column (also in results.csv)", "", results_table(rows, columns), ""]
+
+
 def write_csv(rows: Sequence[Mapping], path: Path, columns: Sequence[str] | None = None) -> Path:
     """Rows to CSV; columns default to every key in order of first appearance. Nested values
     are written as JSON."""
@@ -396,11 +412,7 @@ def report_runs(runs: Sequence[Path], out: Path, *, eval_name: str = "eval.json"
         raise UserError(f"no {attack}-{norm} robust accuracies in the {eval_name} of "
                         f"{', '.join(map(str, runs))}: nothing to plot")
     drawn = _landscape_inputs(runs, index) if landscape_eps is not None else None
-    present = [k for k in dict.fromkeys(k for row in rows for k in row)
-               if any(row.get(k) is not None for row in rows)]
-    robust = [k for k in present if _ROBUST_KEY.match(k)]  # (together, whichever run has it)
-    rest = [k for k in present if k not in robust]
-    columns = [*rest[:rest.index("clean_acc") + 1], *robust, *rest[rest.index("clean_acc") + 1:]]
+    columns = table_columns(rows)
     keys, names = readable_columns(rows)
     if len(sizes) > 1:  # (said above: shown beside the accuracies)
         keys.insert(keys.index("clean_acc"), "n")
@@ -408,8 +420,8 @@ def report_runs(runs: Sequence[Path], out: Path, *, eval_name: str = "eval.json"
     short = results_table(rows, keys, headers=names, float_fmt="{:.3f}")
     out = Path(out)
     write_csv(rows, out / "results.csv", columns)
-    atomic_write_text(f"{short}\n\n## Every column (also in results.csv)\n\n"
-                      f"{results_table(rows, columns)}\n", out / "results.md")
+    atomic_write_text("\n".join([short, "", *every_column(rows, columns), ""]),
+                      out / "results.md")
     accuracy_vs_radius(results, out / "accuracy_vs_radius", attack=attack, norm=norm)
     if drawn is not None:
         models, x, y = drawn

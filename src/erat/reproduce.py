@@ -531,8 +531,7 @@ def write_report(suite: dict[str, Any], out: Path, rows: list[dict[str, Any]],
     names, then every column that holds a value), the plots; the short table is printed."""
     from erat import report
 
-    columns = [k for k in dict.fromkeys(k for row in rows for k in row)
-               if any(row.get(k) not in (None, "") for row in rows)]
+    columns = report.table_columns(rows)
     report.write_csv(rows, out / "results.csv", columns)
     ev = suite.get("eval") or {}
     label = resolve(ev.get("attack", "pgd"))[1][-1]
@@ -557,8 +556,8 @@ def write_report(suite: dict[str, Any], out: Path, rows: list[dict[str, Any]],
             *([f"Left out, not finished: {', '.join(left_out)}.", ""] if left_out else []),
             *_evaluation(out, rows, results),
             "![accuracy vs radius](accuracy_vs_radius.png)", "",
-            "## Every column (also in results.csv)", "", report.results_table(rows, columns),
-            "", "## Commands", "", "```", *commands, "```", "", "## Versions", "", "```",
+            *report.every_column(rows, columns),
+            "## Commands", "", "```", *commands, "```", "", "## Versions", "", "```",
             yaml.safe_dump(versions).strip(), "```", ""]
     atomic_write_text("\n".join(text), out / "results.md")
     log(short)
