@@ -254,8 +254,8 @@ def _sourced(err: UserError, layers: Sequence[tuple[dict[str, Any], str]],
     """``err`` naming where its setting was given. ``NAME must ...``: its flag when the
     command line gave it (``--val-eps must ...``), else the file or suite entry that gave it
     last (``c.yaml: epochs must ...``); any other message: the file or entry that gave the
-    setting ``fallback`` (a method's error, where its ``method`` was set). Unchanged when no
-    layer gave it."""
+    setting ``fallback`` (a method's error: the parameter it does not take, else ``method``).
+    Unchanged when no layer gave it."""
     key, _, rest = str(err).partition(" ")
     named = rest.startswith("must ")
     key = key if named else fallback
