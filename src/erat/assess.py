@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from erat import fields
 from erat.datasets import load_dataset, own_scheme, recorded_options
 from erat.distributed import resolve_device
 from erat.energy import check_settings
@@ -210,7 +211,7 @@ def energy_run(path: Path | None, *, eps: float, T: int, M: int, S: int, n: int 
     try:
         check_settings(eps, T, M, S, "max", norm)
     except UserError as err:  # (named as the flags: --T, --eps)
-        raise UserError(f"--{err}" if " must " in str(err) else str(err)) from None
+        raise fields.flagged(err) from None
     if batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {batch_size}")
     if json_path is not None:

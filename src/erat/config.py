@@ -32,7 +32,7 @@ from typing import Any
 from erat.datasets import dataset_names
 from erat.datasets.own import check_options
 from erat.errors import UserError
-from erat.fields import flag, param
+from erat.fields import flag, flagged, param
 from erat.files import read_yaml
 from erat.fit import FitOptions
 from erat.methods import build_method, method_flags, method_names, method_params, reserve
@@ -263,7 +263,7 @@ def _sourced(err: UserError, layers: Sequence[tuple[dict[str, Any], str]],
         if key is not None and (key in settings or key in (settings.get("method_params") or {})):
             if source != "flags":
                 return UserError(f"{source}: {err}")
-            return UserError(f"{flag(key)} {rest}") if named else err
+            return flagged(err)
     return err
 
 

@@ -39,7 +39,7 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor
 
-from erat.errors import UserError
+from erat import fields
 from erat.losses import LossFn
 from erat.search import search_direction
 from erat.threat import Norm, check_radius, dual_norm, random_direction
@@ -155,10 +155,8 @@ def check_settings(eps: float, T: int, M: int, S: int, reduce: str, norm: str = 
     :func:`erat.threat.check_radius` (``warn``: an l2-sized l-inf radius warns once)."""
     check_radius(eps, norm, warn=warn)
     for name, value, least in (("T", T, 1), ("M", M, 1), ("S", S, 0)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            raise UserError(f"{name} must be an integer >= {least}, got {value!r}")
-    if reduce not in REDUCES:
-        raise UserError(f"reduce must be one of {', '.join(REDUCES)}, got {reduce!r}")
+        fields.integer(name, value, least)
+    fields.choice("reduce", reduce, REDUCES)
 
 
 def energy(
@@ -190,8 +188,7 @@ def energy(
     ``max_points`` caps the points per pass (for evaluation without a graph).
     """
     check_settings(eps, T, M, S, reduce, norm, warn=False)
-    if estimator not in ESTIMATORS:
-        raise UserError(f"estimator must be one of {', '.join(ESTIMATORS)}, got {estimator!r}")
+    fields.choice("estimator", estimator, ESTIMATORS)
     u1 = search_direction(loss_fn, x, eps, S=S, start_direction=first_direction,
                           step_size=step_size, norm=norm)
     dirs = torch.stack([u1, *(random_direction(x, norm) for _ in range(M - 1))])  # [M, B, ..]

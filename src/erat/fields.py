@@ -1,4 +1,5 @@
-"""Hyper-parameters as dataclass fields that become command-line flags by themselves.
+"""Hyper-parameters as dataclass fields that become command-line flags by themselves, and
+the one-line checks of their values.
 
 A method (:mod:`erat.methods`) or an attack (:mod:`erat.attacks`) declares each setting
 with :func:`param`; :func:`flag_specs` turns the fields of every registered class into one
@@ -17,10 +18,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal, NamedTuple
+
+from erat.errors import UserError
 
 
 class FlagSpec(NamedTuple):
@@ -151,6 +155,46 @@ class HelpFormatter(argparse.HelpFormatter):
 def flag(name: str) -> str:
     """The command-line flag of a setting: ``val_eps`` -> ``--val-eps``."""
     return "--" + name.replace("_", "-")
+
+
+def flagged(err: UserError) -> UserError:
+    """``err`` naming its setting as the flag: ``val_eps must ...`` -> ``--val-eps must ...``
+    (any other message unchanged)."""
+    name, _, rest = str(err).partition(" ")
+    return UserError(f"{flag(name)} {rest}") if rest.startswith("must ") else err
+
+
+def finite_nonneg(name: str, value: float) -> None:
+    """A setting that must be a finite number >= 0 (one-line ``UserError`` otherwise)."""
+    if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        raise UserError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
+def fraction(name: str, value: float) -> None:
+    """A setting that must be a number in [0, 1]."""
+    if not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise UserError(f"{name} must be a number in [0, 1], got {value!r}")
+
+
+def positive(name: str, value: float | None, *, optional: bool = False) -> None:
+    """A setting that must be a finite number > 0 (or None when ``optional``)."""
+    if optional and value is None:
+        return
+    if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+        raise UserError(f"{name} must be a finite number > 0, got {value!r}")
+
+
+def integer(name: str, value: int, minimum: int) -> None:
+    """A setting that must be an integer >= ``minimum`` (a bool is not one)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise UserError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def choice(name: str, value: str, options: Iterable[str]) -> None:
+    """A setting that must be one of ``options``."""
+    options = tuple(options)
+    if value not in options:
+        raise UserError(f"{name} must be one of {', '.join(options)}, got {value!r}")
 
 
 def add_flags(group, specs: dict, defaults: dict | None = None) -> None:

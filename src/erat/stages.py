@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from erat import fields
 from erat.attacks import Attack, attack_options, build_attack, correct, resolve, robust_key
 from erat.attacks.base import ATTACKS
 from erat.errors import UserError
@@ -64,11 +65,12 @@ class EvalConfig:
         if not eps:
             raise UserError("eps must be a non-empty list of radii")
         object.__setattr__(self, "eps", tuple(check_radius(e, self.norm) for e in eps))
-        for name, least in (("batch_size", 1), ("sanity_n", 0), ("masking_queries", 1)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                raise UserError(f"{flag(name) if name == 'batch_size' else name} must be an "
-                                f"integer >= {least}, got {value!r}")
+        try:
+            fields.integer("batch_size", self.batch_size, 1)
+        except UserError as err:
+            raise fields.flagged(err) from None
+        fields.integer("sanity_n", self.sanity_n, 0)
+        fields.integer("masking_queries", self.masking_queries, 1)
         # options of the wrong type or range fail here, once
         object.__setattr__(self, "built", tuple(build_attack(a, self.options)
                                                 for a in self.attacks))

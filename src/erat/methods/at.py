@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from erat import fields
 from erat.losses import cross_entropy, supervised_loss
-from erat.methods import _checks
 from erat.methods.base import BACKWARD, FORWARD, Batch, StepOutput, param, register, rows
 from erat.passes import perturbed_pass, supervised_search
 from erat.search import fgm
@@ -44,7 +44,7 @@ class AT:
 
     def __post_init__(self) -> None:
         check_radius(self.eps, self.norm)
-        _checks.finite_nonneg("adv_weight", self.adv_weight)
+        fields.finite_nonneg("adv_weight", self.adv_weight)
 
     def __call__(self, model: nn.Module, batch: Batch) -> StepOutput:
         x, y = batch.x, batch.y

@@ -49,6 +49,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from erat import fields
 from erat.energy import ESTIMATORS, REDUCES, EnergyEstimate, Estimator, Reduce, energy
 from erat.fields import param
 from erat.losses import (
@@ -59,7 +60,6 @@ from erat.losses import (
     supervised_loss,
     virtual_loss,
 )
-from erat.methods import _checks
 from erat.methods.base import BACKWARD, FORWARD, STEP_SIZE_HELP, Batch, StepOutput, register, rows
 from erat.passes import (
     dropout_active,
@@ -118,23 +118,23 @@ class ER:
 
     def __post_init__(self) -> None:
         check_radius(self.eps, self.norm)
-        _checks.integer("T", self.T, 1)
-        _checks.integer("M", self.M, 1)
+        fields.integer("T", self.T, 1)
+        fields.integer("M", self.M, 1)
         if self.S is not None:
-            _checks.integer("S", self.S, 0)
-        _checks.choice("reduce", self.reduce, REDUCES)
-        _checks.choice("estimator", self.estimator, ESTIMATORS)
+            fields.integer("S", self.S, 0)
+        fields.choice("reduce", self.reduce, REDUCES)
+        fields.choice("estimator", self.estimator, ESTIMATORS)
         if self.lam is not None:
-            _checks.finite_nonneg("lam", self.lam)
-        _checks.finite_nonneg("lam_u", self.lam_u)
-        _checks.finite_nonneg("lam_kl", self.lam_kl)
-        _checks.finite_nonneg("balance", self.balance)
-        _checks.positive("xi", self.xi)
-        _checks.integer("power_iters", self.power_iters, 1)
-        _checks.positive("step_size", self.step_size, optional=True)
+            fields.finite_nonneg("lam", self.lam)
+        fields.finite_nonneg("lam_u", self.lam_u)
+        fields.finite_nonneg("lam_kl", self.lam_kl)
+        fields.finite_nonneg("balance", self.balance)
+        fields.positive("xi", self.xi)
+        fields.integer("power_iters", self.power_iters, 1)
+        fields.positive("step_size", self.step_size, optional=True)
         if self.warmup_updates is not None:
-            _checks.integer("warmup_updates", self.warmup_updates, 0)
-        _checks.fraction("ramp", self.ramp)
+            fields.integer("warmup_updates", self.warmup_updates, 0)
+        fields.fraction("ramp", self.ramp)
 
     def _rays(self, model: nn.Module, loss_fn: LossFn, x: Tensor, u1: Tensor,
               loss_at_x: Tensor | None, eps: float) -> EnergyEstimate:

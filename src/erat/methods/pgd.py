@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from erat import fields
 from erat.fields import param
 from erat.losses import cross_entropy, supervised_loss
-from erat.methods import _checks
 from erat.methods.base import BACKWARD, FORWARD, STEP_SIZE_HELP, Batch, StepOutput, register, rows
 from erat.passes import supervised_search
 from erat.search import pgd
@@ -42,8 +42,8 @@ class PGD:
 
     def __post_init__(self) -> None:
         check_radius(self.eps, self.norm)
-        _checks.integer("steps", self.steps, 1)
-        _checks.positive("step_size", self.step_size, optional=True)
+        fields.integer("steps", self.steps, 1)
+        fields.positive("step_size", self.step_size, optional=True)
 
     def __call__(self, model: nn.Module, batch: Batch) -> StepOutput:
         x, y = batch.x, batch.y

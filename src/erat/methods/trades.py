@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from erat import fields
 from erat.fields import param
 from erat.losses import cross_entropy, kl_div, virtual_loss
-from erat.methods import _checks
 from erat.methods.base import BACKWARD, FORWARD, STEP_SIZE_HELP, Batch, StepOutput, register, rows
 from erat.passes import is_stochastic, perturbed_pass, supervised_search, supervised_target
 from erat.search import pgd
@@ -44,9 +44,9 @@ class TRADES:
 
     def __post_init__(self) -> None:
         check_radius(self.eps, self.norm)
-        _checks.integer("steps", self.steps, 1)
-        _checks.positive("step_size", self.step_size, optional=True)
-        _checks.finite_nonneg("beta", self.beta)
+        fields.integer("steps", self.steps, 1)
+        fields.positive("step_size", self.step_size, optional=True)
+        fields.finite_nonneg("beta", self.beta)
 
     def adversarial(self, model: nn.Module, x: Tensor, clean_logits: Tensor | None = None
                     ) -> Tensor:

@@ -34,8 +34,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from erat import fields
 from erat.losses import class_balance, cross_entropy, entropy, kl_div
-from erat.methods import _checks
 from erat.methods.base import BACKWARD, FORWARD, Batch, StepOutput, param, register, rows
 from erat.passes import dropout_active, label_free_search, label_free_target, shared_statistics
 from erat.search import XI, vat_direction, vat_step
@@ -66,10 +66,10 @@ class VAT:
 
     def __post_init__(self) -> None:
         check_radius(self.eps, self.norm)
-        _checks.positive("xi", self.xi)
-        _checks.integer("power_iters", self.power_iters, 1)
-        _checks.finite_nonneg("adv_weight", self.adv_weight)
-        _checks.finite_nonneg("balance", self.balance)
+        fields.positive("xi", self.xi)
+        fields.integer("power_iters", self.power_iters, 1)
+        fields.finite_nonneg("adv_weight", self.adv_weight)
+        fields.finite_nonneg("balance", self.balance)
 
     def __call__(self, model: nn.Module, batch: Batch) -> StepOutput:
         x, y = batch.x, batch.y
