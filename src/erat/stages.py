@@ -65,10 +65,7 @@ class EvalConfig:
         if not eps:
             raise UserError("eps must be a non-empty list of radii")
         object.__setattr__(self, "eps", tuple(check_radius(e, self.norm) for e in eps))
-        try:
-            fields.integer("batch_size", self.batch_size, 1)
-        except UserError as err:
-            raise fields.flagged(err) from None
+        fields.integer("batch_size", self.batch_size, 1)
         fields.integer("sanity_n", self.sanity_n, 0)
         fields.integer("masking_queries", self.masking_queries, 1)
         # options of the wrong type or range fail here, once
@@ -82,7 +79,8 @@ class EvalConfig:
         comma-separated list or a sequence), this class's fields, and attack options;
         ``checks=False`` sets ``sanity_n = 0``. Unknown names raise ``UserError``; with
         ``strict`` (``erat eval``'s flags) so does an option that no attack run takes (a
-        suite's shared settings may hold options of another run's attack)."""
+        suite's shared settings may hold options of another run's attack), and a refused
+        setting is named as its flag."""
         if "attack" in settings:  # the flag's and the suites' name for it
             attacks = settings.pop("attack")
         names, labels = resolve(attacks)
@@ -103,7 +101,10 @@ class EvalConfig:
             owners = [a for a in ATTACKS if unused[0] in attack_options(a)]
             raise UserError(f"{flag(unused[0])} is an option of {', '.join(owners)}, which "
                             f"--attack {','.join(names)} does not run")
-        return cls(attacks=names, labels=labels, options=options, **base)
+        try:
+            return cls(attacks=names, labels=labels, options=options, **base)
+        except UserError as err:  # (named as the flag that gave the setting)
+            raise fields.flagged(err) if strict else err from None
 
     def settings(self) -> dict[str, Any]:
         """The settings as plain JSON-ready data (without the built attacks)."""

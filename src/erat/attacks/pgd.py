@@ -10,9 +10,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from erat import search
+from erat import fields, search
 from erat.attacks.base import correct, option, register_attack
-from erat.errors import UserError
 from erat.losses import supervised_loss
 from erat.threat import Threat
 
@@ -29,12 +28,9 @@ class PGDAttack:
     restarts: int = option(1, "PGD restarts, each on the survivors of the previous")
 
     def __post_init__(self) -> None:
-        if not isinstance(self.steps, int) or self.steps < 1:
-            raise UserError(f"--steps must be an integer >= 1, got {self.steps!r}")
-        if not isinstance(self.restarts, int) or self.restarts < 1:
-            raise UserError(f"--restarts must be an integer >= 1, got {self.restarts!r}")
-        if self.step_size is not None and not (0 < self.step_size < float("inf")):
-            raise UserError(f"--step-size must be a finite number > 0, got {self.step_size}")
+        fields.integer("steps", self.steps, 1)
+        fields.integer("restarts", self.restarts, 1)
+        fields.positive("step_size", self.step_size, optional=True)
 
     def step(self, eps: float) -> float:
         return search.pgd_step_size(eps, self.steps, self.step_size)

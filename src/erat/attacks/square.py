@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
+from erat import fields
 from erat.attacks.autoattack import REQUIRES, run_pyautoattack, square_refusal
 from erat.attacks.base import option, register_attack
-from erat.errors import UserError
 from erat.threat import Threat
 
 
@@ -24,9 +24,7 @@ class Square:
     refuses = staticmethod(square_refusal)  # the image sizes pyautoattack's Square cannot
 
     def __post_init__(self) -> None:
-        if not isinstance(self.square_queries, int) or self.square_queries < 1:
-            raise UserError(f"--square-queries must be an integer >= 1, got "
-                            f"{self.square_queries!r}")
+        fields.integer("square_queries", self.square_queries, 1)
 
     def describe(self) -> str:
         return f"Square ({self.square_queries} queries, black-box)"
