@@ -18,6 +18,7 @@ import pytest
 import torch
 import yaml
 
+import erat.errors
 import erat.files
 from erat.cli import main
 from erat.config import TrainConfig
@@ -452,6 +453,28 @@ def test_a_signal_gives_one_line_a_resume_hint_and_no_stale_lock(tmp_path, sig, 
     assert proc.returncode == code and "Traceback" not in err and word in err
     assert f"erat train --out {out} --resume" in err and err.count("\n") == 1
     assert not (out / ".lock").exists()
+
+
+def test_an_error_after_a_signal_is_the_signal(monkeypatch, capsys):
+    """An import cut by Ctrl-C can fail later as another error (numpy: "cannot load module
+    more than once per process"): it is reported as the interruption, not as a traceback."""
+    def cut_import(commands=None):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)  # (the handler raises here)
+        except KeyboardInterrupt:
+            pass  # (swallowed half-way, as a C extension's import may)
+        raise ImportError("cannot load module more than once per process")
+
+    monkeypatch.setattr("erat.cli.build_parser", cut_import)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        assert main(["train"]) == 130
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert capsys.readouterr().err == "erat: interrupted\n"
+    assert erat.errors.reported(ImportError("x"), []) is None  # (without a signal: a bug)
+    assert erat.errors.reported(SystemExit(2), [KeyboardInterrupt()]) is None
 
 
 def test_help_shows_defaults(capsys):

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from erat.errors import EnvironmentProblem, UserError, exit_code, one_line_warning, terminate
+from erat.errors import exit_code, one_line_warning, reported, signals
 from erat.fields import HelpFormatter, Parser, add_flags, add_options, radii
 
 COMMANDS = {"train": "train a classifier with a robust-training method",
@@ -35,19 +34,19 @@ CHECKS_FAILED = 3  # exit code of an evaluation (or a suite) whose sanity checks
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if a in COMMANDS), None)
-    previous = signal.signal(signal.SIGTERM, terminate)
     args = argparse.Namespace(debug=False)
-    try:  # (building the parser imports torch: a Ctrl-C then is one line too)
-        args = build_parser([command] if command else []).parse_args(argv)
-        warnings.showwarning = one_line_warning
-        return int(args.run(args) or 0)
-    except (KeyboardInterrupt, UserError, EnvironmentProblem, OSError) as e:
-        debug = args.debug or os.environ.get("ERAT_DEBUG", "") not in ("", "0")
-        if debug and not isinstance(e, KeyboardInterrupt | BrokenPipeError):
-            raise
-        return exit_code(e, getattr(args, "hint", ""))  # (set by the command, if any)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    with signals() as received:
+        try:  # (building the parser imports torch: a Ctrl-C then is one line too)
+            args = build_parser([command] if command else []).parse_args(argv)
+            warnings.showwarning = one_line_warning
+            return int(args.run(args) or 0)
+        except BaseException as e:
+            shown = reported(e, received)
+            debug = args.debug or os.environ.get("ERAT_DEBUG", "") not in ("", "0")
+            if shown is None or debug and not isinstance(shown, KeyboardInterrupt
+                                                          | BrokenPipeError):
+                raise
+            return exit_code(shown, getattr(args, "hint", ""))  # (set by the command)
 
 
 def build_parser(commands: Sequence[str] | None = None) -> argparse.ArgumentParser:

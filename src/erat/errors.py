@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 
@@ -42,9 +44,33 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, handled like SIGINT: locks released, one line, a resume hint."""
 
 
-def terminate(signum: int, frame: Any) -> None:
-    """The SIGTERM handler of the command line: unwind as for SIGINT."""
-    raise Terminated()
+@contextlib.contextmanager
+def signals() -> Iterator[list[KeyboardInterrupt]]:
+    """SIGINT and SIGTERM raised as ``KeyboardInterrupt`` and :class:`Terminated` (SIGTERM
+    unwinds as SIGINT does) and recorded in the list yielded; the former handlers after. A
+    signal the process was started ignoring (a job started in the background) stays ignored."""
+    received: list[KeyboardInterrupt] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        received.append(Terminated() if signum == signal.SIGTERM else KeyboardInterrupt())
+        raise received[-1]
+
+    before = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)
+              if signal.getsignal(s) is not signal.SIG_IGN}
+    try:
+        yield received
+    finally:
+        for s, h in before.items():
+            signal.signal(s, h)
+
+
+def reported(e: BaseException, received: list[KeyboardInterrupt]) -> BaseException | None:
+    """What the command line reports in one line for ``e``: a user's or the environment's
+    error, or a signal. After a signal any other error is reported as the signal (an import
+    interrupted half-way fails later as an ``ImportError``). None: a bug, or argparse's exit."""
+    if isinstance(e, KeyboardInterrupt | UserError | EnvironmentProblem | OSError):
+        return e
+    return received[0] if received and isinstance(e, Exception) else None
 
 
 def one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
