@@ -540,6 +540,9 @@ BAD_MODELS = {
     "whole-model pickle": (_whole_model_pickle, r"not a TorchScript or torch.export"),
     "not a torch file": (_text_weights, r"cannot read w.txt: not a file torch.save wrote; "
                                         r"wanted a valid state dict"),
+    "kwargs the data sets": (lambda f: ["--model", "mynet:build", "--model-kwargs",
+                                        '{"num_classes": 3}'],
+                             r"--model-kwargs must not set num_classes: the data sets it"),
 }
 
 

@@ -36,7 +36,7 @@ from erat.fields import flag, flagged, param
 from erat.files import read_yaml
 from erat.fit import FitOptions
 from erat.methods import build_method, method_flags, method_names, method_params, reserve
-from erat.models import model_names
+from erat.models import check_kwargs, model_names
 
 RENAMED = {"epoch_steps": "epoch_updates", "warmup_steps": "warmup_updates",
            "alpha": "adv_weight"}
@@ -84,6 +84,7 @@ class TrainConfig:
         if self.val is not None and self.val < 1:
             raise UserError(f"val must be an integer >= 1, got {self.val}")
         check_options(self.test_split, self.resize)
+        check_kwargs(self.model_kwargs)
 
     @property
     def data_options(self) -> dict[str, Any]:

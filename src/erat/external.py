@@ -42,9 +42,9 @@ from torch import Tensor, nn
 
 from erat.datasets import DatasetInfo, dataset_info, load_dataset
 from erat.errors import UserError, first_line
-from erat.fields import param
+from erat.fields import flagged, param
 from erat.files import load_file_and_digest
-from erat.models import Normalize
+from erat.models import Normalize, check_kwargs
 from erat.models.factory import build_factory, is_factory
 from erat.rundir import cache_state_path
 
@@ -187,6 +187,10 @@ def _network(options: ExternalOptions, info: DatasetInfo, seed: int = 0
                      "model_sha256": hashlib.sha256(data).hexdigest()}
     if not is_factory(spec):
         raise UserError(f"--model {spec}: no such file, and not MODULE:FACTORY")
+    try:
+        check_kwargs(options.model_kwargs)
+    except UserError as err:
+        raise flagged(err) from None
     with torch.random.fork_rng(devices=[]):  # (the weights it builds: the same each time)
         torch.manual_seed(seed)
         net = build_factory(spec, in_shape=info.shape, num_classes=info.num_classes,

@@ -5,6 +5,7 @@ from erat.models.registry import (
     MODELS,
     Normalize,
     build_model,
+    check_kwargs,
     model_names,
     model_params,
     register_model,
@@ -13,4 +14,5 @@ from erat.registry import import_package
 
 import_package(__name__, __path__, helpers={"registry", "factory"})
 
-__all__ = ["MODELS", "Normalize", "build_model", "model_names", "model_params", "register_model"]
+__all__ = ["MODELS", "Normalize", "build_model", "check_kwargs", "model_names", "model_params",
+           "register_model"]

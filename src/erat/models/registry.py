@@ -64,6 +64,17 @@ def model_params(name: str) -> dict[str, Any]:
     return {p.name: p.default for p in params if p.name not in ("in_shape", "num_classes")}
 
 
+DATA_ARGS = ("in_shape", "num_classes", "mean", "std")  # what build_model takes from the data
+
+
+def check_kwargs(kwargs: dict[str, Any]) -> None:
+    """Refuse a model keyword argument that the data sets (:data:`DATA_ARGS`): a second value
+    would be a ``TypeError`` deep in the call."""
+    fixed = [k for k in DATA_ARGS if k in kwargs]
+    if fixed:
+        raise UserError(f"model_kwargs must not set {fixed[0]}: the data sets it")
+
+
 def build_model(
     name: str,
     *,
