@@ -202,12 +202,15 @@ def test_runs_evaluated_on_different_numbers_of_images_are_said(tmp_path, capsys
         (run / "eval.json").write_text(json.dumps(
             {"clean_acc": 0.9, "robust_acc": {"pgd-l2-eps0.5": 0.5}, "checks_failed": 0,
              "threat": {"attack": "pgd", "norm": "l2", "n": n}}))
+        norm, eps = ("l2", 0.3) if name == "a" else ("linf", 1.0)  # (energies of two balls)
+        (run / "energy.json").write_text(json.dumps(
+            {"energy_mean": 0.1, "settings": {"norm": norm, "eps": eps, "n": 20}}))
         runs.append(str(run))
     capsys.readouterr()
     assert main(["report", *runs, "--out", str(tmp_path / "rep")]) == 0
     out = capsys.readouterr().out
     assert "evaluated on different numbers of test images (40, 50" in out
-    assert "| run | method | n | clean | PGD-l2 0.5 |" in out  # (the n column was in the file only)
+    assert "| run | method | n | clean | PGD-l2 0.5 | energy l2 0.3 | energy l-inf 1 |" in out
     text = (tmp_path / "rep" / "results.md").read_text()  # the same names as reproduce's
     assert text.startswith("| run | method | n | clean |") and "## Every column" in text
     with (tmp_path / "rep" / "results.csv").open() as f:

@@ -245,6 +245,7 @@ def results_table(rows: Sequence[Mapping], columns: Sequence[str], *,
 _ATTACK_NAMES = {"pgd": "PGD", "fgsm": "FGSM", "autoattack": "AutoAttack",
                  "square": "Square", "all": "PGD+AutoAttack"}
 _ROBUST_KEY = re.compile(r"^(aa_)?([a-z0-9+]+)-(l2|linf)-eps([0-9.e+-]+)$")
+_ENERGY_KEY = re.compile(r"^energy-(l2|linf)-eps([0-9.e+-]+)$")  # erat report's energy column
 # the columns of a short table: these first, the robust accuracies, then those after
 _FIRST = {"name": "run", "run": "run", "method": "method", "budget": "budget",
           "radius": "radius", "clean_acc": "clean"}
@@ -259,6 +260,8 @@ def column_name(key: str, rows: Sequence[Mapping] = ()) -> str | None:
     short tables leave to the CSV."""
     if key in _FIRST or key in _LAST:
         return {**_FIRST, **_LAST}[key]
+    if m := _ENERGY_KEY.match(key):
+        return f"energy {'l-inf' if m[1] == 'linf' else m[1]} {m[2]}"
     m = _ROBUST_KEY.match(key)
     if m is None:
         return None
@@ -277,7 +280,8 @@ def readable_columns(rows: Sequence[Mapping]) -> tuple[list[str], list[str]]:
                if any(r.get(k) not in (None, "") for r in rows)]
     first = [k for k in _FIRST if k in present and not (k == "run" and "name" in present)]
     robust = [k for k in present if _ROBUST_KEY.match(k)]
-    keys = first + robust + [k for k in _LAST if k in present]
+    energy = [k for k in present if _ENERGY_KEY.match(k)]
+    keys = first + robust + energy + [k for k in _LAST if k in present]
     return keys, [column_name(k, rows) for k in keys]
 
 
@@ -432,10 +436,21 @@ def report_runs(runs: Sequence[Path], out: Path, *, eval_name: str = "eval.json"
     return rows
 
 
+def _energy_column(energy: object) -> dict[str, float]:
+    """The mean energy of an ``energy.json`` under a key naming its ball
+    (``energy-l2-eps0.5``): runs measured at other radii or norms get other columns."""
+    if not isinstance(energy, dict) or energy.get("energy_mean") is None:
+        return {}
+    s = energy.get("settings") or {}
+    eps = s.get("eps")
+    shown = f"{eps:g}" if isinstance(eps, int | float) else "?"
+    return {f"energy-{s.get('norm', 'l2')}-eps{shown}": energy["energy_mean"]}
+
+
 def _run_row(run: Path, name: str, result: dict) -> dict:
     """The report's row of a run folder: its name, method (``config.yaml``), test images,
-    accuracies, mean energy (``energy.json``, when measured), failed checks, and what the
-    training guard flagged."""
+    accuracies, mean energy (``energy.json``, when measured, keyed by its ball), failed
+    checks, and what the training guard flagged."""
     from erat.rundir import RunDir
 
     folder = RunDir(run)
@@ -444,5 +459,5 @@ def _run_row(run: Path, name: str, result: dict) -> dict:
         if (run / RunDir.ENERGY).is_file() else {}
     return {"run": name, "method": method, "n": result["threat"].get("n"),
             "clean_acc": result["clean_acc"], **result["robust_acc"],
-            "energy_mean": energy.get("energy_mean") if isinstance(energy, dict) else None,
+            **_energy_column(energy),
             "checks_failed": result.get("checks_failed", 0), **_training_notes(run)}

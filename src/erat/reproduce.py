@@ -566,7 +566,7 @@ def write_report(suite: dict[str, Any], out: Path, rows: list[dict[str, Any]],
 def _evaluation(out: Path, rows: list[dict[str, Any]], results: dict[str, dict]) -> list[str]:
     """The lines of ``results.md`` that say how the test figures were computed: each
     distinct setting of the runs' evaluations and of their AutoAttack (from the ``threat``
-    of their JSON files), with the runs it applies to."""
+    of their JSON files) and of their energy, with the runs it applies to."""
     import json
 
     threats = [(name, "", result.get("threat") or {}) for name, result in results.items()]
@@ -582,6 +582,13 @@ def _evaluation(out: Path, rows: list[dict[str, Any]], results: dict[str, dict])
         said.setdefault(f"{what}{t.get('norm')} at {eps}, worst case {t.get('worst_case')}"
                         f"{steps}, on {t.get('n')} of {t.get('n_total')} test images", []
                         ).append(name)
+    for row in rows:  # the energy column's ball and estimate
+        file = out / "runs" / row["name"] / "energy.json"
+        if row.get("energy_mean") is not None and file.is_file():
+            e = json.loads(file.read_text()).get("settings") or {}
+            said.setdefault(f"energy: {e.get('norm')} at {e.get('eps')}, T {e.get('T')}, "
+                            f"M {e.get('M')}, S {e.get('S')}, on the first {e.get('n')} test "
+                            "images", []).append(row["name"])
     if not said:
         return []
     return ["## Evaluation", "", *[f"- {line} ({', '.join(names)})" for line, names in
