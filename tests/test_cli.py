@@ -184,6 +184,9 @@ def test_bench_errors_are_one_line(tmp_path, capsys, args, message):
     [
         (["train", "--epochs", "abc"], "erat train: error: argument --epochs: invalid int"),
         (["eval", "RUN", "--eps", "abc"], "erat eval: error: argument --eps: radii"),
+        (["eval", "RUN", "--eps", "0.5,,1"], "erat eval: error: argument --eps: radii"),
+        (["train", "--out", ""], "erat train: error: argument --out: a path, not an empty"),
+        (["report", "r", "--out", " "], "erat report: error: argument --out: a path, not an"),
         (["eval", "RUN", "--no-progress"], "erat eval: error: unrecognized arguments: "
                                            "--no-progress"),
         (["bench", "--steps", "x"], "erat bench: error: argument --steps"),

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from erat.errors import exit_code, one_line_warning, reported, signals
-from erat.fields import HelpFormatter, Parser, add_flags, add_options, radii
+from erat.fields import HelpFormatter, Parser, add_flags, add_options, path, radii
 
 COMMANDS = {"train": "train a classifier with a robust-training method",
             "eval": "clean and robust accuracy of a trained run",
@@ -84,8 +84,8 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     from erat.methods import method_flags
 
     p.argument_default = argparse.SUPPRESS  # only what is given overrides --config
-    p.add_argument("--out", required=True, type=Path, help="run folder to write")
-    p.add_argument("--config", type=Path, help="YAML file of settings (flags override it)")
+    p.add_argument("--out", required=True, type=path, help="run folder to write")
+    p.add_argument("--config", type=path, help="YAML file of settings (flags override it)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--overwrite", action="store_true", help="replace the run in --out")
     p.add_argument("--stop-after", type=int, help="stop after this epoch (resume later)")
@@ -128,7 +128,7 @@ def run_train(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------- eval, energy
 def _add_run_data_args(p: argparse.ArgumentParser, batch_size: int) -> None:
     from erat.external import ExternalOptions
-    p.add_argument("run_dir", type=Path, nargs="?", help="run folder (or a model.pt file)")
+    p.add_argument("run_dir", type=path, nargs="?", help="run folder (or a model.pt file)")
     add_options(p.add_argument_group("a model from outside erat, instead of a run folder "
                                      "(docs/own-model-and-data.md)"), ExternalOptions)
     p.set_defaults(external=ExternalOptions)  # run_eval, run_energy: _options(args.external)
@@ -140,7 +140,7 @@ def _add_run_data_args(p: argparse.ArgumentParser, batch_size: int) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, ...")
     p.add_argument("--norm", choices=["l2", "linf"], help="the threat's norm (default: the "
                    "run's training norm; l2 for a model from outside erat)")
-    p.add_argument("--json", type=Path, help="write the result as JSON here (checked before "
+    p.add_argument("--json", type=path, help="write the result as JSON here (checked before "
                    "any work)")
 
 
@@ -219,8 +219,8 @@ def run_energy(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------- report, reproduce
 def _add_report(p: argparse.ArgumentParser) -> None:
-    p.add_argument("runs", nargs="+", type=Path, help="run folders holding eval.json")
-    p.add_argument("--out", type=Path, required=True, help="folder for the tables and plots")
+    p.add_argument("runs", nargs="+", type=path, help="run folders holding eval.json")
+    p.add_argument("--out", type=path, required=True, help="folder for the tables and plots")
     p.add_argument("--eval-name", default="eval.json", help="evaluation JSON inside each run")
     p.add_argument("--landscape-eps", type=float, help="also draw the loss landscape here")
     p.add_argument("--index", type=int, help="test image of the landscape (default: 0)")
@@ -239,7 +239,7 @@ def _add_reproduce(p: argparse.ArgumentParser) -> None:
     from erat.config import suite_names
 
     p.add_argument("suite", help=f"{', '.join(suite_names())}, or a YAML file")
-    p.add_argument("--out", type=Path, help="report folder (default: runs/SUITE)")
+    p.add_argument("--out", type=path, help="report folder (default: runs/SUITE)")
     p.add_argument("--data-dir", help="folder holding the dataset files")
     p.add_argument("--device", help="auto, cpu, cuda, ... (default: the suite's)")
     p.add_argument("--only", help="comma-separated run names to train and evaluate (the "
@@ -273,7 +273,7 @@ def _add_bench(p: argparse.ArgumentParser) -> None:
     specs = {k: s._replace(help=s.help.rsplit(" [", 1)[0])
              for k, s in flag_specs({"bench": BenchOptions}).items()}
     add_flags(p, specs, dataclasses.asdict(BenchOptions()))
-    p.add_argument("--json", type=Path, help="write the figures as JSON here")
+    p.add_argument("--json", type=path, help="write the figures as JSON here")
     p.set_defaults(run=run_bench)
 
 

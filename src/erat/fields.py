@@ -22,6 +22,7 @@ import math
 import types
 import typing
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 from erat.errors import UserError
@@ -95,9 +96,17 @@ def _flag_type(hint: Any) -> tuple[type, tuple[str, ...] | None]:
 # --- argument types for values that are not one number or word ---------------------------
 
 
+def path(text: str) -> Path:
+    """A path flag's value; an empty one (``--out ""``, which ``Path`` reads as the current
+    folder) is refused."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("a path, not an empty string")
+    return Path(text)
+
+
 def radii(text: str) -> list[float]:
     try:
-        radii = [float(v) for v in text.split(",") if v.strip()]
+        radii = [float(v) for v in text.split(",")]
     except ValueError as e:
         raise argparse.ArgumentTypeError(f"radii must be numbers separated by commas: "
                                          f"{text!r}") from e
