@@ -53,7 +53,7 @@ def test_suite_runs_reports_and_resumes(suite_file, tmp_path):
     assert len(progress) == 1 and "elapsed, about " in progress[0] and " left)" in progress[0]
     assert "clean " in progress[0] and "PGD-l2 0.5 " in progress[0]
     for name in ("accuracy_vs_radius.png", "landscape.png"):
-        assert (out / name).stat().st_size > 0
+        assert (out / name).stat().st_size > 0 and f"]({name})" in text  # drawn and linked
     kept = [p.name for p in (out / "runs" / "er").glob(".*.state.pt")]
     assert kept == [".eval.state.pt"]  # the README names it (it once said .eval-pgd-l2...)
     assert "`.eval.state.pt`" in (Path(__file__).parents[1] / "README.md").read_text()
@@ -62,6 +62,17 @@ def test_suite_runs_reports_and_resumes(suite_file, tmp_path):
     again = reproduce(str(suite_file), out, log=lambda *_: None)
     assert model.stat().st_mtime_ns == stamp  # finished runs are not trained again
     assert again[1]["clean_acc"] == rows[1]["clean_acc"]
+
+
+def test_a_report_links_only_the_plots_it_drew(tmp_path):
+    """A suite whose runs are not evaluated draws no plot, and its results.md linked one."""
+    path = tmp_path / "s.yaml"
+    path.write_text("suite: s\ndefaults: {dataset: digits, model: mlp, model_kwargs: {hidden: "
+                    "[8]}, epochs: 1, epoch_updates: 1, progress: false}\nruns:\n  - {name: a, "
+                    "method: erm, eval: false}\neval: {eps: [0.5], steps: 2, n: 10}\n")
+    reproduce(str(path), tmp_path / "out", log=lambda *_: None)
+    assert ".png" not in (tmp_path / "out" / "results.md").read_text()
+    assert not list((tmp_path / "out").glob("*.png"))
 
 
 def test_the_time_left_says_autoattack_is_not_in_it():

@@ -535,15 +535,19 @@ def write_report(suite: dict[str, Any], out: Path, rows: list[dict[str, Any]],
     report.write_csv(rows, out / "results.csv", columns)
     ev = suite.get("eval") or {}
     label = resolve(ev.get("attack", "pgd"))[1][-1]
+    figures = []  # (the plots drawn this time: results.md links these only)
     if results:
         report.accuracy_vs_radius(results, out / "accuracy_vs_radius", attack=label,
                                   norm=ev.get("norm", "l2"))
+        figures.append(("accuracy vs radius", "accuracy_vs_radius"))
     plots = suite.get("plots", {}) or {}
-    if plots.get("landscape", True) and test is not None and results:
-        _landscape(out, rows, results, test, plots, log)
+    if plots.get("landscape", True) and test is not None and results and _landscape(
+            out, rows, results, test, plots, log):
+        figures.append(("loss landscape", "landscape"))
     for name, spec in ((suite.get("report") or {}).get("frontiers") or {}).items():
         try:
             report.frontier(rows, out / name, **spec)
+            figures.append((spec.get("title", name), name))
         except ValueError as err:  # e.g. a partial run (--only) without those columns yet
             log(f"{name} not drawn: {err}")
     versions = {"erat": __version__, "torch": str(torch.__version__),
@@ -555,7 +559,7 @@ def write_report(suite: dict[str, Any], out: Path, rows: list[dict[str, Any]],
             short, "",
             *([f"Left out, not finished: {', '.join(left_out)}.", ""] if left_out else []),
             *_evaluation(out, rows, results),
-            "![accuracy vs radius](accuracy_vs_radius.png)", "",
+            *[f"![{title}]({file}.png)\n" for title, file in figures],
             *report.every_column(rows, columns),
             "## Commands", "", "```", *commands, "```", "", "## Versions", "", "```",
             yaml.safe_dump(versions).strip(), "```", ""]
@@ -596,9 +600,9 @@ def _evaluation(out: Path, rows: list[dict[str, Any]], results: dict[str, dict])
 
 
 def _landscape(out: Path, rows: list[dict[str, Any]], results: dict[str, dict], test: tuple,
-               plots: dict[str, Any], log: Callable[[str], None]) -> None:
+               plots: dict[str, Any], log: Callable[[str], None]) -> bool:
     """The loss landscape of one test image, one column per method (its first evaluated
-    run); the runs left out are named."""
+    run); the runs left out are named. Whether it was drawn."""
     from erat import report
 
     first: dict[str, str] = {}
@@ -615,7 +619,8 @@ def _landscape(out: Path, rows: list[dict[str, Any]], results: dict[str, dict], 
     if index >= len(x):
         log(f"landscape not drawn: plots.landscape_index {index} is past the {len(x)} test "
             "images")
-        return
+        return False
     report.landscape({n: RunDir(out / "runs" / n).load_model() for n in drawn},
                      x[index : index + 1], y[index : index + 1],
                      eps=float(plots.get("landscape_eps", 1.0)), out=out / "landscape")
+    return True
