@@ -193,3 +193,13 @@ def test_a_setting_without_effect_is_noted(tmp_path, capsys):
     resolve_train(tmp_path / "run", resume=False, config_file=None,
                   flags={"optimizer": "sgd", "momentum": 0.5, "val": 50, "val_eps": 0.5})
     assert "no effect" not in capsys.readouterr().err
+    # a method's terms of the unlabeled batch without one, and the reverse
+    resolve_train(tmp_path / "run", resume=False, config_file=None,
+                  flags={"method": "er", "lam_u": 5.0, "balance": 0.0})
+    err = capsys.readouterr().err
+    assert "--lam-u has no effect here" in err and "--balance has no effect here" in err
+    resolve_train(tmp_path / "run", resume=False, config_file=None,
+                  flags={"method": "er", "labels": 100, "lam_kl": 1.0, "lam_u": 2.0})
+    err = capsys.readouterr().err
+    assert "--lam-kl has no effect here (it acts only without unlabeled inputs)" in err
+    assert "--lam-u" not in err

@@ -449,7 +449,14 @@ def idle(cfg: TrainConfig, given: set[str]) -> list[str]:
         "unlabeled_batch_size": (cfg.labels is None, "semi-supervised training needs "
                                                       "--labels N"),
         "val_seed": (cfg.val is None, "validation needs --val N"),
+        # a method's terms that read the unlabeled batch, or act only without one
+        "lam_u": (cfg.method == "er" and cfg.labels is None, "ER's virtual term is over "
+                                                             "unlabeled inputs: --labels N"),
+        "balance": (cfg.labels is None, "it balances the unlabeled predictions: --labels N"),
+        "lam_kl": (cfg.method == "er" and cfg.labels is not None, "it acts only without "
+                                                                  "unlabeled inputs"),
     }
+    given = given | set(cfg.method_params)
     return [f"{flag(k)} has no effect here ({why})" for k, (unused, why) in rules.items()
             if k in given and unused]
 

@@ -94,7 +94,8 @@ class ER:
                               "unlabeled)")
     lam_kl: float = param(0.0, "ER: weight of the virtual energy of the labeled inputs when "
                                "there is no unlabeled batch (TRADES' term is its T=1 member)")
-    entmin: bool = param(False, "add entropy minimisation on unlabeled predictions")
+    entmin: bool = param(False, "add entropy minimisation on the unlabeled predictions "
+                                "(without --labels: on the labeled ones)")
     balance: float = param(1.0, "weight of the class-balance term on unlabeled predictions "
                                 "(KL of their mean to the labels' class frequencies)")
     xi: float = param(XI, "finite-difference step of VAT's power iteration")

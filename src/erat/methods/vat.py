@@ -54,7 +54,8 @@ class VAT:
     power_iters: int = param(1, "power iterations of VAT's direction search")
     adv_weight: float = param(1.0, "weight of the adversarial (AT) or virtual adversarial "
                                    "(VAT) term")
-    entmin: bool = param(False, "add entropy minimisation on unlabeled predictions")
+    entmin: bool = param(False, "add entropy minimisation on the unlabeled predictions "
+                                "(without --labels: on the labeled ones)")
     balance: float = param(1.0, "weight of the class-balance term on unlabeled predictions "
                                 "(KL of their mean to the labels' class frequencies)")
 
