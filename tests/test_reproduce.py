@@ -75,6 +75,18 @@ def test_a_report_links_only_the_plots_it_drew(tmp_path):
     assert not list((tmp_path / "out").glob("*.png"))
 
 
+def test_an_n_above_the_test_set_is_said(tmp_path):
+    """A suite's eval.n above the test set was clipped without a word."""
+    path = tmp_path / "s.yaml"
+    path.write_text("suite: s\ndefaults: {dataset: digits, model: mlp, model_kwargs: {hidden: "
+                    "[8]}, epochs: 1, epoch_updates: 1, progress: false}\nruns:\n  - {name: a, "
+                    "method: erm}\neval: {eps: [0.5], steps: 1, n: 100000, sanity_n: 0}\n"
+                    "plots: {landscape: false}\n")
+    lines: list[str] = []
+    reproduce(str(path), tmp_path / "out", log=lines.append)
+    assert "[a] eval: n 100000 is more than the 360 test images: all 360" in lines
+
+
 def test_the_time_left_says_autoattack_is_not_in_it():
     """The time left counted the runs only, and AutoAttack after them took most of a suite's
     time: the line says so when the suite has an AutoAttack stage."""

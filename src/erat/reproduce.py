@@ -358,14 +358,14 @@ def run_one(suite: dict[str, Any], run: dict[str, Any], cfg: TrainConfig, folder
     model = folder.load_model()
     x, y = load_dataset(cfg.dataset, "test", cfg.data_dir, **cfg.data_options).tensors
     ev = _radii({**(suite.get("eval") or {}), **(run.get("eval") or {})}, cfg)
-    n = ev.pop("n", None) or len(x)
+    n = _at_most(ev.pop("n", None), len(x), f"[{run['name']}] eval", log)
     with nullcontext() if report_only else folder.lock():  # reading needs no lock
         result = _cached_eval(folder, RunDir.EVAL, model, x, y, ev, n, log, report_only)
         en = run["energy"] if "energy" in run else suite.get("energy")
         energy = None
         if en:
             en = dict(en)
-            ne = en.pop("n", None) or len(x)
+            ne = _at_most(en.pop("n", None), len(x), f"[{run['name']}] energy", log)
 
             def measure() -> dict:
                 return energy_report(model, x[:ne], y[:ne], **en)
@@ -395,6 +395,14 @@ def run_one(suite: dict[str, Any], run: dict[str, Any], cfg: TrainConfig, folder
     if energy:
         row.update({k: energy[k] for k in ENERGY_COLUMNS if k in energy})
     return row, result, (x, y)
+
+
+def _at_most(n: int | None, total: int, what: str, log: Callable[[str], None]) -> int:
+    """A suite's ``n`` test images (None: all), with a note when it asks for more than the
+    test set holds (``erat eval --n`` refuses that; a suite says it and goes on)."""
+    if n is not None and n > total:
+        log(f"{what}: n {n} is more than the {total} test images: all {total}")
+    return min(n or total, total)
 
 
 def _not_ready(file: str) -> Callable[[], dict]:
