@@ -477,6 +477,21 @@ def test_an_error_after_a_signal_is_the_signal(monkeypatch, capsys):
     assert erat.errors.reported(SystemExit(2), [KeyboardInterrupt()]) is None
 
 
+@pytest.mark.parametrize("command, target, says", [
+    (["eval", "RUN"], "erat.assess.evaluate_run", "the same command continues the evaluation"),
+    (["reproduce", "digits"], "erat.reproduce.reproduce", "the same command continues the suite"),
+])
+def test_an_interrupted_eval_or_suite_says_how_to_go_on(monkeypatch, capsys, command, target,
+                                                        says):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(target, interrupted)
+    monkeypatch.setattr("erat.assess.default_threat", lambda *a: ("l2", [0.5]))
+    assert main(command) == 130
+    assert capsys.readouterr().err == f"erat: interrupted; {says}\n"
+
+
 def test_help_shows_defaults(capsys):
     for cmd in (["train", "--help"], ["eval", "--help"]):
         with pytest.raises(SystemExit):

@@ -163,7 +163,7 @@ def _add_eval(p: argparse.ArgumentParser) -> None:
                    "the run folder, or a cache folder when it is read-only)")
     p.add_argument("--fast", choices=["auto", "off"], default="auto", help="auto: the model "
                    "as CUDA graphs on a GPU (padded batches); off: eager everywhere")
-    p.set_defaults(run=run_eval)
+    p.set_defaults(run=run_eval, hint="the same command continues the evaluation")
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -245,7 +245,7 @@ def _add_reproduce(p: argparse.ArgumentParser) -> None:
     p.add_argument("--only", help="comma-separated run names to train and evaluate (the "
                    "report covers every finished run of the suite)")
     p.add_argument("--report-only", action="store_true", help="report what is finished only")
-    p.set_defaults(run=run_reproduce)
+    p.set_defaults(run=run_reproduce, hint="the same command continues the suite")
 
 
 def run_reproduce(args: argparse.Namespace) -> int:
