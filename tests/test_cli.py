@@ -107,9 +107,14 @@ def test_eval_fast_off_is_the_same_evaluation(digits_run, tmp_path, capsys):
         (["--method", "at", "--eps", "-1"], "eps"),
         (["--dataset", "mnist", "--data-dir", "/nonexistent"], "mnist"),
         (["--config", "/nonexistent.yaml"], "no such config file"),
+        (["--config", "FOLDER"], "is a folder, not a config file"),
+        (["--config", "EMPTY"], "empty.yaml is empty: a config file holds settings"),
     ],
 )
 def test_train_errors_are_one_line(tmp_path, capsys, args, message):
+    (tmp_path / "empty.yaml").write_text("")
+    args = [{"FOLDER": str(tmp_path), "EMPTY": str(tmp_path / "empty.yaml")}.get(a, a)
+            for a in args]
     code, _, err = run([*TRAIN, *args, "--out", tmp_path / "run"], capsys)
     assert code == 2
     assert err.startswith("erat: error:") and message in err and err.count("\n") == 1
@@ -150,7 +155,7 @@ def test_energy_errors_name_the_flags(digits_run, capsys, args, message):
 
 def test_eval_missing_run(tmp_path, capsys):
     code, _, err = run(["eval", tmp_path / "nothing"], capsys)
-    assert code == 2 and "no model.pt" in err
+    assert code == 2 and "no such run folder or model file" in err
 
 
 @pytest.mark.parametrize(

@@ -492,6 +492,18 @@ def test_an_interrupted_eval_or_suite_says_how_to_go_on(monkeypatch, capsys, com
     assert capsys.readouterr().err == f"erat: interrupted; {says}\n"
 
 
+def test_a_missing_run_folder_is_named_as_missing(tmp_path, capsys):
+    """``erat eval`` of a folder that does not exist asked whether the run was finished;
+    ``erat report`` of one said to run ``erat eval`` on it."""
+    missing = tmp_path / "nonexist"
+    assert main(["eval", str(missing)]) == 2
+    assert f"no such run folder or model file: {missing}" in capsys.readouterr().err
+    assert main(["report", str(missing), "--out", str(tmp_path / "r")]) == 2
+    assert f"no such run folder: {missing}" in capsys.readouterr().err
+    assert main(["eval", str(tmp_path)]) == 2  # (a folder without model.pt: as before)
+    assert "no model.pt (is the run finished?)" in capsys.readouterr().err
+
+
 def test_help_shows_defaults(capsys):
     for cmd in (["train", "--help"], ["eval", "--help"]):
         with pytest.raises(SystemExit):

@@ -287,6 +287,8 @@ def _renamed(d: dict[str, Any], source: str) -> dict[str, Any]:
 def read_settings(path: Path) -> dict[str, Any]:
     """A YAML file of settings (``--config``): a mapping, checked for YAML errors."""
     data = read_yaml(path, "config file")
+    if data is None:
+        raise UserError(f"{path} is empty: a config file holds settings such as 'epochs: 10'")
     if not isinstance(data, dict):
         raise UserError(f"{path} must hold a mapping of settings, not a {type(data).__name__}")
     return data

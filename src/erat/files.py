@@ -137,6 +137,8 @@ def _load(path: Path, source: Any, map_location: str | torch.device, what: str) 
 
 def read_text(path: Path, what: str = "file") -> str:
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a folder, not a {what}")
     if not path.is_file():
         raise UserError(f"no such {what}: {path}")
     try:

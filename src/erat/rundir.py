@@ -330,8 +330,10 @@ def model_path(path: str | Path) -> Path:
 def _read_model_file(path: Path, device: str | torch.device = "cpu", digest: bool = False
                      ) -> dict[str, Any]:
     if not path.exists():
-        raise UserError(f"{path.parent if path.name == RunDir.MODEL else path}: no "
-                        f"{RunDir.MODEL} (is the run finished?)")
+        folder = path.parent if path.name == RunDir.MODEL else path
+        if not folder.exists():
+            raise UserError(f"no such run folder or model file: {folder}")
+        raise UserError(f"{folder}: no {RunDir.MODEL} (is the run finished?)")
     blob, sha = load_file_and_digest(path, device) if digest else (load_file(path, device), None)
     if not isinstance(blob, dict) or "state_dict" not in blob or "meta" not in blob:
         raise UserError(f"{path} is not an erat model file")
