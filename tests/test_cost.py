@@ -181,8 +181,10 @@ def test_select_best_robust_keeps_the_best_epoch(tmp_path, monkeypatch):
                                      val=100, method="at", method_params={"eps": 0.5},
                                      select="best-robust", epoch_updates=3, progress=False,
                                      keep_checkpoint=True))
-    train(cfg, tmp_path / "run", log=lambda *_: None)
+    lines: list[str] = []
+    train(cfg, tmp_path / "run", log=lines.append)
     run = tmp_path / "run"
+    assert lines[-1].endswith("model.pt (epoch 2 of 3: the best validation robust accuracy)")
     model = torch.load(run / "model.pt", weights_only=True)
     last = torch.load(run / "model-last.pt", weights_only=True)
     best = torch.load(run / "best.pt", weights_only=True)

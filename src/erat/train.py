@@ -93,7 +93,9 @@ def train(
             digest = _save(run, cfg, built, result)
             run.finish(cfg.keep_checkpoint)
             log(f"weights: state_dict_sha256 {digest}")
-            log(f"wrote {run.model_file()}")  # (here, not by the caller: only what was written)
+            chosen = (f" (epoch {result.selected_epoch} of {result.last_epoch}: the best "
+                      "validation robust accuracy)" if cfg.fit.select == "best-robust" else "")
+            log(f"wrote {run.model_file()}{chosen}")  # (only what was written, so here)
     return run.model_file()
 
 
