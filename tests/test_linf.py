@@ -307,10 +307,11 @@ def test_cli_energy_linf_and_norm_errors(tmp_path, capsys, fresh_warnings):
     out = tmp_path / "e.json"
     code = main(["energy", str(run), "--norm", "linf", "--eps", "0.1", "--n", "12", "--T", "2",
                  "--M", "2", "--S", "1", "--json", str(out)])
-    assert code == 0, capsys.readouterr().err
+    said = capsys.readouterr()
+    assert code == 0, said.err
+    assert "ball: l-inf radius 0.1, T 2, M 2, S 1" in said.out  # (the JSON had it only)
     result = json.loads(out.read_text())
     assert result["settings"]["norm"] == "linf" and result["energy_mean"] >= 0
-    capsys.readouterr()
     for args, message in [
         ([*base, "--method", "erm", "--norm", "linf", "--out", str(tmp_path / "a")],
          "takes no --norm"),

@@ -242,10 +242,13 @@ def describe_data(threat: dict[str, Any]) -> str:
 
 
 def format_report(result: dict) -> str:
-    """The lines ``erat energy`` prints: the examples measured (of how many), then the
-    figures."""
+    """The lines ``erat energy`` prints: the examples measured (of how many), the ball and the
+    estimate's settings, then the figures."""
     keys = ("energy_mean", "energy_median", "at_term_mean", "vat_term_mean", "certified_frac",
             "virtual_energy_mean")
-    total = (result.get("settings") or {}).get("n_total")
-    return "\n".join([f"examples: {result['n']}" + (f" of {total}" if total else ""),
+    s = result.get("settings") or {}
+    total = s.get("n_total")
+    ball = (f"ball: {'l-inf' if s.get('norm') == 'linf' else s.get('norm')} radius "
+            f"{s.get('eps')}, T {s.get('T')}, M {s.get('M')}, S {s.get('S')}")
+    return "\n".join([f"examples: {result['n']}" + (f" of {total}" if total else ""), ball,
                       *(f"{k:<22} {result[k]:.4f}" for k in keys), result["certificate_note"]])
