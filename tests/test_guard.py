@@ -74,7 +74,7 @@ def test_the_trainer_flags_the_epoch_and_report_shows_it(tmp_path, monkeypatch, 
     train(cfg, run, log=logs.append)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r.get("catastrophic_overfitting", False) for r in rows] == [False, False, True]
-    assert any(m.startswith("warning: catastrophic overfitting") for m in logs)
+    assert any(m.startswith("erat: warning: catastrophic overfitting") for m in logs)
     meta = torch.load(run / "model.pt", weights_only=True)["meta"]
     assert meta["selected_epoch"] == 2  # the best robust epoch, before the collapse
     assert main(["eval", str(run), "--n", "20", "--steps", "2", "--no-checks",

@@ -188,7 +188,7 @@ class Loop:
                 raise
             skip = "--no-fast-graph" if self.fast and self.options.fast_graph else \
                 "training without --compile"
-            self.log(f"warning: the compiled step failed ({first_line(err)}); this run goes "
+            self.log(f"erat: warning: the compiled step failed ({first_line(err)}); this run goes "
                      f"on eager ({skip} skips the attempt)")
             self.step_model = self.model
             return update(self.model, self.method, batch, self.state, self.amp, self.device,
@@ -208,7 +208,7 @@ class Loop:
         warning = guard(self.model, self.xu, self.y, row, self.history)
         if warning:
             row["guard"] = warning
-            self.log(f"warning: {warning}")
+            self.log(f"erat: warning: {warning}")
         self.history.append(row)
         if self.dist.is_main and self.run_dir is not None:
             self.state.select(row, self.options, self.run_dir)
