@@ -19,6 +19,7 @@ import argparse
 import dataclasses
 import json
 import math
+import re
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -136,6 +137,9 @@ class Parser(argparse.ArgumentParser):
     one). Subparsers are of this class as well."""
 
     def error(self, message: str) -> typing.NoReturn:
+        given = re.match(r"argument (--[\w-]+).*: expected one argument$", message)
+        if given:  # (argparse reads a value such as -1,1 as a flag)
+            message += f" (a value that starts with '-' is written {given[1]}=VALUE)"
         self.exit(2, f"{self.prog}: error: {' '.join(message.split())} "
                      f"(see {self.prog} --help)\n")
 
