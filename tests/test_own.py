@@ -445,6 +445,14 @@ def _float_outside(root: Path) -> str:
                 y_train=np.arange(10) % 2)
 
 
+def _channels_differ(root: Path) -> str:  # (suggested --resize, which cannot mend it)
+    root.mkdir()
+    np.savez(root / "d.npz", x_train=RNG.integers(0, 256, (10, 8, 8, 3), dtype=np.uint8),
+             y_train=np.arange(10) % 2, x_test=RNG.integers(0, 256, (10, 8, 8, 1), dtype=np.uint8),
+             y_test=np.arange(10) % 2)
+    return f"npz:{root / 'd.npz'}"
+
+
 class Evil:
     """Unpickling this runs ``touch MARKER``."""
 
@@ -473,6 +481,7 @@ BAD_DATA = {
     "negative labels": (_negative_labels, r"training labels -1\.\.0 outside 0\.\.0"),
     "pixels outside": (_float_outside, r"pixels in \[-.*\]; erat reads uint8"),
     "pickled code": (_npz_with_code, r"holds pickled Python objects"),
+    "channels differ": (_channels_differ, r"training images are 3x8x8 but test images 1x8x8$"),
 }
 
 

@@ -127,7 +127,8 @@ def _prepare(name: str, path: Path, source: Source, test_split: float | None,
             raise DataError(f"{name}: class(es) {', '.join(map(str, empty[:5]))} have no "
                             "training images")
         if tuple(train[0].shape[1:]) != tuple(test[0].shape[1:]):
-            hint = "" if resize else "; pass --resize N to give every image N x N pixels"
+            hint = "" if resize or train[0].shape[1] != test[0].shape[1] else \
+                "; pass --resize N to give every image N x N pixels"  # (not the channels)
             raise DataError(f"{name}: training images are {_shape(train[0])} but test images "
                             f"{_shape(test[0])}{hint}")
     info = _info(name, path, source, train, test, held_out, test_split, resize)
