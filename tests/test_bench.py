@@ -32,6 +32,9 @@ def test_attack_throughput_and_peer_ratio():
         assert "not installed" in out["torchattacks"]
     else:
         assert out["pgd_speedup_vs_torchattacks"] > 0
+    from erat.bench import _attack_line  # the console's line (it printed the raw JSON)
+
+    assert _attack_line(out).startswith("PGD-2 ") and "{" not in _attack_line(out)
 
 
 def test_method_specs_with_parameters():

@@ -13,7 +13,6 @@ methods there, so read it as an upper bound).
 
 from __future__ import annotations
 
-import json
 import resource
 import statistics
 import time
@@ -30,7 +29,8 @@ from erat.fit.fast import needs_cuda, optimizer_kwargs
 from erat.graphs import Cloned, step_module
 from erat.losses import cross_entropy
 from erat.methods import Batch, build_method, method_names
-from erat.models import build_model
+from erat.models import build_model, model_names
+from erat.models.factory import is_factory
 from erat.passes import supervised_search
 from erat.search import pgd, pgd_step_size
 from erat.threat import Threat
@@ -81,7 +81,16 @@ class BenchOptions:
         unknown = {parse_method(n)[0] for n in names} - set(method_names())
         if unknown:
             raise UserError(f"unknown method(s) {sorted(unknown)}; choose from {method_names()}")
-        parse_setups(self.models)
+        for spec in names:  # (a parameter the method does not take: before the table)
+            try:
+                base, params = parse_method(spec)
+                build_method(base, **params)
+            except UserError as err:
+                raise UserError(f"--methods {spec}: {err}") from None
+        for name, _ in parse_setups(self.models):
+            if not is_factory(name) and name not in model_names():
+                raise UserError(f"--models: unknown model {name!r}; choose from "
+                                f"{', '.join(model_names())}, or MODULE:FACTORY")
         for flag, text, allowed in (("--amp", self.amp, ("none", "bf16", "fp16")),
                                     ("--compile", self.compile, ("off", "on")),
                                     ("--fast", self.fast, ("off", "on"))):
@@ -466,9 +475,22 @@ def run_bench(options: BenchOptions, device: torch.device, log=print,
                                              repeats=min(5, o.steps), device=device,
                                              autoattack_n=o.autoattack_n,
                                              max_seconds=o.max_seconds)
-            log(f"{name:<16} attacks: " + json.dumps(entry["attacks"]))
+            log(f"{name:<16} attacks: " + _attack_line(entry["attacks"]))
     result["complete"] = True
     return result
+
+
+def _attack_line(a: dict[str, Any]) -> str:
+    """The console's line of :func:`bench_attacks`' figures (the JSON holds them all)."""
+    parts = [f"PGD-{a['pgd_steps']} {a['pgd_images_per_s']:.0f} img/s"]
+    if "torchattacks_pgd_images_per_s" in a:
+        parts.append(f"torchattacks {a['torchattacks_pgd_images_per_s']:.0f} img/s "
+                     f"(ours x{a['pgd_speedup_vs_torchattacks']:.2f})")
+    elif "torchattacks" in a:
+        parts.append(f"torchattacks {a['torchattacks']}")
+    if "autoattack_images_per_s" in a:
+        parts.append(f"AutoAttack {a['autoattack_images_per_s']:.1f} img/s (random images)")
+    return "; ".join(parts) + f" (eps {a['eps']}, batch {a['batch_size']})"
 
 
 def _variants(o: BenchOptions) -> list[tuple[str, bool, bool]]:
