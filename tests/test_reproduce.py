@@ -343,6 +343,7 @@ def test_landscape_settings_are_checked_before_any_training(tmp_path, capsys, pl
     ("epochs: 1,", "epoch: 1,", "bad.yaml defaults: unknown setting 'epoch'; did you mean"),
     ("sanity_n: 10}", "sanity_n: 10, restart: 2}", "bad.yaml: eval: unknown evaluation setting"),
     ("steps: 2, n: 40", "steps: 0, n: 40", "bad.yaml: eval: steps must be an integer >= 1"),
+    ("{name: erm, method: erm}", "{name: erm, method: erm, device: foo}", "unknown device 'foo'"),
     ("sanity_n: 10}", "sanity_n: 10, batch_size: 0}", "eval: batch_size must be an integer"),
 ])
 def test_a_malformed_suite_is_one_line_before_any_training(tmp_path, capsys, old, new, says):

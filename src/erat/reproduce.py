@@ -46,6 +46,7 @@ from erat import __version__
 from erat.attacks import resolve
 from erat.config import TrainConfig, load_suite, resume_conflicts, run_config
 from erat.datasets import load_dataset
+from erat.distributed import resolve_device
 from erat.errors import UserError
 from erat.evaluate import EvalConfig
 from erat.fields import flag
@@ -87,6 +88,8 @@ def reproduce(
     _check_eval_settings(suite, runs, cfgs)
     _check_autoattack(suite, runs, cfgs)
     _check_plots(suite)
+    for device in {c.device for r, c in zip(runs, cfgs, strict=True) if r["name"] in work}:
+        resolve_device(device)  # (a device that is not there: before the first run)
     rows, results, commands, test, left_out, pending = [], {}, [], None, [], []
     clock = SuiteClock(len(mine), timed=not report_only,
                        then=" before AutoAttack" if suite.get("autoattack") else "")
