@@ -203,3 +203,7 @@ def test_a_setting_without_effect_is_noted(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--lam-kl has no effect here (it acts only without unlabeled inputs)" in err
     assert "--lam-u" not in err
+    resolve_train(tmp_path / "run", resume=False, config_file=None,
+                  flags={"dataset": "digits", "data_dir": "/nonexistent", "download": True})
+    err = capsys.readouterr().err
+    assert "--data-dir has no effect here (digits is embedded" in err and "--download" in err

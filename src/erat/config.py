@@ -31,6 +31,7 @@ from typing import Any
 
 from erat.datasets import dataset_names
 from erat.datasets.own import check_options
+from erat.datasets.registry import DATASETS
 from erat.errors import UserError
 from erat.fields import flag, flagged, param
 from erat.files import read_yaml
@@ -442,7 +443,10 @@ def resolve_train(out: Path, *, resume: bool, config_file: Path | None,
 
 def idle(cfg: TrainConfig, given: set[str]) -> list[str]:
     """The settings in ``given`` that ``cfg`` does not use, each with what would use it."""
+    embedded = cfg.dataset in DATASETS and not DATASETS[cfg.dataset].files
     rules = {
+        "data_dir": (embedded, f"{cfg.dataset} is embedded, it reads no files"),
+        "download": (embedded, f"{cfg.dataset} is embedded, it downloads nothing"),
         "momentum": (cfg.fit.optimizer != "sgd", f"it is SGD's; --optimizer is "
                                                  f"{cfg.fit.optimizer}"),
         "val_eps": (cfg.val is None, "validation needs --val N"),
