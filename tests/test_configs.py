@@ -207,3 +207,8 @@ def test_a_setting_without_effect_is_noted(tmp_path, capsys):
                   flags={"dataset": "digits", "data_dir": "/nonexistent", "download": True})
     err = capsys.readouterr().err
     assert "--data-dir has no effect here (digits is embedded" in err and "--download" in err
+    conf.write_text("budget: 2\n")  # a file's budget replaced by the flags' --epochs
+    resolve_train(tmp_path / "run", resume=False, config_file=conf,
+                  flags={"epochs": 1, "sync_bn": True})
+    err = capsys.readouterr().err
+    assert f"--epochs replaces the budget of {conf}" in err and "--sync-bn has no effect" in err

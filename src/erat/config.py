@@ -20,6 +20,7 @@ import copy
 import dataclasses
 import itertools
 import math
+import os
 import sys
 import types
 import typing
@@ -436,7 +437,11 @@ def resolve_train(out: Path, *, resume: bool, config_file: Path | None,
     saved = run.read_config() if resume and (run / RunDir.CONFIG).is_file() else None
     layers = [(read_settings(config_file), str(config_file))] if config_file else []
     cfg = resolve([*layers, (flags, "flags")], saved)
-    for line in idle(cfg, {k for settings, _ in layers for k in settings} | set(flags)):
+    notes = idle(cfg, {k for settings, _ in layers for k in settings} | set(flags))
+    for given, dropped in (("epochs", "budget"), ("budget", "epochs")):  # (the run's length)
+        if given in flags and layers and layers[0][0].get(dropped) is not None:
+            notes.append(f"{flag(given)} replaces the {dropped} of {config_file}")
+    for line in notes:
         print(f"erat: note: {line}", file=sys.stderr)
     return cfg
 
@@ -447,6 +452,8 @@ def idle(cfg: TrainConfig, given: set[str]) -> list[str]:
     rules = {
         "data_dir": (embedded, f"{cfg.dataset} is embedded, it reads no files"),
         "download": (embedded, f"{cfg.dataset} is embedded, it downloads nothing"),
+        "sync_bn": (os.environ.get("WORLD_SIZE", "1") == "1", "one process; it is for torchrun "
+                                                             "with several"),
         "momentum": (cfg.fit.optimizer != "sgd", f"it is SGD's; --optimizer is "
                                                  f"{cfg.fit.optimizer}"),
         "val_eps": (cfg.val is None, "validation needs --val N"),
