@@ -30,7 +30,7 @@ from erat.external import ExternalOptions, open_external, state_path
 from erat.files import check_writable_file, tensor_sha256
 from erat.measure import energy_report
 from erat.rundir import RunDir, open_model
-from erat.threat import Norm, check_radius_fits
+from erat.threat import Norm, check_radius_fits, norm_name
 
 
 class RunInputs(NamedTuple):
@@ -248,7 +248,7 @@ def format_report(result: dict) -> str:
             "virtual_energy_mean")
     s = result.get("settings") or {}
     total = s.get("n_total")
-    ball = (f"ball: {'l-inf' if s.get('norm') == 'linf' else s.get('norm')} radius "
+    ball = (f"ball: {norm_name(str(s.get('norm')))} radius "
             f"{s.get('eps')}, T {s.get('T')}, M {s.get('M')}, S {s.get('S')}")
     return "\n".join([f"examples: {result['n']}" + (f" of {total}" if total else ""), ball,
                       *(f"{k:<22} {result[k]:.4f}" for k in keys), result["certificate_note"]])

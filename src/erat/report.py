@@ -36,7 +36,7 @@ from erat.files import atomic_write_text, check_writable_dir, read_json
 from erat.losses import cross_entropy
 from erat.passes import supervised_search
 from erat.search import adversarial_direction
-from erat.threat import random_unit
+from erat.threat import norm_name, random_unit
 
 _FIG_SUFFIXES = (".png", ".svg", ".pdf")
 
@@ -92,8 +92,7 @@ def accuracy_vs_radius(results: Mapping[str, Mapping], out: Path, *, attack: str
     ax.set_xlabel(f"{norm} radius eps (pixels in [0, 1])")
     ax.set_ylabel("accuracy")
     ax.set_ylim(-0.02, 1.02)
-    shown = 'l-inf' if norm == 'linf' else norm  # (as the tables name it)
-    ax.set_title(f"robust accuracy under {_ATTACK_NAMES.get(attack, attack)}-{shown}")
+    ax.set_title(f"robust accuracy under {attack_name(attack)}-{norm_name(norm)}")
     ax.grid(alpha=0.3)
     ax.legend()
     return _save(fig, out)
@@ -245,7 +244,7 @@ def results_table(rows: Sequence[Mapping], columns: Sequence[str], *,
 
 _ATTACK_NAMES = {"pgd": "PGD", "fgsm": "FGSM", "autoattack": "AutoAttack",
                  "square": "Square", "all": "PGD+AutoAttack"}
-_ROBUST_KEY = re.compile(r"^(aa_)?([a-z0-9+]+)-(l2|linf)-eps([0-9.e+-]+)$")
+_ROBUST_KEY = re.compile(r"^(?!energy-)(aa_)?([a-z0-9+]+)-(l2|linf)-eps([0-9.e+-]+)$")
 _ENERGY_KEY = re.compile(r"^energy-(l2|linf)-eps([0-9.e+-]+)$")  # erat report's energy column
 # the columns of a short table: these first, the robust accuracies, then those after
 _FIRST = {"name": "run", "run": "run", "method": "method", "budget": "budget",
@@ -255,6 +254,11 @@ _LAST = {"val_robust_acc": "val. robust", "energy_mean": "energy",
          "catastrophic_overfitting_epoch": "overfitting at epoch"}
 
 
+def attack_name(attack: str) -> str:
+    """The name tables give an attack chain: ``pgd+square`` -> ``PGD+Square``."""
+    return "+".join(_ATTACK_NAMES.get(a, a) for a in attack.split("+"))
+
+
 def column_name(key: str, rows: Sequence[Mapping] = ()) -> str | None:
     """The human name of a result column (``pgd-l2-eps0.5`` -> ``PGD-l2 0.5``; AutoAttack
     on the first ``aa_n`` examples: ``AutoAttack-l2 1.5 (500)``), None for a column that
@@ -262,12 +266,11 @@ def column_name(key: str, rows: Sequence[Mapping] = ()) -> str | None:
     if key in _FIRST or key in _LAST:
         return {**_FIRST, **_LAST}[key]
     if m := _ENERGY_KEY.match(key):
-        return f"energy {'l-inf' if m[1] == 'linf' else m[1]} {m[2]}"
+        return f"energy {norm_name(m[1])} {m[2]}"
     m = _ROBUST_KEY.match(key)
     if m is None:
         return None
-    attack = "+".join(_ATTACK_NAMES.get(a, a) for a in m[2].split("+"))
-    norm = "l-inf" if m[3] == "linf" else m[3]
+    attack, norm = attack_name(m[2]), norm_name(m[3])
     subset = sorted({r["aa_n"] for r in rows if r.get(key) is not None and "aa_n" in r})
     return f"{attack}-{norm} {m[4]}" + (f" ({', '.join(map(str, subset))})"
                                          if m[1] and subset else "")

@@ -37,6 +37,11 @@ LINF_RADII = "l-inf radii are about 0.3 on MNIST, 8/255 on CIFAR-10 and SVHN"
 _warned: set[tuple[str, float]] = set()  # (name, radius) pairs already warned about
 
 
+def norm_name(norm: str) -> str:
+    """The name tables and the console give a norm: ``linf`` -> ``l-inf``."""
+    return "l-inf" if norm == "linf" else norm
+
+
 def check_radius(eps: object, norm: str = "l2", name: str = "eps", *, warn: bool = True
                  ) -> float:
     """The one check of a radius ``eps`` in ``norm`` (METHOD.md section 3d); returns it as a
