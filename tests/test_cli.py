@@ -195,8 +195,8 @@ def test_bench_errors_are_one_line(tmp_path, capsys, args, message):
         (["eval", "RUN", "--eps", "0.5,,1"], "erat eval: error: argument --eps: radii"),
         (["train", "--out", ""], "erat train: error: argument --out: a path, not an empty"),
         (["eval", "--input-range", "-1,1"], "erat eval: error: argument --input-range: expected "
-                                            "one argument (a value that starts with '-' is "
-                                            "written --input-range=VALUE)"),
+                                            "one argument (if the value starts with '-', "
+                                            "write --input-range=VALUE)"),
         (["report", "r", "--out", " "], "erat report: error: argument --out: a path, not an"),
         (["eval", "RUN", "--no-progress"], "erat eval: error: unrecognized arguments: "
                                            "--no-progress"),

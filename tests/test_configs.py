@@ -177,7 +177,7 @@ def test_a_method_switch_keeps_the_parameters_the_new_method_takes(capsys):
     assert "its step_size dropped" in capsys.readouterr().err
 
 
-def test_a_setting_without_effect_is_noted(tmp_path, capsys):
+def test_a_setting_without_effect_is_noted(tmp_path, capsys, monkeypatch):
     """--momentum under Adam, --val-eps without --val, --unlabeled-batch-size without --labels
     trained without a word; now a note names each (from a --config file too)."""
     from erat.config import resolve_train
@@ -203,10 +203,14 @@ def test_a_setting_without_effect_is_noted(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--lam-kl has no effect here (it acts only without unlabeled inputs)" in err
     assert "--lam-u" not in err
+    resolve_train(tmp_path / "run", resume=False, config_file=None,  # (no unlabeled batch
+                  flags={"method": "er", "labels": 100, "lam_kl": 1.0, "lam_u": 0.0})  # read)
+    assert "--lam-kl" not in capsys.readouterr().err
     resolve_train(tmp_path / "run", resume=False, config_file=None,
                   flags={"dataset": "digits", "data_dir": "/nonexistent", "download": True})
     err = capsys.readouterr().err
     assert "--data-dir has no effect here (digits is embedded" in err and "--download" in err
+    monkeypatch.delenv("WORLD_SIZE", raising=False)  # (one process)
     conf.write_text("budget: 2\n")  # a file's budget replaced by the flags' --epochs
     resolve_train(tmp_path / "run", resume=False, config_file=conf,
                   flags={"epochs": 1, "sync_bn": True})

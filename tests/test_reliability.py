@@ -440,7 +440,8 @@ def test_a_signal_gives_one_line_a_resume_hint_and_no_stale_lock(tmp_path, sig, 
     # (a test run started in the background inherits an ignored SIGINT: give it back)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"},
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            preexec_fn=lambda: [signal.signal(s, signal.SIG_DFL)
+                                                for s in (signal.SIGINT, signal.SIGTERM)])
     try:
         deadline = time.monotonic() + 120
         while not (out / "metrics.jsonl").exists() and time.monotonic() < deadline:
@@ -473,23 +474,33 @@ def test_an_error_after_a_signal_is_the_signal(monkeypatch, capsys):
     finally:
         signal.signal(signal.SIGINT, previous)
     assert capsys.readouterr().err == "erat: interrupted\n"
+    monkeypatch.setenv("ERAT_DEBUG", "1")  # debugging: the error behind the interruption
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(ImportError):
+            main(["train"])
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert erat.errors.reported(ImportError("x"), []) is None  # (without a signal: a bug)
     assert erat.errors.reported(SystemExit(2), [KeyboardInterrupt()]) is None
 
 
 @pytest.mark.parametrize("command, target, says", [
-    (["eval", "RUN"], "erat.assess.evaluate_run", "the same command continues the evaluation"),
-    (["reproduce", "digits"], "erat.reproduce.reproduce", "the same command continues the suite"),
+    (["eval", "RUN"], "erat.assess.evaluate_run", "; the same command continues the evaluation"),
+    (["eval", "RUN", "--fresh"], "erat.assess.evaluate_run", ""),  # (it would start over)
+    (["eval", "model.pt"], "erat.assess.evaluate_run", ""),  # (a file keeps no state)
+    (["reproduce", "digits"], "erat.reproduce.reproduce", "; the same command continues the "
+                                                          "suite"),
 ])
-def test_an_interrupted_eval_or_suite_says_how_to_go_on(monkeypatch, capsys, command, target,
-                                                        says):
+def test_an_interrupted_eval_or_suite_says_how_to_go_on(monkeypatch, capsys, tmp_path, command,
+                                                        target, says):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(target, interrupted)
     monkeypatch.setattr("erat.assess.default_threat", lambda *a: ("l2", [0.5]))
-    assert main(command) == 130
-    assert capsys.readouterr().err == f"erat: interrupted; {says}\n"
+    assert main([str(tmp_path) if a == "RUN" else a for a in command]) == 130
+    assert capsys.readouterr().err == f"erat: interrupted{says}\n"
 
 
 def test_a_missing_run_folder_is_named_as_missing(tmp_path, capsys):

@@ -62,8 +62,9 @@ def test_gpu_script_commands_are_what_erat_takes(script, tmp_path):
     stand_in = tmp_path / "python"
     stand_in.write_text(f"#!{sys.executable}\n{STAND_IN}")
     stand_in.chmod(0o755)
-    env = {**os.environ, "PY": str(stand_in), "OUT": str(tmp_path / "out"),
-           "C10": str(tmp_path / "c10"), "SECONDS_LEFT": "60"}
+    env = {k: v for k, v in os.environ.items() if k not in ("ONLY", "PREV", "LIMIT")}
+    env |= {"PY": str(stand_in), "OUT": str(tmp_path / "out"), "C10": str(tmp_path / "c10"),
+            "SECONDS_LEFT": "60", "TMPDIR": str(tmp_path)}  # (the scripts' mktemp: here)
     done = subprocess.run(["bash", str(script)], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=300)
     log = tmp_path / "python.log"

@@ -43,8 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except BaseException as e:
             shown = reported(e, received)
             debug = args.debug or os.environ.get("ERAT_DEBUG", "") not in ("", "0")
-            if shown is None or debug and not isinstance(shown, KeyboardInterrupt
-                                                          | BrokenPipeError):
+            if shown is None or debug and (shown is not e or not isinstance(
+                    shown, KeyboardInterrupt | BrokenPipeError)):
                 raise
             return exit_code(shown, getattr(args, "hint", ""))  # (set by the command)
 
@@ -140,8 +140,7 @@ def _add_run_data_args(p: argparse.ArgumentParser, batch_size: int) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, ...")
     p.add_argument("--norm", choices=["l2", "linf"], help="the threat's norm (default: the "
                    "run's training norm; l2 for a model from outside erat)")
-    p.add_argument("--json", type=path, help="write the result as JSON here (checked before "
-                   "any work)")
+    p.add_argument("--json", type=path, help="write the result as JSON here (checked first)")
 
 
 def _add_eval(p: argparse.ArgumentParser) -> None:
@@ -163,7 +162,7 @@ def _add_eval(p: argparse.ArgumentParser) -> None:
                    "the run folder, or a cache folder when it is read-only)")
     p.add_argument("--fast", choices=["auto", "off"], default="auto", help="auto: the model "
                    "as CUDA graphs on a GPU (padded batches); off: eager everywhere")
-    p.set_defaults(run=run_eval, hint="the same command continues the evaluation")
+    p.set_defaults(run=run_eval)
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -172,6 +171,8 @@ def run_eval(args: argparse.Namespace) -> int:
     from erat.evaluate import EvalConfig
 
     options = {k: getattr(args, k) for k in attack_flags() if getattr(args, k) is not None}
+    if args.run_dir and args.run_dir.is_dir() and not args.fresh:  # (its state is kept there)
+        args.hint = "the same command continues the evaluation"
     norm, eps = default_threat(args.run_dir, args.norm, args.eps)
     cfg = EvalConfig.build(args.attack, norm=norm, eps=eps, batch_size=args.batch_size,
                            seed=args.seed, checks=args.checks, strict=True, **options)

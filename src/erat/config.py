@@ -20,7 +20,6 @@ import copy
 import dataclasses
 import itertools
 import math
-import os
 import sys
 import types
 import typing
@@ -30,9 +29,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from erat.datasets import dataset_names
+from erat.datasets import dataset_names, is_embedded
 from erat.datasets.own import check_options
-from erat.datasets.registry import DATASETS
+from erat.distributed import world_size
 from erat.errors import UserError
 from erat.fields import flag, flagged, param
 from erat.files import read_yaml
@@ -448,12 +447,13 @@ def resolve_train(out: Path, *, resume: bool, config_file: Path | None,
 
 def idle(cfg: TrainConfig, given: set[str]) -> list[str]:
     """The settings in ``given`` that ``cfg`` does not use, each with what would use it."""
-    embedded = cfg.dataset in DATASETS and not DATASETS[cfg.dataset].files
+    embedded = is_embedded(cfg.dataset)
     rules = {
         "data_dir": (embedded, f"{cfg.dataset} is embedded, it reads no files"),
-        "download": (embedded, f"{cfg.dataset} is embedded, it downloads nothing"),
-        "sync_bn": (os.environ.get("WORLD_SIZE", "1") == "1", "one process; it is for torchrun "
-                                                             "with several"),
+        "download": (embedded and cfg.download, f"{cfg.dataset} is embedded, it downloads "
+                                                "nothing"),
+        "sync_bn": (cfg.sync_bn and world_size() == 1, "one process; it is for torchrun "
+                                                      "with several"),
         "momentum": (cfg.fit.optimizer != "sgd", f"it is SGD's; --optimizer is "
                                                  f"{cfg.fit.optimizer}"),
         "val_eps": (cfg.val is None, "validation needs --val N"),
@@ -466,8 +466,9 @@ def idle(cfg: TrainConfig, given: set[str]) -> list[str]:
         "lam_u": (cfg.method == "er" and cfg.labels is None, "ER's virtual term is over "
                                                              "unlabeled inputs: --labels N"),
         "balance": (cfg.labels is None, "it balances the unlabeled predictions: --labels N"),
-        "lam_kl": (cfg.method == "er" and cfg.labels is not None, "it acts only without "
-                                                                  "unlabeled inputs"),
+        "lam_kl": (cfg.method == "er" and cfg.labels is not None and build_method(
+            cfg.method, **cfg.method_params).uses_unlabeled, "it acts only without unlabeled "
+                                                             "inputs"),
     }
     given = given | set(cfg.method_params)
     return [f"{flag(k)} has no effect here ({why})" for k, (unused, why) in rules.items()

@@ -64,9 +64,14 @@ class Dist:
         return self.rank == 0
 
 
+def world_size() -> int:
+    """The number of processes ``torchrun`` started (1 without it)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def setup(device: torch.device) -> Dist:
     """Join the process group that ``torchrun`` describes in the environment, if any."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = world_size()
     if world <= 1:
         return Dist()
     if not dist.is_initialized():

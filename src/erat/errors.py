@@ -61,13 +61,15 @@ def signals() -> Iterator[list[KeyboardInterrupt]]:
         yield received
     finally:
         for s, h in before.items():
-            signal.signal(s, h)
+            if h is not None:  # (None: a handler installed from C, which cannot be put back)
+                signal.signal(s, h)
 
 
 def reported(e: BaseException, received: list[KeyboardInterrupt]) -> BaseException | None:
     """What the command line reports in one line for ``e``: a user's or the environment's
-    error, or a signal. After a signal any other error is reported as the signal (an import
-    interrupted half-way fails later as an ``ImportError``). None: a bug, or argparse's exit."""
+    error, or a signal, as itself. After a signal an error of any other kind is reported as
+    the signal (an import interrupted half-way fails later as an ``ImportError``). None: a
+    bug, or argparse's exit."""
     if isinstance(e, KeyboardInterrupt | UserError | EnvironmentProblem | OSError):
         return e
     return received[0] if received and isinstance(e, Exception) else None

@@ -188,7 +188,7 @@ def _network(options: ExternalOptions, info: DatasetInfo, seed: int = 0
     if not is_factory(spec):
         raise UserError(f"--model {spec}: no such file, and not MODULE:FACTORY")
     try:
-        check_kwargs(options.model_kwargs)
+        check_kwargs(options.model_kwargs, ("in_shape", "num_classes"))  # (what it is given)
     except UserError as err:
         raise flagged(err) from None
     with torch.random.fork_rng(devices=[]):  # (the weights it builds: the same each time)

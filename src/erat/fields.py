@@ -139,7 +139,7 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> typing.NoReturn:
         given = re.match(r"argument (--[\w-]+).*: expected one argument$", message)
         if given:  # (argparse reads a value such as -1,1 as a flag)
-            message += f" (a value that starts with '-' is written {given[1]}=VALUE)"
+            message += f" (if the value starts with '-', write {given[1]}=VALUE)"
         self.exit(2, f"{self.prog}: error: {' '.join(message.split())} "
                      f"(see {self.prog} --help)\n")
 

@@ -88,8 +88,9 @@ def reproduce(
     _check_eval_settings(suite, runs, cfgs)
     _check_autoattack(suite, runs, cfgs)
     _check_plots(suite)
-    for device in {c.device for r, c in zip(runs, cfgs, strict=True) if r["name"] in work}:
-        resolve_device(device)  # (a device that is not there: before the first run)
+    for device in {c.device for r, c in zip(runs, cfgs, strict=True) if r["name"] in work
+                   and not RunDir(out / "runs" / r["name"]).finished()}:
+        resolve_device(device)  # (a device that is not there: before the first run trains)
     rows, results, commands, test, left_out, pending = [], {}, [], None, [], []
     clock = SuiteClock(len(mine), timed=not report_only,
                        then=" before AutoAttack" if suite.get("autoattack") else "")
@@ -361,16 +362,18 @@ def run_one(suite: dict[str, Any], run: dict[str, Any], cfg: TrainConfig, folder
     model = folder.load_model()
     x, y = load_dataset(cfg.dataset, "test", cfg.data_dir, **cfg.data_options).tensors
     ev = _radii({**(suite.get("eval") or {}), **(run.get("eval") or {})}, cfg)
-    n = _at_most(ev.pop("n", None), len(x), f"[{run['name']}] eval", log)
+    n = ev.pop("n", None)
     with nullcontext() if report_only else folder.lock():  # reading needs no lock
         result = _cached_eval(folder, RunDir.EVAL, model, x, y, ev, n, log, report_only)
         en = run["energy"] if "energy" in run else suite.get("energy")
         energy = None
         if en:
             en = dict(en)
-            ne = _at_most(en.pop("n", None), len(x), f"[{run['name']}] energy", log)
+            ne, note = _at_most(en.pop("n", None), len(x), f"[{run['name']}] energy")
 
             def measure() -> dict:
+                if note:
+                    log(note)
                 return energy_report(model, x[:ne], y[:ne], **en)
 
             energy = folder.cached(RunDir.ENERGY, {**en, "n": ne},
@@ -400,12 +403,13 @@ def run_one(suite: dict[str, Any], run: dict[str, Any], cfg: TrainConfig, folder
     return row, result, (x, y)
 
 
-def _at_most(n: int | None, total: int, what: str, log: Callable[[str], None]) -> int:
-    """A suite's ``n`` test images (None: all), with a note when it asks for more than the
-    test set holds (``erat eval --n`` refuses that; a suite says it and goes on)."""
-    if n is not None and n > total:
-        log(f"{what}: n {n} is more than the {total} test images: all {total}")
-    return min(n or total, total)
+def _at_most(n: int | None, total: int, what: str) -> tuple[int, str | None]:
+    """A suite's ``n`` test images (None: all) and, when it asks for more than the test set
+    holds, the note to log when they are measured (``erat eval --n`` refuses that; a suite
+    says it and goes on)."""
+    note = f"{what}: n {n} is more than the {total} test images: all {total}" \
+        if n is not None and n > total else None
+    return min(n or total, total), note
 
 
 def _not_ready(file: str) -> Callable[[], dict]:
@@ -415,13 +419,18 @@ def _not_ready(file: str) -> Callable[[], dict]:
 
 
 def _cached_eval(folder: RunDir, file: str, model: Any, x: Any, y: Any, ev: dict[str, Any],
-                 n: int, log: Callable[[str], None] = print, report_only: bool = False) -> dict:
-    """The evaluation ``ev`` of ``model`` on the first ``n`` test examples, cached in
-    ``file`` of the run folder (recomputed for other weights or settings), resumable;
-    ``report_only``: the cached one or ``NotReady``."""
+                 n: int | None, log: Callable[[str], None] = print, report_only: bool = False
+                 ) -> dict:
+    """The evaluation ``ev`` of ``model`` on the first ``n`` test examples (None: all),
+    cached in ``file`` of the run folder (recomputed for other weights or settings),
+    resumable; ``report_only``: the cached one or ``NotReady``."""
     from erat.evaluate import evaluate
 
+    n, note = _at_most(n, len(x), f"[{folder.path.name}] eval")
+
     def compute() -> dict:
+        if note:
+            log(note)
         log(f"[{folder.path.name}] evaluating ({ev.get('attack', 'pgd')} at eps "
             f"{ev.get('eps')}, {n} test images) -> {file}")
         return evaluate(model, x[:n], y[:n], n_total=len(x),
@@ -471,7 +480,7 @@ def autoattack_stage(suite: dict[str, Any], out: Path, runs: list[dict[str, Any]
         folder, cfg = RunDir(out / "runs" / run["name"]), cfgs[i]
         x, y = load_dataset(cfg.dataset, "test", cfg.data_dir, **cfg.data_options).tensors
         if compute:
-            log(f"[{run['name']}] AutoAttack on the first {n} test images")
+            log(f"[{run['name']}] AutoAttack on the first {min(n, len(x))} test images")
         try:
             with folder.lock() if compute else nullcontext():
                 res = _cached_eval(folder, "eval-autoattack.json", folder.load_model(), x, y,
@@ -480,7 +489,7 @@ def autoattack_stage(suite: dict[str, Any], out: Path, runs: list[dict[str, Any]
             if not wait and (not work or run["name"] in work):
                 log(f"[{run['name']}] AutoAttack not computed yet: left out")
             continue
-        rows[i] |= {"aa_n": n, "aa_clean_acc": res["clean_acc"], "aa_checks_failed":
+        rows[i] |= {"aa_n": min(n, len(x)), "aa_clean_acc": res["clean_acc"], "aa_checks_failed":
                     res["checks_failed"], **{f"aa_{k}": v for k, v in res["robust_acc"].items()}}
 
 

@@ -113,6 +113,11 @@ def own_scheme(name: str) -> str | None:
     return scheme if colon and scheme.isidentifier() else None
 
 
+def is_embedded(name: str) -> bool:
+    """Whether a registered dataset is built in (it reads no files, downloads nothing)."""
+    return name in DATASETS and not DATASETS[name].files
+
+
 def dataset_info(name: str, data_dir: str | Path | None = None, *,
                  test_split: float | None = None, resize: int | None = None) -> DatasetInfo:
     """A dataset's facts; for your own data (``SCHEME:PATH``) they are computed from its

@@ -67,10 +67,11 @@ def model_params(name: str) -> dict[str, Any]:
 DATA_ARGS = ("in_shape", "num_classes", "mean", "std")  # what build_model takes from the data
 
 
-def check_kwargs(kwargs: dict[str, Any]) -> None:
-    """Refuse a model keyword argument that the data sets (:data:`DATA_ARGS`): a second value
-    would be a ``TypeError`` deep in the call."""
-    fixed = [k for k in DATA_ARGS if k in kwargs]
+def check_kwargs(kwargs: dict[str, Any], data_args: Sequence[str] = DATA_ARGS) -> None:
+    """Refuse a model keyword argument that the data sets (``data_args``: those of
+    :func:`build_model`, or of a factory called directly): a second value would be a
+    ``TypeError`` deep in the call."""
+    fixed = [k for k in data_args if k in kwargs]
     if fixed:
         raise UserError(f"model_kwargs must not set {fixed[0]}: the data sets it")
 
