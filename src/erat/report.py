@@ -341,7 +341,8 @@ def read_results(runs: Sequence[Path], eval_name: str = "eval.json") -> dict[str
     for run in runs:
         path = Path(run) / eval_name
         if not Path(run).is_dir():
-            raise UserError(f"no such run folder: {run}")
+            raise UserError(f"{run} is a file, not a run folder" if Path(run).exists()
+                            else f"no such run folder: {run}")
         if not path.is_file() and (Path(run) / "runs").is_dir():
             raise UserError(f"{run} is a suite's report folder, not a run: give its runs "
                             f"({Path(run) / 'runs'}/*), or write its report with `erat "
