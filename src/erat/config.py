@@ -436,7 +436,9 @@ def resolve_train(out: Path, *, resume: bool, config_file: Path | None,
     saved = run.read_config() if resume and (run / RunDir.CONFIG).is_file() else None
     layers = [(read_settings(config_file), str(config_file))] if config_file else []
     cfg = resolve([*layers, (flags, "flags")], saved)
-    notes = idle(cfg, {k for settings, _ in layers for k in settings} | set(flags))
+    given = {k for settings, _ in [*layers, (flags, "")] for k in [
+        *settings, *(settings.get("method_params") or {})]}  # (a method's: in a file too)
+    notes = idle(cfg, given)
     for given, dropped in (("epochs", "budget"), ("budget", "epochs")):  # (the run's length)
         if given in flags and layers and layers[0][0].get(dropped) is not None:
             notes.append(f"{flag(given)} replaces the {dropped} of {config_file}")
@@ -470,7 +472,6 @@ def idle(cfg: TrainConfig, given: set[str]) -> list[str]:
             cfg.method, **cfg.method_params).uses_unlabeled, "it acts only without unlabeled "
                                                              "inputs"),
     }
-    given = given | set(cfg.method_params)
     return [f"{flag(k)} has no effect here ({why})" for k, (unused, why) in rules.items()
             if k in given and unused]
 
