@@ -344,7 +344,7 @@ def test_the_guard_fires_on_a_collapsing_run(tmp_path):
                                                    "balance": 0.0, "S": 1})
     assert rows[-1]["unlabeled_max_share"] > 0.3
     assert any("one class" in r.get("guard", "") for r in rows)
-    assert any(m.startswith("warning:") and "one class" in m for m in logs)
+    assert any(m.startswith("erat: warning:") and "one class" in m for m in logs)
 
 
 def test_the_guard_reads_the_validation_accuracy():
