@@ -439,9 +439,9 @@ def resolve_train(out: Path, *, resume: bool, config_file: Path | None,
     given = {k for settings, _ in [*layers, (flags, "")] for k in [
         *settings, *(settings.get("method_params") or {})]}  # (a method's: in a file too)
     notes = idle(cfg, given)
-    for given, dropped in (("epochs", "budget"), ("budget", "epochs")):  # (the run's length)
-        if given in flags and layers and layers[0][0].get(dropped) is not None:
-            notes.append(f"{flag(given)} replaces the {dropped} of {config_file}")
+    for kept, dropped in (("epochs", "budget"), ("budget", "epochs")):  # (the run's length)
+        if kept in flags and layers and layers[0][0].get(dropped) is not None:
+            notes.append(f"{flag(kept)} replaces the {dropped} of {config_file}")
     for line in notes:
         print(f"erat: note: {line}", file=sys.stderr)
     return cfg
