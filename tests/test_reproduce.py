@@ -64,26 +64,31 @@ def test_suite_runs_reports_and_resumes(suite_file, tmp_path):
     assert again[1]["clean_acc"] == rows[1]["clean_acc"]
 
 
-def test_a_report_links_only_the_plots_it_drew(tmp_path):
-    """A suite whose runs are not evaluated draws no plot, and its results.md linked one."""
+def one_run_suite(tmp_path: Path, run: str, rest: str) -> str:
+    """A suite file of one tiny digits run (``run``: its mapping's items after the name) and
+    the top-level keys ``rest``; its path."""
     path = tmp_path / "s.yaml"
     path.write_text("suite: s\ndefaults: {dataset: digits, model: mlp, model_kwargs: {hidden: "
                     "[8]}, epochs: 1, epoch_updates: 1, progress: false}\nruns:\n  - {name: a, "
-                    "method: erm, eval: false}\neval: {eps: [0.5], steps: 2, n: 10}\n")
-    reproduce(str(path), tmp_path / "out", log=lambda *_: None)
+                    f"{run}}}\n{rest}")
+    return str(path)
+
+
+def test_a_report_links_only_the_plots_it_drew(tmp_path):
+    """A suite whose runs are not evaluated draws no plot, and its results.md linked one."""
+    suite = one_run_suite(tmp_path, "method: erm, eval: false",
+                          "eval: {eps: [0.5], steps: 2, n: 10}\n")
+    reproduce(suite, tmp_path / "out", log=lambda *_: None)
     assert ".png" not in (tmp_path / "out" / "results.md").read_text()
     assert not list((tmp_path / "out").glob("*.png"))
 
 
 def test_an_n_above_the_test_set_is_said(tmp_path):
     """A suite's eval.n above the test set was clipped without a word."""
-    path = tmp_path / "s.yaml"
-    path.write_text("suite: s\ndefaults: {dataset: digits, model: mlp, model_kwargs: {hidden: "
-                    "[8]}, epochs: 1, epoch_updates: 1, progress: false}\nruns:\n  - {name: a, "
-                    "method: erm}\neval: {eps: [0.5], steps: 1, n: 100000, sanity_n: 0}\n"
-                    "plots: {landscape: false}\n")
+    suite = one_run_suite(tmp_path, "method: erm", "eval: {eps: [0.5], steps: 1, n: 100000, "
+                          "sanity_n: 0}\nplots: {landscape: false}\n")
     lines: list[str] = []
-    reproduce(str(path), tmp_path / "out", log=lines.append)
+    reproduce(suite, tmp_path / "out", log=lines.append)
     assert "[a] eval: n 100000 is more than the 360 test images: all 360" in lines
 
 

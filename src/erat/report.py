@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from erat.attacks import robust_key
 from erat.errors import UserError
 from erat.files import atomic_write_text, check_writable_dir, read_json
 from erat.losses import cross_entropy
@@ -449,9 +450,10 @@ def _energy_column(energy: object) -> dict[str, float]:
     if not isinstance(energy, dict) or energy.get("energy_mean") is None:
         return {}
     s = energy.get("settings") or {}
-    eps = s.get("eps")
-    shown = f"{eps:g}" if isinstance(eps, int | float) else "?"
-    return {f"energy-{s.get('norm', 'l2')}-eps{shown}": energy["energy_mean"]}
+    norm, eps = s.get("norm", "l2"), s.get("eps")
+    key = robust_key("energy", norm, eps) if isinstance(eps, int | float) else \
+        f"energy-{norm}-eps?"  # (the robust accuracies' key format, for the same ball)
+    return {key: energy["energy_mean"]}
 
 
 def _run_row(run: Path, name: str, result: dict) -> dict:

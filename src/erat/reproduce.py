@@ -479,8 +479,9 @@ def autoattack_stage(suite: dict[str, Any], out: Path, runs: list[dict[str, Any]
             compute = False
         folder, cfg = RunDir(out / "runs" / run["name"]), cfgs[i]
         x, y = load_dataset(cfg.dataset, "test", cfg.data_dir, **cfg.data_options).tensors
+        attacked = min(n, len(x))  # (_cached_eval says when n asks for more)
         if compute:
-            log(f"[{run['name']}] AutoAttack on the first {min(n, len(x))} test images")
+            log(f"[{run['name']}] AutoAttack on the first {attacked} test images")
         try:
             with folder.lock() if compute else nullcontext():
                 res = _cached_eval(folder, "eval-autoattack.json", folder.load_model(), x, y,
@@ -489,7 +490,7 @@ def autoattack_stage(suite: dict[str, Any], out: Path, runs: list[dict[str, Any]
             if not wait and (not work or run["name"] in work):
                 log(f"[{run['name']}] AutoAttack not computed yet: left out")
             continue
-        rows[i] |= {"aa_n": min(n, len(x)), "aa_clean_acc": res["clean_acc"], "aa_checks_failed":
+        rows[i] |= {"aa_n": attacked, "aa_clean_acc": res["clean_acc"], "aa_checks_failed":
                     res["checks_failed"], **{f"aa_{k}": v for k, v in res["robust_acc"].items()}}
 
 
