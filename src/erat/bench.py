@@ -29,7 +29,7 @@ from erat.fit.fast import needs_cuda, optimizer_kwargs
 from erat.graphs import Cloned, step_module
 from erat.losses import cross_entropy
 from erat.methods import Batch, build_method, method_names
-from erat.models import build_model, model_names
+from erat.models import MODELS, build_model
 from erat.models.factory import is_factory
 from erat.passes import supervised_search
 from erat.search import pgd, pgd_step_size
@@ -88,9 +88,12 @@ class BenchOptions:
             except UserError as err:
                 raise UserError(f"--methods {spec}: {err}") from None
         for name, _ in parse_setups(self.models):
-            if not is_factory(name) and name not in model_names():
-                raise UserError(f"--models: unknown model {name!r}; choose from "
-                                f"{', '.join(model_names())}, or MODULE:FACTORY")
+            if is_factory(name):
+                continue
+            try:
+                MODELS.lookup(name)
+            except UserError as err:  # (the registry's message: the names it holds)
+                raise UserError(f"--models: {err}, or MODULE:FACTORY") from None
         for flag, text, allowed in (("--amp", self.amp, ("none", "bf16", "fp16")),
                                     ("--compile", self.compile, ("off", "on")),
                                     ("--fast", self.fast, ("off", "on"))):
