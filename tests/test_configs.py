@@ -136,7 +136,10 @@ def test_one_resolution_path_refuses_budget_with_epochs_for_suites_too(tmp_path)
 @pytest.mark.parametrize("layers, says", [
     ([({"val_eps": -1}, "flags")], "--val-eps must be a finite number > 0"),
     ([({"method": "er", "S": -1}, "flags")], "--S must be an integer >= 0, got -1"),
-    ([({"epochs": 1.5}, "c.yaml")], "c.yaml: epochs must be int, got 1.5"),
+    ([({"epochs": 1.5}, "c.yaml")], "c.yaml: epochs must be an integer, got 1.5"),
+    ([({"schedule": "x"}, "c.yaml")], "c.yaml: schedule must be one of cosine, step, none"),
+    ([({"lr": True}, "c.yaml")], "c.yaml: lr must be a number, got True"),
+    ([({"budget_epochs": 2}, "flags")], "--budget-epochs must come with a budget"),
     ([({"S": -2}, "c.yaml"), ({"method": "er"}, "flags")], "c.yaml: S must be an integer >= 0"),
     ([({"lr": 0}, "s.yaml run a"), ({"lr": 0.1}, "the command line")], None),
     ([({"lr": -1}, "s.yaml run a"), ({}, "the command line")], "s.yaml run a: lr must be"),
@@ -147,6 +150,7 @@ def test_one_resolution_path_refuses_budget_with_epochs_for_suites_too(tmp_path)
 def test_a_refused_setting_is_named_where_it_was_given(layers, says):
     """Range and type errors named the setting as Python spells it (val_eps), whether it came
     from a flag or a file (and not which file); now the flag, or the file or suite entry.
+    A type was named as Python spells it too (``schedule must be Literal``); now in words.
     A method parameter of a --config file without a method was dropped when --method was
     given on the command line (S: -2 trained); it is kept, and checked."""
     from erat.config import resolve

@@ -110,3 +110,19 @@ def test_a_custom_module_trains_through_fit():
     assert result.model is model and result.last_epoch == 2 and result.updates == 2 * 22
     assert not torch.equal(before, model.body[1].weight)
     assert result.cost == pytest.approx(2 * 3.0, rel=1e-6)  # ER's step: 3x ERM's (S=1)
+
+
+@pytest.mark.parametrize("options, says", [
+    ({"lr": True}, "lr must be a number, got True"),
+    ({"schedule": "linear"}, "schedule must be one of cosine, step, none, got 'linear'"),
+    ({"batch_size": 0}, "batch_size must be an integer >= 1, got 0"),
+    ({"momentum": 1.0}, "momentum must be a number in [0, 1), got 1.0"),
+    ({"budget_epochs": 2}, "budget_epochs must come with a budget"),
+])
+def test_fit_options_of_the_library_are_checked_as_the_cli_checks_them(options, says):
+    """FitOptions built in Python (no config file, no flags) gets the same one-line checks."""
+    from erat.errors import UserError
+
+    with pytest.raises(UserError) as err:
+        FitOptions(**options)
+    assert str(err.value).startswith(says), str(err.value)

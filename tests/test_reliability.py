@@ -83,6 +83,14 @@ def test_train_says_what_it_wrote(tmp_path, capsys):
     assert sum(line.startswith("wrote ") for line in text.splitlines()) == 1
 
 
+def test_a_stop_after_the_last_epoch_is_noted(tmp_path, capsys):
+    """--stop-after at or beyond the run's last epoch was silently a full run."""
+    out = tmp_path / "run"
+    code, text, _ = run([*TRAIN, "--epochs", "1", "--stop-after", "3", "--out", out], capsys)
+    assert code == 0 and "--stop-after 3 is not before the run's last epoch (1)" in text
+    assert (out / "model.pt").exists()
+
+
 def test_resume_needs_a_run(tmp_path, capsys):
     code, _, err = run([*TRAIN, "--resume", "--out", tmp_path / "typo"], capsys)
     assert code == 2 and one_line(err) and "no run to resume" in err
@@ -188,6 +196,7 @@ def test_a_finished_evaluation_state_is_replaced_without_a_warning(finished, cap
     (["--labels", "50", "--val", "1400"], 2, "--val 1400: class 8 has 139 examples, fewer than "
                                              "the 140 a balanced split takes from each"),
     (["--method", "er", "--eps", "100"], 2, "--eps 100 is above 8, the l2 diameter of 1x8x8"),
+    (["--val", "50", "--val-eps", "100"], 2, "--val-eps 100 is above 8, the l2 diameter"),
     (["--model-kwargs", '{"nope": 1}'], 2, "model 'mlp' takes no parameter(s) nope"),
     (["--method", "pgd", "--steps", "0"], 2, "--steps must be an integer >= 1"),
     (["--method", "vat", "--power-iters", "0"], 2, "--power-iters must be an integer >= 1"),
@@ -208,7 +217,7 @@ def test_train_errors(tmp_path, capsys, args, code, message):
 
 
 @pytest.mark.parametrize("text, message", [
-    ("epochs: ten\n", "epochs must be int, got 'ten'"),
+    ("epochs: ten\n", "epochs must be an integer, got 'ten'"),
     ("- 1\n- 2\n", "must hold a mapping"),
     ("lr: [0.1\n", "not valid YAML"),
     ("colour: red\n", "unknown setting 'colour'"),

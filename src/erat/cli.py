@@ -245,7 +245,7 @@ def _add_reproduce(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="auto, cpu, cuda, ... (default: the suite's)")
     p.add_argument("--only", help="comma-separated run names to train and evaluate (the "
                    "report covers every finished run of the suite)")
-    p.add_argument("--report-only", action="store_true", help="report what is finished only")
+    p.add_argument("--report-only", action="store_true", help="report finished runs, train nothing")
     p.set_defaults(run=run_reproduce, hint="the same command continues the suite")
 
 

@@ -21,8 +21,6 @@ import dataclasses
 import itertools
 import math
 import sys
-import types
-import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -33,7 +31,7 @@ from erat.datasets import dataset_names, is_embedded
 from erat.datasets.own import check_options
 from erat.distributed import world_size
 from erat.errors import UserError
-from erat.fields import flag, flagged, param
+from erat.fields import check_types, flag, flagged, integer, param
 from erat.files import read_yaml
 from erat.fit import FitOptions
 from erat.methods import build_method, method_flags, method_names, method_params, reserve
@@ -79,11 +77,10 @@ class TrainConfig:
     fit: FitOptions = field(default_factory=FitOptions, metadata={"flag": False})
 
     def __post_init__(self) -> None:
-        _check_types(self)
-        if self.labels is not None and self.labels < 1:
-            raise UserError(f"labels must be an integer >= 1, got {self.labels}")
-        if self.val is not None and self.val < 1:
-            raise UserError(f"val must be an integer >= 1, got {self.val}")
+        check_types(self)
+        for name in ("labels", "val"):
+            if getattr(self, name) is not None:
+                integer(name, getattr(self, name), 1)
         check_options(self.test_split, self.resize)
         check_kwargs(self.model_kwargs)
 
@@ -101,7 +98,7 @@ class TrainConfig:
         if unknown:
             raise UserError(f"unknown configuration key(s): {', '.join(sorted(unknown))}")
         options = {k: v for k, v in d.items() if k in fit}
-        _check_types(FitOptions, options)
+        check_types(FitOptions, options)
         return cls(**{k: v for k, v in d.items() if k in own}, fit=FitOptions(**options))
 
     def to_dict(self) -> dict[str, Any]:
@@ -122,39 +119,6 @@ def fit_fields() -> set[str]:
 def config_fields() -> set[str]:
     """Every flat key of a training configuration."""
     return own_fields() | fit_fields()
-
-
-def _check_types(cls: Any, values: dict[str, Any] | None = None) -> None:
-    """One line naming the key when a value has the wrong type (``epochs: ten``); checks
-    ``values`` against ``cls``'s fields, or an instance's own values."""
-    if values is None:
-        cls, values = type(cls), {f.name: getattr(cls, f.name) for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
-    for name, value in values.items():
-        want = hints[name]
-        if isinstance(want, type) and dataclasses.is_dataclass(want):
-            continue
-        if not _is(value, want):
-            shown = getattr(want, "__name__", None) or str(want).replace("typing.", "")
-            shown = shown.removesuffix(" | None")  # (None means "not set", not a choice)
-            raise UserError(f"{name} must be {shown}, got {value!r}")
-
-
-def _is(value: Any, hint: Any) -> bool:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is typing.Literal:
-        return value in args
-    if args and origin in (typing.Union, types.UnionType):
-        return any(_is(value, a) for a in args)
-    if hint is type(None):
-        return value is None
-    if hint is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if origin is dict or hint is dict:
-        return isinstance(value, dict)
-    return isinstance(value, hint) if isinstance(hint, type) else True
 
 
 def method_keys() -> set[str]:

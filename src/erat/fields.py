@@ -177,15 +177,19 @@ def flagged(err: UserError) -> UserError:
     return UserError(f"{flag(name)} {rest}") if rest.startswith("must ") else err
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def finite_nonneg(name: str, value: float) -> None:
     """A setting that must be a finite number >= 0 (one-line ``UserError`` otherwise)."""
-    if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+    if not _number(value) or not math.isfinite(value) or value < 0:
         raise UserError(f"{name} must be a finite number >= 0, got {value!r}")
 
 
 def fraction(name: str, value: float) -> None:
     """A setting that must be a number in [0, 1]."""
-    if not isinstance(value, int | float) or not 0 <= value <= 1:
+    if not _number(value) or not 0 <= value <= 1:
         raise UserError(f"{name} must be a number in [0, 1], got {value!r}")
 
 
@@ -193,7 +197,7 @@ def positive(name: str, value: float | None, *, optional: bool = False) -> None:
     """A setting that must be a finite number > 0 (or None when ``optional``)."""
     if optional and value is None:
         return
-    if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+    if not _number(value) or not math.isfinite(value) or value <= 0:
         raise UserError(f"{name} must be a finite number > 0, got {value!r}")
 
 
@@ -208,6 +212,53 @@ def choice(name: str, value: str, options: Iterable[str]) -> None:
     options = tuple(options)
     if value not in options:
         raise UserError(f"{name} must be one of {', '.join(options)}, got {value!r}")
+
+
+def check_types(cls: Any, values: Mapping[str, Any] | None = None) -> None:
+    """One line naming the setting when a value has the wrong type (``epochs must be an
+    integer, got 'ten'``); checks ``values`` against the fields of the dataclass ``cls``, or
+    an instance's own values. Nested dataclasses are left to their own check."""
+    if values is None:
+        cls, values = type(cls), {f.name: getattr(cls, f.name) for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for name, value in values.items():
+        want = hints[name]
+        if isinstance(want, type) and dataclasses.is_dataclass(want):
+            continue
+        if not _is(value, want):
+            raise UserError(f"{name} must be {_kind(want)}, got {value!r}")
+
+
+def _is(value: Any, hint: Any) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        return value in args
+    if args and origin in (typing.Union, types.UnionType):
+        return any(_is(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+_KINDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
+          dict: "a mapping of names to values"}
+
+
+def _kind(hint: Any) -> str:
+    """A type in words: ``int | None`` -> ``an integer`` (None means "not set", not a
+    choice), ``Literal['a', 'b']`` -> ``one of a, b``."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        return "one of " + ", ".join(map(str, args))
+    if args and origin in (typing.Union, types.UnionType):
+        return " or ".join(_kind(a) for a in args if a is not type(None))
+    return _KINDS.get(origin or hint, getattr(hint, "__name__", str(hint)))
 
 
 def add_flags(group, specs: dict, defaults: dict | None = None) -> None:

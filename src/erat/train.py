@@ -60,8 +60,9 @@ def train(
     # names, settings and your own data and model first: a bad one touches no folder
     info = dataset_info(cfg.dataset, cfg.data_dir, **cfg.data_options)
     method = build_method(cfg.method, **cfg.method_params)
-    if getattr(method, "eps", None) is not None:  # (a training radius in pixel space)
-        check_radius_fits(float(method.eps), getattr(method, "norm", "l2"), info.shape)
+    for name, eps in (("--eps", getattr(method, "eps", None)), ("--val-eps", cfg.fit.val_eps)):
+        if eps is not None:  # (radii in pixel space)
+            check_radius_fits(float(eps), getattr(method, "norm", "l2"), info.shape, name=name)
     if is_factory(cfg.model):
         _check_factory(cfg, info)
     run.check_output(resume=resume, overwrite=overwrite)

@@ -75,6 +75,9 @@ def fit(
         torch.manual_seed(loop.options.seed * 7919 + start * 31 + loop.dist.rank)
     loop.history = run_dir.metrics() if run_dir and start else []
     epochs = loop.schedule.epochs
+    if stop_after is not None and stop_after >= epochs > start:
+        log(f"erat: note: --stop-after {stop_after} is not before the run's last epoch "
+            f"({epochs}): the run trains to its end")
     for epoch in range(start + 1, epochs + 1):
         row = loop.epoch(epoch)
         loop.record(row)

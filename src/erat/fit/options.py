@@ -3,12 +3,12 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from torch import Tensor, nn
 
+from erat import fields
 from erat.errors import UserError
 from erat.fields import param
 from erat.threat import check_radius
@@ -66,44 +66,22 @@ class FitOptions:
             raise UserError("--budget and --epochs contradict each other; give one")
         if self.epochs is None and self.budget is None:
             self.epochs = DEFAULT_EPOCHS
-        checks = {
-            "epochs must be an integer >= 1": self.epochs is None or _int(self.epochs, 1),
-            "budget must be a finite number > 0": self.budget is None
-            or (_num(self.budget) and 0 < self.budget < math.inf),
-            "budget_epochs must be an integer >= 1 (and needs --budget)":
-            self.budget_epochs is None or (_int(self.budget_epochs, 1) and self.budget is not None),
-            "batch_size must be an integer >= 1": _int(self.batch_size, 1),
-            "lr must be a finite number > 0": _num(self.lr) and 0 < self.lr < math.inf,
-            "momentum must be a number in [0, 1)": _num(self.momentum) and 0 <= self.momentum < 1,
-            "weight_decay must be a finite number >= 0": _num(self.weight_decay)
-            and 0 <= self.weight_decay < math.inf,
-            "unlabeled_batch_size must be an integer >= 1": self.unlabeled_batch_size is None
-            or _int(self.unlabeled_batch_size, 1),
-            "epoch_updates must be an integer >= 1": self.epoch_updates is None
-            or _int(self.epoch_updates, 1),
-            "optimizer must be sgd or adam": self.optimizer in ("sgd", "adam"),
-            "schedule must be cosine, step or none": self.schedule in ("cosine", "step", "none"),
-            "amp must be none, bf16 or fp16": self.amp in ("none", "bf16", "fp16"),
-            "fast must be auto, on or off": self.fast in ("auto", "on", "off"),
-            "seed must be an integer": _int(self.seed, -(2**63)),
-            "val_n must be an integer >= 1": _int(self.val_n, 1),
-            "val_eps must be a finite number > 0": self.val_eps is None
-            or (_num(self.val_eps) and self.val_eps > 0 and check_radius(self.val_eps,
-                                                                          name="val_eps") > 0),
-            "val_steps must be an integer >= 1": _int(self.val_steps, 1),
-            "select must be last or best-robust": self.select in ("last", "best-robust"),
-        }
-        for message, ok in checks.items():
-            if not ok:
-                raise UserError(message)
-
-
-def _int(v: Any, minimum: int) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= minimum
-
-
-def _num(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
+        fields.check_types(self)
+        for name in ("epochs", "budget_epochs", "unlabeled_batch_size", "epoch_updates"):
+            if getattr(self, name) is not None:
+                fields.integer(name, getattr(self, name), 1)
+        if self.budget_epochs is not None and self.budget is None:
+            raise UserError("budget_epochs must come with a budget (it splits one into epochs)")
+        for name in ("batch_size", "val_n", "val_steps"):
+            fields.integer(name, getattr(self, name), 1)
+        fields.positive("budget", self.budget, optional=True)
+        fields.positive("lr", self.lr)
+        fields.positive("val_eps", self.val_eps, optional=True)
+        fields.finite_nonneg("weight_decay", self.weight_decay)
+        if not 0 <= self.momentum < 1:
+            raise UserError(f"momentum must be a number in [0, 1), got {self.momentum!r}")
+        if self.val_eps is not None:
+            check_radius(self.val_eps, name="val_eps")
 
 
 @dataclass
