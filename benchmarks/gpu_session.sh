@@ -10,12 +10,13 @@
 #     step (kernels per step, the device-busy share, and the model calls replayed as graphs
 #     against run eager: what holds a step back); then ERM at
 #     batch 512 (the 40%-of-rate target);
-#  3. 100 updates of ER S 3 on the cifar10-subset, fast and eager from one seed: the two loss
-#     curves (metrics.jsonl, 20 epochs of 5 updates);
+#  3. 100 updates of ER S 3 on the cifar10-subset, fast and eager from one seed on the same
+#     batches: the two loss curves (metrics.jsonl, 20 epochs of 5 updates);
 #  4. the cifar10-subset trained fast and eager at the same settings (PGD-AT-3 and ER S 3,
 #     budget 30, best validation epoch), PGD-l2 at 0.5 on all 1,017 test images side by side
 #     (one evaluator for all: eager, `erat eval --fast off`); then the fast ER model evaluated
-#     again as CUDA graphs (the graph-captured evaluation: same accuracy, its time).
+#     again as CUDA graphs, twice in one process (the graph-captured evaluation: the same
+#     accuracy; its time with and without the compilation).
 # Usage (repository root): OUT=DIR C10=DIR_WITH_cifar-10-batches-py bash benchmarks/gpu_session.sh
 # (the device tool: carry data/cifar10-subset, then C10=data/cifar10-subset). Everything lands
 # in $OUT: session.log and gpu.tgz (the JSON of every stage, metrics of every run).
@@ -42,7 +43,9 @@ limit() {
   if [ "$left" -lt 20 ]; then echo "skipped (deadline): $*"; return 124; fi
   timeout -k 10 $((want < left ? want : left)) "$@"  # (KILL 10 s after a TERM ignored)
 }
-METHODS="erm,at,vat,pgd:steps=3,pgd:steps=10,trades:steps=10,er:S=1,er:S=3"
+# by priority (a stage cut by its deadline keeps the rows measured): ERM first (every row's
+# ratio), then the issue's targets, ER S 3 and PGD-AT-10, then the rest
+METHODS="erm,er:S=3,pgd:steps=10,er:S=1,pgd:steps=3,trades:steps=10,at,vat"
 
 stamp device
 limit 30 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
@@ -57,23 +60,25 @@ for _ in range(3):
 torch.cuda.synchronize(); print('preflight ok')" \
   || echo "preflight failed: the fast-path rows and runs below will fail; the eager ones still run"
 
-stamp "bench preact-resnet18, batch 128, eager fp32 against the fast path"
-limit 260 $PY -m erat bench --models preact-resnet18:3x32x32 --methods "$METHODS" --fast off,on \
+stamp "bench preact-resnet18, batch 128, the fast path (its compilations first) against eager fp32"
+limit 260 $PY -m erat bench --models preact-resnet18:3x32x32 --methods "$METHODS" --fast on,off \
   --chip --profile --batch-size 128 --steps 40 --warmup 5 --max-seconds 3 --no-attacks \
   --device cuda --json "$W/bench-128.json"
 pack
 stamp "bench preact-resnet18 ERM, batch 512"
-limit 60 $PY -m erat bench --models preact-resnet18:3x32x32 --methods erm --fast off,on --chip \
+limit 60 $PY -m erat bench --models preact-resnet18:3x32x32 --methods erm --fast on,off --chip \
   --batch-size 512 --steps 40 --warmup 5 --max-seconds 3 --no-attacks --device cuda \
   --json "$W/bench-512.json"
 pack
 
 RUN=(--dataset cifar10 --data-dir "$C10" --model preact-resnet18 --optimizer sgd --lr 0.1
   --momentum 0.9 --weight-decay 5e-4 --schedule step --seed 0 --no-progress --device cuda)
+# the same batches both ways (--no-fast-data: the host's generator draws them), so that the
+# curves differ by the step alone (graphs, bf16, channels-last)
 for fast in off on; do
   stamp "100 updates of ER S 3, fast $fast"
   limit 60 $PY -m erat train "${RUN[@]}" --method er --eps 0.5 --S 3 --epochs 20 \
-    --epoch-updates 5 --fast $fast --out "$W/curve-$fast"
+    --epoch-updates 5 --fast $fast --no-fast-data --out "$W/curve-$fast"
 done
 pack
 for run in "pgd3 --method pgd --eps 0.5 --steps 3" "er3 --method er --eps 0.5 --S 3"; do
@@ -89,10 +94,18 @@ for run in "pgd3 --method pgd --eps 0.5 --steps 3" "er3 --method er --eps 0.5 --
     pack
   done
 done
-stamp "eval er3 fast on again, the evaluator as CUDA graphs: the same accuracy, its time"
-limit 90 $PY -m erat eval "$W/er3-on" --device cuda --eps 0.5 --steps 50 --no-checks \
-  --fresh --json "$W/er3-on-pgd-graphs.json"
+stamp "eval er3 fast on again, the evaluator as CUDA graphs, twice in one process: the same"
+echo "accuracy; the first time with its compilation, the second without"
+limit 150 $PY -c "
+import sys, time
+from erat.cli import main
+for i in (1, 2):
+    t = time.perf_counter()
+    code = main(['eval', sys.argv[1], '--device', 'cuda', '--eps', '0.5', '--steps', '50',
+                 '--no-checks', '--fresh', '--json', f'{sys.argv[2]}-{i}.json'])
+    print(f'graph-captured eval {i}: exit {code}, {time.perf_counter() - t:.1f} s', flush=True)
+" "$W/er3-on" "$W/er3-on-pgd-graphs"
 pack
 stamp "fallbacks and skips (compiled step failed, Dynamo recompile limit, deadline)"
-grep -v "^== " "$OUT/session.log" | grep -E "compiled step failed|recompile_limit|cache_size_limit|skipping cudagraphs|skipped \(deadline\)" | sort | uniq -c | head -20
+grep -v "^== " "$OUT/session.log" | grep -E "compiled step failed|recompile_limit|cache_size_limit|without CUDA graphs|cudagraph skips|skipped \(deadline\)" | sort | uniq -c | head -20
 stamp done

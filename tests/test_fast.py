@@ -119,17 +119,20 @@ class Counted(nn.Module):
 
 
 def _graphed_updates(name: str, routed: bool | None, updates: int = 3, *,
-                     compile: bool = False) -> tuple[list, list]:
+                     compile: bool = False, declared: bool = False) -> tuple[list, list]:
     """``updates`` training updates of method ``name`` on ``Cloned(GraphTree(model))`` (with
     the eager model beside it if ``routed``; None: on the model itself; ``compile``: the tree
-    around ``torch.compile(model)``); per update its loss and the (captured, captured
-    searches, eager) pass counts."""
+    around ``torch.compile(model)``; ``declared``: routed from the start as the method's
+    ``searches_after_clean`` says); per update its loss and the (captured, captured searches,
+    eager) pass counts."""
     g = torch.Generator().manual_seed(3)
     model = tiny().train()
-    tree, counted = GraphTree(torch.compile(model) if compile else model), Counted(model)
-    step = Cloned(tree, counted if routed else None) if routed is not None else model
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
     method = build_method(name, **({"eps": 0.1} if name == "fast-at" else {}))
+    tree, counted = GraphTree(torch.compile(model) if compile else model), Counted(model)
+    overlaps = declared and getattr(method, "searches_after_clean", False)
+    step = Cloned(tree, counted if routed else None, overlaps=overlaps) \
+        if routed is not None else model
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
     torch.manual_seed(1)
     losses, passes = [], []
     for _ in range(updates):
@@ -166,6 +169,22 @@ def test_the_graphs_never_lose_a_waiting_forward(name):
     assert (first[1] > 0) == (searches and not overlap) and (first[2] > 0) == overlap
     for _, captured_searches, eager in later:
         assert (captured_searches > 0) == searches and eager == overlap
+    assert losses == _graphed_updates(name, routed=None)[0]
+
+
+@pytest.mark.parametrize("name", method_names())
+def test_a_method_says_when_its_clean_pass_waits_across_a_search(name):
+    """A method's ``searches_after_clean`` routes its first update as the later ones: the
+    clean pass eager from the start, every search captured (the clean pass's graph was
+    compiled for one update and never used again). Said by exactly the methods that need it:
+    a method that overlaps without saying it still trains (the routing learns it), but pays
+    that compilation; one that says it without overlapping runs its clean pass eager."""
+    declared = getattr(build_method(name, **({"eps": 0.1} if name == "fast-at" else {})),
+                       "searches_after_clean", False)
+    assert declared == (name in ("at", "trades", "vat", "er"))
+    losses, passes = _graphed_updates(name, routed=True, declared=True)
+    if declared:
+        assert len(set(passes)) == 1 and passes[0][1] > 0 and passes[0][2] == 1
     assert losses == _graphed_updates(name, routed=None)[0]
 
 
@@ -265,3 +284,35 @@ def test_a_double_backward_method_trains_eager_under_compile(tmp_path, capsys):
     out = capsys.readouterr()
     assert code == 0 and "double backward" in out.out + out.err
     assert "compiled step failed" not in out.out + out.err
+
+
+def test_a_compiled_step_that_fails_goes_on_eager(tmp_path, capsys, monkeypatch):
+    """A failed compilation or replay is not always a RuntimeError that names a graph
+    (Inductor's and the CUDA-graph trees' assertions are not): it crashed the run; the run now
+    goes on eager, said once."""
+    import erat.fit.loop
+
+    class Broken(nn.Module):
+        def forward(self, x):
+            raise AssertionError("unexpected state of the graph trees")
+
+    monkeypatch.setattr(erat.fit.loop, "step_module", lambda model, method, **_: Broken())
+    code = main(["train", "--dataset", "digits", "--epochs", "1", "--epoch-updates", "3",
+                 "--compile", "--no-progress", "--out", str(tmp_path / "run")])
+    out = capsys.readouterr().out
+    assert code == 0 and out.count("the compiled step failed (unexpected state") == 1, out
+    assert (tmp_path / "run" / "model.pt").exists()
+
+
+def test_graphs_run_without_cuda_graph_replay_are_warned_of(tmp_path, capsys, monkeypatch):
+    """torch runs a compiled graph without CUDA-graph replay (a "cudagraph skip") silently
+    unless an opt-in log is on: the fast path lost its speed unseen. The run says so, once
+    for each epoch that adds skips."""
+    import erat.fit.loop
+
+    skips = iter([0, 2, 2, 2, 2])  # (read at the start, then after each epoch)
+    monkeypatch.setattr(erat.fit.loop, "cudagraph_skips", lambda: next(skips, 2))
+    code = main(["train", "--dataset", "digits", "--epochs", "2", "--epoch-updates", "2",
+                 "--compile", "--no-progress", "--out", str(tmp_path / "run")])
+    out = capsys.readouterr().out
+    assert code == 0 and out.count("2 compiled graph(s) ran without CUDA graphs") == 1, out

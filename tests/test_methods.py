@@ -91,6 +91,25 @@ def test_inner_searches_leave_parameter_grad_untouched(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_searches_run_on_frozen_parameters_and_restore_them(name, monkeypatch):
+    """A search differentiates with respect to its input only: its passes see the
+    parameters frozen (a compiled graph then computes no weight gradients); afterwards each
+    parameter requires grad as before, a layer the user froze included, and the update
+    reaches every trainable parameter."""
+    model, b = bn_net().train(), batch()
+    model[0].bias.requires_grad_(False)  # frozen by the user
+    seen = []
+    model.register_forward_pre_hook(lambda m, inp: seen.append(
+        (inp[0].requires_grad, any(p.requires_grad for p in m.parameters()))))
+    make(name, S=2)(model, b).loss.backward()
+    searches = [trainable for needs_grad, trainable in seen if needs_grad]
+    assert not any(searches) and (searches or name == "erm")
+    assert not model[0].bias.requires_grad and model[0].weight.requires_grad
+    assert all(p.requires_grad and p.grad is not None for n, p in model.named_parameters()
+               if n != "0.bias")
+
+
+@pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("mode", ["train", "eval", "mixed"])
 def test_mode_is_restored(name, mode):
     model = bn_net().train(mode != "eval")

@@ -26,7 +26,7 @@ from torch import nn
 from erat.errors import UserError, first_line
 from erat.fields import param
 from erat.fit.fast import needs_cuda, optimizer_kwargs
-from erat.graphs import Cloned, step_module
+from erat.graphs import Cloned, cudagraph_skips, step_module
 from erat.losses import cross_entropy
 from erat.methods import Batch, build_method, method_names
 from erat.models import MODELS, build_model
@@ -184,8 +184,9 @@ def bench_training(
     channels-last for convolutional models, a fused optimiser); ``profile`` adds each step's
     kernel count and the share of its time the device is busy (:func:`kernel_profile`);
     ``on_row`` is called with each row as it is measured; a method that differentiates twice
-    (ER's gradient estimator) runs on the model itself. A step that raises a
-    ``RuntimeError`` (a failed capture or compilation) is a row with its ``error``.
+    (ER's gradient estimator) runs on the model itself. A step that raises (a failed capture
+    or compilation) is a row with its ``error``. Rows come in the order of ``methods``, ERM
+    first (each row's ratio to ERM is known when it is measured).
     """
     device = device or torch.device("cpu")
     if fast:
@@ -223,16 +224,16 @@ def bench_training(
 
         row = {"model": model_name, "method": name, "batch_size": batch_size, "amp": amp,
                "compiled": compiled and stepped is not model, "fast": fast}
-        rows.append(row | _measured(step, device, steps, warmup, max_seconds, profile,
-                                    batch_size)
-                    | {"passes_per_example": method.cost(batch, model.train()) / batch_size}
-                    | (_graph_passes(stepped) if isinstance(stepped, Cloned) else {}))
+        skips = cudagraph_skips()
+        row |= (_measured(step, device, steps, warmup, max_seconds, profile, batch_size)
+                | {"passes_per_example": method.cost(batch, model.train()) / batch_size,
+                   "cudagraph_skips": cudagraph_skips() - skips}
+                | (_graph_passes(stepped) if isinstance(stepped, Cloned) else {}))
+        rows.append(row)
+        row["ratio_to_erm"] = row["ms_per_step"] / rows[0]["ms_per_step"]  # (ERM: measured first)
+        row["counted_ratio_to_erm"] = row["passes_per_example"] / rows[0]["passes_per_example"]
         if on_row is not None:
-            on_row(rows[-1])
-    erm, erm_passes = rows[0]["ms_per_step"], rows[0]["passes_per_example"]
-    for row in rows:
-        row["ratio_to_erm"] = row["ms_per_step"] / erm
-        row["counted_ratio_to_erm"] = row["passes_per_example"] / erm_passes
+            on_row(row)
     return [r for r in rows if r["method"] in methods]
 
 
@@ -244,13 +245,13 @@ def _graph_passes(model: Cloned) -> dict[str, int]:
 
 def _measured(step: Callable[[], Any], device: torch.device, steps: int, warmup: int,
               max_seconds: float, profile: bool, batch_size: int) -> dict[str, Any]:
-    """The timing columns of one row; a step that raises a ``RuntimeError`` (a failed
-    capture or compilation) gives its ``error`` and NaNs, so the other rows still run (on a
-    GPU after resetting Dynamo and its CUDA-graph trees, which the failure may have left
-    half-recorded)."""
+    """The timing columns of one row; a step that raises (a failed capture or compilation:
+    Dynamo's, Inductor's and the CUDA-graph trees' errors are not all a ``RuntimeError``)
+    gives its ``error`` and NaNs, so the other rows still run (on a GPU after resetting
+    Dynamo and its CUDA-graph trees, which the failure may have left half-recorded)."""
     try:
         times = _time(step, device, steps, warmup, max_seconds)
-    except RuntimeError as err:
+    except Exception as err:  # (one failed row is a row, not the end of the bench)
         if device.type == "cuda":
             import torch._dynamo
 
@@ -446,9 +447,16 @@ def run_bench(options: BenchOptions, device: torch.device, log=print,
         rows: list[dict[str, Any]] = []
         entry: dict[str, Any] = {"shape": list(shape), "rows": rows}
         result["models"][name] = entry
+        if o.chip:  # (first: a run cut short keeps every column of the rows it measured)
+            entry["flops_per_image"] = flops_per_image(name, shape, device)
 
-        def measured(row: dict[str, Any], rows: list = rows) -> None:
+        def measured(row: dict[str, Any], rows: list = rows, entry: dict = entry,
+                     name: str = name) -> None:
+            if o.chip:
+                _chip_columns([row], entry["flops_per_image"]["train_step"],
+                              result["matrix_tflops"])
             rows.append(row)
+            log(_row_line(name, row, o.chip))
             if partial is not None:
                 partial(result)
 
@@ -459,19 +467,6 @@ def run_bench(options: BenchOptions, device: torch.device, log=print,
                 warmup=o.warmup + 3 * (comp or fast), max_seconds=o.max_seconds,
                 device=device, amp=amp, channels_last=o.channels_last, compiled=comp,
                 fast=fast, profile=o.profile, on_row=measured)
-        if o.chip:
-            entry["flops_per_image"] = flops_per_image(name, shape, device)
-            _chip_columns(rows, entry["flops_per_image"]["train_step"],
-                          result["matrix_tflops"])
-        for r in rows:
-            variant = "fast" if r["fast"] else r["amp"] + ("+compile" if r["compiled"] else "")
-            log(f"{name:<16} {variant:<13} {r['method']:<20} {r['ms_per_step']:>9.1f} "
-                f"{r['images_per_s']:>8.0f} {r['ratio_to_erm']:>6.2f} "
-                f"{r['counted_ratio_to_erm']:>8.2f} {r['peak_mem_mb']:>8.0f}"
-                + (f"  {r['rate_fraction']:>9.1%}" if o.chip else "")
-                + (f"  eager passes {r['eager_passes']}/{r['eager_passes'] + r['graph_passes']}"
-                   if "eager_passes" in r else "")
-                + (f"  error: {r['error']}" if "error" in r else ""))
         if o.attacks:
             entry["attacks"] = bench_attacks(_model(name, shape, device).eval(), shape,
                                              batch_size=o.batch_size, steps=o.attack_steps,
@@ -481,6 +476,19 @@ def run_bench(options: BenchOptions, device: torch.device, log=print,
             log(f"{name:<16} attacks: " + _attack_line(entry["attacks"]))
     result["complete"] = True
     return result
+
+
+def _row_line(name: str, r: dict[str, Any], chip: bool) -> str:
+    """The console's line of one measured row."""
+    variant = "fast" if r["fast"] else r["amp"] + ("+compile" if r["compiled"] else "")
+    return (f"{name:<16} {variant:<13} {r['method']:<20} {r['ms_per_step']:>9.1f} "
+            f"{r['images_per_s']:>8.0f} {r['ratio_to_erm']:>6.2f} "
+            f"{r['counted_ratio_to_erm']:>8.2f} {r['peak_mem_mb']:>8.0f}"
+            + (f"  {r['rate_fraction']:>9.1%}" if chip else "")
+            + (f"  eager passes {r['eager_passes']}/{r['eager_passes'] + r['graph_passes']}"
+               if "eager_passes" in r else "")
+            + (f"  cudagraph skips {r['cudagraph_skips']}" if r.get("cudagraph_skips") else "")
+            + (f"  error: {r['error']}" if "error" in r else ""))
 
 
 def _attack_line(a: dict[str, Any]) -> str:
@@ -497,11 +505,13 @@ def _attack_line(a: dict[str, Any]) -> str:
 
 
 def _variants(o: BenchOptions) -> list[tuple[str, bool, bool]]:
-    """``(amp, compiled, fast)`` of every variant asked for (the fast path sets its own
-    precision and capture: one variant), from options :meth:`BenchOptions.check` passed."""
-    amps, compiles, fasts = o.amp.split(","), o.compile.split(","), o.fast.split(",")
-    plain = [(a, c == "on", False) for a in amps for c in compiles] if "off" in fasts else []
-    return plain + ([("none", False, True)] if "on" in fasts else [])
+    """``(amp, compiled, fast)`` of every variant asked for, in the order of ``--fast`` (the
+    fast path sets its own precision and capture: one variant), from options
+    :meth:`BenchOptions.check` passed."""
+    amps, compiles = o.amp.split(","), o.compile.split(",")
+    plain = [(a, c == "on", False) for a in amps for c in compiles]
+    return [v for f in o.fast.split(",") for v in (plain if f == "off" else
+                                                   [("none", False, True)])]
 
 
 def _chip_columns(rows: list[dict[str, Any]], step_flops: float, tflops: float) -> None:

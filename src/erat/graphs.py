@@ -39,7 +39,8 @@ def check_capturable(model: nn.Module, example: Tensor) -> None:
                         "with --fast off (the eager path)")
 
 
-def compiled(model: nn.Module, *, graphs: bool, graph_searches: bool = False) -> nn.Module:
+def compiled(model: nn.Module, *, graphs: bool, graph_searches: bool = False,
+             overlaps: bool = False) -> nn.Module:
     """``torch.compile`` of ``model``: CUDA-graph replay (``reduce-overhead``) on a GPU with
     ``graphs``, plain kernel fusion otherwise (the CPU tests' mode). A replayed graph writes
     its outputs into the same buffers each time, and a method calls the model on one shape
@@ -57,12 +58,14 @@ def compiled(model: nn.Module, *, graphs: bool, graph_searches: bool = False) ->
     search makes ``S`` of them), so that the search and the passes after it are replayed (a
     second search while one of those waits, ER's virtual one after its supervised rays, runs
     eager). Searches with nothing pending (PGD-AT's, before its one trained pass) are
-    captured from the start."""
+    captured from the start. ``overlaps``: the method says that its clean pass waits across
+    a search (``searches_after_clean``), so the first update is routed as the later ones (its
+    clean pass's graph would otherwise be compiled for that one update)."""
     _raise_recompile_limit()
     cuda = next(model.parameters()).device.type == "cuda"
     if graphs and cuda:
         return Cloned(torch.compile(model, mode="reduce-overhead"),
-                      None if graph_searches else model)
+                      None if graph_searches else model, overlaps=overlaps)
     return torch.compile(model)
 
 
@@ -74,7 +77,17 @@ def step_module(model: nn.Module, method: object, *, graphs: bool, compile: bool
     (``double_backward``: a double backward, which no compiled graph supports)."""
     if getattr(method, "double_backward", False) or not (graphs or compile):
         return model
-    return compiled(model, graphs=graphs)
+    return compiled(model, graphs=graphs,
+                    overlaps=getattr(method, "searches_after_clean", False))
+
+
+def cudagraph_skips() -> int:
+    """How many compiled graphs of this process torch has run without CUDA-graph replay (a
+    CPU tensor, a mutated input, ...): each one is the fast path without its speed. torch
+    says why only in an opt-in log (``TORCH_LOGS``), so erat reads its counter."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["inductor"]["cudagraph_skips"])
 
 
 def _raise_recompile_limit(limit: int = 64) -> None:
@@ -95,16 +108,18 @@ class Cloned(nn.Module):
     With ``eager`` (the same module, uncompiled), the routing of :func:`compiled`: a search
     (a call on an input that requires grad) made while a captured forward waits for its
     backward (``pending``, counted by a gradient hook on each output) runs eager, and is
-    remembered (``overlaps``): from then on the first pass of each update, unless it is itself
-    a search, runs eager, so that nothing captured waits across the searches. The training
+    remembered (``overlaps``, or known from the start): from then on the first pass of each
+    update, unless it is itself a search, runs eager, so that nothing captured waits across
+    the searches. The training
     loop calls :meth:`start_update` before each update; ``passes`` counts the update's
     replayed and eager calls (``erat bench`` reports them)."""
 
-    def __init__(self, model: nn.Module, eager: nn.Module | None = None) -> None:
+    def __init__(self, model: nn.Module, eager: nn.Module | None = None,
+                 overlaps: bool = False) -> None:
         super().__init__()
         self.model = model
         self._eager = (eager,)  # (a tuple: not a second copy in modules()/state_dict)
-        self.overlaps = False  # a search has met a waiting forward: first passes run eager
+        self.overlaps = overlaps  # a search meets a waiting forward: first passes run eager
         self.start_update()
 
     def start_update(self) -> None:

@@ -24,7 +24,10 @@ recipe                     what the pass sees
                            whole ray, dropout off.
 =========================  ============================================================
 
-Every context restores each module's own state on exit. A search's target must come from
+Both searches freeze the parameters (``requires_grad`` off): a search differentiates with
+respect to its input alone, and a compiled graph would otherwise compute every weight
+gradient too (eager autograd skips them). Every context restores each module's own state on
+exit. A search's target must come from
 the function it searches: :func:`supervised_target` and :func:`label_free_target`.
 
 Example::
@@ -66,9 +69,23 @@ def _training_off(modules: list[nn.Module]) -> Iterator[None]:
 
 
 @contextmanager
+def _frozen(model: nn.Module) -> Iterator[None]:
+    """``requires_grad`` off on the parameters that have it; on again afterwards."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+@contextmanager
 def supervised_search(model: nn.Module) -> Iterator[nn.Module]:
-    """Eval mode for an inner search or an attack; restores each module's ``training``."""
-    with _training_off(list(model.modules())):
+    """Eval mode for an inner search or an attack, the parameters frozen; restores each
+    module's ``training`` and each parameter's ``requires_grad``."""
+    with _training_off(list(model.modules())), _frozen(model):
         yield model
 
 
@@ -113,8 +130,9 @@ def label_free_search(model: nn.Module) -> Iterator[nn.Module]:
 
     The search probes the very function the perturbed pass trains; VAT's reference code
     searches in train mode too (takerum/vat). Searching the eval-mode function instead made
-    VAT drift with few labels (docs/results/semi-supervised-100-labels.md)."""
-    with clean_function(model):
+    VAT drift with few labels (docs/results/semi-supervised-100-labels.md). The parameters
+    are frozen, as in :func:`supervised_search`."""
+    with clean_function(model), _frozen(model):
         yield model
 
 
@@ -163,20 +181,21 @@ def _recording_forward(bn: nn.Module, forward: Callable[[Tensor], Tensor], stats
     def patched(inp: Tensor) -> Tensor:
         if not bn.training:
             return forward(inp)
-        if not recorded:
-            dims = [0, *range(2, inp.dim())]
-            if not 0 < stats_from < inp.shape[0] - 1:
-                recorded.append((inp.mean(dims), inp.var(dims, unbiased=False)))
+        x = inp.float()  # (statistics and normalisation in float32, as BatchNorm's own
+        if not recorded:  # kernels under bf16 autocast: the clean pass's very function)
+            dims = [0, *range(2, x.dim())]
+            if not 0 < stats_from < x.shape[0] - 1:
+                recorded.append((x.mean(dims), x.var(dims, unbiased=False)))
                 return forward(inp)
-            part = inp[stats_from:]
+            part = x[stats_from:]
             recorded.append((part.mean(dims), part.var(dims, unbiased=False)))
             _update_running(bn, *recorded[0], part.numel() // part.shape[1])
         mean, var = recorded[0]
-        shape = (1, -1, *([1] * (inp.dim() - 2)))  # per channel: [1, C, 1, ...]
-        out = (inp - mean.view(shape)) * torch.rsqrt(var.view(shape) + bn.eps)
+        shape = (1, -1, *([1] * (x.dim() - 2)))  # per channel: [1, C, 1, ...]
+        out = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + bn.eps)
         if bn.affine:
             out = out * bn.weight.view(shape) + bn.bias.view(shape)
-        return out
+        return out.to(inp.dtype)
 
     return patched
 

@@ -39,7 +39,7 @@ from erat.fit.sampler import EpochSampler
 from erat.fit.schedule import build_optimizer, plan
 from erat.fit.state import TrainState
 from erat.fit.validate import clean_accuracy, val_radius, validate
-from erat.graphs import Cloned, check_capturable, step_module
+from erat.graphs import Cloned, check_capturable, cudagraph_skips, step_module
 from erat.methods import Batch, Method
 from erat.rundir import RunDir, unwrap
 
@@ -120,6 +120,7 @@ class Loop:
         self.val_eps = val_radius(method, options, data)
         self.state = TrainState(model, optimizer, scheduler, scaler)
         self.step_model = self._step_model(data)
+        self.skips = cudagraph_skips()  # (the warning below: once, for this run's graphs)
         on_device = self.fast and options.fast_data
         self.x = fast.DeviceImages(data.x, self.device) if on_device else data.x.to(self.device)
         self.y = data.y.to(self.device)
@@ -178,16 +179,23 @@ class Loop:
                **{f"train_{k}": v / n for k, v in sums.items()}}
         if sched.counted:
             row["cost"] = sched.cost(first + n)
+        if cudagraph_skips() > self.skips and self.step_model is not self.model:
+            self.log(f"erat: warning: {cudagraph_skips() - self.skips} compiled graph(s) ran "
+                     "without CUDA graphs (torch's cudagraph skips; TORCH_LOGS=perf_hints says "
+                     "why): the fast path is slower there")
+            self.skips = cudagraph_skips()
         return row
 
     def _update(self, batch: Batch) -> dict[str, Any]:
         """One update; where the compiled step or its CUDA-graph replay fails (a pattern of
-        calls it cannot serve), the run goes on eager, said once."""
+        calls it cannot serve, a compiler that fails: Dynamo's, Inductor's and the graph
+        trees' errors are not all a ``RuntimeError``), the run goes on eager, said once (an
+        error of the model itself is raised again there)."""
         try:
             return update(self.step_model, self.method, batch, self.state, self.amp,
                           self.device, self.dist, lazy=self.fast)
-        except RuntimeError as err:
-            if self.step_model is self.model or "graph" not in str(err).lower():
+        except Exception as err:
+            if self.step_model is self.model or isinstance(err, UserError):
                 raise
             skip = "--no-fast-graph" if self.fast and self.options.fast_graph else \
                 "training without --compile"

@@ -62,7 +62,10 @@ class StepOutput(NamedTuple):
 class Method(Protocol):
     """A training objective. ``uses_unlabeled`` says whether ``batch.x_unlabeled`` is read;
     an optional ``double_backward`` (default False) that the step differentiates through an
-    input gradient, which a compiled graph cannot (the model then runs eager)."""
+    input gradient, which a compiled graph cannot (the model then runs eager); an optional
+    ``searches_after_clean`` (default False) that the clean pass waits for its backward
+    while an inner search runs, which the fast path serves eager (:func:`erat.graphs.compiled`;
+    ``tests/test_fast.py`` finds a method that does so without saying it)."""
 
     name: str
     uses_unlabeled: bool

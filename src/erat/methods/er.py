@@ -107,6 +107,8 @@ class ER:
     ramp: float = param(0.0, "ER: fraction of training over which the radius grows "
                              "linearly from 0 to eps")
 
+    searches_after_clean = True  # (the clean pass waits across the search: erat.graphs)
+
     @property
     def uses_unlabeled(self) -> bool:
         """Unlabeled inputs are read only for the virtual form (``lam_u > 0``) or EntMin."""

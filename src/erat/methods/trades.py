@@ -41,6 +41,7 @@ class TRADES:
     beta: float = param(6.0, "TRADES' weight of the KL term")
 
     uses_unlabeled = False
+    searches_after_clean = True  # (the clean pass waits across the search: erat.graphs)
 
     def __post_init__(self) -> None:
         check_radius(self.eps, self.norm)

@@ -59,6 +59,8 @@ class VAT:
     balance: float = param(1.0, "weight of the class-balance term on unlabeled predictions "
                                 "(KL of their mean to the labels' class frequencies)")
 
+    searches_after_clean = True  # (the clean pass waits across the search: erat.graphs)
+
     @property
     def uses_unlabeled(self) -> bool:
         """Unlabeled inputs are read only for the virtual term or EntMin (the class balance
