@@ -281,6 +281,39 @@ def test_only_lists_split_a_suite_and_autoattack_waits_for_the_group(tmp_path):
     assert {n for n, r in rows.items() if "aa_clean_acc" in r} == {best, "c"}
 
 
+@pytest.mark.slow
+def test_a_suite_reports_runs_whose_weights_were_dropped(suite_file, tmp_path, capsys):
+    """A GPU session brings back no model file (16 MiB a file): its run folders travel with
+    their weights dropped (RunDir.drop_weights: model-meta.json keeps model.pt's metadata
+    and the file's SHA-256). Such runs are finished and report their cached results,
+    training and evaluating nothing (the landscape, which needs weights, leaves them out);
+    a result not computed yet says what it needs."""
+    from erat.rundir import RunDir
+
+    out = tmp_path / "out"
+    rows = reproduce(str(suite_file), out, log=lambda *_: None)
+    folders = [RunDir(out / "runs" / name) for name in ("erm", "er")]
+    kept = [(f.read_meta(), f.weights_sha256()) for f in folders]
+    for f in folders:
+        assert RunDir.MODEL in [p.name for p in f.drop_weights()]
+        assert not list(f.path.glob("*.pt")) and f.finished() and f.drop_weights() == []
+    assert [(f.read_meta(), f.weights_sha256()) for f in folders] == kept
+    lines: list[str] = []
+    assert reproduce(str(suite_file), out, log=lines.append) == rows
+    assert "landscape: left out erm, er (weights dropped)" in lines
+    assert not [line for line in lines if "training" in line or "evaluating" in line]
+    assert "landscape.png" not in (out / "results.md").read_text()
+    suite_file.write_text(SUITE.replace("n: 40", "n: 30"))  # a result not computed yet
+    with pytest.raises(UserError, match="its weights were dropped .* trained again"):
+        reproduce(str(suite_file), out, log=lambda *_: None)
+    capsys.readouterr()
+    assert main(["eval", str(out / "runs" / "er"), "--eps", "0.5"]) == 2
+    assert "er: its weights were dropped" in capsys.readouterr().err
+    assert main(["train", "--config", str(out / "runs" / "er" / "config.yaml"), "--resume",
+                 "--out", str(out / "runs" / "er")]) == 0
+    assert "is finished: its weights were dropped; nothing to do" in capsys.readouterr().out
+
+
 def test_a_failed_sanity_check_exits_3_after_the_whole_suite(suite_file, tmp_path, capsys,
                                                              monkeypatch):
     """A run whose sanity check failed was shown only in the table and reproduce exited 0;

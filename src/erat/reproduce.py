@@ -359,12 +359,11 @@ def run_one(suite: dict[str, Any], run: dict[str, Any], cfg: TrainConfig, folder
         return {"name": name, "method": cfg.method, "dataset": cfg.dataset,
                 "cost_erm_epochs": meta.get("cost_erm_epochs"),
                 "train_seconds": meta.get("train_seconds"), **_validation(folder, meta)}, None, None
-    model = folder.load_model()
     x, y = load_dataset(cfg.dataset, "test", cfg.data_dir, **cfg.data_options).tensors
     ev = _radii({**(suite.get("eval") or {}), **(run.get("eval") or {})}, cfg)
     n = ev.pop("n", None)
     with nullcontext() if report_only else folder.lock():  # reading needs no lock
-        result = _cached_eval(folder, RunDir.EVAL, model, x, y, ev, n, log, report_only)
+        result = _cached_eval(folder, RunDir.EVAL, x, y, ev, n, log, report_only)
         en = run["energy"] if "energy" in run else suite.get("energy")
         energy = None
         if en:
@@ -374,14 +373,14 @@ def run_one(suite: dict[str, Any], run: dict[str, Any], cfg: TrainConfig, folder
             def measure() -> dict:
                 if note:
                     log(note)
-                return energy_report(model, x[:ne], y[:ne], **en)
+                return energy_report(folder.load_model(), x[:ne], y[:ne], **en)
 
             energy = folder.cached(RunDir.ENERGY, {**en, "n": ne},
                                    _not_ready(RunDir.ENERGY) if report_only else measure)
-        if run.get("eval_last") and (folder / RunDir.MODEL_LAST).exists():
-            last = folder.load_model(file=RunDir.MODEL_LAST)
-            res_last = _cached_eval(folder, "eval-last.json", last, x, y, ev, n, log,
-                                    report_only)
+        if run.get("eval_last") and ((folder / RunDir.MODEL_LAST).exists()
+                                     or (folder / "eval-last.json").exists()):
+            res_last = _cached_eval(folder, "eval-last.json", x, y, ev, n, log, report_only,
+                                    model_file=RunDir.MODEL_LAST)
             result = {**result, "last": {"clean_acc": res_last["clean_acc"],
                                          **res_last["robust_acc"]}}
     meta = folder.read_meta()
@@ -418,12 +417,14 @@ def _not_ready(file: str) -> Callable[[], dict]:
     return missing
 
 
-def _cached_eval(folder: RunDir, file: str, model: Any, x: Any, y: Any, ev: dict[str, Any],
-                 n: int | None, log: Callable[[str], None] = print, report_only: bool = False
-                 ) -> dict:
-    """The evaluation ``ev`` of ``model`` on the first ``n`` test examples (None: all),
-    cached in ``file`` of the run folder (recomputed for other weights or settings),
-    resumable; ``report_only``: the cached one or ``NotReady``."""
+def _cached_eval(folder: RunDir, file: str, x: Any, y: Any, ev: dict[str, Any],
+                 n: int | None, log: Callable[[str], None] = print, report_only: bool = False,
+                 model_file: str | None = None) -> dict:
+    """The evaluation ``ev`` of the run's model (``model_file``: another of its model files)
+    on the first ``n`` test examples (None: all), cached in ``file`` of the run folder
+    (recomputed for other weights or settings), resumable; ``report_only``: the cached one
+    or ``NotReady``. The model is read only to compute (a run whose weights were dropped
+    still reports its cached results)."""
     from erat.evaluate import evaluate
 
     n, note = _at_most(n, len(x), f"[{folder.path.name}] eval")
@@ -433,7 +434,7 @@ def _cached_eval(folder: RunDir, file: str, model: Any, x: Any, y: Any, ev: dict
             log(note)
         log(f"[{folder.path.name}] evaluating ({ev.get('attack', 'pgd')} at eps "
             f"{ev.get('eps')}, {n} test images) -> {file}")
-        return evaluate(model, x[:n], y[:n], n_total=len(x),
+        return evaluate(folder.load_model(file=model_file), x[:n], y[:n], n_total=len(x),
                         state_path=folder.state_path(file.removesuffix(".json")),
                         extra_info={"checkpoint_sha256": folder.weights_sha256(),
                                     "run": folder.path.name, "file": file}, **ev)
@@ -484,8 +485,8 @@ def autoattack_stage(suite: dict[str, Any], out: Path, runs: list[dict[str, Any]
             log(f"[{run['name']}] AutoAttack on the first {attacked} test images")
         try:
             with folder.lock() if compute else nullcontext():
-                res = _cached_eval(folder, "eval-autoattack.json", folder.load_model(), x, y,
-                                   _radii(ev, cfg), n, log, not compute)
+                res = _cached_eval(folder, "eval-autoattack.json", x, y, _radii(ev, cfg), n,
+                                   log, not compute)
         except NotReady:  # (a run of another --only list is that list's to attack)
             if not wait and (not work or run["name"] in work):
                 log(f"[{run['name']}] AutoAttack not computed yet: left out")
@@ -623,15 +624,20 @@ def _evaluation(out: Path, rows: list[dict[str, Any]], results: dict[str, dict])
 def _landscape(out: Path, rows: list[dict[str, Any]], results: dict[str, dict], test: tuple,
                plots: dict[str, Any], log: Callable[[str], None]) -> bool:
     """The loss landscape of one test image, one column per method (its first evaluated
-    run); the runs left out are named. Whether it was drawn."""
+    run whose weights are there); the runs left out are named. Whether it was drawn."""
     from erat import report
 
     first: dict[str, str] = {}
+    dropped = [n for n in results if RunDir(out / "runs" / n).weights_dropped()]
+    if dropped:
+        log(f"landscape: left out {', '.join(dropped)} (weights dropped)")
     for row in rows:
-        if row["name"] in results:
+        if row["name"] in results and row["name"] not in dropped:
             first.setdefault(row["method"], row["name"])
     drawn = list(first.values())
-    others = [n for n in results if n not in drawn]
+    if not drawn:
+        return False
+    others = [n for n in results if n not in drawn and n not in dropped]
     if others:
         log(f"landscape: one run per method; left out {', '.join(others)} (a run of the same "
             "method is drawn)")

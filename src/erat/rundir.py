@@ -14,6 +14,8 @@ file                      what it holds
 ``model-last.pt``         the last epoch's model, when ``model.pt`` is another epoch's
 ``eval.json``,            cached results; each records the SHA-256 of the weights it was
 ``energy.json``           computed on and is recomputed when they differ (:meth:`cached`)
+``model-meta.json``       ``model.pt``'s metadata and file SHA-256, left when the weights
+                          were dropped (:meth:`drop_weights`): the results stay readable
 ``.lock``                 held while a process writes the folder
 ========================  ================================================================
 
@@ -43,7 +45,7 @@ import yaml
 from torch import nn
 
 from erat import __version__
-from erat.errors import EnvironmentProblem, UserError, os_problem
+from erat.errors import EnvironmentProblem, UserError, first_line, os_problem
 from erat.files import (
     atomic_save,
     atomic_write_json,
@@ -67,10 +69,12 @@ class RunDir:
     SPLIT = "split.json"
     MODEL = "model.pt"
     MODEL_LAST = "model-last.pt"
+    MODEL_META = "model-meta.json"
     EVAL = "eval.json"
     ENERGY = "energy.json"
     LOCK = ".lock"
-    FILES = (CONFIG, METRICS, CHECKPOINT, BEST, SPLIT, MODEL, MODEL_LAST, EVAL, ENERGY)
+    FILES = (CONFIG, METRICS, CHECKPOINT, BEST, SPLIT, MODEL, MODEL_LAST, MODEL_META, EVAL,
+             ENERGY)
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -93,7 +97,12 @@ class RunDir:
         return bool(self.run_files())
 
     def finished(self) -> bool:
-        return (self.path / self.MODEL).is_file()
+        """Trained to its end: ``model.pt`` is there, or was, before its weights were
+        dropped."""
+        return (self.path / self.MODEL).is_file() or self.weights_dropped()
+
+    def weights_dropped(self) -> bool:
+        return not (self.path / self.MODEL).exists() and (self.path / self.MODEL_META).is_file()
 
     def check_output(self, *, resume: bool, overwrite: bool) -> None:
         """Refuse, before any work, a folder that cannot be written or would be clobbered:
@@ -264,6 +273,8 @@ class RunDir:
         return self.path / self.MODEL
 
     def read_meta(self) -> dict[str, Any]:
+        if self.weights_dropped():
+            return self._kept()["meta"]
         return _read_model_file(self.model_file())["meta"]
 
     def load_model(self, device: str | torch.device = "cpu", file: str | None = None
@@ -271,7 +282,36 @@ class RunDir:
         return load_model(self.path / (file or self.MODEL), device)
 
     def weights_sha256(self) -> str:
-        return sha256(self.model_file())
+        """The SHA-256 of ``model.pt``'s file (the key of every cached result)."""
+        return self._kept()["model_sha256"] if self.weights_dropped() \
+            else sha256(self.model_file())
+
+    def drop_weights(self) -> list[Path]:
+        """Remove a finished run's weights (``model.pt``, ``model-last.pt``, the training state
+        if kept, and the evaluations' resumable states, which only the weights can use),
+        leaving ``model.pt``'s metadata and file SHA-256 in
+        ``model-meta.json``: the run stays finished and its cached results stay its own, so
+        a suite still reports it; what needs the weights (a new evaluation) needs the run
+        trained again. For archives of many runs, and for a machine whose model files cannot
+        be brought back (``benchmarks/gpu_cifar10_subset.sh``). Returns the files removed."""
+        if self.weights_dropped():
+            return []
+        atomic_write_json({"meta": self.read_meta(), "model_sha256": self.weights_sha256()},
+                          self.path / self.MODEL_META)
+        removed = [p for p in (self.path / f for f in (self.MODEL, self.MODEL_LAST,
+                                                       self.CHECKPOINT, self.BEST))
+                   if p.exists()] + sorted(self.path.glob(".eval*.state.pt"))
+        for p in removed:
+            p.unlink()
+        return removed
+
+    def _kept(self) -> dict[str, Any]:
+        path = self.path / self.MODEL_META
+        try:
+            kept = json.loads(path.read_text())
+            return {"meta": dict(kept["meta"]), "model_sha256": str(kept["model_sha256"])}
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise UserError(f"{path} is unreadable or not erat's ({first_line(err)})") from err
 
     # --- cached results ----------------------------------------------------------------
     def cached(self, name: str, settings: dict[str, Any], compute: Callable[[], dict]) -> dict:
@@ -330,9 +370,13 @@ def model_path(path: str | Path) -> Path:
 def _read_model_file(path: Path, device: str | torch.device = "cpu", digest: bool = False
                      ) -> dict[str, Any]:
     if not path.exists():
-        folder = path.parent if path.name == RunDir.MODEL else path
+        folder = path.parent if path.name in (RunDir.MODEL, RunDir.MODEL_LAST) else path
         if not folder.exists():
             raise UserError(f"no such run folder or model file: {folder}")
+        if RunDir(folder).weights_dropped():
+            raise UserError(f"{folder}: its weights were dropped ({RunDir.MODEL_META} keeps "
+                            "what its results need); a new evaluation needs it trained again "
+                            "(into an empty folder)")
         raise UserError(f"{folder}: no {RunDir.MODEL} (is the run finished?)")
     blob, sha = load_file_and_digest(path, device) if digest else (load_file(path, device), None)
     if not isinstance(blob, dict) or "state_dict" not in blob or "meta" not in blob:

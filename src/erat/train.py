@@ -78,8 +78,9 @@ def train(
         if dist.is_main:
             _prepare_folder(run, cfg, resume, overwrite, log)
         if resume and run.finished():
-            log(f"{run.path} is finished: {run.model_file()} is already there, unchanged; "
-                "nothing to do")
+            kept = "its weights were dropped" if run.weights_dropped() else \
+                f"{run.model_file()} is already there, unchanged"
+            log(f"{run.path} is finished: {kept}; nothing to do")
             return run.model_file()
         try:
             result, built = _run(cfg, run, resume, stop_after, log, device, dist)
