@@ -22,6 +22,7 @@ from torch import nn
 
 from erat.cli import main
 from erat.datasets import dataset_info, load_dataset
+from erat.datasets.registry import DataError
 from erat.external import input_layer, parse_normalize
 from erat.rundir import open_model
 
@@ -146,6 +147,25 @@ def test_folder_grayscale_and_mixed_channels(tmp_path):
     assert dataset_info(f"folder:{tmp_path / 'g'}", test_split=0.34).shape == (3, 8, 8)
 
 
+def test_folder_16_bit_and_float_images_keep_their_values(tmp_path):
+    """A 16-bit PNG and a float TIFF were clipped by PIL's convert("L") (51400 of 65535 read
+    as 1.0, a float 0.5 as 0); they are scaled to 8 bits now, and a float outside [0, 1] is
+    one line naming the file."""
+    from PIL import Image
+
+    for label, (name, pixels) in enumerate([("deep.png", np.full((6, 6), 200 * 257, np.uint16)),
+                                            ("float.tiff", np.full((6, 6), 0.5, np.float32))]):
+        for split in ("train", "test"):
+            (tmp_path / split / f"c{label}").mkdir(parents=True)
+            Image.fromarray(pixels).save(tmp_path / split / f"c{label}" / name)
+    x, y = load_dataset(f"folder:{tmp_path}", "train").tensors
+    assert torch.allclose(x[y == 0], torch.tensor(200 / 255)) and \
+        torch.allclose(x[y == 1], torch.tensor(128 / 255))
+    Image.fromarray(np.full((6, 6), 2.5, np.float32)).save(tmp_path / "train" / "c1" / "b.tiff")
+    with pytest.raises(DataError, match="b.tiff: an image of PIL mode F must hold values in"):
+        load_dataset(f"folder:{tmp_path}", "train")
+
+
 def test_resize(tmp_path):
     write_images(tmp_path / "r" / "a", 3, size=(10, 6))
     write_images(tmp_path / "r" / "b", 3, size=(7, 9), label=1)
@@ -210,6 +230,20 @@ def test_train_a_factory_model_on_a_folder_and_eval_the_run(net_module, capsys):
     threat = json.loads((out / "eval.json").read_text())["threat"]
     assert threat["data"]["classes"] == ["cat", "dog"] and threat["n"] == 8
     assert "data: folder:imgs test split (test/)" in text
+
+
+def test_a_model_file_is_recorded_by_its_absolute_path(net_module, monkeypatch, capsys):
+    """``--model mynet.py:build`` was recorded as typed, so `erat eval RUN` failed from any
+    other folder (the data's path was already absolute)."""
+    out = net_module / "run"
+    assert main(["train", "--dataset", "digits", "--model", "mynet.py:build", "--epochs", "1",
+                 "--epoch-updates", "1", "--no-progress", "--out", str(out)]) == 0
+    assert yaml.safe_load((out / "config.yaml").read_text())["model"] == \
+        f"{net_module / 'mynet.py'}:build"
+    (net_module / "elsewhere").mkdir()
+    monkeypatch.chdir(net_module / "elsewhere")
+    assert main(["eval", str(out), "--eps", "0.5", "--steps", "1", "--n", "10",
+                 "--no-checks"]) == 0, capsys.readouterr().err
 
 
 def test_a_factory_without_weights_is_built_from_the_seed(net_module):
@@ -277,6 +311,27 @@ def weights(net_module):
     net = mynet.build((3, 8, 8), 3)
     torch.save(net.state_dict(), net_module / "w.pt")
     return net
+
+
+def test_resume_refuses_data_that_changed_since_the_run_started(tmp_path, capsys):
+    """--resume trained on whatever the path held now (an npz rewritten, a relative path
+    read from another folder): accuracy fell with no word. The SHA-256s of the training and
+    test data are kept in split.json and checked."""
+    data, out = npz_file(tmp_path / "d.npz"), tmp_path / "run"
+    first = ["train", "--dataset", f"npz:{data}", "--model", "mlp", "--epochs", "2",
+             "--batch-size", "8", "--no-progress", "--out", str(out)]
+    assert main([*first, "--stop-after", "1"]) == 0
+    saved = json.loads((out / "split.json").read_text())
+    assert set(saved) == {"train_sha256", "test_sha256"}
+    arrays = dict(np.load(data))
+    np.savez(data, **arrays | {"x_train": 255 - arrays["x_train"]})
+    capsys.readouterr()
+    assert main([*first[:-2], "--resume", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--resume: the train data of npz:" in err and "differ from those" in err, err
+    np.savez(data, **arrays)  # the same data again: the run goes on
+    assert main([*first[:-2], "--resume", "--out", str(out)]) == 0
+    assert (out / "model.pt").exists()
 
 
 def test_eval_a_factory_with_weights_names_the_file_and_its_digest(weights, net_module,
@@ -537,7 +592,7 @@ def _whole_model_pickle(folder: Path) -> list[str]:
 BAD_MODELS = {
     "no such module": (lambda f: ["--model", "nomodule:build"], r"cannot import nomodule"),
     "no such factory": (lambda f: ["--model", "mynet:nope"], r"mynet \(.*mynet.py\) has no 'nope'"),
-    "no such file": (lambda f: ["--model", "missing.py:build"], r"no such file missing.py"),
+    "no such file": (lambda f: ["--model", "missing.py:build"], r"no such file \S*missing.py"),
     "not a module": (lambda f: ["--model", "mynet:not_a_module"],
                      r"returned an object of type str, not a torch.nn.Module"),
     "wrong outputs": (lambda f: ["--model", "mynet:Fixed"], r"gives .*5.*3 classes"),

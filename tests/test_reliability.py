@@ -91,6 +91,16 @@ def test_a_stop_after_the_last_epoch_is_noted(tmp_path, capsys):
     assert (out / "model.pt").exists()
 
 
+def test_a_stop_after_the_resumed_epoch_is_refused(tmp_path, capsys):
+    """--stop-after 1 on a run resumed after epoch 2 trained epoch 3 and stopped."""
+    out = tmp_path / "run"
+    assert run([*TRAIN, "--epochs", "4", "--stop-after", "2", "--out", out], capsys)[0] == 0
+    code, _, err = run([*TRAIN, "--epochs", "4", "--resume", "--stop-after", "1", "--out", out],
+                       capsys)
+    assert code == 2 and one_line(err) and "--stop-after 1 is not after epoch 2" in err, err
+    assert len(RunDir(out).metrics()) == 2
+
+
 def test_resume_needs_a_run(tmp_path, capsys):
     code, _, err = run([*TRAIN, "--resume", "--out", tmp_path / "typo"], capsys)
     assert code == 2 and one_line(err) and "no run to resume" in err
@@ -125,6 +135,21 @@ def test_a_second_writer_is_refused_and_a_stale_lock_taken_over(tmp_path, capsys
     code, _, err = run([*TRAIN, "--epochs", "1", "--out", out], capsys)  # holder is dead
     assert code == 0, err
     assert not (out / ".lock").exists() and (out / "model.pt").exists()
+
+
+def test_a_second_eval_of_one_run_folder_is_refused(finished, capsys):
+    """Two `erat eval`s of one run folder both ran, the second resuming from the first's
+    half-written state; a run folder has one writer at a time (.lock)."""
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock = {"pid": holder.pid, "host": socket.gethostname(), "since": "now",
+                "command": "erat eval erm", "start": None}
+        (finished / ".lock").write_text(json.dumps(lock))
+        code, _, err = run(["eval", finished, "--n", "20", "--steps", "1"], capsys)
+        assert code == 2 and one_line(err) and f"process {holder.pid}" in err
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_temporaries_of_interrupted_writes_are_removed(tmp_path, capsys):

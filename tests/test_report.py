@@ -216,3 +216,46 @@ def test_runs_evaluated_on_different_numbers_of_images_are_said(tmp_path, capsys
     assert text.startswith("| run | method | n | clean |") and "## Every column" in text
     with (tmp_path / "rep" / "results.csv").open() as f:
         assert [r["n"] for r in csv.DictReader(f)] == ["40", "50"]
+
+
+def test_a_result_of_other_weights_is_refused(tmp_path, capsys):
+    """After `erat train --overwrite`, an evaluation JSON of the old weights (a name of the
+    user's, which --overwrite does not know) was reported as the new model's; its
+    checkpoint_sha256 now has to be model.pt's."""
+    from erat.cli import main
+
+    run = tmp_path / "run"
+    train = ["train", "--dataset", "digits", "--model", "mlp", "--model-kwargs",
+             '{"hidden": [8]}', "--epochs", "1", "--epoch-updates", "1", "--no-progress",
+             "--out", str(run)]
+    assert main(train) == 0
+    assert main(["eval", str(run), "--eps", "0.5", "--steps", "1", "--n", "20",
+                 "--no-checks", "--json", str(run / "eval-pgd.json")]) == 0
+    assert main(["report", str(run), "--eval-name", "eval-pgd.json", "--out",
+                 str(tmp_path / "rep")]) == 0
+    assert main([*train, "--seed", "1", "--overwrite"]) == 0
+    capsys.readouterr()
+    assert main(["report", str(run), "--eval-name", "eval-pgd.json", "--out",
+                 str(tmp_path / "rep2")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "eval-pgd.json was computed on other weights" in err
+
+
+def test_the_plot_draws_the_attack_every_run_has(tmp_path):
+    """The plot took the first run's attack: a first run evaluated with --attack all left
+    every PGD-only run out of the plot (and the order of the runs decided it). Now the
+    attack with curves for the most runs: PGD, which `all` includes."""
+    import warnings
+
+    from erat.report import report_runs
+
+    results = {"a": {"all-l2-eps0.5": 0.3, "pgd-l2-eps0.5": 0.4},
+               "b": {"pgd-l2-eps0.5": 0.5}}
+    for name, robust in results.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "eval.json").write_text(json.dumps(
+            {"clean_acc": 0.9, "robust_acc": robust, "checks_failed": 0,
+             "threat": {"attack": "all" if name == "a" else "pgd", "norm": "l2"}}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (a run left out of the plot warns)
+        report_runs([tmp_path / "a", tmp_path / "b"], tmp_path / "rep", log=lambda *_: None)

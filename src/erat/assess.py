@@ -14,6 +14,7 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -125,12 +126,15 @@ def evaluate_run(path: Path | None, cfg: EvalConfig, *, n: int | None, data_dir:
     for eps in cfg.eps:
         check_radius_fits(eps, cfg.norm, tuple(got.x.shape[1:]))
     state = got.state(f"eval-{cfg.labels[-1]}-{cfg.norm}")
-    if state is not None and fresh:
-        state.unlink(missing_ok=True)
-    return evaluate(got.model, got.x, got.y, cfg, n_total=got.n_total, progress=True,
-                    state_path=state, extra_info=got.record,
-                    fast=fast and any(p.is_cuda for p in got.model.parameters())
-                    and not scripted(got.model))
+    folder = RunDir(path) if path is not None and state is not None \
+        and state.parent == Path(path) else None
+    with folder.lock() if folder is not None else nullcontext():  # (one writer of its state)
+        if state is not None and fresh:
+            state.unlink(missing_ok=True)
+        return evaluate(got.model, got.x, got.y, cfg, n_total=got.n_total, progress=True,
+                        state_path=state, extra_info=got.record,
+                        fast=fast and any(p.is_cuda for p in got.model.parameters())
+                        and not scripted(got.model))
 
 
 def scripted(model: nn.Module) -> bool:

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from erat.attacks import robust_key
 from erat.errors import UserError
-from erat.files import atomic_write_text, check_writable_dir, read_json
+from erat.files import atomic_write_bytes, atomic_write_text, check_writable_dir, read_json
 from erat.losses import cross_entropy
 from erat.passes import supervised_search
 from erat.search import adversarial_direction
@@ -57,8 +57,10 @@ def _save(fig, out: Path) -> list[Path]:
     base = out.with_suffix("") if out.suffix in _FIG_SUFFIXES else out
     base.parent.mkdir(parents=True, exist_ok=True)
     paths = [Path(f"{base}.png"), Path(f"{base}.svg")]
-    for p in paths:
-        fig.savefig(p, dpi=150 if p.suffix == ".png" else None, bbox_inches="tight")
+    for p in paths:  # (atomically: a kill mid-write leaves no half a picture)
+        atomic_write_bytes(p, lambda f, p=p: fig.savefig(
+            f, format=p.suffix[1:], dpi=150 if p.suffix == ".png" else None,
+            bbox_inches="tight"))
     _pyplot().close(fig)
     return paths
 
@@ -86,7 +88,8 @@ def accuracy_vs_radius(results: Mapping[str, Mapping], out: Path, *, attack: str
     fig, ax = plt.subplots(figsize=(5, 3.6))
     for label, curve in curves.items():
         if not curve:
-            warnings.warn(f"run {label!r} has no {attack}-{norm} results; left out", stacklevel=2)
+            warnings.warn(f"run {label!r} has no {attack}-{norm} results; left out of the plot",
+                          stacklevel=2)
             continue
         eps, acc = zip(*curve, strict=True)
         ax.plot(eps, acc, marker="o", label=label)
@@ -336,8 +339,11 @@ def result_row(result: Mapping, label: str | None = None) -> dict:
 
 
 def read_results(runs: Sequence[Path], eval_name: str = "eval.json") -> dict[str, dict]:
-    """Each run folder's evaluation JSON by run name; a missing file or one that is not an
-    evaluation result is one line naming it."""
+    """Each run folder's evaluation JSON by run name; a missing file, one that is not an
+    evaluation result, or one computed on other weights than the run's (trained again
+    since: its ``threat.checkpoint_sha256``) is one line naming it."""
+    from erat.rundir import RunDir
+
     results = {}
     for run in runs:
         path = Path(run) / eval_name
@@ -355,6 +361,11 @@ def read_results(runs: Sequence[Path], eval_name: str = "eval.json") -> dict[str
                 or "clean_acc" not in res or "threat" not in res:
             raise UserError(f"{path} is not an erat evaluation result (no clean_acc, "
                             "robust_acc and threat)")
+        recorded, folder = res["threat"].get("checkpoint_sha256"), RunDir(run)
+        if recorded and folder.finished() and recorded != folder.weights_sha256():
+            raise UserError(f"{path} was computed on other weights than {run}'s "
+                            f"{RunDir.MODEL} (trained again since?); evaluate it again: erat "
+                            f"eval {run} --json {path}")
         name = Path(run).name
         if name in results:  # (the rows are keyed by name: one would replace the other)
             raise UserError(f"two run folders are named {name!r} ({run} and an earlier "
@@ -418,8 +429,7 @@ def report_runs(runs: Sequence[Path], out: Path, *, eval_name: str = "eval.json"
     if len(sizes) > 1:
         log(f"note: the runs were evaluated on different numbers of test images "
             f"({', '.join(map(str, sizes))}; the n column): compare with care")
-    first = next(iter(results.values()))["threat"]
-    attack, norm = first.get("attack", "pgd"), first.get("norm", "l2")
+    attack, norm = _plotted(results)
     if not any(radius_curve(r, attack=attack, norm=norm) for r in results.values()):
         raise UserError(f"no {attack}-{norm} robust accuracies in the {eval_name} of "
                         f"{', '.join(map(str, runs))}: nothing to plot")
@@ -442,6 +452,18 @@ def report_runs(runs: Sequence[Path], out: Path, *, eval_name: str = "eval.json"
     log(f"wrote {out}/: results.md, results.csv, accuracy_vs_radius.png and .svg"
         + (", landscape.png and .svg" if drawn is not None else ""))
     return rows
+
+
+def _plotted(results: Mapping[str, Mapping]) -> tuple[str, str]:
+    """The attack and norm the accuracy plot draws: of those the runs were evaluated with
+    (each result's ``threat``, and PGD in its norm, which ``all`` includes), the one with
+    curves for the most runs, the first run's on a tie (it took the first run's, which
+    left out every run evaluated otherwise)."""
+    pairs = [(t.get("attack", "pgd"), t.get("norm", "l2"))
+             for t in (r["threat"] for r in results.values())]
+    pairs = list(dict.fromkeys([p for pair in pairs for p in (pair, ("pgd", pair[1]))]))
+    return max(pairs, key=lambda p: sum(bool(radius_curve(r, attack=p[0], norm=p[1]))
+                                        for r in results.values()))
 
 
 def _energy_column(energy: object) -> dict[str, float]:

@@ -9,7 +9,8 @@ file                      what it holds
 ``checkpoint.pt``         full training state after every epoch (removed when the run
                           finishes, unless ``keep_checkpoint``)
 ``best.pt``               the weights of the best validation epoch so far (``select``)
-``split.json``            the labeled / validation indices of the training set
+``split.json``            the labeled / validation indices of the training set, and the
+                          SHA-256 of the training and test data (``--resume`` checks them)
 ``model.pt``              the trained model: ``{"state_dict", "meta"}`` (:meth:`save_model`)
 ``model-last.pt``         the last epoch's model, when ``model.pt`` is another epoch's
 ``eval.json``,            cached results; each records the SHA-256 of the weights it was
@@ -219,6 +220,14 @@ class RunDir:
 
     def write_split(self, split: dict[str, Any]) -> None:
         atomic_write_json(split, self.path / self.SPLIT)
+
+    def read_split(self) -> dict[str, Any]:
+        """``split.json`` (empty when absent or unreadable: a run from before it was kept)."""
+        try:
+            saved = json.loads((self.path / self.SPLIT).read_text())
+        except (OSError, ValueError):
+            return {}
+        return saved if isinstance(saved, dict) else {}
 
     # --- training state ----------------------------------------------------------------
     def save_checkpoint(self, state: dict[str, Any]) -> None:

@@ -153,7 +153,11 @@ def _run(cfg: TrainConfig, run: RunDir, resume: bool, stop_after: int | None,
     train_set = load_dataset(cfg.dataset, "train", cfg.data_dir, cfg.download, **cfg.data_options)
     test_set = load_dataset(cfg.dataset, "test", cfg.data_dir, cfg.download, **cfg.data_options)
     x, y = train_set.tensors
-    data = _split(cfg, method, x, y, run if dist.is_main else None, log)
+    digests = {"train_sha256": tensor_sha256([x, y]),
+               "test_sha256": tensor_sha256(list(test_set.tensors))}
+    if resume:
+        _check_same_data(run, cfg, digests)
+    data = _split(cfg, method, x, y, run if dist.is_main else None, log, digests)
     data.augment = info.augment
     if cfg.val is None:  # with a validation set, training never looks at the test set
         data.test = test_set.tensors
@@ -167,15 +171,27 @@ def _run(cfg: TrainConfig, run: RunDir, resume: bool, stop_after: int | None,
     distributed.broadcast_parameters(model, dist)
     result = fit(model, method, data, cfg.fit, run, resume=resume,
                  stop_after=stop_after, log=log, dist=dist)
-    return result, _Built(method, model, info, tensor_sha256(list(test_set.tensors)))
+    return result, _Built(method, model, info, digests["test_sha256"])
+
+
+def _check_same_data(run: RunDir, cfg: TrainConfig, digests: dict[str, str]) -> None:
+    """Refuse to resume on other data than the run started on (a file changed or replaced,
+    a relative path read from another folder): the SHA-256s in ``split.json``."""
+    saved = run.read_split()
+    changed = [k.split("_")[0] for k in digests if saved.get(k, digests[k]) != digests[k]]
+    if changed:
+        raise UserError(f"--resume: the {' and '.join(changed)} data of {cfg.dataset} differ "
+                        f"from those {run.path} started on (their SHA-256 in "
+                        f"{RunDir.SPLIT}); resume on the same data, or --overwrite to start "
+                        "again")
 
 
 def _split(cfg: TrainConfig, method: Method, x: Tensor, y: Tensor, run: RunDir | None,
-           log: Callable[[str], None]) -> FitData:
+           log: Callable[[str], None], digests: dict[str, str]) -> FitData:
     """Validation hold-out, labeled and unlabeled training examples; saved in
-    ``split.json`` for audit (only what was split)."""
+    ``split.json`` for audit (only what was split), with the data's ``digests``."""
     val_idx = validation_split(y, cfg.val, cfg.val_seed)[0] if cfg.val else None
-    saved: dict[str, Any] = {}
+    saved: dict[str, Any] = dict(digests)
     if val_idx is not None:
         saved |= {"val": cfg.val, "val_seed": cfg.val_seed, "val_indices": val_idx.tolist()}
     if cfg.labels is None:
@@ -187,7 +203,7 @@ def _split(cfg: TrainConfig, method: Method, x: Tensor, y: Tensor, run: RunDir |
         labeled, unlabeled = (labeled_split(y, cfg.labels, cfg.fit.seed) if val_idx is None
                               else labeled_split(y, cfg.labels, cfg.fit.seed, exclude=val_idx))
         saved |= {"labels": cfg.labels, "seed": cfg.fit.seed, "labeled": labeled.tolist()}
-    if run is not None and saved:
+    if run is not None:
         run.write_split(saved)
     if cfg.labels is not None:
         if method.uses_unlabeled:

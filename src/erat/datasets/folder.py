@@ -27,7 +27,8 @@ from torch import Tensor
 from erat.datasets.own import Source, own_data
 from erat.datasets.registry import DataError, one_line, register_scheme
 
-GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}  # PIL modes read as one channel
+GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "F"}  # read as one channel
+DEEP_MODES = {"I", "I;16", "I;16L", "I;16B", "F"}  # 16-bit, 32-bit and float gray
 
 
 @register_scheme("folder")
@@ -99,12 +100,29 @@ def _read_image(file: Path, resize: int | None) -> Tensor:
     try:
         with Image.open(file) as img:
             img.load()
-            img = img.convert("L" if img.mode in GRAY_MODES else "RGB")
+            img = _eight_bit(img) if img.mode in DEEP_MODES else \
+                img.convert("L" if img.mode in GRAY_MODES else "RGB")
         if resize is not None:
             img = functional.resize(img, [resize, resize], antialias=True)
         return functional.pil_to_tensor(img)
     except Exception as e:  # PIL raises many types for a damaged file (OSError, SyntaxError..)
         raise DataError(f"cannot read image {file}: {one_line(e)}") from None
+
+
+def _eight_bit(img):
+    """A 16-bit, 32-bit integer or float grayscale image as 8 bits: integers over 65535,
+    floats over [0, 1] (PIL's ``convert("L")`` clips them: a 16-bit 51400 became 255, a
+    float 0.78 became 0); other ranges are refused."""
+    import numpy as np
+    from PIL import Image
+
+    a = np.asarray(img, dtype=np.float64)
+    low, high = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    if not np.isfinite(a).all() or low < 0 or high > (1 if img.mode == "F" else 65535):
+        raise ValueError(f"an image of PIL mode {img.mode} must hold values in "
+                         f"{'[0, 1]' if img.mode == 'F' else '0..65535'}, got {low:g}..{high:g}")
+    scaled = a * 255 if img.mode == "F" else a / 257
+    return Image.fromarray(np.round(scaled).astype(np.uint8))
 
 
 def _same_channels(xs: list[Tensor]) -> list[Tensor]:

@@ -69,6 +69,9 @@ def fit(
     loop = Loop(model, method, data, options or FitOptions(), run_dir, log,
                 dist or distributed.Dist())
     start = loop.state.restore(run_dir.load_checkpoint()) if resume and run_dir else 0
+    if stop_after is not None and stop_after <= start:
+        raise UserError(f"--stop-after {stop_after} is not after epoch {start}, where the run "
+                        "resumes; give a later epoch, or none")
     if start:
         log(f"resumed {run_dir.path} after epoch {start}")
     if loop.dist.enabled:  # different random searches on each rank, reproducibly

@@ -37,6 +37,15 @@ def is_factory(name: str) -> bool:
     return ":" in name
 
 
+def absolute(spec: str) -> str:
+    """``FILE.py:FACTORY`` with the file's absolute path (a run records it, so that
+    ``erat eval RUN`` rebuilds the model from any folder); any other name as it is."""
+    module_name, _, attr = spec.rpartition(":")
+    if not module_name.endswith(".py") or not attr:
+        return spec
+    return f"{Path(module_name).expanduser().absolute()}:{attr}"
+
+
 def resolve_factory(spec: str) -> Callable[..., Any]:
     """The callable that ``MODULE:FACTORY`` names (the module imported)."""
     module_name, _, attr = spec.rpartition(":")
