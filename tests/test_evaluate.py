@@ -326,5 +326,5 @@ def test_the_printed_result_says_what_ran():
               "check_settings": {"sanity_n": 0, "masking_check": False}}
     text = format_result(result)
     assert "sanity checks failed: 0 of 1 (--no-checks: the checks that cost attack work" in text
-    assert "resumed: the saved progress of an interrupted eval was used" in text
+    assert "resumed: the saved per-example results of an earlier eval" in text
     assert "did not run" not in format_result({**result, "check_settings": {"sanity_n": 100}})

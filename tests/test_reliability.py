@@ -101,6 +101,20 @@ def test_a_stop_after_the_resumed_epoch_is_refused(tmp_path, capsys):
     assert len(RunDir(out).metrics()) == 2
 
 
+def test_eval_of_an_unfinished_run_says_how_to_continue_it(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run([*TRAIN, "--epochs", "2", "--stop-after", "1", "--out", out], capsys)[0] == 0
+    code, _, err = run(["eval", out, "--n", "10"], capsys)
+    assert code == 2 and one_line(err) and f"erat train --out {out} --resume" in err, err
+
+
+def test_an_unknown_only_name_shows_the_suites_runs(tmp_path, capsys):
+    code, _, err = run(["reproduce", "digits", "--only", "pg", "--out", tmp_path / "r"], capsys)
+    assert code == 2 and one_line(err) and "has no run(s) pg (did you mean: pgd)" in err, err
+    code, _, err = run(["reproduce", "digits", "--only", "zzz", "--out", tmp_path / "r"], capsys)
+    assert "(its runs: erm, at, vat, pgd, trades, er)" in err, err
+
+
 def test_resume_needs_a_run(tmp_path, capsys):
     code, _, err = run([*TRAIN, "--resume", "--out", tmp_path / "typo"], capsys)
     assert code == 2 and one_line(err) and "no run to resume" in err

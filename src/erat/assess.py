@@ -188,8 +188,9 @@ def format_result(result: dict[str, Any]) -> str:
     lines += [
         f"examples: {threat['n']}"
         + (f" ({threat['subset_note']})" if threat.get("subset") else ""),
-        *(["resumed: the saved progress of an interrupted eval was used (--fresh starts "
-           "over)"] if result.get("resumed") else []),
+        *(["resumed: the saved per-example results of an earlier eval of these settings, "
+           "data and weights were used (--fresh starts over)"] if result.get("resumed")
+          else []),
         f"{'clean':<24} {result['clean_acc']:.4f}",
     ]
     lines += [f"{key:<24} {acc:.4f}" for key, acc in result["robust_acc"].items()]

@@ -144,13 +144,13 @@ def _add_run_data_args(p: argparse.ArgumentParser, batch_size: int) -> None:
 
 
 def _add_eval(p: argparse.ArgumentParser) -> None:
-    from erat.attacks import attack_defaults, attack_flags, attack_names
+    from erat.attacks import attack_choices, attack_defaults, attack_flags
     from erat.stages import EvalConfig
 
     cfg = EvalConfig()
     _add_run_data_args(p, cfg.batch_size)
     p.add_argument("--attack", default="pgd", help=f"attacks in order, comma-separated, each "
-                   f"on the survivors of the ones before: {', '.join(attack_names())}")
+                   f"on the survivors of the ones before: {attack_choices()}")
     p.add_argument("--eps", type=radii, help=f"radii, e.g. 0.5,1.0 (default: "
                    f"{','.join(map(str, cfg.eps))} in l2; the run's training radius in l-inf)")
     group = p.add_argument_group("attack options")

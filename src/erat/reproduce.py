@@ -31,6 +31,7 @@ method).
 
 from __future__ import annotations
 
+import difflib
 import platform
 import sys
 import time
@@ -80,7 +81,11 @@ def reproduce(
     names = [r["name"] for r in suite["runs"]]
     unknown = sorted(set(only or []) - set(names))
     if unknown:
-        raise UserError(f"--only: suite {suite['suite']!r} has no run(s) {', '.join(unknown)}")
+        near = [n for n in names if any(n.startswith(u) for u in unknown)] or \
+            difflib.get_close_matches(unknown[0], names, n=4)
+        shown = near or names[:8] + (["..."] if len(names) > 8 else [])
+        raise UserError(f"--only: suite {suite['suite']!r} has no run(s) {', '.join(unknown)}"
+                        f" ({'did you mean' if near else 'its runs'}: {', '.join(shown)})")
     mine = set(only or names)  # the runs this call reports on the console
     work = set() if report_only else mine  # the runs it may train and evaluate
     runs = suite["runs"]
@@ -376,7 +381,8 @@ def run_one(suite: dict[str, Any], run: dict[str, Any], cfg: TrainConfig, folder
                 return energy_report(folder.load_model(), x[:ne], y[:ne], **en)
 
             energy = folder.cached(RunDir.ENERGY, {**en, "n": ne},
-                                   _not_ready(RunDir.ENERGY) if report_only else measure)
+                                   _not_ready(folder, RunDir.ENERGY) if report_only
+                                   else measure)
         if run.get("eval_last") and ((folder / RunDir.MODEL_LAST).exists()
                                      or (folder / "eval-last.json").exists()):
             res_last = _cached_eval(folder, "eval-last.json", x, y, ev, n, log, report_only,
@@ -411,9 +417,10 @@ def _at_most(n: int | None, total: int, what: str) -> tuple[int, str | None]:
     return min(n or total, total), note
 
 
-def _not_ready(file: str) -> Callable[[], dict]:
+def _not_ready(folder: RunDir, file: str) -> Callable[[], dict]:
     def missing() -> dict:
-        raise NotReady(f"{file} not computed")
+        raise NotReady(f"{file} holds other settings or weights" if (folder / file).exists()
+                       else f"{file} not computed")
     return missing
 
 
@@ -439,7 +446,8 @@ def _cached_eval(folder: RunDir, file: str, x: Any, y: Any, ev: dict[str, Any],
                         extra_info={"checkpoint_sha256": folder.weights_sha256(),
                                     "run": folder.path.name, "file": file}, **ev)
 
-    return folder.cached(file, {**ev, "n": n}, _not_ready(file) if report_only else compute)
+    return folder.cached(file, {**ev, "n": n}, _not_ready(folder, file) if report_only
+                         else compute)
 
 
 def _validation(folder: RunDir, meta: dict[str, Any]) -> dict[str, Any]:

@@ -386,6 +386,10 @@ def _read_model_file(path: Path, device: str | torch.device = "cpu", digest: boo
             raise UserError(f"{folder}: its weights were dropped ({RunDir.MODEL_META} keeps "
                             "what its results need); a new evaluation needs it trained again "
                             "(into an empty folder)")
+        if (folder / RunDir.CHECKPOINT).is_file():
+            raise UserError(f"{folder}: no {RunDir.MODEL}: the run is unfinished (its "
+                            f"{RunDir.CHECKPOINT} is there); continue it: erat train --out "
+                            f"{folder} --resume")
         raise UserError(f"{folder}: no {RunDir.MODEL} (is the run finished?)")
     blob, sha = load_file_and_digest(path, device) if digest else (load_file(path, device), None)
     if not isinstance(blob, dict) or "state_dict" not in blob or "meta" not in blob:

@@ -4,6 +4,7 @@ module in this package registers its attack by being here."""
 from erat.attacks.base import (
     ATTACKS,
     Attack,
+    attack_choices,
     attack_defaults,
     attack_flags,
     attack_names,
@@ -24,6 +25,7 @@ import_package(__name__, __path__, helpers={"base"})
 __all__ = [
     "ATTACKS",
     "Attack",
+    "attack_choices",
     "attack_defaults",
     "attack_flags",
     "attack_names",

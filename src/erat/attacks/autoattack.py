@@ -28,14 +28,20 @@ def square_refusal(h: int, w: int, norm: str) -> str | None:
     (12, 14, 18; sizes under 5); checked against pyautoattack 0.2 for H = 3 to 40."""
     if h != w:
         return f"it draws square windows and these images are {h}x{w}"
-    side = h // 5
-    start = (h - 5 * side) // 2
-    if norm == "l2" and side == 0:
+    if norm == "l2" and h < 5:
         return f"its l2 start tiles an image with 5x5 blocks; these are {h}x{h}"
-    if norm == "l2" and side > 1 and start + (h // side) * side > h:
-        return (f"its l2 start tiles {h}x{h} images with blocks of side {side} that run past "
-                "the edge (10, 16, 28 and 32 fit)")
+    if norm == "l2" and not _l2_tiles(h):
+        near = sorted([s for s in range(5, 2 * h + 8) if _l2_tiles(s)],
+                      key=lambda s: (abs(s - h), s))[:4]
+        return (f"its l2 start tiles {h}x{h} images with blocks of side {h // 5} that run "
+                f"past the edge (sizes that fit nearby: {', '.join(map(str, sorted(near)))})")
     return None
+
+
+def _l2_tiles(h: int) -> bool:
+    """Whether Square's l2 start fits ``h x h`` images (blocks of side ``h // 5``)."""
+    side = h // 5
+    return side == 1 or (side > 1 and (h - 5 * side) // 2 + (h // side) * side <= h)
 
 
 def run_pyautoattack(model: nn.Module, x: Tensor, y: Tensor, threat: Threat, seed: int,

@@ -85,6 +85,13 @@ def attack_names() -> list[str]:
     return [*sorted(ATTACKS), *presets()]
 
 
+def attack_choices() -> str:
+    """The attacks and presets in words, for help texts: ``fgsm, pgd; all = pgd, then
+    autoattack``."""
+    return ", ".join(sorted(ATTACKS)) + "".join(
+        f"; {p} = {', then '.join(names)}" for p, names in presets().items())
+
+
 def attack_options(name: str) -> dict[str, dataclasses.Field]:
     return init_fields(ATTACKS[name])
 
