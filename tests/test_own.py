@@ -22,6 +22,7 @@ from torch import nn
 
 from erat.cli import main
 from erat.datasets import dataset_info, load_dataset
+from erat.datasets.own import describe
 from erat.datasets.registry import DataError
 from erat.external import input_layer, parse_normalize
 from erat.rundir import open_model
@@ -120,7 +121,7 @@ def test_folder_reads_images_in_imagefolders_order(tmp_path):
 
     root = image_folder(tmp_path / "imgs", classes=("b", "a", "C"), n_train=3, n_test=1)
     write_images(root / "train" / "a" / "nested", 2)
-    (root / "train" / "a" / "notes.txt").write_text("not an image")
+    (root / "train" / "cat" / "notes.txt").write_text("not an image")
     x, y = load_dataset(f"folder:{root}", "train").tensors
     reference = ImageFolder(str(root / "train"))
     assert y.tolist() == reference.targets and reference.classes == ["C", "a", "b"]
@@ -164,6 +165,13 @@ def test_folder_16_bit_and_float_images_keep_their_values(tmp_path):
     Image.fromarray(np.full((6, 6), 2.5, np.float32)).save(tmp_path / "train" / "c1" / "b.tiff")
     with pytest.raises(DataError, match="b.tiff: an image of PIL mode F must hold values in"):
         load_dataset(f"folder:{tmp_path}", "train")
+
+
+def test_files_that_are_not_images_are_said(tmp_path):
+    """A notes.txt in a class folder was skipped without a word."""
+    root = image_folder(tmp_path / "imgs")
+    (root / "train" / "cat" / "notes.txt").write_text("x")
+    assert "; 1 other file not read (notes.txt)" in describe(dataset_info(f"folder:{root}"))
 
 
 def test_resize(tmp_path):

@@ -39,7 +39,7 @@ def read_folder(path: Path, resize: int | None) -> Source:
     train_dir, test_dir = path / "train", path / "test"
     if not (train_dir.is_dir() or test_dir.is_dir()):
         x, y, classes = _read_tree(path, resize)
-        return Source((x, y), None, classes, _layout(x))
+        return Source((x, y), None, classes, _layout(x) + _skipped(path))
     train = _read_tree(train_dir, resize) if train_dir.is_dir() else None
     test = _read_tree(test_dir, resize) if test_dir.is_dir() else None
     if train is not None and test is not None and train[2] != test[2]:
@@ -51,7 +51,8 @@ def read_folder(path: Path, resize: int | None) -> Source:
     pairs = [(x, y) for x, (_, y, _) in zip(xs, read, strict=True)]
     train_pair = pairs.pop(0) if train is not None else None
     test_pair = pairs.pop(0) if test is not None else None
-    return Source(train_pair, test_pair, read[0][2], _layout(xs[0]), test_source="test/")
+    return Source(train_pair, test_pair, read[0][2], _layout(xs[0]) + _skipped(path),
+                  test_source="test/")
 
 
 def _read_tree(root: Path, resize: int | None) -> tuple[Tensor, Tensor, list[str]]:
@@ -90,6 +91,19 @@ def _files(folder: Path) -> list[str]:
 
     return [os.path.join(top, f) for top, _, files in sorted(os.walk(folder, followlinks=True))
             for f in sorted(files) if f.lower().endswith(IMG_EXTENSIONS)]
+
+
+def _skipped(root: Path) -> str:
+    """The layout's note of the files below ``root`` that are not images (hidden ones aside),
+    which are not read: ``; 2 other files not read (notes.txt, ...)``."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    others = [f for _, _, files in sorted(os.walk(root, followlinks=True)) for f in sorted(files)
+              if not f.lower().endswith(IMG_EXTENSIONS) and not f.startswith(".")]
+    if not others:
+        return ""
+    return (f"; {len(others)} other file{'s' if len(others) > 1 else ''} not read "
+            f"({', '.join(others[:3])}{', ...' if len(others) > 3 else ''})")
 
 
 def _read_image(file: Path, resize: int | None) -> Tensor:

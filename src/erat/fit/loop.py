@@ -42,6 +42,7 @@ from erat.fit.validate import clean_accuracy, val_radius, validate
 from erat.graphs import Cloned, check_capturable, cudagraph_skips, step_module
 from erat.methods import Batch, Method
 from erat.rundir import RunDir, unwrap
+from erat.threat import norm_name
 
 # the fast path reads the loss on the host (a synchronisation) every this many updates
 CHECK_EVERY = 25
@@ -121,6 +122,11 @@ class Loop:
                                                   if self.fast else {}))
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
         self.val_eps = val_radius(method, options, data)
+        if data.val is not None:
+            n, norm = min(options.val_n, len(data.val[1])), getattr(method, "norm", "l2")
+            log(f"validation after each epoch on {n} of {len(data.val[1])} held-out images: "
+                + (f"val CLEAN/ROBUST (PGD-{norm_name(norm)} at {self.val_eps:g}, "
+                   f"{options.val_steps} steps)" if self.val_eps else "val CLEAN"))
         self.state = TrainState(model, optimizer, scheduler, scaler)
         self.step_model = self._step_model(data)
         self.skips = cudagraph_skips()  # (the warning below: once, for this run's graphs)
