@@ -121,7 +121,7 @@ def test_folder_reads_images_in_imagefolders_order(tmp_path):
 
     root = image_folder(tmp_path / "imgs", classes=("b", "a", "C"), n_train=3, n_test=1)
     write_images(root / "train" / "a" / "nested", 2)
-    (root / "train" / "cat" / "notes.txt").write_text("not an image")
+    (root / "train" / "a" / "notes.txt").write_text("not an image")
     x, y = load_dataset(f"folder:{root}", "train").tensors
     reference = ImageFolder(str(root / "train"))
     assert y.tolist() == reference.targets and reference.classes == ["C", "a", "b"]

@@ -37,7 +37,7 @@ def test_run_folder_and_portable_model(tmp_path):
     }
     train(TrainConfig.from_dict({**FAST, "epochs": 1}), tmp_path / "lean", log=quiet)
     assert {p.name for p in (tmp_path / "lean").iterdir()} == {
-        "config.yaml", "metrics.jsonl", "model.pt"}  # no checkpoint.pt unless kept
+        "config.yaml", "metrics.jsonl", "split.json", "model.pt"}  # no checkpoint.pt unless kept
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
     assert all(0 <= r["test_acc"] <= 1 and r["seconds"] > 0 for r in rows)
