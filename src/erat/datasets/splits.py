@@ -63,7 +63,10 @@ def labeled_split(y: Tensor, n_labels: int, seed: int, exclude: Tensor | None = 
         if not 1 <= n_labels <= len(y):
             raise DataError(f"--labels must be between 1 and {len(y)}, got {n_labels}")
         _every_class_labeled(y, n_labels)
-        return balanced_split(y, n_labels, seed)
+        try:
+            return balanced_split(y, n_labels, seed)
+        except DataError as err:
+            raise DataError(f"--labels {n_labels}: {err}; give fewer") from err
     keep = torch.ones(len(y), dtype=torch.bool)
     keep[exclude] = False
     pool = torch.nonzero(keep).flatten()
