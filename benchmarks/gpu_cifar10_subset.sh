@@ -47,10 +47,12 @@ for grouped, budget, _ in sorted(groups, key=lambda k: k[:2]):  # (stable: the s
         print(int(grouped), budget, ",".join(groups[grouped, budget, _]))
 EOF
 
+$PY -c "import pyautoattack" || { echo "no pyautoattack here: carry data/site (the usage above)"; exit 1; }
+
 packed() { [ -f "$R/runs/$1/model-meta.json" ]; }
 while read -r grouped budget group <&3; do
-  names=${group//,/ }
-  todo=0; for n in $names; do packed "$n" || todo=1; done
+  IFS=, read -r -a names <<< "$group"
+  todo=0; for n in "${names[@]}"; do packed "$n" || todo=1; done
   [ $todo = 0 ] && continue
   left=$((END - SECONDS))
   if [ "$left" -lt 30 ]; then echo "left for a later call (deadline): $group"; continue; fi
@@ -60,10 +62,13 @@ while read -r grouped budget group <&3; do
   rc=$?
   if [ $rc = 0 ] || [ $rc = 3 ]; then  # (3: finished, a sanity check failed: the report says)
     $PY -c "import sys; from erat.rundir import RunDir; [RunDir(p).drop_weights() for p in sys.argv[1:]]" \
-      $(for n in $names; do echo "$R/runs/$n"; done) || exit 1
-  else
-    echo "group $group ended with exit $rc: removed, it runs again whole"
-    for n in $names; do packed "$n" || rm -rf "$R/runs/$n"; done
+      "${names[@]/#/$R/runs/}" || echo "dropping the weights of $group failed: not packed"
+  elif [ $rc = 124 ] || [ $rc = 137 ]; then  # (the deadline: the group runs again whole)
+    echo "group $group cut by the deadline: removed, it runs again whole in a later call"
+    for n in "${names[@]}"; do packed "$n" || rm -rf "${R:?}/runs/$n"; done
+  else  # (an error that a later call would meet again: kept as it is for a look, and stop)
+    echo "group $group ended with exit $rc: its folders are kept unpacked; stopping"
+    break
   fi
 done 3< "$OUT/groups.txt"
 

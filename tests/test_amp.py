@@ -48,3 +48,7 @@ def test_shared_statistics_give_the_clean_pass_its_own_function_under_bf16():
         clean, later = model(x), model(x)
     assert later.dtype == clean.dtype == torch.bfloat16
     assert torch.allclose(later.float(), clean.float(), atol=1e-2, rtol=0)
+    model.double()  # (and a float64 model keeps float64, not float32)
+    with shared_statistics(model):
+        clean, later = model(x.double()), model(x.double())
+    assert later.dtype == torch.float64 and torch.allclose(later, clean, atol=1e-12, rtol=0)

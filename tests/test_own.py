@@ -242,12 +242,13 @@ def test_train_a_factory_model_on_a_folder_and_eval_the_run(net_module, capsys):
 
 def test_a_model_file_is_recorded_by_its_absolute_path(net_module, monkeypatch, capsys):
     """``--model mynet.py:build`` was recorded as typed, so `erat eval RUN` failed from any
-    other folder (the data's path was already absolute)."""
+    other folder (the data's path was already absolute); model.pt records the absolute path
+    now, config.yaml the setting as given (a resume or a suite moved elsewhere compares it)."""
     out = net_module / "run"
     assert main(["train", "--dataset", "digits", "--model", "mynet.py:build", "--epochs", "1",
                  "--epoch-updates", "1", "--no-progress", "--out", str(out)]) == 0
-    assert yaml.safe_load((out / "config.yaml").read_text())["model"] == \
-        f"{net_module / 'mynet.py'}:build"
+    assert yaml.safe_load((out / "config.yaml").read_text())["model"] == "mynet.py:build"
+    assert open_model(out).meta["model"] == f"{net_module / 'mynet.py'}:build"
     (net_module / "elsewhere").mkdir()
     monkeypatch.chdir(net_module / "elsewhere")
     assert main(["eval", str(out), "--eps", "0.5", "--steps", "1", "--n", "10",

@@ -36,7 +36,6 @@ from erat.files import read_yaml
 from erat.fit import FitOptions
 from erat.methods import build_method, method_flags, method_names, method_params, reserve
 from erat.models import check_kwargs, model_names
-from erat.models.factory import absolute
 
 RENAMED = {"epoch_steps": "epoch_updates", "warmup_steps": "warmup_updates",
            "alpha": "adv_weight"}
@@ -84,7 +83,6 @@ class TrainConfig:
                 integer(name, getattr(self, name), 1)
         check_options(self.test_split, self.resize)
         check_kwargs(self.model_kwargs)
-        self.model = absolute(self.model)  # (FILE.py:FACTORY: evaluated from any folder)
 
     @property
     def data_options(self) -> dict[str, Any]:

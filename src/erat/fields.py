@@ -238,7 +238,7 @@ def _is(value: Any, hint: Any) -> bool:
     if hint is type(None):
         return value is None
     if hint is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
+        return _number(value)
     if hint is int:
         return isinstance(value, int) and not isinstance(value, bool)
     if origin is dict or hint is dict:

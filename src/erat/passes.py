@@ -181,8 +181,8 @@ def _recording_forward(bn: nn.Module, forward: Callable[[Tensor], Tensor], stats
     def patched(inp: Tensor) -> Tensor:
         if not bn.training:
             return forward(inp)
-        x = inp.float()  # (statistics and normalisation in float32, as BatchNorm's own
-        if not recorded:  # kernels under bf16 autocast: the clean pass's very function)
+        x = inp.to(torch.promote_types(inp.dtype, torch.float32))  # (in float32 at least, as
+        if not recorded:  # BatchNorm's own kernels under bf16: the clean pass's function)
             dims = [0, *range(2, x.dim())]
             if not 0 < stats_from < x.shape[0] - 1:
                 recorded.append((x.mean(dims), x.var(dims, unbiased=False)))

@@ -383,8 +383,8 @@ def run_one(suite: dict[str, Any], run: dict[str, Any], cfg: TrainConfig, folder
             energy = folder.cached(RunDir.ENERGY, {**en, "n": ne},
                                    _not_ready(folder, RunDir.ENERGY) if report_only
                                    else measure)
-        if run.get("eval_last") and ((folder / RunDir.MODEL_LAST).exists()
-                                     or (folder / "eval-last.json").exists()):
+        if run.get("eval_last") and ((folder / RunDir.MODEL_LAST).exists() or (
+                folder.weights_dropped() and (folder / "eval-last.json").exists())):
             res_last = _cached_eval(folder, "eval-last.json", x, y, ev, n, log, report_only,
                                     model_file=RunDir.MODEL_LAST)
             result = {**result, "last": {"clean_acc": res_last["clean_acc"],

@@ -303,15 +303,16 @@ class RunDir:
         a suite still reports it; what needs the weights (a new evaluation) needs the run
         trained again. For archives of many runs, and for a machine whose model files cannot
         be brought back (``benchmarks/gpu_cifar10_subset.sh``). Returns the files removed."""
-        if self.weights_dropped():
-            return []
-        atomic_write_json({"meta": self.read_meta(), "model_sha256": self.weights_sha256()},
-                          self.path / self.MODEL_META)
-        removed = [p for p in (self.path / f for f in (self.MODEL, self.MODEL_LAST,
-                                                       self.CHECKPOINT, self.BEST))
-                   if p.exists()] + sorted(self.path.glob(".eval*.state.pt"))
-        for p in removed:
-            p.unlink()
+        with self.lock():
+            if not self.weights_dropped():  # (else a drop cut short: its leftovers go now)
+                atomic_write_json({"meta": self.read_meta(),
+                                   "model_sha256": self.weights_sha256()},
+                                  self.path / self.MODEL_META)
+            removed = [p for p in (self.path / f for f in (self.MODEL, self.MODEL_LAST,
+                                                           self.CHECKPOINT, self.BEST))
+                       if p.exists()] + sorted(self.path.glob(".eval*.state.pt"))
+            for p in removed:
+                p.unlink()
         return removed
 
     def _kept(self) -> dict[str, Any]:

@@ -37,7 +37,7 @@ from erat.files import tensor_sha256
 from erat.fit import FitData, FitResult, fit
 from erat.methods import Method, build_method, method_config
 from erat.models import build_model
-from erat.models.factory import is_factory
+from erat.models.factory import absolute, is_factory
 from erat.rundir import RunDir
 from erat.threat import check_radius_fits
 
@@ -220,7 +220,8 @@ def _split(cfg: TrainConfig, method: Method, x: Tensor, y: Tensor, run: RunDir |
 def _save(run: RunDir, cfg: TrainConfig, built: _Built, result: FitResult) -> str:
     """``model.pt`` (and ``model-last.pt``); returns ``model.pt``'s ``state_dict_sha256``."""
     info = built.info
-    common = dict(dataset=cfg.dataset, model_name=cfg.model, model_kwargs=cfg.model_kwargs,
+    common = dict(dataset=cfg.dataset, model_name=absolute(cfg.model),  # (eval: any folder)
+                  model_kwargs=cfg.model_kwargs,
                   in_shape=info.shape, num_classes=info.num_classes, mean=info.mean,
                   std=info.std, method=method_config(built.method), epochs=cfg.fit.epochs,
                   budget=cfg.fit.budget, seed=cfg.fit.seed, labels=cfg.labels, val=cfg.val,

@@ -98,8 +98,12 @@ def _skipped(root: Path) -> str:
     which are not read: ``; 2 other files not read (notes.txt, ...)``."""
     from torchvision.datasets.folder import IMG_EXTENSIONS
 
-    others = [f for _, _, files in sorted(os.walk(root, followlinks=True)) for f in sorted(files)
-              if not f.lower().endswith(IMG_EXTENSIONS) and not f.startswith(".")]
+    others = []
+    for _, dirs, files in os.walk(root, followlinks=True):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]  # (.git and the like)
+        others += [f for f in files
+                   if not f.lower().endswith(IMG_EXTENSIONS) and not f.startswith(".")]
+    others.sort()
     if not others:
         return ""
     return (f"; {len(others)} other file{'s' if len(others) > 1 else ''} not read "

@@ -196,23 +196,24 @@ class Loop:
         return row
 
     def _update(self, batch: Batch) -> dict[str, Any]:
-        """One update; where the compiled step or its CUDA-graph replay fails (a pattern of
-        calls it cannot serve, a compiler that fails: Dynamo's, Inductor's and the graph
-        trees' errors are not all a ``RuntimeError``), the run goes on eager, said once (an
-        error of the model itself is raised again there)."""
-        try:
-            return update(self.step_model, self.method, batch, self.state, self.amp,
-                          self.device, self.dist, lazy=self.fast)
-        except Exception as err:
-            if self.step_model is self.model or isinstance(err, UserError):
-                raise
-            skip = "--no-fast-graph" if self.fast and self.options.fast_graph else \
-                "training without --compile"
-            self.log(f"erat: warning: the compiled step failed ({first_line(err)}); this run goes "
-                     f"on eager ({skip} skips the attempt)")
-            self.step_model = self.model
-            return update(self.model, self.method, batch, self.state, self.amp, self.device,
-                          self.dist, lazy=self.fast)
+        return update(self.step_model, self.method, batch, self.state, self.amp, self.device,
+                      self.dist, lazy=self.fast,
+                      fallback=None if self.step_model is self.model else self._go_eager)
+
+    def _go_eager(self, err: Exception) -> nn.Module:
+        """Where the compiled step or its CUDA-graph replay failed (a pattern of calls it
+        cannot serve, a compiler that fails: Dynamo's, Inductor's and the graph trees' errors
+        are not all a ``RuntimeError``), the run goes on eager, said once; Dynamo's state and
+        its graphs' memory are let go."""
+        skip = "--no-fast-graph" if self.fast and self.options.fast_graph else \
+            "training without --compile"
+        self.log(f"erat: warning: the compiled step failed ({first_line(err)}); this run goes "
+                 f"on eager ({skip} skips the attempt)")
+        import torch._dynamo
+
+        torch._dynamo.reset()
+        self.step_model = self.model
+        return self.model
 
     def _prepare(self, x: Tensor, gen: torch.Generator) -> Tensor:
         x = augment_batch(x, self.augment, gen)
@@ -257,12 +258,32 @@ def _train_seconds(history: list[dict]) -> float:
 
 
 def update(model: nn.Module, method: Method, batch: Batch, state: TrainState, amp: str,
-           device: torch.device, dist: distributed.Dist, *, lazy: bool = False
-           ) -> dict[str, Any]:
+           device: torch.device, dist: distributed.Dist, *, lazy: bool = False,
+           fallback: Callable[[Exception], nn.Module] | None = None) -> dict[str, Any]:
     """One optimiser update on ``batch``; returns the method's metrics as floats, after
     refusing a non-finite loss before the step. With ``lazy`` (the fast path) neither: the
     metrics stay detached tensors on the device and the caller checks the loss every few
-    updates (no host synchronisation per update)."""
+    updates (no host synchronisation per update). ``fallback``: where the loss or its
+    gradients fail on ``model`` (not with a ``UserError``), the model it returns computes them
+    again, before anything is stepped (the failed attempt may have updated BatchNorm's
+    running statistics once)."""
+    try:
+        out = _loss_and_grads(model, method, batch, state, amp, device, lazy)
+    except Exception as err:
+        if fallback is None or isinstance(err, UserError):
+            raise
+        out = _loss_and_grads(fallback(err), method, batch, state, amp, device, lazy)
+    distributed.average_gradients(model, dist)
+    state.scaler.step(state.optimizer)
+    state.scaler.update()
+    state.scheduler.step()
+    if lazy:
+        return {k: torch.as_tensor(v).detach() for k, v in out.metrics.items()}
+    return {k: float(v) for k, v in out.metrics.items()}
+
+
+def _loss_and_grads(model: nn.Module, method: Method, batch: Batch, state: TrainState,
+                    amp: str, device: torch.device, lazy: bool) -> Any:
     if isinstance(model, Cloned):
         model.start_update()
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
@@ -273,13 +294,7 @@ def update(model: nn.Module, method: Method, batch: Batch, state: TrainState, am
                         f"{batch.updates}; lower --lr or check the data")
     state.optimizer.zero_grad(set_to_none=True)
     state.scaler.scale(out.loss).backward()
-    distributed.average_gradients(model, dist)
-    state.scaler.step(state.optimizer)
-    state.scaler.update()
-    state.scheduler.step()
-    if lazy:
-        return {k: torch.as_tensor(v).detach() for k, v in out.metrics.items()}
-    return {k: float(v) for k, v in out.metrics.items()}
+    return out
 
 
 def _check_finite(loss_sum: Tensor, update: int) -> None:

@@ -28,7 +28,7 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 from torch import Tensor, nn
 
 from erat.errors import UserError
-from erat.fields import FlagSpec, flag_specs, init_fields, param  # noqa: F401  (param: re-export)
+from erat.fields import FlagSpec, check_types, flag_specs, init_fields, param  # noqa: F401  (param: re-export)
 from erat.registry import Registry
 from erat.search import STEP_RULE
 
@@ -129,10 +129,7 @@ def build_method(name: str, **params: Any) -> Method:
         flags = ", ".join("--" + k.replace("_", "-") for k in sorted(unknown))
         takes = ", ".join(sorted(method_params(name))) or "nothing"
         raise UserError(f"method {name!r} takes no {flags}; it takes: {takes}")
-    types = {f.name: f.type for f in dataclasses.fields(cls)}
-    for key, value in params.items():  # (a YAML 'no' in quotes is a truthy string)
-        if types.get(key) in (bool, "bool") and not isinstance(value, bool):
-            raise UserError(f"{key} must be true or false, got {value!r}")
+    check_types(cls, params)  # (a YAML 'no' in quotes is a truthy string)
     return cls(**params)
 
 
