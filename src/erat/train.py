@@ -182,8 +182,8 @@ def _check_same_data(run: RunDir, cfg: TrainConfig, digests: dict[str, str]) -> 
     if changed:
         raise UserError(f"--resume: the {' and '.join(changed)} data of {cfg.dataset} differ "
                         f"from those {run.path} started on (their SHA-256 in "
-                        f"{RunDir.SPLIT}); resume on the same data, or --overwrite to start "
-                        "again")
+                        f"{RunDir.SPLIT}; images resized by another Pillow differ too); "
+                        "resume on the same data, or --overwrite to start again")
 
 
 def _split(cfg: TrainConfig, method: Method, x: Tensor, y: Tensor, run: RunDir | None,
