@@ -10,6 +10,8 @@ Example::
 
 from __future__ import annotations
 
+import sys
+
 import torch
 from torch import Tensor, nn
 
@@ -84,10 +86,10 @@ def step_module(model: nn.Module, method: object, *, graphs: bool, compile: bool
 def cudagraph_skips() -> int:
     """How many compiled graphs of this process torch has run without CUDA-graph replay (a
     CPU tensor, a mutated input, ...): each one is the fast path without its speed. torch
-    says why only in an opt-in log (``TORCH_LOGS``), so erat reads its counter."""
-    from torch._dynamo.utils import counters
-
-    return int(counters["inductor"]["cudagraph_skips"])
+    says why only in an opt-in log (``TORCH_LOGS``), so erat reads its counter (none before
+    Dynamo is imported: an eager run does not pay for its import)."""
+    utils = sys.modules.get("torch._dynamo.utils")
+    return int(utils.counters["inductor"]["cudagraph_skips"]) if utils is not None else 0
 
 
 def _raise_recompile_limit(limit: int = 64) -> None:
