@@ -151,6 +151,12 @@ def test_a_second_writer_is_refused_and_a_stale_lock_taken_over(tmp_path, capsys
     assert not (out / ".lock").exists() and (out / "model.pt").exists()
 
 
+def test_eval_says_how_it_attacked(finished, capsys):
+    """The printed accuracies said neither the attacks nor PGD's steps."""
+    code, out, _ = run(["eval", finished, "--n", "20", "--steps", "2", "--no-checks"], capsys)
+    assert code == 0 and "worst case per example over: PGD" in out and "PGD of 2 steps" in out
+
+
 def test_a_second_eval_of_one_run_folder_is_refused(finished, capsys):
     """Two `erat eval`s of one run folder both ran, the second resuming from the first's
     half-written state; a run folder has one writer at a time (.lock)."""

@@ -185,9 +185,13 @@ def format_result(result: dict[str, Any]) -> str:
     and notes."""
     threat = result["threat"]
     lines = [describe_data(threat)] if threat.get("data") or threat.get("model_kind") else []
+    how = f"worst case {threat['worst_case']}" if threat.get("worst_case") else None
+    if how and "pgd" in threat.get("attacks", []):
+        how += f"; PGD of {threat.get('steps')} steps"
     lines += [
         f"examples: {threat['n']}"
         + (f" ({threat['subset_note']})" if threat.get("subset") else ""),
+        *([how] if how else []),
         *(["resumed: the saved per-example results of an earlier eval of these settings, "
            "data and weights were used (--fresh starts over)"] if result.get("resumed")
           else []),
