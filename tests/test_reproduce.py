@@ -165,6 +165,7 @@ def test_frontier_suite_selects_on_validation_and_draws(tmp_path):
     text = (tmp_path / "out" / "results.md").read_text()
     assert "- AutoAttack columns: l2 at 0.5, worst case per example over: PGD" in text
     assert "PGD of 2 steps, on 8 of 360 test images (erm, pgd-budget1, pgd-budget2, at)" in text
+    assert "| val. robust l2 0.5 |" in text  # (the validation PGD's ball, once unnamed)
 
 
 def test_report_only_reports_what_is_finished_and_computes_nothing(suite_file, tmp_path):

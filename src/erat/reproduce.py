@@ -55,6 +55,7 @@ from erat.files import atomic_write_text, check_writable_dir
 from erat.fit.guard import overfitting_epoch
 from erat.methods import build_method
 from erat.rundir import RunDir
+from erat.threat import norm_name
 from erat.train import train
 
 ENERGY_COLUMNS = ("energy_mean", "at_term_mean", "vat_term_mean", "certified_frac")
@@ -451,13 +452,17 @@ def _cached_eval(folder: RunDir, file: str, x: Any, y: Any, ev: dict[str, Any],
 
 
 def _validation(folder: RunDir, meta: dict[str, Any]) -> dict[str, Any]:
-    """Validation accuracies of the epoch that became ``model.pt``."""
+    """Validation accuracies of the epoch that became ``model.pt``, and the ball of the
+    robust one (``val_ball``: ``l2 0.5``)."""
     rows = [r for r in folder.metrics() if r.get("epoch") == meta.get("selected_epoch")]
     if not rows or "val_clean_acc" not in rows[0]:
         return {}
     out = {"selected_epoch": meta.get("selected_epoch"), "val_clean_acc": rows[0]["val_clean_acc"]}
     if "val_robust_acc" in rows[0]:
-        out["val_robust_acc"] = rows[0]["val_robust_acc"]
+        method = meta.get("method") or {}
+        eps = folder.read_config().get("val_eps") or method.get("eps")
+        out |= {"val_robust_acc": rows[0]["val_robust_acc"],
+                "val_ball": f"{norm_name(method.get('norm', 'l2'))} {eps:g}" if eps else None}
     collapsed = overfitting_epoch(folder.metrics())
     if collapsed is not None:
         out["catastrophic_overfitting_epoch"] = collapsed
