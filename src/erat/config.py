@@ -97,8 +97,7 @@ class TrainConfig:
         unknown = set(d) - own - fit
         if unknown:
             raise UserError(f"unknown configuration key(s): {', '.join(sorted(unknown))}")
-        options = {k: v for k, v in d.items() if k in fit}
-        check_types(FitOptions, options)
+        options = {k: v for k, v in d.items() if k in fit}  # (FitOptions checks their types)
         return cls(**{k: v for k, v in d.items() if k in own}, fit=FitOptions(**options))
 
     def to_dict(self) -> dict[str, Any]:

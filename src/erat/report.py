@@ -267,9 +267,10 @@ def column_name(key: str, rows: Sequence[Mapping] = ()) -> str | None:
     """The human name of a result column (``pgd-l2-eps0.5`` -> ``PGD-l2 0.5``; AutoAttack
     on the first ``aa_n`` examples: ``AutoAttack-l2 1.5 (500)``), None for a column that
     short tables leave to the CSV."""
-    balls = {r.get("val_ball") for r in rows if r.get(key) is not None} - {None}
-    if key == "val_robust_acc" and len(balls) == 1:  # (the validation PGD's radius)
-        return f"{_LAST[key]} {balls.pop()}"
+    if key == "val_robust_acc":  # named with the validation PGD's ball, when all share one
+        balls = {r.get("val_ball") for r in rows if r.get(key) is not None} - {None}
+        if len(balls) == 1:
+            return f"{_LAST[key]} {balls.pop()}"
     if key in _FIRST or key in _LAST:
         return {**_FIRST, **_LAST}[key]
     if m := _ENERGY_KEY.match(key):

@@ -188,11 +188,12 @@ class Loop:
                **{f"train_{k}": v / n for k, v in sums.items()}}
         if sched.counted:
             row["cost"] = sched.cost(first + n)
-        if cudagraph_skips() > self.skips and self.step_model is not self.model:
-            self.log(f"erat: warning: {cudagraph_skips() - self.skips} compiled graph(s) ran "
-                     "without CUDA graphs (torch's cudagraph skips; TORCH_LOGS=perf_hints says "
-                     "why): the fast path is slower there")
-            self.skips = cudagraph_skips()
+        skips = cudagraph_skips()
+        if skips > self.skips and self.step_model is not self.model:
+            self.log(f"erat: warning: {skips - self.skips} compiled graph(s) ran without CUDA "
+                     "graphs (torch's cudagraph skips; TORCH_LOGS=perf_hints says why): the "
+                     "fast path is slower there")
+            self.skips = skips
         return row
 
     def _update(self, batch: Batch) -> dict[str, Any]:

@@ -11,7 +11,6 @@ from torch import Tensor, nn
 from erat import fields
 from erat.errors import UserError
 from erat.fields import param
-from erat.threat import check_radius
 
 Select = Literal["last", "best-robust"]
 DEFAULT_EPOCHS = 10  # the length of a run that names neither --epochs nor --budget
@@ -80,8 +79,6 @@ class FitOptions:
         fields.finite_nonneg("weight_decay", self.weight_decay)
         if not 0 <= self.momentum < 1:
             raise UserError(f"momentum must be a number in [0, 1), got {self.momentum!r}")
-        if self.val_eps is not None:
-            check_radius(self.val_eps, name="val_eps")
 
 
 @dataclass
