@@ -11,6 +11,7 @@ import pickle
 import re
 import shlex
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -357,13 +358,21 @@ def test_eval_a_factory_with_weights_names_the_file_and_its_digest(weights, net_
     assert list((net_module / "cache" / "erat").iterdir())  # resumable state, in the cache
 
 
+def _script(net: torch.nn.Module, path) -> None:
+    """Save ``net`` as TorchScript; torch.jit's deprecation note is a FutureWarning in torch
+    2.14, a DeprecationWarning in 2.11 (the GPU machines' torch)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(torch.jit.script(net), path)
+
+
 @pytest.mark.parametrize("kind", ["torchscript", "export"])
 def test_eval_a_torchscript_or_export_file(weights, net_module, capsys, kind):
     weights.eval()
     path = net_module / ("net.ts" if kind == "torchscript" else "net.pt2")
     if kind == "torchscript":
-        with pytest.warns(FutureWarning):
-            torch.jit.save(torch.jit.script(weights), path)
+        _script(weights, path)
     else:
         batch = torch.export.Dim("batch")
         torch.export.save(torch.export.export(weights, (torch.rand(2, 3, 8, 8),),
@@ -389,8 +398,7 @@ def test_a_torchscript_file_is_attacked_eager_inside_its_wrapper(weights, net_mo
     from erat.external import ExternalOptions, open_external
 
     path = net_module / "net.ts"
-    with pytest.warns(FutureWarning):
-        torch.jit.save(torch.jit.script(weights.eval()), path)
+    _script(weights.eval(), path)
     got = open_external(ExternalOptions(model=str(path), dataset="npz:data.npz"), n=None,
                         data_dir=str(net_module), device=torch.device("cpu"))
     assert not isinstance(got.model, torch.jit.ScriptModule) and scripted(got.model)

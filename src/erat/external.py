@@ -238,8 +238,9 @@ def _program(path: Path, data: bytes) -> tuple[nn.Module, str]:
         names = []
     if any(n.endswith("/constants.pkl") for n in names) or \
             any("/code/__torch__" in n for n in names):
-        with warnings.catch_warnings():  # (torch.jit's own deprecation note)
-            warnings.simplefilter("ignore", FutureWarning)
+        with warnings.catch_warnings():  # (torch.jit's own deprecation note; its category
+            warnings.simplefilter("ignore", FutureWarning)  # differs between torch releases)
+            warnings.simplefilter("ignore", DeprecationWarning)
             try:
                 return torch.jit.load(io.BytesIO(data), map_location="cpu"), "torchscript"
             except Exception as e:
