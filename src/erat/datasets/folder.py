@@ -38,8 +38,8 @@ def read_folder(path: Path, resize: int | None) -> Source:
         raise DataError(f"folder:{path}: no such folder")
     train_dir, test_dir = path / "train", path / "test"
     if not (train_dir.is_dir() or test_dir.is_dir()):
-        x, y, classes = _read_tree(path, resize)
-        return Source((x, y), None, classes, _layout(x) + _skipped(path))
+        x, y, classes, as_is = _read_tree(path, resize)
+        return Source((x, y), None, classes, _layout(x) + _deep(as_is) + _skipped(path))
     train = _read_tree(train_dir, resize) if train_dir.is_dir() else None
     test = _read_tree(test_dir, resize) if test_dir.is_dir() else None
     if train is not None and test is not None and train[2] != test[2]:
@@ -47,16 +47,26 @@ def read_folder(path: Path, resize: int | None) -> Source:
         raise DataError(f"folder:{path}: train/ and test/ must hold the same class folders; "
                         f"only in one of them: {', '.join(only[:5])}")
     read = [p for p in (train, test) if p is not None]
-    xs = _same_channels([x for x, _, _ in read])
-    pairs = [(x, y) for x, (_, y, _) in zip(xs, read, strict=True)]
+    xs = _same_channels([x for x, _, _, _ in read])
+    pairs = [(x, y) for x, (_, y, _, _) in zip(xs, read, strict=True)]
+    deep = {r[3] for r in read} - {None}
+    if len(deep) > 1:
+        raise DataError(f"folder:{path}: the 16-bit images of one of train/ and test/ hold "
+                        "values of 0..255 only (8-bit values), those of the other brighter "
+                        "ones; save both as 8-bit images or both over 0..65535")
     train_pair = pairs.pop(0) if train is not None else None
     test_pair = pairs.pop(0) if test is not None else None
-    return Source(train_pair, test_pair, read[0][2], _layout(xs[0]) + _skipped(path),
+    return Source(train_pair, test_pair, read[0][2],
+                  _layout(xs[0]) + _deep(deep.pop() if deep else None) + _skipped(path),
                   test_source="test/")
 
 
-def _read_tree(root: Path, resize: int | None) -> tuple[Tensor, Tensor, list[str]]:
-    """The images below ``root``'s class folders, ``[N, C, H, W]`` uint8, and their labels."""
+def _read_tree(root: Path, resize: int | None
+               ) -> tuple[Tensor, Tensor, list[str], bool | None]:
+    """The images below ``root``'s class folders, ``[N, C, H, W]`` uint8, their labels and
+    classes, and how its 16- or 32-bit integer images were read (None: it has none). When
+    every one holds values of 0..255 only (8-bit images saved in a 16-bit file: over 65535
+    they would read near black), they are read as 8-bit values (True), else over 65535."""
     from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
 
     try:
@@ -71,7 +81,12 @@ def _read_tree(root: Path, resize: int | None) -> tuple[Tensor, Tensor, list[str
         more = f" (and {len(empty) - 1} more)" if len(empty) > 1 else ""
         raise DataError(f"class folder {root / empty[0]} holds no images{more} "
                         f"({', '.join(IMG_EXTENSIONS)})")
-    images = [_read_image(Path(file), resize) for file, _ in samples]
+    read = [_read_image(Path(file), resize) for file, _ in samples]
+    deep = [i for i, (_, fits) in enumerate(read) if fits is not None]
+    as_is = all(read[i][1] for i in deep) if deep else None
+    for i in deep if as_is else ():
+        read[i] = _read_image(Path(samples[i][0]), resize, as_is=True)
+    images = [image for image, _ in read]
     sizes = {tuple(im.shape[1:]) for im in images}
     if len(sizes) > 1:
         first = tuple(images[0].shape[1:])
@@ -81,7 +96,7 @@ def _read_tree(root: Path, resize: int | None) -> tuple[Tensor, Tensor, list[str
                         "--resize N to give every image N x N pixels")
     x = torch.stack(_same_channels(images))
     y = torch.tensor([label for _, label in samples], dtype=torch.int64)
-    return x, y, classes
+    return x, y, classes, as_is
 
 
 def _files(folder: Path) -> list[str]:
@@ -91,6 +106,12 @@ def _files(folder: Path) -> list[str]:
 
     return [os.path.join(top, f) for top, _, files in sorted(os.walk(folder, followlinks=True))
             for f in sorted(files) if f.lower().endswith(IMG_EXTENSIONS)]
+
+
+def _deep(as_is: bool | None) -> str:
+    """The layout's note of how 16-bit images were read (:func:`_read_tree`)."""
+    return {None: "", False: "; 16-bit images scaled from 0..65535",
+            True: "; 16-bit images holding 0..255 only, read as 8-bit values"}[as_is]
 
 
 def _skipped(root: Path) -> str:
@@ -110,27 +131,32 @@ def _skipped(root: Path) -> str:
             f"({', '.join(others[:3])}{', ...' if len(others) > 3 else ''})")
 
 
-def _read_image(file: Path, resize: int | None) -> Tensor:
-    """One image, decoded now (a truncated file fails here), ``[C, H, W]`` uint8."""
+def _read_image(file: Path, resize: int | None, as_is: bool = False
+                ) -> tuple[Tensor, bool | None]:
+    """One image, decoded now (a truncated file fails here), ``[C, H, W]`` uint8; and, for a
+    16- or 32-bit integer image, whether its values all fit 0..255 (None for other images).
+    ``as_is``: such an image's values are taken as 8-bit values."""
     from PIL import Image
     from torchvision.transforms import functional
 
     try:
         with Image.open(file) as img:
             img.load()
-            img = _eight_bit(img) if img.mode in DEEP_MODES else \
+            fits = (img.getextrema()[1] or 0) <= 255 if img.mode in DEEP_MODES - {"F"} else None
+            img = _eight_bit(img, as_is and bool(fits)) if img.mode in DEEP_MODES else \
                 img.convert("L" if img.mode in GRAY_MODES else "RGB")
         if resize is not None:
             img = functional.resize(img, [resize, resize], antialias=True)
-        return functional.pil_to_tensor(img)
+        return functional.pil_to_tensor(img), fits
     except Exception as e:  # PIL raises many types for a damaged file (OSError, SyntaxError..)
         raise DataError(f"cannot read image {file}: {one_line(e)}") from None
 
 
-def _eight_bit(img):
-    """A 16-bit, 32-bit integer or float grayscale image as 8 bits: integers over 65535,
-    floats over [0, 1] (PIL's ``convert("L")`` clips them: a 16-bit 51400 became 255, a
-    float 0.78 became 0); other ranges are refused."""
+def _eight_bit(img, as_is: bool = False):
+    """A 16-bit, 32-bit integer or float grayscale image as 8 bits: integers over 65535
+    (``as_is``: integers of 0..255 as they are), floats over [0, 1] (PIL's ``convert("L")``
+    clips them: a 16-bit 51400 became 255, a float 0.78 became 0); other ranges are
+    refused."""
     import numpy as np
     from PIL import Image
 
@@ -139,7 +165,7 @@ def _eight_bit(img):
     if not np.isfinite(a).all() or low < 0 or high > (1 if img.mode == "F" else 65535):
         raise ValueError(f"an image of PIL mode {img.mode} must hold values in "
                          f"{'[0, 1]' if img.mode == 'F' else '0..65535'}, got {low:g}..{high:g}")
-    scaled = a * 255 if img.mode == "F" else a / 257
+    scaled = a * 255 if img.mode == "F" else a if as_is else a / 257
     return Image.fromarray(np.round(scaled).astype(np.uint8))
 
 
