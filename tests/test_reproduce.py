@@ -46,7 +46,8 @@ def test_suite_runs_reports_and_resumes(suite_file, tmp_path):
     assert "erat train" in text and "--method er" in text and "torch" in text
     assert "PGD of 2 steps, on 40 of 360 test images (erm, er)" in text  # how, on how many
     assert "- energy: l2 at 0.5, T 2, M 2, S 1, on the first 20 test images (er)" in text
-    short = "| run | method | clean | PGD-l2 0.25 | PGD-l2 0.5 | energy | s/epoch | failed checks |"
+    short = ("| run | method | clean | PGD-l2 0.25 | PGD-l2 0.5 | energy l2 0.5 | s/epoch | "
+             "failed checks |")  # (the energy's ball, as erat report names it)
     assert text.count(short) == 1 and lines[-1].startswith(short)  # printed and in results.md
     assert "| labels" not in text and " , " not in "".join(lines) and ",," not in "".join(lines)
     progress = [line for line in lines if line.startswith("[1/2 erm] ")]

@@ -256,6 +256,7 @@ _FIRST = {"name": "run", "run": "run", "method": "method", "budget": "budget",
 _LAST = {"val_robust_acc": "val. robust", "energy_mean": "energy",
          "train_s_per_epoch": "s/epoch", "checks_failed": "failed checks",
          "catastrophic_overfitting_epoch": "overfitting at epoch"}
+_BALLS = {"val_robust_acc": "val_ball", "energy_mean": "energy_ball"}  # (a suite's rows)
 
 
 def attack_name(attack: str) -> str:
@@ -267,8 +268,8 @@ def column_name(key: str, rows: Sequence[Mapping] = ()) -> str | None:
     """The human name of a result column (``pgd-l2-eps0.5`` -> ``PGD-l2 0.5``; AutoAttack
     on the first ``aa_n`` examples: ``AutoAttack-l2 1.5 (500)``), None for a column that
     short tables leave to the CSV."""
-    if key == "val_robust_acc":  # named with the validation PGD's ball, when all share one
-        balls = {r.get("val_ball") for r in rows if r.get(key) is not None} - {None}
+    if key in _BALLS:  # named with the validation PGD's or the energy's ball, when one
+        balls = {r.get(_BALLS[key]) for r in rows if r.get(key) is not None} - {None}
         if len(balls) == 1:
             return f"{_LAST[key]} {balls.pop()}"
     if key in _FIRST or key in _LAST:

@@ -406,6 +406,9 @@ def run_one(suite: dict[str, Any], run: dict[str, Any], cfg: TrainConfig, folder
         row["last_epoch"] = meta.get("last_epoch")
     if energy:
         row.update({k: energy[k] for k in ENERGY_COLUMNS if k in energy})
+        e = energy.get("settings") or {}
+        if isinstance(e.get("eps"), int | float):  # the ball, as the validation's (val_ball)
+            row["energy_ball"] = f"{norm_name(e.get('norm', 'l2'))} {e['eps']:g}"
     return row, result, (x, y)
 
 
