@@ -383,3 +383,14 @@ def test_eval_keeps_its_progress_in_the_file_the_readme_names(tmp_path, capsys):
     assert [p.name for p in out.glob(".*.state.pt")] == [".eval-pgd-l2.state.pt"]
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     assert "`.eval-<attack>-<norm>.state.pt`" in readme
+
+
+def test_the_attacks_know_every_flag_of_eval():
+    """``EVAL_FLAGS``, which an attack's option may not be named like, is the eval parser's
+    own flags (an attack registered with one made every ``erat eval`` a traceback)."""
+    from erat.attacks import attack_flags
+    from erat.attacks.base import EVAL_FLAGS
+
+    sub = next(a for a in build_parser(["eval"])._actions
+               if isinstance(getattr(a, "choices", None), dict)).choices["eval"]
+    assert {a.dest for a in sub._actions} - set(attack_flags()) - {"help"} == EVAL_FLAGS

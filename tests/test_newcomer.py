@@ -70,6 +70,16 @@ def linear_model() -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
 
 
+def test_an_attack_option_named_like_an_eval_flag_is_refused():
+    """An option ``n`` made every ``erat eval``, ``--help`` included, an argparse traceback."""
+    with pytest.raises(TypeError, match="option.s. n share a name with flags of erat eval"):
+        @register_attack("clash")
+        @dataclass
+        class Clash:
+            n: int = option(3, "how many")
+    assert "clash" not in ATTACKS
+
+
 def test_a_registered_attack_runs_after_pgd(toy_attack):
     x, y = digits()
     model = linear_model().eval()

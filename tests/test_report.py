@@ -130,6 +130,8 @@ def test_short_tables_name_their_columns_for_people_and_drop_empty_ones():
     assert keys[:3] == ["name", "method", "clean_acc"] and "energy_mean" not in keys
     assert column_name("pgd+autoattack-l2-eps1.5") == "PGD+AutoAttack-l2 1.5"
     assert column_name("cost_erm_epochs") is None  # left to the CSV
+    assert column_name("pgd+rs-fgsm-linf-eps0.1") == "PGD+rs-fgsm-l-inf 0.1"  # (a hyphenated
+    assert readable_columns([{"rs-fgsm-l2-eps0.5": 0.4}])[0] == ["rs-fgsm-l2-eps0.5"]  # name)
 
 
 def test_report_refuses_two_run_folders_of_one_name_in_one_line(tmp_path, capsys):

@@ -46,6 +46,12 @@ from erat.registry import Registry
 from erat.threat import Threat
 
 ATTACKS = Registry("attack")
+# the flags of erat eval besides the attacks' options (tests/test_cli.py keeps this equal to
+# the parser's): an option of one of these names would clash with one on the command line
+EVAL_FLAGS = frozenset({
+    "attack", "batch_size", "checks", "data_dir", "dataset", "debug", "device", "eps", "fast",
+    "fresh", "input_range", "json", "model", "model_kwargs", "n", "norm", "normalize",
+    "resize", "run_dir", "seed", "test_split", "weights"})
 
 
 class Attack(Protocol):
@@ -56,11 +62,18 @@ class Attack(Protocol):
 
 
 def register_attack(name: str) -> Callable[[type], type]:
-    """Class decorator adding an attack dataclass to the registry under ``name``."""
+    """Class decorator adding an attack dataclass to the registry under ``name``; an option
+    named like a flag of ``erat eval`` (:data:`EVAL_FLAGS`) is refused. Option names are
+    shared by all attacks: two attacks may share one only with the same type."""
 
     def add(cls: type) -> type:
         if name in presets() or name in getattr(cls, "presets", {}):
             raise ValueError(f"attack {name!r} is the name of a preset")
+        clash = sorted(k for k, f in init_fields(cls).items()
+                       if k in EVAL_FLAGS and f.metadata.get("flag") is not False)
+        if clash:
+            raise TypeError(f"attack {name!r}: option(s) {', '.join(clash)} share a name with "
+                            "flags of erat eval; rename them")
         return ATTACKS.decorator(name, named=True)(cls)
 
     return add
