@@ -312,7 +312,7 @@ def test_every_method_is_a_dataclass_with_cli_fields(name):
     for field in dataclasses.fields(make(name)):
         assert field.metadata.get("help"), f"{name}.{field.name} has no help"
         assert field.name not in config_fields(), f"{name}.{field.name} shadows a setting"
-        owners = re.search(r"\[([^\]]*)\]$", flags[field.name].help).group(1)
+        owners = ";".join(re.findall(r"\[([^\]]*)\]", flags[field.name].help))
         assert name in re.split(r"[,;:] ?", owners), flags[field.name].help
 
 

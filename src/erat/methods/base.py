@@ -33,9 +33,9 @@ from erat.registry import Registry
 from erat.search import STEP_RULE
 
 FORWARD, BACKWARD = 1.0, 2.0  # the cost convention: a backward counts as two forwards
-# the help of every method's step_size (one text: the CLI shows one help per flag)
-STEP_SIZE_HELP = (f"step size of the inner search (default: {STEP_RULE}; ER: 2.5*eps/S; "
-                  "fast-at: 1.25*eps)")
+# the help of a method's step_size under the search's default rule (a method with its own
+# rule says it in its own words: the CLI shows each method's help beside its name)
+STEP_SIZE_HELP = f"step size of the inner search (unset: {STEP_RULE})"
 
 
 @dataclass

@@ -60,7 +60,7 @@ from erat.losses import (
     supervised_loss,
     virtual_loss,
 )
-from erat.methods.base import BACKWARD, FORWARD, STEP_SIZE_HELP, Batch, StepOutput, register, rows
+from erat.methods.base import BACKWARD, FORWARD, Batch, StepOutput, register, rows
 from erat.passes import (
     dropout_active,
     label_free_search,
@@ -100,7 +100,8 @@ class ER:
                                 "(KL of their mean to the labels' class frequencies)")
     xi: float = param(XI, "finite-difference step of VAT's power iteration")
     power_iters: int = param(1, "power iterations of VAT's direction search")
-    step_size: float | None = param(None, STEP_SIZE_HELP)
+    step_size: float | None = param(None, "step size of the inner search "
+                                    "(unset: 2.5*eps/S)")
     warmup_updates: int | None = param(None, "ER: the first updates search with S=0 "
                                              "(default: 0 supervised, the first 20% of "
                                              "training semi-supervised)")

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from erat.methods.base import STEP_SIZE_HELP, Batch, StepOutput, param, register
+from erat.methods.base import Batch, StepOutput, param, register
 from erat.methods.pgd import PGD
 from erat.threat import Norm, check_radius
 
@@ -38,7 +38,8 @@ class FastAT:
 
     eps: float = param(0.3, "training radius in pixel space")
     norm: Norm = param("linf", "threat norm")
-    step_size: float | None = param(None, STEP_SIZE_HELP)
+    step_size: float | None = param(None, "step size of the inner search "
+                                    "(unset: 1.25*eps)")
 
     uses_unlabeled = False
 
