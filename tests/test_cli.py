@@ -393,4 +393,4 @@ def test_the_attacks_know_every_flag_of_eval():
 
     sub = next(a for a in build_parser(["eval"])._actions
                if isinstance(getattr(a, "choices", None), dict)).choices["eval"]
-    assert {a.dest for a in sub._actions} - set(attack_flags()) - {"help"} == EVAL_FLAGS
+    assert {a.dest for a in sub._actions} - set(attack_flags()) == EVAL_FLAGS

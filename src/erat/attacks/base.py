@@ -50,7 +50,7 @@ ATTACKS = Registry("attack")
 # the parser's): an option of one of these names would clash with one on the command line
 EVAL_FLAGS = frozenset({
     "attack", "batch_size", "checks", "data_dir", "dataset", "debug", "device", "eps", "fast",
-    "fresh", "input_range", "json", "model", "model_kwargs", "n", "norm", "normalize",
+    "fresh", "help", "input_range", "json", "model", "model_kwargs", "n", "norm", "normalize",
     "resize", "run_dir", "seed", "test_split", "weights"})
 
 

@@ -40,33 +40,30 @@ def read_folder(path: Path, resize: int | None) -> Source:
     if not (train_dir.is_dir() or test_dir.is_dir()):
         x, y, classes, as_is = _read_tree(path, resize)
         return Source((x, y), None, classes, _layout(x) + _deep(as_is) + _skipped(path))
-    train = _read_tree(train_dir, resize) if train_dir.is_dir() else None
-    test = _read_tree(test_dir, resize) if test_dir.is_dir() else None
-    if train is not None and test is not None and train[2] != test[2]:
-        only = sorted(set(train[2]) ^ set(test[2]))
+    dirs = [d for d in (train_dir, test_dir) if d.is_dir()]
+    read = [_read_tree(d, resize) for d in dirs]
+    if read[0][2] != read[-1][2]:
+        only = sorted(set(read[0][2]) ^ set(read[-1][2]))
         raise DataError(f"folder:{path}: train/ and test/ must hold the same class folders; "
                         f"only in one of them: {', '.join(only[:5])}")
-    read = [p for p in (train, test) if p is not None]
+    if {r[3] for r in read} >= {True, False}:  # 16-bit images of 0..255 in one tree only:
+        read = [_read_tree(d, resize, as_is=False) if r[3] else r  # over 65535 in both
+                for d, r in zip(dirs, read, strict=True)]
     xs = _same_channels([x for x, _, _, _ in read])
     pairs = [(x, y) for x, (_, y, _, _) in zip(xs, read, strict=True)]
-    deep = {r[3] for r in read} - {None}
-    if len(deep) > 1:
-        raise DataError(f"folder:{path}: the 16-bit images of one of train/ and test/ hold "
-                        "values of 0..255 only (8-bit values), those of the other brighter "
-                        "ones; save both as 8-bit images or both over 0..65535")
-    train_pair = pairs.pop(0) if train is not None else None
-    test_pair = pairs.pop(0) if test is not None else None
-    return Source(train_pair, test_pair, read[0][2],
-                  _layout(xs[0]) + _deep(deep.pop() if deep else None) + _skipped(path),
-                  test_source="test/")
+    deep = max((r[3] for r in read if r[3] is not None), default=None)
+    return Source(pairs[0] if train_dir.is_dir() else None,
+                  pairs[-1] if test_dir.is_dir() else None, read[0][2],
+                  _layout(xs[0]) + _deep(deep) + _skipped(path), test_source="test/")
 
 
-def _read_tree(root: Path, resize: int | None
+def _read_tree(root: Path, resize: int | None, as_is: bool | None = None
                ) -> tuple[Tensor, Tensor, list[str], bool | None]:
     """The images below ``root``'s class folders, ``[N, C, H, W]`` uint8, their labels and
     classes, and how its 16- or 32-bit integer images were read (None: it has none). When
     every one holds values of 0..255 only (8-bit images saved in a 16-bit file: over 65535
-    they would read near black), they are read as 8-bit values (True), else over 65535."""
+    they would read near black), they are read as 8-bit values (True), else over 65535
+    (``as_is=False``: over 65535 whatever they hold)."""
     from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
 
     try:
@@ -83,7 +80,7 @@ def _read_tree(root: Path, resize: int | None
                         f"({', '.join(IMG_EXTENSIONS)})")
     read = [_read_image(Path(file), resize) for file, _ in samples]
     deep = [i for i, (_, fits) in enumerate(read) if fits is not None]
-    as_is = all(read[i][1] for i in deep) if deep else None
+    as_is = (all(read[i][1] for i in deep) and as_is is not False) if deep else None
     for i in deep if as_is else ():
         read[i] = _read_image(Path(samples[i][0]), resize, as_is=True)
     images = [image for image, _ in read]
@@ -109,9 +106,11 @@ def _files(folder: Path) -> list[str]:
 
 
 def _deep(as_is: bool | None) -> str:
-    """The layout's note of how 16-bit images were read (:func:`_read_tree`)."""
-    return {None: "", False: "; 16-bit images scaled from 0..65535",
-            True: "; 16-bit images holding 0..255 only, read as 8-bit values"}[as_is]
+    """The layout's note of how 16- or 32-bit integer images were read (:func:`_read_tree`;
+    one reading for train/ and test/)."""
+    return {None: "", False: "; 16- or 32-bit integer images scaled from 0..65535",
+            True: "; 16- or 32-bit integer images holding 0..255 only, read as 8-bit "
+                  "values"}[as_is]
 
 
 def _skipped(root: Path) -> str:
