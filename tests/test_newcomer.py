@@ -78,6 +78,12 @@ def test_an_attack_option_named_like_an_eval_flag_is_refused():
         class Clash:
             n: int = option(3, "how many")
     assert "clash" not in ATTACKS
+    with pytest.raises(TypeError, match="setting 'steps' has two types"):
+        @register_attack("clash")
+        @dataclass
+        class Other:
+            steps: str = option("many", "PGD's is an int")
+    assert "clash" not in ATTACKS
 
 
 def test_a_registered_attack_runs_after_pgd(toy_attack):

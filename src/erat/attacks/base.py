@@ -63,8 +63,8 @@ class Attack(Protocol):
 
 def register_attack(name: str) -> Callable[[type], type]:
     """Class decorator adding an attack dataclass to the registry under ``name``; an option
-    named like a flag of ``erat eval`` (:data:`EVAL_FLAGS`) is refused. Option names are
-    shared by all attacks: two attacks may share one only with the same type."""
+    named like a flag of ``erat eval`` (:data:`EVAL_FLAGS`), or like another attack's option
+    but of another type, is refused (option names are shared by all attacks)."""
 
     def add(cls: type) -> type:
         if name in presets() or name in getattr(cls, "presets", {}):
@@ -74,6 +74,7 @@ def register_attack(name: str) -> Callable[[type], type]:
         if clash:
             raise TypeError(f"attack {name!r}: option(s) {', '.join(clash)} share a name with "
                             "flags of erat eval; rename them")
+        flag_specs({**dict(ATTACKS.items()), name: cls})  # a shared option of another type
         return ATTACKS.decorator(name, named=True)(cls)
 
     return add

@@ -83,10 +83,12 @@ RESERVED: dict[str, str] = {}  # setting name -> its owner, which a method field
 
 def register(name: str) -> Callable[[type], type]:
     """Class decorator adding a method dataclass to the registry under ``name``; a field
-    named like a reserved setting (:func:`reserve`) is refused."""
+    named like a reserved setting (:func:`reserve`), or like another method's field but of
+    another type, is refused."""
 
     def add(cls: type) -> type:
         _refuse_reserved(name, cls)
+        flag_specs({**dict(METHODS.items()), name: cls})  # a shared field of another type
         return METHODS.decorator(name, named=True)(cls)
 
     return add
