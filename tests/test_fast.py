@@ -257,6 +257,20 @@ def test_fast_on_without_a_gpu_is_one_line(tmp_path, capsys):
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
 
 
+def test_a_part_of_the_fast_path_turned_off_where_it_does_not_run_is_noted():
+    """``--no-fast-bf16`` on the CPU (or with ``--fast off``) was taken without a word."""
+    from erat.fit import FitOptions
+    from erat.fit.fast import idle_flags
+
+    assert idle_flags(FitOptions(), active=False) is None  # nothing turned off
+    assert idle_flags(FitOptions(fast_bf16=False), active=True) is None  # it runs
+    assert idle_flags(FitOptions(fast_bf16=False, fast_data=False), active=False) == (
+        "note: --no-fast-data, --no-fast-bf16 change nothing here: the fast path is off (the "
+        "CPU path is the eager one)")
+    assert idle_flags(FitOptions(fast="off", fast_graph=False), active=False).endswith(
+        "changes nothing here: the fast path is off (--fast off)")
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_fast_training_on_a_gpu(tmp_path):
     code = main(["train", "--dataset", "digits", "--model", "cnn", "--epochs", "1", "--method",

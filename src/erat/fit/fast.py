@@ -55,6 +55,19 @@ def active(options: Any, device: torch.device) -> bool:
     return options.fast == "on" or (options.fast == "auto" and device.type == "cuda")
 
 
+def idle_flags(options: Any, active: bool) -> str | None:
+    """A note naming the fast path's parts turned off (``--no-fast-bf16``, ...) while the
+    fast path does not run (the CPU, ``--fast off``): they change nothing there."""
+    off = [f"--no-{k.replace('_', '-')}" for k in
+           ("fast_data", "fast_graph", "fast_bf16", "fast_channels_last")
+           if not getattr(options, k)]
+    if active or not off:
+        return None
+    why = "--fast off" if options.fast == "off" else "the CPU path is the eager one"
+    verb = "changes" if len(off) == 1 else "change"
+    return f"note: {', '.join(off)} {verb} nothing here: the fast path is off ({why})"
+
+
 def needs_cuda(device: torch.device, what: str, instead: str) -> None:
     """Refuse ``--fast on`` off CUDA (``what`` runs on ``device``; ``instead``: the flag's
     way back to the eager path)."""

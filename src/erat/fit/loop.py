@@ -112,6 +112,8 @@ class Loop:
             log(f"note: --budget {options.budget:g} pays for {self.schedule.updates} updates: "
                 f"{self.schedule.epochs} epochs, not --budget-epochs {options.budget_epochs}")
         self.fast = fast.active(options, self.device)
+        if note := fast.idle_flags(options, self.fast):
+            log(note)
         conv = self.fast and fast.convolutional(model)
         self.amp = "bf16" if conv and options.fast_bf16 and options.amp == "none" else options.amp
         self.channels_last = options.channels_last or (conv and options.fast_channels_last)
