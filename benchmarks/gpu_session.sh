@@ -19,7 +19,9 @@
 #     accuracy; its time with and without the compilation).
 # Usage (repository root): OUT=DIR C10=DIR_WITH_cifar-10-batches-py bash benchmarks/gpu_session.sh
 # (the device tool: carry data/cifar10-subset, then C10=data/cifar10-subset). Everything lands
-# in $OUT: session.log and gpu.tgz (the JSON of every stage, metrics of every run).
+# in $OUT: session.log and gpu.tgz (the JSON of every stage, metrics of every run);
+# `python benchmarks/gpu_summary.py DIR` (DIR: $OUT as it came back) prints the figures as
+# markdown tables, each of the targets met or missed.
 # LIMIT (seconds, default 480, the 8 minutes above): the whole script's deadline; a stage gets
 # at most what is left (and is skipped under 20 s), so the run call's limit never cuts a pack
 # short. The bench's JSON is rewritten after every measured row ("complete": false until the

@@ -142,3 +142,59 @@ def test_the_gpu_suite_script_packs_whole_groups_without_weights(tmp_path):
     assert sum(n.endswith("eval-autoattack.json") for n in names) == 2  # one per group
     assert (out2 / "packed.txt").read_text().count("\n") == 4
     assert "| a-budget2 " in (out2 / "results.md").read_text()
+
+
+def _row(method: str, fast: bool, ms: float, rate: float, batch: int = 128) -> dict:
+    return {"method": method, "fast": fast, "compiled": fast, "batch_size": batch,
+            "ms_per_step": ms, "images_per_s": batch / ms * 1e3, "rate_fraction": rate,
+            "epoch_50k_s": 50_000 / batch * ms / 1e3, "kernels_per_step": 40 if fast else 900,
+            "device_busy": 0.9 if fast else 0.3, "cudagraph_skips": 0}
+
+
+def test_the_gpu_summary_judges_the_targets_and_says_what_is_missing(tmp_path):
+    """benchmarks/gpu_summary.py turns a session's gpu.tgz into the issue's tables: each
+    target met or missed on its own figure; what a stage did not write is said."""
+    import tarfile
+
+    w = tmp_path / "w"
+    (w / "curve-off").mkdir(parents=True)
+    (w / "curve-on").mkdir()
+    rows = [_row("erm", True, 2.0, 0.3), _row("erm", False, 7.9, 0.08),
+            _row("pgd:steps=10", True, 19.0, 0.3), _row("pgd:steps=10", False, 54.0, 0.1),
+            {"method": "vat", "fast": True, "error": "BackendCompilerFailed: boom"}]
+    bench = {"complete": False, "device": "cuda", "torch": "2.11.0", "matrix_tflops": 790.0,
+             "models": {"preact-resnet18": {"rows": rows}}}
+    (w / "bench-128.json").write_text(json.dumps(bench))
+    big = {**bench, "complete": True, "models": {"m": {"rows": [_row("erm", True, 5, 0.45, 512)]}}}
+    (w / "bench-512.json").write_text(json.dumps(big))
+    for fast, losses in (("off", [2.3, 2.1, 1.9]), ("on", [2.3, 2.12, 1.93])):
+        (w / f"curve-{fast}" / "metrics.jsonl").write_text("\n".join(
+            json.dumps({"epoch": i + 1, "train_loss": v}) for i, v in enumerate(losses)))
+    for name, fast, acc in (("pgd3", "off", 0.40), ("pgd3", "on", 0.38), ("er3", "on", 0.41),
+                            ("er3-on-pgd-graphs", "1", 0.41), ("er3-on-pgd-graphs", "2", 0.41)):
+        (w / f"{name}-{fast}{'-pgd' if len(fast) > 1 else ''}.json").write_text(json.dumps(
+            {"clean_acc": 0.6, "robust_acc": {"pgd-l2-eps0.5": acc}}))
+    out = tmp_path / "out"
+    out.mkdir()
+    with tarfile.open(out / "gpu.tgz", "w:gz") as tar:
+        tar.add(w, arcname=".")
+    (out / "session.log").write_text("graph-captured eval 1: exit 0, 31.2 s\n"
+                                     "graph-captured eval 2: exit 0, 4.0 s\n")
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_summary.py"),
+                           str(out)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    text = done.stdout
+    assert "Batch 128 (cut short: rows measured so far):" in text
+    assert "| erm | 7.9 | 2.0 | 3.95 | 64000 | 30.0 | 0.8 | 40 | 90 | 0 |" in text
+    assert "| vat | — | BackendCompilerFailed: boom |" in text  # its error, in its row
+    assert "| erm <= 2.5 ms (batch 128, fast) | 2.00 | met |" in text
+    assert "| pgd:steps=10 <= 18.0 ms (batch 128, fast) | 19.00 | missed |" in text
+    assert "| er:S=3 <= 12.0 ms (batch 128, fast) | — | — |" in text  # not measured
+    assert "| ERM >= 40% of the bf16 rate (batch 512, fast) | 45.0 % | met |" in text
+    assert "| pgd3: fast within 1.5 points of eager (PGD-l2 0.5) | 2.0 points | missed |" in text
+    assert "| er3: fast within 1.5 points of eager | — | — |" in text  # its eager run is missing
+    assert "Largest gap 0.030, last 0.030." in text and "| er3 | — | — | 0.600 | 0.410 |" in text
+    assert "run 1 31.2 s (exit 0), run 2 4.0 s (exit 0); the same accuracies" in text
+    bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_summary.py"),
+                          str(tmp_path / "none")], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1
