@@ -248,7 +248,8 @@ def results_table(rows: Sequence[Mapping], columns: Sequence[str], *,
 
 _ATTACK_NAMES = {"pgd": "PGD", "fgsm": "FGSM", "autoattack": "AutoAttack",
                  "square": "Square", "all": "PGD+AutoAttack"}
-_ROBUST_KEY = re.compile(r"^(?!energy-)(aa_)?([a-z0-9+-]+?)-(l2|linf)-eps([0-9.e+-]+)$")
+_ROBUST_KEY = re.compile(  # (an attack's name may hold hyphens: rs-fgsm-l2-eps0.5)
+    r"^(?!energy-)(aa_)?([a-z0-9+]+(?:-[a-z0-9+]+)*?)-(l2|linf)-eps([0-9.e+-]+)$")
 _ENERGY_KEY = re.compile(r"^energy-(l2|linf)-eps([0-9.e+-]+)$")  # erat report's energy column
 # the columns of a short table: these first, the robust accuracies, then those after
 _FIRST = {"name": "run", "run": "run", "method": "method", "budget": "budget",
