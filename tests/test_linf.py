@@ -8,6 +8,7 @@ import warnings
 
 import pytest
 import torch
+import yaml
 from torch import nn
 
 from erat import threat as threat_module
@@ -325,3 +326,38 @@ def test_cli_energy_linf_and_norm_errors(tmp_path, capsys, fresh_warnings):
         err = capsys.readouterr().err
         assert code == 2 and err.startswith("erat: error:") and message in err, err
         assert err.count("\n") == 1
+
+
+def test_radii_as_fractions_and_the_slips_of_l_inf_radii(tmp_path, capsys, fresh_warnings):
+    """A newcomer's l-inf slips: ``--eps 8/255`` was refused everywhere (users typed a
+    rounded 0.031373); ``--eps 8`` was read as an l2 radius only; a method's default radius
+    (Fast-AT's MNIST 0.3 on CIFAR-10) was taken without a word; ``erat energy`` took an l2
+    radius above the image's diameter."""
+    from erat.cli import main
+    from erat.fields import number
+
+    assert number("8/255") == 8 / 255 and number("0.5") == 0.5
+    with pytest.raises(UserError, match=r"8 of 255 levels is 8/255 = 0.0313725\)"):
+        check_radius(8, "linf", "--eps")
+    run = tmp_path / "run"
+    base = ["train", "--dataset", "digits", "--epochs", "1", "--epoch-updates", "2",
+            "--no-progress", "--method", "fast-at"]
+    assert main([*base, "--eps", "8/255", "--out", str(run)]) == 0
+    said = capsys.readouterr()
+    assert "note: fast-at trains at its default radius" not in said.out + said.err
+    assert yaml.safe_load((run / "config.yaml").read_text())["method_params"]["eps"] == 8 / 255
+    assert main([*base, "--out", str(tmp_path / "default")]) == 0
+    said = capsys.readouterr()
+    assert "note: fast-at trains at its default radius, l-inf 0.3 (--eps to choose)" in said.out
+    code = main(["eval", str(run), "--eps", "4/255,8/255", "--n", "12", "--steps", "2",
+                 "--no-checks", "--json", str(tmp_path / "e.json")])
+    assert code == 0, capsys.readouterr().err
+    keys = json.loads((tmp_path / "e.json").read_text())["robust_acc"]
+    assert set(keys) == {f"pgd-linf-eps{8 / 255:g}", f"pgd-linf-eps{4 / 255:g}"}
+    with pytest.raises(SystemExit) as stop:  # (argparse's one line)
+        main(["eval", str(run), "--eps", "8/0"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "fractions a/b" in err and err.count("\n") == 1, err
+    assert main(["energy", str(run), "--eps", "9", "--norm", "l2"]) == 2
+    err = capsys.readouterr().err
+    assert "l2 diameter" in err and err.count("\n") == 1, err

@@ -227,6 +227,7 @@ def energy_run(path: Path | None, *, eps: float, T: int, M: int, S: int, n: int 
         check_writable_file(json_path, "--json")
     got = inputs(path, external, n=n, data_dir=data_dir, device=resolve_device(device),
                  seed=seed)
+    check_radius_fits(eps, norm, tuple(got.x.shape[1:]))
     result = energy_report(got.model, got.x, got.y, eps=eps, T=T, M=M, S=S,
                            batch_size=batch_size, seed=seed, norm=norm)
     result["settings"].update({"n_total": got.n_total, "checkpoint_sha256": got.sha256,

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from erat.errors import exit_code, one_line_warning, reported, signals
-from erat.fields import HelpFormatter, Parser, add_flags, add_options, path, radii
+from erat.fields import HelpFormatter, Parser, add_flags, add_options, number, path, radii
 
 COMMANDS = {"train": "train a classifier with a robust-training method",
             "eval": "clean and robust accuracy of a trained run",
@@ -198,7 +198,7 @@ def _write_json(result: dict[str, Any], path: Path | None) -> list[str]:
 
 def _add_energy(p: argparse.ArgumentParser) -> None:
     _add_run_data_args(p, 128)
-    p.add_argument("--eps", type=float, required=True, help="radius of the neighbourhood")
+    p.add_argument("--eps", type=number, required=True, help="radius of the neighbourhood")
     p.add_argument("--T", type=int, default=16, help="ray segments")
     p.add_argument("--M", type=int, default=16, help="directions (1 searched + M-1 random)")
     p.add_argument("--S", type=int, default=20, help="PGD steps searching the first direction")
@@ -223,7 +223,7 @@ def _add_report(p: argparse.ArgumentParser) -> None:
     p.add_argument("runs", nargs="+", type=path, help="run folders holding eval.json")
     p.add_argument("--out", type=path, required=True, help="folder for the tables and plots")
     p.add_argument("--eval-name", default="eval.json", help="evaluation JSON inside each run")
-    p.add_argument("--landscape-eps", type=float, help="also draw the loss landscape here")
+    p.add_argument("--landscape-eps", type=number, help="also draw the l2 loss landscape here")
     p.add_argument("--index", type=int, help="test image of the landscape (default: 0)")
     p.set_defaults(run=run_report)
 

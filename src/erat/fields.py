@@ -105,12 +105,23 @@ def path(text: str) -> Path:
     return Path(text)
 
 
+def number(text: str) -> float:
+    """A number flag's value: a decimal or a fraction ``a/b`` (``8/255``, CIFAR-10's l-inf
+    radius, exactly)."""
+    num, slash, den = text.partition("/")
+    try:
+        return float(num) / float(den) if slash else float(text)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"want a number or a fraction a/b, got {text!r}"
+                                         ) from None
+
+
 def radii(text: str) -> list[float]:
     try:
-        radii = [float(v) for v in text.split(",")]
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"radii must be numbers separated by commas: "
-                                         f"{text!r}") from e
+        radii = [number(v) for v in text.split(",")]
+    except argparse.ArgumentTypeError as e:
+        raise argparse.ArgumentTypeError(f"radii must be numbers or fractions a/b separated "
+                                         f"by commas: {text!r}") from e
     if not radii or any(not (0 <= r < float("inf")) for r in radii):
         raise argparse.ArgumentTypeError(f"radii must be finite numbers >= 0: {text!r}")
     return radii
@@ -276,7 +287,8 @@ def add_flags(group, specs: dict, defaults: dict | None = None) -> None:
             group.add_argument(flag(name), dest=name, action="store_true", help=text)
         else:
             group.add_argument(flag(name), dest=name, type=json_object if spec.kind is dict
-                               else spec.kind, choices=spec.choices, help=shown)
+                               else number if spec.kind is float else spec.kind,
+                               choices=spec.choices, help=shown)
 
 
 def add_options(group, cls: type) -> None:

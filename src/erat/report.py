@@ -440,6 +440,9 @@ def report_runs(runs: Sequence[Path], out: Path, *, eval_name: str = "eval.json"
         raise UserError(f"no {attack}-{norm} robust accuracies in the {eval_name} of "
                         f"{', '.join(map(str, runs))}: nothing to plot")
     drawn = _landscape_inputs(runs, index) if landscape_eps is not None else None
+    if drawn is not None and norm == "linf":
+        log(f"note: the loss landscape is drawn in the l2 ball of radius {landscape_eps:g} "
+            "(--landscape-eps), not in the runs' l-inf ball")
     columns = table_columns(rows)
     keys, names = readable_columns(rows)
     if len(sizes) > 1:  # (said above: shown beside the accuracies)

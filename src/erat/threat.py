@@ -57,8 +57,11 @@ def check_radius(eps: object, norm: str = "l2", name: str = "eps", *, warn: bool
         raise UserError(f"{name} must be a finite number >= 0, got {eps!r}")
     eps = float(eps)
     if norm == "linf" and eps > 1:
+        meant = f"; {eps:g} of 255 levels is {eps:g}/255 = {eps / 255:.6g}" \
+            if eps <= 255 and eps == int(eps) else ""
         raise UserError(f"an l-inf radius {name}={eps:g} on [0, 1] pixels is above 1, where "
-                        f"the ball holds every image: it looks like an l2 radius ({LINF_RADII})")
+                        f"the ball holds every image: it looks like an l2 radius or pixels of "
+                        f"0..255 ({LINF_RADII}{meant})")
     if warn and norm == "linf" and eps > LINF_L2_SIZED and (name, eps) not in _warned:
         _warned.add((name, eps))
         warnings.warn(f"an l-inf radius {name}={eps:g} on [0, 1] pixels looks like an l2 "

@@ -39,7 +39,7 @@ from erat.methods import Method, build_method, method_config
 from erat.models import build_model
 from erat.models.factory import absolute, is_factory
 from erat.rundir import RunDir
-from erat.threat import check_radius_fits
+from erat.threat import check_radius_fits, norm_name
 
 
 def train(
@@ -150,6 +150,9 @@ def _run(cfg: TrainConfig, run: RunDir, resume: bool, stop_after: int | None,
     if info.details is not None:
         log(describe(info))
     method = build_method(cfg.method, **cfg.method_params)
+    if hasattr(method, "eps") and "eps" not in cfg.method_params:
+        log(f"note: {cfg.method} trains at its default radius, "
+            f"{norm_name(getattr(method, 'norm', 'l2'))} {method.eps:g} (--eps to choose)")
     train_set = load_dataset(cfg.dataset, "train", cfg.data_dir, cfg.download, **cfg.data_options)
     test_set = load_dataset(cfg.dataset, "test", cfg.data_dir, cfg.download, **cfg.data_options)
     x, y = train_set.tensors
