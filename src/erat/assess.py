@@ -158,7 +158,7 @@ def default_threat(path: Path | None, norm: str | None, eps: list[float] | None
             eps = [trained[1]]
         else:
             raise UserError("--norm linf needs --eps (the l2 defaults 0.5,1.0 are no l-inf "
-                            "radii), e.g. --eps 0.031373 for 8/255")
+                            "radii), e.g. --eps 8/255")
     return norm, eps
 
 

@@ -93,7 +93,7 @@ def accuracy_vs_radius(results: Mapping[str, Mapping], out: Path, *, attack: str
             continue
         eps, acc = zip(*curve, strict=True)
         ax.plot(eps, acc, marker="o", label=label)
-    ax.set_xlabel(f"{norm} radius eps (pixels in [0, 1])")
+    ax.set_xlabel(f"{norm_name(norm)} radius eps (pixels in [0, 1])")
     ax.set_ylabel("accuracy")
     ax.set_ylim(-0.02, 1.02)
     ax.set_title(f"robust accuracy under {attack_name(attack)}-{norm_name(norm)}")

@@ -34,7 +34,7 @@ Norm = Literal["l2", "linf"]
 NORMS: tuple[Norm, ...] = ("l2", "linf")
 LINF_L2_SIZED = 0.4  # an l-inf radius above this on [0, 1] pixels looks like an l2 radius
 LINF_RADII = "l-inf radii are about 0.3 on MNIST, 8/255 on CIFAR-10 and SVHN"
-_warned: set[tuple[str, float]] = set()  # (name, radius) pairs already warned about
+_warned: set[float] = set()  # radii already warned about (once each, whatever their name)
 
 
 def norm_name(norm: str) -> str:
@@ -62,8 +62,8 @@ def check_radius(eps: object, norm: str = "l2", name: str = "eps", *, warn: bool
         raise UserError(f"an l-inf radius {name}={eps:g} on [0, 1] pixels is above 1, where "
                         f"the ball holds every image: it looks like an l2 radius or pixels of "
                         f"0..255 ({LINF_RADII}{meant})")
-    if warn and norm == "linf" and eps > LINF_L2_SIZED and (name, eps) not in _warned:
-        _warned.add((name, eps))
+    if warn and norm == "linf" and eps > LINF_L2_SIZED and eps not in _warned:
+        _warned.add(eps)
         warnings.warn(f"an l-inf radius {name}={eps:g} on [0, 1] pixels looks like an l2 "
                       f"radius ({LINF_RADII})", UserWarning, stacklevel=2)
     return eps
