@@ -354,6 +354,11 @@ def test_radii_as_fractions_and_the_slips_of_l_inf_radii(tmp_path, capsys, fresh
     assert code == 0, capsys.readouterr().err
     keys = json.loads((tmp_path / "e.json").read_text())["robust_acc"]
     assert set(keys) == {f"pgd-linf-eps{8 / 255:g}", f"pgd-linf-eps{4 / 255:g}"}
+    assert "note: the run was trained" not in capsys.readouterr().out
+    assert main(["eval", str(run), "--norm", "l2", "--eps", "0.5", "--n", "12", "--steps", "2",
+                 "--no-checks"]) == 0  # another norm: said (robust = clean was silent)
+    assert "note: the run was trained in l-inf at 0.0313725, and is evaluated in l2 (--norm)" \
+        in capsys.readouterr().out
     with pytest.raises(SystemExit) as stop:  # (argparse's one line)
         main(["eval", str(run), "--eps", "8/0"])
     err = capsys.readouterr().err

@@ -128,11 +128,15 @@ def evaluate_run(path: Path | None, cfg: EvalConfig, *, n: int | None, data_dir:
     state = got.state(f"eval-{cfg.labels[-1]}-{cfg.norm}")
     folder = RunDir(path) if path is not None and state is not None \
         and state.parent == Path(path) else None
+    trained = _trained_threat(path)  # (None for a model from outside erat)
+    record = {**got.record, **({"trained": {"norm": trained[0], "eps": trained[1]}}
+                               if trained and trained[1] is not None else {})}  # (a method
+    # with a radius: format_result notes an evaluation in another norm)
     with folder.lock() if folder is not None else nullcontext():  # (one writer of its state)
         if state is not None and fresh:
             state.unlink(missing_ok=True)
         return evaluate(got.model, got.x, got.y, cfg, n_total=got.n_total, progress=True,
-                        state_path=state, extra_info=got.record,
+                        state_path=state, extra_info=record,
                         fast=fast and any(p.is_cuda for p in got.model.parameters())
                         and not scripted(got.model))
 
@@ -188,6 +192,12 @@ def format_result(result: dict[str, Any]) -> str:
     how = f"worst case {threat['worst_case']}" if threat.get("worst_case") else None
     if how and "pgd" in threat.get("attacks", []):
         how += f"; PGD of {threat.get('steps')} steps"
+    trained = threat.get("trained") or {}
+    if trained.get("norm") not in (None, threat.get("norm")):  # (cross-norm: said, not refused)
+        how = (how + "\n" if how else "") + (
+            f"note: the run was trained in {norm_name(trained['norm'])}"
+            + (f" at {trained['eps']:g}" if trained.get("eps") else "")
+            + f", and is evaluated in {norm_name(threat['norm'])} (--norm)")
     lines += [
         f"examples: {threat['n']}"
         + (f" ({threat['subset_note']})" if threat.get("subset") else ""),
