@@ -359,6 +359,11 @@ def test_radii_as_fractions_and_the_slips_of_l_inf_radii(tmp_path, capsys, fresh
                  "--no-checks"]) == 0  # another norm: said (robust = clean was silent)
     assert "note: the run was trained in l-inf at 0.0313725, and is evaluated in l2 (--norm)" \
         in capsys.readouterr().out
+    assert main(["eval", str(run), "--n", "12", "--steps", "2", "--no-checks", "--json",
+                 str(run / "eval.json")]) == 0
+    assert main(["report", str(run), "--out", str(tmp_path / "rep")]) == 0
+    assert "| run | method | trained at | clean | PGD-l-inf 0.0313725 |" in \
+        capsys.readouterr().out  # (the training ball beside the accuracies)
     with pytest.raises(SystemExit) as stop:  # (argparse's one line)
         main(["eval", str(run), "--eps", "8/0"])
     err = capsys.readouterr().err

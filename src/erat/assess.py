@@ -130,8 +130,7 @@ def evaluate_run(path: Path | None, cfg: EvalConfig, *, n: int | None, data_dir:
         and state.parent == Path(path) else None
     trained = _trained_threat(path)  # (None for a model from outside erat)
     record = {**got.record, **({"trained": {"norm": trained[0], "eps": trained[1]}}
-                               if trained and trained[1] is not None else {})}  # (a method
-    # with a radius: format_result notes an evaluation in another norm)
+                               if trained else {})}  # (format_result notes another norm)
     with folder.lock() if folder is not None else nullcontext():  # (one writer of its state)
         if state is not None and fresh:
             state.unlink(missing_ok=True)
@@ -166,22 +165,17 @@ def default_threat(path: Path | None, norm: str | None, eps: list[float] | None
     return norm, eps
 
 
-def _trained_threat(path: Path | None) -> tuple[str, float | None] | None:
+def _trained_threat(path: Path | None) -> tuple[str, float] | None:
     """``(norm, eps)`` of the method a run folder (or its model.pt) was trained with, from
-    its ``config.yaml``; None without one."""
-    from erat.methods import build_method
+    its ``config.yaml`` (:func:`erat.methods.trained_ball`); None without one."""
+    from erat.methods import trained_ball
 
     if path is None:
         return None
     run = RunDir(Path(path).parent if Path(path).is_file() else path)
     if not (run / RunDir.CONFIG).is_file():
         return None
-    config = run.read_config()
-    try:
-        method = build_method(config["method"], **(config.get("method_params") or {}))
-    except (KeyError, TypeError, UserError):
-        return None
-    return getattr(method, "norm", "l2"), getattr(method, "eps", None)
+    return trained_ball(run.read_config())
 
 
 def format_result(result: dict[str, Any]) -> str:

@@ -252,7 +252,8 @@ _ROBUST_KEY = re.compile(  # (an attack's name may hold hyphens: rs-fgsm-l2-eps0
     r"^(?!energy-)(aa_)?([a-z0-9+]+(?:-[a-z0-9+]+)*?)-(l2|linf)-eps([0-9.e+-]+)$")
 _ENERGY_KEY = re.compile(r"^energy-(l2|linf)-eps([0-9.e+-]+)$")  # erat report's energy column
 # the columns of a short table: these first, the robust accuracies, then those after
-_FIRST = {"name": "run", "run": "run", "method": "method", "budget": "budget",
+_FIRST = {"name": "run", "run": "run", "method": "method", "trained": "trained at",
+          "budget": "budget",
           "radius": "radius", "clean_acc": "clean"}
 _LAST = {"val_robust_acc": "val. robust", "energy_mean": "energy",
          "train_s_per_epoch": "s/epoch", "checks_failed": "failed checks",
@@ -488,16 +489,20 @@ def _energy_column(energy: object) -> dict[str, float]:
 
 
 def _run_row(run: Path, name: str, result: dict) -> dict:
-    """The report's row of a run folder: its name, method (``config.yaml``), test images,
-    accuracies, mean energy (``energy.json``, when measured, keyed by its ball), failed
-    checks, and what the training guard flagged."""
+    """The report's row of a run folder: its name, method and training ball (``config.yaml``),
+    test images, accuracies, mean energy (``energy.json``, when measured, keyed by its ball),
+    failed checks, and what the training guard flagged."""
+    from erat.methods import trained_ball
     from erat.rundir import RunDir
 
     folder = RunDir(run)
-    method = folder.read_config().get("method") if (run / RunDir.CONFIG).is_file() else None
+    config = folder.read_config() if (run / RunDir.CONFIG).is_file() else {}
+    ball = trained_ball(config) if config else None
     energy = read_json(run / RunDir.ENERGY, "energy result") \
         if (run / RunDir.ENERGY).is_file() else {}
-    return {"run": name, "method": method, "n": result["threat"].get("n"),
+    return {"run": name, "method": config.get("method"),
+            "trained": f"{norm_name(ball[0])} {ball[1]:g}" if ball else None,
+            "n": result["threat"].get("n"),
             "clean_acc": result["clean_acc"], **result["robust_acc"],
             **_energy_column(energy),
             "checks_failed": result.get("checks_failed", 0), **_training_notes(run)}

@@ -14,6 +14,7 @@ from erat.methods.base import (
     param,
     register,
     reserve,
+    trained_ball,
 )
 from erat.registry import import_package
 
@@ -32,4 +33,5 @@ __all__ = [
     "param",
     "register",
     "reserve",
+    "trained_ball",
 ]

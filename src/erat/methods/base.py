@@ -140,6 +140,17 @@ def method_config(method: Method) -> dict[str, Any]:
     return {"name": method.name, **dataclasses.asdict(method)}
 
 
+def trained_ball(config: dict[str, Any]) -> tuple[str, float] | None:
+    """``(norm, eps)`` of the method a run's ``config.yaml`` (``config``) trained with; None
+    for a method without a radius (ERM) or a config that names none it can build."""
+    try:
+        method = build_method(config["method"], **(config.get("method_params") or {}))
+    except (KeyError, TypeError, UserError):
+        return None
+    eps = getattr(method, "eps", None)
+    return None if eps is None else (getattr(method, "norm", "l2"), float(eps))
+
+
 def _lookup(name: str) -> type:
     return METHODS.lookup(name)
 
