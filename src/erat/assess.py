@@ -187,15 +187,13 @@ def format_result(result: dict[str, Any]) -> str:
     if how and "pgd" in threat.get("attacks", []):
         how += f"; PGD of {threat.get('steps')} steps"
     trained = threat.get("trained") or {}
-    if trained.get("norm") not in (None, threat.get("norm")):  # (cross-norm: said, not refused)
-        how = (how + "\n" if how else "") + (
-            f"note: the run was trained in {norm_name(trained['norm'])}"
-            + (f" at {trained['eps']:g}" if trained.get("eps") else "")
-            + f", and is evaluated in {norm_name(threat['norm'])} (--norm)")
+    other = trained.get("norm") not in (None, threat.get("norm"))  # (said, not refused)
     lines += [
         f"examples: {threat['n']}"
         + (f" ({threat['subset_note']})" if threat.get("subset") else ""),
         *([how] if how else []),
+        *([f"note: the run was trained in {norm_name(trained['norm'])} at {trained['eps']:g}, "
+           f"and is evaluated in {norm_name(threat['norm'])} (--norm)"] if other else []),
         *(["resumed: the saved per-example results of an earlier eval of these settings, "
            "data and weights were used (--fresh starts over)"] if result.get("resumed")
           else []),

@@ -37,7 +37,7 @@ from erat.files import atomic_write_bytes, atomic_write_text, check_writable_dir
 from erat.losses import cross_entropy
 from erat.passes import supervised_search
 from erat.search import adversarial_direction
-from erat.threat import norm_name, random_unit
+from erat.threat import ball_name, norm_name, random_unit
 
 _FIG_SUFFIXES = (".png", ".svg", ".pdf")
 
@@ -253,8 +253,7 @@ _ROBUST_KEY = re.compile(  # (an attack's name may hold hyphens: rs-fgsm-l2-eps0
 _ENERGY_KEY = re.compile(r"^energy-(l2|linf)-eps([0-9.e+-]+)$")  # erat report's energy column
 # the columns of a short table: these first, the robust accuracies, then those after
 _FIRST = {"name": "run", "run": "run", "method": "method", "trained": "trained at",
-          "budget": "budget",
-          "radius": "radius", "clean_acc": "clean"}
+          "budget": "budget", "radius": "radius", "clean_acc": "clean"}
 _LAST = {"val_robust_acc": "val. robust", "energy_mean": "energy",
          "train_s_per_epoch": "s/epoch", "checks_failed": "failed checks",
          "catastrophic_overfitting_epoch": "overfitting at epoch"}
@@ -497,11 +496,11 @@ def _run_row(run: Path, name: str, result: dict) -> dict:
 
     folder = RunDir(run)
     config = folder.read_config() if (run / RunDir.CONFIG).is_file() else {}
-    ball = trained_ball(config) if config else None
+    ball = trained_ball(config)
     energy = read_json(run / RunDir.ENERGY, "energy result") \
         if (run / RunDir.ENERGY).is_file() else {}
     return {"run": name, "method": config.get("method"),
-            "trained": f"{norm_name(ball[0])} {ball[1]:g}" if ball else None,
+            "trained": ball_name(*ball) if ball else None,
             "n": result["threat"].get("n"),
             "clean_acc": result["clean_acc"], **result["robust_acc"],
             **_energy_column(energy),

@@ -55,7 +55,7 @@ from erat.files import atomic_write_text, check_writable_dir
 from erat.fit.guard import overfitting_epoch
 from erat.methods import build_method
 from erat.rundir import RunDir
-from erat.threat import norm_name
+from erat.threat import ball_name
 from erat.train import train
 
 ENERGY_COLUMNS = ("energy_mean", "at_term_mean", "vat_term_mean", "certified_frac")
@@ -408,7 +408,7 @@ def run_one(suite: dict[str, Any], run: dict[str, Any], cfg: TrainConfig, folder
         row.update({k: energy[k] for k in ENERGY_COLUMNS if k in energy})
         e = energy.get("settings") or {}
         if isinstance(e.get("eps"), int | float):  # the ball, as the validation's (val_ball)
-            row["energy_ball"] = f"{norm_name(e.get('norm', 'l2'))} {e['eps']:g}"
+            row["energy_ball"] = ball_name(e.get("norm", "l2"), e["eps"])
     return row, result, (x, y)
 
 
@@ -465,7 +465,7 @@ def _validation(folder: RunDir, meta: dict[str, Any]) -> dict[str, Any]:
         method = meta.get("method") or {}
         eps = folder.read_config().get("val_eps") or method.get("eps")
         out |= {"val_robust_acc": rows[0]["val_robust_acc"],
-                "val_ball": f"{norm_name(method.get('norm', 'l2'))} {eps:g}" if eps else None}
+                "val_ball": ball_name(method.get("norm", "l2"), eps) if eps else None}
     collapsed = overfitting_epoch(folder.metrics())
     if collapsed is not None:
         out["catastrophic_overfitting_epoch"] = collapsed

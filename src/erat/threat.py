@@ -42,6 +42,11 @@ def norm_name(norm: str) -> str:
     return "l-inf" if norm == "linf" else norm
 
 
+def ball_name(norm: str, eps: float) -> str:
+    """The name tables and the console give a ball: ``linf``, 8/255 -> ``l-inf 0.0313725``."""
+    return f"{norm_name(norm)} {eps:g}"
+
+
 def check_radius(eps: object, norm: str = "l2", name: str = "eps", *, warn: bool = True
                  ) -> float:
     """The one check of a radius ``eps`` in ``norm`` (METHOD.md section 3d); returns it as a

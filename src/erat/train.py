@@ -39,7 +39,7 @@ from erat.methods import Method, build_method, method_config
 from erat.models import build_model
 from erat.models.factory import absolute, is_factory
 from erat.rundir import RunDir
-from erat.threat import check_radius_fits, norm_name
+from erat.threat import ball_name, check_radius_fits
 
 
 def train(
@@ -152,7 +152,7 @@ def _run(cfg: TrainConfig, run: RunDir, resume: bool, stop_after: int | None,
     method = build_method(cfg.method, **cfg.method_params)
     if hasattr(method, "eps") and "eps" not in cfg.method_params:
         log(f"note: {cfg.method} trains at its default radius, "
-            f"{norm_name(getattr(method, 'norm', 'l2'))} {method.eps:g} (--eps to choose)")
+            f"{ball_name(getattr(method, 'norm', 'l2'), method.eps)} (--eps to choose)")
     train_set = load_dataset(cfg.dataset, "train", cfg.data_dir, cfg.download, **cfg.data_options)
     test_set = load_dataset(cfg.dataset, "test", cfg.data_dir, cfg.download, **cfg.data_options)
     x, y = train_set.tensors

@@ -39,6 +39,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -58,9 +59,8 @@ def active(options: Any, device: torch.device) -> bool:
 def idle_flags(options: Any, active: bool) -> str | None:
     """A note naming the fast path's parts turned off (``--no-fast-bf16``, ...) while the
     fast path does not run (the CPU, ``--fast off``): they change nothing there."""
-    off = [f"--no-{k.replace('_', '-')}" for k in
-           ("fast_data", "fast_graph", "fast_bf16", "fast_channels_last")
-           if not getattr(options, k)]
+    off = [f"--no-{f.name.replace('_', '-')}" for f in dataclasses.fields(options)
+           if f.name.startswith("fast_") and not getattr(options, f.name)]
     if active or not off:
         return None
     why = "--fast off" if options.fast == "off" else "the CPU path is the eager one"
