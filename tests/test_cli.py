@@ -153,6 +153,25 @@ def test_energy_errors_name_the_flags(digits_run, capsys, args, message):
     assert code == 2 and message in err and err.count("\n") == 1
 
 
+def test_energy_defaults_to_the_training_ball(digits_run, tmp_path, capsys):
+    """Without --eps, ``erat energy`` measures in the run's training ball and says so; in
+    another norm, or for a run or model without a radius, it asks for --eps."""
+    er = tmp_path / "er"
+    assert main([*TRAIN, "--method", "er", "--eps", "0.75", "--out", str(er)]) == 0
+    code, out, err = run(["energy", er, "--n", "4", "--T", "2", "--M", "2", "--S", "1"], capsys)
+    assert code == 0 and "ball: l2 radius 0.75 (the run's training ball)" in out, err
+    code, out, _ = run(["energy", er, "--eps", "0.5", "--n", "4", "--T", "2", "--M", "2"], capsys)
+    assert code == 0 and "ball: l2 radius 0.5, T 2" in out
+    for args, message in [
+        ([er, "--norm", "linf"], "--eps is needed: the run trained in l2 0.75, not in l-inf"),
+        ([digits_run], f"--eps is needed, e.g. --eps 0.5: {digits_run} was trained without a "
+                       "radius"),
+        ([er / "nothing"], "no such run folder or model file"),
+    ]:
+        code, _, err = run(["energy", *args], capsys)
+        assert code == 2 and message in err and err.count("\n") == 1, err
+
+
 def test_eval_missing_run(tmp_path, capsys):
     code, _, err = run(["eval", tmp_path / "nothing"], capsys)
     assert code == 2 and "no such run folder or model file" in err
@@ -201,7 +220,7 @@ def test_bench_errors_are_one_line(tmp_path, capsys, args, message):
         (["eval", "RUN", "--no-progress"], "erat eval: error: unrecognized arguments: "
                                            "--no-progress"),
         (["bench", "--steps", "x"], "erat bench: error: argument --steps"),
-        (["energy", "RUN"], "erat energy: error: the following arguments are required: --eps"),
+        (["energy", "RUN", "--T", "x"], "erat energy: error: argument --T"),
         (["report", "r", "--out", "o", "--index", "1.5"], "erat report: error: argument"),
         (["reproduce"], "erat reproduce: error: the following arguments are required"),
         (["--nope", "eval", "RUN"], "erat: error: unrecognized arguments: --nope"),

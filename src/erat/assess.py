@@ -31,7 +31,7 @@ from erat.external import ExternalOptions, open_external, state_path
 from erat.files import check_writable_file, tensor_sha256
 from erat.measure import energy_report
 from erat.rundir import RunDir, open_model
-from erat.threat import Norm, check_radius_fits, norm_name
+from erat.threat import Norm, ball_name, check_radius_fits, norm_name
 
 
 class RunInputs(NamedTuple):
@@ -170,12 +170,16 @@ def _trained_threat(path: Path | None) -> tuple[str, float] | None:
     its ``config.yaml`` (:func:`erat.methods.trained_ball`); None without one."""
     from erat.methods import trained_ball
 
+    config = _config(path)
+    return None if config is None else trained_ball(config)
+
+
+def _config(path: Path | None) -> dict[str, Any] | None:
+    """The ``config.yaml`` of a run folder (or of its model.pt's folder); None without one."""
     if path is None:
         return None
     run = RunDir(Path(path).parent if Path(path).is_file() else path)
-    if not (run / RunDir.CONFIG).is_file():
-        return None
-    return trained_ball(run.read_config())
+    return run.read_config() if (run / RunDir.CONFIG).is_file() else None
 
 
 def format_result(result: dict[str, Any]) -> str:
@@ -212,28 +216,48 @@ def format_result(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def energy_run(path: Path | None, *, eps: float, T: int, M: int, S: int, n: int | None,
-               data_dir: str | None, batch_size: int, seed: int, device: str,
-               json_path: Path | None = None, norm: Norm = "l2",
+def energy_ball(path: Path | None, norm: str | None, eps: float | None) -> tuple[str, float]:
+    """The ball of ``erat energy`` where the command line leaves it out: the run's training
+    norm, and its training radius when that norm is the one measured."""
+    trained = _trained_threat(path)
+    norm = norm or (trained[0] if trained else "l2")
+    if eps is not None:
+        return norm, eps
+    if trained is None:
+        why = ("a model from outside erat has no training radius" if path is None else
+               f"{path} was trained without a radius" if _config(path) else
+               f"{path} has no config.yaml beside it to give its training radius")
+        raise UserError(f"--eps is needed, e.g. --eps 0.5: {why}")
+    if trained[0] != norm:
+        raise UserError(f"--eps is needed: the run trained in {ball_name(*trained)}, not in "
+                        f"{norm_name(norm)}")
+    return norm, trained[1]
+
+
+def energy_run(path: Path | None, *, eps: float | None, T: int, M: int, S: int,
+               n: int | None, data_dir: str | None, batch_size: int, seed: int, device: str,
+               json_path: Path | None = None, norm: Norm | None = None,
                external: ExternalOptions | None = None) -> dict:
     """``erat energy``: :func:`~erat.measure.energy_report` of a run folder (or model file),
-    or of a model from outside erat (``external``), on its test set; settings and
-    ``json_path`` are checked before any work."""
-    try:
-        check_settings(eps, T, M, S, "max", norm)
-    except UserError as err:  # (named as the flags: --T, --eps)
-        raise fields.flagged(err) from None
+    or of a model from outside erat (``external``), on its test set, in the ball given or
+    :func:`energy_ball`; every setting and ``json_path`` is checked before any work."""
     if batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {batch_size}")
     if json_path is not None:
         check_writable_file(json_path, "--json")
     got = inputs(path, external, n=n, data_dir=data_dir, device=resolve_device(device),
                  seed=seed)
+    given = eps
+    norm, eps = energy_ball(path, norm, eps)
+    try:
+        check_settings(eps, T, M, S, "max", norm)
+    except UserError as err:  # (named as the flags: --T, --eps)
+        raise fields.flagged(err) from None
     check_radius_fits(eps, norm, tuple(got.x.shape[1:]))
     result = energy_report(got.model, got.x, got.y, eps=eps, T=T, M=M, S=S,
                            batch_size=batch_size, seed=seed, norm=norm)
     result["settings"].update({"n_total": got.n_total, "checkpoint_sha256": got.sha256,
-                               "dataset": got.meta["dataset"]})
+                               "dataset": got.meta["dataset"], "trained_ball": given is None})
     if "model_kind" in got.record:
         result["settings"]["model"] = got.record
     return result
@@ -260,7 +284,8 @@ def format_report(result: dict) -> str:
             "virtual_energy_mean")
     s = result.get("settings") or {}
     total = s.get("n_total")
-    ball = (f"ball: {norm_name(str(s.get('norm')))} radius "
-            f"{s.get('eps')}, T {s.get('T')}, M {s.get('M')}, S {s.get('S')}")
+    ball = (f"ball: {norm_name(str(s.get('norm')))} radius {s.get('eps')}"
+            + (" (the run's training ball)" if s.get("trained_ball") else "")
+            + f", T {s.get('T')}, M {s.get('M')}, S {s.get('S')}")
     return "\n".join([f"examples: {result['n']}" + (f" of {total}" if total else ""), ball,
                       *(f"{k:<22} {result[k]:.4f}" for k in keys), result["certificate_note"]])

@@ -198,7 +198,8 @@ def _write_json(result: dict[str, Any], path: Path | None) -> list[str]:
 
 def _add_energy(p: argparse.ArgumentParser) -> None:
     _add_run_data_args(p, 128)
-    p.add_argument("--eps", type=number, required=True, help="radius of the neighbourhood")
+    p.add_argument("--eps", type=number, help="radius of the neighbourhood (default: the "
+                   "run's training radius, when --norm is its training norm)")
     p.add_argument("--T", type=int, default=16, help="ray segments")
     p.add_argument("--M", type=int, default=16, help="directions (1 searched + M-1 random)")
     p.add_argument("--S", type=int, default=20, help="PGD steps searching the first direction")
@@ -206,12 +207,11 @@ def _add_energy(p: argparse.ArgumentParser) -> None:
 
 
 def run_energy(args: argparse.Namespace) -> int:
-    from erat.assess import default_threat, energy_run, format_report
+    from erat.assess import energy_run, format_report
 
-    norm = default_threat(args.run_dir, args.norm, [args.eps])[0]
     result = energy_run(args.run_dir, eps=args.eps, T=args.T, M=args.M, S=args.S, n=args.n,
                         data_dir=args.data_dir, batch_size=args.batch_size, seed=args.seed,
-                        device=args.device, json_path=args.json, norm=norm,
+                        device=args.device, json_path=args.json, norm=args.norm,
                         external=_options(args.external, args))
     wrote = _write_json(result, args.json)
     print("\n".join([format_report(result), *wrote]))
