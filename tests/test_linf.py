@@ -364,6 +364,13 @@ def test_radii_as_fractions_and_the_slips_of_l_inf_radii(tmp_path, capsys, fresh
     assert main(["report", str(run), "--out", str(tmp_path / "rep")]) == 0
     assert "| run | method | trained at | clean | PGD-l-inf 0.0313725 |" in \
         capsys.readouterr().out  # (the training ball beside the accuracies)
+    assert main(["report", str(run), "--out", str(tmp_path / "rep"), "--landscape-eps",
+                 "1.5"]) == 2  # (the landscape is in the plot's norm: l-inf)
+    assert "--landscape-eps" in capsys.readouterr().err
+    assert main(["report", str(run), "--out", str(tmp_path / "rep"), "--landscape-eps",
+                 "8/255"]) == 0 and (tmp_path / "rep" / "landscape.png").is_file()
+    assert main(["energy", str(run), "--n", "4", "--T", "2", "--M", "2", "--S", "1"]) == 0
+    assert "ball: l-inf radius 0.03137" in capsys.readouterr().out  # (its training ball)
     with pytest.raises(SystemExit) as stop:  # (argparse's one line)
         main(["eval", str(run), "--eps", "8/0"])
     err = capsys.readouterr().err

@@ -78,6 +78,24 @@ def test_landscape_adversarial_direction_rises_fastest(tiny_models):
     assert same["random"].shape == (3, 11)  # same seed: same random directions for all models
 
 
+def test_landscape_in_linf_stays_in_the_cube(tiny_models):
+    """In l-inf, the directions have largest entry 1 (random ones are the cube's vertices), so
+    the point at ``t`` lies in the l-inf ball of radius ``t``; PGD-l-inf's direction rises
+    above the random ones."""
+    from erat.passes import supervised_search
+    from erat.search import adversarial_direction
+
+    x, y = torch.rand(2, 1, 8, 8) * 0.5 + 0.25, torch.tensor([4, 5])
+    model = tiny_models["mlp"]
+    with supervised_search(model):
+        adv = adversarial_direction(model, x[:1], y[:1], eps=0.1, norm="linf")
+    assert adv.abs().max().item() == pytest.approx(1.0)
+    d = landscape_data(model, x, y, eps=0.1, n_random=3, points=11, grid=5, norm="linf")
+    assert d["adv"][-1] > d["random"][:, -1].max()
+    base = nn.functional.cross_entropy(model(x[:1]), y[:1]).item()
+    assert d["surface"][2, 2].item() == pytest.approx(base, rel=1e-5)
+
+
 def test_results_table_has_header_and_rows():
     rows = [result_row(fake_result(0.9, {1.0: 0.5}), "ER"),
             result_row(fake_result(0.95, {1.0: 0.1}), "ERM | baseline")]

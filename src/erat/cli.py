@@ -223,7 +223,7 @@ def _add_report(p: argparse.ArgumentParser) -> None:
     p.add_argument("runs", nargs="+", type=path, help="run folders holding eval.json")
     p.add_argument("--out", type=path, required=True, help="folder for the tables and plots")
     p.add_argument("--eval-name", default="eval.json", help="evaluation JSON inside each run")
-    p.add_argument("--landscape-eps", type=number, help="also draw the l2 loss landscape here")
+    p.add_argument("--landscape-eps", type=number, help="also draw the loss landscape here")
     p.add_argument("--index", type=int, help="test image of the landscape (default: 0)")
     p.set_defaults(run=run_report)
 

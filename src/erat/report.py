@@ -3,9 +3,9 @@
 - :func:`accuracy_vs_radius`: robust accuracy against the radius, one line per run, from the
   dicts :func:`erat.evaluate.evaluate` returns;
 - :func:`landscape`: the picture of Zhang, Huang & Xu (arXiv 1911.06479): the loss of one test
-  image along the adversarial direction and along random unit directions (l2), and over the
-  plane spanned by the adversarial and one random direction, one column per model. A model
-  with a smooth landscape has an adversarial curve close to the random ones;
+  image along the adversarial direction and along random unit directions (l2 or l-inf), and
+  over the plane spanned by the adversarial and one random direction, one column per model.
+  A model with a smooth landscape has an adversarial curve close to the random ones;
 - :func:`results_table` (Markdown), :func:`write_csv`, :func:`result_row` (one flat row per
   evaluation result).
 
@@ -37,7 +37,7 @@ from erat.files import atomic_write_bytes, atomic_write_text, check_writable_dir
 from erat.losses import cross_entropy
 from erat.passes import supervised_search
 from erat.search import adversarial_direction
-from erat.threat import ball_name, norm_name, random_unit
+from erat.threat import Norm, ball_name, norm_name, random_direction
 
 _FIG_SUFFIXES = (".png", ".svg", ".pdf")
 
@@ -119,18 +119,21 @@ def loss_on_plane(model: nn.Module, x: Tensor, y: Tensor, d1: Tensor, d2: Tensor
 
 
 def landscape_data(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, n_random: int = 4,
-                   points: int = 41, grid: int = 21, seed: int = 0) -> dict[str, Tensor]:
-    """Loss of the first example of ``x`` along the adversarial and ``n_random`` random unit l2
-    directions for ``t`` in ``[0, eps]`` (``"adv"`` ``[points]``, ``"random"``
-    ``[n_random, points]``), and over the (adversarial, first random) plane on
-    ``[-eps, eps]^2`` (``"surface"`` ``[grid, grid]``). Random directions depend on ``seed``
-    only, so every model sees the same ones."""
+                   points: int = 41, grid: int = 21, seed: int = 0, norm: Norm = "l2"
+                   ) -> dict[str, Tensor]:
+    """Loss of the first example of ``x`` along the adversarial and ``n_random`` random
+    directions of unit size in ``norm`` (l2: the unit sphere; l-inf: the cube's vertices,
+    :func:`~erat.threat.random_direction`) for ``t`` in ``[0, eps]`` (``"adv"``
+    ``[points]``, ``"random"`` ``[n_random, points]``), and over the (adversarial, first
+    random) plane on ``[-eps, eps]^2`` (``"surface"`` ``[grid, grid]``). Random directions
+    depend on ``seed`` only, so every model sees the same ones."""
     dev = _device(model)
     x0, y0 = x[:1].to(dev), y.reshape(-1)[:1].to(dev)
     gen = torch.Generator().manual_seed(seed)
-    rand = [random_unit(x0.cpu(), generator=gen).to(dev) for _ in range(max(n_random, 1))]
+    rand = [random_direction(x0.cpu(), norm, generator=gen).to(dev)
+            for _ in range(max(n_random, 1))]
     with supervised_search(model):
-        adv = adversarial_direction(model, x0, y0, eps=eps)
+        adv = adversarial_direction(model, x0, y0, eps=eps, norm=norm)
     ts, zero = torch.linspace(0, eps, points), torch.zeros(1)
     grid_t = torch.linspace(-eps, eps, grid)
     return {
@@ -144,15 +147,17 @@ def landscape_data(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, n_rand
 
 
 def landscape(models: Mapping[str, nn.Module], x: Tensor, y: Tensor, *, eps: float, out: Path,
-              n_random: int = 4, points: int = 41, grid: int = 21, seed: int = 0) -> list[Path]:
+              n_random: int = 4, points: int = 41, grid: int = 21, seed: int = 0,
+              norm: Norm = "l2") -> list[Path]:
     """Loss landscape of one test image (the first of ``x`` ``[N, C, H, W]`` in ``[0, 1]``,
-    label ``y[0]``) for each model side by side: top row, loss along the adversarial (PGD, l2)
-    and random unit directions for ``t`` in ``[0, eps]``; bottom row, a contour of the loss on
-    the plane of the adversarial and one random direction. Returns the PNG and SVG paths."""
+    label ``y[0]``) for each model side by side, in the ``norm`` ball of radius ``eps``
+    (:func:`landscape_data`): top row, loss along the adversarial (PGD) and random unit
+    directions for ``t`` in ``[0, eps]``; bottom row, a contour of the loss on the plane of
+    the adversarial and one random direction. Returns the PNG and SVG paths."""
     if not models:
         raise ValueError("landscape needs at least one model")
     data = {name: landscape_data(m, x, y, eps=eps, n_random=n_random, points=points, grid=grid,
-                                 seed=seed) for name, m in models.items()}
+                                 seed=seed, norm=norm) for name, m in models.items()}
     plt = _pyplot()
     fig, axes = plt.subplots(2, len(data), figsize=(3.4 * len(data), 6.4), squeeze=False)
     for col, (name, d) in enumerate(data.items()):
@@ -160,13 +165,14 @@ def landscape(models: Mapping[str, nn.Module], x: Tensor, y: Tensor, *, eps: flo
         for i, curve in enumerate(d["random"]):
             top.plot(d["t"], curve, color="0.6", lw=1, label="random" if i == 0 else None)
         top.plot(d["t"], d["adv"], color="C3", lw=2, label="adversarial")
-        top.set(title=name, xlabel="t (l2 step along unit direction)", ylabel="cross-entropy")
+        top.set(title=name, xlabel=f"t ({norm_name(norm)} step along unit direction)",
+                ylabel="cross-entropy")
         top.legend(fontsize=7)
         g = d["grid"]
         cs = bottom.contourf(g, g, d["surface"].T, levels=20, cmap="viridis")
         fig.colorbar(cs, ax=bottom, fraction=0.046)
         bottom.set(xlabel="adversarial direction", ylabel="random direction")
-    fig.suptitle(f"loss landscape of one test image, l2 radius {eps:g}")
+    fig.suptitle(f"loss landscape of one test image, {norm_name(norm)} radius {eps:g}")
     fig.tight_layout()
     return _save(fig, out)
 
@@ -414,14 +420,13 @@ def report_runs(runs: Sequence[Path], out: Path, *, eval_name: str = "eval.json"
                 log=print) -> list[dict]:
     """``erat report``: the table (CSV; Markdown: the short table of :func:`readable_columns`,
     then every column) and the accuracy-radius plot of evaluated run folders, and optionally
-    the loss landscape of test image ``index`` (default 0; only with ``landscape_eps``); the
-    short table and the files written are printed. Every option, the evaluation files, and
+    the loss landscape of test image ``index`` (default 0; only with ``landscape_eps``, a
+    radius in the norm of the accuracy plot); the short table and the files written are
+    printed. Every option, the evaluation files, and
     for a landscape the test image and the models, are checked and read before anything is
     written: a mistake leaves ``out`` as it was."""
     from erat.threat import check_radius
 
-    if landscape_eps is not None:
-        check_radius(landscape_eps, "l2", "--landscape-eps")  # (the landscape is l2)
     if index is not None and landscape_eps is None:
         raise UserError("--index picks the landscape's test image: give --landscape-eps too")
     index = 0 if index is None else index
@@ -439,10 +444,9 @@ def report_runs(runs: Sequence[Path], out: Path, *, eval_name: str = "eval.json"
     if not any(radius_curve(r, attack=attack, norm=norm) for r in results.values()):
         raise UserError(f"no {attack}-{norm} robust accuracies in the {eval_name} of "
                         f"{', '.join(map(str, runs))}: nothing to plot")
+    if landscape_eps is not None:  # (in the norm of the accuracy plot)
+        check_radius(landscape_eps, norm, "--landscape-eps")
     drawn = _landscape_inputs(runs, index) if landscape_eps is not None else None
-    if drawn is not None and norm == "linf":
-        log(f"note: the loss landscape is drawn in the l2 ball of radius {landscape_eps:g} "
-            "(--landscape-eps), not in the runs' l-inf ball")
     columns = table_columns(rows)
     keys, names = readable_columns(rows)
     if len(sizes) > 1:  # (said above: shown beside the accuracies)
@@ -456,7 +460,7 @@ def report_runs(runs: Sequence[Path], out: Path, *, eval_name: str = "eval.json"
     accuracy_vs_radius(results, out / "accuracy_vs_radius", attack=attack, norm=norm)
     if drawn is not None:
         models, x, y = drawn
-        landscape(models, x, y, eps=landscape_eps, out=out / "landscape")
+        landscape(models, x, y, eps=landscape_eps, out=out / "landscape", norm=norm)
     log(short)
     log(f"wrote {out}/: results.md, results.csv, accuracy_vs_radius.png and .svg"
         + (", landscape.png and .svg" if drawn is not None else ""))

@@ -306,7 +306,8 @@ def _check_plots(suite: dict[str, Any]) -> None:
     known = ("landscape", "landscape_eps", "landscape_index")
     if not isinstance(plots, dict) or set(plots) - set(known):
         raise UserError(f"{where} must be a mapping of {', '.join(known)}, got {plots!r}")
-    check_radius(plots.get("landscape_eps", 1.0), "l2", f"{where}.landscape_eps")
+    norm = (suite.get("eval") or {}).get("norm", "l2")  # (the landscape's: the evaluation's)
+    check_radius(plots.get("landscape_eps", 1.0), norm, f"{where}.landscape_eps")
     index = plots.get("landscape_index", 0)
     if isinstance(index, bool) or not isinstance(index, int) or index < 0:
         raise UserError(f"{where}.landscape_index must be a test image's position (0 or "
@@ -580,7 +581,7 @@ def write_report(suite: dict[str, Any], out: Path, rows: list[dict[str, Any]],
         figures.append(("accuracy vs radius", "accuracy_vs_radius"))
     plots = suite.get("plots", {}) or {}
     if plots.get("landscape", True) and test is not None and results and _landscape(
-            out, rows, results, test, plots, log):
+            out, rows, results, test, {"norm": ev.get("norm", "l2"), **plots}, log):
         figures.append(("loss landscape", "landscape"))
     for name, spec in ((suite.get("report") or {}).get("frontiers") or {}).items():
         try:
@@ -639,8 +640,9 @@ def _evaluation(out: Path, rows: list[dict[str, Any]], results: dict[str, dict])
 
 def _landscape(out: Path, rows: list[dict[str, Any]], results: dict[str, dict], test: tuple,
                plots: dict[str, Any], log: Callable[[str], None]) -> bool:
-    """The loss landscape of one test image, one column per method (its first evaluated
-    run whose weights are there); the runs left out are named. Whether it was drawn."""
+    """The loss landscape of one test image in the evaluation's norm (``plots["norm"]``), one
+    column per method (its first evaluated run whose weights are there); the runs left out
+    are named. Whether it was drawn."""
     from erat import report
 
     first: dict[str, str] = {}
@@ -665,5 +667,6 @@ def _landscape(out: Path, rows: list[dict[str, Any]], results: dict[str, dict], 
         return False
     report.landscape({n: RunDir(out / "runs" / n).load_model() for n in drawn},
                      x[index : index + 1], y[index : index + 1],
-                     eps=float(plots.get("landscape_eps", 1.0)), out=out / "landscape")
+                     eps=float(plots.get("landscape_eps", 1.0)), out=out / "landscape",
+                     norm=plots.get("norm", "l2"))
     return True

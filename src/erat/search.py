@@ -196,12 +196,14 @@ def search_direction(
 
 
 def adversarial_direction(model: nn.Module, x: Tensor, y: Tensor, *, eps: float,
-                          steps: int = 20) -> Tensor:
-    """Unit l2 direction ``[1, ...]`` from ``x`` ``[1, ...]`` to its PGD point at radius
-    ``eps`` (the loss landscape's direction); the gradient direction if PGD does not move,
-    a random one if that is zero too. Run it under a supervised-search recipe."""
+                          steps: int = 20, norm: Norm = "l2") -> Tensor:
+    """Direction ``[1, ...]`` of unit size in ``norm`` from ``x`` ``[1, ...]`` to its PGD point
+    in the ``norm`` ball of radius ``eps`` (the loss landscape's direction); the steepest
+    ascent if PGD does not move, a random one (:func:`~erat.threat.random_direction`) if the
+    gradient is zero too. Run it under a supervised-search recipe."""
     loss_fn = supervised_loss(model, y)
-    delta = pgd(loss_fn, x, Threat("l2", eps), steps=steps) - x
+    threat = Threat(norm, eps)
+    delta = pgd(loss_fn, x, threat, steps=steps) - x
     if delta.flatten().norm() == 0:
-        delta = input_grad(loss_fn, x)[1]
-    return unit_l2(delta) if delta.flatten().norm() > 0 else random_unit(x)
+        delta = threat.ascent_direction(input_grad(loss_fn, x)[1])
+    return unit(delta, norm) if delta.flatten().norm() > 0 else random_direction(x, norm)
