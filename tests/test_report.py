@@ -63,6 +63,18 @@ def test_landscape_writes_figures(tmp_path, tiny_models):
     assert all(p.exists() and p.stat().st_size > 1000 for p in paths)
 
 
+def test_landscape_of_a_constant_model_is_drawn_flat(tmp_path):
+    """A model that predicts one class everywhere (a stalled run) has a flat surface: drawn
+    as one level, titled with its loss (contourf's 20 levels made a colour bar of offsets)."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    nn.init.zeros_(model[1].weight)
+    x, y = torch.rand(2, 1, 8, 8), torch.tensor([1, 2])
+    paths = landscape({"stalled": model}, x, y, eps=0.5, out=tmp_path / "flat", n_random=1,
+                      points=5, grid=5)
+    assert all(p.stat().st_size > 1000 for p in paths)
+    assert "flat: loss" in paths[1].read_text()
+
+
 def test_landscape_adversarial_direction_rises_fastest(tiny_models):
     x, y = torch.rand(2, 1, 8, 8), torch.tensor([4, 5])
     model = tiny_models["mlp"]

@@ -168,10 +168,14 @@ def landscape(models: Mapping[str, nn.Module], x: Tensor, y: Tensor, *, eps: flo
         top.set(title=name, xlabel=f"t ({norm_name(norm)} step along unit direction)",
                 ylabel="cross-entropy")
         top.legend(fontsize=7)
-        g = d["grid"]
-        cs = bottom.contourf(g, g, d["surface"].T, levels=20, cmap="viridis")
+        g, surface = d["grid"], d["surface"]
+        lo, hi = surface.min().item(), surface.max().item()
+        flat = hi - lo <= 1e-6 * max(1.0, abs(hi))  # (a model that predicts one class)
+        cs = bottom.contourf(g, g, surface.T, cmap="viridis",
+                             levels=[lo - 1e-3, hi + 1e-3] if flat else 20)
         fig.colorbar(cs, ax=bottom, fraction=0.046)
-        bottom.set(xlabel="adversarial direction", ylabel="random direction")
+        bottom.set(xlabel="adversarial direction", ylabel="random direction",
+                   title=f"flat: loss {hi:.4g}" if flat else None)
     fig.suptitle(f"loss landscape of one test image, {norm_name(norm)} radius {eps:g}")
     fig.tight_layout()
     return _save(fig, out)
