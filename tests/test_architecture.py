@@ -69,6 +69,7 @@ LAYERS = [
     "errors",
     "registry fields files",
     "threat distributed graphs",
+    "inputs",
     "losses",
     "search",
     "passes",

@@ -169,7 +169,7 @@ def test_er_linf_virtual_T1_M1_equals_linf_vat_term():
     with torch.no_grad():
         logits = model(x)
     e_v = ER(eps=0.1, norm="linf", T=1, M=1, S=0).virtual(model, x, logits, True).value
-    assert vat > 0 and torch.allclose(e_v.detach().mean().float(), vat, rtol=1e-6)
+    assert vat > 0 and torch.allclose(e_v.detach().mean(), vat, rtol=1e-6)  # (float64)
 
 
 def test_linf_vat_perturbation_lies_in_the_ball():

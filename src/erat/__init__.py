@@ -11,7 +11,8 @@ __version__ = "0.2.0"
 
 
 def load_model(path, device="cpu"):
-    """The trained model of a run folder or ``model.pt`` file (see :mod:`erat.rundir`)."""
+    """The trained model of a run folder or ``model.pt`` file, in eval mode, on ``device``
+    (``auto``, ``cpu``, ``cuda``, ...; :func:`erat.rundir.load_model`)."""
     from erat.rundir import load_model as _load
 
     return _load(path, device)

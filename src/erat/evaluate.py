@@ -39,6 +39,7 @@ from erat.attacks.base import ATTACKS
 from erat.checks import EvaluationWarning  # noqa: F401  (part of this module's interface)
 from erat.errors import EnvironmentProblem, UserError
 from erat.graphs import Padded, compiled
+from erat.inputs import images, labels, within_outputs
 from erat.passes import supervised_search
 from erat.stages import EvalConfig, Progress, Stages, progress_key, weights_fingerprint
 
@@ -61,16 +62,26 @@ def evaluate(
     """Clean and robust accuracy of ``model`` on ``x`` ``[N, C, H, W]`` in ``[0, 1]`` with
     labels ``y`` ``[N]``, worst case per example, plus the threat model and sanity checks.
 
-    Settings come as ``config`` or as keywords for :meth:`EvalConfig.build`. ``n_total``:
-    the size of the full test set when ``x`` is a subset (recorded in ``threat``).
-    ``state_path``: per-example flags are saved there after every batch and reused when the
-    settings, data and weights match. ``extra_info`` is merged into ``threat``. ``fast``
-    (on a GPU): the attacks run on the model captured as CUDA graphs, batches padded to a
-    few sizes (:mod:`erat.graphs`); the same function, a different speed. Returns a
-    JSON-ready dict.
+    Settings come as ``config`` or as keywords for :meth:`EvalConfig.build`: ``attacks``
+    (``"pgd"``, ``"pgd,autoattack"``, ``"all"``, ...), ``norm`` (``"l2"``, ``"linf"``),
+    ``eps`` (radii in pixel space: a number, a list, or ``"8/255,16/255"``; in l2 default
+    0.5 and 1.0, in l-inf required), ``steps``, ``restarts`` and the other attack options
+    (those of attacks not run are ignored), ``batch_size``, ``seed``, ``sanity_n`` (0: no
+    sanity checks). ``n_total``: the size of the full test set when ``x`` is a subset
+    (recorded in ``threat``). ``state_path``: per-example flags are saved there after
+    every batch and reused when the settings, data and weights match. ``extra_info`` is
+    merged into ``threat``. ``fast`` (on a GPU): the attacks run on the model captured as
+    CUDA graphs, batches padded to a few sizes (:mod:`erat.graphs`); the same function, a
+    different speed. ``progress``: a bar per stage.
+
+    Returns a JSON-ready dict: ``clean_acc``; ``robust_acc`` and ``robust_count`` by
+    :func:`~erat.attacks.robust_key` (``"pgd-l2-eps0.5"``: the stages' label, the norm, the
+    radius as ``%g``); ``threat`` (the settings, examples, attacks and versions);
+    ``checks`` (:mod:`erat.checks`), ``checks_failed`` (their count) and ``notes``;
+    ``check_settings``, ``versions``, ``resumed``, ``seconds``.
     """
     cfg = config if config is not None else EvalConfig.build(**settings)
-    _validate_data(x, y, n_total)
+    y = _validate_data(x, y, n_total)
     _check_installed(cfg)
     _check_square(cfg, x)
     clash = set(extra_info or {}) & set(_threat(cfg, len(y), n_total))
@@ -83,6 +94,8 @@ def evaluate(
     if fast and device.type == "cuda":
         attacked = Padded(compiled(attacked, graphs=True, graph_searches=True))
     cuda = [device] if device.type == "cuda" else []
+    with supervised_search(model), torch.no_grad():  # (one example: the model's outputs)
+        within_outputs(y, model(x[:1].to(device)).shape[-1])
     with supervised_search(attacked), torch.random.fork_rng(devices=cuda):
         torch.manual_seed(cfg.seed)
         saved = Progress(state_path, progress_key(cfg, model, x, y) if state_path else {})
@@ -106,16 +119,12 @@ def _channels_last_copy(model: nn.Module) -> nn.Module:
         return model
 
 
-def _validate_data(x: Tensor, y: Tensor, n_total: int | None) -> None:
-    if not x.is_floating_point() or x.dim() < 2 or y.shape != (x.shape[0],) or len(y) == 0:
-        raise ValueError(f"need float x [N, ...] and labels y [N] with N > 0, got "
-                         f"x {tuple(x.shape)} {x.dtype} and y {tuple(y.shape)}")
-    lo, hi = x.min().item(), x.max().item()
-    if not (lo >= 0.0 and hi <= 1.0):  # also rejects NaN
-        raise ValueError(f"x must lie in [0, 1] (pixel space; normalise inside the model), "
-                         f"got values in [{lo:.4g}, {hi:.4g}]")
+def _validate_data(x: Tensor, y: Tensor, n_total: int | None) -> Tensor:
+    """``y`` as int64 once ``x`` and ``y`` pass :mod:`erat.inputs`' checks."""
+    y = labels(y, len(images(x)))
     if n_total is not None and n_total < len(y):
         raise ValueError(f"n_total ({n_total}) is smaller than the {len(y)} examples given")
+    return y
 
 
 def _check_square(cfg: EvalConfig, x: Tensor) -> None:
@@ -184,8 +193,8 @@ def _result(cfg: EvalConfig, flags: dict[str, Tensor], checks: list[dict],
     n = len(flags["clean"])
     robust = {k: v for k, v in flags.items() if k != "clean"}
     return {
-        "clean_acc": flags["clean"].float().mean().item(),
-        "robust_acc": {k: v.float().mean().item() for k, v in robust.items()},
+        "clean_acc": int(flags["clean"].sum()) / n,  # (exact: 0.925, not float32's 0.92500001)
+        "robust_acc": {k: int(v.sum()) / n for k, v in robust.items()},
         "robust_count": {k: int(v.sum()) for k, v in robust.items()},
         "threat": {**_threat(cfg, n, n_total), **(extra_info or {})},
         "checks": checks,

@@ -2,8 +2,9 @@
 closures that searches and the energy estimator maximise or integrate.
 
 The reductions happen in the methods, never here: per-sample quantities stay per sample
-until the final mean (METHOD.md section 5). Computations run in float32 so that the small
-differences taken by the energy estimator survive mixed precision.
+until the final mean (METHOD.md section 5). Computations run in float32 at least (float64
+logits stay float64) so that the small differences taken by the energy estimator survive
+mixed precision.
 
 A loss closure maps points ``[N, ...]`` to per-point losses ``[N]``. To evaluate many points
 of a batch of ``B`` inputs in one forward pass, a closure may be called on ``R`` stacked
@@ -22,22 +23,27 @@ from torch import Tensor, nn
 LossFn = Callable[[Tensor], Tensor]
 
 
+def _wide(logits: Tensor) -> Tensor:
+    """``logits`` in float32, or float64 as given (bf16 and float16 are widened)."""
+    return logits if logits.dtype == torch.float64 else logits.float()
+
+
 def cross_entropy(logits: Tensor, y: Tensor) -> Tensor:
     """``l(z) = CE(p(.|z), y)`` per sample."""
-    return F.cross_entropy(logits.float(), y, reduction="none")
+    return F.cross_entropy(_wide(logits), y, reduction="none")
 
 
 def kl_div(target_logits: Tensor, logits: Tensor) -> Tensor:
     """``KL(p_target || p)`` per sample; ``target_logits`` is used as given (detach it first
     for VAT's virtual loss ``v(z) = KL(p(.|x) || p(.|z))``)."""
-    log_p = F.log_softmax(target_logits.float(), dim=1)
-    log_q = F.log_softmax(logits.float(), dim=1)
+    log_p = F.log_softmax(_wide(target_logits), dim=1)
+    log_q = F.log_softmax(_wide(logits), dim=1)
     return (log_p.exp() * (log_p - log_q)).sum(dim=1)
 
 
 def entropy(logits: Tensor) -> Tensor:
     """Shannon entropy of the predicted distribution per sample (VAT+EntMin)."""
-    log_p = F.log_softmax(logits.float(), dim=1)
+    log_p = F.log_softmax(_wide(logits), dim=1)
     return -(log_p.exp() * log_p).sum(dim=1)
 
 
@@ -69,5 +75,5 @@ def class_balance(logits: Tensor, y: Tensor) -> Tensor:
     into a few classes."""
     k = logits.shape[1]
     prior = (torch.bincount(y, minlength=k).float() + 1.0) / (len(y) + k)
-    mean = F.softmax(logits.float(), dim=1).mean(0)
+    mean = F.softmax(_wide(logits), dim=1).mean(0)
     return (mean * (mean.clamp_min(1e-12).log() - prior.log())).sum()

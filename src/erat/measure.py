@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from erat.energy import CERTIFICATE_NOTE, certify, check_settings, energy
+from erat.inputs import images, labels, within_outputs
 from erat.losses import cross_entropy, supervised_loss, virtual_loss
 from erat.passes import supervised_search
 from erat.search import XI, fgm_direction, vat_direction, vat_step
@@ -80,12 +81,15 @@ def energy_report(
         report = energy_report(model, x_test[:1000], y_test[:1000], eps=2.0)
     """
     check_settings(eps, T, M, S, "max", norm)
+    y = labels(y, len(images(x)))
     s = {"eps": eps, "norm": norm, "T": T, "M": M, "S": S, "n": len(y), "seed": seed,
          "xi": xi, "power_iters": power_iters, "reduce": "max", "mode": "eval",
          "batch_size": batch_size, "max_points": max_points}
     cuda = [x.device] if x.device.type == "cuda" else []
     parts: list[dict[str, Tensor]] = []
     with supervised_search(model), torch.random.fork_rng(devices=cuda):
+        with torch.no_grad():  # (one example: the model's outputs)
+            within_outputs(y, model(x[:1]).shape[-1])
         torch.manual_seed(seed)
         for xb, yb in zip(x.split(batch_size), y.split(batch_size), strict=True):
             got = _report_batch(model, xb, yb, s)

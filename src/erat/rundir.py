@@ -387,6 +387,11 @@ def _read_model_file(path: Path, device: str | torch.device = "cpu", digest: boo
             raise UserError(f"{folder}: its weights were dropped ({RunDir.MODEL_META} keeps "
                             "what its results need); a new evaluation needs it trained again "
                             "(into an empty folder)")
+        if (folder / RunDir.CHECKPOINT).is_file() and not (folder / RunDir.CONFIG).is_file():
+            raise UserError(f"{folder}: no {RunDir.MODEL}: erat.fit.fit keeps its training "
+                            f"state only ({RunDir.CHECKPOINT}, for resume=True); save the "
+                            "model yourself, or train with erat.train.train (erat train), "
+                            f"which writes {RunDir.MODEL}")
         if (folder / RunDir.CHECKPOINT).is_file():
             raise UserError(f"{folder}: no {RunDir.MODEL}: the run is unfinished (its "
                             f"{RunDir.CHECKPOINT} is there); continue it: erat train --out "
@@ -416,7 +421,11 @@ def open_model(path: str | Path, device: str | torch.device = "cpu") -> ModelFil
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     """The trained model of a run folder (or a model file), in eval mode: inputs in
-    ``[0, 1]`` (normalisation is its first layer), logits out."""
+    ``[0, 1]`` (normalisation is its first layer), logits out; ``device`` as ``--device``
+    takes it (``auto``, ``cpu``, ``cuda:1``) or a ``torch.device``."""
+    from erat.distributed import resolve_device
+
+    device = resolve_device(device) if isinstance(device, str) else device
     path = model_path(path)
     return _build(path, _read_model_file(path, device)).to(device).eval()
 

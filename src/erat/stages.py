@@ -17,9 +17,11 @@ Example::
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import math
+import numbers
 import warnings
 import zlib
 from collections.abc import Sequence
@@ -39,6 +41,7 @@ from erat.files import atomic_save, tensor_sha256
 from erat.threat import Norm, Threat, check_radius
 
 STATE_VERSION = 2  # the key of saved progress (unchanged since 0.2)
+L2_RADII = (0.5, 1.0)  # an l2 evaluation's radii where none are given
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,7 @@ class EvalConfig:
     attacks: tuple[str, ...] = ("pgd",)
     labels: tuple[str, ...] = ("pgd",)
     norm: Norm = "l2"
-    eps: tuple[float, ...] = (0.5, 1.0)
+    eps: tuple[float, ...] | None = None  # (None: L2_RADII in l2; l-inf names its own)
     batch_size: int = 500
     seed: int = 0
     sanity_n: int = 100
@@ -61,7 +64,17 @@ class EvalConfig:
     built: tuple[Attack, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        eps = (self.eps,) if isinstance(self.eps, int | float) else tuple(self.eps)
+        eps = self.eps
+        if eps is None and self.norm == "linf":
+            raise UserError("an l-inf evaluation needs its radii, e.g. eps=8/255 (the l2 "
+                            f"defaults {', '.join(map(str, L2_RADII))} are no l-inf radii)")
+        if isinstance(eps, str):  # (as the command line takes them: "8/255,16/255")
+            try:
+                eps = fields.radii(eps)
+            except argparse.ArgumentTypeError as err:
+                raise UserError(f"eps: {err}") from None
+        eps = L2_RADII if eps is None else (eps,) if isinstance(eps, numbers.Real) \
+            else tuple(eps)
         if not eps:
             raise UserError("eps must be a non-empty list of radii")
         object.__setattr__(self, "eps", tuple(check_radius(e, self.norm) for e in eps))

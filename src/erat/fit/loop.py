@@ -60,12 +60,23 @@ def fit(
     log: Callable[[str], None] = print,
     dist: distributed.Dist | None = None,
 ) -> FitResult:
-    """Train ``model`` in place with ``method`` on ``data``; returns the selected model.
+    """Train ``model`` in place with ``method`` on ``data`` (checked once:
+    :class:`FitData`); returns the selected model, left in train mode as a training loop
+    leaves it (``.eval()`` before measuring it).
 
     With ``run_dir``, every epoch appends to ``metrics.jsonl`` and writes ``checkpoint.pt``
-    (and ``best.pt`` when selecting), and ``resume`` continues from the checkpoint.
-    ``stop_after`` ends after that epoch as if interrupted. The model's device is used.
+    (and ``best.pt`` when selecting), and ``resume`` continues from the checkpoint; the
+    model file ``model.pt`` is :func:`erat.train.train`'s. ``stop_after`` ends after that
+    epoch as if interrupted. The model's device is used. Each epoch's line goes to ``log``
+    (``progress=False`` turns off the progress bar only; ``log=lambda line: None`` too).
     """
+    if isinstance(method, str) or not callable(method):
+        raise TypeError(f"method must be a training method (erat.methods.build_method('er', "
+                        f"eps=...)), got {type(method).__name__}")
+    if not isinstance(data, FitData | tuple | list) or (not isinstance(data, FitData)
+                                                        and len(data) != 2):
+        raise TypeError(f"data must be FitData(x, y, ...) or an (x, y) pair of tensors, got "
+                        f"{type(data).__name__} (a TensorDataset's tensors: dataset.tensors)")
     data = data if isinstance(data, FitData) else FitData(*data)
     loop = Loop(model, method, data, options or FitOptions(), run_dir, log,
                 dist or distributed.Dist())

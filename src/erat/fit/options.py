@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from erat import fields
 from erat.errors import UserError
 from erat.fields import param
+from erat.inputs import images, labels
 
 Select = Literal["last", "best-robust"]
 DEFAULT_EPOCHS = 10  # the length of a run that names neither --epochs nor --budget
@@ -92,6 +93,24 @@ class FitData:
     val: tuple[Tensor, Tensor] | None = None
     test: tuple[Tensor, Tensor] | None = None
     augment: str = "none"  # the dataset's train-time augmentation (erat.datasets.augment)
+
+    def __post_init__(self) -> None:
+        """Every tensor checked once, values included (:mod:`erat.inputs`); labels int64."""
+        self.x = images(self.x, "FitData.x")
+        self.y = labels(self.y, len(self.x), "FitData.y")
+        if self.x_unlabeled is not None:
+            images(self.x_unlabeled, "FitData.x_unlabeled")
+            if self.x_unlabeled.shape[1:] != self.x.shape[1:]:
+                raise ValueError(f"FitData.x_unlabeled's images {tuple(self.x_unlabeled.shape[1:])}"
+                                 f" are not shaped as FitData.x's {tuple(self.x.shape[1:])}")
+        for name in ("val", "test"):
+            pair = getattr(self, name)
+            if pair is not None:
+                if not isinstance(pair, tuple | list) or len(pair) != 2:
+                    raise TypeError(f"FitData.{name} must be an (x, y) pair of tensors, got "
+                                    f"{type(pair).__name__}")
+                x = images(pair[0], f"FitData.{name}[0]")
+                setattr(self, name, (x, labels(pair[1], len(x), f"FitData.{name}[1]")))
 
 
 @dataclass

@@ -138,8 +138,8 @@ def _counter(method: Method, model: nn.Module, sampler: EpochSampler, total: int
 def _shape_batch(n: int, nu: int, updates: int | None = None, total: int | None = None
                  ) -> Batch:
     """A batch of the right sizes for counting a method's cost (no data)."""
-    return Batch(torch.empty(n, 0), torch.empty(n), torch.empty(nu, 0) if nu else None, updates,
-                 total)
+    return Batch(torch.empty(n, 0), torch.zeros(n, dtype=torch.long),
+                 torch.empty(nu, 0) if nu else None, updates, total)
 
 
 def _update_cost(method: Method, model: nn.Module, sampler: EpochSampler, update: int,

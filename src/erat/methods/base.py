@@ -11,24 +11,29 @@ forward-pass equivalents per example: a forward of one example counts 1, a backw
 it 2 (its input gradient in a search, or the parameter gradient of the loss). ERM's step
 costs 3 per example; the trainer sums the costs into the run's training cost.
 
-Example (inside a user's own loop)::
+Example (inside a user's own loop; the model in train mode, as the method's clean pass
+trains BatchNorm and dropout as the model's mode says)::
 
     method = build_method("er", eps=2.0)
-    loss = method(model, Batch(x, y)).loss
+    loss = method(model.train(), Batch(x, y)).loss
     loss.backward()
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
+import torch
 from torch import Tensor, nn
 
 from erat.errors import UserError
 from erat.fields import FlagSpec, check_types, flag_specs, init_fields, param  # noqa: F401  (param: re-export)
+from erat.inputs import images, labels
 from erat.registry import Registry
 from erat.search import STEP_RULE
 
@@ -51,6 +56,18 @@ class Batch:
     x_unlabeled: Tensor | None = None
     updates: int | None = None
     total_updates: int | None = None
+
+    def __post_init__(self) -> None:
+        """Checked as :mod:`erat.inputs` says (values only on the CPU: a GPU batch read back
+        would cost a synchronisation per step); integer labels become int64."""
+        read = self.x.device.type == "cpu" if isinstance(self.x, Tensor) else True
+        images(self.x, "Batch.x", values=read)
+        self.y = labels(self.y, len(self.x), "Batch.y", values=read)
+        if self.x_unlabeled is not None:
+            images(self.x_unlabeled, "Batch.x_unlabeled", values=read)
+            if self.x_unlabeled.shape[1:] != self.x.shape[1:]:
+                raise ValueError(f"Batch.x_unlabeled's images {tuple(self.x_unlabeled.shape[1:])}"
+                                 f" are not shaped as Batch.x's {tuple(self.x.shape[1:])}")
 
 
 class StepOutput(NamedTuple):
@@ -89,9 +106,34 @@ def register(name: str) -> Callable[[type], type]:
     def add(cls: type) -> type:
         _refuse_reserved(name, cls)
         flag_specs({**dict(METHODS.items()), name: cls})  # a shared field of another type
+        if not getattr(cls.__call__, "checks_call", False):
+            cls.__call__ = _checked(cls.__call__)
         return METHODS.decorator(name, named=True)(cls)
 
     return add
+
+
+_SAID_EVAL = []  # (the eval-mode warning is given once per process)
+
+
+def _checked(call: Callable) -> Callable:
+    """A method's ``__call__`` that first checks its arguments: a :class:`Batch`, and a model
+    in train mode where gradients are on (in eval mode the clean pass keeps BatchNorm's
+    running statistics and turns dropout off, which trains another model: said once)."""
+
+    @functools.wraps(call)
+    def checked(self: Any, model: nn.Module, batch: Batch) -> StepOutput:
+        if not isinstance(batch, Batch):
+            raise TypeError(f"a method takes (model, Batch(x, y)), got {type(batch).__name__}")
+        if not model.training and torch.is_grad_enabled() and not _SAID_EVAL:
+            _SAID_EVAL.append(True)
+            warnings.warn(f"{self.name}: the model is in eval mode, so this training step keeps "
+                          "BatchNorm's running statistics and turns dropout off; call "
+                          "model.train() first (said once)", UserWarning, stacklevel=2)
+        return call(self, model, batch)
+
+    checked.checks_call = True  # type: ignore[attr-defined]
+    return checked
 
 
 def reserve(names: Iterable[str], owner: str) -> None:

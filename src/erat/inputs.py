@@ -1,0 +1,62 @@
+"""What erat takes as data, checked where data enters the library (:func:`erat.fit.fit`,
+:func:`erat.evaluate.evaluate`, :func:`erat.measure.energy_report`, a method's
+:class:`~erat.methods.Batch`): images ``x`` ``[N, ...]`` of floats in [0, 1] (pixel space:
+radii are measured in pixels, and a model normalises inside), labels ``y`` ``[N]`` of class
+indices. A mistake raises ``TypeError`` or ``ValueError`` naming the argument: images scaled
+to 0..255 or normalised would make every radius mean another ball, without a word.
+
+Reading values costs a synchronisation on a GPU: entry points that see a whole data set
+read it once; a batch on a GPU is checked for shape and type only.
+
+Example::
+
+    x = images(x, "x")
+    y = labels(y, len(x), "y")
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def images(x: object, name: str = "x", *, values: bool = True) -> Tensor:
+    """``x`` if it is a float tensor ``[N, ...]`` (N >= 1, at least 2 dimensions) and, with
+    ``values``, every entry lies in [0, 1] (NaN does not)."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of images [N, ...] in [0, 1], got "
+                        f"{type(x).__name__}")
+    if not x.is_floating_point() or x.dim() < 2 or len(x) == 0:
+        hint = " (8-bit images: x.float() / 255)" if x.dtype == torch.uint8 else ""
+        raise ValueError(f"{name} must be float images [N, ...] with N >= 1, in [0, 1]; got "
+                         f"shape {tuple(x.shape)} of {x.dtype}{hint}")
+    if values and x.numel():
+        lo, hi = (v.item() for v in torch.aminmax(x.detach()))
+        if not (lo >= 0.0 and hi <= 1.0):  # (also NaN)
+            raise ValueError(f"{name} must lie in [0, 1] (pixel space; normalise inside the "
+                             f"model), got values in [{lo:.4g}, {hi:.4g}]")
+    return x
+
+
+def labels(y: object, n: int, name: str = "y", *, values: bool = True) -> Tensor:
+    """``y`` as int64 class indices if it is an integer tensor ``[n]`` (one label per image)
+    and, with ``values``, none is negative (cross-entropy skips a label of -100 silently);
+    labels past the model's outputs are found where the outputs are known."""
+    if not isinstance(y, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of class labels [{n}], got "
+                        f"{type(y).__name__}")
+    if y.dtype == torch.bool or y.is_floating_point() or y.is_complex() or y.shape != (n,):
+        raise ValueError(f"{name} must be integer class labels [{n}], one per image; got shape "
+                         f"{tuple(y.shape)} of {y.dtype}")
+    if values and n and (low := int(y.min())) < 0:
+        raise ValueError(f"{name} must be class indices 0, 1, ..., got {low}")
+    return y.long()
+
+
+def within_outputs(y: Tensor, outputs: int, name: str = "y") -> None:
+    """Refuse labels that name no output of a model with ``outputs`` logits (they would count
+    as misclassified, or fail inside cross-entropy)."""
+    high = int(y.max()) if len(y) else -1
+    if high >= outputs:
+        raise ValueError(f"{name} holds label {high}, but the model has {outputs} outputs "
+                         f"(labels 0..{outputs - 1})")

@@ -1,0 +1,141 @@
+"""Data entering the library (erat.inputs): images in [0, 1] and integer labels, checked
+where they enter (fit, evaluate, energy_report, a method's Batch), one error naming the
+argument. Each case was found by a user of the Python API: silently wrong, or a torch
+traceback."""
+
+from __future__ import annotations
+
+import re
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from erat.evaluate import evaluate
+from erat.fit import FitData, FitOptions, fit
+from erat.measure import energy_report
+from erat.methods import Batch, build_method
+
+
+@pytest.fixture()
+def data():
+    torch.manual_seed(0)
+    return torch.rand(12, 1, 8, 8), torch.randint(0, 10, (12,))
+
+
+def linear():
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda x, y: ((x - 0.5) / 0.5, y), "must lie in [0, 1] (pixel space; normalise inside"),
+    (lambda x, y: (x * 255, y), "must lie in [0, 1]"),
+    (lambda x, y: ((x * 255).byte(), y), "(8-bit images: x.float() / 255)"),
+    (lambda x, y: (x, y[:5]), "must be integer class labels [12], one per image"),
+    (lambda x, y: (x, y.float()), "must be integer class labels"),
+    (lambda x, y: (x, y - 100), "must be class indices 0, 1, ..., got -100"),
+    (lambda x, y: (x.numpy(), y), "must be a torch.Tensor of images"),
+])
+def test_every_entry_refuses_what_is_not_pixels_and_labels(data, make, message):
+    """Out-of-range images were trained on and measured without a word (PGD's ball then
+    clipped to the box: a perturbation of l2 size 1,500 at eps 1.5); short labels were
+    repeated or dropped."""
+    x, y = make(*data)
+    model, method = linear(), build_method("pgd", eps=1.0, steps=1)
+    calls = {
+        "Batch": lambda: method(model.train(), Batch(x, y)),
+        "fit": lambda: fit(model, method, FitData(x, y), FitOptions(epochs=1, progress=False),
+                           log=lambda _: None),
+        "evaluate": lambda: evaluate(model, x, y, eps=0.5, steps=1, sanity_n=0),
+        "energy_report": lambda: energy_report(model, x, y, eps=0.5, T=1, M=1, S=0),
+    }
+    for name, call in calls.items():
+        with pytest.raises((ValueError, TypeError)) as err:
+            call()
+        assert message in str(err.value), (name, str(err.value))
+
+
+def test_labels_past_the_outputs_are_refused_not_counted_wrong(data):
+    """evaluate counted a label the model cannot output as misclassified (clean 0.70 for
+    0.74); energy_report failed inside cross-entropy."""
+    x, y = data
+    y = torch.where(y == 0, 10, y)
+    y[0] = 10
+    for call in (lambda: evaluate(linear(), x, y, eps=0.5, steps=1, sanity_n=0),
+                 lambda: energy_report(linear(), x, y, eps=0.5, T=1, M=1, S=0)):
+        with pytest.raises(ValueError, match=r"y holds label 10, but the model has 10 outputs"):
+            call()
+
+
+def test_int32_labels_and_numpy_or_text_radii_are_taken(data):
+    x, y = data
+    model = linear()
+    out = build_method("er", eps=1.0)(model.train(), Batch(x, y.int()))
+    assert out.loss.isfinite()
+    a = evaluate(model, x, y.int(), eps=np.float32(0.5), steps=2, sanity_n=0)
+    b = evaluate(model, x, y, eps="1/2", steps=2, sanity_n=0)
+    assert a["robust_acc"] == b["robust_acc"] and list(a["robust_acc"]) == ["pgd-l2-eps0.5"]
+    assert a["clean_acc"] == int(a["clean_acc"] * 12 + 0.5) / 12  # (a fraction, not float32's)
+
+
+def test_linf_evaluation_without_radii_is_refused(data):
+    """The l2 defaults 0.5 and 1.0 were used as l-inf radii (1.0 holds the whole box)."""
+    from erat.errors import UserError
+
+    with pytest.raises(UserError, match="an l-inf evaluation needs its radii, e.g. eps=8/255"):
+        evaluate(linear(), *data, norm="linf")
+
+
+@pytest.mark.parametrize("bad, message", [
+    (lambda x, y: DataLoader(TensorDataset(x, y)), "got DataLoader"),
+    (lambda x, y: TensorDataset(x, y), "got TensorDataset (a TensorDataset's tensors"),
+    (lambda x, y: (x, y, y), "an (x, y) pair of tensors, got tuple"),
+])
+def test_fit_names_what_it_takes(data, bad, message):
+    with pytest.raises(TypeError, match=re.escape(message)):
+        fit(linear(), build_method("erm"), bad(*data))
+    with pytest.raises(TypeError, match="method must be a training method"):
+        fit(linear(), "pgd", data)
+
+
+def test_a_method_on_an_eval_mode_model_warns_once(data, monkeypatch):
+    """In eval mode a method's clean pass keeps BatchNorm's statistics and drops dropout: it
+    trains another model than the user meant, silently."""
+    from erat.methods import base
+
+    monkeypatch.setattr(base, "_SAID_EVAL", [])
+    model, method = linear().eval(), build_method("vat", eps=1.0)
+    with pytest.warns(UserWarning, match="vat: the model is in eval mode"):
+        method(model, Batch(*data))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        method(model, Batch(*data))  # (once)
+        with torch.no_grad():
+            method(model.train(), Batch(*data))
+    with pytest.raises(TypeError, match=r"a method takes \(model, Batch\(x, y\)\), got tuple"):
+        method(model, data)
+
+
+def test_float64_models_get_float64_losses(data):
+    x, y = data
+    model = linear().double()
+    for name, params in [("erm", {}), ("er", {"eps": 1.0}), ("vat", {"eps": 1.0}),
+                         ("trades", {"eps": 1.0, "steps": 1})]:
+        out = build_method(name, **params)(model.train(), Batch(x.double(), y))
+        assert out.loss.dtype == torch.float64, name
+
+
+def test_fit_without_train_points_to_model_pt(tmp_path, data):
+    import erat
+    from erat.errors import UserError
+    from erat.rundir import RunDir
+
+    fit(linear(), build_method("erm"), data, FitOptions(epochs=1, progress=False),
+        RunDir(tmp_path), log=lambda _: None)
+    with pytest.raises(UserError, match="erat.fit.fit keeps its training state only"):
+        erat.load_model(tmp_path)
+    with pytest.raises(UserError, match="unknown device 'gpu'"):
+        erat.load_model(tmp_path, device="gpu")
