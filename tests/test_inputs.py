@@ -139,3 +139,10 @@ def test_fit_without_train_points_to_model_pt(tmp_path, data):
         erat.load_model(tmp_path)
     with pytest.raises(UserError, match="unknown device 'gpu'"):
         erat.load_model(tmp_path, device="gpu")
+
+
+def test_resolve_names_what_it_takes():
+    from erat.config import resolve
+
+    with pytest.raises(TypeError, match=r"a list of \(settings, source\) pairs"):
+        resolve({"method": "er"})

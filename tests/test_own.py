@@ -464,7 +464,7 @@ def test_the_pages_examples_run(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     blocks = doc_blocks()
-    assert [kind for kind, _ in blocks] == ["python", "bash", "bash"]
+    assert [kind for kind, _ in blocks] == ["python", "bash", "bash", "python"]
     lines = [len(block.splitlines()) for _, block in blocks]
     assert lines[0] + lines[1] < 20 and lines[2] < 20  # each example under 20 lines
     # example 1: a ResNet-18 "trained elsewhere" (random weights) and 10 test images
@@ -489,6 +489,16 @@ def test_the_pages_examples_run(tmp_path, monkeypatch, capsys):
         assert code in (0, 3), err
     result = json.loads((tmp_path / "runs" / "photos-er" / "eval.json").read_text())
     assert result["threat"]["data"]["resize"] == 32 and result["threat"]["n"] == 8
+    # example 3, from Python: a small network on 24 random 16x16 images, one epoch
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(),
+                              torch.nn.Linear(4 * 14 * 14, 10))
+    x, y = torch.rand(24, 3, 16, 16), torch.arange(24) % 10
+    given = {"my_network": net, "MEAN": (0.5,) * 3, "STD": (0.25,) * 3, "x_train": x[:16],
+             "y_train": y[:16], "x_test": x[16:], "y_test": y[16:], "__name__": "doc"}
+    exec(compile(blocks[3][1].replace("epochs=10", "epochs=1"), str(DOC), "exec"), given)
+    assert set(given["result"]["robust_acc"]) >= {"all-l2-eps0.25", "all-l2-eps0.5"}
+    assert (tmp_path / "mine.pt").is_file()
 
 
 # --- bad input: one line, exit 2, nothing written ----------------------------------------

@@ -188,6 +188,10 @@ def resolve(layers: Sequence[tuple[dict[str, Any], str]], saved: dict[str, Any] 
     that gives both contradicts itself; a later layer's one replaces an earlier layer's
     other (flags override the ``--config`` file). A setting refused (a range, a type, a
     method's hyper-parameter) is named where it was given (:func:`_sourced`)."""
+    if isinstance(layers, dict) or not all(isinstance(pair, tuple | list) and len(pair) == 2
+                                           for pair in layers):
+        raise TypeError("resolve takes a list of (settings, source) pairs, e.g. "
+                        "resolve([({'method': 'er', 'eps': 1.0}, 'mine')])")
     merged = merge({}, migrate(saved), "the saved configuration") if saved else {}
     for settings, source in layers:
         if not isinstance(settings, dict):
