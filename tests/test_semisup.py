@@ -272,8 +272,11 @@ def test_methods_without_unlabeled_use_train_on_the_labels_alone(
     assert any("uses no unlabeled data" in m and "20 labeled" in m for m in logs)
     assert not any(m.startswith("semi-supervised") for m in logs)
     (sampler,) = rec.samplers
-    assert (sampler.n_labeled, sampler.n_unlabeled) == (20, 0)
-    assert sampler.updates == 20 // 8  # an epoch is one pass over the 20 labeled examples
+    assert (sampler.n_labeled, sampler.n_unlabeled) == (20, N_TRAIN - 20)
+    assert not sampler.uses_unlabeled
+    # an epoch is a semi-supervised run's, a pass over the unlabeled set: the labels-only
+    # baseline made 2 updates an epoch here, a semi-supervised run 172
+    assert sampler.updates == (N_TRAIN - 20) // 8
     assert len(rec.batches) == sampler.updates
     x_train = load_dataset("digits", "train").tensors[0].flatten(1)
     x_labeled = x_train[labeled_split(digits_y, 20, cfg.fit.seed)[0]]
@@ -281,6 +284,14 @@ def test_methods_without_unlabeled_use_train_on_the_labels_alone(
         assert batch.x_unlabeled is None and len(batch.x) == 8
         # every input is one of the 20 labeled images (digits has no augmentation)
         assert torch.cdist(batch.x.flatten(1), x_labeled).min(1).values.max() == 0
+
+
+def test_an_epoch_is_a_pass_over_the_larger_set():
+    """Many labels and few unlabeled images: the epoch passes over the labels (it was one
+    update an epoch, the unlabeled set's 47 images at batch 128)."""
+    cfg = _cfg(method="vat", labels=1000, batch_size=16)
+    assert EpochSampler(cfg.fit, 1000, 47).updates == 1000 // 16
+    assert EpochSampler(cfg.fit, 1000, 47, uses_unlabeled=False).updates == 1000 // 16
 
 
 def test_semisupervised_epoch_is_one_pass_over_the_unlabeled_set():

@@ -211,10 +211,11 @@ def _split(cfg: TrainConfig, method: Method, x: Tensor, y: Tensor, run: RunDir |
     if cfg.labels is not None:
         if method.uses_unlabeled:
             log(f"semi-supervised: {len(labeled)} labeled, {len(unlabeled)} unlabeled")
-        else:
+        else:  # (the unlabeled set still sets the epoch's length: erat.fit.sampler)
             log(f"method {cfg.method!r} uses no unlabeled data: training on the "
-                f"{len(labeled)} labeled examples only")
-            unlabeled = torch.empty(0, dtype=torch.long)
+                f"{len(labeled)} labeled examples only; an epoch is a semi-supervised "
+                f"run's, a pass over the larger of the {len(labeled)} labeled and "
+                f"{len(unlabeled)} unlabeled")
     val = (x[val_idx], y[val_idx]) if val_idx is not None else None
     xu = x[unlabeled] if len(unlabeled) else None
     return FitData(x[labeled], y[labeled], xu, val)

@@ -116,7 +116,8 @@ class Loop:
             raise UserError(f"batch_size {options.batch_size} must divide among "
                             f"{dist.world_size} processes")
         uses = data.x_unlabeled is not None and method.uses_unlabeled
-        self.sampler = EpochSampler(options, len(data.y), len(data.x_unlabeled) if uses else 0)
+        self.sampler = EpochSampler(options, len(data.y), 0 if data.x_unlabeled is None
+                                    else len(data.x_unlabeled), uses)
         self.schedule = plan(method, model, options, self.sampler)
         self.sampler.updates = self.schedule.per_epoch
         if options.budget_epochs and self.schedule.epochs < options.budget_epochs:

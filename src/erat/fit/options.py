@@ -24,7 +24,8 @@ class FitOptions:
     ``epochs`` is None when ``budget`` sets the length (a budget-driven run records no
     epoch count it did not use)."""
 
-    epochs: int | None = param(None, f"passes over the training set (default: "
+    epochs: int | None = param(None, f"passes over the training set; with --labels, over the "
+                                     f"larger of the labeled and unlabeled sets (default: "
                                      f"{DEFAULT_EPOCHS}; not with --budget)")
     budget: float | None = param(None, "train for this cost in ERM epochs (sets the updates "
                                        "instead of --epochs)")

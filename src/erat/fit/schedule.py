@@ -144,5 +144,5 @@ def _shape_batch(n: int, nu: int, updates: int | None = None, total: int | None 
 
 def _update_cost(method: Method, model: nn.Module, sampler: EpochSampler, update: int,
                  total: int | None = None) -> float:
-    nu = sampler.unlabeled_batch if sampler.n_unlabeled else 0
+    nu = sampler.unlabeled_batch if sampler.uses_unlabeled else 0
     return float(method.cost(_shape_batch(sampler.labeled_batch, nu, update, total), model))
