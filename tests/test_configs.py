@@ -220,3 +220,50 @@ def test_a_setting_without_effect_is_noted(tmp_path, capsys, monkeypatch):
                   flags={"epochs": 1, "sync_bn": True})
     err = capsys.readouterr().err
     assert f"--epochs replaces the budget of {conf}" in err and "--sync-bn has no effect" in err
+
+
+SUITE = """suite: t
+defaults: {dataset: digits, model: mlp, epochs: 1, progress: false}
+runs:
+  - {name: erm, method: erm%s}
+eval: {attack: pgd, eps: [0.5], steps: 2%s}
+%s
+"""
+
+
+@pytest.mark.parametrize("run, ev, extra, says", [
+    (", method: vat", "", "", "s.yaml line 4: not valid YAML ('method' given twice in one "
+                             "mapping)"),
+    (", seed: 3, seeds: [0, 1]", "", "", "s.yaml run erm: seed is given both as a value and "
+                                         "in seeds; give one"),
+    (", seeds: [0, 0]", "", "", "s.yaml run erm: seeds [0, 0] name a seed twice"),
+    (", eps: 1.0, method: er, grid: {eps: [0.5]}", "", "", "not valid YAML ('method' given"),
+    (", lr: 0.1, grid: {lr: [0.1]}", "", "", "s.yaml run erm: lr is given both as a value and "
+                                             "in grid"),
+    ("", ", n: -1", "", "s.yaml: eval.n must be a number of test images (1 or more"),
+    ("", ", n: 0", "", "s.yaml: eval.n must be a number of test images"),
+    ("", ", n: '100'", "", "s.yaml: eval.n must be a number of test images"),
+    (", eval: {n: 1.5}", "", "", "s.yaml run erm: eval.n must be a number of test images"),
+    ("", "", "energy: {eps: 1.0, nn: 5}", "s.yaml: energy must be a mapping with eps and any "
+                                          "of M, S, T"),
+    ("", "", "energy: {eps: 1.0, n: -3}", "s.yaml: energy: n must be a number of test images"),
+])
+def test_suite_mistakes_are_refused_before_training(tmp_path, capsys, run, ev, extra, says):
+    """Each passed silently (a key given twice: the later won, so the run named erm trained
+    VAT; seed beside seeds: dropped; n -1: all but one image) or failed with a traceback
+    after the first run had trained (n '100')."""
+    from erat.cli import main
+
+    (tmp_path / "s.yaml").write_text(SUITE % (run, ev, extra))
+    code = main(["reproduce", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and says in err and err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_merged_key_may_be_given_again():
+    """YAML merges (``<<: *defaults``) bring keys a mapping may override: not a duplicate."""
+    from erat.files import read_yaml
+
+    path = Path(__file__).parents[1] / "src" / "erat" / "configs" / "mnist-subset.yaml"
+    assert read_yaml(path)["runs"]

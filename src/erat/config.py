@@ -365,6 +365,13 @@ def _grid_and_seeds(run: dict[str, Any], source: str) -> tuple[dict[str, list], 
             isinstance(s, int) and not isinstance(s, bool) for s in seeds)):
         raise UserError(f"{where}: seeds must be a non-empty list of integers (seeds: [0, 1, "
                         f"2]), got {seeds!r}")
+    if seeds is not None and len(set(seeds)) < len(seeds):
+        raise UserError(f"{where}: seeds {seeds} name a seed twice")
+    both = sorted(({"seed"} if seeds is not None else set()) & set(run)
+                  | set(grid) & (set(run) - {"grid"}))
+    if both:  # (the list replaced the single value without a word)
+        raise UserError(f"{where}: {both[0]} is given both as a value and in "
+                        f"{'seeds' if both[0] == 'seed' else 'grid'}; give one")
     return grid, seeds
 
 

@@ -149,11 +149,33 @@ def read_text(path: Path, what: str = "file") -> str:
         raise UserError(f"{path} is not a text file") from err
 
 
+class _UniqueKeys(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (the later one silently
+    won: a run with ``method: erm`` and then ``method: vat`` trained VAT under the name
+    erm); a key a merge (``<<: *defaults``) brings may still be given again."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, str | int | float | bool) and key in seen:
+                first = f" (first on line {seen[key]})" if seen[key] != line else ""
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"{key!r} given twice in one mapping{first}",
+                    key_node.start_mark)
+            seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml(path: Path, what: str = "YAML file") -> Any:
-    """A YAML file's content; a syntax error is one line naming the file and the line."""
+    """A YAML file's content; a syntax error or a key given twice in a mapping is one line
+    naming the file and the line."""
     text = read_text(path, what)
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_UniqueKeys)  # noqa: S506  (a SafeLoader)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""

@@ -211,6 +211,8 @@ def _check_eval_settings(suite: dict[str, Any], runs: list[dict[str, Any]],
         _check_energy(suite, run)
         if run.get("eval", True) is not False:
             ev = {**(suite.get("eval") or {}), **(run.get("eval") or {})}
+            _check_count((suite.get("eval") or {}).get("n"), f"{where}: eval.n")
+            _check_count((run.get("eval") or {}).get("n"), f"{where} run {run['name']}: eval.n")
             try:
                 _check_eval(ev, cfg)
             except UserError as err:  # blamed on the suite's block when it fails alone
@@ -222,6 +224,13 @@ def _check_eval_settings(suite: dict[str, Any], runs: list[dict[str, Any]],
                 _check_eval(spec, cfg)
         except UserError as err:
             raise UserError(f"{where}: autoattack.eval: {err}") from None
+
+
+def _check_count(n: object, name: str) -> None:
+    """A number of test images: None (all) or an integer >= 1 (-1 measured all but one)."""
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise UserError(f"{name} must be a number of test images (1 or more; leave it out "
+                        f"for all), got {n!r}")
 
 
 def _check_eval(ev: dict[str, Any], cfg: TrainConfig, quiet: bool = False) -> bool:
@@ -285,12 +294,16 @@ def _check_energy(suite: dict[str, Any], run: dict[str, Any]) -> None:
     en = run["energy"] if "energy" in run else suite.get("energy")
     if not en:
         return
-    where = f"{suite.get('path', suite['suite'])} run {run['name']}: energy"
+    where = suite.get("path", suite["suite"]) + (f" run {run['name']}" if "energy" in run
+                                                  else "") + ": energy"
     takes = set(inspect.signature(energy_report).parameters) - {"model", "x", "y"} | {"n"}
     if not isinstance(en, dict) or set(en) - takes or "eps" not in en:
+        wrong = f" (not {', '.join(map(str, sorted(set(en) - takes)))})" \
+            if isinstance(en, dict) and set(en) - takes else ""
         raise UserError(f"{where} must be a mapping with eps and any of "
-                        f"{', '.join(sorted(takes - {'eps'}))}, got {en!r}")
+                        f"{', '.join(sorted(takes - {'eps'}))}{wrong}, got {en!r}")
     try:
+        _check_count(en.get("n"), "n")  # (named as the block: where)
         check_settings(en["eps"], en.get("T", 16), en.get("M", 16), en.get("S", 20), "max",
                        en.get("norm", "l2"), warn=False)
     except UserError as err:
