@@ -13,7 +13,7 @@ import erat.fit.loop
 from erat.cli import main
 from erat.config import TrainConfig
 from erat.evaluate import evaluate
-from erat.fit.guard import catastrophic, overfitting_epoch, stuck
+from erat.fit.guard import catastrophic, guard, overfitting_epoch, stuck
 from erat.train import train
 
 
@@ -34,6 +34,16 @@ def test_collapse_while_fgsm_holds_is_flagged():
     assert catastrophic({"val_robust_acc": 0.0, "val_fgsm_acc": 0.9}, []) is None
     assert overfitting_epoch([{"epoch": 1}, {"epoch": 2, "catastrophic_overfitting": True},
                               {"epoch": 3, "catastrophic_overfitting": True}]) == 2
+
+
+def test_erm_is_not_flagged():
+    """ERM trains on no perturbed input: its validation PGD accuracy falling while FGSM's holds
+    is ordinary non-robust training (a suite flagged ERM with val_eps 1.0)."""
+    history, row = _rows([(0.26, 0.45), (0.25, 0.50)]), {"val_robust_acc": 0.1,
+                                                        "val_fgsm_acc": 0.5}
+    y = torch.arange(10)
+    assert "catastrophic" in guard(nn.Identity(), None, y, dict(row), history)
+    assert guard(nn.Identity(), None, y, dict(row), history, perturbed=False) is None
 
 
 def test_a_model_at_chance_is_flagged_once():

@@ -22,12 +22,13 @@ STUCK_MARGIN = 0.02  # "at chance": at most the largest class share plus this
 
 
 def guard(model: nn.Module, xu: Tensor | None, y: Tensor, row: dict[str, Any],
-          history: list[dict[str, Any]]) -> str | None:
+          history: list[dict[str, Any]], perturbed: bool = True) -> str | None:
     """A warning, or None: the predictions on unlabeled data pile into one class (its share
     over ``COLLAPSE_SHARE`` times the largest class share among the labels), the
     validation accuracy falls ``VAL_DROP`` below its best, or catastrophic overfitting
-    (:func:`catastrophic`). Adds ``unlabeled_max_share`` and ``catastrophic_overfitting`` to
-    ``row`` where they apply."""
+    (:func:`catastrophic`; only for a method that trains on perturbed inputs, ``perturbed``:
+    ERM's robust accuracy falling as it trains is no failure of a search). Adds
+    ``unlabeled_max_share`` and ``catastrophic_overfitting`` to ``row`` where they apply."""
     out = []
     chance = torch.bincount(y).max().item() / len(y)  # the largest class share of the labels
     if xu is not None:
@@ -50,7 +51,7 @@ def guard(model: nn.Module, xu: Tensor | None, y: Tensor, row: dict[str, Any],
         out.append(f"validation accuracy has stayed at chance ({row['val_clean_acc']:.3f}) "
                    f"for the first {STUCK_EPOCHS} epochs: the model is not learning (try a "
                    "smaller --lr, or a smaller radius)")
-    co = catastrophic(row, history)
+    co = catastrophic(row, history) if perturbed else None
     if co:
         row["catastrophic_overfitting"] = True
         out.append(co)

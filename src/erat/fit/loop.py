@@ -241,7 +241,8 @@ class Loop:
                             self.device, getattr(self.method, "norm", "l2"))
         if self.data.test is not None:
             row["test_acc"] = clean_accuracy(self.model, *self.data.test)
-        warning = guard(self.model, self.xu, self.y, row, self.history)
+        warning = guard(self.model, self.xu, self.y, row, self.history,
+                        perturbed=getattr(self.method, "eps", None) is not None)
         if warning:
             row["guard"] = warning
             self.log(f"erat: warning: {warning}")
