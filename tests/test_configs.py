@@ -267,3 +267,16 @@ def test_a_merged_key_may_be_given_again():
 
     path = Path(__file__).parents[1] / "src" / "erat" / "configs" / "mnist-subset.yaml"
     assert read_yaml(path)["runs"]
+
+
+def test_fractions_in_files_are_numbers():
+    """``eps: 8/255`` in a YAML file was refused (a number, got '8/255') though the flag takes
+    it; config.yaml records the number."""
+    from erat.config import resolve
+    from erat.errors import UserError
+
+    cfg = resolve([({"method": "fast-at", "eps": "8/255", "val_eps": "4/255"}, "c.yaml")])
+    assert cfg.method_params["eps"] == 8 / 255 and cfg.fit.val_eps == 4 / 255
+    assert cfg.to_dict()["method_params"]["eps"] == 8 / 255
+    with pytest.raises(UserError, match=r"c.yaml: eps must be a number, got '8/0'"):
+        resolve([({"method": "fast-at", "eps": "8/0"}, "c.yaml")])

@@ -31,10 +31,17 @@ from erat.datasets import dataset_names, is_embedded
 from erat.datasets.own import check_options
 from erat.distributed import world_size
 from erat.errors import UserError
-from erat.fields import check_types, flag, flagged, integer, param
+from erat.fields import check_types, flag, flagged, integer, param, read_numbers
 from erat.files import read_yaml
 from erat.fit import FitOptions
-from erat.methods import build_method, method_flags, method_names, method_params, reserve
+from erat.methods import (
+    METHODS,
+    build_method,
+    method_flags,
+    method_names,
+    method_params,
+    reserve,
+)
 from erat.models import check_kwargs, model_names
 
 RENAMED = {"epoch_steps": "epoch_updates", "warmup_steps": "warmup_updates",
@@ -97,7 +104,11 @@ class TrainConfig:
         unknown = set(d) - own - fit
         if unknown:
             raise UserError(f"unknown configuration key(s): {', '.join(sorted(unknown))}")
-        options = {k: v for k, v in d.items() if k in fit}  # (FitOptions checks their types)
+        options = read_numbers(FitOptions, {k: v for k, v in d.items() if k in fit})
+        # (FitOptions checks their types; texts such as 8/255 are read as numbers, here and
+        # in a method's parameters, so that config.yaml records the number)
+        if isinstance(d.get("method_params"), dict) and d.get("method") in METHODS:
+            d = {**d, "method_params": read_numbers(METHODS[d["method"]], d["method_params"])}
         return cls(**{k: v for k, v in d.items() if k in own}, fit=FitOptions(**options))
 
     def to_dict(self) -> dict[str, Any]:

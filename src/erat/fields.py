@@ -16,6 +16,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -223,6 +224,21 @@ def choice(name: str, value: str, options: Iterable[str]) -> None:
     options = tuple(options)
     if value not in options:
         raise UserError(f"{name} must be one of {', '.join(options)}, got {value!r}")
+
+
+def read_numbers(cls: Any, values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` with each text given to a number field of the dataclass ``cls`` read as
+    :func:`number` reads a flag (``eps: 8/255`` in a YAML file, as ``--eps 8/255``); other
+    texts are left for :func:`check_types` to refuse."""
+    hints = typing.get_type_hints(cls)
+    out = dict(values)
+    for name, value in values.items():
+        hint = hints.get(name)
+        if isinstance(value, str) and hint is not None and _is(1.5, hint) \
+                and not _is("text", hint):
+            with contextlib.suppress(argparse.ArgumentTypeError):
+                out[name] = number(value.strip())
+    return out
 
 
 def check_types(cls: Any, values: Mapping[str, Any] | None = None) -> None:

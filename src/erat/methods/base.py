@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from erat.errors import UserError
-from erat.fields import FlagSpec, check_types, flag_specs, init_fields, param  # noqa: F401  (param: re-export)
+from erat.fields import FlagSpec, check_types, flag_specs, init_fields, param, read_numbers  # noqa: F401  (param: re-export)
 from erat.inputs import images, labels
 from erat.registry import Registry
 from erat.search import STEP_RULE
@@ -173,6 +173,7 @@ def build_method(name: str, **params: Any) -> Method:
         flags = ", ".join("--" + k.replace("_", "-") for k in sorted(unknown))
         takes = ", ".join(sorted(method_params(name))) or "nothing"
         raise UserError(f"method {name!r} takes no {flags}; it takes: {takes}")
+    params = read_numbers(cls, params)  # (eps: 8/255 in a YAML file)
     check_types(cls, params)  # (a YAML 'no' in quotes is a truthy string)
     return cls(**params)
 
