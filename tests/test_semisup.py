@@ -367,3 +367,16 @@ def test_the_guard_reads_the_validation_accuracy():
     assert _guard(model, None, y, {"val_clean_acc": 0.83}, history) is None
     warning = _guard(model, None, y, {"val_clean_acc": 0.70}, history)
     assert "validation accuracy fell to 0.700 from its best 0.850" in warning
+
+
+def test_er_at_its_semi_supervised_defaults_says_it_is_vat(tmp_path):
+    """At T 1, M 1, S 0 and lam 0 ER's loss is VAT's (METHOD.md 3c): a user comparing them
+    at the defaults compares VAT with itself, and training says so."""
+    logs: list[str] = []
+    train(_cfg(method="er", method_params={"eps": 1.0}, labels=20, epoch_updates=1),
+          tmp_path / "a", log=logs.append)
+    assert any("ER's loss is VAT's" in m for m in logs)
+    logs.clear()
+    train(_cfg(method="er", method_params={"eps": 1.0, "S": 1}, labels=20, epoch_updates=1),
+          tmp_path / "b", log=logs.append)
+    assert not any("VAT's" in m for m in logs)

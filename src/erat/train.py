@@ -211,6 +211,8 @@ def _split(cfg: TrainConfig, method: Method, x: Tensor, y: Tensor, run: RunDir |
     if cfg.labels is not None:
         if method.uses_unlabeled:
             log(f"semi-supervised: {len(labeled)} labeled, {len(unlabeled)} unlabeled")
+            if note := getattr(method, "training_note", lambda semi: None)(True):
+                log(note)
         else:  # (the unlabeled set still sets the epoch's length: erat.fit.sampler)
             log(f"method {cfg.method!r} uses no unlabeled data: training on the "
                 f"{len(labeled)} labeled examples only; an epoch is a semi-supervised "

@@ -110,6 +110,15 @@ class ER:
 
     searches_after_clean = True  # (the clean pass waits across the search: erat.graphs)
 
+    def training_note(self, semi: bool) -> str | None:
+        """What to know of these settings before training (:func:`erat.train.train` logs
+        it): at the semi-supervised defaults ER's loss is VAT's (METHOD.md 3c)."""
+        if semi and self.T == 1 and self.M == 1 and self.steps(True) == 0 \
+                and not self.lam and self.estimator == "variation" and self.ramp == 0:
+            return ("note: semi-supervised at T 1, M 1, S 0 and lam 0 (the defaults), ER's "
+                    "loss is VAT's (METHOD.md 3c); --S 1, --T 2 or --M 2 make it differ")
+        return None
+
     @property
     def uses_unlabeled(self) -> bool:
         """Unlabeled inputs are read only for the virtual form (``lam_u > 0``) or EntMin."""
