@@ -380,3 +380,17 @@ def test_er_at_its_semi_supervised_defaults_says_it_is_vat(tmp_path):
     train(_cfg(method="er", method_params={"eps": 1.0, "S": 1}, labels=20, epoch_updates=1),
           tmp_path / "b", log=logs.append)
     assert not any("VAT's" in m for m in logs)
+
+
+def test_eval_and_report_say_a_run_was_semi_supervised(tmp_path, capsys):
+    from erat.cli import main
+
+    run = tmp_path / "semi"
+    train(_cfg(method="vat", method_params={"eps": 1.0}, labels=20, epoch_updates=1), run,
+          log=lambda _: None)
+    assert main(["eval", str(run), "--n", "8", "--steps", "1", "--no-checks", "--json",
+                 str(run / "eval.json")]) == 0
+    out = capsys.readouterr().out
+    assert "trained semi-supervised on 20 labels" in out and "(1 restart, each" in out
+    assert main(["report", str(run), "--out", str(tmp_path / "rep")]) == 0
+    assert "| run | method | trained at | labels | clean |" in capsys.readouterr().out

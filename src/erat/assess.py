@@ -128,9 +128,7 @@ def evaluate_run(path: Path | None, cfg: EvalConfig, *, n: int | None, data_dir:
     state = got.state(f"eval-{cfg.labels[-1]}-{cfg.norm}")
     folder = RunDir(path) if path is not None and state is not None \
         and state.parent == Path(path) else None
-    trained = _trained_threat(path)  # (None for a model from outside erat)
-    record = {**got.record, **({"trained": {"norm": trained[0], "eps": trained[1]}}
-                               if trained else {})}  # (format_result notes another norm)
+    record = {**got.record, **_trained_record(path)}  # (format_result notes another norm)
     with folder.lock() if folder is not None else nullcontext():  # (one writer of its state)
         if state is not None and fresh:
             state.unlink(missing_ok=True)
@@ -174,6 +172,15 @@ def _trained_threat(path: Path | None) -> tuple[str, float] | None:
     return None if config is None else trained_ball(config)
 
 
+def _trained_record(path: Path | None) -> dict[str, Any]:
+    """``{"trained": ...}``: the run's training ball and, semi-supervised, its number of
+    labels, for the result's ``threat`` (none for a model from outside erat)."""
+    trained = _trained_threat(path)
+    labels = (_config(path) or {}).get("labels")
+    out = {"norm": trained[0], "eps": trained[1]} if trained else {}
+    return {"trained": {**out, "labels": labels} if labels else out} if out or labels else {}
+
+
 def _config(path: Path | None) -> dict[str, Any] | None:
     """The ``config.yaml`` of a run folder (or of its model.pt's folder); None without one."""
     if path is None:
@@ -198,6 +205,8 @@ def format_result(result: dict[str, Any]) -> str:
         *([how] if how else []),
         *([f"note: the run was trained in {norm_name(trained['norm'])} at {trained['eps']:g}, "
            f"and is evaluated in {norm_name(threat['norm'])} (--norm)"] if other else []),
+        *([f"trained semi-supervised on {trained['labels']} labels"]
+          if trained.get("labels") else []),
         *(["resumed: the saved per-example results of an earlier eval of these settings, "
            "data and weights were used (--fresh starts over)"] if result.get("resumed")
           else []),

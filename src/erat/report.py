@@ -263,7 +263,7 @@ _ROBUST_KEY = re.compile(  # (an attack's name may hold hyphens: rs-fgsm-l2-eps0
 _ENERGY_KEY = re.compile(r"^energy-(l2|linf)-eps([0-9.e+-]+)$")  # erat report's energy column
 # the columns of a short table: these first, the robust accuracies, then those after
 _FIRST = {"name": "run", "run": "run", "method": "method", "trained": "trained at",
-          "budget": "budget", "radius": "radius", "clean_acc": "clean"}
+          "labels": "labels", "budget": "budget", "radius": "radius", "clean_acc": "clean"}
 _LAST = {"val_robust_acc": "val. robust", "energy_mean": "energy",
          "train_s_per_epoch": "s/epoch", "checks_failed": "failed checks",
          "catastrophic_overfitting_epoch": "overfitting at epoch"}
@@ -496,7 +496,8 @@ def _energy_column(energy: object) -> dict[str, float]:
 
 
 def _run_row(run: Path, name: str, result: dict) -> dict:
-    """The report's row of a run folder: its name, method and training ball (``config.yaml``),
+    """The report's row of a run folder: its name, method, training ball and labels
+    (semi-supervised; ``config.yaml``),
     test images, accuracies, mean energy (``energy.json``, when measured, keyed by its ball),
     failed checks, and what the training guard flagged."""
     from erat.methods import trained_ball
@@ -508,7 +509,7 @@ def _run_row(run: Path, name: str, result: dict) -> dict:
     energy = read_json(run / RunDir.ENERGY, "energy result") \
         if (run / RunDir.ENERGY).is_file() else {}
     return {"run": name, "method": config.get("method"),
-            "trained": ball_name(*ball) if ball else None,
+            "trained": ball_name(*ball) if ball else None, "labels": config.get("labels"),
             "n": result["threat"].get("n"),
             "clean_acc": result["clean_acc"], **result["robust_acc"],
             **_energy_column(energy),

@@ -36,7 +36,8 @@ class PGDAttack:
         return search.pgd_step_size(eps, self.steps, self.step_size)
 
     def describe(self) -> str:
-        return f"PGD on cross-entropy ({self.restarts} restart(s), each on the survivors)"
+        runs = "1 restart" if self.restarts == 1 else f"{self.restarts} restarts"
+        return f"PGD on cross-entropy ({runs}, each on the survivors)"
 
     def threat_info(self, eps: tuple[float, ...]) -> dict:
         return {"steps": self.steps, "step_size": {f"{e:g}": self.step(e) for e in eps},
