@@ -413,3 +413,20 @@ def test_the_attacks_know_every_flag_of_eval():
     sub = next(a for a in build_parser(["eval"])._actions
                if isinstance(getattr(a, "choices", None), dict)).choices["eval"]
     assert {a.dest for a in sub._actions} - set(attack_flags()) == EVAL_FLAGS
+
+
+def test_report_notes_energies_measured_differently(digits_run, tmp_path, capsys):
+    """An energy of T 16 beside one of T 4 looked comparable in one column."""
+    import shutil
+
+    runs = [tmp_path / "a", tmp_path / "b"]
+    for run, T in zip(runs, ("2", "4"), strict=True):
+        shutil.copytree(digits_run, run)
+        assert main(["eval", str(run), "--n", "5", "--steps", "1", "--no-checks", "--json",
+                     str(run / "eval.json")]) == 0
+        assert main(["energy", str(run), "--eps", "0.5", "--n", "5", "--T", T, "--M", "1",
+                     "--S", "0", "--json", str(run / "energy.json")]) == 0
+    capsys.readouterr()
+    assert main(["report", *map(str, runs), "--out", str(tmp_path / "rep")]) == 0
+    assert "note: the energies were measured with different settings (n 5, T 2, M 1, S 0; " \
+        "n 5, T 4, M 1, S 0;" in capsys.readouterr().out

@@ -444,6 +444,10 @@ def report_runs(runs: Sequence[Path], out: Path, *, eval_name: str = "eval.json"
     if len(sizes) > 1:
         log(f"note: the runs were evaluated on different numbers of test images "
             f"({', '.join(map(str, sizes))}; the n column): compare with care")
+    measured = sorted({r["energy_settings"] for r in rows if r.get("energy_settings")})
+    if len(measured) > 1:  # (fewer directions or steps find a smaller energy)
+        log(f"note: the energies were measured with different settings ({'; '.join(measured)};"
+            " the energy_settings column of results.csv): compare with care")
     attack, norm = _plotted(results)
     if not any(radius_curve(r, attack=attack, norm=norm) for r in results.values()):
         raise UserError(f"no {attack}-{norm} robust accuracies in the {eval_name} of "
@@ -492,7 +496,8 @@ def _energy_column(energy: object) -> dict[str, float]:
     norm, eps = s.get("norm", "l2"), s.get("eps")
     key = robust_key("energy", norm, eps) if isinstance(eps, int | float) else \
         f"energy-{norm}-eps?"  # (the robust accuracies' key format, for the same ball)
-    return {key: energy["energy_mean"]}
+    how = ", ".join(f"{k} {s[k]}" for k in ("n", "T", "M", "S") if k in s)
+    return {key: energy["energy_mean"], **({"energy_settings": how} if how else {})}
 
 
 def _run_row(run: Path, name: str, result: dict) -> dict:
