@@ -80,7 +80,8 @@ def radius_curve(result: Mapping, *, attack: str = "pgd", norm: str = "l2"
 def accuracy_vs_radius(results: Mapping[str, Mapping], out: Path, *, attack: str = "pgd",
                        norm: str = "l2") -> list[Path]:
     """One line per run (label -> evaluation result) of accuracy against the ``norm`` radius
-    for ``attack`` (``robust_acc`` keys ``"<attack>-<norm>-eps<eps>"``). Returns the paths."""
+    for ``attack`` (``robust_acc`` keys ``"<attack>-<norm>-eps<eps>"``), titled with the
+    test images measured and, without AutoAttack, as an upper bound. Returns the paths."""
     curves = {label: radius_curve(r, attack=attack, norm=norm) for label, r in results.items()}
     if not any(curves.values()):
         raise ValueError(f"no {attack}-{norm} robust accuracies in any of {list(results)}")
@@ -96,7 +97,13 @@ def accuracy_vs_radius(results: Mapping[str, Mapping], out: Path, *, attack: str
     ax.set_xlabel(f"{norm_name(norm)} radius eps (pixels in [0, 1])")
     ax.set_ylabel("accuracy")
     ax.set_ylim(-0.02, 1.02)
-    ax.set_title(f"robust accuracy under {attack_name(attack)}-{norm_name(norm)}")
+    sizes = sorted({int(r["threat"]["n"]) for r in results.values()
+                    if isinstance((r.get("threat") or {}).get("n"), int)})
+    bound = "autoattack" not in attack and attack != "all"  # (a white-box search alone)
+    ax.set_title(f"robust accuracy under {attack_name(attack)}-{norm_name(norm)}"
+                 + (" (an upper bound)" if bound else "")
+                 + (f"\n{'/'.join(map(str, sizes))} test images" if sizes else ""),
+                 fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend()
     return _save(fig, out)
