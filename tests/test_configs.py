@@ -247,6 +247,8 @@ eval: {attack: pgd, eps: [0.5], steps: 2%s}
     ("", "", "energy: {eps: 1.0, nn: 5}", "s.yaml: energy must be a mapping with eps and any "
                                           "of M, S, T"),
     ("", "", "energy: {eps: 1.0, n: -3}", "s.yaml: energy: n must be a number of test images"),
+    (", esp: 1.0", "", "", "s.yaml run erm: unknown setting 'esp'; did you mean 'eps'?"),
+    ("", "", "defaults: {method: vatt}", "not valid YAML ('defaults' given twice"),
 ])
 def test_suite_mistakes_are_refused_before_training(tmp_path, capsys, run, ev, extra, says):
     """Each passed silently (a key given twice: the later won, so the run named erm trained
@@ -280,3 +282,12 @@ def test_fractions_in_files_are_numbers():
     assert cfg.to_dict()["method_params"]["eps"] == 8 / 255
     with pytest.raises(UserError, match=r"c.yaml: eps must be a number, got '8/0'"):
         resolve([({"method": "fast-at", "eps": "8/0"}, "c.yaml")])
+
+
+def test_an_unknown_method_in_a_suite_names_the_run(tmp_path, capsys):
+    from erat.cli import main
+
+    (tmp_path / "s.yaml").write_text((SUITE % ("", "", "")).replace("method: erm",
+                                                                     "method: vatt"))
+    assert main(["reproduce", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "o")]) == 2
+    assert "s.yaml run erm: unknown method 'vatt'; choose one of" in capsys.readouterr().err

@@ -20,6 +20,7 @@ import copy
 import dataclasses
 import itertools
 import math
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -168,7 +169,8 @@ def _did_you_mean(key: str) -> str:
     import difflib
 
     names = sorted(config_fields() | method_keys())
-    close = difflib.get_close_matches(key.replace("-", "_"), names, n=1, cutoff=0.75)
+    close = difflib.get_close_matches(key.replace("-", "_"), names, n=1, cutoff=0.75) or \
+        [n for n in names if sorted(n) == sorted(key) and len(n) > 2][:1]  # (esp: eps)
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
@@ -224,7 +226,8 @@ def resolve(layers: Sequence[tuple[dict[str, Any], str]], saved: dict[str, Any] 
     try:
         build_method(cfg.method, **cfg.method_params)
     except UserError as err:  # (a parameter the method does not take: where it was given)
-        foreign = sorted(set(cfg.method_params) - set(method_params(cfg.method)))
+        foreign = sorted(set(cfg.method_params) - set(method_params(cfg.method))) \
+            if cfg.method in METHODS else []
         raise _sourced(err, layers, foreign[0] if foreign else "method") from None
     return cfg
 
@@ -238,7 +241,8 @@ def _sourced(err: UserError, layers: Sequence[tuple[dict[str, Any], str]],
     Unchanged when no layer gave it."""
     key, _, rest = str(err).partition(" ")
     named = rest.startswith("must ")
-    key = key if named else fallback
+    unknown = re.match(r"unknown (dataset|model|method) ", str(err))  # (a registry's error)
+    key = key if named else unknown[1] if unknown and fallback is None else fallback
     for settings, source in reversed(layers):
         if key is not None and (key in settings or key in (settings.get("method_params") or {})):
             if source != "flags":
