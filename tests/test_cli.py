@@ -430,3 +430,8 @@ def test_report_notes_energies_measured_differently(digits_run, tmp_path, capsys
     assert main(["report", *map(str, runs), "--out", str(tmp_path / "rep")]) == 0
     assert "note: the energies were measured with different settings (n 5, T 2, M 1, S 0; " \
         "n 5, T 4, M 1, S 0;" in capsys.readouterr().out
+
+
+def test_energy_at_radius_zero_is_refused(digits_run, capsys):
+    code, _, err = run(["energy", digits_run, "--eps", "0"], capsys)
+    assert code == 2 and "--eps must be > 0" in err

@@ -258,6 +258,8 @@ def energy_run(path: Path | None, *, eps: float | None, T: int, M: int, S: int,
                  seed=seed)
     given = eps
     norm, eps = energy_ball(path, norm, eps)
+    if eps == 0:
+        raise UserError("--eps must be > 0: the energy in a ball of radius 0 is 0")
     try:
         check_settings(eps, T, M, S, "max", norm)
     except UserError as err:  # (named as the flags: --T, --eps)
@@ -293,7 +295,9 @@ def format_report(result: dict) -> str:
             "virtual_energy_mean")
     s = result.get("settings") or {}
     total = s.get("n_total")
-    ball = (f"ball: {norm_name(str(s.get('norm')))} radius {s.get('eps')}"
+    eps = s.get("eps")
+    ball = (f"ball: {norm_name(str(s.get('norm')))} radius "
+            f"{f'{eps:g}' if isinstance(eps, int | float) else eps}"
             + (" (the run's training ball)" if s.get("trained_ball") else "")
             + f", T {s.get('T')}, M {s.get('M')}, S {s.get('S')}")
     return "\n".join([f"examples: {result['n']}" + (f" of {total}" if total else ""), ball,

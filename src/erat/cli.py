@@ -240,7 +240,7 @@ def _add_reproduce(p: argparse.ArgumentParser) -> None:
     from erat.config import suite_names
 
     p.add_argument("suite", help=f"{', '.join(suite_names())}, or a YAML file")
-    p.add_argument("--out", type=path, help="report folder (default: runs/SUITE)")
+    p.add_argument("--out", type=path, help="report folder (default: runs/<suite or file name>)")
     p.add_argument("--data-dir", help="folder holding the dataset files")
     p.add_argument("--device", help="auto, cpu, cuda, ... (default: the suite's)")
     p.add_argument("--only", help="comma-separated run names to train and evaluate (the "

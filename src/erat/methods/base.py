@@ -171,8 +171,9 @@ def build_method(name: str, **params: Any) -> Method:
     unknown = set(params) - set(method_params(name))
     if unknown:
         flags = ", ".join("--" + k.replace("_", "-") for k in sorted(unknown))
-        takes = ", ".join(sorted(method_params(name))) or "nothing"
-        raise UserError(f"method {name!r} takes no {flags}; it takes: {takes}")
+        takes = ", ".join(sorted(method_params(name)))
+        raise UserError(f"method {name!r} takes no {flags}; "
+                        + (f"it takes: {takes}" if takes else "it has no parameters"))
     params = read_numbers(cls, params)  # (eps: 8/255 in a YAML file)
     check_types(cls, params)  # (a YAML 'no' in quotes is a truthy string)
     return cls(**params)
