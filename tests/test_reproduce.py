@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -444,3 +445,22 @@ def test_a_landscape_index_past_the_test_set_is_said_not_drawn(tmp_path):
                (torch.zeros(3, 1, 8, 8), torch.zeros(3)), {"landscape_index": 3}, lines.append)
     assert lines == ["landscape not drawn: plots.landscape_index 3 is past the 3 test images"]
     assert not list(tmp_path.iterdir())
+
+
+def test_a_changed_evaluation_keeps_the_earlier_result(tmp_path, capsys):
+    """Changing a suite's eval and running it again replaced eval.json without a word."""
+    from erat.cli import main
+
+    text = ("suite: t\ndefaults: {dataset: digits, model: mlp, epochs: 1, epoch_updates: 2, "
+            "progress: false}\nruns:\n  - {name: erm, method: erm}\n"
+            "eval: {attack: pgd, eps: [0.5], steps: 1, sanity_n: 0, n: %d}\n")
+    suite, out = tmp_path / "s.yaml", tmp_path / "out"
+    suite.write_text(text % 20)
+    assert main(["reproduce", str(suite), "--out", str(out)]) == 0
+    suite.write_text(text % 10)
+    capsys.readouterr()
+    assert main(["reproduce", str(suite), "--out", str(out)]) == 0
+    assert "[erm] eval.json held other settings or weights: replaced, the earlier one kept " \
+        "as eval.previous.json" in capsys.readouterr().out
+    kept = json.loads((out / "runs" / "erm" / "eval.previous.json").read_text())
+    assert kept["threat"]["n"] == 20

@@ -397,7 +397,7 @@ def run_one(suite: dict[str, Any], run: dict[str, Any], cfg: TrainConfig, folder
 
             energy = folder.cached(RunDir.ENERGY, {**en, "n": ne},
                                    _not_ready(folder, RunDir.ENERGY) if report_only
-                                   else measure)
+                                   else measure, log)
         if run.get("eval_last") and ((folder / RunDir.MODEL_LAST).exists() or (
                 folder.weights_dropped() and (folder / "eval-last.json").exists())):
             res_last = _cached_eval(folder, "eval-last.json", x, y, ev, n, log, report_only,
@@ -465,7 +465,7 @@ def _cached_eval(folder: RunDir, file: str, x: Any, y: Any, ev: dict[str, Any],
                                     "run": folder.path.name, "file": file}, **ev)
 
     return folder.cached(file, {**ev, "n": n}, _not_ready(folder, file) if report_only
-                         else compute)
+                         else compute, log)
 
 
 def _validation(folder: RunDir, meta: dict[str, Any]) -> dict[str, Any]:

@@ -324,11 +324,15 @@ class RunDir:
             raise UserError(f"{path} is unreadable or not erat's ({first_line(err)})") from err
 
     # --- cached results ----------------------------------------------------------------
-    def cached(self, name: str, settings: dict[str, Any], compute: Callable[[], dict]) -> dict:
+    def cached(self, name: str, settings: dict[str, Any], compute: Callable[[], dict],
+               log: Callable[[str], None] | None = None) -> dict:
         """``compute()``, or the result saved in ``name`` by an earlier call with the same
-        ``settings`` on the same weights (their SHA-256); anything else is recomputed."""
+        ``settings`` on the same weights (their SHA-256); anything else is recomputed, and a
+        result of other settings is kept beside as ``<name>.previous.json`` (said to
+        ``log``): a suite whose evaluation changed replaced its figures without a word."""
         key = {"weights_sha256": self.weights_sha256(), "settings": _jsonable(settings)}
         path = self.path / name
+        saved = None
         if path.exists():
             try:
                 saved = json.loads(path.read_text())
@@ -337,6 +341,12 @@ class RunDir:
             if isinstance(saved, dict) and saved.get("cache_key") == key:
                 return saved
         result = {**compute(), "cache_key": key}
+        if isinstance(saved, dict):
+            kept = path.with_suffix(".previous.json")
+            atomic_write_json(saved, kept)
+            if log is not None:
+                log(f"[{self.path.name}] {name} held other settings or weights: replaced, "
+                    f"the earlier one kept as {kept.name}")
         atomic_write_json(result, path)
         return result
 
