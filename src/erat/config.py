@@ -75,7 +75,8 @@ class TrainConfig:
         "help": 'model options as JSON, e.g. \'{"width": 16}\''})
     method: str = param("erm", "training method")
     method_params: dict[str, Any] = field(default_factory=dict, metadata={"flag": False})
-    labels: int | None = param(None, "semi-supervised: keep N balanced labels")
+    labels: int | None = param(None, "semi-supervised: keep N labels, balanced over the "
+                                     "classes (drawn with --seed), the rest unlabeled")
     val: int | None = param(None, "hold out N training images for validation")
     val_seed: int = param(0, "seed of the validation hold-out (not --seed: every run holds "
                              "out the same images)")

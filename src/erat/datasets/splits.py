@@ -60,8 +60,10 @@ def labeled_split(y: Tensor, n_labels: int, seed: int, exclude: Tensor | None = 
     unlabeled; indices in ``exclude`` (a validation hold-out) are in neither."""
     y = torch.as_tensor(y).reshape(-1).cpu()
     if exclude is None or len(exclude) == 0:
-        if not 1 <= n_labels <= len(y):
-            raise DataError(f"--labels must be between 1 and {len(y)}, got {n_labels}")
+        least = len(torch.unique(y))  # (one per class)
+        if not 1 <= n_labels <= len(y):  # (fewer than the classes: said below)
+            raise DataError(f"--labels must be between {least} (one per class) and {len(y)}, "
+                            f"got {n_labels}")
         _every_class_labeled(y, n_labels)
         try:
             return balanced_split(y, n_labels, seed)
@@ -70,9 +72,10 @@ def labeled_split(y: Tensor, n_labels: int, seed: int, exclude: Tensor | None = 
     keep = torch.ones(len(y), dtype=torch.bool)
     keep[exclude] = False
     pool = torch.nonzero(keep).flatten()
+    least = len(torch.unique(y[pool]))
     if not 1 <= n_labels <= len(pool):
-        raise DataError(f"--labels must be between 1 and {len(pool)} (after --val), got "
-                        f"{n_labels}")
+        raise DataError(f"--labels must be between {least} (one per class) and {len(pool)} "
+                        f"(after --val), got {n_labels}")
     _every_class_labeled(y[pool], n_labels)
     try:
         labeled, unlabeled = balanced_split(y[pool], n_labels, seed)
