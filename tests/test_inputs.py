@@ -91,7 +91,7 @@ def test_linf_evaluation_without_radii_is_refused(data):
 
 @pytest.mark.parametrize("bad, message", [
     (lambda x, y: DataLoader(TensorDataset(x, y)), "got DataLoader"),
-    (lambda x, y: TensorDataset(x, y), "got TensorDataset (a TensorDataset's tensors"),
+    (lambda x, y: TensorDataset(x, y), "got TensorDataset (a TensorDataset's: ds.tensors"),
     (lambda x, y: (x, y, y), "an (x, y) pair of tensors, got tuple"),
 ])
 def test_fit_names_what_it_takes(data, bad, message):

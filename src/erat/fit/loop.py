@@ -76,7 +76,8 @@ def fit(
     if not isinstance(data, FitData | tuple | list) or (not isinstance(data, FitData)
                                                         and len(data) != 2):
         raise TypeError(f"data must be FitData(x, y, ...) or an (x, y) pair of tensors, got "
-                        f"{type(data).__name__} (a TensorDataset's tensors: dataset.tensors)")
+                        f"{type(data).__name__} (a TensorDataset's: ds.tensors; a DataLoader's: "
+                        "loader.dataset.tensors)")
     data = data if isinstance(data, FitData) else FitData(*data)
     loop = Loop(model, method, data, options or FitOptions(), run_dir, log,
                 dist or distributed.Dist())
