@@ -110,6 +110,7 @@ def test_searches_run_on_frozen_parameters_and_restore_them(name, monkeypatch):
                if n != "0.bias")
 
 
+@pytest.mark.filterwarnings("ignore:.*the model is in eval mode")  # (eval mode on purpose)
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("mode", ["train", "eval", "mixed"])
 def test_mode_is_restored(name, mode):
