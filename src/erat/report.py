@@ -159,21 +159,26 @@ def landscape(models: Mapping[str, nn.Module], x: Tensor, y: Tensor, *, eps: flo
     """Loss landscape of one test image (the first of ``x`` ``[N, C, H, W]`` in ``[0, 1]``,
     label ``y[0]``) for each model side by side, in the ``norm`` ball of radius ``eps``
     (:func:`landscape_data`): top row, loss along the adversarial (PGD) and random unit
-    directions for ``t`` in ``[0, eps]``; bottom row, a contour of the loss on the plane of
-    the adversarial and one random direction. Returns the PNG and SVG paths."""
+    directions for ``t`` in ``[0, eps]``, one scale for every model; bottom row, a contour
+    of the loss on the plane of the adversarial and one random direction. Returns the PNG
+    and SVG paths."""
     if not models:
         raise ValueError("landscape needs at least one model")
     data = {name: landscape_data(m, x, y, eps=eps, n_random=n_random, points=points, grid=grid,
                                  seed=seed, norm=norm) for name, m in models.items()}
     plt = _pyplot()
     fig, axes = plt.subplots(2, len(data), figsize=(3.4 * len(data), 6.4), squeeze=False)
+    curves = [c for d in data.values() for c in (d["adv"], *d["random"])]
+    low = min(float(c.min()) for c in curves)
+    high = max(float(c.max()) for c in curves)
+    pad = 0.05 * (high - low) or 0.05  # (one scale for every model's curves: comparable)
     for col, (name, d) in enumerate(data.items()):
         top, bottom = axes[0, col], axes[1, col]
         for i, curve in enumerate(d["random"]):
             top.plot(d["t"], curve, color="0.6", lw=1, label="random" if i == 0 else None)
         top.plot(d["t"], d["adv"], color="C3", lw=2, label="adversarial")
         top.set(title=name, xlabel=f"t ({norm_name(norm)} step along unit direction)",
-                ylabel="cross-entropy")
+                ylabel="cross-entropy", ylim=(low - pad, high + pad))
         top.legend(fontsize=7)
         g, surface = d["grid"], d["surface"]
         lo, hi = surface.min().item(), surface.max().item()
