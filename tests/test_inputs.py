@@ -146,3 +146,9 @@ def test_resolve_names_what_it_takes():
 
     with pytest.raises(TypeError, match=r"a list of \(settings, source\) pairs"):
         resolve({"method": "er"})
+
+
+def test_evaluate_warns_of_an_option_no_attack_takes(data):
+    """restarts=5 beside attacks='fgsm' was dropped without a word (the CLI refuses it)."""
+    with pytest.warns(UserWarning, match="restarts: no attack of fgsm takes it; ignored"):
+        evaluate(linear(), *data, attacks="fgsm", restarts=5, eps=0.5, sanity_n=0)

@@ -66,13 +66,13 @@ def evaluate(
     (``"pgd"``, ``"pgd,autoattack"``, ``"all"``, ...), ``norm`` (``"l2"``, ``"linf"``),
     ``eps`` (radii in pixel space: a number, a list, or ``"8/255,16/255"``; in l2 default
     0.5 and 1.0, in l-inf required), ``steps``, ``restarts`` and the other attack options
-    (those of attacks not run are ignored), ``batch_size``, ``seed``, ``sanity_n`` (0: no
-    sanity checks). ``n_total``: the size of the full test set when ``x`` is a subset
-    (recorded in ``threat``). ``state_path``: per-example flags are saved there after
-    every batch and reused when the settings, data and weights match. ``extra_info`` is
-    merged into ``threat``. ``fast`` (on a GPU): the attacks run on the model captured as
-    CUDA graphs, batches padded to a few sizes (:mod:`erat.graphs`); the same function, a
-    different speed. ``progress``: a bar per stage.
+    (one that no attack run takes is ignored, with a warning), ``batch_size``, ``seed``,
+    ``sanity_n`` (0: no sanity checks). ``n_total``: the size of the full test set when
+    ``x`` is a subset (recorded in ``threat``). ``state_path``: per-example flags are saved
+    there after every batch and reused when the settings, data and weights match.
+    ``extra_info`` is merged into ``threat``. ``fast`` (on a GPU): the attacks run on the
+    model captured as CUDA graphs, batches padded to a few sizes (:mod:`erat.graphs`); the
+    same function, a different speed. ``progress``: a bar per stage.
 
     Returns a JSON-ready dict: ``clean_acc``; ``robust_acc`` and ``robust_count`` by
     :func:`~erat.attacks.robust_key` (``"pgd-l2-eps0.5"``: the stages' label, the norm, the
@@ -80,7 +80,7 @@ def evaluate(
     ``checks`` (:mod:`erat.checks`), ``checks_failed`` (their count) and ``notes``;
     ``check_settings``, ``versions``, ``resumed``, ``seconds``.
     """
-    cfg = config if config is not None else EvalConfig.build(**settings)
+    cfg = config if config is not None else EvalConfig.build(**settings, warn_unused=True)
     y = _validate_data(x, y, n_total)
     _check_installed(cfg)
     _check_square(cfg, x)

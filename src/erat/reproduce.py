@@ -459,10 +459,11 @@ def _cached_eval(folder: RunDir, file: str, x: Any, y: Any, ev: dict[str, Any],
             log(note)
         log(f"[{folder.path.name}] evaluating ({ev.get('attack', 'pgd')} at eps "
             f"{ev.get('eps')}, {n} test images) -> {file}")
-        return evaluate(folder.load_model(file=model_file), x[:n], y[:n], n_total=len(x),
+        return evaluate(folder.load_model(file=model_file), x[:n], y[:n],
+                        config=EvalConfig.build(**ev), n_total=len(x),  # (shared options: silent)
                         state_path=folder.state_path(file.removesuffix(".json")),
                         extra_info={"checkpoint_sha256": folder.weights_sha256(),
-                                    "run": folder.path.name, "file": file}, **ev)
+                                    "run": folder.path.name, "file": file})
 
     return folder.cached(file, {**ev, "n": n}, _not_ready(folder, file) if report_only
                          else compute, log)

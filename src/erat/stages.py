@@ -87,13 +87,15 @@ class EvalConfig:
 
     @classmethod
     def build(cls, attacks: str | Sequence[str] = "pgd", *, checks: bool = True,
-              strict: bool = False, **settings: Any) -> EvalConfig:
+              strict: bool = False, warn_unused: bool = False, **settings: Any
+              ) -> EvalConfig:
         """From names as a user gives them: ``attacks`` (a name, a preset such as ``all``, a
         comma-separated list or a sequence), this class's fields, and attack options;
         ``checks=False`` sets ``sanity_n = 0``. Unknown names raise ``UserError``; with
         ``strict`` (``erat eval``'s flags) so does an option that no attack run takes (a
         suite's shared settings may hold options of another run's attack), and a refused
-        setting is named as its flag."""
+        setting is named as its flag; ``warn_unused`` (:func:`erat.evaluate.evaluate`) warns
+        of such an option instead."""
         if "attack" in settings:  # the flag's and the suites' name for it
             attacks = settings.pop("attack")
         names, labels = resolve(attacks)
@@ -114,6 +116,9 @@ class EvalConfig:
             owners = [a for a in ATTACKS if unused[0] in attack_options(a)]
             raise UserError(f"{flag(unused[0])} is an option of {', '.join(owners)}, which "
                             f"--attack {','.join(names)} does not run")
+        if warn_unused and unused:  # (the library's evaluate: said, not refused)
+            warnings.warn(f"{', '.join(unused)}: no attack of {','.join(names)} takes it; "
+                          "ignored", UserWarning, stacklevel=3)
         try:
             return cls(attacks=names, labels=labels, options=options, **base)
         except UserError as err:  # (named as the flag that gave the setting)
