@@ -291,3 +291,16 @@ def test_the_plot_draws_the_attack_every_run_has(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # (a run left out of the plot warns)
         report_runs([tmp_path / "a", tmp_path / "b"], tmp_path / "rep", log=lambda *_: None)
+
+
+def test_seed_table_gives_the_spread_over_seeds():
+    from erat.report import seed_table
+
+    rows = [{"name": f"er-eps1-s{s}", "clean_acc": c, "pgd-l2-eps1": r}
+            for s, c, r in ((0, 0.9, 0.5), (1, 0.8, 0.7), (2, 0.7, None))]
+    rows.append({"name": "erm", "clean_acc": 0.99})
+    table = seed_table(rows, ["name", "clean_acc", "pgd-l2-eps1"], ["run", "clean", "PGD"])
+    assert "| runs | seeds | clean | PGD |" in table
+    assert "| er-eps1 | 0, 1, 2 | 0.800 ± 0.100 | 0.600 ± 0.141 (2) |" in table
+    assert "erm" not in table
+    assert seed_table(rows[3:], ["name", "clean_acc"], ["run", "clean"]) is None

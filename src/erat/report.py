@@ -268,6 +268,42 @@ def results_table(rows: Sequence[Mapping], columns: Sequence[str], *,
     return "\n".join(lines) + "\n"
 
 
+_SEED = re.compile(r"-s(\d+)$")  # a suite's seed suffix (erat.config.expand_runs)
+
+
+def seed_table(rows: Sequence[Mapping], keys: Sequence[str], names: Sequence[str]
+               ) -> str | None:
+    """A Markdown table of mean ± sd (sample, n - 1) over the seeds of each run that a suite
+    ran with several seeds (names ``<base>-s<seed>``), for the numeric columns among
+    ``keys`` (named ``names``): the spread a claim of a difference needs. None without
+    such runs."""
+    import statistics
+
+    groups: dict[str, list[Mapping]] = {}
+    for r in rows:
+        name = str(r.get("name") or r.get("run") or "")
+        if _SEED.search(name):
+            groups.setdefault(_SEED.sub("", name), []).append(r)
+    groups = {k: v for k, v in groups.items() if len(v) > 1}
+    numeric = [(k, n) for k, n in zip(keys, names, strict=True) if k in (
+        "clean_acc", "val_robust_acc", "energy_mean") or _ROBUST_KEY.match(k)]
+    if not groups or not numeric:
+        return None
+    lines = ["| runs | seeds | " + " | ".join(n for _, n in numeric) + " |",
+             "|---|---|" + "---|" * len(numeric)]
+    for base, group in groups.items():
+        seeds = ", ".join(_SEED.search(str(r.get("name") or r.get("run"))).group(1)
+                          for r in group)
+        cells = []
+        for k, _ in numeric:
+            v = [float(r[k]) for r in group if isinstance(r.get(k), int | float)]
+            cells.append("" if not v else f"{statistics.mean(v):.3f}" + (
+                f" ± {statistics.stdev(v):.3f}" if len(v) > 1 else "") + (
+                f" ({len(v)})" if len(v) != len(group) else ""))
+        lines.append(f"| {base} | {seeds} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 _ATTACK_NAMES = {"pgd": "PGD", "fgsm": "FGSM", "autoattack": "AutoAttack",
                  "square": "Square", "all": "PGD+AutoAttack"}
 _ROBUST_KEY = re.compile(  # (an attack's name may hold hyphens: rs-fgsm-l2-eps0.5)

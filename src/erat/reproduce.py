@@ -608,8 +608,10 @@ def write_report(suite: dict[str, Any], out: Path, rows: list[dict[str, Any]],
                 "threads": torch.get_num_threads()}
     keys, names = report.readable_columns(rows)
     short = report.results_table(rows, keys, headers=names, float_fmt="{:.3f}")
+    seeds = report.seed_table(rows, keys, names)
     text = [f"# Suite `{suite['suite']}`", "", (suite.get("description") or "").strip(), "",
             short, "",
+            *(["## Over seeds (mean ± sd)", "", seeds, ""] if seeds else []),
             *([f"Left out, not finished: {', '.join(left_out)}.", ""] if left_out else []),
             *_evaluation(out, rows, results),
             *[f"![{title}]({file}.png)\n" for title, file in figures],
