@@ -237,7 +237,8 @@ eval: {attack: pgd, eps: [0.5], steps: 2%s}
     (", seed: 3, seeds: [0, 1]", "", "", "s.yaml run erm: seed is given both as a value and "
                                          "in seeds; give one"),
     (", seeds: [0, 0]", "", "", "s.yaml run erm: seeds [0, 0] name a seed twice"),
-    (", eps: 1.0, method: er, grid: {eps: [0.5]}", "", "", "not valid YAML ('method' given"),
+    (", eps: 1.0, grid: {eps: [0.5]}", "", "", "s.yaml run erm: eps is given both as a value "
+                                                "and in grid"),
     (", lr: 0.1, grid: {lr: [0.1]}", "", "", "s.yaml run erm: lr is given both as a value and "
                                              "in grid"),
     ("", ", n: -1", "", "s.yaml: eval.n must be a number of test images (1 or more"),
@@ -263,10 +264,13 @@ def test_suite_mistakes_are_refused_before_training(tmp_path, capsys, run, ev, e
     assert not (tmp_path / "out").exists()
 
 
-def test_a_merged_key_may_be_given_again():
+def test_a_merged_key_may_be_given_again(tmp_path):
     """YAML merges (``<<: *defaults``) bring keys a mapping may override: not a duplicate."""
     from erat.files import read_yaml
 
+    (tmp_path / "m.yaml").write_text("base: &b {method: erm, lr: 0.1}\n"
+                                     "run: {<<: *b, method: er}\n")
+    assert read_yaml(tmp_path / "m.yaml")["run"] == {"method": "er", "lr": 0.1}
     path = Path(__file__).parents[1] / "src" / "erat" / "configs" / "mnist-subset.yaml"
     assert read_yaml(path)["runs"]
 

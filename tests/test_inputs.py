@@ -110,11 +110,16 @@ def test_a_method_on_an_eval_mode_model_warns_once(data, monkeypatch):
     model, method = linear().eval(), build_method("vat", eps=1.0)
     with pytest.warns(UserWarning, match="vat: the model is in eval mode"):
         method(model, Batch(*data))
+    monkeypatch.setattr(base, "_SAID_EVAL", [])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with torch.no_grad():  # (no gradients: no training step, nothing to say)
+            method(model, Batch(*data))
+    with pytest.warns(UserWarning):
+        method(model, Batch(*data))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         method(model, Batch(*data))  # (once)
-        with torch.no_grad():
-            method(model.train(), Batch(*data))
     with pytest.raises(TypeError, match=r"a method takes \(model, Batch\(x, y\)\), got tuple"):
         method(model, data)
 
@@ -152,3 +157,11 @@ def test_evaluate_warns_of_an_option_no_attack_takes(data):
     """restarts=5 beside attacks='fgsm' was dropped without a word (the CLI refuses it)."""
     with pytest.warns(UserWarning, match="restarts: no attack of fgsm takes it; ignored"):
         evaluate(linear(), *data, attacks="fgsm", restarts=5, eps=0.5, sanity_n=0)
+
+
+def test_fit_refuses_labels_past_the_outputs(data):
+    x, y = data
+    y = y.clone()
+    y[0] = 10
+    with pytest.raises(ValueError, match="FitData.y holds label 10, but the model has 10"):
+        fit(linear(), build_method("erm"), (x, y), FitOptions(epochs=1, progress=False))

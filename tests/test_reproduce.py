@@ -464,3 +464,22 @@ def test_a_changed_evaluation_keeps_the_earlier_result(tmp_path, capsys):
         "as eval.previous.json" in capsys.readouterr().out
     kept = json.loads((out / "runs" / "erm" / "eval.previous.json").read_text())
     assert kept["threat"]["n"] == 20
+
+
+def test_an_linf_suite_draws_its_landscape_at_its_largest_radius(tmp_path, capsys):
+    """The landscape's default radius, 1.0, is the whole box in l-inf (and warned of as an
+    l2 radius the user never gave): an l-inf suite draws it at its largest radius, and a
+    given one is read as a fraction and checked in l-inf before any training."""
+    from erat.cli import main
+
+    text = ("suite: t\ndefaults: {dataset: digits, model: mlp, epochs: 1, epoch_updates: 2, "
+            "progress: false}\nruns:\n  - {name: fat, method: fast-at, eps: 8/255}\n"
+            "eval: {attack: pgd, norm: linf, eps: '4/255,8/255', steps: 1, n: 10, "
+            "sanity_n: 0}\n")
+    suite, out = tmp_path / "s.yaml", tmp_path / "out"
+    suite.write_text(text + "plots: {landscape_eps: 1.5}\n")
+    assert main(["reproduce", str(suite), "--out", str(out)]) == 2
+    assert "plots.landscape_eps=1.5" in capsys.readouterr().err and not out.exists()
+    suite.write_text(text)
+    assert main(["reproduce", str(suite), "--out", str(out)]) == 0
+    assert "l-inf radius 0.0313725" in (out / "landscape.svg").read_text()

@@ -288,7 +288,7 @@ def test_methods_without_unlabeled_use_train_on_the_labels_alone(
 
 def test_an_epoch_is_a_pass_over_the_larger_set():
     """Many labels and few unlabeled images: the epoch passes over the labels (it was one
-    update an epoch, the unlabeled set's 47 images at batch 128)."""
+    update an epoch: the unlabeled set's 47 images make no whole batch of 16)."""
     cfg = _cfg(method="vat", labels=1000, batch_size=16)
     assert EpochSampler(cfg.fit, 1000, 47).updates == 1000 // 16
     assert EpochSampler(cfg.fit, 1000, 47, uses_unlabeled=False).updates == 1000 // 16
@@ -394,3 +394,31 @@ def test_eval_and_report_say_a_run_was_semi_supervised(tmp_path, capsys):
     assert "trained semi-supervised on 20 labels" in out and "(1 restart, each" in out
     assert main(["report", str(run), "--out", str(tmp_path / "rep")]) == 0
     assert "| run | method | trained at | labels | clean |" in capsys.readouterr().out
+
+
+def test_a_run_planned_with_other_epochs_is_not_resumed(tmp_path, capsys):
+    """A labels-only run started before the epoch became the unlabeled set's made one update
+    per epoch; resumed, it mixed both schedules (10 updates recorded as 20)."""
+    import json
+
+    from erat.errors import UserError
+
+    run = tmp_path / "run"
+    cfg = _cfg(method="erm", labels=20, epochs=3)
+    train(cfg, run, stop_after=1, log=lambda _: None)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    rows[0]["updates"] = 1  # (as the earlier erat made it)
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(UserError, match=r"--resume: the run made 1 updates in its first 1 "
+                                        r"epoch\(s\), and this erat plans"):
+        train(cfg, run, resume=True, log=lambda _: None)
+
+
+def test_eval_says_a_labels_only_run_is_not_semi_supervised(tmp_path, capsys):
+    from erat.cli import main
+
+    run = tmp_path / "sup"
+    train(_cfg(method="erm", labels=20, epoch_updates=1), run, log=lambda _: None)
+    assert main(["eval", str(run), "--n", "8", "--steps", "1", "--no-checks"]) == 0
+    assert "trained on 20 labels alone (its method reads no unlabeled data)" in \
+        capsys.readouterr().out

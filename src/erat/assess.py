@@ -33,6 +33,9 @@ from erat.measure import energy_report
 from erat.rundir import RunDir, open_model
 from erat.threat import Norm, ball_name, check_radius_fits, norm_name
 
+NO_MODEL = ("give a run folder (or model.pt), or a model from outside erat with --model "
+            "MODULE:FACTORY --weights FILE --dataset DATA")
+
 
 class RunInputs(NamedTuple):
     """What an evaluation of a run reads: its model (eval mode), metadata, the first ``n``
@@ -60,8 +63,7 @@ def inputs(path: Path | None, external: ExternalOptions | None, *, n: int | None
     if path is not None:
         return run_inputs(path, n=n, data_dir=data_dir, device=device)
     if external is None or external.model is None:
-        raise UserError("give a run folder (or model.pt), or a model from outside erat with "
-                        "--model MODULE:FACTORY --weights FILE --dataset DATA")
+        raise UserError(NO_MODEL)
     got = open_external(external, n=n, data_dir=data_dir, device=device, seed=seed)
     meta = {"dataset": external.dataset, "method": None}
     return RunInputs(got.model, meta, got.x, got.y, got.n_total, got.record["model_sha256"],
@@ -173,12 +175,21 @@ def _trained_threat(path: Path | None) -> tuple[str, float] | None:
 
 
 def _trained_record(path: Path | None) -> dict[str, Any]:
-    """``{"trained": ...}``: the run's training ball and, semi-supervised, its number of
-    labels, for the result's ``threat`` (none for a model from outside erat)."""
-    trained = _trained_threat(path)
-    labels = (_config(path) or {}).get("labels")
+    """``{"trained": ...}``: the run's training ball and, with ``--labels``, its number of
+    labels and whether its method read the unlabeled rest (``semi``), for the result's
+    ``threat`` (none for a model from outside erat)."""
+    from erat.methods import build_method
+
+    trained, config = _trained_threat(path), _config(path) or {}
     out = {"norm": trained[0], "eps": trained[1]} if trained else {}
-    return {"trained": {**out, "labels": labels} if labels else out} if out or labels else {}
+    if config.get("labels"):
+        try:
+            semi = build_method(config["method"], **(config.get("method_params") or {})
+                                ).uses_unlabeled
+        except (KeyError, TypeError, UserError):
+            semi = None
+        out |= {"labels": config["labels"], "semi": semi}
+    return {"trained": out} if out else {}
 
 
 def _config(path: Path | None) -> dict[str, Any] | None:
@@ -205,8 +216,9 @@ def format_result(result: dict[str, Any]) -> str:
         *([how] if how else []),
         *([f"note: the run was trained in {norm_name(trained['norm'])} at {trained['eps']:g}, "
            f"and is evaluated in {norm_name(threat['norm'])} (--norm)"] if other else []),
-        *([f"trained semi-supervised on {trained['labels']} labels"]
-          if trained.get("labels") else []),
+        *([f"trained semi-supervised on {trained['labels']} labels" if trained.get("semi")
+           is not False else f"trained on {trained['labels']} labels alone (its method "
+           "reads no unlabeled data)"] if trained.get("labels") else []),
         *(["resumed: the saved per-example results of an earlier eval of these settings, "
            "data and weights were used (--fresh starts over)"] if result.get("resumed")
           else []),
@@ -254,8 +266,10 @@ def energy_run(path: Path | None, *, eps: float | None, T: int, M: int, S: int,
         raise UserError(f"--batch-size must be >= 1, got {batch_size}")
     if json_path is not None:
         check_writable_file(json_path, "--json")
-    got = inputs(path, external, n=n, data_dir=data_dir, device=resolve_device(device),
-                 seed=seed)
+    if path is None and (external is None or external.model is None):
+        raise UserError(NO_MODEL)  # (said before the radius the model would give)
+    if path is not None and not Path(path).exists():
+        raise UserError(f"no such run folder or model file: {path}")
     given = eps
     norm, eps = energy_ball(path, norm, eps)
     if eps == 0:
@@ -264,6 +278,8 @@ def energy_run(path: Path | None, *, eps: float | None, T: int, M: int, S: int,
         check_settings(eps, T, M, S, "max", norm)
     except UserError as err:  # (named as the flags: --T, --eps)
         raise fields.flagged(err) from None
+    got = inputs(path, external, n=n, data_dir=data_dir, device=resolve_device(device),
+                 seed=seed)
     check_radius_fits(eps, norm, tuple(got.x.shape[1:]))
     result = energy_report(got.model, got.x, got.y, eps=eps, T=T, M=M, S=S,
                            batch_size=batch_size, seed=seed, norm=norm)

@@ -31,6 +31,8 @@ method).
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import difflib
 import platform
 import sys
@@ -310,6 +312,24 @@ def _check_energy(suite: dict[str, Any], run: dict[str, Any]) -> None:
         raise UserError(f"{where}: {err}") from None
 
 
+def _landscape_eps(suite: dict[str, Any]) -> object:
+    """The landscape's radius: ``plots.landscape_eps`` (a number, or a fraction as 8/255),
+    else 1.0 in l2 and in l-inf the largest radius the suite evaluates (1.0 is the whole box
+    there; 8/255 without one)."""
+    from erat.fields import number, radii
+
+    given, ev = (suite.get("plots") or {}).get("landscape_eps"), suite.get("eval") or {}
+    with contextlib.suppress(argparse.ArgumentTypeError):  # (else refused as it is)
+        given = number(given) if isinstance(given, str) else given
+    if given is not None or ev.get("norm", "l2") == "l2":
+        return 1.0 if given is None else given
+    eps = ev.get("eps")
+    with contextlib.suppress(argparse.ArgumentTypeError):
+        eps = radii(eps) if isinstance(eps, str) else eps
+    found = [e for e in (eps if isinstance(eps, list) else [eps]) if isinstance(e, int | float)]
+    return max(found, default=8 / 255)
+
+
 def _check_plots(suite: dict[str, Any]) -> None:
     """The suite's landscape settings (``plots``), before any training: they were read only
     after the suite had run and its tables were written."""
@@ -320,7 +340,8 @@ def _check_plots(suite: dict[str, Any]) -> None:
     if not isinstance(plots, dict) or set(plots) - set(known):
         raise UserError(f"{where} must be a mapping of {', '.join(known)}, got {plots!r}")
     norm = (suite.get("eval") or {}).get("norm", "l2")  # (the landscape's: the evaluation's)
-    check_radius(plots.get("landscape_eps", 1.0), norm, f"{where}.landscape_eps")
+    check_radius(_landscape_eps(suite), norm, f"{where}.landscape_eps",
+                 warn="landscape_eps" in plots)
     index = plots.get("landscape_index", 0)
     if isinstance(index, bool) or not isinstance(index, int) or index < 0:
         raise UserError(f"{where}.landscape_index must be a test image's position (0 or "
@@ -595,7 +616,8 @@ def write_report(suite: dict[str, Any], out: Path, rows: list[dict[str, Any]],
         figures.append(("accuracy vs radius", "accuracy_vs_radius"))
     plots = suite.get("plots", {}) or {}
     if plots.get("landscape", True) and test is not None and results and _landscape(
-            out, rows, results, test, {"norm": ev.get("norm", "l2"), **plots}, log):
+            out, rows, results, test, {**plots, "norm": ev.get("norm", "l2"),
+                                       "landscape_eps": _landscape_eps(suite)}, log):
         figures.append(("loss landscape", "landscape"))
     for name, spec in ((suite.get("report") or {}).get("frontiers") or {}).items():
         try:
@@ -683,6 +705,6 @@ def _landscape(out: Path, rows: list[dict[str, Any]], results: dict[str, dict], 
         return False
     report.landscape({n: RunDir(out / "runs" / n).load_model() for n in drawn},
                      x[index : index + 1], y[index : index + 1],
-                     eps=float(plots.get("landscape_eps", 1.0)), out=out / "landscape",
+                     eps=float(plots["landscape_eps"]), out=out / "landscape",
                      norm=plots.get("norm", "l2"))
     return True

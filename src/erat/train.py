@@ -215,12 +215,12 @@ def _split(cfg: TrainConfig, method: Method, x: Tensor, y: Tensor, run: RunDir |
                 log(note)
         else:  # (the unlabeled set still sets the epoch's length: erat.fit.sampler)
             log(f"method {cfg.method!r} uses no unlabeled data: training on the "
-                f"{len(labeled)} labeled examples only; an epoch is a semi-supervised "
-                f"run's, a pass over the larger of the {len(labeled)} labeled and "
-                f"{len(unlabeled)} unlabeled")
+                f"{len(labeled)} labeled examples only, with epochs as long as a "
+                f"semi-supervised run's ({len(unlabeled)} unlabeled)")
     val = (x[val_idx], y[val_idx]) if val_idx is not None else None
-    xu = x[unlabeled] if len(unlabeled) else None
-    return FitData(x[labeled], y[labeled], xu, val)
+    reads = len(unlabeled) > 0 and method.uses_unlabeled
+    return FitData(x[labeled], y[labeled], x[unlabeled] if reads else None, val,
+                   unlabeled_count=0 if reads else len(unlabeled))
 
 
 def _save(run: RunDir, cfg: TrainConfig, built: _Built, result: FitResult) -> str:

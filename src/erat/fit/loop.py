@@ -2,9 +2,10 @@
 with any :class:`~erat.methods.Method` on tensors; it knows no name of a dataset, model or
 method (:func:`erat.train.train` looks the names up and calls it).
 
-One epoch is a pass over the labeled training set (supervised), or over the unlabeled set
-when there is one and the method reads it (semi-supervised; the labeled batches cycle,
-reshuffled each cycle); ``epoch_updates`` overrides the length. ``budget`` (in ERM epochs,
+One epoch is a pass over the labeled training set (supervised), or over the larger of the
+labeled and unlabeled sets when there is an unlabeled one, whether or not the method reads
+it (:mod:`erat.fit.sampler`; the smaller set's batches cycle, reshuffled each cycle);
+``epoch_updates`` overrides the length. ``budget`` (in ERM epochs,
 :mod:`erat.fit.schedule`) sets the number of updates instead of ``epochs``. Validation work
 is not training cost; it is timed apart (:mod:`erat.fit.validate`).
 
@@ -40,7 +41,9 @@ from erat.fit.schedule import build_optimizer, plan
 from erat.fit.state import TrainState
 from erat.fit.validate import clean_accuracy, val_radius, validate
 from erat.graphs import Cloned, check_capturable, cudagraph_skips, step_module
+from erat.inputs import within_outputs
 from erat.methods import Batch, Method
+from erat.passes import supervised_search
 from erat.rundir import RunDir, unwrap
 from erat.threat import norm_name
 
@@ -85,11 +88,12 @@ def fit(
     if stop_after is not None and stop_after <= start:
         raise UserError(f"--stop-after {stop_after} is not after epoch {start}, where the run "
                         "resumes; give a later epoch, or none")
+    loop.history = run_dir.metrics() if run_dir and start else []
     if start:
+        _check_schedule(loop, start)
         log(f"resumed {run_dir.path} after epoch {start}")
     if loop.dist.enabled:  # different random searches on each rank, reproducibly
         torch.manual_seed(loop.options.seed * 7919 + start * 31 + loop.dist.rank)
-    loop.history = run_dir.metrics() if run_dir and start else []
     epochs = loop.schedule.epochs
     if stop_after is not None and stop_after >= epochs > start:
         log(f"erat: note: --stop-after {stop_after} is not before the run's last epoch "
@@ -105,6 +109,20 @@ def fit(
     return loop.result()
 
 
+def _check_schedule(loop: Loop, start: int) -> None:
+    """Refuse to resume a run whose first ``start`` epochs made another number of updates
+    than this schedule plans (trained by an erat whose epochs were another length: a
+    labels-only run made one update per epoch before 2026-12-02, it makes the unlabeled
+    set's now; the learning rate and the cost would mix both)."""
+    done = next((r.get("updates") for r in reversed(loop.history) if r.get("epoch") == start),
+                None)
+    planned = min(start * loop.schedule.per_epoch, loop.schedule.updates)
+    if done is not None and done != planned:
+        raise UserError(f"--resume: the run made {done} updates in its first {start} "
+                        f"epoch(s), and this erat plans {planned} (its epochs are another "
+                        "length); train it again into a new folder")
+
+
 class Loop:
     """The state of one :func:`fit` call: data on the device, schedule, optimiser."""
 
@@ -117,8 +135,10 @@ class Loop:
             raise UserError(f"batch_size {options.batch_size} must divide among "
                             f"{dist.world_size} processes")
         uses = data.x_unlabeled is not None and method.uses_unlabeled
-        self.sampler = EpochSampler(options, len(data.y), 0 if data.x_unlabeled is None
-                                    else len(data.x_unlabeled), uses)
+        self.sampler = EpochSampler(options, len(data.y), data.unlabeled_count
+                                    if data.x_unlabeled is None else len(data.x_unlabeled), uses)
+        with supervised_search(model), torch.no_grad():  # (one example: the model's outputs)
+            within_outputs(data.y, model(data.x[:1].to(self.device)).shape[-1], "FitData.y")
         self.schedule = plan(method, model, options, self.sampler)
         self.sampler.updates = self.schedule.per_epoch
         if options.budget_epochs and self.schedule.epochs < options.budget_epochs:
@@ -184,7 +204,7 @@ class Loop:
                 break
             idx = distributed.shard(li, dist).to(self.device)
             batch = Batch(self._prepare(self.x[idx], gen), self.y[idx],
-                          updates=first + i, total_updates=sched.updates)
+                          updates=first + i, total_updates=sched.updates, checked=True)
             if ui is not None:
                 uidx = distributed.shard(ui, dist).to(self.device)
                 batch.x_unlabeled = self._prepare(self.xu[uidx], gen)

@@ -94,6 +94,7 @@ class FitData:
     val: tuple[Tensor, Tensor] | None = None
     test: tuple[Tensor, Tensor] | None = None
     augment: str = "none"  # the dataset's train-time augmentation (erat.datasets.augment)
+    unlabeled_count: int = 0  # an unlabeled set the method does not read: its epoch length
 
     def __post_init__(self) -> None:
         """Every tensor checked once, values included (:mod:`erat.inputs`); labels int64."""

@@ -1,8 +1,7 @@
 """Which examples each update trains on: index batches of one epoch, each set cycling
 (reshuffled each pass). An epoch is a pass over the larger of the labeled and unlabeled
-sets, whether or not the method reads the unlabeled one: a labels-only baseline of a
-semi-supervised comparison makes as many updates per epoch as the semi-supervised runs
-(it made one update per epoch on 100 labels, against their 61)."""
+sets, whether or not the method reads the unlabeled one, so that a labels-only baseline
+makes as many updates per epoch as the semi-supervised runs it is compared with."""
 
 from __future__ import annotations
 

@@ -49,17 +49,22 @@ class Batch:
     optionally unlabeled inputs ``x_unlabeled`` ``[B_u, C, H, W]`` (semi-supervised).
     ``updates`` is the number of optimiser updates made before this batch (0-based,
     resume-safe) and ``total_updates`` the run's, for methods with a warm-up; None outside a
-    training loop (no warm-up)."""
+    training loop (no warm-up). ``checked``: the caller has checked ``x`` and ``y``
+    (:func:`erat.fit.fit` checks its data once, not every batch)."""
 
     x: Tensor
     y: Tensor
     x_unlabeled: Tensor | None = None
     updates: int | None = None
     total_updates: int | None = None
+    checked: bool = dataclasses.field(default=False, repr=False)  # (fit: its data, once)
 
     def __post_init__(self) -> None:
         """Checked as :mod:`erat.inputs` says (values only on the CPU: a GPU batch read back
-        would cost a synchronisation per step); integer labels become int64."""
+        would cost a synchronisation per step; not under compilation, nor when ``checked``:
+        the caller checked the data); integer labels become int64."""
+        if self.checked or torch.compiler.is_compiling():
+            return
         read = self.x.device.type == "cpu" if isinstance(self.x, Tensor) else True
         images(self.x, "Batch.x", values=read)
         self.y = labels(self.y, len(self.x), "Batch.y", values=read)
