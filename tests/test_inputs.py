@@ -165,3 +165,15 @@ def test_fit_refuses_labels_past_the_outputs(data):
     y[0] = 10
     with pytest.raises(ValueError, match="FitData.y holds label 10, but the model has 10"):
         fit(linear(), build_method("erm"), (x, y), FitOptions(epochs=1, progress=False))
+
+
+def test_unlabeled_images_of_another_shape_are_refused(data):
+    x, y = data
+    for call, message in [
+        (lambda: FitData(x, y, torch.rand(4, 1, 6, 6)), "FitData.x_unlabeled's images "
+                                                       "(1, 6, 6) are not shaped as FitData.x's"),
+        (lambda: Batch(x, y, torch.rand(4, 1, 6, 6)), "Batch.x_unlabeled's images (1, 6, 6) "
+                                                     "are not shaped as Batch.x's (1, 8, 8)"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            call()

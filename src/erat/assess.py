@@ -178,9 +178,10 @@ def _trained_record(path: Path | None) -> dict[str, Any]:
     """``{"trained": ...}``: the run's training ball and, with ``--labels``, its number of
     labels and whether its method read the unlabeled rest (``semi``), for the result's
     ``threat`` (none for a model from outside erat)."""
-    from erat.methods import build_method
+    from erat.methods import build_method, trained_ball
 
-    trained, config = _trained_threat(path), _config(path) or {}
+    config = _config(path) or {}  # (read once)
+    trained = trained_ball(config) if config else None
     out = {"norm": trained[0], "eps": trained[1]} if trained else {}
     if config.get("labels"):
         try:

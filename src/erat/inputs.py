@@ -20,9 +20,11 @@ import torch
 from torch import Tensor
 
 
-def images(x: object, name: str = "x", *, values: bool = True) -> Tensor:
-    """``x`` if it is a float tensor ``[N, ...]`` (N >= 1, at least 2 dimensions) and, with
-    ``values``, every entry lies in [0, 1] (NaN does not)."""
+def images(x: object, name: str = "x", *, values: bool = True, like: Tensor | None = None,
+           like_name: str = "x") -> Tensor:
+    """``x`` if it is a float tensor ``[N, ...]`` (N >= 1, at least 2 dimensions) shaped as
+    the images ``like`` (named ``like_name``) when given, and, with ``values``, every entry
+    lies in [0, 1] (NaN does not)."""
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of images [N, ...] in [0, 1], got "
                         f"{type(x).__name__}")
@@ -30,6 +32,9 @@ def images(x: object, name: str = "x", *, values: bool = True) -> Tensor:
         hint = " (8-bit images: x.float() / 255)" if x.dtype == torch.uint8 else ""
         raise ValueError(f"{name} must be float images [N, ...] with N >= 1, in [0, 1]; got "
                          f"shape {tuple(x.shape)} of {x.dtype}{hint}")
+    if like is not None and x.shape[1:] != like.shape[1:]:
+        raise ValueError(f"{name}'s images {tuple(x.shape[1:])} are not shaped as "
+                         f"{like_name}'s {tuple(like.shape[1:])}")
     if values and x.numel():
         lo, hi = (v.item() for v in torch.aminmax(x.detach()))
         if not (lo >= 0.0 and hi <= 1.0):  # (also NaN)

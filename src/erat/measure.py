@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from erat.energy import CERTIFICATE_NOTE, certify, check_settings, energy
 from erat.inputs import images, labels, within_outputs
 from erat.losses import cross_entropy, supervised_loss, virtual_loss
-from erat.passes import supervised_search
+from erat.passes import output_count, supervised_search
 from erat.search import XI, fgm_direction, vat_direction, vat_step
 from erat.threat import Norm
 
@@ -87,9 +87,8 @@ def energy_report(
          "batch_size": batch_size, "max_points": max_points}
     cuda = [x.device] if x.device.type == "cuda" else []
     parts: list[dict[str, Tensor]] = []
+    within_outputs(y, output_count(model, x))
     with supervised_search(model), torch.random.fork_rng(devices=cuda):
-        with torch.no_grad():  # (one example: the model's outputs)
-            within_outputs(y, model(x[:1]).shape[-1])
         torch.manual_seed(seed)
         for xb, yb in zip(x.split(batch_size), y.split(batch_size), strict=True):
             got = _report_batch(model, xb, yb, s)

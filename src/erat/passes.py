@@ -89,6 +89,13 @@ def supervised_search(model: nn.Module) -> Iterator[nn.Module]:
         yield model
 
 
+def output_count(model: nn.Module, x: Tensor) -> int:
+    """The number of logits ``model`` gives, from one eval-mode forward of ``x[:1]`` without
+    gradients (no BatchNorm statistic moves): what labels must stay below."""
+    with supervised_search(model), torch.no_grad():
+        return int(model(x[:1]).shape[-1])
+
+
 @contextmanager
 def perturbed_pass(model: nn.Module) -> Iterator[nn.Module]:
     """Train-mode BatchNorm (batch statistics) without running-stat updates; dropout as it

@@ -279,11 +279,11 @@ def seed_table(rows: Sequence[Mapping], keys: Sequence[str], names: Sequence[str
     such runs."""
     import statistics
 
-    groups: dict[str, list[Mapping]] = {}
+    groups: dict[str, list[tuple[str, Mapping]]] = {}  # base name -> (seed, row)
     for r in rows:
         name = str(r.get("name") or r.get("run") or "")
-        if _SEED.search(name):
-            groups.setdefault(_SEED.sub("", name), []).append(r)
+        if m := _SEED.search(name):
+            groups.setdefault(name[:m.start()], []).append((m[1], r))
     groups = {k: v for k, v in groups.items() if len(v) > 1}
     numeric = [(k, n) for k, n in zip(keys, names, strict=True) if k in (
         "clean_acc", "val_robust_acc", "energy_mean") or _ROBUST_KEY.match(k)]
@@ -292,11 +292,10 @@ def seed_table(rows: Sequence[Mapping], keys: Sequence[str], names: Sequence[str
     lines = ["| runs | seeds | " + " | ".join(n for _, n in numeric) + " |",
              "|---|---|" + "---|" * len(numeric)]
     for base, group in groups.items():
-        seeds = ", ".join(_SEED.search(str(r.get("name") or r.get("run"))).group(1)
-                          for r in group)
+        seeds = ", ".join(seed for seed, _ in group)
         cells = []
         for k, _ in numeric:
-            v = [float(r[k]) for r in group if isinstance(r.get(k), int | float)]
+            v = [float(r[k]) for _, r in group if isinstance(r.get(k), int | float)]
             cells.append("" if not v else f"{statistics.mean(v):.3f}" + (
                 f" ± {statistics.stdev(v):.3f}" if len(v) > 1 else "") + (
                 f" ({len(v)})" if len(v) != len(group) else ""))
@@ -474,9 +473,9 @@ def report_runs(runs: Sequence[Path], out: Path, *, eval_name: str = "eval.json"
     then every column) and the accuracy-radius plot of evaluated run folders, and optionally
     the loss landscape of test image ``index`` (default 0; only with ``landscape_eps``, a
     radius in the norm of the accuracy plot); the short table and the files written are
-    printed. Every option, the evaluation files, and
-    for a landscape the test image and the models, are checked and read before anything is
-    written: a mistake leaves ``out`` as it was."""
+    printed. Every option, the evaluation files, and for a landscape the test image and the
+    models, are checked and read before anything is written: a mistake leaves ``out`` as it
+    was."""
     from erat.threat import check_radius
 
     if index is not None and landscape_eps is None:
@@ -550,9 +549,8 @@ def _energy_column(energy: object) -> dict[str, float]:
 
 def _run_row(run: Path, name: str, result: dict) -> dict:
     """The report's row of a run folder: its name, method, training ball and labels
-    (semi-supervised; ``config.yaml``),
-    test images, accuracies, mean energy (``energy.json``, when measured, keyed by its ball),
-    failed checks, and what the training guard flagged."""
+    (``config.yaml``), test images, accuracies, mean energy (``energy.json``, when measured,
+    keyed by its ball), failed checks, and what the training guard flagged."""
     from erat.methods import trained_ball
     from erat.rundir import RunDir
 

@@ -43,7 +43,7 @@ from erat.fit.validate import clean_accuracy, val_radius, validate
 from erat.graphs import Cloned, check_capturable, cudagraph_skips, step_module
 from erat.inputs import within_outputs
 from erat.methods import Batch, Method
-from erat.passes import supervised_search
+from erat.passes import output_count
 from erat.rundir import RunDir, unwrap
 from erat.threat import norm_name
 
@@ -137,8 +137,7 @@ class Loop:
         uses = data.x_unlabeled is not None and method.uses_unlabeled
         self.sampler = EpochSampler(options, len(data.y), data.unlabeled_count
                                     if data.x_unlabeled is None else len(data.x_unlabeled), uses)
-        with supervised_search(model), torch.no_grad():  # (one example: the model's outputs)
-            within_outputs(data.y, model(data.x[:1].to(self.device)).shape[-1], "FitData.y")
+        within_outputs(data.y, output_count(model, data.x[:1].to(self.device)), "FitData.y")
         self.schedule = plan(method, model, options, self.sampler)
         self.sampler.updates = self.schedule.per_epoch
         if options.budget_epochs and self.schedule.epochs < options.budget_epochs:

@@ -101,10 +101,7 @@ class FitData:
         self.x = images(self.x, "FitData.x")
         self.y = labels(self.y, len(self.x), "FitData.y")
         if self.x_unlabeled is not None:
-            images(self.x_unlabeled, "FitData.x_unlabeled")
-            if self.x_unlabeled.shape[1:] != self.x.shape[1:]:
-                raise ValueError(f"FitData.x_unlabeled's images {tuple(self.x_unlabeled.shape[1:])}"
-                                 f" are not shaped as FitData.x's {tuple(self.x.shape[1:])}")
+            images(self.x_unlabeled, "FitData.x_unlabeled", like=self.x, like_name="FitData.x")
         for name in ("val", "test"):
             pair = getattr(self, name)
             if pair is not None:

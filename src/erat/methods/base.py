@@ -69,10 +69,8 @@ class Batch:
         images(self.x, "Batch.x", values=read)
         self.y = labels(self.y, len(self.x), "Batch.y", values=read)
         if self.x_unlabeled is not None:
-            images(self.x_unlabeled, "Batch.x_unlabeled", values=read)
-            if self.x_unlabeled.shape[1:] != self.x.shape[1:]:
-                raise ValueError(f"Batch.x_unlabeled's images {tuple(self.x_unlabeled.shape[1:])}"
-                                 f" are not shaped as Batch.x's {tuple(self.x.shape[1:])}")
+            images(self.x_unlabeled, "Batch.x_unlabeled", values=read, like=self.x,
+                   like_name="Batch.x")
 
 
 class StepOutput(NamedTuple):
