@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from erat.losses import cross_entropy
-from erat.methods import Batch, build_method, method_config, method_names, method_params
+from erat.methods import Batch, ball, build_method, method_config, method_names, method_params
 from erat.methods.er import ER
 from erat.methods.trades import TRADES
 from erat.passes import dropout_off, is_stochastic, supervised_search
@@ -422,3 +422,13 @@ def test_er_radius_ramp():
     assert er.radius(dataclasses.replace(b, updates=0, total_updates=100)) == 2.0 / 50
     assert er.radius(dataclasses.replace(b, updates=24, total_updates=100)) == 1.0
     assert er.radius(dataclasses.replace(b, updates=80, total_updates=100)) == 2.0
+
+
+def test_ball_is_the_training_radius_and_norm_of_every_method():
+    """``ball`` reads ``eps`` and ``norm`` (the Method protocol's training ball): None for
+    ERM, a float for a fraction, l2 where a method has no norm field."""
+    assert ball(build_method("erm")) == ("l2", None)
+    assert ball(build_method("pgd", eps="8/255", norm="linf")) == ("linf", 8 / 255)
+    for name in method_names():
+        norm, eps = ball(build_method(name))
+        assert norm in ("l2", "linf") and (eps is None or isinstance(eps, float)), name

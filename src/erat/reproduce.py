@@ -55,7 +55,7 @@ from erat.evaluate import EvalConfig
 from erat.fields import flag
 from erat.files import atomic_write_text, check_writable_dir
 from erat.fit.guard import overfitting_epoch
-from erat.methods import build_method
+from erat.methods import ball, build_method
 from erat.rundir import RunDir
 from erat.threat import ball_name
 from erat.train import train
@@ -276,7 +276,7 @@ def _check_autoattack(suite: dict[str, Any], runs: list[dict[str, Any]],
         placed = all(k in identity(run, cfg) for k in group)
         if not group or not placed or run.get("eval", True) is False or run["name"] in also:
             continue
-        eps = getattr(build_method(cfg.method, **cfg.method_params), "eps", None)
+        eps = ball(build_method(cfg.method, **cfg.method_params))[1]
         if cfg.val is None or not (cfg.fit.val_eps or eps):  # (validation's radius)
             raise UserError(
                 f"{where}.group chooses each group's best run by validation robust accuracy, "

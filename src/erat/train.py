@@ -35,7 +35,7 @@ from erat.distributed import resolve_device
 from erat.errors import UserError, first_line
 from erat.files import tensor_sha256
 from erat.fit import FitData, FitResult, fit
-from erat.methods import Method, build_method, method_config
+from erat.methods import Method, ball, build_method, method_config
 from erat.models import build_model
 from erat.models.factory import absolute, is_factory
 from erat.rundir import RunDir
@@ -60,9 +60,10 @@ def train(
     # names, settings and your own data and model first: a bad one touches no folder
     info = dataset_info(cfg.dataset, cfg.data_dir, **cfg.data_options)
     method = build_method(cfg.method, **cfg.method_params)
-    for name, eps in (("--eps", getattr(method, "eps", None)), ("--val-eps", cfg.fit.val_eps)):
+    norm, trained = ball(method)
+    for name, eps in (("--eps", trained), ("--val-eps", cfg.fit.val_eps)):
         if eps is not None:  # (radii in pixel space)
-            check_radius_fits(float(eps), getattr(method, "norm", "l2"), info.shape, name=name)
+            check_radius_fits(float(eps), norm, info.shape, name=name)
     if is_factory(cfg.model):
         _check_factory(cfg, info)
     run.check_output(resume=resume, overwrite=overwrite)

@@ -42,7 +42,7 @@ from erat.fit.state import TrainState
 from erat.fit.validate import clean_accuracy, val_radius, validate
 from erat.graphs import Cloned, check_capturable, cudagraph_skips, step_module
 from erat.inputs import within_outputs
-from erat.methods import Batch, Method
+from erat.methods import Batch, Method, ball
 from erat.passes import output_count
 from erat.rundir import RunDir, unwrap
 from erat.threat import norm_name
@@ -157,7 +157,7 @@ class Loop:
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
         self.val_eps = val_radius(method, options, data)
         if data.val is not None:
-            n, norm = min(options.val_n, len(data.val[1])), getattr(method, "norm", "l2")
+            n, norm = min(options.val_n, len(data.val[1])), ball(method)[0]
             log(f"validation after each epoch on {n} of {len(data.val[1])} held-out images: "
                 + (f"val CLEAN/ROBUST (PGD-{norm_name(norm)} at {self.val_eps:g}, "
                    f"{options.val_steps} steps)" if self.val_eps else "val CLEAN"))
@@ -258,11 +258,11 @@ class Loop:
         """Validate, log, select, and write the epoch's metrics and checkpoint."""
         if self.data.val is not None:
             row |= validate(self.model, self.data.val, self.options, self.val_eps,
-                            self.device, getattr(self.method, "norm", "l2"))
+                            self.device, ball(self.method)[0])
         if self.data.test is not None:
             row["test_acc"] = clean_accuracy(self.model, *self.data.test)
         warning = guard(self.model, self.xu, self.y, row, self.history,
-                        perturbed=getattr(self.method, "eps", None) is not None)
+                        perturbed=ball(self.method)[1] is not None)
         if warning:
             row["guard"] = warning
             self.log(f"erat: warning: {warning}")

@@ -13,15 +13,16 @@ from torch import Tensor, nn
 
 from erat.errors import UserError
 from erat.fit.options import FitData, FitOptions
-from erat.methods import Method
+from erat.methods import Method, ball
 from erat.threat import check_radius
 
 
 def val_radius(method: Method, options: FitOptions, data: FitData) -> float | None:
     """The validation PGD's radius; ``UserError`` when ``best-robust`` cannot be chosen."""
+    norm, trained = ball(method)
     if options.val_eps is not None:  # in the method's norm, before any training
-        check_radius(options.val_eps, getattr(method, "norm", "l2"), name="val_eps")
-    eps = options.val_eps if options.val_eps is not None else getattr(method, "eps", None)
+        check_radius(options.val_eps, norm, name="val_eps")
+    eps = options.val_eps if options.val_eps is not None else trained
     if options.select == "best-robust":
         if data.val is None:
             raise UserError("--select best-robust needs a validation set (--val N)")

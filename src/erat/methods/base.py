@@ -85,7 +85,10 @@ class Method(Protocol):
     input gradient, which a compiled graph cannot (the model then runs eager); an optional
     ``searches_after_clean`` (default False) that the clean pass waits for its backward
     while an inner search runs, which the fast path serves eager (:func:`erat.graphs.compiled`;
-    ``tests/test_fast.py`` finds a method that does so without saying it)."""
+    ``tests/test_fast.py`` finds a method that does so without saying it). Its training
+    ball is the optional attributes ``eps`` (the radius in pixel space; absent or None for a
+    method without one, as ERM) and ``norm`` (``"l2"``, the default, or ``"linf"``):
+    validation, the overfitting guard and ``erat energy`` read them through :func:`ball`."""
 
     name: str
     uses_unlabeled: bool
@@ -187,6 +190,13 @@ def method_config(method: Method) -> dict[str, Any]:
     return {"name": method.name, **dataclasses.asdict(method)}
 
 
+def ball(method: Method) -> tuple[str, float | None]:
+    """``(norm, eps)`` of a method's training ball (:class:`Method`): ``eps`` None for a
+    method without a radius."""
+    eps = getattr(method, "eps", None)
+    return getattr(method, "norm", "l2"), None if eps is None else float(eps)
+
+
 def trained_ball(config: dict[str, Any]) -> tuple[str, float] | None:
     """``(norm, eps)`` of the method a run's ``config.yaml`` (``config``) trained with; None
     for a method without a radius (ERM) or a config that names none it can build."""
@@ -194,8 +204,8 @@ def trained_ball(config: dict[str, Any]) -> tuple[str, float] | None:
         method = build_method(config["method"], **(config.get("method_params") or {}))
     except (KeyError, TypeError, UserError):
         return None
-    eps = getattr(method, "eps", None)
-    return None if eps is None else (getattr(method, "norm", "l2"), float(eps))
+    norm, eps = ball(method)
+    return None if eps is None else (norm, eps)
 
 
 def _lookup(name: str) -> type:
