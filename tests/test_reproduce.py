@@ -104,6 +104,23 @@ def test_the_time_left_says_autoattack_is_not_in_it():
     assert clock.line("a", True, "x").endswith(" left before AutoAttack)")
 
 
+def test_the_time_left_counts_only_the_runs_still_to_train(monkeypatch):
+    """A resumed suite counted its finished runs (read back in no time) as runs left at the
+    mean time of the trained ones: 40 finished runs ahead of one to train said hours."""
+    from erat import reproduce
+    from erat.reproduce import SuiteClock
+
+    now = iter([0.0, 0.0, 100.0, 100.0, 100.5, 100.5, 101.0])
+    monkeypatch.setattr(reproduce.time, "perf_counter", lambda: next(now))
+    clock = SuiteClock(3, to_train={"a", "c"})
+    clock.start()
+    assert clock.line("a", True, "x").endswith("about 1 min 40 s left)")  # c, at a's 100 s
+    clock.start()
+    assert clock.line("b", True, "x").endswith("about 1 min 40 s left)")  # b: evaluated only
+    clock.start()
+    assert "left" not in clock.line("c", True, "x").split("elapsed")[1]
+
+
 def test_unknown_suite_is_one_line(capsys, tmp_path):
     assert main(["reproduce", "nope", "--out", str(tmp_path)]) == 2
     assert "unknown suite 'nope'" in capsys.readouterr().err

@@ -96,11 +96,12 @@ def reproduce(
     _check_eval_settings(suite, runs, cfgs)
     _check_autoattack(suite, runs, cfgs)
     _check_plots(suite)
-    for device in {c.device for r, c in zip(runs, cfgs, strict=True) if r["name"] in work
-                   and not RunDir(out / "runs" / r["name"]).finished()}:
+    to_train = {r["name"]: c for r, c in zip(runs, cfgs, strict=True) if r["name"] in work
+                and not RunDir(out / "runs" / r["name"]).finished()}
+    for device in {c.device for c in to_train.values()}:
         resolve_device(device)  # (a device that is not there: before the first run trains)
     rows, results, commands, test, left_out, pending = [], {}, [], None, [], []
-    clock = SuiteClock(len(mine), timed=not report_only,
+    clock = SuiteClock(len(mine), timed=not report_only, to_train=set(to_train),
                        then=" before AutoAttack" if suite.get("autoattack") else "")
     said: list[str] = []  # run_one logs only when it trains or evaluates
 
@@ -169,11 +170,15 @@ def summary(row: dict[str, Any]) -> str:
 
 class SuiteClock:
     """The line of each run of a suite: ``[k/N name]``, its figures, the time it took, the
-    time elapsed and, from the runs that trained or evaluated so far, about how long the
-    rest will take (``then``: what follows the runs and is not counted, AutoAttack)."""
+    time elapsed and about how long the rest will take: the runs of ``to_train`` left, at
+    the mean time of those trained so far (of those that evaluated, before any trained; a
+    finished run counts nothing; ``then``: what follows the runs and is not counted,
+    AutoAttack). Without ``to_train`` every run left counts."""
 
-    def __init__(self, total: int, timed: bool = True, then: str = "") -> None:
-        self.total, self.k, self.worked, self.timed, self.then = total, 0, [], timed, then
+    def __init__(self, total: int, timed: bool = True, then: str = "",
+                 to_train: set[str] | None = None) -> None:
+        self.total, self.k, self.timed, self.then = total, 0, timed, then
+        self.to_train, self.trained, self.worked = to_train, [], []
         self.t0 = self.began = time.perf_counter()
 
     def start(self) -> None:
@@ -184,11 +189,15 @@ class SuiteClock:
         now = time.perf_counter()
         if worked:
             self.worked.append(now - self.began)
-        left = self.total - self.k
+        if self.to_train is not None and name in self.to_train:
+            self.to_train.discard(name)
+            self.trained.append(now - self.began)
+        left = self.total - self.k if self.to_train is None else len(self.to_train)
         if not self.timed:
             return f"[{self.k}/{self.total} {name}] {text}"
-        eta = (f", about {_duration(left * sum(self.worked) / len(self.worked))} left"
-               f"{self.then}" if self.worked and left else "")
+        times = self.trained or self.worked
+        eta = (f", about {_duration(left * sum(times) / len(times))} left"
+               f"{self.then}" if times and left else "")
         return (f"[{self.k}/{self.total} {name}] {text} ({_duration(now - self.began)}; "
                 f"{_duration(now - self.t0)} elapsed{eta})")
 
