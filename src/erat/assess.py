@@ -30,7 +30,7 @@ from erat.evaluate import EvalConfig, evaluate
 from erat.external import ExternalOptions, open_external, state_path
 from erat.files import check_writable_file, tensor_sha256
 from erat.measure import energy_report
-from erat.rundir import RunDir, open_model
+from erat.rundir import RunDir, check_exists, open_model
 from erat.threat import Norm, ball_name, check_radius_fits, norm_name
 
 NO_MODEL = ("give a run folder (or model.pt), or a model from outside erat with --model "
@@ -178,18 +178,15 @@ def _trained_record(path: Path | None) -> dict[str, Any]:
     """``{"trained": ...}``: the run's training ball and, with ``--labels``, its number of
     labels and whether its method read the unlabeled rest (``semi``), for the result's
     ``threat`` (none for a model from outside erat)."""
-    from erat.methods import build_method, trained_ball
+    from erat.methods import ball, trained_method
 
     config = _config(path) or {}  # (read once)
-    trained = trained_ball(config) if config else None
-    out = {"norm": trained[0], "eps": trained[1]} if trained else {}
+    method = trained_method(config) if config else None
+    norm, eps = ball(method) if method is not None else ("l2", None)
+    out = {"norm": norm, "eps": eps} if eps is not None else {}
     if config.get("labels"):
-        try:
-            semi = build_method(config["method"], **(config.get("method_params") or {})
-                                ).uses_unlabeled
-        except (KeyError, TypeError, UserError):
-            semi = None
-        out |= {"labels": config["labels"], "semi": semi}
+        out |= {"labels": config["labels"],
+                "semi": method.uses_unlabeled if method is not None else None}
     return {"trained": out} if out else {}
 
 
@@ -269,8 +266,8 @@ def energy_run(path: Path | None, *, eps: float | None, T: int, M: int, S: int,
         check_writable_file(json_path, "--json")
     if path is None and (external is None or external.model is None):
         raise UserError(NO_MODEL)  # (said before the radius the model would give)
-    if path is not None and not Path(path).exists():
-        raise UserError(f"no such run folder or model file: {path}")
+    if path is not None:
+        check_exists(path)  # (said before the radius its config would give)
     given = eps
     norm, eps = energy_ball(path, norm, eps)
     if eps == 0:

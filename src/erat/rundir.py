@@ -387,12 +387,17 @@ def model_path(path: str | Path) -> Path:
     return path / RunDir.MODEL if path.is_dir() else path
 
 
+def check_exists(path: str | Path) -> None:
+    """``UserError`` naming a run folder or model file that is not there."""
+    if not Path(path).exists():
+        raise UserError(f"no such run folder or model file: {path}")
+
+
 def _read_model_file(path: Path, device: str | torch.device = "cpu", digest: bool = False
                      ) -> dict[str, Any]:
     if not path.exists():
         folder = path.parent if path.name in (RunDir.MODEL, RunDir.MODEL_LAST) else path
-        if not folder.exists():
-            raise UserError(f"no such run folder or model file: {folder}")
+        check_exists(folder)
         if RunDir(folder).weights_dropped():
             raise UserError(f"{folder}: its weights were dropped ({RunDir.MODEL_META} keeps "
                             "what its results need); a new evaluation needs it trained again "

@@ -16,6 +16,7 @@ from erat.methods.base import (
     register,
     reserve,
     trained_ball,
+    trained_method,
 )
 from erat.registry import import_package
 
@@ -36,4 +37,5 @@ __all__ = [
     "register",
     "reserve",
     "trained_ball",
+    "trained_method",
 ]

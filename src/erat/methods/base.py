@@ -197,14 +197,20 @@ def ball(method: Method) -> tuple[str, float | None]:
     return getattr(method, "norm", "l2"), None if eps is None else float(eps)
 
 
-def trained_ball(config: dict[str, Any]) -> tuple[str, float] | None:
-    """``(norm, eps)`` of the method a run's ``config.yaml`` (``config``) trained with; None
-    for a method without a radius (ERM) or a config that names none it can build."""
+def trained_method(config: dict[str, Any]) -> Method | None:
+    """The method a run's ``config.yaml`` (``config``) trained with; None for a config that
+    names none this erat can build."""
     try:
-        method = build_method(config["method"], **(config.get("method_params") or {}))
+        return build_method(config["method"], **(config.get("method_params") or {}))
     except (KeyError, TypeError, UserError):
         return None
-    norm, eps = ball(method)
+
+
+def trained_ball(config: dict[str, Any]) -> tuple[str, float] | None:
+    """``(norm, eps)`` of the method a run's ``config.yaml`` trained with (:func:`ball`);
+    None for a method without a radius (ERM) or one it cannot build."""
+    method = trained_method(config)
+    norm, eps = ball(method) if method is not None else ("l2", None)
     return None if eps is None else (norm, eps)
 
 
