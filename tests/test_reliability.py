@@ -130,6 +130,21 @@ def test_a_finished_run_is_never_overwritten(finished, capsys):
     assert code == 0, err
     assert not (finished / "eval.json").exists()  # no stale result beside the new model
     assert torch.load(finished / "model.pt", weights_only=True)["meta"]["method"]["name"] == "at"
+    assert not (finished / RunDir.REPLACED).exists()
+
+
+@pytest.mark.parametrize("args", [["--budget", "0.001"], ["--fast", "on"]])
+def test_a_refused_overwrite_leaves_the_run_it_was_to_replace(finished, capsys, args):
+    """--overwrite cleared the folder before the checks made while training starts (a budget
+    that pays for no update, the fast path on the CPU): the refusal left it empty. Now the old
+    run's files come back byte for byte."""
+    (finished / "eval.json").write_text('{"kept": 1}')
+    before = {f.name: f.read_bytes() for f in finished.iterdir() if f.is_file()}
+    code, _, err = run([*TRAIN, "--method", "er", "--eps", "1", *args, "--overwrite", "--out",
+                        finished], capsys)
+    assert code == 2 and one_line(err), err
+    assert {f.name: f.read_bytes() for f in finished.iterdir() if f.is_file()} == before
+    assert not (finished / RunDir.REPLACED).exists()
 
 
 def test_a_second_writer_is_refused_and_a_stale_lock_taken_over(tmp_path, capsys):

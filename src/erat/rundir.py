@@ -34,6 +34,7 @@ import contextlib
 import datetime
 import json
 import os
+import shutil
 import socket
 import sys
 from collections.abc import Callable, Iterator
@@ -123,6 +124,32 @@ class RunDir:
         for f in self.run_files():
             f.unlink(missing_ok=True)
         self.remove_temps()
+
+    REPLACED = ".replaced"  # (--overwrite: the old run, until the new one has an epoch)
+
+    def set_aside(self) -> None:
+        """Move the run's files into ``.replaced/`` (``--overwrite``): :meth:`restore` puts
+        them back when the new run fails before its first epoch, :meth:`drop_replaced`
+        deletes them once it has one. One left by a killed run is replaced."""
+        aside = self.path / self.REPLACED
+        shutil.rmtree(aside, ignore_errors=True)
+        files = self.run_files()
+        if files:
+            aside.mkdir()
+            for f in files:
+                f.rename(aside / f.name)
+        self.remove_temps()
+
+    def restore(self) -> None:
+        """The files :meth:`set_aside` moved, back in place."""
+        aside = self.path / self.REPLACED
+        if aside.is_dir():
+            for f in aside.iterdir():
+                f.rename(self.path / f.name)
+            aside.rmdir()
+
+    def drop_replaced(self) -> None:
+        shutil.rmtree(self.path / self.REPLACED, ignore_errors=True)
 
     def remove_temps(self) -> list[Path]:
         """Temporaries of interrupted atomic writes (call while holding the lock)."""

@@ -87,8 +87,12 @@ def train(
             result, built = _run(cfg, run, resume, stop_after, log, device, dist)
         except BaseException:
             if dist.is_main and not resume and not run.metrics():
-                run.clear()  # failed before its first epoch: leave the folder as it was
+                run.clear()  # failed before its first epoch: the folder as it was
+                run.restore()  # (--overwrite: the run it was to replace)
             raise
+        finally:
+            if dist.is_main:
+                run.drop_replaced()  # (--overwrite: the old run, once the new has an epoch)
         if result.stopped:
             log(f"wrote {run / RunDir.CHECKPOINT}")
             return run / RunDir.CHECKPOINT
@@ -135,7 +139,7 @@ def _prepare_folder(run: RunDir, cfg: TrainConfig, resume: bool, overwrite: bool
         if not run.finished() and not (run / RunDir.CHECKPOINT).exists():
             log(f"--resume: {run.path} has no {RunDir.CHECKPOINT} yet; starting at epoch 1")
     elif overwrite:
-        run.clear()
+        run.set_aside()  # (until the new run's first epoch: a refusal restores it)
     run.write_config(cfg.to_dict())
 
 
