@@ -73,3 +73,107 @@ def test_shards_partition_the_global_batch():
     parts = [shard(index, Dist(rank=r, world_size=3)) for r in range(3)]
     assert sorted(torch.cat(parts).tolist()) == list(range(10))
     assert torch.equal(shard(index, Dist()), index)
+
+
+def _spawned(rank: int, world: int, port: int, out: str, cfg: dict, stop_after, resume: bool,
+             report: str) -> None:
+    """A rank of ``train``: writes what it raised (or ``ok``) and its buffers to ``report``."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world),
+                      RANK=str(rank), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    import erat.fit.loop
+
+    seen = []  # the model each rank trained, to compare their BatchNorm statistics
+    real = erat.fit.loop.Loop.result
+
+    def result(self):
+        seen.append({k: v.clone() for k, v in self.model.state_dict().items()
+                     if "running" in k})
+        return real(self)
+
+    erat.fit.loop.Loop.result = result
+    try:
+        train(TrainConfig.from_dict(cfg), out, stop_after=stop_after, resume=resume,
+              log=lambda *_: None)
+        said = "ok"
+    except Exception as e:  # (the test reads each rank's outcome)
+        said = f"{type(e).__name__}: {e}"
+    finally:
+        close(wait_for_all=False)
+    torch.save({"said": said, "buffers": seen[0] if seen else {}}, f"{report}.{rank}")
+
+
+def _two(tmp_path, out, cfg, stop_after=None, resume=False):
+    report = str(tmp_path / "report")
+    mp.spawn(_spawned, args=(2, _free_port(), str(out), cfg, stop_after, resume, report),
+             nprocs=2, join=True)
+    return [torch.load(f"{report}.{r}", weights_only=True) for r in (0, 1)]
+
+
+@pytest.mark.slow
+def test_a_resumed_two_process_run_ends_as_the_uninterrupted_one(tmp_path):
+    """Each rank reseeded its searches once, at the start: a run resumed after epoch 1 drew
+    other random starts than the same run uninterrupted (ER). Now reseeded per epoch."""
+    cfg = {**CFG, "method": "er", "method_params": {"eps": 1.0}}
+    assert [r["said"] for r in _two(tmp_path, tmp_path / "whole", cfg)] == ["ok", "ok"]
+    _two(tmp_path, tmp_path / "parts", cfg, stop_after=1)
+    assert [r["said"] for r in _two(tmp_path, tmp_path / "parts", cfg, resume=True)] == \
+        ["ok", "ok"]
+    a = torch.load(tmp_path / "whole" / "model.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "parts" / "model.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_ranks_share_batchnorm_statistics_and_a_refusal(tmp_path):
+    """BatchNorm's running statistics drifted apart between ranks (each its own shards'); now
+    rank 0's after every update, as DDP does. A refusal that only rank 0 checks (a resume
+    with other settings) ended rank 1 with a broken connection; now with one line."""
+    cfg = {**CFG, "model": "mlp", "method": "pgd", "method_params": {"eps": 1.0},
+           "model_kwargs": {"hidden": [16]}}
+    ranks = _two(tmp_path, tmp_path / "run", cfg)
+    assert [r["said"] for r in ranks] == ["ok", "ok"] and ranks[0]["buffers"]
+    assert all(torch.equal(ranks[0]["buffers"][k], ranks[1]["buffers"][k])
+               for k in ranks[0]["buffers"])
+    ranks = _two(tmp_path, tmp_path / "run", {**cfg, "seed": 9}, resume=True)
+    assert ranks[0]["said"].startswith("UserError: --resume: settings differ")
+    assert ranks[1]["said"].startswith("UserError: rank 0 refused the run")
+
+
+def test_batches_that_do_not_divide_among_the_processes_are_refused():
+    """Only --batch-size was checked: 15 labels (a labeled batch of 15) or an unlabeled
+    batch of 101 split 8/7 and 51/50, and the shards' gradients were averaged as equals."""
+    from erat.distributed import Dist
+    from erat.errors import UserError
+    from erat.fit.loop import _check_shards
+    from erat.fit.options import FitOptions
+    from erat.fit.sampler import EpochSampler
+
+    two = Dist(rank=0, world_size=2)
+    _check_shards(EpochSampler(FitOptions(batch_size=64), 1000, 0), two)
+    with pytest.raises(UserError, match=r"--batch-size: a batch of 15 \(the 15 labels"):
+        _check_shards(EpochSampler(FitOptions(batch_size=64), 15, 0), two)
+    with pytest.raises(UserError, match="--unlabeled-batch-size: a batch of 101"):
+        _check_shards(EpochSampler(FitOptions(batch_size=64, unlabeled_batch_size=101),
+                                   100, 5000), two)
+    _check_shards(EpochSampler(FitOptions(batch_size=64, unlabeled_batch_size=101), 100,
+                               5000, uses_unlabeled=False), two)  # (not read: not split)
+
+
+def test_devices_that_are_not_there_and_sync_bn_on_the_cpu(tmp_path, monkeypatch):
+    """--device mps without an Apple GPU was a traceback when training began (and erat eval
+    blamed the model file); cpu:1 was taken as cpu; --sync-bn under torchrun on the CPU
+    failed in SyncBatchNorm's first forward, on every rank."""
+    from erat.distributed import resolve_device
+    from erat.errors import EnvironmentProblem, UserError
+
+    if not torch.backends.mps.is_available():
+        with pytest.raises(EnvironmentProblem, match="no Apple GPU"):
+            resolve_device("mps")
+    with pytest.raises(UserError, match="takes no index"):
+        resolve_device("cpu:1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(UserError, match="--sync-bn needs CUDA"):
+        train(TrainConfig.from_dict({**CFG, "sync_bn": True, "device": "cpu"}),
+              tmp_path / "run", log=lambda *_: None)
+    assert not (tmp_path / "run").exists()

@@ -13,7 +13,8 @@ Averaging after ``backward`` is exact for any number of forward passes, and the 
 stay identical on every rank because they start identical (same seed, broadcast from rank 0)
 and receive identical updates.
 
-BatchNorm keeps per-rank batch statistics by default (each rank normalises its own shard);
+BatchNorm keeps per-rank batch statistics by default (each rank normalises its own shard),
+and rank 0's running statistics are copied to every rank after each update, as DDP does;
 ``sync_bn=True`` converts it to ``SyncBatchNorm`` (CUDA only), which makes a multi-GPU run
 match a single-GPU run of the same global batch.
 """
@@ -46,6 +47,10 @@ def resolve_device(name: str) -> torch.device:
         raise EnvironmentProblem(f"--device {name}: only {torch.cuda.device_count()} GPU(s)")
     if device.type not in ("cpu", "cuda", "mps"):
         raise UserError(f"unsupported device {name!r}; use auto, cpu, cuda or cuda:N")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise EnvironmentProblem(f"--device {name}: no Apple GPU (MPS) is available here")
+    if device.type == "cpu" and device.index:
+        raise UserError(f"--device {name}: the CPU takes no index; use cpu")
     return device
 
 
@@ -98,6 +103,33 @@ def broadcast_parameters(model: nn.Module, info: Dist) -> None:
     if info.enabled:
         for t in list(model.parameters()) + list(model.buffers()):
             dist.broadcast(t.data, src=0)
+
+
+def broadcast_buffers(model: nn.Module, info: Dist) -> None:
+    """Rank 0's buffers (BatchNorm's running statistics) on every rank, after each update's
+    passes, as ``DistributedDataParallel`` does by default: every rank's eval-mode searches
+    then normalise alike, and the saved model's statistics are the ones they used. One
+    flat broadcast per dtype."""
+    if not info.enabled:
+        return
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for t in model.buffers():
+        by_dtype.setdefault(t.dtype, []).append(t.data)
+    for group in by_dtype.values():
+        flat = _flatten_dense_tensors(group)
+        dist.broadcast(flat, src=0)
+        for t, synced in zip(group, _unflatten_dense_tensors(flat, group), strict=True):
+            t.copy_(synced)
+
+
+def agree(ok: bool, info: Dist, device: torch.device) -> bool:
+    """Whether every rank is ``ok`` (one all-reduce of a flag): a refusal made on one rank
+    (rank 0's run-folder checks) ends the others with it, not with a broken connection."""
+    if not info.enabled:
+        return ok
+    flag = torch.tensor([1 if ok else 0], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
 
 
 def average_gradients(model: nn.Module, info: Dist) -> None:

@@ -32,7 +32,7 @@ from erat.datasets import (
 )
 from erat.datasets.own import describe
 from erat.distributed import resolve_device
-from erat.errors import UserError, first_line
+from erat.errors import EnvironmentProblem, UserError, first_line
 from erat.files import tensor_sha256
 from erat.fit import FitData, FitResult, fit
 from erat.methods import Method, ball, build_method, method_config
@@ -68,6 +68,9 @@ def train(
         _check_factory(cfg, info)
     run.check_output(resume=resume, overwrite=overwrite)
     device = resolve_device(cfg.device)
+    if cfg.sync_bn and distributed.world_size() > 1 and device.type != "cuda":
+        raise UserError("--sync-bn needs CUDA GPUs (SyncBatchNorm); on the CPU each process "
+                        "keeps its own BatchNorm batch statistics: leave --sync-bn out")
     dist = distributed.setup(device)
     if dist.enabled:
         if device.type == "cuda":
@@ -75,9 +78,17 @@ def train(
             torch.cuda.set_device(device)
         if not dist.is_main:
             log = _silent
-    with run.lock() if dist.is_main else contextlib.nullcontext():
+    with contextlib.ExitStack() as held:
+        refused = None
         if dist.is_main:
-            _prepare_folder(run, cfg, resume, overwrite, log)
+            try:
+                held.enter_context(run.lock())
+                _prepare_folder(run, cfg, resume, overwrite, log)
+            except (UserError, EnvironmentProblem) as e:
+                refused = e
+        if not distributed.agree(refused is None, dist, device):  # (torchrun: every rank)
+            raise refused or UserError(f"rank 0 refused the run in {run.path} (its message "
+                                       "above)")
         if resume and run.finished():
             kept = "its weights were dropped" if run.weights_dropped() else \
                 f"{run.model_file()} is already there, unchanged"

@@ -92,13 +92,14 @@ def fit(
     if start:
         _check_schedule(loop, start)
         log(f"resumed {run_dir.path} after epoch {start}")
-    if loop.dist.enabled:  # different random searches on each rank, reproducibly
-        torch.manual_seed(loop.options.seed * 7919 + start * 31 + loop.dist.rank)
     epochs = loop.schedule.epochs
     if stop_after is not None and stop_after >= epochs > start:
         log(f"erat: note: --stop-after {stop_after} is not before the run's last epoch "
             f"({epochs}): the run trains to its end")
     for epoch in range(start + 1, epochs + 1):
+        if loop.dist.enabled:  # each rank's searches its own, reseeded per epoch: a resumed
+            # run draws what the uninterrupted one drew (only rank 0's state is saved)
+            torch.manual_seed(loop.options.seed * 7919 + (epoch - 1) * 31 + loop.dist.rank)
         row = loop.epoch(epoch)
         loop.record(row)
         if stop_after is not None and stop_after <= epoch < epochs:
@@ -123,6 +124,23 @@ def _check_schedule(loop: Loop, start: int) -> None:
                         "length); train it again into a new folder")
 
 
+def _check_shards(sampler: EpochSampler, dist: distributed.Dist) -> None:
+    """Refuse batches that do not divide among the processes (their gradients are averaged
+    as equal shares): the labeled batch as used (``--batch-size``, or every label when
+    there are fewer) and the unlabeled one when the method reads it."""
+    if not dist.enabled:
+        return
+    sizes = [("--batch-size", sampler.labeled_batch)]
+    if sampler.uses_unlabeled:
+        sizes.append(("--unlabeled-batch-size", sampler.unlabeled_batch))
+    for flag, size in sizes:
+        if size % dist.world_size:
+            within = "" if flag != "--batch-size" or size == sampler.options.batch_size \
+                else f" (the {size} labels: fewer than --batch-size)"
+            raise UserError(f"{flag}: a batch of {size}{within} does not divide among "
+                            f"{dist.world_size} processes")
+
+
 class Loop:
     """The state of one :func:`fit` call: data on the device, schedule, optimiser."""
 
@@ -131,12 +149,10 @@ class Loop:
         self.model, self.method, self.data, self.options = model, method, data, options
         self.run_dir, self.log, self.dist = run_dir, log, dist
         self.device = next(model.parameters()).device
-        if dist.enabled and options.batch_size % dist.world_size:
-            raise UserError(f"batch_size {options.batch_size} must divide among "
-                            f"{dist.world_size} processes")
         uses = data.x_unlabeled is not None and method.uses_unlabeled
         self.sampler = EpochSampler(options, len(data.y), data.unlabeled_count
                                     if data.x_unlabeled is None else len(data.x_unlabeled), uses)
+        _check_shards(self.sampler, dist)
         within_outputs(data.y, output_count(model, data.x[:1].to(self.device)), "FitData.y")
         self.schedule = plan(method, model, options, self.sampler)
         self.sampler.updates = self.schedule.per_epoch
@@ -310,6 +326,7 @@ def update(model: nn.Module, method: Method, batch: Batch, state: TrainState, am
             raise
         out = _loss_and_grads(fallback(err), method, batch, state, amp, device, lazy)
     distributed.average_gradients(model, dist)
+    distributed.broadcast_buffers(model, dist)
     state.scaler.step(state.optimizer)
     state.scaler.update()
     state.scheduler.step()
