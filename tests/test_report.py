@@ -243,7 +243,8 @@ def test_runs_evaluated_on_different_numbers_of_images_are_said(tmp_path, capsys
     out = capsys.readouterr().out
     assert "evaluated on different numbers of test images (40, 50" in out
     assert "| run | method | n | clean | PGD-l2 0.5 | energy l2 0.3 | energy l-inf 1 | failed " \
-        "checks |\n" in out  # (each once: the energy keys once matched the robust ones too)
+        "checks | cost (ERM epochs) |\n" in out  # (each once: the energy keys once matched
+    # the robust ones too; the cost: erat report had none, which every comparison needs)
     text = (tmp_path / "rep" / "results.md").read_text()  # the same names as reproduce's
     assert text.startswith("| run | method | n | clean |") and "## Every column" in text
     with (tmp_path / "rep" / "results.csv").open() as f:

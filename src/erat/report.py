@@ -507,6 +507,9 @@ def report_runs(runs: Sequence[Path], out: Path, *, eval_name: str = "eval.json"
     if len(sizes) > 1:  # (said above: shown beside the accuracies)
         keys.insert(keys.index("clean_acc"), "n")
         names.insert(keys.index("n"), "n")
+    if any(r["cost_erm_epochs"] is not None for r in rows):  # (cost beside every comparison)
+        keys.append("cost_erm_epochs")
+        names.append("cost (ERM epochs)")
     short = results_table(rows, keys, headers=names, float_fmt="{:.3f}")
     out = Path(out)
     write_csv(rows, out / "results.csv", columns)
@@ -550,7 +553,8 @@ def _energy_column(energy: object) -> dict[str, float]:
 def _run_row(run: Path, name: str, result: dict) -> dict:
     """The report's row of a run folder: its name, method, training ball and labels
     (``config.yaml``), test images, accuracies, mean energy (``energy.json``, when measured,
-    keyed by its ball), failed checks, and what the training guard flagged."""
+    keyed by its ball), failed checks, what the training guard flagged, and its training
+    cost in ERM epochs and updates (``model.pt``'s record; none for a model from outside)."""
     from erat.methods import trained_ball
     from erat.rundir import RunDir
 
@@ -559,9 +563,11 @@ def _run_row(run: Path, name: str, result: dict) -> dict:
     ball = trained_ball(config)
     energy = read_json(run / RunDir.ENERGY, "energy result") \
         if (run / RunDir.ENERGY).is_file() else {}
+    meta = folder.read_meta() if config and folder.finished() else {}
     return {"run": name, "method": config.get("method"),
             "trained": ball_name(*ball) if ball else None, "labels": config.get("labels"),
             "n": result["threat"].get("n"),
             "clean_acc": result["clean_acc"], **result["robust_acc"],
             **_energy_column(energy),
-            "checks_failed": result.get("checks_failed", 0), **_training_notes(run)}
+            "checks_failed": result.get("checks_failed", 0), **_training_notes(run),
+            "cost_erm_epochs": meta.get("cost_erm_epochs"), "updates": meta.get("updates")}
