@@ -13,6 +13,7 @@ methods there, so read it as an upper bound).
 
 from __future__ import annotations
 
+import dataclasses
 import resource
 import statistics
 import time
@@ -223,7 +224,8 @@ def bench_training(
             scaler.update()
 
         row = {"model": model_name, "method": name, "batch_size": batch_size, "amp": amp,
-               "compiled": compiled and stepped is not model, "fast": fast}
+               "compiled": compiled and stepped is not model, "fast": fast,
+               "channels_last": channels_last}
         skips = cudagraph_skips()
         row |= (_measured(step, device, steps, warmup, max_seconds, profile, batch_size)
                 | {"passes_per_example": method.cost(batch, model.train()) / batch_size,
@@ -433,14 +435,21 @@ def run_bench(options: BenchOptions, device: torch.device, log=print,
     variants = _variants(o)
     result: dict[str, Any] = {"complete": False, "device": str(device),
                               "threads": torch.get_num_threads(),
-                              "torch": str(torch.__version__), "models": {}}
+                              "torch": str(torch.__version__),
+                              "settings": dataclasses.asdict(o), "models": {}}
     if device.type == "cuda":
         result["gpu"] = torch.cuda.get_device_name(device)
     if o.chip:
         result["matrix_tflops"] = matrix_rate(device)
         log(f"matrix rate {result['matrix_tflops']:.3g} TFLOP/s "
             f"({'bf16' if device.type == 'cuda' else 'float32'})")
-    log(f"device {device}, {torch.get_num_threads()} CPU threads, batch {o.batch_size}")
+    log(f"device {device}, {torch.get_num_threads()} CPU threads, batch {o.batch_size}; "
+        f"ms/step: the median of up to {o.steps} timed steps (within {o.max_seconds:g} s) "
+        f"after {o.warmup} untimed; x erm: measured, counted: passes per example "
+        f"(Method.cost), both against ERM's; peak MB: "
+        + ("the allocator's peak" if device.type == "cuda" else "the process's peak RSS"))
+    if o.profile and device.type != "cuda":
+        log("note: --profile counts device kernels: on the CPU it adds nothing")
     log(f"{'model':<16} {'variant':<13} {'method':<20} {'ms/step':>9} {'img/s':>8} "
         f"{'x erm':>6} {'counted':>8} {'peak MB':>8}" + ("  % of rate" if o.chip else ""))
     for name, shape in parse_setups(o.models):
@@ -480,7 +489,8 @@ def run_bench(options: BenchOptions, device: torch.device, log=print,
 
 def _row_line(name: str, r: dict[str, Any], chip: bool) -> str:
     """The console's line of one measured row."""
-    variant = "fast" if r["fast"] else r["amp"] + ("+compile" if r["compiled"] else "")
+    variant = "fast" if r["fast"] else r["amp"] + ("+compile" if r["compiled"] else "") \
+        + ("+cl" if r.get("channels_last") else "")
     return (f"{name:<16} {variant:<13} {r['method']:<20} {r['ms_per_step']:>9.1f} "
             f"{r['images_per_s']:>8.0f} {r['ratio_to_erm']:>6.2f} "
             f"{r['counted_ratio_to_erm']:>8.2f} {r['peak_mem_mb']:>8.0f}"
