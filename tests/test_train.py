@@ -84,6 +84,17 @@ def test_batches_carry_the_update_count_across_epochs_and_resume(tmp_path, monke
     assert seen == list(range(10))
 
 
+def test_model_file_records_how_the_run_was_trained(tmp_path):
+    """config.yaml keeps the flags (``fast: auto``); what they came to on this machine (the
+    device, processes, threads, precision, a compiled step) was nowhere."""
+    path = train(TrainConfig.from_dict({**FAST, "epochs": 1, "device": "cpu"}),
+                 tmp_path / "run", log=quiet)
+    ran = torch.load(path, weights_only=True)["meta"]["ran"]
+    assert ran == {"device": "cpu", "processes": 1, "threads": torch.get_num_threads(),
+                   "amp": "none", "channels_last": False, "fast_path": False,
+                   "compiled": False}
+
+
 def test_refuses_to_overwrite_a_run(tmp_path):
     cfg = TrainConfig.from_dict({**FAST, "epochs": 1})
     train(cfg, tmp_path / "run", log=quiet)

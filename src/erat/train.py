@@ -249,7 +249,8 @@ def _save(run: RunDir, cfg: TrainConfig, built: _Built, result: FitResult) -> st
                   budget=cfg.fit.budget, seed=cfg.fit.seed, labels=cfg.labels, val=cfg.val,
                   select=cfg.fit.select, last_epoch=result.last_epoch,
                   updates=result.updates, cost_erm_epochs=result.cost,
-                  train_seconds=result.seconds, test_sha256=built.test_sha256)
+                  train_seconds=result.seconds, test_sha256=built.test_sha256,
+                  ran=result.ran)
     if info.details is not None:  # your own data: what erat eval re-reads
         common["data"] = info.details
     meta = run.save_model(result.model, selected_epoch=result.selected_epoch, **common)

@@ -302,7 +302,15 @@ class Loop:
             model.load_state_dict(best["state_dict"])
         return FitResult(self.model, last, best["epoch"] if selecting else last, last_state,
                          self.schedule.updates, self.schedule.cost(self.schedule.updates),
-                         _train_seconds(self.history), history=self.history)
+                         _train_seconds(self.history), history=self.history, ran=self.ran())
+
+    def ran(self) -> dict[str, Any]:
+        """What this session trained with, the flags' outcome (``auto`` resolved, the fast
+        path's precision and layout, a compiled step that fell back to eager)."""
+        return {"device": str(self.device), "processes": self.dist.world_size,
+                "threads": torch.get_num_threads(), "amp": self.amp,
+                "channels_last": bool(self.channels_last), "fast_path": bool(self.fast),
+                "compiled": self.step_model is not self.model}
 
 
 def _train_seconds(history: list[dict]) -> float:

@@ -126,3 +126,4 @@ class FitResult:
     seconds: float  # training time, validation excluded
     stopped: bool = False  # ended early by stop_after
     history: list[dict[str, Any]] = field(default_factory=list)
+    ran: dict[str, Any] = field(default_factory=dict)  # how the last session trained it
