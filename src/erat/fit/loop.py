@@ -94,7 +94,7 @@ def fit(
         log(f"resumed {run_dir.path} after epoch {start}")
     epochs = loop.schedule.epochs
     if stop_after is not None and stop_after >= epochs > start:
-        log(f"erat: note: --stop-after {stop_after} is not before the run's last epoch "
+        log(f"note: --stop-after {stop_after} is not before the run's last epoch "
             f"({epochs}): the run trains to its end")
     for epoch in range(start + 1, epochs + 1):
         if loop.dist.enabled:  # each rank's searches its own, reseeded per epoch: a resumed

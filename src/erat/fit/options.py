@@ -42,7 +42,9 @@ class FitOptions:
     weight_decay: float = param(0.0, "L2 weight decay")
     schedule: Literal["cosine", "step", "none"] = param("cosine", "learning-rate schedule")
     seed: int = param(0, "random seed")
-    amp: Literal["none", "bf16", "fp16"] = param("none", "mixed precision")
+    amp: Literal["none", "bf16", "fp16"] = param("none", "mixed precision (the GPU fast path "
+                                                             "uses bf16 for convolutional models "
+                                                             "unless --no-fast-bf16)")
     channels_last: bool = param(False, "channels-last memory format (faster on recent GPUs)")
     compile: bool = param(False, "torch.compile the model (the fast path does on a GPU)")
     fast: Literal["auto", "on", "off"] = param("auto", "the GPU fast path (erat.fit.fast): "
