@@ -115,6 +115,18 @@ def test_an_unknown_only_name_shows_the_suites_runs(tmp_path, capsys):
     assert "(its runs: erm, at, vat, pgd, trades, er)" in err, err
 
 
+def test_resume_may_change_how_fast_not_what(finished, capsys):
+    """A run started with --compile (or the fast path) could not be resumed without it, as
+    on a machine where the compiler fails; speed settings may change, precision may not."""
+    (finished / "model.pt").unlink()  # (unfinished again: the resume trains it)
+    code, _, err = run([*TRAIN, "--epochs", "2", "--resume", "--compile", "--channels-last",
+                        "--fast", "off", "--out", finished], capsys)
+    assert code == 0, err
+    code, _, err = run([*TRAIN, "--epochs", "2", "--resume", "--amp", "bf16", "--out",
+                        finished], capsys)
+    assert code == 2 and "amp 'bf16' (run: 'none')" in err
+
+
 def test_resume_needs_a_run(tmp_path, capsys):
     code, _, err = run([*TRAIN, "--resume", "--out", tmp_path / "typo"], capsys)
     assert code == 2 and one_line(err) and "no run to resume" in err
