@@ -115,16 +115,40 @@ def test_an_unknown_only_name_shows_the_suites_runs(tmp_path, capsys):
     assert "(its runs: erm, at, vat, pgd, trades, er)" in err, err
 
 
+def test_a_killed_overwrite_keeps_the_run_it_set_aside(finished, capsys):
+    """An --overwrite killed before its first epoch leaves .replaced/ beside the new run's
+    first files; the next --overwrite deleted .replaced/ before its own refusal, and a plain
+    train was let in. Now the old run survives, is named, and comes back on a refusal."""
+    before = {f.name: f.read_bytes() for f in finished.iterdir() if f.is_file()}
+    RunDir(finished).set_aside()  # (what the killed --overwrite had done)
+    (finished / "config.yaml").write_text("method: er\n")
+    (finished / "split.json").write_text("{}")
+    code, _, err = run([*TRAIN, "--out", finished], capsys)
+    assert code == 2 and ".replaced/, a run an interrupted --overwrite set aside" in err
+    code, _, err = run(["eval", finished], capsys)
+    assert code == 2 and "set its run aside in .replaced/" in err
+    code, _, err = run([*TRAIN, "--method", "er", "--eps", "1", "--fast", "on",
+                        "--overwrite", "--out", finished], capsys)
+    assert code == 2 and one_line(err), err
+    assert {f.name: f.read_bytes() for f in finished.iterdir() if f.is_file()} == before
+    code, _, err = run([*TRAIN, "--epochs", "1", "--overwrite", "--out", finished], capsys)
+    assert code == 0 and not (finished / RunDir.REPLACED).exists()
+
+
 def test_resume_may_change_how_fast_not_what(finished, capsys):
-    """A run started with --compile (or the fast path) could not be resumed without it, as
-    on a machine where the compiler fails; speed settings may change, precision may not."""
+    """A run started with --compile (or the fast path's graphs) could not be resumed
+    without it, as on a machine where the compiler fails; speed settings may change,
+    precision and where batches are drawn (--fast, --no-fast-data) may not."""
     (finished / "model.pt").unlink()  # (unfinished again: the resume trains it)
     code, _, err = run([*TRAIN, "--epochs", "2", "--resume", "--compile", "--channels-last",
-                        "--fast", "off", "--out", finished], capsys)
+                        "--no-fast-graph", "--out", finished], capsys)
     assert code == 0, err
     code, _, err = run([*TRAIN, "--epochs", "2", "--resume", "--amp", "bf16", "--out",
                         finished], capsys)
     assert code == 2 and "amp 'bf16' (run: 'none')" in err
+    code, _, err = run([*TRAIN, "--epochs", "2", "--resume", "--fast", "off", "--out",
+                        finished], capsys)
+    assert code == 2 and "fast 'off' (run: 'auto')" in err
 
 
 def test_resume_needs_a_run(tmp_path, capsys):

@@ -223,9 +223,8 @@ def bench_training(
             scaler.step(opt)
             scaler.update()
 
-        row = {"model": model_name, "method": name, "batch_size": batch_size, "amp": amp,
-               "compiled": compiled and stepped is not model, "fast": fast,
-               "channels_last": channels_last}
+        row = {"model": model_name, "method": name, "batch_size": batch_size, "amp": amp, "fast":
+               fast, "compiled": compiled and stepped is not model, "channels_last": channels_last}
         skips = cudagraph_skips()
         row |= (_measured(step, device, steps, warmup, max_seconds, profile, batch_size)
                 | {"passes_per_example": method.cost(batch, model.train()) / batch_size,
@@ -450,7 +449,7 @@ def run_bench(options: BenchOptions, device: torch.device, log=print,
         + ("the allocator's peak" if device.type == "cuda" else "the process's peak RSS"))
     if o.profile and device.type != "cuda":
         log("note: --profile counts device kernels: on the CPU it adds nothing")
-    log(f"{'model':<16} {'variant':<13} {'method':<20} {'ms/step':>9} {'img/s':>8} "
+    log(f"{'model':<16} {'variant':<16} {'method':<20} {'ms/step':>9} {'img/s':>8} "
         f"{'x erm':>6} {'counted':>8} {'peak MB':>8}" + ("  % of rate" if o.chip else ""))
     for name, shape in parse_setups(o.models):
         rows: list[dict[str, Any]] = []
@@ -491,7 +490,7 @@ def _row_line(name: str, r: dict[str, Any], chip: bool) -> str:
     """The console's line of one measured row."""
     variant = "fast" if r["fast"] else r["amp"] + ("+compile" if r["compiled"] else "") \
         + ("+cl" if r.get("channels_last") else "")
-    return (f"{name:<16} {variant:<13} {r['method']:<20} {r['ms_per_step']:>9.1f} "
+    return (f"{name:<16} {variant:<16} {r['method']:<20} {r['ms_per_step']:>9.1f} "
             f"{r['images_per_s']:>8.0f} {r['ratio_to_erm']:>6.2f} "
             f"{r['counted_ratio_to_erm']:>8.2f} {r['peak_mem_mb']:>8.0f}"
             + (f"  {r['rate_fraction']:>9.1%}" if chip else "")

@@ -48,12 +48,10 @@ from erat.models import check_kwargs, model_names
 RENAMED = {"epoch_steps": "epoch_updates", "warmup_steps": "warmup_updates",
            "alpha": "adv_weight"}
 # settings a resumed run may change: where things are, how they are shown, and how fast the
-# same arithmetic runs (not its precision: amp, fast_bf16; but fast off, as when the fast
-# path cannot run on the resuming machine, ends its bf16 too); model.pt's ``ran`` says how
-# the last session ran
+# same arithmetic runs (not its precision, amp and fast_bf16, nor where its batches are drawn,
+# fast and fast_data: another generator); model.pt's ``ran`` says how the last session ran
 RESUME_MAY_CHANGE = {"data_dir", "download", "device", "progress", "keep_checkpoint",
-                     "compile", "channels_last", "fast", "fast_data", "fast_graph",
-                     "fast_channels_last"}
+                     "compile", "channels_last", "fast_graph", "fast_channels_last"}
 # fields whose help lists the registered names (the registries are the one list)
 REGISTERED = {"dataset": dataset_names, "model": model_names, "method": method_names}
 

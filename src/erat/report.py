@@ -563,7 +563,10 @@ def _run_row(run: Path, name: str, result: dict) -> dict:
     ball = trained_ball(config)
     energy = read_json(run / RunDir.ENERGY, "energy result") \
         if (run / RunDir.ENERGY).is_file() else {}
-    meta = folder.read_meta() if config and folder.finished() else {}
+    try:  # (the cost's record; a model file that cannot be read gives none)
+        meta = folder.read_meta() if config and folder.finished() else {}
+    except UserError:
+        meta = {}
     return {"run": name, "method": config.get("method"),
             "trained": ball_name(*ball) if ball else None, "labels": config.get("labels"),
             "n": result["threat"].get("n"),

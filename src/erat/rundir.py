@@ -96,7 +96,7 @@ class RunDir:
         return found + sorted(self.path.glob(".eval*.state.pt"))
 
     def holds_run(self) -> bool:
-        return bool(self.run_files())
+        return bool(self.run_files()) or self.replaced()
 
     def finished(self) -> bool:
         """Trained to its end: ``model.pt`` is there, or was, before its weights were
@@ -115,7 +115,9 @@ class RunDir:
         if resume and not (self.path / self.CONFIG).is_file():
             raise UserError(f"--resume: {self.path} holds no run to resume (no {self.CONFIG})")
         if not resume and not overwrite and self.holds_run():
-            names = ", ".join(p.name for p in self.run_files()[:4])
+            names = ", ".join([p.name for p in self.run_files()[:4]] + (
+                [f"{self.REPLACED}/, a run an interrupted --overwrite set aside"]
+                if self.replaced() else []))
             raise UserError(f"{self.path} already holds a run ({names}); pass --resume to "
                             "continue it, --overwrite to replace it, or choose another --out")
 
@@ -129,9 +131,13 @@ class RunDir:
 
     def set_aside(self) -> None:
         """Move the run's files into ``.replaced/`` (``--overwrite``): :meth:`restore` puts
-        them back when the new run fails before its first epoch, :meth:`drop_replaced`
-        deletes them once it has one. One left by a killed run is replaced."""
+        them back when the new run fails before its first epoch, and the new run's first
+        epoch (:meth:`append_metrics`) deletes them. Where a killed ``--overwrite`` left
+        ``.replaced/`` beside files without an epoch, those are cleared and it is kept."""
         aside = self.path / self.REPLACED
+        if aside.is_dir() and not self.metrics():
+            self.clear()
+            return
         shutil.rmtree(aside, ignore_errors=True)
         files = self.run_files()
         if files:
@@ -148,8 +154,10 @@ class RunDir:
                 f.rename(self.path / f.name)
             aside.rmdir()
 
-    def drop_replaced(self) -> None:
-        shutil.rmtree(self.path / self.REPLACED, ignore_errors=True)
+    def replaced(self) -> bool:
+        """Whether ``.replaced/`` holds a run set aside by an ``--overwrite`` that has not
+        had its first epoch."""
+        return (self.path / self.REPLACED).is_dir()
 
     def remove_temps(self) -> list[Path]:
         """Temporaries of interrupted atomic writes (call while holding the lock)."""
@@ -231,6 +239,7 @@ class RunDir:
         kept = [r for r in self.metrics() if r.get("epoch", 0) < row["epoch"]]
         text = "".join(json.dumps(r) + "\n" for r in [*kept, row])
         atomic_write_text(text, self.path / self.METRICS)
+        shutil.rmtree(self.path / self.REPLACED, ignore_errors=True)  # (--overwrite's old run)
 
     def metrics(self) -> list[dict[str, Any]]:
         path = self.path / self.METRICS
@@ -425,6 +434,9 @@ def _read_model_file(path: Path, device: str | torch.device = "cpu", digest: boo
     if not path.exists():
         folder = path.parent if path.name in (RunDir.MODEL, RunDir.MODEL_LAST) else path
         check_exists(folder)
+        if RunDir(folder).replaced() and not (folder / RunDir.METRICS).exists():
+            raise UserError(f"{folder}: no model.pt; an interrupted --overwrite set its run "
+                            f"aside in {RunDir.REPLACED}/ (move its files back to use it)")
         if RunDir(folder).weights_dropped():
             raise UserError(f"{folder}: its weights were dropped ({RunDir.MODEL_META} keeps "
                             "what its results need); a new evaluation needs it trained again "

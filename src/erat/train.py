@@ -32,7 +32,7 @@ from erat.datasets import (
 )
 from erat.datasets.own import describe
 from erat.distributed import resolve_device
-from erat.errors import EnvironmentProblem, UserError, first_line
+from erat.errors import UserError, first_line
 from erat.files import tensor_sha256
 from erat.fit import FitData, FitResult, fit
 from erat.methods import Method, ball, build_method, method_config
@@ -66,7 +66,8 @@ def train(
             check_radius_fits(float(eps), norm, info.shape, name=name)
     if is_factory(cfg.model):
         _check_factory(cfg, info)
-    run.check_output(resume=resume, overwrite=overwrite)
+    if distributed.world_size() == 1:  # (torchrun: rank 0 checks, below)
+        run.check_output(resume=resume, overwrite=overwrite)
     device = resolve_device(cfg.device)
     if cfg.sync_bn and distributed.world_size() > 1 and device.type != "cuda":
         raise UserError("--sync-bn needs CUDA GPUs (SyncBatchNorm); on the CPU each process "
@@ -79,13 +80,18 @@ def train(
         if not dist.is_main:
             log = _silent
     with contextlib.ExitStack() as held:
-        refused = None
+        refused, locked = None, False
         if dist.is_main:
             try:
+                if dist.enabled:  # (here, not before: a slow rank saw rank 0's new files)
+                    run.check_output(resume=resume, overwrite=overwrite)
                 held.enter_context(run.lock())
+                locked = True
                 _prepare_folder(run, cfg, resume, overwrite, log)
-            except (UserError, EnvironmentProblem) as e:
+            except Exception as e:  # (every rank learns of it; the other ranks would hang)
                 refused = e
+                if overwrite and locked:
+                    run.restore()
         if not distributed.agree(refused is None, dist, device):  # (torchrun: every rank)
             raise refused or UserError(f"rank 0 refused the run in {run.path} (its message "
                                        "above)")
@@ -101,9 +107,6 @@ def train(
                 run.clear()  # failed before its first epoch: the folder as it was
                 run.restore()  # (--overwrite: the run it was to replace)
             raise
-        finally:
-            if dist.is_main:
-                run.drop_replaced()  # (--overwrite: the old run, once the new has an epoch)
         if result.stopped:
             log(f"wrote {run / RunDir.CHECKPOINT}")
             return run / RunDir.CHECKPOINT

@@ -99,7 +99,8 @@ def fit(
     for epoch in range(start + 1, epochs + 1):
         if loop.dist.enabled:  # each rank's searches its own, reseeded per epoch: a resumed
             # run draws what the uninterrupted one drew (only rank 0's state is saved)
-            torch.manual_seed(loop.options.seed * 7919 + (epoch - 1) * 31 + loop.dist.rank)
+            torch.manual_seed(loop.options.seed * 7919 + (epoch - 1) * loop.dist.world_size
+                              + loop.dist.rank)
         row = loop.epoch(epoch)
         loop.record(row)
         if stop_after is not None and stop_after <= epoch < epochs:
