@@ -10,6 +10,7 @@ Example::
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import torch
@@ -68,6 +69,8 @@ def compiled(model: nn.Module, *, graphs: bool, graph_searches: bool = False,
     if graphs and cuda:
         return Cloned(torch.compile(model, mode="reduce-overhead"),
                       None if graph_searches else model, overlaps=overlaps)
+    if not cuda:  # (Inductor's C++ path warns "No CUDA runtime is found": no error on a CPU)
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     return torch.compile(model)
 
 
