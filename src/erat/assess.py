@@ -182,7 +182,7 @@ def _trained_record(path: Path | None) -> dict[str, Any]:
 
     config = _config(path) or {}  # (read once)
     method = trained_method(config) if config else None
-    norm, eps = ball(method) if method is not None else ("l2", None)
+    norm, eps = ball(method)
     out = {"norm": norm, "eps": eps} if eps is not None else {}
     if config.get("labels"):
         out |= {"labels": config["labels"],

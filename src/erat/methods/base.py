@@ -190,9 +190,9 @@ def method_config(method: Method) -> dict[str, Any]:
     return {"name": method.name, **dataclasses.asdict(method)}
 
 
-def ball(method: Method) -> tuple[str, float | None]:
+def ball(method: Method | None) -> tuple[str, float | None]:
     """``(norm, eps)`` of a method's training ball (:class:`Method`): ``eps`` None for a
-    method without a radius."""
+    method without a radius (or no method: ``("l2", None)``)."""
     eps = getattr(method, "eps", None)
     return getattr(method, "norm", "l2"), None if eps is None else float(eps)
 
@@ -209,8 +209,7 @@ def trained_method(config: dict[str, Any]) -> Method | None:
 def trained_ball(config: dict[str, Any]) -> tuple[str, float] | None:
     """``(norm, eps)`` of the method a run's ``config.yaml`` trained with (:func:`ball`);
     None for a method without a radius (ERM) or one it cannot build."""
-    method = trained_method(config)
-    norm, eps = ball(method) if method is not None else ("l2", None)
+    norm, eps = ball(trained_method(config))
     return None if eps is None else (norm, eps)
 
 
