@@ -16,6 +16,7 @@ from erat.cli import main
 from erat.fit.fast import DeviceImages
 from erat.graphs import Cloned, Padded, check_capturable, compiled
 from erat.methods import Batch, build_method, method_names
+from erat.rundir import RunDir
 
 # TRADES' search starts at x + 0.001 N(0, 1), where the KL is ~1e-6 and its gradient's
 # direction turns with float rounding: the compiled kernels' rounding moves its end point
@@ -354,3 +355,7 @@ def test_graphs_run_without_cuda_graph_replay_are_warned_of(tmp_path, capsys, mo
                  "--compile", "--no-progress", "--out", str(tmp_path / "run")])
     out = capsys.readouterr().out
     assert code == 0 and out.count("2 compiled graph(s) ran without CUDA graphs") == 1, out
+    # the first compiled update (compilation included) is timed apart, in epoch 1 only
+    rows = RunDir(tmp_path / "run").metrics()
+    assert 0 < rows[0]["compile_seconds"] <= rows[0]["seconds"]
+    assert "compile_seconds" not in rows[1] and out.count(" compiling)") == 1, out

@@ -500,3 +500,17 @@ def test_an_linf_suite_draws_its_landscape_at_its_largest_radius(tmp_path, capsy
     suite.write_text(text)
     assert main(["reproduce", str(suite), "--out", str(out)]) == 0
     assert "l-inf radius 0.0313725" in (out / "landscape.svg").read_text()
+
+
+def test_seconds_per_epoch_are_per_full_epoch_without_compiling(tmp_path):
+    """A suite's s/epoch: a budget's partial last epoch counts as the part of an epoch it
+    is, and the first compiled update's compiling is left out (it is in ``seconds``)."""
+    from erat.reproduce import _seconds_per_epoch
+    from erat.rundir import RunDir
+
+    folder = RunDir(tmp_path)
+    for row in [{"epoch": 1, "updates": 10, "seconds": 7.0, "compile_seconds": 5.0},
+                {"epoch": 2, "updates": 20, "seconds": 2.0},
+                {"epoch": 3, "updates": 25, "seconds": 1.0}]:
+        folder.append_metrics(row)
+    assert _seconds_per_epoch(folder) == pytest.approx(5.0 / 25 * 10)

@@ -127,3 +127,13 @@ def test_a_huge_epochs_starts_its_first_epoch_at_once(tmp_path):
     assert seconds < 15 and peak < 20e6, (seconds, peak)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
     assert [r["epoch"] for r in rows] == [1] and rows[0]["cost"] > 0
+
+
+def test_mixed_precision_on_the_cpu_is_said_to_be_slow(tmp_path):
+    """--amp on the CPU runs, and says that it is usually slower there than float32; the
+    epoch line gives the cost with its unit."""
+    lines: list[str] = []
+    train(TrainConfig.from_dict({**FAST, "epochs": 1, "amp": "bf16", "method": "er"}),
+          tmp_path / "run", log=lines.append)
+    assert sum("--amp bf16 on the CPU is usually slower" in line for line in lines) == 1, lines
+    assert any(line.endswith(" ERM epochs") for line in lines if line.startswith("epoch 1/1"))

@@ -570,9 +570,17 @@ def autoattack_choice(spec: dict[str, Any], rows: list[dict[str, Any]]) -> set[s
     return chosen
 
 
-def _seconds_per_epoch(folder: RunDir) -> float:
-    seconds = [r["seconds"] for r in folder.metrics()]
-    return round(sum(seconds) / max(len(seconds), 1), 3)
+def _seconds_per_epoch(folder: RunDir) -> float | None:
+    """Training seconds per full epoch: the epochs' seconds without compiling (the first
+    compiled update of each session), over the updates made, times a full epoch's updates
+    (a budget's last epoch may be partial)."""
+    rows, done, per_epoch, seconds = folder.metrics(), 0, 0, 0.0
+    if not all("updates" in r for r in rows):  # (a run from an erat that did not count them)
+        return round(sum(r["seconds"] for r in rows) / max(len(rows), 1), 3)
+    for row in rows:
+        per_epoch = max(per_epoch, row["updates"] - done)
+        done, seconds = row["updates"], seconds + row["seconds"] - row.get("compile_seconds", 0)
+    return round(seconds / done * per_epoch, 3) if done else None
 
 
 NAMED = {"dataset", "model", "method", "epochs", "seed"}

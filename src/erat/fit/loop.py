@@ -163,6 +163,9 @@ class Loop:
         self.fast = fast.active(options, self.device)
         if note := fast.idle_flags(options, self.fast):
             log(note)
+        if options.amp != "none" and self.device.type == "cpu":
+            log(f"note: --amp {options.amp} on the CPU is usually slower than float32 (mixed "
+                "precision pays on GPUs; erat bench --amp none,bf16 measures it here)")
         conv = self.fast and fast.convolutional(model)
         self.amp = "bf16" if conv and options.fast_bf16 and options.amp == "none" else options.amp
         self.channels_last = options.channels_last or (conv and options.fast_channels_last)
@@ -189,6 +192,7 @@ class Loop:
         self.gen_device = self.device if on_device else torch.device("cpu")
         self.augment = data.augment if options.augment else "none"
         self.history: list[dict[str, Any]] = []
+        self.untimed_compile = True  # this session's first compiled update is still to come
 
     def _step_model(self, data: FitData) -> nn.Module:
         """The module the method calls (:func:`erat.graphs.step_module`: ``compile``, or the
@@ -205,7 +209,9 @@ class Loop:
         return stepped
 
     def epoch(self, epoch: int) -> dict[str, Any]:
-        """Train one epoch; its metrics row (without validation)."""
+        """Train one epoch; its metrics row (without validation): ``seconds``, its wall time;
+        ``compile_seconds``, the part of it that this session's first compiled update took
+        (compilation and graph capture included), where there was one."""
         opt, sched, dist = self.options, self.schedule, self.dist
         gen = torch.Generator(self.gen_device).manual_seed(opt.seed * 100_003 + epoch)
         first = (epoch - 1) * sched.per_epoch
@@ -213,6 +219,7 @@ class Loop:
         t0 = time.perf_counter()
         self.model.train()
         sums: dict[str, Any] = {}
+        compile_seconds = None
         bar = tqdm(self.sampler.batches(gen), total=n, desc=f"epoch {epoch}/{sched.epochs}",
                    disable=None if opt.progress and dist.is_main else True, leave=False)
         for i, (li, ui) in enumerate(bar):
@@ -224,7 +231,13 @@ class Loop:
             if ui is not None:
                 uidx = distributed.shard(ui, dist).to(self.device)
                 batch.x_unlabeled = self._prepare(self.xu[uidx], gen)
+            timed = self.untimed_compile and self.step_model is not self.model
+            t1 = time.perf_counter()
             metrics = self._update(batch)
+            if timed:  # (the first compiled update: compilation and capture, said apart)
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                compile_seconds, self.untimed_compile = time.perf_counter() - t1, False
             for k, v in metrics.items():  # (float64 sums, on the device on the fast path)
                 sums[k] = sums.get(k, 0.0) + (v.double() if self.fast else v)
             if not self.fast or (i + 1) % CHECK_EVERY == 0 or i + 1 == n:
@@ -237,6 +250,8 @@ class Loop:
         row = {"epoch": epoch, "updates": first + n, "seconds": round(seconds, 3),
                "lr": self.state.scheduler.get_last_lr()[0],
                **{f"train_{k}": v / n for k, v in sums.items()}}
+        if compile_seconds is not None:
+            row["compile_seconds"] = round(compile_seconds, 3)
         if sched.counted:
             row["cost"] = sched.cost(first + n)
         skips = cudagraph_skips()
@@ -378,7 +393,8 @@ def epoch_line(row: dict[str, Any], epochs: int) -> str:
                                                            else ""))
     if "test_acc" in row:
         parts.append(f"test {row['test_acc']:.3f}")
-    parts.append(f"{row['seconds']:.1f} s")
+    parts.append(f"{row['seconds']:.1f} s" + (f" ({row['compile_seconds']:.1f} compiling)"
+                                               if row.get("compile_seconds") else ""))
     if row.get("cost") is not None:
-        parts.append(f"cost {row['cost']:.2f}")
+        parts.append(f"cost {row['cost']:.2f} ERM epochs")
     return "  ".join(parts)
