@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from erat.cli import main
 from erat.errors import UserError
@@ -514,3 +515,25 @@ def test_seconds_per_epoch_are_per_full_epoch_without_compiling(tmp_path):
                 {"epoch": 3, "updates": 25, "seconds": 1.0}]:
         folder.append_metrics(row)
     assert _seconds_per_epoch(folder) == pytest.approx(5.0 / 25 * 10)
+
+
+def test_a_suite_measures_its_runs_on_their_training_device(suite_file, tmp_path,
+                                                             monkeypatch):
+    """A suite's evaluations and energies run where its runs train (``--device``; on a GPU
+    machine every PGD of a suite ran on the CPU before), resolved only when computed (a
+    report on another machine reads them back)."""
+    import erat.reproduce
+    from erat.rundir import RunDir
+
+    resolved, asked, given = torch.device("cpu"), [], []
+    monkeypatch.setattr(erat.reproduce, "resolve_device",
+                        lambda name: asked.append(name) or resolved)
+    load = RunDir.load_model
+    monkeypatch.setattr(RunDir, "load_model", lambda self, device="cpu", file=None:
+                        given.append(device) or load(self, device, file))
+    reproduce(str(suite_file), tmp_path / "out", log=lambda *_: None)
+    assert set(asked) == {"auto"}  # (the suite's device: its TrainConfig's)
+    assert sum(d is resolved for d in given) == 3  # erm's and er's PGD, er's energy
+    asked.clear()
+    reproduce(str(suite_file), tmp_path / "out", log=lambda *_: None, report_only=True)
+    assert asked == []

@@ -413,7 +413,8 @@ def run_one(suite: dict[str, Any], run: dict[str, Any], cfg: TrainConfig, folder
     ev = _radii({**(suite.get("eval") or {}), **(run.get("eval") or {})}, cfg)
     n = ev.pop("n", None)
     with nullcontext() if report_only else folder.lock():  # reading needs no lock
-        result = _cached_eval(folder, RunDir.EVAL, x, y, ev, n, log, report_only)
+        result = _cached_eval(folder, RunDir.EVAL, x, y, ev, n, log, report_only,
+                              device=cfg.device)  # (measured where the run trains)
         en = run["energy"] if "energy" in run else suite.get("energy")
         energy = None
         if en:
@@ -423,7 +424,8 @@ def run_one(suite: dict[str, Any], run: dict[str, Any], cfg: TrainConfig, folder
             def measure() -> dict:
                 if note:
                     log(note)
-                return energy_report(folder.load_model(), x[:ne], y[:ne], **en)
+                return energy_report(folder.load_model(resolve_device(cfg.device)), x[:ne], y[:ne],
+                                     **en)
 
             energy = folder.cached(RunDir.ENERGY, {**en, "n": ne},
                                    _not_ready(folder, RunDir.ENERGY) if report_only
@@ -431,7 +433,7 @@ def run_one(suite: dict[str, Any], run: dict[str, Any], cfg: TrainConfig, folder
         if run.get("eval_last") and ((folder / RunDir.MODEL_LAST).exists() or (
                 folder.weights_dropped() and (folder / "eval-last.json").exists())):
             res_last = _cached_eval(folder, "eval-last.json", x, y, ev, n, log, report_only,
-                                    model_file=RunDir.MODEL_LAST)
+                                    model_file=RunDir.MODEL_LAST, device=cfg.device)
             result = {**result, "last": {"clean_acc": res_last["clean_acc"],
                                          **res_last["robust_acc"]}}
     meta = folder.read_meta()
@@ -474,12 +476,12 @@ def _not_ready(folder: RunDir, file: str) -> Callable[[], dict]:
 
 def _cached_eval(folder: RunDir, file: str, x: Any, y: Any, ev: dict[str, Any],
                  n: int | None, log: Callable[[str], None] = print, report_only: bool = False,
-                 model_file: str | None = None) -> dict:
+                 model_file: str | None = None, device: str = "cpu") -> dict:
     """The evaluation ``ev`` of the run's model (``model_file``: another of its model files)
-    on the first ``n`` test examples (None: all), cached in ``file`` of the run folder
-    (recomputed for other weights or settings), resumable; ``report_only``: the cached one
-    or ``NotReady``. The model is read only to compute (a run whose weights were dropped
-    still reports its cached results)."""
+    on the first ``n`` test examples (None: all), on ``device`` (``--device``'s name),
+    cached in ``file`` of the run folder (recomputed for other weights or settings),
+    resumable; ``report_only``: the cached one or ``NotReady``. The model is read only to
+    compute (a run whose weights were dropped still reports its cached results)."""
     from erat.evaluate import evaluate
 
     n, note = _at_most(n, len(x), f"[{folder.path.name}] eval")
@@ -489,7 +491,7 @@ def _cached_eval(folder: RunDir, file: str, x: Any, y: Any, ev: dict[str, Any],
             log(note)
         log(f"[{folder.path.name}] evaluating ({ev.get('attack', 'pgd')} at eps "
             f"{ev.get('eps')}, {n} test images) -> {file}")
-        return evaluate(folder.load_model(file=model_file), x[:n], y[:n],
+        return evaluate(folder.load_model(resolve_device(device), file=model_file), x[:n], y[:n],
                         config=EvalConfig.build(**ev), n_total=len(x),  # (shared options: silent)
                         state_path=folder.state_path(file.removesuffix(".json")),
                         extra_info={"checkpoint_sha256": folder.weights_sha256(),
@@ -547,7 +549,7 @@ def autoattack_stage(suite: dict[str, Any], out: Path, runs: list[dict[str, Any]
         try:
             with folder.lock() if compute else nullcontext():
                 res = _cached_eval(folder, "eval-autoattack.json", x, y, _radii(ev, cfg), n,
-                                   log, not compute)
+                                   log, not compute, device=cfg.device)
         except NotReady:  # (a run of another --only list is that list's to attack)
             if not wait and (not work or run["name"] in work):
                 log(f"[{run['name']}] AutoAttack not computed yet: left out")
