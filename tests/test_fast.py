@@ -359,3 +359,34 @@ def test_graphs_run_without_cuda_graph_replay_are_warned_of(tmp_path, capsys, mo
     rows = RunDir(tmp_path / "run").metrics()
     assert 0 < rows[0]["compile_seconds"] <= rows[0]["seconds"]
     assert "compile_seconds" not in rows[1] and out.count(" compiling)") == 1, out
+
+
+def test_a_compiled_pass_takes_the_clean_statistics_as_inputs():
+    """Inside ``shared_statistics`` a compiled later pass reads the clean pass's BatchNorm
+    statistics as ordinary inputs: kept in the module (a closure of its forward), Dynamo took
+    them for fixed-address weights, and CUDA graphs are recorded again whenever such an
+    address changes (every update)."""
+    from erat.passes import shared_statistics
+
+    static: dict[str, object] = {}
+
+    def backend(gm, example_inputs):
+        for node in gm.graph.nodes:
+            if node.op == "placeholder":
+                static[node.name] = node.meta.get("tensor_dict", {}).get(
+                    "_dynamo_static_input_type")
+        return gm.forward
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(),
+                          nn.Linear(144, 10))
+    compiled_model = torch.compile(model, backend=backend)
+    for _ in range(2):
+        x = torch.rand(4, 3, 8, 8)
+        with shared_statistics(model):
+            clean = model(x)  # (the clean pass, eager, records the statistics)
+            (compiled_model(x + 0.1).sum() + clean.sum()).backward()
+    stats = [name for name in static if "recorded" in name or "closure" in name]
+    assert len(stats) == 2 and all(static[name] is None for name in stats), static
+    assert any(v is not None for v in static.values())  # (the weights are static: the probe
+    # reads what it should)

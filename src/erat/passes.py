@@ -172,6 +172,7 @@ def shared_statistics(model: nn.Module, stats_from: int = 0) -> Iterator[nn.Modu
     """
     bns = _batchnorms(model)
     originals = {m: m.forward for m in bns}
+    before = {id(m): _RECORDED.pop(id(m)) for m in bns if id(m) in _RECORDED}
     for m in bns:
         m.forward = _recording_forward(m, originals[m], stats_from)
     try:
@@ -180,24 +181,32 @@ def shared_statistics(model: nn.Module, stats_from: int = 0) -> Iterator[nn.Modu
         for m, forward in originals.items():
             m.forward = forward
             m.__dict__.pop("forward", None)
+            _RECORDED.pop(id(m), None)
+        _RECORDED.update(before)
+
+
+# each BatchNorm layer's recorded (mean, var) inside shared_statistics, by id: outside the
+# module, so that a compiled pass takes them as inputs, not as fixed-address weights (its
+# CUDA graphs would be recorded again at every update)
+_RECORDED: dict[int, tuple[Tensor, Tensor]] = {}
 
 
 def _recording_forward(bn: nn.Module, forward: Callable[[Tensor], Tensor], stats_from: int):
-    recorded: list[tuple[Tensor, Tensor]] = []
+    key = id(bn)
 
     def patched(inp: Tensor) -> Tensor:
         if not bn.training:
             return forward(inp)
         x = inp.to(torch.promote_types(inp.dtype, torch.float32))  # (in float32 at least, as
-        if not recorded:  # BatchNorm's own kernels under bf16: the clean pass's function)
+        if key not in _RECORDED:  # BatchNorm's own kernels under bf16: the clean pass's)
             dims = [0, *range(2, x.dim())]
             if not 0 < stats_from < x.shape[0] - 1:
-                recorded.append((x.mean(dims), x.var(dims, unbiased=False)))
+                _RECORDED[key] = (x.mean(dims), x.var(dims, unbiased=False))
                 return forward(inp)
             part = x[stats_from:]
-            recorded.append((part.mean(dims), part.var(dims, unbiased=False)))
-            _update_running(bn, *recorded[0], part.numel() // part.shape[1])
-        mean, var = recorded[0]
+            _RECORDED[key] = (part.mean(dims), part.var(dims, unbiased=False))
+            _update_running(bn, *_RECORDED[key], part.numel() // part.shape[1])
+        mean, var = _RECORDED[key]
         shape = (1, -1, *([1] * (x.dim() - 2)))  # per channel: [1, C, 1, ...]
         out = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + bn.eps)
         if bn.affine:
