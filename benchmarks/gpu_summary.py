@@ -50,8 +50,11 @@ def bench_table(bench: dict | None, batch: int) -> list[str]:
     for r in _rows(bench):
         fast = r.get("fast") or r.get("compiled")  # (compiled: a CPU rehearsal's stand-in)
         by.setdefault(r["method"], {})["fast" if fast else "eager"] = r
-    out = [f"Batch {batch}{'' if bench.get('complete') else ' (cut short: rows measured so far)'}:",
-           "", "| method | eager ms | fast ms | speed-up | fast img/s | % of rate | 50k epoch s "
+    out = [f"Batch {batch}{'' if bench.get('complete') else ' (cut short: rows measured so far)'}"
+           " (eager: float32 with cuDNN's TF32 convolutions, torch's default; % of rate: "
+           "overstated for the methods with a search, whose backward passes compute no weight "
+           "gradients):", "",
+           "| method | eager ms | fast ms | speed-up | fast img/s | % of rate | 50k epoch s "
            "| kernels/step | device busy | graph skips |", "|---" * 10 + "|"]
     for method, pair in by.items():
         e, f = pair.get("eager", {}), pair.get("fast", {})
@@ -132,6 +135,13 @@ def side_by_side(runs: dict) -> list[str]:
     return out + [""]
 
 
+def _examples_apart(a: dict, b: dict) -> int:
+    """The largest difference in robust examples between two evaluations' radii (GPU
+    kernels round differently: a few borderline examples may flip over 50 steps)."""
+    a, b = a["robust_count"], b["robust_count"]
+    return max((abs(a.get(k, 0) - b.get(k, 0)) for k in set(a) | set(b)), default=0)
+
+
 def summary(root: Path, log: str) -> str:
     b128, b512 = _load(root / "bench-128.json"), _load(root / "bench-512.json")
     runs = {name: (_load(root / f"{name}-off-pgd.json"), _load(root / f"{name}-on-pgd.json"))
@@ -143,12 +153,15 @@ def summary(root: Path, log: str) -> str:
     out += curves(root) + side_by_side(runs)
     times = re.findall(r"graph-captured eval (\d): exit (\d+), ([0-9.]+) s", log)
     graphs = [_load(root / f"er3-on-pgd-graphs-{i}.json") for i in (1, 2)]
-    same = all(graphs) and graphs[0]["robust_acc"] == graphs[1]["robust_acc"] == \
-        (runs["er3"][1] or {}).get("robust_acc")
+    eager = runs["er3"][1]
+    apart = [_examples_apart(g, eager) for g in graphs] if all(graphs) and eager else []
     out.append("Graph-captured evaluation of er3 fast: " + (", ".join(
         f"run {i} {t} s (exit {c})" for i, c, t in times) or "not run") +
-        ("; the same accuracies as the eager evaluator" if same else
-         "; accuracies differ from the eager evaluator or are missing"))
+        ("; against the eager evaluator, " + " and ".join(
+            f"run {i}: {d} example(s) apart" for i, d in enumerate(apart, 1)) + (
+            " (within the 3 that kernels' rounding may flip)" if max(apart) <= 3 else
+            " (more than the 3 that kernels' rounding may flip)") if apart
+         else "; accuracies missing"))
     return "\n".join(out) + "\n"
 
 

@@ -171,9 +171,10 @@ def test_the_gpu_summary_judges_the_targets_and_says_what_is_missing(tmp_path):
         (w / f"curve-{fast}" / "metrics.jsonl").write_text("\n".join(
             json.dumps({"epoch": i + 1, "train_loss": v}) for i, v in enumerate(losses)))
     for name, fast, acc in (("pgd3", "off", 0.40), ("pgd3", "on", 0.38), ("er3", "on", 0.41),
-                            ("er3-on-pgd-graphs", "1", 0.41), ("er3-on-pgd-graphs", "2", 0.41)):
+                            ("er3-on-pgd-graphs", "1", 0.41), ("er3-on-pgd-graphs", "2", 0.412)):
         (w / f"{name}-{fast}{'-pgd' if len(fast) > 1 else ''}.json").write_text(json.dumps(
-            {"clean_acc": 0.6, "robust_acc": {"pgd-l2-eps0.5": acc}}))
+            {"clean_acc": 0.6, "robust_acc": {"pgd-l2-eps0.5": acc},
+             "robust_count": {"pgd-l2-eps0.5": round(acc * 1000)}}))
     out = tmp_path / "out"
     out.mkdir()
     with tarfile.open(out / "gpu.tgz", "w:gz") as tar:
@@ -184,7 +185,7 @@ def test_the_gpu_summary_judges_the_targets_and_says_what_is_missing(tmp_path):
                            str(out)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     text = done.stdout
-    assert "Batch 128 (cut short: rows measured so far):" in text
+    assert "Batch 128 (cut short: rows measured so far) (eager: float32 with cuDNN" in text
     assert "| erm | 7.9 | 2.0 | 3.95 | 64000 | 30.0 | 0.8 | 40 | 90 | 0 |" in text
     assert "| vat | — | BackendCompilerFailed: boom |" in text  # its error, in its row
     assert "| erm <= 2.5 ms (batch 128, fast) | 2.00 | met |" in text
@@ -194,7 +195,8 @@ def test_the_gpu_summary_judges_the_targets_and_says_what_is_missing(tmp_path):
     assert "| pgd3: fast within 1.5 points of eager (PGD-l2 0.5) | 2.0 points | missed |" in text
     assert "| er3: fast within 1.5 points of eager | — | — |" in text  # its eager run is missing
     assert "Largest gap 0.030, last 0.030." in text and "| er3 | — | — | 0.600 | 0.410 |" in text
-    assert "run 1 31.2 s (exit 0), run 2 4.0 s (exit 0); the same accuracies" in text
+    assert ("run 1 31.2 s (exit 0), run 2 4.0 s (exit 0); against the eager evaluator, run 1: "
+            "0 example(s) apart and run 2: 2 example(s) apart (within the 3") in text
     bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_summary.py"),
                           str(tmp_path / "none")], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1

@@ -447,6 +447,10 @@ def run_bench(options: BenchOptions, device: torch.device, log=print,
         f"after {o.warmup} untimed; x erm: measured, counted: passes per example "
         f"(Method.cost), both against ERM's; peak MB: "
         + ("the allocator's peak" if device.type == "cuda" else "the process's peak RSS"))
+    if o.chip:
+        log("% of rate: FLOPs counted as passes per example times an ERM step's third; a "
+            "search's backward (input gradients only) counts as a training one, so the "
+            "methods with a search are overstated (ERM's is exact)")
     if o.profile and device.type != "cuda":
         log("note: --profile counts device kernels: on the CPU it adds nothing")
     log(f"{'model':<16} {'variant':<16} {'method':<20} {'ms/step':>9} {'img/s':>8} "
@@ -525,7 +529,8 @@ def _variants(o: BenchOptions) -> list[tuple[str, bool, bool]]:
 
 def _chip_columns(rows: list[dict[str, Any]], step_flops: float, tflops: float) -> None:
     """The fraction of the matrix rate a step reaches (its counted passes, in ERM steps,
-    times an ERM step's FLOPs per image) and the time of a 50,000-image epoch."""
+    times an ERM step's FLOPs per image: an upper estimate for a method with a search, whose
+    backward passes compute no weight gradients) and the time of a 50,000-image epoch."""
     for r in rows:
         flops = r["images_per_s"] * step_flops * r["passes_per_example"] / 3.0
         r["rate_fraction"] = flops / (tflops * 1e12)
