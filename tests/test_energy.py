@@ -231,6 +231,29 @@ def test_report_energy_grows_with_search_strength():
     with supervised_search(model):
         l0 = cross_entropy(model(x), y)
     assert abs(weak["loss_mean"] - l0.mean().item()) < 1e-5
+    assert weak["energy_random_mean"] is None  # (M = 1: no random direction; it was E_hat)
+    assert strong["energy_random_mean"] is not None
+
+
+def test_a_model_giving_probabilities_is_warned_of_and_chance_accuracy_said():
+    """A model whose last step is a softmax gave an energy several times lower than its
+    logits' without a word; ``erat energy``'s lines give the clean accuracy and say when it
+    is at chance (a model in the wrong input range looked the most stable)."""
+    from erat.assess import format_report
+    from erat.evaluate import evaluate
+
+    model, (x, y) = small_cnn(torch.float32), images(12, torch.float32)
+    probabilities = nn.Sequential(model, nn.Softmax(dim=1))
+    with pytest.warns(UserWarning, match="outputs look like probabilities"):
+        r = energy_report(probabilities, x, y, eps=1.0, T=1, M=1, S=0)
+    with pytest.warns(UserWarning, match="outputs look like probabilities"):
+        evaluate(probabilities, x, y, eps=[0.5], steps=1, sanity_n=0)
+    r["clean_acc"], r["classes"] = 0.1, 10
+    lines = format_report(r).splitlines()
+    assert lines[2].startswith("clean_acc ") and lines[3].startswith("loss_mean ")
+    assert any(line.startswith("note: clean accuracy is at chance level") for line in lines)
+    r["clean_acc"] = 0.9
+    assert not any("chance" in line for line in format_report(r).splitlines())
 
 
 # ----------------------------------------------------------------------- the upper bound G_T

@@ -328,3 +328,8 @@ def test_the_printed_result_says_what_ran():
     assert "sanity checks failed: 0 of 1 (--no-checks: the checks that cost attack work" in text
     assert "resumed: the saved per-example results of an earlier eval" in text
     assert "did not run" not in format_result({**result, "check_settings": {"sanity_n": 100}})
+    # PGD alone (erat eval's default) is said to give upper bounds; with AutoAttack, not
+    pgd = {**result, "robust_acc": {"pgd-l2-eps1": 0.3}, "threat": {"n": 10, "attacks": ["pgd"]}}
+    assert "(upper bounds of robust accuracy" in format_result(pgd)
+    pgd["threat"]["attacks"] = ["pgd", "autoattack"]
+    assert "upper bounds" not in format_result(pgd)

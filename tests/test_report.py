@@ -186,6 +186,7 @@ def test_report_refuses_two_run_folders_of_one_name_in_one_line(tmp_path, capsys
     (["--landscape-eps", "1", "--index", "-5"], "--index must be a test image's position"),
     (["--landscape-eps", "1", "--index", "99999"], "--index must be in 0..359"),
     (["--index", "3"], "--index picks the landscape's test image: give --landscape-eps too"),
+    (["--landscape-eps", "0"], "--landscape-eps must be > 0"),
 ])
 def test_report_checks_every_option_before_writing_anything(tmp_path, capsys, flags, says):
     """A bad landscape radius or image index was refused only after results.md, results.csv
@@ -272,6 +273,16 @@ def test_a_result_of_other_weights_is_refused(tmp_path, capsys):
                  str(tmp_path / "rep2")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "eval-pgd.json was computed on other weights" in err
+    # an energy.json of the old weights too (it was reported as the new model's)
+    assert main(["eval", str(run), "--eps", "0.5", "--steps", "1", "--n", "20",
+                 "--no-checks", "--json", str(run / "eval-pgd.json")]) == 0
+    (run / "energy.json").write_text(json.dumps(
+        {"energy_mean": 0.1, "settings": {"norm": "l2", "eps": 0.5, "checkpoint_sha256": "0"}}))
+    capsys.readouterr()
+    assert main(["report", str(run), "--eval-name", "eval-pgd.json", "--out",
+                 str(tmp_path / "rep3")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "energy.json was computed on other weights" in err
 
 
 def test_the_plot_draws_the_attack_every_run_has(tmp_path):

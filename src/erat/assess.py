@@ -223,6 +223,9 @@ def format_result(result: dict[str, Any]) -> str:
         f"{'clean':<24} {result['clean_acc']:.4f}",
     ]
     lines += [f"{key:<24} {acc:.4f}" for key, acc in result["robust_acc"].items()]
+    if result["robust_acc"] and "autoattack" not in threat.get("attacks", []):
+        lines.append("(upper bounds of robust accuracy: a stronger attack may find more; "
+                     "--attack all adds AutoAttack)")
     skipped = (result.get("check_settings") or {}).get("sanity_n") == 0
     lines.append(f"sanity checks failed: {result.get('checks_failed', 0)} of "
                  f"{len(result.get('checks', []))}" + (" (--no-checks: the checks that cost "
@@ -314,5 +317,11 @@ def format_report(result: dict) -> str:
             f"{f'{eps:g}' if isinstance(eps, int | float) else eps}"
             + (" (the run's training ball)" if s.get("trained_ball") else "")
             + f", T {s.get('T')}, M {s.get('M')}, S {s.get('S')}")
+    acc, classes = result.get("clean_acc"), result.get("classes")
+    chance = (["note: clean accuracy is at chance level (1 in " f"{classes}): the energy of a "
+               "model that does not classify says nothing of its robustness (its weights? its "
+               "input range?)"] if acc is not None and classes and acc <= 1.5 / classes else [])
+    first = [f"{k:<22} {result[k]:.4f}" for k in ("clean_acc", "loss_mean") if k in result]
     return "\n".join([f"examples: {result['n']}" + (f" of {total}" if total else ""), ball,
-                      *(f"{k:<22} {result[k]:.4f}" for k in keys), result["certificate_note"]])
+                      *first, *(f"{k:<22} {result[k]:.4f}" for k in keys), *chance,
+                      result["certificate_note"]])

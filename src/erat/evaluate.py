@@ -40,7 +40,7 @@ from erat.checks import EvaluationWarning  # noqa: F401  (part of this module's 
 from erat.errors import EnvironmentProblem, UserError
 from erat.graphs import Padded, compiled
 from erat.inputs import images, labels, within_outputs
-from erat.passes import output_count, supervised_search
+from erat.passes import sample_outputs, supervised_search
 from erat.stages import EvalConfig, Progress, Stages, progress_key, weights_fingerprint
 
 __all__ = ["EvalConfig", "EvaluationWarning", "evaluate", "weights_fingerprint"]
@@ -94,7 +94,7 @@ def evaluate(
     if fast and device.type == "cuda":
         attacked = Padded(compiled(attacked, graphs=True, graph_searches=True))
     cuda = [device] if device.type == "cuda" else []
-    within_outputs(y, output_count(model, x[:1].to(device)))
+    within_outputs(y, sample_outputs(model, x[:8].to(device)))
     with supervised_search(attacked), torch.random.fork_rng(devices=cuda):
         torch.manual_seed(cfg.seed)
         saved = Progress(state_path, progress_key(cfg, model, x, y) if state_path else {})

@@ -204,11 +204,14 @@ def _network(options: ExternalOptions, info: DatasetInfo, seed: int = 0
     wpath = Path(options.weights).expanduser()
     blob, sha = load_file_and_digest(wpath, "cpu", "state dict (torch.save(model.state_dict(), "
                                                    "FILE))")
-    _load_state(net, blob, wpath, spec)
+    _load_state(net, blob, wpath, spec, shapes_hint=f"; {spec} was built for "
+                f"{info.num_classes} classes, as the data counts them (an npz file's `classes` "
+                "names them all)")
     return net, record | {"model_file": str(wpath.resolve()), "model_sha256": sha}
 
 
-def _load_state(net: nn.Module, blob: Any, path: Path, spec: str) -> None:
+def _load_state(net: nn.Module, blob: Any, path: Path, spec: str, shapes_hint: str = ""
+                ) -> None:
     state = blob.get("state_dict", blob) if isinstance(blob, dict) else blob
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise UserError(f"{path} holds a {type(state).__name__}, not a state dict of tensors "
@@ -226,7 +229,8 @@ def _load_state(net: nn.Module, blob: Any, path: Path, spec: str) -> None:
                  for what, keys in (("missing from the file", missing),
                                     ("in the file, not in the model", unexpected),
                                     ("shapes differ", shapes)) if keys]
-        raise UserError(f"the weights in {path} do not fit {spec} ({'; '.join(parts)})")
+        raise UserError(f"the weights in {path} do not fit {spec} ({'; '.join(parts)})"
+                        + (shapes_hint if shapes else ""))
     net.load_state_dict(state)
 
 

@@ -130,9 +130,13 @@ def _load(path: Path, source: Any, map_location: str | torch.device, what: str) 
         if "cuda" in str(e).lower():
             raise UserError(f"cannot load {path} on {map_location}: {str(e).splitlines()[0]}"
                             ) from e
-        raise UserError(f"cannot read {path}: not a valid {what} ({type(e).__name__})") from e
+        raise UserError(f"cannot read {path}: {_unreadable(what)}") from e
     except Exception as e:  # zip and other reader errors all mean the same to a user
-        raise UserError(f"cannot read {path}: not a valid {what} ({type(e).__name__})") from e
+        raise UserError(f"cannot read {path}: {_unreadable(what)}") from e
+
+
+def _unreadable(what: str) -> str:
+    return f"not a valid {what}, or a damaged one (torch.load cannot read it)"
 
 
 def read_text(path: Path, what: str = "file") -> str:

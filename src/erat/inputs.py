@@ -16,6 +16,8 @@ Example::
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor
 
@@ -58,9 +60,19 @@ def labels(y: object, n: int, name: str = "y", *, values: bool = True) -> Tensor
     return y.long()
 
 
-def within_outputs(y: Tensor, outputs: int, name: str = "y") -> None:
-    """Refuse labels that name no output of a model with ``outputs`` logits (they would count
-    as misclassified, or fail inside cross-entropy)."""
+def within_outputs(y: Tensor, sample: Tensor, name: str = "y") -> None:
+    """Refuse labels that name no output of a model whose outputs at a few inputs are
+    ``sample`` ``[n, K]`` (they would count as misclassified, or fail inside
+    cross-entropy); warn when those outputs look like probabilities (each row non-negative,
+    summing to 1): erat's losses take logits, and a softmax's output makes them, and the
+    energy above all, look flatter than the model is."""
+    outputs = int(sample.shape[-1])
+    rows = sample.detach().float().reshape(-1, outputs)
+    if outputs > 1 and len(rows) and bool((rows >= 0).all()) and bool(
+            ((rows.sum(1) - 1).abs() < 1e-3).all()):
+        warnings.warn("the model's outputs look like probabilities (non-negative, summing to "
+                      "1); erat takes logits: leave out the final softmax, or the losses, "
+                      "attacks and energy are those of another function", stacklevel=2)
     high = int(y.max()) if len(y) else -1
     if high >= outputs:
         raise ValueError(f"{name} holds label {high}, but the model has {outputs} outputs "

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from erat.energy import CERTIFICATE_NOTE, certify, check_settings, energy
 from erat.inputs import images, labels, within_outputs
 from erat.losses import cross_entropy, supervised_loss, virtual_loss
-from erat.passes import output_count, supervised_search
+from erat.passes import sample_outputs, supervised_search
 from erat.search import XI, fgm_direction, vat_direction, vat_step
 from erat.threat import Norm
 
@@ -53,7 +53,7 @@ def _report_batch(model: nn.Module, x: Tensor, y: Tensor, s: dict) -> dict[str, 
         strong_v = run(v, M=s["M"], S=s["S"], first_direction=d, loss_at_x=zero)
     e = torch.maximum(strong.value, fgm_ray.value)  # max over the union of directions
     return {"loss": l0, "correct": (logits.argmax(1) == y).float(), "energy": e,
-            "energy_random": strong.per_direction[:, 1:].mean(1) if s["M"] > 1 else e,
+            **({"energy_random": strong.per_direction[:, 1:].mean(1)} if s["M"] > 1 else {}),
             "at_term": fgm_ray.ray_losses[:, 0, -1] - l0,
             "vat_term": vat_ray.ray_losses[:, 0, -1],
             "virtual_energy": torch.maximum(strong_v.value, vat_ray.value),
@@ -72,9 +72,10 @@ def energy_report(
     (so ``E_hat`` covers AT's direction; FGSM's in l-inf); for the virtual loss, VAT's
     direction (``xi``, ``power_iters``; ``sign(d)`` in l-inf) refined by ``S`` PGD steps, plus
     its own ray. Reports AT's term ``l(x + eps u_fgm) - l(x)``, VAT's term
-    ``v(x + eps d_vat)``, both energies, the mean over random directions (``Ebar``) and the
-    certified fraction ``l(x) + E_hat(x) < ln 2``. Per sample until the final statistics;
-    JSON-ready. ``norm="linf"`` warns once for an l2-sized radius (``check_radius``).
+    ``v(x + eps d_vat)``, both energies, the mean over random directions (``Ebar``; None
+    for ``M = 1``) and the certified fraction ``l(x) + E_hat(x) < ln 2``. Per sample until
+    the final statistics; JSON-ready. ``norm="linf"`` warns once for an l2-sized radius
+    (``check_radius``).
 
     Example::
 
@@ -87,7 +88,8 @@ def energy_report(
          "batch_size": batch_size, "max_points": max_points}
     cuda = [x.device] if x.device.type == "cuda" else []
     parts: list[dict[str, Tensor]] = []
-    within_outputs(y, output_count(model, x))
+    sample = sample_outputs(model, x)
+    within_outputs(y, sample)
     with supervised_search(model), torch.random.fork_rng(devices=cuda):
         torch.manual_seed(seed)
         for xb, yb in zip(x.split(batch_size), y.split(batch_size), strict=True):
@@ -95,9 +97,10 @@ def energy_report(
             parts.append({k: v.detach().cpu() for k, v in got.items()})
     r = {k: torch.cat([p[k] for p in parts]).double() for k in parts[0]}
     out = {"n": len(y), "clean_acc": r["correct"].mean().item(),
-           "loss_mean": r["loss"].mean().item()}
+           "loss_mean": r["loss"].mean().item(), "classes": int(sample.shape[-1])}
     out |= _summary("energy", r["energy"]) | _summary("virtual_energy", r["virtual_energy"])
-    out |= {"energy_random_mean": r["energy_random"].mean().item(),
+    out |= {"energy_random_mean": r["energy_random"].mean().item() if "energy_random" in r
+            else None,  # (M = 1: no random direction)
             "at_term_mean": r["at_term"].mean().item(),
             "vat_term_mean": r["vat_term"].mean().item(),
             "certified_frac": r["certified"].mean().item(),

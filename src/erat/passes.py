@@ -89,11 +89,12 @@ def supervised_search(model: nn.Module) -> Iterator[nn.Module]:
         yield model
 
 
-def output_count(model: nn.Module, x: Tensor) -> int:
-    """The number of logits ``model`` gives, from one eval-mode forward of ``x[:1]`` without
-    gradients (no BatchNorm statistic moves): what labels must stay below."""
+def sample_outputs(model: nn.Module, x: Tensor, n: int = 8) -> Tensor:
+    """The outputs of ``model`` at ``x[:n]``, from one eval-mode forward without gradients
+    (no BatchNorm statistic moves): how many logits labels must stay below, and whether
+    they look like logits (:func:`erat.inputs.within_outputs`)."""
     with supervised_search(model), torch.no_grad():
-        return int(model(x[:1]).shape[-1])
+        return model(x[:n])
 
 
 @contextmanager

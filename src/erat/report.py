@@ -499,8 +499,10 @@ def report_runs(runs: Sequence[Path], out: Path, *, eval_name: str = "eval.json"
     if not any(radius_curve(r, attack=attack, norm=norm) for r in results.values()):
         raise UserError(f"no {attack}-{norm} robust accuracies in the {eval_name} of "
                         f"{', '.join(map(str, runs))}: nothing to plot")
-    if landscape_eps is not None:  # (in the norm of the accuracy plot)
-        check_radius(landscape_eps, norm, "--landscape-eps")
+    if landscape_eps is not None and check_radius(  # (in the norm of the accuracy plot)
+            landscape_eps, norm, "--landscape-eps") == 0:
+        raise UserError("--landscape-eps must be > 0: the landscape of a radius-0 ball is "
+                        "one point")
     drawn = _landscape_inputs(runs, index) if landscape_eps is not None else None
     columns = table_columns(rows)
     keys, names = readable_columns(rows)
@@ -537,6 +539,16 @@ def _plotted(results: Mapping[str, Mapping]) -> tuple[str, str]:
                                         for r in results.values()))
 
 
+def _measured_weights(energy: object) -> str | None:
+    """The SHA-256 of the weights an ``energy.json`` measured: ``erat energy``'s record, or a
+    suite's cache key."""
+    for part, key in (("settings", "checkpoint_sha256"), ("cache_key", "weights_sha256")):
+        got = energy.get(part) if isinstance(energy, dict) else None
+        if isinstance(got, dict) and got.get(key):
+            return got[key]
+    return None
+
+
 def _energy_column(energy: object) -> dict[str, float]:
     """The mean energy of an ``energy.json`` under a key naming its ball
     (``energy-l2-eps0.5``): runs measured at other radii or norms get other columns."""
@@ -563,6 +575,11 @@ def _run_row(run: Path, name: str, result: dict) -> dict:
     ball = trained_ball(config)
     energy = read_json(run / RunDir.ENERGY, "energy result") \
         if (run / RunDir.ENERGY).is_file() else {}
+    recorded = _measured_weights(energy)
+    if recorded and folder.finished() and recorded != folder.weights_sha256():
+        raise UserError(f"{run / RunDir.ENERGY} was computed on other weights than {run}'s "
+                        f"{RunDir.MODEL} (trained again since?); measure it again: erat energy "
+                        f"{run} --json {run / RunDir.ENERGY}")
     try:  # (the cost's record; a model file that cannot be read gives none)
         meta = folder.read_meta() if config and folder.finished() else {}
     except UserError:

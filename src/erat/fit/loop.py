@@ -43,7 +43,7 @@ from erat.fit.validate import clean_accuracy, val_radius, validate
 from erat.graphs import Cloned, check_capturable, cudagraph_skips, step_module
 from erat.inputs import within_outputs
 from erat.methods import Batch, Method, ball
-from erat.passes import output_count
+from erat.passes import sample_outputs
 from erat.rundir import RunDir, unwrap
 from erat.threat import norm_name
 
@@ -154,7 +154,7 @@ class Loop:
         self.sampler = EpochSampler(options, len(data.y), data.unlabeled_count
                                     if data.x_unlabeled is None else len(data.x_unlabeled), uses)
         _check_shards(self.sampler, dist)
-        within_outputs(data.y, output_count(model, data.x[:1].to(self.device)), "FitData.y")
+        within_outputs(data.y, sample_outputs(model, data.x[:8].to(self.device)), "FitData.y")
         self.schedule = plan(method, model, options, self.sampler)
         self.sampler.updates = self.schedule.per_epoch
         if options.budget_epochs and self.schedule.epochs < options.budget_epochs:
