@@ -316,3 +316,22 @@ def test_seed_table_gives_the_spread_over_seeds():
     assert "| er-eps1 | 0, 1, 2 | 0.800 ± 0.100 | 0.600 ± 0.141 (2) |" in table
     assert "erm" not in table
     assert seed_table(rows[3:], ["name", "clean_acc"], ["run", "clean"]) is None
+
+
+def test_a_landscape_left_from_an_earlier_report_is_said(tmp_path, capsys):
+    """A report without --landscape-eps into a folder where an earlier one drew the
+    landscape left that plot beside the new table without a word."""
+    from erat.cli import main
+
+    run = tmp_path / "erm"
+    assert main(["train", "--dataset", "digits", "--model", "mlp", "--model-kwargs",
+                 '{"hidden": [8]}', "--epochs", "1", "--epoch-updates", "1", "--no-progress",
+                 "--out", str(run)]) == 0
+    (run / "eval.json").write_text(json.dumps(
+        {"clean_acc": 0.9, "robust_acc": {"pgd-l2-eps0.5": 0.5},
+         "threat": {"attack": "pgd", "norm": "l2"}, "checks_failed": 0}))
+    rep = tmp_path / "rep"
+    assert main(["report", str(run), "--out", str(rep), "--landscape-eps", "0.5"]) == 0
+    capsys.readouterr()
+    assert main(["report", str(run), "--out", str(rep)]) == 0
+    assert "landscape.png is an earlier report's" in capsys.readouterr().out

@@ -308,8 +308,8 @@ def describe_data(threat: dict[str, Any]) -> str:
 def format_report(result: dict) -> str:
     """The lines ``erat energy`` prints: the examples measured (of how many), the ball and the
     estimate's settings, then the figures."""
-    keys = ("energy_mean", "energy_median", "at_term_mean", "vat_term_mean", "certified_frac",
-            "virtual_energy_mean")
+    keys = ("energy_mean", "energy_median", "at_term_mean", "virtual_energy_mean",
+            "vat_term_mean", "certified_frac")  # (each lower bound after its energy)
     s = result.get("settings") or {}
     total = s.get("n_total")
     eps = s.get("eps")

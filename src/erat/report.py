@@ -102,7 +102,8 @@ def accuracy_vs_radius(results: Mapping[str, Mapping], out: Path, *, attack: str
     bound = "autoattack" not in attack and attack != "all"  # (a white-box search alone)
     ax.set_title(f"robust accuracy under {attack_name(attack)}-{norm_name(norm)}"
                  + (" (an upper bound)" if bound else "")
-                 + (f"\n{'/'.join(map(str, sizes))} test images" if sizes else ""),
+                 + (f"\n{' or '.join(map(str, sizes))} test images"
+                    + (" (the runs differ)" if len(sizes) > 1 else "") if sizes else ""),
                  fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend()
@@ -524,6 +525,8 @@ def report_runs(runs: Sequence[Path], out: Path, *, eval_name: str = "eval.json"
     log(short)
     log(f"wrote {out}/: results.md, results.csv, accuracy_vs_radius.png and .svg"
         + (", landscape.png and .svg" if drawn is not None else ""))
+    if drawn is None and (out / "landscape.png").exists():
+        log(f"note: {out / 'landscape.png'} is an earlier report's (no --landscape-eps now)")
     return rows
 
 
