@@ -369,24 +369,29 @@ def test_a_compiled_pass_takes_the_clean_statistics_as_inputs():
     from erat.passes import shared_statistics
 
     static: dict[str, object] = {}
+    compiled = []
 
     def backend(gm, example_inputs):
+        compiled.append(gm)
         for node in gm.graph.nodes:
             if node.op == "placeholder":
                 static[node.name] = node.meta.get("tensor_dict", {}).get(
                     "_dynamo_static_input_type")
         return gm.forward
 
+    torch._dynamo.reset()
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(),
-                          nn.Linear(144, 10))
-    compiled_model = torch.compile(model, backend=backend)
-    for _ in range(2):
-        x = torch.rand(4, 3, 8, 8)
-        with shared_statistics(model):
-            clean = model(x)  # (the clean pass, eager, records the statistics)
-            (compiled_model(x + 0.1).sum() + clean.sum()).backward()
+    for _ in range(3):  # (three models of one architecture: a run of a suite each)
+        model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(),
+                              nn.Linear(144, 10))
+        compiled_model = torch.compile(model, backend=backend)
+        for _ in range(2):
+            x = torch.rand(4, 3, 8, 8)
+            with shared_statistics(model):
+                clean = model(x)  # (the clean pass, eager, records the statistics)
+                (compiled_model(x + 0.1).sum() + clean.sum()).backward()
     stats = [name for name in static if "recorded" in name or "closure" in name]
     assert len(stats) == 2 and all(static[name] is None for name in stats), static
     assert any(v is not None for v in static.values())  # (the weights are static: the probe
     # reads what it should)
+    assert len(compiled) == 1  # (keyed by a layer's id, each new model compiled again)

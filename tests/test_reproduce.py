@@ -366,6 +366,7 @@ def test_a_failed_sanity_check_exits_3_after_the_whole_suite(suite_file, tmp_pat
 @pytest.mark.parametrize("plots, says", [
     ("{landscape_eps: -1}", "plots.landscape_eps must be a finite number >= 0"),
     ("{landscape_index: -2}", "plots.landscape_index must be a test image's position"),
+    ("{landscape_eps: 0}", "plots.landscape_eps must be > 0"),
 ])
 def test_landscape_settings_are_checked_before_any_training(tmp_path, capsys, plots, says):
     """A bad plots setting was met only after every run had trained and the tables were
@@ -515,6 +516,10 @@ def test_seconds_per_epoch_are_per_full_epoch_without_compiling(tmp_path):
                 {"epoch": 3, "updates": 25, "seconds": 1.0}]:
         folder.append_metrics(row)
     assert _seconds_per_epoch(folder) == pytest.approx(5.0 / 25 * 10)
+    short = RunDir(tmp_path / "short")  # a budget of less than one epoch: its one row
+    short.path.mkdir()
+    short.append_metrics({"epoch": 1, "updates": 4, "epoch_updates": 10, "seconds": 2.0})
+    assert _seconds_per_epoch(short) == pytest.approx(5.0)
 
 
 def test_a_suite_measures_its_runs_on_their_training_device(suite_file, tmp_path,

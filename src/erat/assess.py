@@ -13,6 +13,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
@@ -317,10 +318,12 @@ def format_report(result: dict) -> str:
             f"{f'{eps:g}' if isinstance(eps, int | float) else eps}"
             + (" (the run's training ball)" if s.get("trained_ball") else "")
             + f", T {s.get('T')}, M {s.get('M')}, S {s.get('S')}")
-    acc, classes = result.get("clean_acc"), result.get("classes")
+    acc, classes, n = result.get("clean_acc"), result.get("classes") or 0, result["n"]
+    p = 1 / classes if classes >= 2 else None  # (chance: 1 in K; 3 sd of n guesses above it)
     chance = (["note: clean accuracy is at chance level (1 in " f"{classes}): the energy of a "
                "model that does not classify says nothing of its robustness (its weights? its "
-               "input range?)"] if acc is not None and classes and acc <= 1.5 / classes else [])
+               "input range?)"] if p and acc is not None
+              and acc <= p + 3 * math.sqrt(p * (1 - p) / max(n, 1)) else [])
     first = [f"{k:<22} {result[k]:.4f}" for k in ("clean_acc", "loss_mean") if k in result]
     return "\n".join([f"examples: {result['n']}" + (f" of {total}" if total else ""), ball,
                       *first, *(f"{k:<22} {result[k]:.4f}" for k in keys), *chance,

@@ -86,7 +86,9 @@ def energy_report(
     s = {"eps": eps, "norm": norm, "T": T, "M": M, "S": S, "n": len(y), "seed": seed,
          "xi": xi, "power_iters": power_iters, "reduce": "max", "mode": "eval",
          "batch_size": batch_size, "max_points": max_points}
-    cuda = [x.device] if x.device.type == "cuda" else []
+    device = next((p.device for p in model.parameters()), x.device)  # (measured there)
+    x, y = x.to(device), y.to(device)
+    cuda = [device] if device.type == "cuda" else []
     parts: list[dict[str, Tensor]] = []
     sample = sample_outputs(model, x)
     within_outputs(y, sample)

@@ -173,27 +173,31 @@ def shared_statistics(model: nn.Module, stats_from: int = 0) -> Iterator[nn.Modu
     """
     bns = _batchnorms(model)
     originals = {m: m.forward for m in bns}
-    before = {id(m): _RECORDED.pop(id(m)) for m in bns if id(m) in _RECORDED}
-    for m in bns:
-        m.forward = _recording_forward(m, originals[m], stats_from)
+    depth = len(_OPEN)
+    _OPEN.append(model)
+    for i, m in enumerate(bns):
+        m.forward = _recording_forward(m, originals[m], stats_from, (depth, i))
     try:
         yield model
     finally:
-        for m, forward in originals.items():
+        _OPEN.pop()
+        for i, (m, forward) in enumerate(originals.items()):
             m.forward = forward
             m.__dict__.pop("forward", None)
-            _RECORDED.pop(id(m), None)
-        _RECORDED.update(before)
+            _RECORDED.pop((depth, i), None)
 
 
-# each BatchNorm layer's recorded (mean, var) inside shared_statistics, by id: outside the
-# module, so that a compiled pass takes them as inputs, not as fixed-address weights (its
-# CUDA graphs would be recorded again at every update)
-_RECORDED: dict[int, tuple[Tensor, Tensor]] = {}
+# each BatchNorm layer's recorded (mean, var) inside shared_statistics, by (contexts open
+# around it, its position in the model): outside the module, so that a compiled pass takes
+# them as inputs, not as fixed-address weights (its CUDA graphs would be recorded again at
+# every update); by position, not id, so that another model of the same architecture
+# compiles to the same code
+_RECORDED: dict[tuple[int, int], tuple[Tensor, Tensor]] = {}
+_OPEN: list[nn.Module] = []  # the models whose shared_statistics context is open, outermost first
 
 
-def _recording_forward(bn: nn.Module, forward: Callable[[Tensor], Tensor], stats_from: int):
-    key = id(bn)
+def _recording_forward(bn: nn.Module, forward: Callable[[Tensor], Tensor], stats_from: int,
+                       key: tuple[int, int]):
 
     def patched(inp: Tensor) -> Tensor:
         if not bn.training:

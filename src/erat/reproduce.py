@@ -349,8 +349,10 @@ def _check_plots(suite: dict[str, Any]) -> None:
     if not isinstance(plots, dict) or set(plots) - set(known):
         raise UserError(f"{where} must be a mapping of {', '.join(known)}, got {plots!r}")
     norm = (suite.get("eval") or {}).get("norm", "l2")  # (the landscape's: the evaluation's)
-    check_radius(_landscape_eps(suite), norm, f"{where}.landscape_eps",
-                 warn="landscape_eps" in plots)
+    if check_radius(_landscape_eps(suite), norm, f"{where}.landscape_eps",
+                    warn="landscape_eps" in plots) == 0 and plots.get("landscape", True):
+        raise UserError(f"{where}.landscape_eps must be > 0: the landscape of a radius-0 ball "
+                        "is one point")
     index = plots.get("landscape_index", 0)
     if isinstance(index, bool) or not isinstance(index, int) or index < 0:
         raise UserError(f"{where}.landscape_index must be a test image's position (0 or "
@@ -579,8 +581,8 @@ def _seconds_per_epoch(folder: RunDir) -> float | None:
     rows, done, per_epoch, seconds = folder.metrics(), 0, 0, 0.0
     if not all("updates" in r for r in rows):  # (a run from an erat that did not count them)
         return round(sum(r["seconds"] for r in rows) / max(len(rows), 1), 3)
-    for row in rows:
-        per_epoch = max(per_epoch, row["updates"] - done)
+    for row in rows:  # (epoch_updates: recorded since 2026-12-02; before, the longest epoch)
+        per_epoch = row.get("epoch_updates") or max(per_epoch, row["updates"] - done)
         done, seconds = row["updates"], seconds + row["seconds"] - row.get("compile_seconds", 0)
     return round(seconds / done * per_epoch, 3) if done else None
 

@@ -192,7 +192,7 @@ class Loop:
         self.gen_device = self.device if on_device else torch.device("cpu")
         self.augment = data.augment if options.augment else "none"
         self.history: list[dict[str, Any]] = []
-        self.untimed_compile = True  # this session's first compiled update is still to come
+        self.untimed_compile = 2  # this session's first compiled updates still to come
 
     def _step_model(self, data: FitData) -> nn.Module:
         """The module the method calls (:func:`erat.graphs.step_module`: ``compile``, or the
@@ -210,8 +210,9 @@ class Loop:
 
     def epoch(self, epoch: int) -> dict[str, Any]:
         """Train one epoch; its metrics row (without validation): ``seconds``, its wall time;
-        ``compile_seconds``, the part of it that this session's first compiled update took
-        (compilation and graph capture included), where there was one."""
+        ``compile_seconds``, the part of it that this session's first two compiled updates
+        took (compilation, then the CUDA graphs' warm-up and capture), where there were any
+        (a later recompilation, a new shape say, stays in ``seconds``)."""
         opt, sched, dist = self.options, self.schedule, self.dist
         gen = torch.Generator(self.gen_device).manual_seed(opt.seed * 100_003 + epoch)
         first = (epoch - 1) * sched.per_epoch
@@ -234,10 +235,11 @@ class Loop:
             timed = self.untimed_compile and self.step_model is not self.model
             t1 = time.perf_counter()
             metrics = self._update(batch)
-            if timed:  # (the first compiled update: compilation and capture, said apart)
+            if timed:  # (compilation, then CUDA graphs' warm-up and capture: said apart)
                 if self.device.type == "cuda":
                     torch.cuda.synchronize(self.device)
-                compile_seconds, self.untimed_compile = time.perf_counter() - t1, False
+                compile_seconds = (compile_seconds or 0.0) + time.perf_counter() - t1
+                self.untimed_compile -= 1
             for k, v in metrics.items():  # (float64 sums, on the device on the fast path)
                 sums[k] = sums.get(k, 0.0) + (v.double() if self.fast else v)
             if not self.fast or (i + 1) % CHECK_EVERY == 0 or i + 1 == n:
@@ -247,7 +249,8 @@ class Loop:
         seconds = time.perf_counter() - t0
         sums = distributed.mean_over_ranks({k: float(v) for k, v in sums.items()}, dist,
                                            self.device)
-        row = {"epoch": epoch, "updates": first + n, "seconds": round(seconds, 3),
+        row = {"epoch": epoch, "updates": first + n, "epoch_updates": sched.per_epoch,
+               "seconds": round(seconds, 3),
                "lr": self.state.scheduler.get_last_lr()[0],
                **{f"train_{k}": v / n for k, v in sums.items()}}
         if compile_seconds is not None:
