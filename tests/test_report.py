@@ -180,6 +180,20 @@ def test_report_refuses_two_run_folders_of_one_name_in_one_line(tmp_path, capsys
     assert err.count("\n") == 1 and "two run folders are named 'run'" in err
 
 
+def _evaluated_run(tmp_path):
+    """A tiny trained digits run with a PGD-l2 result at 0.5 in its eval.json."""
+    from erat.cli import main
+
+    run = tmp_path / "erm"
+    assert main(["train", "--dataset", "digits", "--model", "mlp", "--model-kwargs",
+                 '{"hidden": [8]}', "--epochs", "1", "--epoch-updates", "1", "--no-progress",
+                 "--out", str(run)]) == 0
+    (run / "eval.json").write_text(json.dumps(
+        {"clean_acc": 0.9, "robust_acc": {"pgd-l2-eps0.5": 0.5},
+         "threat": {"attack": "pgd", "norm": "l2"}, "checks_failed": 0}))
+    return run
+
+
 @pytest.mark.parametrize("flags, says", [
     (["--landscape-eps", "-1"], "--landscape-eps must be a finite number >= 0"),
     (["--landscape-eps", "nan"], "--landscape-eps must be a finite number >= 0"),
@@ -193,13 +207,7 @@ def test_report_checks_every_option_before_writing_anything(tmp_path, capsys, fl
     and the accuracy plot were written into --out; now one line, exit 2, and no --out."""
     from erat.cli import main
 
-    run = tmp_path / "erm"
-    assert main(["train", "--dataset", "digits", "--model", "mlp", "--model-kwargs",
-                 '{"hidden": [8]}', "--epochs", "1", "--epoch-updates", "1", "--no-progress",
-                 "--out", str(run)]) == 0
-    (run / "eval.json").write_text(json.dumps(
-        {"clean_acc": 0.9, "robust_acc": {"pgd-l2-eps0.5": 0.5},
-         "threat": {"attack": "pgd", "norm": "l2"}, "checks_failed": 0}))
+    run = _evaluated_run(tmp_path)
     capsys.readouterr()
     out = tmp_path / "rep"
     assert main(["report", str(run), "--out", str(out), *flags]) == 2
@@ -323,13 +331,7 @@ def test_a_landscape_left_from_an_earlier_report_is_said(tmp_path, capsys):
     landscape left that plot beside the new table without a word."""
     from erat.cli import main
 
-    run = tmp_path / "erm"
-    assert main(["train", "--dataset", "digits", "--model", "mlp", "--model-kwargs",
-                 '{"hidden": [8]}', "--epochs", "1", "--epoch-updates", "1", "--no-progress",
-                 "--out", str(run)]) == 0
-    (run / "eval.json").write_text(json.dumps(
-        {"clean_acc": 0.9, "robust_acc": {"pgd-l2-eps0.5": 0.5},
-         "threat": {"attack": "pgd", "norm": "l2"}, "checks_failed": 0}))
+    run = _evaluated_run(tmp_path)
     rep = tmp_path / "rep"
     assert main(["report", str(run), "--out", str(rep), "--landscape-eps", "0.5"]) == 0
     capsys.readouterr()
