@@ -290,7 +290,17 @@ def test_a_result_of_other_weights_is_refused(tmp_path, capsys):
     assert main(["report", str(run), "--eval-name", "eval-pgd.json", "--out",
                  str(tmp_path / "rep3")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "energy.json was computed on other weights" in err
+    assert err.count("\n") == 1 and "energy.json was computed on other weights" in err, err
+    (run / "model-last.pt").write_bytes(b"the last epoch's weights")  # (its SHA-256 named)
+    from erat.files import sha256
+
+    (run / "energy.json").write_text(json.dumps(
+        {"energy_mean": 0.1, "settings": {"norm": "l2", "eps": 0.5,
+                                          "checkpoint_sha256": sha256(run / "model-last.pt")}}))
+    assert main(["report", str(run), "--eval-name", "eval-pgd.json", "--out",
+                 str(tmp_path / "rep4")]) == 2
+    assert "energy.json was computed on model-last.pt, the last epoch's, not on" in \
+        capsys.readouterr().err
 
 
 def test_the_plot_draws_the_attack_every_run_has(tmp_path):

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from erat.attacks import robust_key
 from erat.errors import UserError
-from erat.files import atomic_write_bytes, atomic_write_text, check_writable_dir, read_json
+from erat.files import atomic_write_bytes, atomic_write_text, check_writable_dir, read_json, sha256
 from erat.losses import cross_entropy
 from erat.passes import supervised_search
 from erat.search import adversarial_direction
@@ -580,9 +580,12 @@ def _run_row(run: Path, name: str, result: dict) -> dict:
         if (run / RunDir.ENERGY).is_file() else {}
     recorded = _measured_weights(energy)
     if recorded and folder.finished() and recorded != folder.weights_sha256():
-        raise UserError(f"{run / RunDir.ENERGY} was computed on other weights than {run}'s "
-                        f"{RunDir.MODEL} (trained again since?); measure it again: erat energy "
-                        f"{run} --json {run / RunDir.ENERGY}")
+        last = run / RunDir.MODEL_LAST
+        which = f"{RunDir.MODEL_LAST}, the last epoch's" if last.is_file() and \
+            sha256(last) == recorded else "other weights (trained again since?)"
+        raise UserError(f"{run / RunDir.ENERGY} was computed on {which}, not on {run}'s "
+                        f"{RunDir.MODEL}; measure it again: erat energy {run} --json "
+                        f"{run / RunDir.ENERGY}")
     try:  # (the cost's record; a model file that cannot be read gives none)
         meta = folder.read_meta() if config and folder.finished() else {}
     except UserError:
