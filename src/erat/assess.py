@@ -320,7 +320,7 @@ def format_report(result: dict) -> str:
             + f", T {s.get('T')}, M {s.get('M')}, S {s.get('S')}")
     acc, classes, n = result.get("clean_acc"), result.get("classes") or 0, result["n"]
     p = 1 / classes if classes >= 2 else None  # (chance: 1 in K; 3 sd of n guesses above it)
-    chance = (["note: clean accuracy is at chance level (1 in " f"{classes}): the energy of a "
+    chance = ([f"note: clean accuracy is at chance level (1 in {classes}): the energy of a "
                "model that does not classify says nothing of its robustness (its weights? its "
                "input range?)"] if p and acc is not None
               and acc <= p + 3 * math.sqrt(p * (1 - p) / max(n, 1)) else [])

@@ -402,11 +402,25 @@ def result_row(result: Mapping, label: str | None = None) -> dict:
     return row
 
 
+def _check_weights(path: Path, recorded: str | None, run: Path, again: str) -> None:
+    """Refuse a result file ``path`` of run folder ``run`` whose ``recorded`` weights'
+    SHA-256 is not its finished ``model.pt``'s (trained again since, or measured on
+    ``model-last.pt``): one line naming the file and how to compute it ``again``."""
+    from erat.rundir import RunDir
+
+    folder = RunDir(run)
+    if not recorded or not folder.finished() or recorded == folder.weights_sha256():
+        return
+    last = run / RunDir.MODEL_LAST
+    which = f"{RunDir.MODEL_LAST}, the last epoch's" if last.is_file() and \
+        sha256(last) == recorded else "other weights (trained again since?)"
+    raise UserError(f"{path} was computed on {which}, not on {run}'s {RunDir.MODEL}; {again}")
+
+
 def read_results(runs: Sequence[Path], eval_name: str = "eval.json") -> dict[str, dict]:
     """Each run folder's evaluation JSON by run name; a missing file, one that is not an
     evaluation result, or one computed on other weights than the run's (trained again
     since: its ``threat.checkpoint_sha256``) is one line naming it."""
-    from erat.rundir import RunDir
 
     results = {}
     for run in runs:
@@ -425,11 +439,8 @@ def read_results(runs: Sequence[Path], eval_name: str = "eval.json") -> dict[str
                 or "clean_acc" not in res or "threat" not in res:
             raise UserError(f"{path} is not an erat evaluation result (no clean_acc, "
                             "robust_acc and threat)")
-        recorded, folder = res["threat"].get("checkpoint_sha256"), RunDir(run)
-        if recorded and folder.finished() and recorded != folder.weights_sha256():
-            raise UserError(f"{path} was computed on other weights than {run}'s "
-                            f"{RunDir.MODEL} (trained again since?); evaluate it again: erat "
-                            f"eval {run} --json {path}")
+        _check_weights(path, res["threat"].get("checkpoint_sha256"), Path(run),
+                      f"evaluate it again: erat eval {run} --json {path}")
         name = Path(run).name
         if name in results:  # (the rows are keyed by name: one would replace the other)
             raise UserError(f"two run folders are named {name!r} ({run} and an earlier "
@@ -578,14 +589,8 @@ def _run_row(run: Path, name: str, result: dict) -> dict:
     ball = trained_ball(config)
     energy = read_json(run / RunDir.ENERGY, "energy result") \
         if (run / RunDir.ENERGY).is_file() else {}
-    recorded = _measured_weights(energy)
-    if recorded and folder.finished() and recorded != folder.weights_sha256():
-        last = run / RunDir.MODEL_LAST
-        which = f"{RunDir.MODEL_LAST}, the last epoch's" if last.is_file() and \
-            sha256(last) == recorded else "other weights (trained again since?)"
-        raise UserError(f"{run / RunDir.ENERGY} was computed on {which}, not on {run}'s "
-                        f"{RunDir.MODEL}; measure it again: erat energy {run} --json "
-                        f"{run / RunDir.ENERGY}")
+    _check_weights(run / RunDir.ENERGY, _measured_weights(energy), run,
+                  f"measure it again: erat energy {run} --json {run / RunDir.ENERGY}")
     try:  # (the cost's record; a model file that cannot be read gives none)
         meta = folder.read_meta() if config and folder.finished() else {}
     except UserError:

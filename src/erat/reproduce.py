@@ -575,9 +575,9 @@ def autoattack_choice(spec: dict[str, Any], rows: list[dict[str, Any]]) -> set[s
 
 
 def _seconds_per_epoch(folder: RunDir) -> float | None:
-    """Training seconds per full epoch: the epochs' seconds without compiling (the first
-    compiled update of each session), over the updates made, times a full epoch's updates
-    (a budget's last epoch may be partial)."""
+    """Training seconds per full epoch: the epochs' seconds without compiling (the first two
+    compiled updates of each session, ``compile_seconds``), over the updates made, times a
+    full epoch's updates (a budget's last epoch may be partial)."""
     rows, done, per_epoch, seconds = folder.metrics(), 0, 0, 0.0
     if not all("updates" in r for r in rows):  # (a run from an erat that did not count them)
         return round(sum(r["seconds"] for r in rows) / max(len(rows), 1), 3)
