@@ -4,7 +4,7 @@ were measured in more than one session and no single report folder holds them al
 Reads the Markdown table under the heading given (columns ``budget | run | clean | ... |
 last``: the run as ``name (`run-name`)``, the last column the robust accuracy) and draws
 robust and clean accuracy against the budget in ERM epochs with erat's own frontier plot
-(:func:`erat.report.frontier`), one curve per family (the run name's method prefix)::
+(:func:`erat.plots.frontier`), one curve per family (the run name's method prefix)::
 
     python experiments/table_frontier.py docs/results/cifar10-subset.md \\
         "## AutoAttack (standard, l2, at 0.5, all 1,017)" docs/img/cifar10_subset_frontier.png
@@ -16,7 +16,7 @@ import argparse
 import re
 from pathlib import Path
 
-from erat.report import frontier
+from erat.plots import frontier
 
 FAMILIES = {"pgd": "pgd-at", "trades": "trades", "er": "er", "erm": "erm", "at": "at",
             "vat": "vat", "fastat": "pgd-at"}

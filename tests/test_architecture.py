@@ -80,6 +80,8 @@ LAYERS = [
     "stages",
     "checks",
     "evaluate measure",
+    "tables",
+    "plots",
     "fit",
     "config",
     "train report",

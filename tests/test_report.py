@@ -1,4 +1,5 @@
-"""Report: figures are written as PNG and SVG, tables have a header, landscapes make sense."""
+"""Figures (erat.plots) are written as PNG and SVG, tables (erat.tables) have a header,
+landscapes make sense; erat report (erat.report) reads and checks run folders."""
 
 from __future__ import annotations
 
@@ -9,15 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from erat.report import (
-    accuracy_vs_radius,
-    landscape,
-    landscape_data,
-    radius_curve,
-    result_row,
-    results_table,
-    write_csv,
-)
+from erat.plots import accuracy_vs_radius, landscape, landscape_data, radius_curve
+from erat.tables import result_row, results_table, write_csv
 
 
 def fake_result(clean: float, accs: dict[float, float], attack: str = "pgd") -> dict:
@@ -130,7 +124,7 @@ def test_write_csv_round_trip(tmp_path):
 
 
 def test_frontier_draws_the_best_on_validation_of_a_family_at_each_budget(tmp_path):
-    from erat.report import frontier, frontier_points
+    from erat.plots import frontier, frontier_points
 
     rows = [{"name": "er1", "family": "er", "budget": 8, "cost_erm_epochs": 8.0, "rob": 0.60,
              "clean_acc": 0.83, "val_robust_acc": 0.618},
@@ -148,7 +142,7 @@ def test_frontier_draws_the_best_on_validation_of_a_family_at_each_budget(tmp_pa
 
 
 def test_short_tables_name_their_columns_for_people_and_drop_empty_ones():
-    from erat.report import column_name, readable_columns
+    from erat.tables import column_name, readable_columns
 
     rows = [{"name": "er", "method": "er", "dataset": "digits", "labels": "", "clean_acc": 0.9,
              "clean_err": 0.1, "pgd-l2-eps0.5": 0.7, "last_pgd-l2-eps0.5": 0.6, "aa_n": 500,
@@ -324,7 +318,7 @@ def test_the_plot_draws_the_attack_every_run_has(tmp_path):
 
 
 def test_seed_table_gives_the_spread_over_seeds():
-    from erat.report import seed_table
+    from erat.tables import seed_table
 
     rows = [{"name": f"er-eps1-s{s}", "clean_acc": c, "pgd-l2-eps1": r}
             for s, c, r in ((0, 0.9, 0.5), (1, 0.8, 0.7), (2, 0.7, None))]

@@ -232,10 +232,10 @@ def test_report_only_of_an_empty_folder_is_one_line_and_writes_nothing(suite_fil
 
 
 def test_the_landscape_draws_every_method_and_names_the_runs_left_out(tmp_path, monkeypatch):
-    import erat.report
+    import erat.plots
 
     drawn = []
-    monkeypatch.setattr(erat.report, "landscape", lambda models, *a, **k: drawn.append(
+    monkeypatch.setattr(erat.plots, "landscape", lambda models, *a, **k: drawn.append(
         list(models)))
     path = tmp_path / "s.yaml"
     path.write_text(SUITE.replace("  - {name: er, method: er, eps: 0.5, energy",

@@ -45,7 +45,7 @@ from typing import Any
 import torch
 import yaml
 
-from erat import __version__
+from erat import __version__, plots, tables
 from erat.attacks import resolve
 from erat.config import TrainConfig, load_suite, resume_conflicts, run_config
 from erat.datasets import load_dataset
@@ -161,9 +161,7 @@ def _fmt(v: Any) -> str:
 
 def summary(row: dict[str, Any]) -> str:
     """A run's figures in one line: the columns of the short table after its name."""
-    from erat.report import readable_columns
-
-    keys, names = readable_columns([row])
+    keys, names = tables.readable_columns([row])
     return ", ".join(f"{n} {_fmt(row[k])}" for k, n in zip(keys, names, strict=True)
                      if k != "name")
 
@@ -624,41 +622,39 @@ def write_report(suite: dict[str, Any], out: Path, rows: list[dict[str, Any]],
                  ) -> None:
     """``results.csv`` (every column), ``results.md`` (the short table with human column
     names, then every column that holds a value), the plots; the short table is printed."""
-    from erat import report
-
-    columns = report.table_columns(rows)
-    report.write_csv(rows, out / "results.csv", columns)
+    columns = tables.table_columns(rows)
+    tables.write_csv(rows, out / "results.csv", columns)
     ev = suite.get("eval") or {}
     label = resolve(ev.get("attack", "pgd"))[1][-1]
     figures = []  # (the plots drawn this time: results.md links these only)
     if results:
-        report.accuracy_vs_radius(results, out / "accuracy_vs_radius", attack=label,
+        plots.accuracy_vs_radius(results, out / "accuracy_vs_radius", attack=label,
                                   norm=ev.get("norm", "l2"))
         figures.append(("accuracy vs radius", "accuracy_vs_radius"))
-    plots = suite.get("plots", {}) or {}
-    if plots.get("landscape", True) and test is not None and results and _landscape(
-            out, rows, results, test, {**plots, "norm": ev.get("norm", "l2"),
+    drawing = suite.get("plots", {}) or {}
+    if drawing.get("landscape", True) and test is not None and results and _landscape(
+            out, rows, results, test, {**drawing, "norm": ev.get("norm", "l2"),
                                        "landscape_eps": _landscape_eps(suite)}, log):
         figures.append(("loss landscape", "landscape"))
     for name, spec in ((suite.get("report") or {}).get("frontiers") or {}).items():
         try:
-            report.frontier(rows, out / name, **spec)
+            plots.frontier(rows, out / name, **spec)
             figures.append((spec.get("title", name), name))
         except ValueError as err:  # e.g. a partial run (--only) without those columns yet
             log(f"{name} not drawn: {err}")
     versions = {"erat": __version__, "torch": str(torch.__version__),
                 "python": sys.version.split()[0], "platform": platform.platform(),
                 "threads": torch.get_num_threads()}
-    keys, names = report.readable_columns(rows)
-    short = report.results_table(rows, keys, headers=names, float_fmt="{:.3f}")
-    seeds = report.seed_table(rows, keys, names)
+    keys, names = tables.readable_columns(rows)
+    short = tables.results_table(rows, keys, headers=names, float_fmt="{:.3f}")
+    seeds = tables.seed_table(rows, keys, names)
     text = [f"# Suite `{suite['suite']}`", "", (suite.get("description") or "").strip(), "",
             short, "",
             *(["## Over seeds (mean ± sd)", "", seeds, ""] if seeds else []),
             *([f"Left out, not finished: {', '.join(left_out)}.", ""] if left_out else []),
             *_evaluation(out, rows, results),
             *[f"![{title}]({file}.png)\n" for title, file in figures],
-            *report.every_column(rows, columns),
+            *tables.every_column(rows, columns),
             "## Commands", "", "```", *commands, "```", "", "## Versions", "", "```",
             yaml.safe_dump(versions).strip(), "```", ""]
     atomic_write_text("\n".join(text), out / "results.md")
@@ -698,12 +694,10 @@ def _evaluation(out: Path, rows: list[dict[str, Any]], results: dict[str, dict])
 
 
 def _landscape(out: Path, rows: list[dict[str, Any]], results: dict[str, dict], test: tuple,
-               plots: dict[str, Any], log: Callable[[str], None]) -> bool:
-    """The loss landscape of one test image in the evaluation's norm (``plots["norm"]``), one
+               drawing: dict[str, Any], log: Callable[[str], None]) -> bool:
+    """The loss landscape of one test image in the evaluation's norm (``drawing["norm"]``), one
     column per method (its first evaluated run whose weights are there); the runs left out
     are named. Whether it was drawn."""
-    from erat import report
-
     first: dict[str, str] = {}
     dropped = [n for n in results if RunDir(out / "runs" / n).weights_dropped()]
     if dropped:
@@ -718,14 +712,14 @@ def _landscape(out: Path, rows: list[dict[str, Any]], results: dict[str, dict], 
     if others:
         log(f"landscape: one run per method; left out {', '.join(others)} (a run of the same "
             "method is drawn)")
-    index = int(plots.get("landscape_index", 0))
+    index = int(drawing.get("landscape_index", 0))
     x, y = test
     if index >= len(x):
         log(f"landscape not drawn: plots.landscape_index {index} is past the {len(x)} test "
             "images")
         return False
-    report.landscape({n: RunDir(out / "runs" / n).load_model() for n in drawn},
+    plots.landscape({n: RunDir(out / "runs" / n).load_model() for n in drawn},
                      x[index : index + 1], y[index : index + 1],
-                     eps=float(plots["landscape_eps"]), out=out / "landscape",
-                     norm=plots.get("norm", "l2"))
+                     eps=float(drawing["landscape_eps"]), out=out / "landscape",
+                     norm=drawing.get("norm", "l2"))
     return True

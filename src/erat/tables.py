@@ -1,0 +1,174 @@
+"""Tables of results, usable without the CLI: the short Markdown table under human column
+names (:func:`readable_columns`, :func:`column_name`), mean ± sd over a suite's seeds
+(:func:`seed_table`), every column (:func:`table_columns`, :func:`write_csv`), and
+:func:`result_row` (one flat row per evaluation result).
+
+Example::
+
+    print(results_table([result_row(res_er, "ER")], ["label", "clean_acc", "pgd-l2-eps2"]))
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from erat.files import atomic_write_text
+from erat.threat import norm_name
+
+
+def _cell(v, float_fmt: str) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return float_fmt.format(v)
+    if isinstance(v, dict | list):
+        v = json.dumps(v)
+    return str(v).replace("|", "\\|").replace("\n", " ")
+
+
+def results_table(rows: Sequence[Mapping], columns: Sequence[str], *,
+                  float_fmt: str = "{:.4f}", headers: Sequence[str] | None = None) -> str:
+    """A Markdown table: a header row (``headers``, default ``columns``), then one line per
+    row (missing -> empty)."""
+    lines = ["| " + " | ".join(_cell(c, float_fmt) for c in headers or columns) + " |",
+             "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(_cell(r.get(c), float_fmt) for c in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+_SEED = re.compile(r"-s(\d+)$")  # a suite's seed suffix (erat.config.expand_runs)
+
+
+def seed_table(rows: Sequence[Mapping], keys: Sequence[str], names: Sequence[str]
+               ) -> str | None:
+    """A Markdown table of mean ± sd (sample, n - 1) over the seeds of each run that a suite
+    ran with several seeds (names ``<base>-s<seed>``), for the numeric columns among
+    ``keys`` (named ``names``): the spread a claim of a difference needs. None without
+    such runs."""
+    import statistics
+
+    groups: dict[str, list[tuple[str, Mapping]]] = {}  # base name -> (seed, row)
+    for r in rows:
+        name = str(r.get("name") or r.get("run") or "")
+        if m := _SEED.search(name):
+            groups.setdefault(name[:m.start()], []).append((m[1], r))
+    groups = {k: v for k, v in groups.items() if len(v) > 1}
+    numeric = [(k, n) for k, n in zip(keys, names, strict=True) if k in (
+        "clean_acc", "val_robust_acc", "energy_mean") or _ROBUST_KEY.match(k)]
+    if not groups or not numeric:
+        return None
+    lines = ["| runs | seeds | " + " | ".join(n for _, n in numeric) + " |",
+             "|---|---|" + "---|" * len(numeric)]
+    for base, group in groups.items():
+        seeds = ", ".join(seed for seed, _ in group)
+        cells = []
+        for k, _ in numeric:
+            v = [float(r[k]) for _, r in group if isinstance(r.get(k), int | float)]
+            cells.append("" if not v else f"{statistics.mean(v):.3f}" + (
+                f" ± {statistics.stdev(v):.3f}" if len(v) > 1 else "") + (
+                f" ({len(v)})" if len(v) != len(group) else ""))
+        lines.append(f"| {base} | {seeds} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+_ATTACK_NAMES = {"pgd": "PGD", "fgsm": "FGSM", "autoattack": "AutoAttack",
+                 "square": "Square", "all": "PGD+AutoAttack"}
+_ROBUST_KEY = re.compile(  # (an attack's name may hold hyphens: rs-fgsm-l2-eps0.5)
+    r"^(?!energy-)(aa_)?([a-z0-9+]+(?:-[a-z0-9+]+)*?)-(l2|linf)-eps([0-9.e+-]+)$")
+_ENERGY_KEY = re.compile(r"^energy-(l2|linf)-eps([0-9.e+-]+)$")  # erat report's energy column
+# the columns of a short table: these first, the robust accuracies, then those after
+_FIRST = {"name": "run", "run": "run", "method": "method", "trained": "trained at",
+          "labels": "labels", "budget": "budget", "radius": "radius", "clean_acc": "clean"}
+_LAST = {"val_robust_acc": "val. robust", "energy_mean": "energy",
+         "train_s_per_epoch": "s/epoch", "checks_failed": "failed checks",
+         "catastrophic_overfitting_epoch": "overfitting at epoch"}
+_BALLS = {"val_robust_acc": "val_ball", "energy_mean": "energy_ball"}  # (a suite's rows)
+
+
+def attack_name(attack: str) -> str:
+    """The name tables give an attack chain: ``pgd+square`` -> ``PGD+Square``."""
+    return "+".join(_ATTACK_NAMES.get(a, a) for a in attack.split("+"))
+
+
+def column_name(key: str, rows: Sequence[Mapping] = ()) -> str | None:
+    """The human name of a result column (``pgd-l2-eps0.5`` -> ``PGD-l2 0.5``; AutoAttack
+    on the first ``aa_n`` examples: ``AutoAttack-l2 1.5 (500)``), None for a column that
+    short tables leave to the CSV."""
+    if key in _BALLS:  # named with the validation PGD's or the energy's ball, when one
+        balls = {r.get(_BALLS[key]) for r in rows if r.get(key) is not None} - {None}
+        if len(balls) == 1:
+            return f"{_LAST[key]} {balls.pop()}"
+    if key in _FIRST or key in _LAST:
+        return {**_FIRST, **_LAST}[key]
+    if m := _ENERGY_KEY.match(key):
+        return f"energy {norm_name(m[1])} {m[2]}"
+    m = _ROBUST_KEY.match(key)
+    if m is None:
+        return None
+    attack, norm = attack_name(m[2]), norm_name(m[3])
+    subset = sorted({r["aa_n"] for r in rows if r.get(key) is not None and "aa_n" in r})
+    return f"{attack}-{norm} {m[4]}" + (f" ({', '.join(map(str, subset))})"
+                                         if m[1] and subset else "")
+
+
+def readable_columns(rows: Sequence[Mapping]) -> tuple[list[str], list[str]]:
+    """The columns of a short table of ``rows`` and their human names: the run, its method,
+    clean and robust accuracies, energy, time per epoch, failed checks; columns empty in
+    every row are left out."""
+    present = [k for k in dict.fromkeys(k for r in rows for k in r)
+               if any(r.get(k) not in (None, "") for r in rows)]
+    first = [k for k in _FIRST if k in present and not (k == "run" and "name" in present)]
+    robust = [k for k in present if _ROBUST_KEY.match(k)]
+    energy = [k for k in present if _ENERGY_KEY.match(k)]
+    keys = first + robust + energy + [k for k in _LAST if k in present]
+    return keys, [column_name(k, rows) for k in keys]
+
+
+def table_columns(rows: Sequence[Mapping]) -> list[str]:
+    """Every column that holds a value in some row, in order of first appearance, the robust
+    accuracies together after ``clean_acc`` (whichever row has them)."""
+    present = [k for k in dict.fromkeys(k for row in rows for k in row)
+               if any(row.get(k) not in (None, "") for row in rows)]
+    robust = [k for k in present if _ROBUST_KEY.match(k)]
+    rest = [k for k in present if k not in robust]
+    cut = rest.index("clean_acc") + 1 if "clean_acc" in rest else len(rest)
+    return [*rest[:cut], *robust, *rest[cut:]]
+
+
+def every_column(rows: Sequence[Mapping], columns: Sequence[str]) -> list[str]:
+    """The lines of a report's full table (``results.md`` after its short one)."""
+    return ["## Every column (also in results.csv)", "", results_table(rows, columns), ""]
+
+
+def write_csv(rows: Sequence[Mapping], path: Path, columns: Sequence[str] | None = None) -> Path:
+    """Rows to CSV; columns default to every key in order of first appearance. Nested values
+    are written as JSON."""
+    if columns is None:
+        columns = list(dict.fromkeys(k for r in rows for k in r))
+    path = Path(path)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(columns), extrasaction="ignore")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: json.dumps(v) if isinstance(v, dict | list) else v
+                         for k, v in r.items()})
+    atomic_write_text(text.getvalue(), path)  # (a reader never meets half a table)
+    return path
+
+
+def result_row(result: Mapping, label: str | None = None) -> dict:
+    """One flat row of an evaluation result: label, clean accuracy, every robust accuracy,
+    the sample and the number of failed checks."""
+    threat = result.get("threat", {})
+    row = {} if label is None else {"label": label}
+    row["clean_acc"] = result["clean_acc"]
+    row.update(result.get("robust_acc", {}))
+    row["n"] = threat.get("n")
+    row["subset_note"] = threat.get("subset_note")
+    row["checks_failed"] = result.get("checks_failed")
+    return row
