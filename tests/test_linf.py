@@ -168,7 +168,7 @@ def test_er_linf_virtual_T1_M1_equals_linf_vat_term():
     torch.manual_seed(3)
     with torch.no_grad():
         logits = model(x)
-    e_v = ER(eps=0.1, norm="linf", T=1, M=1, S=0).virtual(model, x, logits, True).value
+    e_v = ER(eps=0.1, norm="linf", T=1, M=1, S=0).virtual(model, x, logits).value
     assert vat > 0 and torch.allclose(e_v.detach().mean(), vat, rtol=1e-6)  # (float64)
 
 

@@ -243,8 +243,26 @@ def test_er_virtual_T1_M1_equals_vat_term():
     torch.manual_seed(3)
     with torch.no_grad():
         logits = model(b.x)
-    e_v = ER(eps=2.0, T=1, M=1, S=0).virtual(model, b.x, logits, reuse=True).value.mean()
+    e_v = ER(eps=2.0, T=1, M=1, S=0).virtual(model, b.x, logits).value.mean()
     assert vat > 0 and torch.allclose(e_v.detach(), vat, rtol=1e-5)  # (float64 both)
+
+
+def test_er_virtual_energy_starts_at_zero_with_active_dropout():
+    """With dropout active in the clean pass, the virtual form measures ``v`` from the rays'
+    own function (dropout off) at ``x``: the energy is the one of the same weights without
+    dropout, and ``v(x) = 0`` (it measured from the noisy clean logits, METHOD.md 5)."""
+    model, b = bn_net().train(), batch(False)
+    with torch.no_grad(), dropout_off(model):
+        quiet = model(b.x)
+    noisy = model(b.x).detach()
+    assert not torch.allclose(noisy, quiet)
+    method = ER(eps=0.5, T=3, M=1, S=0)
+    torch.manual_seed(5)
+    with_dropout = method.virtual(model, b.x, noisy).value
+    torch.manual_seed(5)
+    with dropout_off(model):
+        without = method.virtual(model, b.x, quiet).value
+    assert torch.allclose(with_dropout, without, rtol=1e-5, atol=1e-7)
 
 
 def test_er_ray_pass_is_deterministic_on_a_stochastic_model():

@@ -32,10 +32,11 @@ the virtual form gives l-inf VAT's term.
 Passes (:mod:`erat.passes`): one clean train-mode pass over labeled + unlabeled inputs
 inside :func:`~erat.passes.shared_statistics` (the only pass that updates BatchNorm running
 stats); the supervised direction search as a supervised search; the virtual search as a
-label-free search (target: the clean logits); all ``M*T`` ray points of a form in one ray
-pass (the clean pass's function, so every point of a ray, ``x`` included, is mapped by one
-function). The clean pass's ``l(x)`` (and ``v(x) = 0``) is reused as ``t_0`` unless dropout
-is active in it. ``lam_u = 0`` without EntMin skips the unlabeled inputs (``uses_unlabeled``).
+label-free search (target: the clean logits, or with active dropout the ray pass's value
+at ``x``); all ``M*T`` ray points of a form in one ray pass (the clean pass's function
+without dropout, so every point of a ray, ``x`` included, is mapped by one function). The
+clean pass's ``l(x)`` is reused as ``t_0`` unless dropout is active in it; ``v(x) = 0``
+always (``v`` measures from the search's target). ``lam_u = 0`` without EntMin skips the unlabeled inputs (``uses_unlabeled``).
 
 Example::
 
@@ -203,23 +204,24 @@ class ER:
                                   step_size=self.step_size, norm=self.norm)
         return self._rays(model, loss_fn, x, u1, clean, eps)
 
-    def virtual(self, model: nn.Module, x: Tensor, clean_logits: Tensor, reuse: bool,
+    def virtual(self, model: nn.Module, x: Tensor, clean_logits: Tensor,
                 S: int | None = None, eps: float | None = None) -> EnergyEstimate:
-        """``E_hat_v(x)`` of ``v``; ``reuse``: ``clean_logits`` come from the ray's function
-        (no active dropout), so ``v(x) = 0`` at ``t_0``; ``S``, ``eps`` as in
-        :meth:`supervised`. The search probes the same function as the rays, so its target
-        is that function's value at ``x`` (an eval-mode search aimed at the train-mode
-        logits chased the gap between the two functions; docs/results/findings.md)."""
+        """``E_hat_v(x)`` of ``v(z) = KL(p(x) || p(z))``, ``p`` the rays' function (no active
+        dropout; ``clean_logits`` when the clean pass had none), so ``v(x) = 0`` at ``t_0``
+        (METHOD.md 5: no dropout noise between the clean and the perturbed pass); ``S``,
+        ``eps`` as in :meth:`supervised`. The search probes the same function, aimed at the
+        same target (an eval-mode search aimed at the train-mode logits chased the gap
+        between the two functions; docs/results/findings.md)."""
         eps = self.eps if eps is None else eps
-        target = label_free_target(model, x, clean_logits)
+        target = label_free_target(model, x, clean_logits)  # (detached)
         with label_free_search(model):
             d = vat_direction(model, x, target, xi=self.xi, power_iters=self.power_iters)
             u1 = search_direction(virtual_loss(model, target), x, eps,
                                   S=self.steps(True) if S is None else S,
                                   start_direction=vat_step(d, self.norm),
                                   step_size=self.step_size, norm=self.norm)
-        zero = torch.zeros(len(x), device=x.device) if reuse else None
-        return self._rays(model, virtual_loss(model, clean_logits), x, u1, zero, eps)
+        zero = torch.zeros(len(x), device=x.device)  # (v at x of its own target)
+        return self._rays(model, virtual_loss(model, target), x, u1, zero, eps)
 
     def __call__(self, model: nn.Module, batch: Batch) -> StepOutput:
         x, y, xu = batch.x, batch.y, batch.x_unlabeled
@@ -236,10 +238,10 @@ class ER:
                 model, x, y, clean if reuse else None, S, eps))]
             if xu is not None:  # label-free: over labeled + unlabeled
                 terms.append(("energy_u", self.lam_u, lambda: self.virtual(
-                    model, torch.cat([x, xu]), logits_all, reuse, S, eps)))
+                    model, torch.cat([x, xu]), logits_all, S, eps)))
             else:
                 terms.append(("energy_kl", self.lam_kl, lambda: self.virtual(
-                    model, x, logits, reuse, S, eps)))
+                    model, x, logits, S, eps)))
             for name, weight, estimate in terms:
                 if weight > 0:  # (a zero weight skips the search and the rays)
                     value = estimate().value.mean()
@@ -257,20 +259,23 @@ class ER:
     def cost(self, batch: Batch, model: nn.Module) -> float:
         """The clean pass and its backward; per form, the search (FGM: one forward-backward,
         VAT's: ``power_iters``, then ``S`` PGD steps) and the ``M*T`` ray points with their
-        backward (plus ``x`` again, and the search target, when dropout is active). The
-        gradient estimator's points cost a forward, an input gradient kept as a graph, and a
-        backward through both (a double backward counted as one more backward)."""
+        backward (when dropout is active: ``x`` again for the supervised form, the search
+        target for the virtual one). The gradient estimator's points cost a forward, an input
+        gradient kept as a graph, and a backward through both (a double backward counted as
+        one more backward)."""
         n, nu = rows(batch.x), rows(batch.x_unlabeled) if self.uses_unlabeled else 0
         s, dropout = self.search_steps(batch), dropout_active(model)
-        if self.estimator == "gradient":
-            ray = (self.M * self.T + 1) * (FORWARD + 3 * BACKWARD)
-        else:
-            ray = (self.M * self.T + dropout) * (FORWARD + BACKWARD)
+
+        def ray(x_again: bool) -> float:
+            if self.estimator == "gradient":
+                return (self.M * self.T + 1) * (FORWARD + 3 * BACKWARD)
+            return (self.M * self.T + x_again) * (FORWARD + BACKWARD)
+
         total = (n + nu) * (FORWARD + BACKWARD)
         if self.weight(batch) > 0:
-            total += n * (max(s, 1) * (FORWARD + BACKWARD) + ray)
+            total += n * (max(s, 1) * (FORWARD + BACKWARD) + ray(dropout))
         virtual = n + nu if nu else (n if self.lam_kl > 0 else 0)
         if virtual and (self.lam_u if nu else self.lam_kl) > 0:
             search = (self.power_iters + s) * (FORWARD + BACKWARD) + dropout * FORWARD
-            total += virtual * (search + ray)
+            total += virtual * (search + ray(False))
         return total
