@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from erat.cli import main
-from erat.fit.fast import DeviceImages
+from erat.fit.fast import DeviceImages, float32_head
 from erat.graphs import Cloned, Padded, check_capturable, compiled
 from erat.methods import Batch, build_method, method_names
 from erat.rundir import RunDir
@@ -295,6 +295,27 @@ def test_the_fast_loop_trains_with_device_data_on_the_cpu(tmp_path, monkeypatch)
             .splitlines()]
     assert len(rows) == 2 and all(torch.isfinite(torch.tensor(r["train_loss"])) for r in rows)
     assert rows[-1]["cost"] > 0
+
+
+def test_under_bf16_the_output_layer_computes_in_float32():
+    """Autocast leaves the logits unrounded (the energy's V_T sums T differences of losses):
+    the patched head gives float32 logits, the float32 product of the bf16 features; a copy
+    of the model keeps the patch bound to its own weights; the state dict is unchanged."""
+    model, x = tiny(), torch.rand(4, 1, 8, 8)
+    keys = list(model.state_dict())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model(x).dtype == torch.bfloat16
+        assert float32_head(model) is model[-1]
+        features = model[:-1](x)
+        logits = model(x)
+    assert logits.dtype == torch.float32 and list(model.state_dict()) == keys
+    assert torch.equal(logits, features.float() @ model[-1].weight.T + model[-1].bias)
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        twin[-1].bias.add_(1.0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.allclose(twin(x), logits + 1.0)
+    assert float32_head(nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.BatchNorm1d(2))) is None
 
 
 @pytest.mark.parametrize("fast", [False, True])

@@ -17,8 +17,8 @@ part with its own switch; the CPU path is the eager one and stays as it is.
   gradient estimator) runs eager; a model with data-dependent control flow (a graph break
   in its forward) is refused before training.
 - **bf16 and channels-last** (``fast_bf16``, ``fast_channels_last``) for convolutional
-  models, where tensor cores pay; losses, norms and the energy's differences stay float32
-  (:mod:`erat.losses`, :mod:`erat.threat`).
+  models, where tensor cores pay; the output layer, losses, norms and the energy's
+  differences stay float32 (:func:`float32_head`, :mod:`erat.losses`, :mod:`erat.threat`).
 - **a fused optimiser** (``fused=True``): one kernel per parameter group for Adam and SGD.
 - **no host synchronisation per update in the loop**: the metrics are summed on the device
   and the loss is checked for NaN or infinity every ``CHECK_EVERY`` updates and at the
@@ -40,6 +40,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import types
 from typing import Any
 
 import torch
@@ -96,6 +97,27 @@ class DeviceImages:
     def __getitem__(self, idx: Tensor) -> Tensor:
         part = self.store[idx]
         return part.float().div_(255) if self.bytes else part
+
+
+def float32_head(model: nn.Module) -> nn.Linear | None:
+    """Under autocast, the model's output layer (its last module with parameters, when that
+    is an ``nn.Linear``) computes in float32, so the logits carry no bf16 rounding: the
+    energy's ``V_T`` sums ``T`` differences of losses, and rounded logits added their noise
+    ``T`` times. Patches the layer's ``forward`` on the instance, as a bound method (a copy
+    of the model keeps it, bound to the copy; the state dict is unchanged); the layer, or
+    None when the model ends otherwise."""
+    owners = [m for m in model.modules() if next(m.parameters(recurse=False), None) is not None]
+    layer = owners[-1] if owners else None
+    if not isinstance(layer, nn.Linear):
+        return None
+    layer.forward = types.MethodType(_linear_float32, layer)
+    return layer
+
+
+def _linear_float32(layer: nn.Linear, inp: Tensor) -> Tensor:
+    with torch.autocast(inp.device.type, enabled=False):
+        return nn.functional.linear(inp.float(), layer.weight.float(),
+                                    None if layer.bias is None else layer.bias.float())
 
 
 def optimizer_kwargs(device: torch.device) -> dict[str, Any]:

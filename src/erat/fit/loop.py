@@ -168,6 +168,8 @@ class Loop:
                 "precision pays on GPUs; erat bench --amp none,bf16 measures it here)")
         conv = self.fast and fast.convolutional(model)
         self.amp = "bf16" if conv and options.fast_bf16 and options.amp == "none" else options.amp
+        if self.amp != "none":
+            fast.float32_head(model)  # (the logits unrounded: V_T sums T differences)
         self.channels_last = options.channels_last or (conv and options.fast_channels_last)
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
