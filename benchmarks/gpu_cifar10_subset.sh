@@ -31,7 +31,7 @@ if [ -n "${PREV:-}" ] && [ -f "$PREV" ]; then tar xzf "$PREV" -C "$R"; fi
 # one line per group, "grouped budget run,run,...", in the order the groups run
 $PY - "$SUITE" "$PART" > "$OUT/groups.txt" <<'EOF' || exit 1
 import sys
-from erat.reproduce import identity, load_suite, run_config
+from erat.suites import identity, load_suite, run_config
 
 suite, part = load_suite(sys.argv[1]), sys.argv[2]
 keys = (suite.get("autoattack") or {}).get("group", [])

@@ -84,7 +84,7 @@ LAYERS = [
     "plots",
     "fit",
     "config",
-    "train report",
+    "train report suites",
     "assess",
     "reproduce bench",
     "cli",

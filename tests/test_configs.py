@@ -9,19 +9,13 @@ from pathlib import Path
 import pytest
 
 from erat.cli import TRAIN_ONLY, build_parser
-from erat.config import (
-    TrainConfig,
-    load_suite,
-    resolve_train,
-    run_config,
-    suite_dir,
-    suite_names,
-)
+from erat.config import TrainConfig, resolve_train
 from erat.datasets import dataset_info, dataset_names
 from erat.evaluate import EvalConfig
 from erat.measure import energy_report
 from erat.methods import build_method
 from erat.models import model_names, model_params
+from erat.suites import load_suite, run_config, suite_dir, suite_names
 
 PAPER_SUITES = {"mnist": 100, "cifar10": 4000, "svhn": 1000}  # suite: labels (METHOD.md 4)
 SUPERVISED = {"erm", "at", "vat", "pgd", "trades", "er"}

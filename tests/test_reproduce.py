@@ -11,7 +11,8 @@ import torch
 
 from erat.cli import main
 from erat.errors import UserError
-from erat.reproduce import load_suite, reproduce
+from erat.reproduce import reproduce
+from erat.suites import load_suite
 
 SUITE = """
 suite: tiny
@@ -212,13 +213,13 @@ def test_report_only_reports_what_is_finished_and_computes_nothing(suite_file, t
 def test_eval_at_the_training_radius():
     from erat.config import resolve
     from erat.errors import UserError
-    from erat.reproduce import _radii
+    from erat.suites import radii
 
     cfg = resolve([({"method": "pgd", "norm": "linf", "eps": 0.1}, "test")])
-    assert _radii({"attack": "all", "eps": "train"}, cfg)["eps"] == [0.1]
-    assert _radii({"eps": [0.5]}, cfg) == {"eps": [0.5]}
+    assert radii({"attack": "all", "eps": "train"}, cfg)["eps"] == [0.1]
+    assert radii({"eps": [0.5]}, cfg) == {"eps": [0.5]}
     with pytest.raises(UserError, match="eps: train"):
-        _radii({"eps": "train"}, resolve([({"method": "erm"}, "test")]))
+        radii({"eps": "train"}, resolve([({"method": "erm"}, "test")]))
 
 
 def test_report_only_of_an_empty_folder_is_one_line_and_writes_nothing(suite_file, tmp_path,

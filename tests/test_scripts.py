@@ -50,7 +50,7 @@ def check(args: list[str]) -> None:
         from erat.config import resolve
         resolve([({k: v for k, v in vars(ns).items() if k not in cli.TRAIN_ONLY}, "flags")])
     elif ns.command == "reproduce":
-        from erat.config import load_suite, run_config
+        from erat.suites import load_suite, run_config
         suite = load_suite(ns.suite)
         only = [n for n in (ns.only or "").split(",") if n]
         assert set(only) <= {r["name"] for r in suite["runs"]}, only

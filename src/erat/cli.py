@@ -237,7 +237,7 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 def _add_reproduce(p: argparse.ArgumentParser) -> None:
-    from erat.config import suite_names
+    from erat.suites import suite_names
 
     p.add_argument("suite", help=f"{', '.join(suite_names())}, or a YAML file")
     p.add_argument("--out", type=path, help="report folder (default: runs/<suite or file name>)")

@@ -1,5 +1,5 @@
-"""Configuration: :class:`TrainConfig`, the merge rule of its layers, YAML in and out, and
-suites (loading and expanding seeds and grids). The only module that reads YAML settings.
+"""Configuration: :class:`TrainConfig`, the merge rule of its layers, YAML in and out (a
+suite's file: :mod:`erat.suites`, which resolves each of its runs here).
 
 Precedence, lowest first (:func:`resolve`, the one path for the CLI and suites): the
 defaults of :class:`TrainConfig` < the saved ``config.yaml`` of a run being resumed <
@@ -18,13 +18,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import itertools
-import math
 import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -294,129 +291,6 @@ def resume_conflicts(saved: dict[str, Any], asked: dict[str, Any]) -> list[str]:
         elif value != saved[key]:
             out.append(f"{key} {value!r} (run: {saved[key]!r})")
     return out
-
-
-# --- suites ----------------------------------------------------------------------------
-
-SUITE_KEYS = {"suite", "description", "defaults", "runs", "eval", "energy", "plots", "report",
-              "autoattack"}
-RUN_ONLY_KEYS = {"name", "eval", "energy", "seeds", "grid", "family", "radius", "eval_last"}
-
-
-def suite_dir() -> Path:
-    return Path(str(resources.files("erat") / "configs"))
-
-
-def suite_names() -> list[str]:
-    return sorted(p.stem for p in suite_dir().glob("*.yaml") if _is_suite(p))
-
-
-def _is_suite(path: Path) -> bool:
-    try:
-        data = read_yaml(path)
-    except UserError:
-        return False
-    return isinstance(data, dict) and "runs" in data
-
-
-def load_suite(name_or_path: str) -> dict[str, Any]:
-    """A suite by name (``src/erat/configs/<name>.yaml``) or path, its runs expanded."""
-    path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") and not path.is_file():
-        raise UserError(f"no such suite file: {path}")
-    if not path.is_file():
-        path = suite_dir() / f"{name_or_path}.yaml"
-    if not path.is_file():
-        raise UserError(f"unknown suite {name_or_path!r}; choose one of "
-                        f"{', '.join(suite_names())} or give a YAML file")
-    suite = read_yaml(path, "suite")
-    if not isinstance(suite, dict):
-        raise UserError(f"{path}: a suite is a mapping with a 'runs' list")
-    unknown = sorted(set(suite) - SUITE_KEYS)
-    if unknown:
-        raise UserError(f"{path}: unknown key(s) {', '.join(map(repr, unknown))}; a suite holds "
-                        f"{', '.join(sorted(SUITE_KEYS))}")
-    if not isinstance(suite.get("runs"), list):
-        raise UserError(f"{path}: a suite needs a 'runs' list")
-    suite.setdefault("suite", path.stem)
-    suite["path"] = str(path)
-    suite["runs"] = expand_runs(suite["runs"], str(path))
-    return suite
-
-
-def expand_runs(runs: list[Any], source: str) -> list[dict[str, Any]]:
-    """Each run entry, with ``seeds: [..]`` and ``grid: {key: [..]}`` expanded into one run
-    per combination, named ``<name>-<key><value>...-s<seed>``."""
-    out = []
-    for run in runs:
-        if not isinstance(run, dict) or not isinstance(run.get("name"), str):
-            raise UserError(f"{source}: every run needs a name, got {run!r}")
-        grid, seeds = _grid_and_seeds(run, source)
-        keys = list(grid)
-        for values in itertools.product(*(grid[k] for k in keys)):
-            for seed in seeds if seeds is not None else [None]:
-                entry = {k: v for k, v in run.items() if k not in ("grid", "seeds")}
-                entry.update(zip(keys, values, strict=True))
-                suffix = "".join(f"-{k.replace('_', '')}{_short(v)}"
-                                 for k, v in zip(keys, values, strict=True))
-                if seed is not None:
-                    entry["seed"] = seed
-                    suffix += f"-s{seed}"
-                entry["name"] = run["name"] + suffix
-                _check_run_name(entry["name"], source)
-                out.append(entry)
-    names = [r["name"] for r in out]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise UserError(f"{source}: duplicate run names {dupes}")
-    return out
-
-
-def _grid_and_seeds(run: dict[str, Any], source: str) -> tuple[dict[str, list], list | None]:
-    """A run's ``grid`` (a mapping of setting -> non-empty list) and ``seeds`` (a non-empty
-    list of integers, or None), refused in one line naming the run when malformed."""
-    where = f"{source} run {run['name']}"
-    grid, seeds = run.get("grid") or {}, run.get("seeds")
-    if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
-        raise UserError(f"{where}: grid must map each setting to a non-empty list of values "
-                        f"(grid: {{eps: [0.5, 1.0]}}), got {grid!r}")
-    if seeds is not None and (not isinstance(seeds, list) or not seeds or not all(
-            isinstance(s, int) and not isinstance(s, bool) for s in seeds)):
-        raise UserError(f"{where}: seeds must be a non-empty list of integers (seeds: [0, 1, "
-                        f"2]), got {seeds!r}")
-    if seeds is not None and len(set(seeds)) < len(seeds):
-        raise UserError(f"{where}: seeds {seeds} name a seed twice")
-    both = sorted(({"seed"} if seeds is not None else set()) & set(run)
-                  | set(grid) & (set(run) - {"grid"}))
-    if both:  # (the list replaced the single value without a word)
-        raise UserError(f"{where}: {both[0]} is given both as a value and in "
-                        f"{'seeds' if both[0] == 'seed' else 'grid'}; give one")
-    return grid, seeds
-
-
-def _check_run_name(name: str, source: str) -> None:
-    """A run's name is its folder under ``<out>/runs/``: one plain path component, so that
-    no run is written outside ``--out`` (``../x``, ``/tmp/x``) or hidden (``.x``)."""
-    if not name.strip() or name.startswith(".") or any(c in name for c in "/\\\0"):
-        raise UserError(f"{source}: run name {name!r} must be a plain folder name (not "
-                        "empty, no '/' or '\\', no leading '.')")
-
-
-def _short(v: Any) -> str:
-    if v is None:
-        return "default"
-    return f"{v:g}" if isinstance(v, float) and math.isfinite(v) else str(v)
-
-
-def run_config(suite: dict[str, Any], run: dict[str, Any], overrides: dict[str, Any]
-               ) -> TrainConfig:
-    """Suite defaults < the run's own settings < command-line overrides (e.g. data_dir),
-    through :func:`resolve`."""
-    where = suite.get("path", suite["suite"])
-    return resolve([(suite.get("defaults", {}) or {}, f"{where} defaults"),
-                    ({k: v for k, v in run.items() if k not in RUN_ONLY_KEYS},
-                     f"{where} run {run['name']}"),
-                    (overrides, "the command line")])
 
 
 def resolve_train(out: Path, *, resume: bool, config_file: Path | None,

@@ -3,9 +3,9 @@
 A suite is a YAML file (``src/erat/configs/<suite>.yaml``, also reachable as ``configs/``
 at the repository root; experiments live in ``experiments/``) with ``defaults`` (training
 settings shared by every run), a list of ``runs`` (each a name plus the settings it changes;
-``seeds`` and ``grid`` expand into several, :func:`erat.config.expand_runs`), the ``eval``
+``seeds`` and ``grid`` expand into several, :func:`erat.suites.expand_runs`), the ``eval``
 and ``energy`` settings, and optionally ``autoattack`` (AutoAttack on a subset for the runs
-it names or for the best run of each group on validation: :func:`_check_autoattack`) and
+it names or for the best run of each group on validation: :func:`erat.suites.check_suite`) and
 ``report`` (the frontier).
 
 Finished steps are skipped, so an interrupted suite continues where it stopped: training
@@ -31,8 +31,6 @@ method).
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import difflib
 import platform
 import sys
@@ -47,7 +45,7 @@ import yaml
 
 from erat import __version__, plots, tables
 from erat.attacks import resolve
-from erat.config import TrainConfig, load_suite, resume_conflicts, run_config
+from erat.config import TrainConfig, resume_conflicts
 from erat.datasets import load_dataset
 from erat.distributed import resolve_device
 from erat.errors import UserError
@@ -55,8 +53,8 @@ from erat.evaluate import EvalConfig
 from erat.fields import flag
 from erat.files import atomic_write_text, check_writable_dir
 from erat.fit.guard import overfitting_epoch
-from erat.methods import ball, build_method
 from erat.rundir import RunDir
+from erat.suites import check_suite, identity, landscape_eps, load_suite, radii, run_config
 from erat.threat import ball_name
 from erat.train import train
 
@@ -93,9 +91,7 @@ def reproduce(
     work = set() if report_only else mine  # the runs it may train and evaluate
     runs = suite["runs"]
     cfgs = [run_config(suite, r, overrides or {}) for r in runs]
-    _check_eval_settings(suite, runs, cfgs)
-    _check_autoattack(suite, runs, cfgs)
-    _check_plots(suite)
+    check_suite(suite, cfgs)
     to_train = {r["name"]: c for r, c in zip(runs, cfgs, strict=True) if r["name"] in work
                 and not RunDir(out / "runs" / r["name"]).finished()}
     for device in {c.device for c in to_train.values()}:
@@ -209,163 +205,6 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
-def _check_eval_settings(suite: dict[str, Any], runs: list[dict[str, Any]],
-                         cfgs: list[TrainConfig]) -> None:
-    """Every evaluation and energy setting of the suite resolves, for every run (before any
-    training: a run refused at its turn cost the runs before it; the runs' own settings were
-    checked by :func:`erat.config.run_config`)."""
-    spec = (suite.get("autoattack") or {}).get("eval")
-    where = suite.get("path", suite["suite"])
-    for run, cfg in zip(runs, cfgs, strict=True):
-        _check_energy(suite, run)
-        if run.get("eval", True) is not False:
-            ev = {**(suite.get("eval") or {}), **(run.get("eval") or {})}
-            _check_count((suite.get("eval") or {}).get("n"), f"{where}: eval.n")
-            _check_count((run.get("eval") or {}).get("n"), f"{where} run {run['name']}: eval.n")
-            try:
-                _check_eval(ev, cfg)
-            except UserError as err:  # blamed on the suite's block when it fails alone
-                own = f" run {run['name']}" if _check_eval(suite.get("eval") or {}, cfg,
-                                                           quiet=True) else ""
-                raise UserError(f"{where}{own}: eval: {err}") from None
-        try:
-            if spec:
-                _check_eval(spec, cfg)
-        except UserError as err:
-            raise UserError(f"{where}: autoattack.eval: {err}") from None
-
-
-def _check_count(n: object, name: str) -> None:
-    """A number of test images: None (all) or an integer >= 1 (-1 measured all but one)."""
-    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-        raise UserError(f"{name} must be a number of test images (1 or more; leave it out "
-                        f"for all), got {n!r}")
-
-
-def _check_eval(ev: dict[str, Any], cfg: TrainConfig, quiet: bool = False) -> bool:
-    """Whether the evaluation settings ``ev`` (a suite's ``eval``, ``n`` aside) resolve for
-    the run ``cfg``; ``UserError`` unless ``quiet``."""
-    try:
-        EvalConfig.build(**_radii({k: v for k, v in ev.items() if k != "n"}, cfg))
-    except UserError:
-        if not quiet:
-            raise
-        return False
-    return True
-
-
-AUTOATTACK_KEYS = ("n", "eval", "group", "also")
-GROUP_KEYS = ("family", "radius", "budget")
-
-
-def _check_autoattack(suite: dict[str, Any], runs: list[dict[str, Any]],
-                      cfgs: list[TrainConfig]) -> None:
-    """The suite's ``autoattack`` mapping, before any training: its keys, ``n`` a count,
-    ``group`` keys of :func:`identity`, ``also`` runs of the suite; and a validation robust
-    accuracy for every evaluated run that falls in a group, the figure its best is chosen by
-    (without it the run was never attacked, and nothing said so)."""
-    spec, where = suite.get("autoattack"), f"{suite.get('path', suite['suite'])}: autoattack"
-    if not spec:
-        return
-    if not isinstance(spec, dict) or set(spec) - set(AUTOATTACK_KEYS):
-        raise UserError(f"{where} must be a mapping of {', '.join(AUTOATTACK_KEYS)}, got {spec!r}")
-    n, group, also = spec.get("n", 500), spec.get("group", []), spec.get("also") or []
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise UserError(f"{where}.n must be a number of test images (1 or more), got {n!r}")
-    if not isinstance(group, list) or not all(k in GROUP_KEYS for k in group):
-        raise UserError(f"{where}.group must be a list of {', '.join(GROUP_KEYS)}, got {group!r}")
-    if not isinstance(also, list) or not all(isinstance(a, str) for a in also):
-        raise UserError(f"{where}.also must be a list of run names, got {also!r}")
-    unknown = sorted(set(also) - {r["name"] for r in runs})
-    if unknown:
-        raise UserError(f"{where}.also must list runs of the suite; no run {unknown!r}")
-    for run, cfg in zip(runs, cfgs, strict=True):
-        placed = all(k in identity(run, cfg) for k in group)
-        if not group or not placed or run.get("eval", True) is False or run["name"] in also:
-            continue
-        eps = ball(build_method(cfg.method, **cfg.method_params))[1]
-        if cfg.val is None or not (cfg.fit.val_eps or eps):  # (validation's radius)
-            raise UserError(
-                f"{where}.group chooses each group's best run by validation robust accuracy, "
-                f"which run {run['name']} lacks (it needs val and a val_eps or a method eps); "
-                "give it those, or name it in autoattack.also")
-
-
-def _check_energy(suite: dict[str, Any], run: dict[str, Any]) -> None:
-    """A run's energy settings (its own ``energy``, else the suite's): known names of
-    :func:`erat.measure.energy_report`, a radius, and values :func:`erat.energy.
-    check_settings` accepts."""
-    import inspect
-
-    from erat.energy import check_settings
-    from erat.measure import energy_report
-
-    en = run["energy"] if "energy" in run else suite.get("energy")
-    if not en:
-        return
-    where = suite.get("path", suite["suite"]) + (f" run {run['name']}" if "energy" in run
-                                                  else "") + ": energy"
-    takes = set(inspect.signature(energy_report).parameters) - {"model", "x", "y"} | {"n"}
-    if not isinstance(en, dict) or set(en) - takes or "eps" not in en:
-        wrong = f" (not {', '.join(map(str, sorted(set(en) - takes)))})" \
-            if isinstance(en, dict) and set(en) - takes else ""
-        raise UserError(f"{where} must be a mapping with eps and any of "
-                        f"{', '.join(sorted(takes - {'eps'}))}{wrong}, got {en!r}")
-    try:
-        _check_count(en.get("n"), "n")  # (named as the block: where)
-        check_settings(en["eps"], en.get("T", 16), en.get("M", 16), en.get("S", 20), "max",
-                       en.get("norm", "l2"), warn=False)
-    except UserError as err:
-        raise UserError(f"{where}: {err}") from None
-
-
-def _landscape_eps(suite: dict[str, Any]) -> object:
-    """The landscape's radius: ``plots.landscape_eps`` (a number, or a fraction as 8/255),
-    else 1.0 in l2 and in l-inf the largest radius the suite evaluates (1.0 is the whole box
-    there; 8/255 without one)."""
-    from erat.fields import number, radii
-
-    given, ev = (suite.get("plots") or {}).get("landscape_eps"), suite.get("eval") or {}
-    with contextlib.suppress(argparse.ArgumentTypeError):  # (else refused as it is)
-        given = number(given) if isinstance(given, str) else given
-    if given is not None or ev.get("norm", "l2") == "l2":
-        return 1.0 if given is None else given
-    eps = ev.get("eps")
-    with contextlib.suppress(argparse.ArgumentTypeError):
-        eps = radii(eps) if isinstance(eps, str) else eps
-    found = [e for e in (eps if isinstance(eps, list) else [eps]) if isinstance(e, int | float)]
-    return max(found, default=8 / 255)
-
-
-def _check_plots(suite: dict[str, Any]) -> None:
-    """The suite's landscape settings (``plots``), before any training: they were read only
-    after the suite had run and its tables were written."""
-    from erat.threat import check_radius
-
-    plots, where = suite.get("plots") or {}, f"{suite.get('path', suite['suite'])}: plots"
-    known = ("landscape", "landscape_eps", "landscape_index")
-    if not isinstance(plots, dict) or set(plots) - set(known):
-        raise UserError(f"{where} must be a mapping of {', '.join(known)}, got {plots!r}")
-    norm = (suite.get("eval") or {}).get("norm", "l2")  # (the landscape's: the evaluation's)
-    if check_radius(_landscape_eps(suite), norm, f"{where}.landscape_eps",
-                    warn="landscape_eps" in plots) == 0 and plots.get("landscape", True):
-        raise UserError(f"{where}.landscape_eps must be > 0: the landscape of a radius-0 ball "
-                        "is one point")
-    index = plots.get("landscape_index", 0)
-    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
-        raise UserError(f"{where}.landscape_index must be a test image's position (0 or "
-                        f"more), got {index!r}")
-
-
-def _radii(ev: dict[str, Any], cfg: TrainConfig) -> dict[str, Any]:
-    """``ev`` with ``eps: train`` replaced by the run's training radius (its method's eps)."""
-    if ev.get("eps") != "train":
-        return ev
-    if "eps" not in cfg.method_params:
-        raise UserError(f"eval eps: train needs a method with an eps; {cfg.method!r} names none")
-    return {**ev, "eps": [cfg.method_params["eps"]]}
-
-
 def _check_belongs(folder: RunDir, cfg: TrainConfig) -> None:
     """A run folder is reused only when it holds this very configuration."""
     if not (folder / RunDir.CONFIG).exists():
@@ -377,12 +216,6 @@ def _check_belongs(folder: RunDir, cfg: TrainConfig) -> None:
     if conflicts:
         raise UserError(f"{folder.path} holds another run ({'; '.join(conflicts[:3])}); "
                         "choose another --out for this suite")
-
-
-def identity(run: dict[str, Any], cfg: TrainConfig) -> dict[str, Any]:
-    """The columns that name a run and place it in a group: name, family, radius, budget."""
-    return {"name": run["name"], **{k: run[k] for k in ("family", "radius") if k in run},
-            **({"budget": cfg.fit.budget} if cfg.fit.budget is not None else {})}
 
 
 def run_one(suite: dict[str, Any], run: dict[str, Any], cfg: TrainConfig, folder: RunDir,
@@ -410,7 +243,7 @@ def run_one(suite: dict[str, Any], run: dict[str, Any], cfg: TrainConfig, folder
                 "cost_erm_epochs": meta.get("cost_erm_epochs"),
                 "train_seconds": meta.get("train_seconds"), **_validation(folder, meta)}, None, None
     x, y = load_dataset(cfg.dataset, "test", cfg.data_dir, **cfg.data_options).tensors
-    ev = _radii({**(suite.get("eval") or {}), **(run.get("eval") or {})}, cfg)
+    ev = radii({**(suite.get("eval") or {}), **(run.get("eval") or {})}, cfg)
     n = ev.pop("n", None)
     with nullcontext() if report_only else folder.lock():  # reading needs no lock
         result = _cached_eval(folder, RunDir.EVAL, x, y, ev, n, log, report_only,
@@ -548,7 +381,7 @@ def autoattack_stage(suite: dict[str, Any], out: Path, runs: list[dict[str, Any]
             log(f"[{run['name']}] AutoAttack on the first {attacked} test images")
         try:
             with folder.lock() if compute else nullcontext():
-                res = _cached_eval(folder, "eval-autoattack.json", x, y, _radii(ev, cfg), n,
+                res = _cached_eval(folder, "eval-autoattack.json", x, y, radii(ev, cfg), n,
                                    log, not compute, device=cfg.device)
         except NotReady:  # (a run of another --only list is that list's to attack)
             if not wait and (not work or run["name"] in work):
@@ -634,7 +467,7 @@ def write_report(suite: dict[str, Any], out: Path, rows: list[dict[str, Any]],
     drawing = suite.get("plots", {}) or {}
     if drawing.get("landscape", True) and test is not None and results and _landscape(
             out, rows, results, test, {**drawing, "norm": ev.get("norm", "l2"),
-                                       "landscape_eps": _landscape_eps(suite)}, log):
+                                       "landscape_eps": landscape_eps(suite)}, log):
         figures.append(("loss landscape", "landscape"))
     for name, spec in ((suite.get("report") or {}).get("frontiers") or {}).items():
         try:

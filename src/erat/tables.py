@@ -41,7 +41,7 @@ def results_table(rows: Sequence[Mapping], columns: Sequence[str], *,
     return "\n".join(lines) + "\n"
 
 
-_SEED = re.compile(r"-s(\d+)$")  # a suite's seed suffix (erat.config.expand_runs)
+_SEED = re.compile(r"-s(\d+)$")  # a suite's seed suffix (erat.suites.expand_runs)
 
 
 def seed_table(rows: Sequence[Mapping], keys: Sequence[str], names: Sequence[str]

@@ -36,7 +36,8 @@ label-free search (target: the clean logits, or with active dropout the ray pass
 at ``x``); all ``M*T`` ray points of a form in one ray pass (the clean pass's function
 without dropout, so every point of a ray, ``x`` included, is mapped by one function). The
 clean pass's ``l(x)`` is reused as ``t_0`` unless dropout is active in it; ``v(x) = 0``
-always (``v`` measures from the search's target). ``lam_u = 0`` without EntMin skips the unlabeled inputs (``uses_unlabeled``).
+always (``v`` measures from the search's target). ``lam_u = 0`` without EntMin skips the
+unlabeled inputs (``uses_unlabeled``).
 
 Example::
 
