@@ -299,23 +299,40 @@ def test_the_fast_loop_trains_with_device_data_on_the_cpu(tmp_path, monkeypatch)
 
 def test_under_bf16_the_output_layer_computes_in_float32():
     """Autocast leaves the logits unrounded (the energy's V_T sums T differences of losses):
-    the patched head gives float32 logits, the float32 product of the bf16 features; a copy
-    of the model keeps the patch bound to its own weights; the state dict is unchanged."""
+    the head (the last Linear of the model's outputs, whatever the registration order) gives
+    float32 logits, the float32 product of the bf16 features; the state dict is unchanged,
+    and a copy or a pickle of the model keeps the head; no such layer, None."""
+    import io
+
     model, x = tiny(), torch.rand(4, 1, 8, 8)
     keys = list(model.state_dict())
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert model(x).dtype == torch.bfloat16
-        assert float32_head(model) is model[-1]
+        assert float32_head(model, 10) is model[-1]
         features = model[:-1](x)
         logits = model(x)
     assert logits.dtype == torch.float32 and list(model.state_dict()) == keys
     assert torch.equal(logits, features.float() @ model[-1].weight.T + model[-1].bias)
-    twin = copy.deepcopy(model)
-    with torch.no_grad():
-        twin[-1].bias.add_(1.0)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert torch.allclose(twin(x), logits + 1.0)
-    assert float32_head(nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.BatchNorm1d(2))) is None
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    for twin in (copy.deepcopy(model), torch.load(buffer, weights_only=False)):
+        with torch.no_grad():
+            twin[-1].bias.add_(1.0)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert torch.allclose(twin(x), logits + 1.0)
+
+    class HeadFirst(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.head, self.body = nn.Linear(16, 10), nn.Sequential(nn.Linear(64, 16), nn.ReLU())
+
+        def forward(self, x):
+            return self.head(self.body(x.flatten(1)))
+
+    other = HeadFirst()
+    assert float32_head(other, 10) is other.head
+    assert float32_head(nn.Sequential(nn.Linear(2, 3), nn.ReLU()), 10) is None
 
 
 @pytest.mark.parametrize("fast", [False, True])

@@ -24,7 +24,7 @@ from erat.losses import cross_entropy
 from erat.methods import Batch, ball, build_method, method_config, method_names, method_params
 from erat.methods.er import ER
 from erat.methods.trades import TRADES
-from erat.passes import dropout_off, is_stochastic, supervised_search
+from erat.passes import dropout_off, is_stochastic, shared_statistics, supervised_search
 from erat.search import fgm
 from erat.threat import Threat
 
@@ -252,16 +252,17 @@ def test_er_virtual_energy_starts_at_zero_with_active_dropout():
     own function (dropout off) at ``x``: the energy is the one of the same weights without
     dropout, and ``v(x) = 0`` (it measured from the noisy clean logits, METHOD.md 5)."""
     model, b = bn_net().train(), batch(False)
-    with torch.no_grad(), dropout_off(model):
-        quiet = model(b.x)
-    noisy = model(b.x).detach()
-    assert not torch.allclose(noisy, quiet)
     method = ER(eps=0.5, T=3, M=1, S=0)
-    torch.manual_seed(5)
-    with_dropout = method.virtual(model, b.x, noisy).value
-    torch.manual_seed(5)
-    with dropout_off(model):
-        without = method.virtual(model, b.x, quiet).value
+    with shared_statistics(model):  # (as in training: the clean pass's BatchNorm statistics)
+        noisy = model(b.x).detach()
+        with torch.no_grad(), dropout_off(model):
+            quiet = model(b.x)
+        assert not torch.allclose(noisy, quiet)
+        torch.manual_seed(5)
+        with_dropout = method.virtual(model, b.x, noisy).value
+        torch.manual_seed(5)
+        with dropout_off(model):
+            without = method.virtual(model, b.x, quiet).value
     assert torch.allclose(with_dropout, without, rtol=1e-5, atol=1e-7)
 
 

@@ -213,13 +213,13 @@ def test_report_only_reports_what_is_finished_and_computes_nothing(suite_file, t
 def test_eval_at_the_training_radius():
     from erat.config import resolve
     from erat.errors import UserError
-    from erat.suites import radii
+    from erat.suites import eval_at_radii
 
     cfg = resolve([({"method": "pgd", "norm": "linf", "eps": 0.1}, "test")])
-    assert radii({"attack": "all", "eps": "train"}, cfg)["eps"] == [0.1]
-    assert radii({"eps": [0.5]}, cfg) == {"eps": [0.5]}
+    assert eval_at_radii({"attack": "all", "eps": "train"}, cfg)["eps"] == [0.1]
+    assert eval_at_radii({"eps": [0.5]}, cfg) == {"eps": [0.5]}
     with pytest.raises(UserError, match="eps: train"):
-        radii({"eps": "train"}, resolve([({"method": "erm"}, "test")]))
+        eval_at_radii({"eps": "train"}, resolve([({"method": "erm"}, "test")]))
 
 
 def test_report_only_of_an_empty_folder_is_one_line_and_writes_nothing(suite_file, tmp_path,

@@ -22,17 +22,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from erat.errors import UserError, first_line
 from erat.fields import param
-from erat.fit.fast import needs_cuda, optimizer_kwargs
+from erat.fit.fast import float32_head, needs_cuda, optimizer_kwargs
 from erat.graphs import Cloned, cudagraph_skips, step_module
 from erat.losses import cross_entropy
 from erat.methods import Batch, build_method, method_names
 from erat.models import MODELS, build_model
 from erat.models.factory import is_factory
-from erat.passes import supervised_search
+from erat.passes import sample_outputs, supervised_search
 from erat.search import pgd, pgd_step_size
 from erat.threat import Threat
 
@@ -199,9 +199,7 @@ def bench_training(
         batch.x = batch.x.contiguous(memory_format=torch.channels_last)
     rows = []
     for name in ["erm", *[m for m in methods if m != "erm"]]:
-        model = _model(model_name, shape, device)
-        if channels_last:
-            model = model.to(memory_format=torch.channels_last)
+        model = _row_model(model_name, shape, device, channels_last, dtype is not None, batch.x)
         base, params = parse_method(name)
         method = build_method(base, **{**(method_params or {}).get(base, {}), **params})
         opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9,
@@ -236,6 +234,18 @@ def bench_training(
         if on_row is not None:
             on_row(row)
     return [r for r in rows if r["method"] in methods]
+
+
+def _row_model(name: str, shape: tuple[int, ...], device: torch.device, channels_last: bool,
+               autocast: bool, x: Tensor) -> nn.Module:
+    """The model of one row: channels-last when asked; under ``autocast`` its output layer in
+    float32, as the training loop has it (:func:`erat.fit.fast.float32_head`)."""
+    model = _model(name, shape, device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if autocast:
+        float32_head(model, sample_outputs(model, x).shape[1])
+    return model
 
 
 def _graph_passes(model: Cloned) -> dict[str, int]:

@@ -15,7 +15,8 @@ recipe                     what the pass sees
 :func:`label_free_search`  the clean pass's own function: BatchNorm with the clean batch's
                            statistics (inside :func:`shared_statistics`), no running-stat
                            updates, dropout off; VAT's power iteration and ER's virtual
-                           search, whose target is the clean logits (``v = 0`` at ``x``).
+                           search, whose target is this function's value at ``x`` (the
+                           clean logits without active dropout; ``v = 0`` at ``x``).
 :func:`perturbed_pass`     train mode with batch statistics but no running-stat updates,
                            dropout on: the pass on adversarial points that is trained on
                            (AT, TRADES), so perturbed inputs never reach test-time stats.

@@ -5,7 +5,7 @@ at the repository root; experiments live in ``experiments/``) with ``defaults`` 
 settings shared by every run), a list of ``runs`` (each a name plus the settings it changes;
 ``seeds`` and ``grid`` expand into several, :func:`erat.suites.expand_runs`), the ``eval``
 and ``energy`` settings, and optionally ``autoattack`` (AutoAttack on a subset for the runs
-it names or for the best run of each group on validation: :func:`erat.suites.check_suite`) and
+it names or for the best run of each group on validation: :func:`autoattack_stage`) and
 ``report`` (the frontier).
 
 Finished steps are skipped, so an interrupted suite continues where it stopped: training
@@ -54,7 +54,7 @@ from erat.fields import flag
 from erat.files import atomic_write_text, check_writable_dir
 from erat.fit.guard import overfitting_epoch
 from erat.rundir import RunDir
-from erat.suites import check_suite, identity, landscape_eps, load_suite, radii, run_config
+from erat.suites import check_suite, eval_at_radii, identity, landscape_eps, load_suite, run_config
 from erat.threat import ball_name
 from erat.train import train
 
@@ -243,7 +243,7 @@ def run_one(suite: dict[str, Any], run: dict[str, Any], cfg: TrainConfig, folder
                 "cost_erm_epochs": meta.get("cost_erm_epochs"),
                 "train_seconds": meta.get("train_seconds"), **_validation(folder, meta)}, None, None
     x, y = load_dataset(cfg.dataset, "test", cfg.data_dir, **cfg.data_options).tensors
-    ev = radii({**(suite.get("eval") or {}), **(run.get("eval") or {})}, cfg)
+    ev = eval_at_radii({**(suite.get("eval") or {}), **(run.get("eval") or {})}, cfg)
     n = ev.pop("n", None)
     with nullcontext() if report_only else folder.lock():  # reading needs no lock
         result = _cached_eval(folder, RunDir.EVAL, x, y, ev, n, log, report_only,
@@ -381,7 +381,7 @@ def autoattack_stage(suite: dict[str, Any], out: Path, runs: list[dict[str, Any]
             log(f"[{run['name']}] AutoAttack on the first {attacked} test images")
         try:
             with folder.lock() if compute else nullcontext():
-                res = _cached_eval(folder, "eval-autoattack.json", x, y, radii(ev, cfg), n,
+                res = _cached_eval(folder, "eval-autoattack.json", x, y, eval_at_radii(ev, cfg), n,
                                    log, not compute, device=cfg.device)
         except NotReady:  # (a run of another --only list is that list's to attack)
             if not wait and (not work or run["name"] in work):
@@ -464,9 +464,9 @@ def write_report(suite: dict[str, Any], out: Path, rows: list[dict[str, Any]],
         plots.accuracy_vs_radius(results, out / "accuracy_vs_radius", attack=label,
                                   norm=ev.get("norm", "l2"))
         figures.append(("accuracy vs radius", "accuracy_vs_radius"))
-    drawing = suite.get("plots", {}) or {}
-    if drawing.get("landscape", True) and test is not None and results and _landscape(
-            out, rows, results, test, {**drawing, "norm": ev.get("norm", "l2"),
+    plot_settings = suite.get("plots", {}) or {}
+    if plot_settings.get("landscape", True) and test is not None and results and _landscape(
+            out, rows, results, test, {**plot_settings, "norm": ev.get("norm", "l2"),
                                        "landscape_eps": landscape_eps(suite)}, log):
         figures.append(("loss landscape", "landscape"))
     for name, spec in ((suite.get("report") or {}).get("frontiers") or {}).items():
@@ -527,10 +527,10 @@ def _evaluation(out: Path, rows: list[dict[str, Any]], results: dict[str, dict])
 
 
 def _landscape(out: Path, rows: list[dict[str, Any]], results: dict[str, dict], test: tuple,
-               drawing: dict[str, Any], log: Callable[[str], None]) -> bool:
-    """The loss landscape of one test image in the evaluation's norm (``drawing["norm"]``), one
-    column per method (its first evaluated run whose weights are there); the runs left out
-    are named. Whether it was drawn."""
+               plot_settings: dict[str, Any], log: Callable[[str], None]) -> bool:
+    """The loss landscape of one test image in the evaluation's norm
+    (``plot_settings["norm"]``), one column per method (its first evaluated run whose
+    weights are there); the runs left out are named. Whether it was drawn."""
     first: dict[str, str] = {}
     dropped = [n for n in results if RunDir(out / "runs" / n).weights_dropped()]
     if dropped:
@@ -545,7 +545,7 @@ def _landscape(out: Path, rows: list[dict[str, Any]], results: dict[str, dict], 
     if others:
         log(f"landscape: one run per method; left out {', '.join(others)} (a run of the same "
             "method is drawn)")
-    index = int(drawing.get("landscape_index", 0))
+    index = int(plot_settings.get("landscape_index", 0))
     x, y = test
     if index >= len(x):
         log(f"landscape not drawn: plots.landscape_index {index} is past the {len(x)} test "
@@ -553,6 +553,6 @@ def _landscape(out: Path, rows: list[dict[str, Any]], results: dict[str, dict], 
         return False
     plots.landscape({n: RunDir(out / "runs" / n).load_model() for n in drawn},
                      x[index : index + 1], y[index : index + 1],
-                     eps=float(drawing["landscape_eps"]), out=out / "landscape",
-                     norm=drawing.get("norm", "l2"))
+                     eps=float(plot_settings["landscape_eps"]), out=out / "landscape",
+                     norm=plot_settings.get("norm", "l2"))
     return True

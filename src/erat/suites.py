@@ -194,7 +194,7 @@ def _check_eval(ev: dict[str, Any], cfg: TrainConfig, quiet: bool = False) -> bo
     """Whether the evaluation settings ``ev`` (a suite's ``eval``, ``n`` aside) resolve for
     the run ``cfg``; ``UserError`` unless ``quiet``."""
     try:
-        EvalConfig.build(**radii({k: v for k, v in ev.items() if k != "n"}, cfg))
+        EvalConfig.build(**eval_at_radii({k: v for k, v in ev.items() if k != "n"}, cfg))
     except UserError:
         if not quiet:
             raise
@@ -305,7 +305,7 @@ def _check_plots(suite: dict[str, Any]) -> None:
                         f"more), got {index!r}")
 
 
-def radii(ev: dict[str, Any], cfg: TrainConfig) -> dict[str, Any]:
+def eval_at_radii(ev: dict[str, Any], cfg: TrainConfig) -> dict[str, Any]:
     """``ev`` with ``eps: train`` replaced by the run's training radius (its method's eps)."""
     if ev.get("eps") != "train":
         return ev

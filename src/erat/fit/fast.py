@@ -40,7 +40,6 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import types
 from typing import Any
 
 import torch
@@ -99,25 +98,28 @@ class DeviceImages:
         return part.float().div_(255) if self.bytes else part
 
 
-def float32_head(model: nn.Module) -> nn.Linear | None:
-    """Under autocast, the model's output layer (its last module with parameters, when that
-    is an ``nn.Linear``) computes in float32, so the logits carry no bf16 rounding: the
-    energy's ``V_T`` sums ``T`` differences of losses, and rounded logits added their noise
-    ``T`` times. Patches the layer's ``forward`` on the instance, as a bound method (a copy
-    of the model keeps it, bound to the copy; the state dict is unchanged); the layer, or
-    None when the model ends otherwise."""
-    owners = [m for m in model.modules() if next(m.parameters(recurse=False), None) is not None]
-    layer = owners[-1] if owners else None
-    if not isinstance(layer, nn.Linear):
+class Float32Linear(nn.Linear):
+    """An ``nn.Linear`` that computes in float32 under autocast (:func:`float32_head`)."""
+
+    def forward(self, inp: Tensor) -> Tensor:
+        with torch.autocast(inp.device.type, enabled=False):
+            return nn.functional.linear(inp.float(), self.weight.float(),
+                                        None if self.bias is None else self.bias.float())
+
+
+def float32_head(model: nn.Module, outputs: int) -> nn.Linear | None:
+    """Under autocast, the model's output layer (its last ``nn.Linear`` of ``outputs``
+    features) computes in float32, so the logits carry no bf16 rounding: the energy's
+    ``V_T`` sums ``T`` differences of losses, and rounded logits added their noise ``T``
+    times. The layer becomes a :class:`Float32Linear` (same parameters and state dict; a
+    copy or a pickle of the model keeps it); the layer, or None when no such layer exists
+    (a head that ends in another module: its logits stay as autocast leaves them)."""
+    heads = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == outputs]
+    if not heads:
         return None
-    layer.forward = types.MethodType(_linear_float32, layer)
-    return layer
-
-
-def _linear_float32(layer: nn.Linear, inp: Tensor) -> Tensor:
-    with torch.autocast(inp.device.type, enabled=False):
-        return nn.functional.linear(inp.float(), layer.weight.float(),
-                                    None if layer.bias is None else layer.bias.float())
+    if type(heads[-1]) is nn.Linear:
+        heads[-1].__class__ = Float32Linear
+    return heads[-1]
 
 
 def optimizer_kwargs(device: torch.device) -> dict[str, Any]:

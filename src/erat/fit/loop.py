@@ -154,7 +154,8 @@ class Loop:
         self.sampler = EpochSampler(options, len(data.y), data.unlabeled_count
                                     if data.x_unlabeled is None else len(data.x_unlabeled), uses)
         _check_shards(self.sampler, dist)
-        within_outputs(data.y, sample_outputs(model, data.x[:8].to(self.device)), "FitData.y")
+        outputs = sample_outputs(model, data.x[:8].to(self.device))
+        within_outputs(data.y, outputs, "FitData.y")
         self.schedule = plan(method, model, options, self.sampler)
         self.sampler.updates = self.schedule.per_epoch
         if options.budget_epochs and self.schedule.epochs < options.budget_epochs:
@@ -168,8 +169,9 @@ class Loop:
                 "precision pays on GPUs; erat bench --amp none,bf16 measures it here)")
         conv = self.fast and fast.convolutional(model)
         self.amp = "bf16" if conv and options.fast_bf16 and options.amp == "none" else options.amp
-        if self.amp != "none":
-            fast.float32_head(model)  # (the logits unrounded: V_T sums T differences)
+        if self.amp != "none" and fast.float32_head(model, outputs.shape[1]) is None:
+            log(f"note: no nn.Linear of {outputs.shape[1]} outputs ends the model: its logits "
+                f"stay {self.amp} under autocast (the energy's differences carry their rounding)")
         self.channels_last = options.channels_last or (conv and options.fast_channels_last)
         if self.channels_last:
             model.to(memory_format=torch.channels_last)

@@ -114,11 +114,13 @@ class ER:
 
     def training_note(self, semi: bool) -> str | None:
         """What to know of these settings before training (:func:`erat.train.train` logs
-        it): at the semi-supervised defaults ER's loss is VAT's (METHOD.md 3c)."""
+        it): at the semi-supervised defaults ER's loss is VAT's on a model without dropout
+        (METHOD.md 3c; VAT's perturbed pass keeps its dropout noise, ER's rays do not)."""
         if semi and self.T == 1 and self.M == 1 and self.steps(True) == 0 \
                 and not self.lam and self.estimator == "variation" and self.ramp == 0:
             return ("note: semi-supervised at T 1, M 1, S 0 and lam 0 (the defaults), ER's "
-                    "loss is VAT's (METHOD.md 3c); --S 1, --T 2 or --M 2 make it differ")
+                    "loss is VAT's on a model without dropout (METHOD.md 3c); --S 1, --T 2 "
+                    "or --M 2 make it differ")
         return None
 
     @property
