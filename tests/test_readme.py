@@ -22,6 +22,7 @@ def test_readme_python_block_runs(tmp_path, monkeypatch, capsys):
     for block in blocks:
         exec(compile(block, "README.md", "exec"), {"__name__": "readme"})
     assert (tmp_path / "runs" / "readme-er" / "model.pt").is_file()
+    assert (tmp_path / "runs" / "readme-accuracy.png").is_file()
     assert "epoch" in capsys.readouterr().out
 
 
