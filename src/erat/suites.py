@@ -1,8 +1,8 @@
 """Suites: a YAML file of runs (``src/erat/configs/<suite>.yaml``, or a path) found, read and
-expanded (``seeds`` and ``grid`` into one run each), each run's :class:`~erat.config.
-TrainConfig` resolved (:func:`run_config`), and the suite's ``eval``, ``energy``,
-``autoattack`` and ``plots`` settings checked for every run before anything trains
-(:func:`check_suite`). :mod:`erat.reproduce` runs them.
+expanded (``seeds`` and ``grid`` into one run each), each run's
+:class:`~erat.config.TrainConfig` resolved (:func:`run_config`), and the suite's ``eval``,
+``energy``, ``autoattack`` and ``plots`` settings checked for every run before anything
+trains (:func:`check_suite`). :mod:`erat.reproduce` runs them.
 
 Example::
 
