@@ -333,6 +333,13 @@ def test_under_bf16_the_output_layer_computes_in_float32():
     other = HeadFirst()
     assert float32_head(other, 10) is other.head
     assert float32_head(nn.Sequential(nn.Linear(2, 3), nn.ReLU()), 10) is None
+    assert float32_head(model, 10) is model[-1]  # (again: the same layer)
+
+    class OwnLinear(nn.Linear):
+        def forward(self, inp):
+            return super().forward(inp) * 2
+
+    assert float32_head(nn.Sequential(OwnLinear(2, 10)), 10) is None  # (its forward kept)
 
 
 @pytest.mark.parametrize("fast", [False, True])

@@ -112,13 +112,13 @@ def float32_head(model: nn.Module, outputs: int) -> nn.Linear | None:
     features) computes in float32, so the logits carry no bf16 rounding: the energy's
     ``V_T`` sums ``T`` differences of losses, and rounded logits added their noise ``T``
     times. The layer becomes a :class:`Float32Linear` (same parameters and state dict; a
-    copy or a pickle of the model keeps it); the layer, or None when no such layer exists
-    (a head that ends in another module: its logits stay as autocast leaves them)."""
+    copy or a pickle of the model keeps it); the layer, or None when there is none (a head
+    that ends in another module, or a subclass of ``nn.Linear`` with a forward of its own:
+    its logits stay as autocast leaves them)."""
     heads = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == outputs]
-    if not heads:
+    if not heads or type(heads[-1]) not in (nn.Linear, Float32Linear):
         return None
-    if type(heads[-1]) is nn.Linear:
-        heads[-1].__class__ = Float32Linear
+    heads[-1].__class__ = Float32Linear
     return heads[-1]
 
 
