@@ -152,19 +152,18 @@ def check_suite(suite: dict[str, Any], cfgs: list[TrainConfig]) -> None:
     """Every setting of the suite beside its runs' own (``eval``, ``energy``,
     ``autoattack``, ``plots``), for every run (``cfgs``, in the order of its runs), before
     any training: a run refused at its turn cost the runs before it."""
-    _check_eval_settings(suite, suite["runs"], cfgs)
-    _check_autoattack(suite, suite["runs"], cfgs)
+    _check_eval_settings(suite, cfgs)
+    _check_autoattack(suite, cfgs)
     _check_plots(suite)
 
 
-def _check_eval_settings(suite: dict[str, Any], runs: list[dict[str, Any]],
-                         cfgs: list[TrainConfig]) -> None:
+def _check_eval_settings(suite: dict[str, Any], cfgs: list[TrainConfig]) -> None:
     """Every evaluation and energy setting of the suite resolves, for every run (before any
     training: a run refused at its turn cost the runs before it; the runs' own settings were
     checked by :func:`run_config`)."""
     spec = (suite.get("autoattack") or {}).get("eval")
     where = suite.get("path", suite["suite"])
-    for run, cfg in zip(runs, cfgs, strict=True):
+    for run, cfg in zip(suite["runs"], cfgs, strict=True):
         _check_energy(suite, run)
         if run.get("eval", True) is not False:
             ev = {**(suite.get("eval") or {}), **(run.get("eval") or {})}
@@ -206,8 +205,7 @@ AUTOATTACK_KEYS = ("n", "eval", "group", "also")
 GROUP_KEYS = ("family", "radius", "budget")
 
 
-def _check_autoattack(suite: dict[str, Any], runs: list[dict[str, Any]],
-                      cfgs: list[TrainConfig]) -> None:
+def _check_autoattack(suite: dict[str, Any], cfgs: list[TrainConfig]) -> None:
     """The suite's ``autoattack`` mapping, before any training: its keys, ``n`` a count,
     ``group`` keys of :func:`identity`, ``also`` runs of the suite; and a validation robust
     accuracy for every evaluated run that falls in a group, the figure its best is chosen by
@@ -224,6 +222,7 @@ def _check_autoattack(suite: dict[str, Any], runs: list[dict[str, Any]],
         raise UserError(f"{where}.group must be a list of {', '.join(GROUP_KEYS)}, got {group!r}")
     if not isinstance(also, list) or not all(isinstance(a, str) for a in also):
         raise UserError(f"{where}.also must be a list of run names, got {also!r}")
+    runs = suite["runs"]
     unknown = sorted(set(also) - {r["name"] for r in runs})
     if unknown:
         raise UserError(f"{where}.also must list runs of the suite; no run {unknown!r}")
