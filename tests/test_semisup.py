@@ -414,6 +414,37 @@ def test_a_run_planned_with_other_epochs_is_not_resumed(tmp_path, capsys):
         train(cfg, run, resume=True, log=lambda _: None)
 
 
+def test_a_finished_run_of_other_epochs_is_not_reused(tmp_path):
+    """A finished labels-only run of an erat before the epoch became the unlabeled set's
+    (its rows lack ``epoch_updates``) is refused by ``--resume`` and by a suite, not reused
+    under-trained."""
+    from erat.errors import UserError
+    from erat.reproduce import run_one
+    from erat.rundir import RunDir
+
+    run = tmp_path / "run"
+    cfg = _cfg(method="erm", labels=20, epochs=1)
+    train(cfg, run, log=_quiet)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all("epoch_updates" in r for r in rows)  # (this erat's rows: reused)
+    run_one({}, {"name": "run", "eval": False}, cfg, RunDir(run), _quiet)
+    for r in rows:
+        del r["epoch_updates"]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    message = r"run was trained by an older erat whose labels-only epochs were one pass"
+    with pytest.raises(UserError, match=message):
+        train(cfg, run, resume=True, log=_quiet)
+    with pytest.raises(UserError, match=message):
+        run_one({}, {"name": "run"}, cfg, RunDir(run), _quiet)
+    semi = _cfg(method="vat", labels=20, epochs=1)  # (a method reading the unlabeled set)
+    train(semi, tmp_path / "semi", log=_quiet)
+    rows = [json.loads(line) for line in (tmp_path / "semi/metrics.jsonl").read_text().splitlines()]
+    for r in rows:
+        del r["epoch_updates"]
+    (tmp_path / "semi/metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    train(semi, tmp_path / "semi", resume=True, log=_quiet)
+
+
 def test_eval_says_a_labels_only_run_is_not_semi_supervised(tmp_path, capsys):
     from erat.cli import main
 

@@ -56,7 +56,7 @@ from erat.fit.guard import overfitting_epoch
 from erat.rundir import RunDir
 from erat.suites import check_suite, eval_at_radii, identity, landscape_eps, load_suite, run_config
 from erat.threat import ball_name
-from erat.train import train
+from erat.train import check_epoch_length, train
 
 ENERGY_COLUMNS = ("energy_mean", "at_term_mean", "vat_term_mean", "certified_frac")
 
@@ -231,7 +231,9 @@ def run_one(suite: dict[str, Any], run: dict[str, Any], cfg: TrainConfig, folder
 
     name = run["name"]
     _check_belongs(folder, cfg)
-    if not folder.finished():
+    if folder.finished():
+        check_epoch_length(folder, cfg)
+    else:
         if report_only:
             raise NotReady("not trained")
         log(f"[{name}] training {cfg.method} on {cfg.dataset}")

@@ -96,6 +96,7 @@ def train(
             raise refused or UserError(f"rank 0 refused the run in {run.path} (its message "
                                        "above)")
         if resume and run.finished():
+            check_epoch_length(run, cfg)
             kept = "its weights were dropped" if run.weights_dropped() else \
                 f"{run.model_file()} is already there, unchanged"
             log(f"{run.path} is finished: {kept}; nothing to do")
@@ -118,6 +119,21 @@ def train(
                       "validation robust accuracy)" if cfg.fit.select == "best-robust" else "")
             log(f"wrote {run.model_file()}{chosen}")  # (only what was written, so here)
     return run.model_file()
+
+
+def check_epoch_length(run: RunDir, cfg: TrainConfig) -> None:
+    """Refuse a finished labels-only run of a semi-supervised configuration whose epochs may
+    have been one pass over the labels: an erat before 2026-12-02 made that many updates per
+    epoch (one, on 100 labels), this one makes a pass over the unlabeled set's; such a run's
+    metrics rows lack ``epoch_updates``. Its figures would be reused under-trained."""
+    if cfg.labels is None or cfg.fit.epoch_updates \
+            or build_method(cfg.method, **cfg.method_params).uses_unlabeled:
+        return
+    rows = run.metrics()
+    if rows and "epoch_updates" not in rows[0]:
+        raise UserError(f"{run.path} was trained by an older erat whose labels-only epochs "
+                        "were one pass over the labels (fewer updates than this erat makes); "
+                        "remove it, or train it again into another folder")
 
 
 def _check_factory(cfg: TrainConfig, info: DatasetInfo) -> None:
