@@ -216,10 +216,17 @@ def test_eval_at_the_training_radius():
     from erat.suites import eval_at_radii
 
     cfg = resolve([({"method": "pgd", "norm": "linf", "eps": 0.1}, "test")])
-    assert eval_at_radii({"attack": "all", "eps": "train"}, cfg)["eps"] == [0.1]
+    assert eval_at_radii({"attack": "all", "eps": "train"}, cfg) == {
+        "attack": "all", "eps": [0.1], "norm": "linf"}  # (its ball, the norm too)
     assert eval_at_radii({"eps": [0.5]}, cfg) == {"eps": [0.5]}
     with pytest.raises(UserError, match="eps: train"):
         eval_at_radii({"eps": "train"}, resolve([({"method": "erm"}, "test")]))
+    with pytest.raises(UserError, match="'pgd''s linf radius; the eval's norm l2"):
+        eval_at_radii({"eps": "train", "norm": "l2"}, cfg)
+    # a method at its default radius (ER, Fast-AT: none in method_params) has one too
+    for method, norm in (("er", "l2"), ("fast-at", "linf")):
+        got = eval_at_radii({"eps": "train"}, resolve([({"method": method}, "test")]))
+        assert got["norm"] == norm and got["eps"][0] > 0
 
 
 def test_report_only_of_an_empty_folder_is_one_line_and_writes_nothing(suite_file, tmp_path,

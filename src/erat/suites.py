@@ -305,12 +305,17 @@ def _check_plots(suite: dict[str, Any]) -> None:
 
 
 def eval_at_radii(ev: dict[str, Any], cfg: TrainConfig) -> dict[str, Any]:
-    """``ev`` with ``eps: train`` replaced by the run's training radius (its method's eps)."""
+    """``ev`` with ``eps: train`` replaced by the run's training ball (its method's radius,
+    default or set, and its norm: :func:`erat.methods.ball`)."""
     if ev.get("eps") != "train":
         return ev
-    if "eps" not in cfg.method_params:
-        raise UserError(f"eval eps: train needs a method with an eps; {cfg.method!r} names none")
-    return {**ev, "eps": [cfg.method_params["eps"]]}
+    norm, eps = ball(build_method(cfg.method, **cfg.method_params))
+    if eps is None:
+        raise UserError(f"eval eps: train needs a method with a radius; {cfg.method!r} has none")
+    if ev.get("norm", norm) != norm:
+        raise UserError(f"eval eps: train is {cfg.method!r}'s {norm} radius; the eval's norm "
+                        f"{ev['norm']} needs its own eps")
+    return {**ev, "eps": [eps], "norm": norm}
 
 
 def identity(run: dict[str, Any], cfg: TrainConfig) -> dict[str, Any]:
