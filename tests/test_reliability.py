@@ -115,6 +115,18 @@ def test_an_unknown_only_name_shows_the_suites_runs(tmp_path, capsys):
     assert "(its runs: erm, at, vat, pgd, trades, er)" in err, err
 
 
+def test_overwrite_leaves_none_of_the_old_runs_evaluations(finished, capsys):
+    """A suite's evaluations (model-last's, AutoAttack's, the replaced ones kept beside)
+    outlived an --overwrite: the new run's folder held the old run's figures."""
+    old = [RunDir.EVAL, RunDir.EVAL_LAST, RunDir.EVAL_AUTOATTACK, "eval.previous.json",
+           "energy.previous.json"]
+    for name in old:
+        (finished / name).write_text("{}")
+    code, _, err = run([*TRAIN, "--epochs", "1", "--overwrite", "--out", finished], capsys)
+    assert code == 0, err
+    assert not [name for name in old if (finished / name).exists()]
+
+
 def test_a_killed_overwrite_keeps_the_run_it_set_aside(finished, capsys):
     """An --overwrite killed before its first epoch leaves .replaced/ beside the new run's
     first files; the next --overwrite deleted .replaced/ before its own refusal, and a plain

@@ -266,8 +266,8 @@ def run_one(suite: dict[str, Any], run: dict[str, Any], cfg: TrainConfig, folder
                                    _not_ready(folder, RunDir.ENERGY) if report_only
                                    else measure, log)
         if run.get("eval_last") and ((folder / RunDir.MODEL_LAST).exists() or (
-                folder.weights_dropped() and (folder / "eval-last.json").exists())):
-            res_last = _cached_eval(folder, "eval-last.json", x, y, ev, n, log, report_only,
+                folder.weights_dropped() and (folder / RunDir.EVAL_LAST).exists())):
+            res_last = _cached_eval(folder, RunDir.EVAL_LAST, x, y, ev, n, log, report_only,
                                     model_file=RunDir.MODEL_LAST, device=cfg.device)
             result = {**result, "last": {"clean_acc": res_last["clean_acc"],
                                          **res_last["robust_acc"]}}
@@ -383,7 +383,7 @@ def autoattack_stage(suite: dict[str, Any], out: Path, runs: list[dict[str, Any]
             log(f"[{run['name']}] AutoAttack on the first {attacked} test images")
         try:
             with folder.lock() if compute else nullcontext():
-                res = _cached_eval(folder, "eval-autoattack.json", x, y, eval_at_radii(ev, cfg), n,
+                res = _cached_eval(folder, RunDir.EVAL_AUTOATTACK, x, y, eval_at_radii(ev, cfg), n,
                                    log, not compute, device=cfg.device)
         except NotReady:  # (a run of another --only list is that list's to attack)
             if not wait and (not work or run["name"] in work):
@@ -505,7 +505,7 @@ def _evaluation(out: Path, rows: list[dict[str, Any]], results: dict[str, dict])
     threats = [(name, "", result.get("threat") or {}) for name, result in results.items()]
     for row in rows:
         if row.get("aa_n"):
-            file = out / "runs" / row["name"] / "eval-autoattack.json"
+            file = out / "runs" / row["name"] / RunDir.EVAL_AUTOATTACK
             threat = json.loads(file.read_text()).get("threat") or {}
             threats.append((row["name"], "AutoAttack columns: ", threat))
     said: dict[str, list[str]] = {}
@@ -516,7 +516,7 @@ def _evaluation(out: Path, rows: list[dict[str, Any]], results: dict[str, dict])
                         f"{steps}, on {t.get('n')} of {t.get('n_total')} test images", []
                         ).append(name)
     for row in rows:  # the energy column's ball and estimate
-        file = out / "runs" / row["name"] / "energy.json"
+        file = out / "runs" / row["name"] / RunDir.ENERGY
         if row.get("energy_mean") is not None and file.is_file():
             e = json.loads(file.read_text()).get("settings") or {}
             said.setdefault(f"energy: {e.get('norm')} at {e.get('eps')}, T {e.get('T')}, "

@@ -73,10 +73,12 @@ class RunDir:
     MODEL_LAST = "model-last.pt"
     MODEL_META = "model-meta.json"
     EVAL = "eval.json"
+    EVAL_LAST = "eval-last.json"  # (a suite's: model-last.pt's evaluation)
+    EVAL_AUTOATTACK = "eval-autoattack.json"  # (a suite's AutoAttack of a group's best)
     ENERGY = "energy.json"
     LOCK = ".lock"
     FILES = (CONFIG, METRICS, CHECKPOINT, BEST, SPLIT, MODEL, MODEL_LAST, MODEL_META, EVAL,
-             ENERGY)
+             EVAL_LAST, EVAL_AUTOATTACK, ENERGY)
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -93,7 +95,8 @@ class RunDir:
         if not self.path.is_dir():
             return []
         found = [self.path / f for f in self.FILES if (self.path / f).exists()]
-        return found + sorted(self.path.glob(".eval*.state.pt"))
+        return found + sorted(self.path.glob("*.previous.json")) \
+            + sorted(self.path.glob(".eval*.state.pt"))
 
     def holds_run(self) -> bool:
         return bool(self.run_files()) or self.replaced()
