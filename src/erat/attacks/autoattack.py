@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from erat.attacks.base import correct, register_attack
 from erat.errors import EnvironmentProblem
+from erat.passes import supervised_search
 from erat.threat import Threat
 
 _NORM = {"l2": "L2", "linf": "Linf"}
@@ -61,7 +62,8 @@ def run_pyautoattack(model: nn.Module, x: Tensor, y: Tensor, threat: Threat, see
         aa.square.n_queries = queries
     else:
         _fit_targets(aa, model, x)
-    x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=len(y))
+    with supervised_search(model):  # (its backward would fill the parameters' .grad)
+        x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=len(y))
     return correct(model, threat.project(x, x_adv.to(x.device)), y)
 
 
