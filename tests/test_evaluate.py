@@ -63,6 +63,32 @@ def test_robust_key():
     assert robust_key("pgd", "l2", 1.0) == "pgd-l2-eps1"
 
 
+def test_an_example_broken_at_a_smaller_radius_is_broken_at_the_larger(model, digits,
+                                                                        monkeypatch):
+    """Each radius is attacked on its own; an attack that broke an example at 0.25 and not
+    at 0.5 left it robust at 0.5, though its point lies in the larger ball too."""
+    import erat.attacks.pgd
+
+    _, _, xt, yt = digits
+    keep = (model(xt).argmax(1) == yt).nonzero().flatten()[:6]
+
+    def breaks_the_first_at_the_small_radius(self, model, x, y, threat, seed):
+        flags = torch.ones(len(y), dtype=torch.bool)
+        if threat.eps == 0.25 and torch.equal(x[0], xt[keep[0]]):
+            flags[0] = False
+        return flags
+
+    monkeypatch.setattr(erat.attacks.pgd.PGDAttack, "__call__",
+                        breaks_the_first_at_the_small_radius)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", EvaluationWarning)
+        res = evaluate(model, xt[keep], yt[keep], eps=[0.5, 0.25], steps=1, sanity_n=0)
+    assert res["robust_count"] == {"pgd-l2-eps0.5": 5, "pgd-l2-eps0.25": 5}
+    check = next(c for c in res["checks"] if c["name"] == "monotone_in_eps")
+    assert not check["passed"]  # (on its own, the larger radius found less: a failing attack)
+    assert "1 example(s) broken at a smaller radius only, counted broken" in check["detail"]
+
+
 def test_pgd_robust_below_clean_and_monotone(model, digits):
     _, _, xt, yt = digits
     eps = (0.0, 0.25, 0.5, 1.0)

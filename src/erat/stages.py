@@ -4,7 +4,7 @@ each attack, batch by batch, on the examples still robust, worst case per exampl
 
 An example counts as robust at ``eps`` only if it is classified correctly on the clean pass
 AND at the end point of every attack run against it (Croce & Hein 2020, arXiv 2003.01690;
-RobustBench, arXiv 2010.09670). Every (stage, batch) is seeded from the evaluation's seed,
+RobustBench, arXiv 2010.09670), at ``eps`` and at every smaller radius evaluated. Every (stage, batch) is seeded from the evaluation's seed,
 and the per-example flags can be saved after every batch (:class:`Progress`) and reused when
 the settings, the data and the weights match, so a resumed evaluation gives the same
 numbers as an uninterrupted one.
@@ -195,6 +195,7 @@ class Stages:
                  progress: Progress, show: bool = False):
         self.model, self.x, self.y, self.cfg = model, x, y, cfg
         self.progress, self.show = progress, show
+        self.alone: dict[str, Tensor] = {}  # flags of each radius attacked on its own
 
     def run(self, key: str, start: Tensor, attack: Attack | None,
             threat: Threat | None = None) -> Tensor:
@@ -223,12 +224,19 @@ class Stages:
         return flags
 
     def run_attacks(self) -> dict[str, Tensor]:
-        """Per-example flags: ``"clean"`` and one entry per stage and radius."""
+        """Per-example flags: ``"clean"`` and one entry per stage and radius. Each radius is
+        attacked from the clean flags (kept in :attr:`alone`); an example broken at a smaller
+        radius then counts as broken at every larger one, whose ball holds its point."""
         clean = self.run("clean", torch.ones(len(self.y), dtype=torch.bool), None)
-        flags = {"clean": clean}
         for eps in self.cfg.eps:
             src = clean
             for label, attack in self.cfg.stages():
                 src = self.run(f"{label}@{eps!r}", src, attack, Threat(self.cfg.norm, eps))
-                flags[robust_key(label, self.cfg.norm, eps)] = src
-        return flags
+                self.alone[robust_key(label, self.cfg.norm, eps)] = src
+        flags = {"clean": clean}
+        for label in self.cfg.labels:
+            smaller = clean
+            for eps in sorted(set(self.cfg.eps)):
+                key = robust_key(label, self.cfg.norm, eps)
+                flags[key] = smaller = self.alone[key] & smaller
+        return {"clean": clean, **{k: flags[k] for k in self.alone}}
