@@ -4,10 +4,10 @@ each attack, batch by batch, on the examples still robust, worst case per exampl
 
 An example counts as robust at ``eps`` only if it is classified correctly on the clean pass
 AND at the end point of every attack run against it (Croce & Hein 2020, arXiv 2003.01690;
-RobustBench, arXiv 2010.09670), at ``eps`` and at every smaller radius evaluated. Every (stage, batch) is seeded from the evaluation's seed,
-and the per-example flags can be saved after every batch (:class:`Progress`) and reused when
-the settings, the data and the weights match, so a resumed evaluation gives the same
-numbers as an uninterrupted one.
+RobustBench, arXiv 2010.09670), at ``eps`` and at every smaller radius evaluated. Every
+(stage, batch) is seeded from the evaluation's seed, and the per-example flags can be saved
+after every batch (:class:`Progress`) and reused when the settings, the data and the weights
+match, so a resumed evaluation gives the same numbers as an uninterrupted one.
 
 Example::
 
