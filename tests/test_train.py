@@ -137,3 +137,32 @@ def test_mixed_precision_on_the_cpu_is_said_to_be_slow(tmp_path):
           tmp_path / "run", log=lines.append)
     assert sum("--amp bf16 on the CPU is usually slower" in line for line in lines) == 1, lines
     assert any(line.endswith(" ERM epochs") for line in lines if line.startswith("epoch 1/1"))
+
+
+def test_validation_measures_images_of_every_class_of_a_set_stored_class_by_class():
+    """Your own data's held-out images come class by class: the first 10 of 40 were all of
+    the first class, and the choice of epoch read that class alone."""
+    from torch import nn
+
+    from erat.fit import FitOptions
+    from erat.fit.validate import measured, validate
+
+    y = torch.arange(4).repeat_interleave(10)
+    idx = measured(len(y), 10)
+    assert len(idx) == 10 and idx.tolist() == sorted(idx.tolist())
+    assert len(torch.unique(y[idx])) >= 3 and torch.equal(idx, measured(len(y), 10))
+    assert measured(len(y), 40) == slice(None) and measured(len(y), 1000) == slice(None)
+    seen = []
+
+    class Spy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros(4))
+
+        def forward(self, x):
+            seen.append(x[:, 0, 0, 0].clone())
+            return self.w.expand(len(x), 4)
+
+    x = torch.arange(40.0).div(40).reshape(40, 1, 1, 1).expand(40, 1, 2, 2).contiguous()
+    validate(Spy(), (x, y), FitOptions(val_n=10), None, torch.device("cpu"))
+    assert torch.equal(seen[0], x[idx, 0, 0, 0])

@@ -182,7 +182,9 @@ class Loop:
         self.val_eps = val_radius(method, options, data)
         if data.val is not None:
             n, norm = min(options.val_n, len(data.val[1])), ball(method)[0]
-            log(f"validation after each epoch on {n} of {len(data.val[1])} held-out images: "
+            drawn = " (drawn once, seed 0)" if n < len(data.val[1]) else ""
+            log(f"validation after each epoch on {n} of {len(data.val[1])} held-out images"
+                f"{drawn}: "
                 + (f"val CLEAN/ROBUST (PGD-{norm_name(norm)} at {self.val_eps:g}, "
                    f"{options.val_steps} steps)" if self.val_eps else "val CLEAN"))
         self.state = TrainState(model, optimizer, scheduler, scaler)

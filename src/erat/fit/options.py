@@ -57,7 +57,7 @@ class FitOptions:
                                            "convolutional models")
     augment: bool = param(True, "the dataset's train-time augmentation")
     progress: bool = param(True, "progress bars (on a terminal only)")
-    val_n: int = param(1000, "validation images measured after each epoch")
+    val_n: int = param(1000, "validation images measured after each epoch (drawn once)")
     val_eps: float | None = param(None, "radius of the per-epoch validation PGD (default: "
                                         "the method's eps)")
     val_steps: int = param(10, "steps of the per-epoch validation PGD")

@@ -1,8 +1,9 @@
-"""Per-epoch validation: clean and PGD robust accuracy on the first ``val_n`` held-out
-images (``val_steps`` steps, one restart, radius ``val_eps`` or the method's ``eps``, the
-method's norm), the figures ``select="best-robust"`` chooses by, and FGSM accuracy at the
-same radius, which the catastrophic-overfitting guard compares with PGD's
-(:mod:`erat.fit.guard`); and clean accuracy of a model on a tensor set."""
+"""Per-epoch validation: clean and PGD robust accuracy on ``val_n`` held-out images (all,
+or as many drawn once with a fixed seed: :func:`measured`; ``val_steps`` steps, one restart,
+radius ``val_eps`` or the method's ``eps``, the method's norm), the figures
+``select="best-robust"`` chooses by, and FGSM accuracy at the same radius, which the
+catastrophic-overfitting guard compares with PGD's (:mod:`erat.fit.guard`); and clean
+accuracy of a model on a tensor set."""
 
 from __future__ import annotations
 
@@ -32,13 +33,23 @@ def val_radius(method: Method, options: FitOptions, data: FitData) -> float | No
     return eps or None
 
 
+def measured(total: int, n: int) -> Tensor | slice:
+    """The validation images measured: all ``total``, or ``n`` of them drawn once with seed
+    0, in their order (the first ``n`` of a set stored class by class hold its first
+    classes)."""
+    if n >= total:
+        return slice(None)
+    return torch.randperm(total, generator=torch.Generator().manual_seed(0))[:n].sort().values
+
+
 def validate(model: nn.Module, val: tuple[Tensor, Tensor], options: FitOptions,
              eps: float | None, device: torch.device, norm: str = "l2") -> dict[str, float]:
-    """Clean and PGD robust accuracy on the first ``val_n`` validation images."""
+    """Clean and PGD robust accuracy on ``val_n`` validation images (:func:`measured`)."""
     from erat.evaluate import evaluate
 
     t0 = time.perf_counter()
-    xv, yv = val[0][: options.val_n].to(device), val[1][: options.val_n].to(device)
+    idx = measured(len(val[1]), options.val_n)
+    xv, yv = val[0][idx].to(device), val[1][idx].to(device)
     was_training = model.training
     model.eval()
     try:
