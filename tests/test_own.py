@@ -212,6 +212,20 @@ def test_resize(tmp_path):
     assert x.shape == (4, 3, 5, 5)
 
 
+def test_resized_float_images_stay_in_the_box(tmp_path):
+    """Antialiased resizing of float pixels in [0, 1] overshoots 1 a little (1.0000002):
+    the data were refused with a message that printed their range as [0, 1]."""
+    x = np.random.default_rng(0).random((40, 28, 28)).astype(np.float32)
+    x[x > 0.7] = 1.0  # (28 -> 24 pixels: 1.0000002 without the clamp)
+    path = tmp_path / "f.npz"
+    np.savez(path, x_train=x, y_train=np.arange(40) % 2)
+    got, _ = load_dataset(f"npz:{path}", "train", test_split=0.25, resize=24).tensors
+    assert got.shape[-2:] == (24, 24) and 0 <= float(got.min()) and float(got.max()) <= 1
+    np.savez(path, x_train=x * 1.000001 + 1e-6, y_train=np.arange(40) % 2)  # (outside)
+    with pytest.raises(DataError, match=r"pixels in \[0\.\d+, 1\.000002\d*\]"):
+        load_dataset(f"npz:{path}", "train", test_split=0.25, resize=24)
+
+
 @pytest.mark.parametrize("layout, dtype", [("NHWC", np.uint8), ("NCHW", np.uint8),
                                            ("NHWC", np.float32)])
 def test_npz_layouts_are_detected(tmp_path, layout, dtype):

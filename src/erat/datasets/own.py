@@ -144,7 +144,7 @@ def _check_split(name: str, split: str, pair: tuple[Tensor, Tensor], num_classes
     if x.dtype != torch.uint8:
         lo, hi = float(x.min()), float(x.max())
         if not (lo >= 0.0 and hi <= 1.0):  # also NaN
-            raise DataError(f"{name}: {split} pixels in [{lo:.4g}, {hi:.4g}]; erat reads uint8 "
+            raise DataError(f"{name}: {split} pixels in [{lo:.8g}, {hi:.8g}]; erat reads uint8 "
                             "0..255 or floats in [0, 1]")
     lo, hi = int(y.min()), int(y.max())
     if lo < 0 or hi >= num_classes:
