@@ -132,6 +132,14 @@ def test_cifar10_corrupt_and_unsafe(tmp_path):
     (tmp_path / "test_batch").write_bytes(pickle.dumps(print))  # code, not data
     with pytest.raises(DataError, match="refusing to load builtins.print"):
         load_dataset("cifar10", "test", tmp_path)
+    # images as [N, 32, 32, 3] or as floats loaded as scrambled or black images, no error
+    for data, shown in ((RNG.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8),
+                         r"uint8 \(3, 32, 32, 3\)"),
+                        (RNG.random((3, 3072)), r"float64 \(3, 3072\)")):
+        with open(tmp_path / "test_batch", "wb") as f:
+            pickle.dump({b"data": data, b"labels": [0, 1, 2]}, f, protocol=2)
+        with pytest.raises(DataError, match=f"test_batch: data is {shown}, not uint8 \\[N, 3072"):
+            load_dataset("cifar10", "test", tmp_path)
 
 
 def test_svhn_mat(tmp_path):
@@ -145,6 +153,11 @@ def test_svhn_mat(tmp_path):
     (tmp_path / "test_32x32.mat").write_bytes(b"MATLAB garbage")
     with pytest.raises(DataError, match="corrupt SVHN file"):
         load_dataset("svhn", "test", tmp_path)
+    # floats in [0, 1] loaded as black images, uint16 wrapped modulo 256, without an error
+    for bad, shown in ((x / 255.0, "float64"), (x.astype(np.uint16) * 200, "uint16")):
+        savemat(tmp_path / "test_32x32.mat", {"X": bad, "y": np.array([[1], [2], [3], [4]])})
+        with pytest.raises(DataError, match=f"X is {shown} \\(32, 32, 3, 4\\), not uint8"):
+            load_dataset("svhn", "test", tmp_path)
 
 
 def test_digits_embedded():

@@ -220,7 +220,7 @@ def test_resized_float_images_stay_in_the_box(tmp_path):
     path = tmp_path / "f.npz"
     np.savez(path, x_train=x, y_train=np.arange(40) % 2)
     got, _ = load_dataset(f"npz:{path}", "train", test_split=0.25, resize=24).tensors
-    assert got.shape[-2:] == (24, 24) and 0 <= float(got.min()) and float(got.max()) <= 1
+    assert got.shape[-2:] == (24, 24) and float(got.min()) >= 0 and float(got.max()) <= 1
     np.savez(path, x_train=x * 1.000001 + 1e-6, y_train=np.arange(40) % 2)  # (outside)
     with pytest.raises(DataError, match=r"pixels in \[0\.\d+, 1\.000002\d*\]"):
         load_dataset(f"npz:{path}", "train", test_split=0.25, resize=24)

@@ -38,10 +38,13 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
             d = _ArrayUnpickler(f, encoding="latin1").load()
         data = d["data"] if "data" in d else d[b"data"]
         labels = d["labels"] if "labels" in d else d[b"labels"]
-        x = np.asarray(data, dtype=np.uint8).reshape(-1, 3, 32, 32)
-        y = np.asarray(labels, dtype=np.int64).reshape(-1)
+        data, y = np.asarray(data), np.asarray(labels, dtype=np.int64).reshape(-1)
     except Exception as e:  # unpickling a corrupt file can raise almost any type
         raise DataError(f"corrupt CIFAR-10 batch {path}: {one_line(e)}") from None
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise DataError(f"corrupt CIFAR-10 batch {path}: data is {data.dtype} {data.shape}, "
+                        "not uint8 [N, 3072]")
+    x = data.reshape(-1, 3, 32, 32)
     if len(x) != len(y):
         raise DataError(f"corrupt CIFAR-10 batch {path}: {len(x)} images, {len(y)} labels")
     return x, y
@@ -49,7 +52,7 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 @register_dataset(DatasetInfo(
     "cifar10", (3, 32, 32), 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
-    "crop-flip",  # translation + flip, as in VAT's CIFAR-10 experiments
+    "crop-flip",  # translation by up to 4 pixels + flip (VAT's code translates by up to 2)
 ))
 def load_cifar10(info: DatasetInfo, root: Path, split: str, download: bool
                  ) -> tuple[Tensor, Tensor]:

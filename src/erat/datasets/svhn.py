@@ -29,10 +29,13 @@ def load_svhn(info: DatasetInfo, root: Path, split: str, download: bool
     (path,) = find_or_download(info.name, [root], [f"{split}_32x32.mat"], fetch)
     try:
         mat = loadmat(path, variable_names=("X", "y"))
-        x = np.ascontiguousarray(mat["X"].transpose(3, 2, 0, 1), dtype=np.uint8)  # [N,3,32,32]
-        y = mat["y"].astype(np.int64).reshape(-1)
+        raw, y = mat["X"], mat["y"].astype(np.int64).reshape(-1)
     except Exception as e:  # scipy raises many types on corrupt files
         raise DataError(f"corrupt SVHN file {path}: {one_line(e)}") from None
+    if raw.dtype != np.uint8 or raw.ndim != 4 or raw.shape[:3] != (32, 32, 3):
+        raise DataError(f"corrupt SVHN file {path}: X is {raw.dtype} {raw.shape}, not uint8 "
+                        "[32, 32, 3, N]")
+    x = np.ascontiguousarray(raw.transpose(3, 2, 0, 1))  # [N, 3, 32, 32]
     if len(x) != len(y):
         raise DataError(f"corrupt SVHN file {path}: {len(x)} images, {len(y)} labels")
     y[y == 10] = 0  # SVHN stores digit 0 as label 10
