@@ -177,3 +177,24 @@ def test_unlabeled_images_of_another_shape_are_refused(data):
     ]:
         with pytest.raises(ValueError, match=re.escape(message)):
             call()
+
+
+def test_the_first_n_of_a_set_stored_class_by_class_are_said_to_miss_classes():
+    """--n 10 of a folder of images stored class by class evaluated the first class alone,
+    and said only 'first 10 of 30'."""
+
+    from erat.errors import UserError
+    from erat.inputs import first_n
+
+    x, y = torch.rand(30, 1, 2, 2), torch.arange(3).repeat_interleave(10)
+    with pytest.warns(UserWarning, match="the first 10 test images hold 1 of the test set's 3 "
+                                         "classes"):
+        xs, ys = first_n(x, y, 10)
+    assert torch.equal(xs, x[:10]) and torch.equal(ys, y[:10])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert first_n(x, y, 21)[1].tolist() == y[:21].tolist()  # (every class: no word)
+        assert first_n(x, y, None)[0] is x
+    for n in (0, 31):
+        with pytest.raises(UserError, match=f"--n must be between 1 and 30 .*got {n}"):
+            first_n(x, y, n)

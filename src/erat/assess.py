@@ -30,6 +30,7 @@ from erat.errors import UserError
 from erat.evaluate import EvalConfig, evaluate
 from erat.external import ExternalOptions, open_external, state_path
 from erat.files import check_writable_file, tensor_sha256
+from erat.inputs import first_n
 from erat.measure import energy_report
 from erat.rundir import RunDir, check_exists, open_model
 from erat.threat import Norm, ball_name, check_radius_fits, norm_name
@@ -103,10 +104,7 @@ def run_inputs(path: Path, *, n: int | None, data_dir: str | None, device: torch
                         f"not the one {path} was trained beside (another dataset or version "
                         f"there?); pass the --data-dir of the run's own {dataset} files")
     total = len(x)
-    if n is not None:
-        if n < 1 or n > total:
-            raise UserError(f"--n must be between 1 and {total} (the test set's size), got {n}")
-        x, y = x[:n], y[:n]
+    x, y = first_n(x, y, n)
     record = {"checkpoint_sha256": opened.sha256, "run": str(path), "dataset": dataset,
               "method": opened.meta["method"]}
     if opened.meta.get("data"):

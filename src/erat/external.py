@@ -44,6 +44,7 @@ from erat.datasets import DatasetInfo, dataset_info, load_dataset
 from erat.errors import UserError, first_line
 from erat.fields import flagged, param
 from erat.files import load_file_and_digest
+from erat.inputs import first_n
 from erat.models import Normalize, check_kwargs
 from erat.models.factory import build_factory, is_factory
 from erat.rundir import cache_state_path
@@ -104,10 +105,7 @@ def open_external(options: ExternalOptions, *, n: int | None, data_dir: str | No
     mean, std = parse_normalize(options.normalize, info.shape[0])
     x, y = load_dataset(options.dataset, "test", data_dir, **data_options).tensors
     total = len(x)
-    if n is not None:
-        if n < 1 or n > total:
-            raise UserError(f"--n must be between 1 and {total} (the test set's size), got {n}")
-        x, y = x[:n], y[:n]
+    x, y = first_n(x, y, n)
     net, record = _network(options, info, seed)
     model = nn.Sequential(OrderedDict(normalize=input_layer(lo, hi, mean, std), net=net))
     for m in model.modules():  # (an exported program refuses .eval(); the flag is enough)

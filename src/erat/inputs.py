@@ -21,6 +21,8 @@ import warnings
 import torch
 from torch import Tensor
 
+from erat.errors import UserError
+
 
 def images(x: object, name: str = "x", *, values: bool = True, like: Tensor | None = None,
            like_name: str = "x") -> Tensor:
@@ -77,3 +79,19 @@ def within_outputs(y: Tensor, sample: Tensor, name: str = "y") -> None:
     if high >= outputs:
         raise ValueError(f"{name} holds label {high}, but the model has {outputs} outputs "
                          f"(labels 0..{outputs - 1})")
+
+
+def first_n(x: Tensor, y: Tensor, n: int | None) -> tuple[Tensor, Tensor]:
+    """The first ``n`` examples of a test set (None: all; ``--n`` outside 1..N is refused).
+    Warns when they hold fewer classes than the set: a set stored class by class (your own
+    folder of images) gives its first classes alone, whose accuracy is not the set's."""
+    if n is None:
+        return x, y
+    if n < 1 or n > len(x):
+        raise UserError(f"--n must be between 1 and {len(x)} (the test set's size), got {n}")
+    kept, present = len(torch.unique(y[:n])), len(torch.unique(y))
+    if kept < present:
+        warnings.warn(f"the first {n} test images hold {kept} of the test set's {present} "
+                      "classes (stored class by class?): their accuracy is not the set's; "
+                      "give a larger --n, or none", stacklevel=2)
+    return x[:n], y[:n]

@@ -53,6 +53,7 @@ from erat.evaluate import EvalConfig
 from erat.fields import flag
 from erat.files import atomic_write_text, check_writable_dir
 from erat.fit.guard import overfitting_epoch
+from erat.inputs import first_n
 from erat.rundir import RunDir
 from erat.suites import check_suite, eval_at_radii, identity, landscape_eps, load_suite, run_config
 from erat.threat import ball_name
@@ -326,7 +327,8 @@ def _cached_eval(folder: RunDir, file: str, x: Any, y: Any, ev: dict[str, Any],
             log(note)
         log(f"[{folder.path.name}] evaluating ({ev.get('attack', 'pgd')} at eps "
             f"{ev.get('eps')}, {n} test images) -> {file}")
-        return evaluate(folder.load_model(resolve_device(device), file=model_file), x[:n], y[:n],
+        return evaluate(folder.load_model(resolve_device(device), file=model_file),
+                        *first_n(x, y, n),
                         config=EvalConfig.build(**ev), n_total=len(x),  # (shared options: silent)
                         state_path=folder.state_path(file.removesuffix(".json")),
                         extra_info={"checkpoint_sha256": folder.weights_sha256(),
