@@ -108,8 +108,8 @@ def evaluate(
 
 def _channels_last_copy(model: nn.Module) -> nn.Module:
     """A channels-last copy of a convolutional model (the caller's model is left as it is):
-    the same function, and on CPUs max-pooling in the default layout took over half of a
-    Square attack's time (docs/results/evaluation.md)."""
+    the same function, faster on CPUs, whose max-pooling is slow in the default layout
+    (docs/results/evaluation.md)."""
     if not any(isinstance(m, nn.Conv2d) for m in model.modules()):
         return model
     try:

@@ -8,6 +8,7 @@
 ``validate``    per-epoch clean and PGD validation accuracy
 ``guard``       warnings for training that goes wrong silently
 ``loop``        :func:`fit`: the epochs, the update, the record
+``fast``        the GPU fast path: data on the device, bf16, the update as CUDA graphs
 ==============  ===========================================================================
 
 Example::

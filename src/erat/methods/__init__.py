@@ -1,5 +1,5 @@
 """Training objectives, one file each; a module in this package registers its method by
-being here (:func:`erat.methods.base.register`). Files starting with ``_`` are helpers."""
+being here (:func:`erat.methods.base.register`); ``base`` holds the interface."""
 
 from erat.methods.base import (
     METHODS,

@@ -199,7 +199,7 @@ class ER:
     def supervised(self, model: nn.Module, x: Tensor, y: Tensor, clean: Tensor | None,
                    S: int | None = None, eps: float | None = None) -> EnergyEstimate:
         """``E_hat(x)`` of the CE; ``clean`` = per-sample ``l(x)`` to reuse, or None;
-        ``S``, ``eps``: the search steps and radius (default ``self.S``, ``self.eps``)."""
+        ``S``, ``eps``: the search steps and radius (default ``self.steps()``, ``self.eps``)."""
         eps = self.eps if eps is None else eps
         loss_fn = supervised_loss(model, y)
         with supervised_search(model):
