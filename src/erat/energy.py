@@ -146,7 +146,12 @@ def ray_variation(
     splits it); ``loss_at_x`` [B], when given, is reused for ``t_0``.
     """
     losses = _ray_losses(loss_fn, x, u.detach().unsqueeze(0), eps, T, loss_at_x, max_points)
-    return losses.diff(dim=1).abs().sum(dim=1)[0]
+    return _variation(losses)[0]
+
+
+def _variation(losses: Tensor) -> Tensor:
+    """``V_T = sum_t |l(t_t) - l(t_{t-1})|`` [M, B] of ray losses [M, T+1, B]."""
+    return losses.diff(dim=1).abs().sum(dim=1)
 
 
 def check_settings(eps: float, T: int, M: int, S: int, reduce: str, norm: str = "l2", *,
@@ -198,7 +203,7 @@ def energy(
         per_dir = gradient_bound(norms.permute(2, 0, 1), eps)  # [B, M]
     else:
         losses = _ray_losses(loss_fn, x, dirs, eps, T, loss_at_x, max_points)  # [M, T+1, B]
-        per_dir = losses.diff(dim=1).abs().sum(dim=1).T  # [B, M]
+        per_dir = _variation(losses).T  # [B, M]
     value = per_dir.amax(dim=1) if reduce == "max" else per_dir.mean(dim=1)
     return EnergyEstimate(value, per_dir, losses.permute(2, 0, 1), dirs,
                           None if norms is None else norms.permute(2, 0, 1))
