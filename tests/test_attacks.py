@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from erat.attacks import ATTACKS, build_attack, correct
+from erat.attacks import ATTACKS, build_attack, correct, title, upper_bound
 from erat.threat import Threat
 
 SHAPE = (3, 15, 15)  # (square: an l2 start that tiles it)
@@ -62,6 +62,19 @@ def data():
         top = model(x).topk(2, dim=1)
     keep = (top.values[:, 0] - top.values[:, 1]) > 0.05
     return x[keep][:12], top.indices[keep, 0][:12]
+
+
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+def test_an_attack_has_a_title_and_says_whether_its_figures_are_bounds(name):
+    assert isinstance(title(name), str) and title(name)
+    assert upper_bound([name]) == ("reference" not in getattr(ATTACKS[name], "roles", ()))
+
+
+def test_titles_and_bounds_of_chains_and_presets():
+    assert title("pgd+square") == "PGD+Square" and title("all") == "PGD+AutoAttack"
+    assert title("rs-fgsm") == "rs-fgsm"  # (a name no attack is registered under: as it is)
+    assert upper_bound(["pgd"]) and upper_bound(["pgd", "square"])
+    assert not upper_bound(["all"]) and not upper_bound(["pgd+autoattack"])
 
 
 @pytest.mark.parametrize("norm", ["l2", "linf"])

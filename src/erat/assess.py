@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from erat import fields
+from erat.attacks import upper_bound
 from erat.datasets import load_dataset, own_scheme, recorded_options
 from erat.distributed import resolve_device
 from erat.energy import check_settings
@@ -222,7 +223,7 @@ def format_result(result: dict[str, Any]) -> str:
         f"{'clean':<24} {result['clean_acc']:.4f}",
     ]
     lines += [f"{key:<24} {acc:.4f}" for key, acc in result["robust_acc"].items()]
-    if result["robust_acc"] and "autoattack" not in threat.get("attacks", []):
+    if result["robust_acc"] and upper_bound(threat.get("attacks", [])):
         lines.append("(upper bounds of robust accuracy: a stronger attack may find more; "
                      "--attack all adds AutoAttack)")
     skipped = (result.get("check_settings") or {}).get("sanity_n") == 0

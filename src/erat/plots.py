@@ -25,11 +25,11 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from erat.attacks import title, upper_bound
 from erat.files import atomic_write_bytes
 from erat.losses import cross_entropy
 from erat.passes import supervised_search
 from erat.search import adversarial_direction
-from erat.tables import attack_name
 from erat.threat import Norm, norm_name, random_direction
 
 _FIG_SUFFIXES = (".png", ".svg", ".pdf")
@@ -92,9 +92,8 @@ def accuracy_vs_radius(results: Mapping[str, Mapping], out: Path, *, attack: str
     ax.set_ylim(-0.02, 1.02)
     sizes = sorted({int(r["threat"]["n"]) for r in results.values()
                     if isinstance((r.get("threat") or {}).get("n"), int)})
-    bound = "autoattack" not in attack and attack != "all"  # (a white-box search alone)
-    ax.set_title(f"robust accuracy under {attack_name(attack)}-{norm_name(norm)}"
-                 + (" (an upper bound)" if bound else "")
+    ax.set_title(f"robust accuracy under {title(attack)}-{norm_name(norm)}"
+                 + (" (an upper bound)" if upper_bound([attack]) else "")
                  + (f"\n{' or '.join(map(str, sizes))} test images"
                     + (" (the runs differ)" if len(sizes) > 1 else "") if sizes else ""),
                  fontsize=10)

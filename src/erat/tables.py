@@ -17,6 +17,7 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from erat.attacks import title
 from erat.files import atomic_write_text
 from erat.threat import norm_name
 
@@ -76,8 +77,6 @@ def seed_table(rows: Sequence[Mapping], keys: Sequence[str], names: Sequence[str
     return "\n".join(lines) + "\n"
 
 
-_ATTACK_NAMES = {"pgd": "PGD", "fgsm": "FGSM", "autoattack": "AutoAttack",
-                 "square": "Square", "all": "PGD+AutoAttack"}
 _ROBUST_KEY = re.compile(  # (an attack's name may hold hyphens: rs-fgsm-l2-eps0.5)
     r"^(?!energy-)(aa_)?([a-z0-9+]+(?:-[a-z0-9+]+)*?)-(l2|linf)-eps([0-9.e+-]+)$")
 _ENERGY_KEY = re.compile(r"^energy-(l2|linf)-eps([0-9.e+-]+)$")  # erat report's energy column
@@ -88,11 +87,6 @@ _LAST = {"val_robust_acc": "val. robust", "energy_mean": "energy",
          "train_s_per_epoch": "s/epoch", "checks_failed": "failed checks",
          "catastrophic_overfitting_epoch": "overfitting at epoch"}
 _BALLS = {"val_robust_acc": "val_ball", "energy_mean": "energy_ball"}  # (a suite's rows)
-
-
-def attack_name(attack: str) -> str:
-    """The name tables give an attack chain: ``pgd+square`` -> ``PGD+Square``."""
-    return "+".join(_ATTACK_NAMES.get(a, a) for a in attack.split("+"))
 
 
 def column_name(key: str, rows: Sequence[Mapping] = ()) -> str | None:
@@ -110,7 +104,7 @@ def column_name(key: str, rows: Sequence[Mapping] = ()) -> str | None:
     m = _ROBUST_KEY.match(key)
     if m is None:
         return None
-    attack, norm = attack_name(m[2]), norm_name(m[3])
+    attack, norm = title(m[2]), norm_name(m[3])
     subset = sorted({r["aa_n"] for r in rows if r.get(key) is not None and "aa_n" in r})
     return f"{attack}-{norm} {m[4]}" + (f" ({', '.join(map(str, subset))})"
                                          if m[1] and subset else "")

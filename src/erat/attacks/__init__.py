@@ -17,6 +17,8 @@ from erat.attacks.base import (
     register_attack,
     resolve,
     robust_key,
+    title,
+    upper_bound,
 )
 from erat.registry import import_package
 
@@ -38,4 +40,6 @@ __all__ = [
     "register_attack",
     "resolve",
     "robust_key",
+    "title",
+    "upper_bound",
 ]

@@ -81,6 +81,7 @@ def _fit_targets(aa, model: nn.Module, x: Tensor) -> None:
 @register_attack("autoattack")
 @dataclass
 class AutoAttackStandard:
+    title = "AutoAttack"  # (its name in tables)
     requires = REQUIRES
     presets = {"all": 1}
     roles = {"reference"}  # the strong attack a PGD figure is compared with (erat.checks)

@@ -16,7 +16,9 @@ last stage its own name (``all-l2-eps1.5``).
 An attack says where it belongs in its own file: ``presets = {"all": 1}`` puts it second in
 the preset ``all``; ``roles = {"black-box"}`` makes it the gradient-masking check's attack (its
 ``queries_option`` names the option that sets its query budget),
-``roles = {"reference"}`` the strong attack that PGD is compared with (:mod:`erat.checks`);
+``roles = {"reference"}`` the strong attack that PGD is compared with (:mod:`erat.checks`)
+and whose figures are not upper bounds alone (:func:`upper_bound`); ``title`` its name in
+tables (:func:`title`);
 ``requires`` names the packages it needs (package -> pip requirement);
 ``refuses(h, w, norm)`` says why it cannot attack ``h x w`` images (None when it can; Square
 and AutoAttack: :func:`erat.attacks.autoattack.square_refusal`).
@@ -92,6 +94,22 @@ def presets() -> dict[str, tuple[str, ...]]:
 def attack_with(role: str) -> str | None:
     """The registered attack that declares ``role`` in its ``roles`` (None if none does)."""
     return next((n for n in sorted(ATTACKS) if role in getattr(ATTACKS[n], "roles", ())), None)
+
+
+def title(label: str) -> str:
+    """The name tables give a stage label: each attack's ``title`` (its name in capitals
+    when it declares none), ``pgd+square`` -> ``PGD+Square``, a preset its attacks'
+    (``all`` -> ``PGD+AutoAttack``)."""
+    names = presets().get(label) or label.split("+")
+    return "+".join(getattr(ATTACKS[n], "title", n.upper()) if n in ATTACKS else n
+                    for n in names)
+
+
+def upper_bound(labels: Sequence[str]) -> bool:
+    """Whether the figures of these attacks (names, ``a+b`` labels or presets) are upper
+    bounds alone: none of them is the reference attack (``roles = {"reference"}``)."""
+    chosen = {a for label in labels for a in (presets().get(label) or label.split("+"))}
+    return attack_with("reference") not in chosen
 
 
 def attack_names() -> list[str]:

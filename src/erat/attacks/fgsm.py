@@ -19,6 +19,7 @@ from erat.threat import Threat
 @register_attack("fgsm")
 @dataclass
 class FGSM:
+    title = "FGSM"  # (its name in tables)
     def describe(self) -> str:
         return "FGSM (one step of the full radius from x; FGM in l2)"
 

@@ -21,6 +21,7 @@ CHECK_EVERY = 10  # steps between checks for misclassified (then finished) examp
 @register_attack("pgd")
 @dataclass
 class PGDAttack:
+    title = "PGD"  # (its name in tables)
     presets = {"all": 0}  # first in `all`, AutoAttack then runs on its survivors
 
     steps: int = option(50, "PGD steps")

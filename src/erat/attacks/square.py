@@ -16,6 +16,7 @@ from erat.threat import Threat
 @register_attack("square")
 @dataclass
 class Square:
+    title = "Square"  # (its name in tables)
     square_queries: int = option(5000, "queries of the Square attack")
 
     requires = REQUIRES
