@@ -359,3 +359,13 @@ def test_the_printed_result_says_what_ran():
     assert "(upper bounds of robust accuracy" in format_result(pgd)
     pgd["threat"]["attacks"] = ["pgd", "autoattack"]
     assert "upper bounds" not in format_result(pgd)
+
+
+def test_the_large_radius_check_steps_at_its_own_radius(model, digits):
+    """A --step-size set for the radii evaluated (0.001 here) made the check's PGD crawl
+    at its radius of the whole box and fail a sound model."""
+    _, _, xt, yt = digits
+    res = evaluate(model, xt[:30], yt[:30], eps=[0.5], steps=10, step_size=0.001,
+                   sanity_n=30, masking_check=False)
+    large = next(c for c in res["checks"] if c["name"] == "large_radius")
+    assert large["passed"], large["detail"]
