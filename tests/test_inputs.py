@@ -195,6 +195,9 @@ def test_the_first_n_of_a_set_stored_class_by_class_are_said_to_miss_classes():
         warnings.simplefilter("error")
         assert first_n(x, y, 21)[1].tolist() == y[:21].tolist()  # (every class: no word)
         assert first_n(x, y, None)[0] is x
+        shuffled = y[torch.randperm(30, generator=torch.Generator().manual_seed(0))]
+        first_n(x, shuffled, 4)  # (too few to tell an order: no word)
+        first_n(x, shuffled, 9)  # (in no order: no word)
     for n in (0, 31):
         with pytest.raises(UserError, match=f"--n must be between 1 and 30 .*got {n}"):
             first_n(x, y, n)
