@@ -274,6 +274,8 @@ def test_one_step_rule_and_one_xi():
     from erat.methods.vat import VAT
 
     assert PGDAttack(steps=7).step(0.3) == pgd_step_size(0.3, 7) == 2.5 * 0.3 / 7
+    # the attack's own floor: a quarter of the radius from 10 steps on (50 steps: not eps/20)
+    assert PGDAttack(steps=50).step(0.3) == 0.3 / 4 == PGDAttack(steps=10).step(0.3)
     assert PGDAttack(steps=7, step_size=0.01).step(0.3) == 0.01
     assert pgd_step_size(0.3, 0) == 2.5 * 0.3  # (at least one step)
     import inspect

@@ -229,6 +229,25 @@ def test_eval_at_the_training_radius():
         assert got["norm"] == norm and got["eps"][0] > 0
 
 
+def test_an_evaluation_by_earlier_rules_is_recomputed_not_reused(suite_file, tmp_path):
+    """A suite's cached evaluation from an erat whose evaluation had other rules (PGD's
+    step, the radii carried upward: stages.STATE_VERSION) was read back as if current."""
+    import json
+
+    out = tmp_path / "report"
+    reproduce(str(suite_file), out, only=["erm"], log=lambda *_: None)
+    file = out / "runs" / "erm" / "eval.json"
+    saved = json.loads(file.read_text())
+    saved["cache_key"]["settings"]["rules"] = 2  # (as the earlier erat wrote it)
+    file.write_text(json.dumps(saved))
+    with pytest.raises(UserError, match=r"is finished .*erm \(eval.json holds other "
+                                        "settings, weights or rules"):
+        reproduce(str(suite_file), out, report_only=True, log=lambda *_: None)
+    reproduce(str(suite_file), out, only=["erm"], log=lambda *_: None)
+    assert json.loads(file.read_text())["cache_key"]["settings"]["rules"] == 3
+    assert (file.parent / "eval.previous.json").exists()
+
+
 def test_report_only_of_an_empty_folder_is_one_line_and_writes_nothing(suite_file, tmp_path,
                                                                         capsys):
     out = tmp_path / "empty"

@@ -55,6 +55,7 @@ from erat.files import atomic_write_text, check_writable_dir
 from erat.fit.guard import overfitting_epoch
 from erat.inputs import first_n
 from erat.rundir import RunDir
+from erat.stages import STATE_VERSION
 from erat.suites import check_suite, eval_at_radii, identity, landscape_eps, load_suite, run_config
 from erat.threat import ball_name
 from erat.train import check_epoch_length, train
@@ -305,7 +306,7 @@ def _at_most(n: int | None, total: int, what: str) -> tuple[int, str | None]:
 
 def _not_ready(folder: RunDir, file: str) -> Callable[[], dict]:
     def missing() -> dict:
-        raise NotReady(f"{file} holds other settings or weights" if (folder / file).exists()
+        raise NotReady(f"{file} holds other settings, weights or rules" if (folder / file).exists()
                        else f"{file} not computed")
     return missing
 
@@ -334,7 +335,8 @@ def _cached_eval(folder: RunDir, file: str, x: Any, y: Any, ev: dict[str, Any],
                         extra_info={"checkpoint_sha256": folder.weights_sha256(),
                                     "run": folder.path.name, "file": file})
 
-    return folder.cached(file, {**ev, "n": n}, _not_ready(folder, file) if report_only
+    settings = {**ev, "n": n, "rules": STATE_VERSION}  # (an older erat's figures: recomputed)
+    return folder.cached(file, settings, _not_ready(folder, file) if report_only
                          else compute, log)
 
 

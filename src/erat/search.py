@@ -8,8 +8,9 @@ Gradients are taken with respect to the input only (``torch.autograd.grad``), so
 ``.grad`` is never touched, and every result is detached, inside the threat's ball and
 inside ``[0, 1]``. The caller picks the model's mode with a recipe of :mod:`erat.passes`.
 
-Two rules live here and nowhere else: PGD's default step ``2.5 * eps / steps``
-(:func:`pgd_step_size`, ``STEP_RULE`` for help texts) and VAT's float32-safe
+Two rules live here and nowhere else: the inner searches' default PGD step ``2.5 * eps /
+steps`` (:func:`pgd_step_size`, ``STEP_RULE`` for help texts; the evaluation attack's own is
+in :mod:`erat.attacks.pgd`) and VAT's float32-safe
 finite-difference step ``XI`` (see :mod:`erat.methods.vat`). Directions are of unit size in
 the threat's norm (METHOD.md section 3d for l-inf: ``||u||_inf = 1``, FGSM's ``sign(g)``,
 random sign vectors).

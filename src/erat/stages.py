@@ -40,7 +40,8 @@ from erat.fields import flag
 from erat.files import atomic_save, tensor_sha256
 from erat.threat import Norm, Threat, check_radius
 
-STATE_VERSION = 2  # the key of saved progress (unchanged since 0.2)
+STATE_VERSION = 3  # the evaluation's rules: saved progress and cached results of another
+# are recomputed (3: PGD's default step max(2.5 eps/steps, eps/4), radii carried upward)
 L2_RADII = (0.5, 1.0)  # an l2 evaluation's radii where none are given
 
 
