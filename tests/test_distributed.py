@@ -177,3 +177,45 @@ def test_devices_that_are_not_there_and_sync_bn_on_the_cpu(tmp_path, monkeypatch
         train(TrainConfig.from_dict({**CFG, "sync_bn": True, "device": "cpu"}),
               tmp_path / "run", log=lambda *_: None)
     assert not (tmp_path / "run").exists()
+
+
+def _fit_worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world),
+                      RANK=str(rank), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from erat.distributed import setup
+
+    try:
+        state = _fit_augmented(setup(torch.device("cpu")))
+        if rank == 0:
+            torch.save(state, out)
+    finally:
+        close()
+
+
+def _fit_augmented(dist=None) -> dict:
+    """A small CNN trained 4 updates on digits with crops and flips (the CIFAR recipe)."""
+    from erat.datasets import load_dataset
+    from erat.fit import FitData, FitOptions, fit
+    from erat.methods import build_method
+    from erat.models import build_model
+
+    x, y = load_dataset("digits", "train").tensors
+    torch.manual_seed(5)
+    model = build_model("cnn", in_shape=(1, 8, 8), num_classes=10, mean=(0.3,), std=(0.3,))
+    options = FitOptions(epochs=1, epoch_updates=4, batch_size=64, optimizer="sgd", lr=0.05,
+                         seed=5, progress=False)
+    fit(model, build_method("erm"), FitData(x, y, augment="crop-flip"), options,
+        log=lambda *_: None, **({"dist": dist} if dist is not None else {}))
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.slow
+def test_two_processes_augment_each_image_as_one_process_does(tmp_path):
+    """Each rank drew the crops and flips of its own shard from the shared generator, so the
+    k-th image of every rank got the same ones, and the run was not one process's."""
+    single = _fit_augmented()
+    mp.spawn(_fit_worker, args=(2, _free_port(), str(tmp_path / "ddp.pt")), nprocs=2, join=True)
+    ddp = torch.load(tmp_path / "ddp.pt", weights_only=True)
+    for k in single:
+        assert torch.allclose(single[k], ddp[k], atol=1e-5, rtol=1e-4), k

@@ -232,12 +232,11 @@ class Loop:
         for i, (li, ui) in enumerate(bar):
             if i == n:
                 break
-            idx = distributed.shard(li, dist).to(self.device)
-            batch = Batch(self._prepare(self.x[idx], gen), self.y[idx],
+            idx = li.to(self.device)
+            batch = Batch(self._prepare(self.x[idx], gen), self.y[distributed.shard(idx, dist)],
                           updates=first + i, total_updates=sched.updates, checked=True)
             if ui is not None:
-                uidx = distributed.shard(ui, dist).to(self.device)
-                batch.x_unlabeled = self._prepare(self.xu[uidx], gen)
+                batch.x_unlabeled = self._prepare(self.xu[ui.to(self.device)], gen)
             timed = self.untimed_compile and self.step_model is not self.model
             t1 = time.perf_counter()
             metrics = self._update(batch)
@@ -292,7 +291,9 @@ class Loop:
         return self.model
 
     def _prepare(self, x: Tensor, gen: torch.Generator) -> Tensor:
-        x = augment_batch(x, self.augment, gen)
+        """This process's share of the global batch ``x``, augmented as one process would
+        augment it (the draws are the whole batch's: each image's crop is its own)."""
+        x = distributed.shard(augment_batch(x, self.augment, gen), self.dist)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def record(self, row: dict[str, Any]) -> None:
