@@ -197,12 +197,12 @@ def _write_json(result: dict[str, Any], path: Path | None) -> list[str]:
 
 
 def _add_energy(p: argparse.ArgumentParser) -> None:
+    from erat.measure import STRONG, STRONG_HELP
     _add_run_data_args(p, 128)
     p.add_argument("--eps", type=number, help="radius of the neighbourhood (default: the "
                    "run's training radius, when --norm is its training norm)")
-    p.add_argument("--T", type=int, default=16, help="ray segments")
-    p.add_argument("--M", type=int, default=16, help="directions (1 searched + M-1 random)")
-    p.add_argument("--S", type=int, default=20, help="PGD steps searching the first direction")
+    for k in STRONG:
+        p.add_argument(f"--{k}", type=int, default=STRONG[k], help=STRONG_HELP[k])
     p.set_defaults(run=run_energy)
 
 

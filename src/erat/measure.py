@@ -60,10 +60,16 @@ def _report_batch(model: nn.Module, x: Tensor, y: Tensor, s: dict) -> dict[str, 
             "certified": certify(l0, e).float()}
 
 
+# the strong estimate's defaults (energy_report, erat energy's flags, a suite's energy)
+STRONG = {"T": 16, "M": 16, "S": 20}
+STRONG_HELP = {"T": "ray segments", "M": "directions (1 searched + M-1 random)",
+               "S": "PGD steps searching the first direction"}
+
+
 def energy_report(
-    model: nn.Module, x: Tensor, y: Tensor, *, eps: float, T: int = 16, M: int = 16,
-    S: int = 20, batch_size: int = 128, seed: int = 0, xi: float = XI,
-    power_iters: int = 1, max_points: int = 8192, norm: Norm = "l2",
+    model: nn.Module, x: Tensor, y: Tensor, *, eps: float, T: int = STRONG["T"],
+    M: int = STRONG["M"], S: int = STRONG["S"], batch_size: int = 128, seed: int = 0,
+    xi: float = XI, power_iters: int = 1, max_points: int = 8192, norm: Norm = "l2",
 ) -> dict:
     """Energy statistics of a trained model on ``x`` [N, ...], ``y`` [N] (``erat energy``).
 

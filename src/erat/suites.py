@@ -245,7 +245,7 @@ def _check_energy(suite: dict[str, Any], run: dict[str, Any]) -> None:
     import inspect
 
     from erat.energy import check_settings
-    from erat.measure import energy_report
+    from erat.measure import STRONG, energy_report
 
     en = run["energy"] if "energy" in run else suite.get("energy")
     if not en:
@@ -260,7 +260,7 @@ def _check_energy(suite: dict[str, Any], run: dict[str, Any]) -> None:
                         f"{', '.join(sorted(takes - {'eps'}))}{wrong}, got {en!r}")
     try:
         _check_count(en.get("n"), "n")  # (named as the block: where)
-        check_settings(en["eps"], en.get("T", 16), en.get("M", 16), en.get("S", 20), "max",
+        check_settings(en["eps"], *(en.get(k, STRONG[k]) for k in ("T", "M", "S")), "max",
                        en.get("norm", "l2"), warn=False)
     except UserError as err:
         raise UserError(f"{where}: {err}") from None
