@@ -248,6 +248,26 @@ def test_an_evaluation_by_earlier_rules_is_recomputed_not_reused(suite_file, tmp
     assert (file.parent / "eval.previous.json").exists()
 
 
+def test_a_suite_refuses_a_test_set_its_runs_were_not_trained_beside(suite_file, tmp_path,
+                                                                     monkeypatch):
+    """Another --data-dir (other files of the dataset) reused the finished runs and evaluated
+    them on whatever test set was there; erat eval refuses that, and now a suite does."""
+    import erat.reproduce
+
+    out = tmp_path / "report"
+    reproduce(str(suite_file), out, only=["erm"], log=lambda *_: None)
+    real = erat.reproduce.load_dataset
+
+    def other_files(name, split, *a, **k):
+        data = real(name, split, *a, **k)
+        return torch.utils.data.TensorDataset(data.tensors[0].flip(0), data.tensors[1].flip(0))
+
+    monkeypatch.setattr(erat.reproduce, "load_dataset", other_files)
+    with pytest.raises(UserError, match=r"the digits test set is not the one .*erm "
+                                        r"was trained beside"):
+        reproduce(str(suite_file), out, only=["erm"], log=lambda *_: None)
+
+
 def test_report_only_of_an_empty_folder_is_one_line_and_writes_nothing(suite_file, tmp_path,
                                                                         capsys):
     out = tmp_path / "empty"

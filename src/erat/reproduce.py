@@ -51,7 +51,7 @@ from erat.distributed import resolve_device
 from erat.errors import UserError
 from erat.evaluate import EvalConfig
 from erat.fields import flag
-from erat.files import atomic_write_text, check_writable_dir
+from erat.files import atomic_write_text, check_writable_dir, tensor_sha256
 from erat.fit.guard import overfitting_epoch
 from erat.inputs import first_n
 from erat.rundir import RunDir
@@ -241,12 +241,17 @@ def run_one(suite: dict[str, Any], run: dict[str, Any], cfg: TrainConfig, folder
         log(f"[{name}] training {cfg.method} on {cfg.dataset}")
         resume = (folder / RunDir.CONFIG).exists()
         train(cfg, folder.path, resume=resume, log=log)
+    meta = folder.read_meta()
     if run.get("eval", True) is False:  # chosen on validation: no test figures
-        meta = folder.read_meta()
         return {"name": name, "method": cfg.method, "dataset": cfg.dataset,
                 "cost_erm_epochs": meta.get("cost_erm_epochs"),
                 "train_seconds": meta.get("train_seconds"), **_validation(folder, meta)}, None, None
     x, y = load_dataset(cfg.dataset, "test", cfg.data_dir, **cfg.data_options).tensors
+    if meta.get("test_sha256") not in (None, tensor_sha256([x, y])):
+        where = f" in {cfg.data_dir}" if cfg.data_dir else ""
+        raise UserError(f"the {cfg.dataset} test set{where} is not the one "
+                        f"{folder.path} was trained beside (another dataset or version?); "
+                        "pass the --data-dir of the suite's own files")
     ev = eval_at_radii({**(suite.get("eval") or {}), **(run.get("eval") or {})}, cfg)
     n = ev.pop("n", None)
     with nullcontext() if report_only else folder.lock():  # reading needs no lock
@@ -273,7 +278,6 @@ def run_one(suite: dict[str, Any], run: dict[str, Any], cfg: TrainConfig, folder
                                     model_file=RunDir.MODEL_LAST, device=cfg.device)
             result = {**result, "last": {"clean_acc": res_last["clean_acc"],
                                          **res_last["robust_acc"]}}
-    meta = folder.read_meta()
     row = {
         **identity(run, cfg), "method": cfg.method, "dataset": cfg.dataset,
         **({"labels": cfg.labels} if cfg.labels is not None else {}),
