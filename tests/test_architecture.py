@@ -78,7 +78,7 @@ LAYERS = [
     "rundir",
     "external",
     "stages",
-    "checks",
+    "sanity",
     "evaluate measure",
     "tables",
     "plots",

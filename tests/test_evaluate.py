@@ -16,7 +16,7 @@ from sklearn.datasets import load_digits
 from torch import nn
 
 import erat.search
-from erat import checks
+from erat import sanity
 from erat.attacks import attack_names, robust_key
 from erat.evaluate import EvalConfig, EvaluationWarning, evaluate
 
@@ -180,7 +180,7 @@ def test_gradient_masked_model_trips_checks(model, digits):
 def test_square_may_fool_one_image_of_a_small_subset():
     """The masking check allowed 2% of the subset: on 20 images one image fooled by Square
     (5%) failed it, an anecdote, not evidence; now at least one image is allowed."""
-    from erat.checks import masking_allowed
+    from erat.sanity import masking_allowed
 
     assert [masking_allowed(m) for m in (1, 20, 49, 50, 100, 250)] == [1, 1, 1, 1, 2, 5]
 
@@ -300,13 +300,13 @@ def test_check_helpers_can_fail():
     cfg = EvalConfig.build("all", eps=(0.5, 1.0), steps=10, batch_size=10, sanity_n=0)
     acc = {"clean": 0.9, "pgd-l2-eps0.5": 0.5, "pgd-l2-eps1": 0.6,
            "all-l2-eps0.5": 0.4, "all-l2-eps1": 0.3}
-    assert not checks.monotone(cfg, acc)["passed"]
-    assert not checks.weak_pgd(cfg, acc)["passed"]  # 0.6 -> 0.3 at eps 1
-    assert checks.le_clean(acc)["passed"]
-    assert not checks.le_clean({**acc, "all-l2-eps1": 0.95})["passed"]
+    assert not sanity.monotone(cfg, acc)["passed"]
+    assert not sanity.weak_pgd(cfg, acc)["passed"]  # 0.6 -> 0.3 at eps 1
+    assert sanity.le_clean(acc)["passed"]
+    assert not sanity.le_clean({**acc, "all-l2-eps1": 0.95})["passed"]
     fine = {"clean": 0.9, "pgd-l2-eps0.5": 0.5, "pgd-l2-eps1": 0.2,
             "all-l2-eps0.5": 0.49, "all-l2-eps1": 0.19}
-    assert checks.monotone(cfg, fine)["passed"] and checks.weak_pgd(cfg, fine)["passed"]
+    assert sanity.monotone(cfg, fine)["passed"] and sanity.weak_pgd(cfg, fine)["passed"]
 
 
 def test_attack_names_are_the_documented_ones():

@@ -170,7 +170,7 @@ plots: {landscape: false}
 """
 
 
-@pytest.mark.filterwarnings("ignore::erat.checks.EvaluationWarning")
+@pytest.mark.filterwarnings("ignore::erat.sanity.EvaluationWarning")
 def test_frontier_suite_selects_on_validation_and_draws(tmp_path):
     path = tmp_path / "frontier.yaml"
     path.write_text(FRONTIER)
@@ -330,7 +330,7 @@ plots: {landscape: false}
 """
 
 
-@pytest.mark.filterwarnings("ignore::erat.checks.EvaluationWarning")
+@pytest.mark.filterwarnings("ignore::erat.sanity.EvaluationWarning")
 def test_only_lists_split_a_suite_and_autoattack_waits_for_the_group(tmp_path):
     path, out = tmp_path / "groups.yaml", tmp_path / "out"
     path.write_text(GROUPS)

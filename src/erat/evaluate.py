@@ -6,7 +6,7 @@ as robust at ``eps`` only if it is classified correctly on the clean pass AND at
 of every attack run against it (Croce & Hein 2020, AutoAttack, arXiv 2003.01690; the
 RobustBench protocol, arXiv 2010.09670). Attacks (:mod:`erat.attacks`) run in the given
 order, each only on the examples still robust (:mod:`erat.stages`), so later attacks add to
-earlier ones; the sanity checks are :mod:`erat.checks`. This is the library on tensors; the
+earlier ones; the sanity checks are :mod:`erat.sanity`. This is the library on tensors; the
 evaluation of a run folder is :mod:`erat.assess`.
 
 The whole evaluation runs in eval mode (:func:`erat.passes.supervised_search`; the model's
@@ -33,14 +33,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from erat import checks as sanity
+from erat import sanity
 from erat.attacks import attack_with
 from erat.attacks.base import ATTACKS
-from erat.checks import EvaluationWarning  # noqa: F401  (part of this module's interface)
 from erat.errors import EnvironmentProblem, UserError
 from erat.graphs import Padded, compiled
 from erat.inputs import images, labels, within_outputs
 from erat.passes import sample_outputs, supervised_search
+from erat.sanity import EvaluationWarning  # noqa: F401  (part of this module's interface)
 from erat.stages import EvalConfig, Progress, Stages, progress_key, weights_fingerprint
 
 __all__ = ["EvalConfig", "EvaluationWarning", "evaluate", "weights_fingerprint"]
@@ -77,7 +77,7 @@ def evaluate(
     Returns a JSON-ready dict: ``clean_acc``; ``robust_acc`` and ``robust_count`` by
     :func:`~erat.attacks.robust_key` (``"pgd-l2-eps0.5"``: the stages' label, the norm, the
     radius as ``%g``); ``threat`` (the settings, examples, attacks and versions);
-    ``checks`` (:mod:`erat.checks`), ``checks_failed`` (their count) and ``notes``;
+    ``checks`` (:mod:`erat.sanity`), ``checks_failed`` (their count) and ``notes``;
     ``check_settings``, ``versions``, ``resumed``, ``seconds``.
     """
     cfg = config if config is not None else EvalConfig.build(**settings, warn_unused=True)
@@ -128,7 +128,7 @@ def _validate_data(x: Tensor, y: Tensor, n_total: int | None) -> Tensor:
 
 def _check_square(cfg: EvalConfig, x: Tensor) -> None:
     """One line, before any attack work, when an attack is asked for on images it cannot
-    attack (its ``refuses``; the gradient-masking check skips them, :mod:`erat.checks`)."""
+    attack (its ``refuses``; the gradient-masking check skips them, :mod:`erat.sanity`)."""
     for name in cfg.attacks if x.dim() == 4 else ():
         refuses = getattr(ATTACKS[name], "refuses", None)
         why = refuses(x.shape[-2], x.shape[-1], cfg.norm) if refuses else None

@@ -84,7 +84,7 @@ class AutoAttackStandard:
     title = "AutoAttack"  # (its name in tables)
     requires = REQUIRES
     presets = {"all": 1}
-    roles = {"reference"}  # the strong attack a PGD figure is compared with (erat.checks)
+    roles = {"reference"}  # the strong attack a PGD figure is compared with (erat.sanity)
     refuses = staticmethod(square_refusal)  # its last attack is Square
 
     def describe(self) -> str:

@@ -16,7 +16,7 @@ last stage its own name (``all-l2-eps1.5``).
 An attack says where it belongs in its own file: ``presets = {"all": 1}`` puts it second in
 the preset ``all``; ``roles = {"black-box"}`` makes it the gradient-masking check's attack (its
 ``queries_option`` names the option that sets its query budget),
-``roles = {"reference"}`` the strong attack that PGD is compared with (:mod:`erat.checks`)
+``roles = {"reference"}`` the strong attack that PGD is compared with (:mod:`erat.sanity`)
 and whose figures are not upper bounds alone (:func:`upper_bound`); ``title`` its name in
 tables (:func:`title`);
 ``requires`` names the packages it needs (package -> pip requirement);

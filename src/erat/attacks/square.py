@@ -20,7 +20,7 @@ class Square:
     square_queries: int = option(5000, "queries of the Square attack")
 
     requires = REQUIRES
-    roles = {"black-box"}  # the gradient-masking check's attack (erat.checks) ...
+    roles = {"black-box"}  # the gradient-masking check's attack (erat.sanity) ...
     queries_option = "square_queries"  # ... with its query budget set here
     refuses = staticmethod(square_refusal)  # the image sizes pyautoattack's Square cannot
 
