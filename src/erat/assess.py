@@ -55,7 +55,7 @@ class RunInputs(NamedTuple):
     state: Callable[[str], Path | None]
 
 
-def inputs(path: Path | None, external: ExternalOptions | None, *, n: int | None,
+def open_run(path: Path | None, external: ExternalOptions | None, *, n: int | None,
            data_dir: str | None, device: torch.device, seed: int = 0) -> RunInputs:
     """A run folder (or model file) or, with ``--model``, a model from outside erat (built
     from ``seed`` when it comes without weights)."""
@@ -123,7 +123,7 @@ def evaluate_run(path: Path | None, cfg: EvalConfig, *, n: int | None, data_dir:
     attack work. With ``fast``, a model on a GPU is attacked as CUDA graphs."""
     if json_path is not None:
         check_writable_file(json_path, "--json")
-    got = inputs(path, external, n=n, data_dir=data_dir, device=resolve_device(device),
+    got = open_run(path, external, n=n, data_dir=data_dir, device=resolve_device(device),
                  seed=cfg.seed)
     for eps in cfg.eps:
         check_radius_fits(eps, cfg.norm, tuple(got.x.shape[1:]))
@@ -279,7 +279,7 @@ def energy_run(path: Path | None, *, eps: float | None, T: int, M: int, S: int,
         check_settings(eps, T, M, S, "max", norm)
     except UserError as err:  # (named as the flags: --T, --eps)
         raise fields.flagged(err) from None
-    got = inputs(path, external, n=n, data_dir=data_dir, device=resolve_device(device),
+    got = open_run(path, external, n=n, data_dir=data_dir, device=resolve_device(device),
                  seed=seed)
     check_radius_fits(eps, norm, tuple(got.x.shape[1:]))
     result = energy_report(got.model, got.x, got.y, eps=eps, T=T, M=M, S=S,
