@@ -98,11 +98,16 @@ def _flag_type(hint: Any) -> tuple[type, tuple[str, ...] | None]:
 # --- argument types for values that are not one number or word ---------------------------
 
 
+class BadValue(argparse.ArgumentTypeError):
+    """A value these parsers refuse: a flag's (argparse shows the message as it is) or a
+    file's (the caller names the setting)."""
+
+
 def path(text: str) -> Path:
     """A path flag's value; an empty one (``--out ""``, which ``Path`` reads as the current
     folder) is refused."""
     if not text.strip():
-        raise argparse.ArgumentTypeError("a path, not an empty string")
+        raise BadValue("a path, not an empty string")
     return Path(text)
 
 
@@ -113,18 +118,17 @@ def number(text: str) -> float:
     try:
         return float(num) / float(den) if slash else float(text)
     except (ValueError, ZeroDivisionError):
-        raise argparse.ArgumentTypeError(f"want a number or a fraction a/b, got {text!r}"
-                                         ) from None
+        raise BadValue(f"want a number or a fraction a/b, got {text!r}") from None
 
 
 def radii(text: str) -> list[float]:
     try:
         radii = [number(v) for v in text.split(",")]
-    except argparse.ArgumentTypeError as e:
-        raise argparse.ArgumentTypeError(f"radii must be numbers or fractions a/b separated "
-                                         f"by commas: {text!r}") from e
+    except BadValue as e:
+        raise BadValue(f"radii must be numbers or fractions a/b separated by commas: "
+                       f"{text!r}") from e
     if not radii or any(not (0 <= r < float("inf")) for r in radii):
-        raise argparse.ArgumentTypeError(f"radii must be finite numbers >= 0: {text!r}")
+        raise BadValue(f"radii must be finite numbers >= 0: {text!r}")
     return radii
 
 
@@ -132,9 +136,9 @@ def json_object(text: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:
-        raise argparse.ArgumentTypeError(f"not JSON: {text!r}") from e
+        raise BadValue(f"not JSON: {text!r}") from e
     if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"want a JSON object, got {text!r}")
+        raise BadValue(f"want a JSON object, got {text!r}")
     return value
 
 
@@ -236,7 +240,7 @@ def read_numbers(cls: Any, values: Mapping[str, Any]) -> dict[str, Any]:
         hint = hints.get(name)
         if isinstance(value, str) and hint is not None and _is(1.5, hint) \
                 and not _is("text", hint):
-            with contextlib.suppress(argparse.ArgumentTypeError):
+            with contextlib.suppress(BadValue):
                 out[name] = number(value.strip())
     return out
 

@@ -17,7 +17,6 @@ Example::
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -72,7 +71,7 @@ class EvalConfig:
         if isinstance(eps, str):  # (as the command line takes them: "8/255,16/255")
             try:
                 eps = fields.radii(eps)
-            except argparse.ArgumentTypeError as err:
+            except fields.BadValue as err:
                 raise UserError(f"eps: {err}") from None
         eps = L2_RADII if eps is None else (eps,) if isinstance(eps, numbers.Real) \
             else tuple(eps)

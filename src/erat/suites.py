@@ -13,7 +13,6 @@ Example::
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import itertools
 import math
@@ -270,15 +269,15 @@ def landscape_eps(suite: dict[str, Any]) -> object:
     """The landscape's radius: ``plots.landscape_eps`` (a number, or a fraction as 8/255),
     else 1.0 in l2 and in l-inf the largest radius the suite evaluates (1.0 is the whole box
     there; 8/255 without one)."""
-    from erat.fields import number, radii
+    from erat.fields import BadValue, number, radii
 
     given, ev = (suite.get("plots") or {}).get("landscape_eps"), suite.get("eval") or {}
-    with contextlib.suppress(argparse.ArgumentTypeError):  # (else refused as it is)
+    with contextlib.suppress(BadValue):  # (else refused as it is)
         given = number(given) if isinstance(given, str) else given
     if given is not None or ev.get("norm", "l2") == "l2":
         return 1.0 if given is None else given
     eps = ev.get("eps")
-    with contextlib.suppress(argparse.ArgumentTypeError):
+    with contextlib.suppress(BadValue):
         eps = radii(eps) if isinstance(eps, str) else eps
     found = [e for e in (eps if isinstance(eps, list) else [eps]) if isinstance(e, int | float)]
     return max(found, default=8 / 255)
