@@ -331,14 +331,10 @@ def idle(cfg: TrainConfig, given: set[str]) -> list[str]:
         "unlabeled_batch_size": (cfg.labels is None, "semi-supervised training needs "
                                                       "--labels N"),
         "val_seed": (cfg.val is None, "validation needs --val N"),
-        # a method's terms that read the unlabeled batch, or act only without one
-        "lam_u": (cfg.method == "er" and cfg.labels is None, "ER's virtual term is over "
-                                                             "unlabeled inputs: --labels N"),
-        "balance": (cfg.labels is None, "it balances the unlabeled predictions: --labels N"),
-        "lam_kl": (cfg.method == "er" and cfg.labels is not None and build_method(
-            cfg.method, **cfg.method_params).uses_unlabeled, "it acts only without unlabeled "
-                                                             "inputs"),
     }
+    method = build_method(cfg.method, **cfg.method_params)  # (its own: Method.idle)
+    rules |= {k: (True, why) for k, why in
+              getattr(method, "idle", lambda semi: {})(cfg.labels is not None).items()}
     return [f"{flag(k)} has no effect here ({why})" for k, (unused, why) in rules.items()
             if k in given and unused]
 

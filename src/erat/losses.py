@@ -77,3 +77,19 @@ def class_balance(logits: Tensor, y: Tensor) -> Tensor:
     prior = (torch.bincount(y, minlength=k).float() + 1.0) / (len(y) + k)
     mean = F.softmax(_wide(logits), dim=1).mean(0)
     return (mean * (mean.clamp_min(1e-12).log() - prior.log())).sum()
+
+
+def semi_terms(loss: Tensor, metrics: dict[str, Tensor], logits: Tensor,
+               logits_u: Tensor | None, y: Tensor, entmin: bool, balance: float) -> Tensor:
+    """``loss`` plus the semi-supervised terms VAT and ER share, each recorded in
+    ``metrics``: with ``entmin``, the mean :func:`entropy` of the unlabeled predictions
+    ``logits_u`` (of the labeled ``logits`` without them; VAT+EntMin, Miyato et al. 2018);
+    with ``balance > 0`` and unlabeled predictions, ``balance`` times :func:`class_balance`."""
+    if entmin:
+        metrics["entropy"] = entropy(logits_u if logits_u is not None else logits).mean()
+        loss = loss + metrics["entropy"]
+    if balance > 0 and logits_u is not None:
+        metrics["balance"] = class_balance(logits_u, y)
+        loss = loss + balance * metrics["balance"]
+    metrics["loss"] = loss
+    return loss

@@ -88,7 +88,10 @@ class Method(Protocol):
     ``tests/test_fast.py`` finds a method that does so without saying it). Its training
     ball is the optional attributes ``eps`` (the radius in pixel space; absent or None for a
     method without one, as ERM) and ``norm`` (``"l2"``, the default, or ``"linf"``):
-    validation, the overfitting guard and ``erat energy`` read them through :func:`ball`."""
+    validation, the overfitting guard and ``erat energy`` read them through :func:`ball`.
+    Optional too: ``idle(semi)``, its settings that have no effect with (``semi``) or
+    without unlabeled inputs, each with why (``erat train`` says so when one is given), and
+    ``training_note(semi)``, a line to know before training (or None)."""
 
     name: str
     uses_unlabeled: bool

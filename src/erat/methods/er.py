@@ -56,9 +56,8 @@ from erat.energy import ESTIMATORS, REDUCES, EnergyEstimate, Estimator, Reduce, 
 from erat.fields import param
 from erat.losses import (
     LossFn,
-    class_balance,
     cross_entropy,
-    entropy,
+    semi_terms,
     supervised_loss,
     virtual_loss,
 )
@@ -111,6 +110,13 @@ class ER:
                              "linearly from 0 to eps")
 
     searches_after_clean = True  # (the clean pass waits across the search: erat.graphs)
+
+    def idle(self, semi: bool) -> dict[str, str]:
+        """Settings without effect in this setting (``semi``: with unlabeled inputs), and why."""
+        if not semi:
+            return {"lam_u": "ER's virtual term is over unlabeled inputs: --labels N",
+                    "balance": "it balances the unlabeled predictions: --labels N"}
+        return {"lam_kl": "it acts only without unlabeled inputs"} if self.uses_unlabeled else {}
 
     def training_note(self, semi: bool) -> str | None:
         """What to know of these settings before training (:func:`erat.train.train` logs
@@ -250,13 +256,8 @@ class ER:
                     value = estimate().value.mean()
                     loss = loss + weight * value
                     metrics[name] = value
-        if self.entmin:
-            metrics["entropy"] = entropy(logits_u if xu is not None else logits).mean()
-            loss = loss + metrics["entropy"]
-        if self.balance > 0 and xu is not None:
-            metrics["balance"] = class_balance(logits_u, y)
-            loss = loss + self.balance * metrics["balance"]
-        metrics["loss"] = loss
+        loss = semi_terms(loss, metrics, logits, logits_u if xu is not None else None, y,
+                          self.entmin, self.balance)
         return StepOutput(loss, {k: v.detach() for k, v in metrics.items()})
 
     def cost(self, batch: Batch, model: nn.Module) -> float:

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from erat import fields
-from erat.losses import class_balance, cross_entropy, entropy, kl_div
+from erat.losses import cross_entropy, kl_div, semi_terms
 from erat.methods.base import BACKWARD, FORWARD, Batch, StepOutput, param, register, rows
 from erat.passes import dropout_active, label_free_search, label_free_target, shared_statistics
 from erat.search import XI, vat_direction, vat_step
@@ -67,6 +67,10 @@ class VAT:
         goes with them)."""
         return self.adv_weight > 0 or self.entmin
 
+    def idle(self, semi: bool) -> dict[str, str]:
+        """Settings without effect in this setting (``semi``: with unlabeled inputs), and why."""
+        return {} if semi else {"balance": "it balances the unlabeled predictions: --labels N"}
+
     def __post_init__(self) -> None:
         check_radius(self.eps, self.norm)
         fields.positive("xi", self.xi)
@@ -89,17 +93,11 @@ class VAT:
             # one function at x and x + eps d (l-inf: x + eps sign(d))
             x_adv = (z + self.eps * vat_step(d, self.norm)).clamp(0.0, 1.0)
             kl = kl_div(logits_z.detach(), model(x_adv))
-        loss = clean.mean() + self.adv_weight * kl.mean()
-        metrics = {"loss": loss, "acc": (logits.argmax(1) == y).float().mean(),
-                   "clean_loss": clean.mean(), "kl": kl.mean()}
-        if self.entmin:
-            ent = entropy(logits_z[len(x):] if xu is not None else logits).mean()
-            loss = loss + ent
-            metrics |= {"loss": loss, "entropy": ent}
-        if self.balance > 0 and xu is not None:
-            bal = class_balance(logits_z[len(x):], y)
-            loss = loss + self.balance * bal
-            metrics |= {"loss": loss, "balance": bal}
+        metrics = {"acc": (logits.argmax(1) == y).float().mean(), "clean_loss": clean.mean(),
+                   "kl": kl.mean()}
+        loss = semi_terms(clean.mean() + self.adv_weight * kl.mean(), metrics, logits,
+                          logits_z[len(x):] if xu is not None else None, y, self.entmin,
+                          self.balance)
         return StepOutput(loss, {k: v.detach() for k, v in metrics.items()})
 
     def cost(self, batch: Batch, model: nn.Module) -> float:
