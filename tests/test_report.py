@@ -341,3 +341,13 @@ def test_a_landscape_left_from_an_earlier_report_is_said(tmp_path, capsys):
     capsys.readouterr()
     assert main(["report", str(run), "--out", str(rep)]) == 0
     assert "landscape.png is an earlier report's" in capsys.readouterr().out
+
+
+def test_a_result_rows_label_names_it_in_the_short_table():
+    """result_row's "label" was not among the short table's first columns: the rows of the
+    README's example lost their names."""
+    from erat.tables import readable_columns
+
+    rows = [result_row(fake_result(0.9, {1.0: 0.5}), "ER")]
+    keys, names = readable_columns(rows)
+    assert keys[0] == "label" and names[0] == "run"

@@ -81,7 +81,7 @@ _ROBUST_KEY = re.compile(  # (an attack's name may hold hyphens: rs-fgsm-l2-eps0
     r"^(?!energy-)(aa_)?([a-z0-9+]+(?:-[a-z0-9+]+)*?)-(l2|linf)-eps([0-9.e+-]+)$")
 _ENERGY_KEY = re.compile(r"^energy-(l2|linf)-eps([0-9.e+-]+)$")  # erat report's energy column
 # the columns of a short table: these first, the robust accuracies, then those after
-_FIRST = {"name": "run", "run": "run", "method": "method", "trained": "trained at",
+_FIRST = {"name": "run", "run": "run", "label": "run", "method": "method", "trained": "trained at",
           "labels": "labels", "budget": "budget", "radius": "radius", "clean_acc": "clean"}
 _LAST = {"val_robust_acc": "val. robust", "energy_mean": "energy",
          "train_s_per_epoch": "s/epoch", "checks_failed": "failed checks",
