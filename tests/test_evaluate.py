@@ -359,6 +359,12 @@ def test_the_printed_result_says_what_ran():
     assert "(upper bounds of robust accuracy" in format_result(pgd)
     pgd["threat"]["attacks"] = ["pgd", "autoattack"]
     assert "upper bounds" not in format_result(pgd)
+    # with AutoAttack after it, PGD's own line is marked (it printed as a figure like the other)
+    both = {**result, "robust_acc": {"pgd-l2-eps1": 0.4, "all-l2-eps1": 0.3},
+            "threat": {"n": 10, "attacks": ["pgd", "autoattack"], "norm": "l2"}}
+    lines = format_result(both).splitlines()
+    assert "pgd-l2-eps1              0.4000  (PGD alone: an upper bound)" in lines
+    assert "all-l2-eps1              0.3000" in lines
 
 
 def test_the_large_radius_check_steps_at_its_own_radius(model, digits):

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from erat import fields
-from erat.attacks import upper_bound
+from erat.attacks import title, upper_bound
 from erat.datasets import load_dataset, own_scheme, recorded_options
 from erat.distributed import resolve_device
 from erat.energy import check_settings
@@ -222,7 +222,12 @@ def format_result(result: dict[str, Any]) -> str:
           else []),
         f"{'clean':<24} {result['clean_acc']:.4f}",
     ]
-    lines += [f"{key:<24} {acc:.4f}" for key, acc in result["robust_acc"].items()]
+    mixed = not upper_bound(threat.get("attacks", []))  # (then mark the stages before it)
+    for key, acc in result["robust_acc"].items():
+        label = key.split(f"-{threat.get('norm')}-eps")[0]
+        bound = f"  ({title(label)} alone: an upper bound)" if mixed and upper_bound([label]) \
+            else ""
+        lines.append(f"{key:<24} {acc:.4f}{bound}")
     if result["robust_acc"] and upper_bound(threat.get("attacks", [])):
         lines.append("(upper bounds of robust accuracy: a stronger attack may find more; "
                      "--attack all adds AutoAttack)")
