@@ -82,11 +82,14 @@ def test_an_example_broken_at_a_smaller_radius_is_broken_at_the_larger(model, di
                         breaks_the_first_at_the_small_radius)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", EvaluationWarning)
-        res = evaluate(model, xt[keep], yt[keep], eps=[0.5, 0.25], steps=1, sanity_n=0)
-    assert res["robust_count"] == {"pgd-l2-eps0.5": 5, "pgd-l2-eps0.25": 5}
+        res = evaluate(model, xt[keep], yt[keep], eps=[0.5, 0.25, 1.0], steps=1, sanity_n=0)
+    assert res["robust_count"] == {"pgd-l2-eps0.5": 5, "pgd-l2-eps0.25": 5, "pgd-l2-eps1": 5}
     check = next(c for c in res["checks"] if c["name"] == "monotone_in_eps")
     assert not check["passed"]  # (on its own, the larger radius found less: a failing attack)
     assert "1 example(s) broken at a smaller radius only, counted broken" in check["detail"]
+    # -0 is the radius 0: one key (the two keys eps0 and eps-0 broke the carry)
+    res = evaluate(model, xt[keep], yt[keep], eps="0,-0,0.25", steps=1, sanity_n=0)
+    assert set(res["robust_count"]) == {"pgd-l2-eps0", "pgd-l2-eps0.25"}
 
 
 def test_pgd_robust_below_clean_and_monotone(model, digits):

@@ -221,6 +221,9 @@ def test_resized_float_images_stay_in_the_box(tmp_path):
     np.savez(path, x_train=x, y_train=np.arange(40) % 2)
     got, _ = load_dataset(f"npz:{path}", "train", test_split=0.25, resize=24).tensors
     assert got.shape[-2:] == (24, 24) and float(got.min()) >= 0 and float(got.max()) <= 1
+    np.savez(path, x_train=x, y_train=np.arange(40) % 2, x_test=x[:0], y_test=np.arange(0))
+    with pytest.raises(DataError, match="no test images"):  # (an empty split: said, resized)
+        load_dataset(f"npz:{path}", "test", resize=24)
     np.savez(path, x_train=x * 1.000001 + 1e-6, y_train=np.arange(40) % 2)  # (outside)
     with pytest.raises(DataError, match=r"pixels in \[0\.\d+, 1\.000002\d*\]"):
         load_dataset(f"npz:{path}", "train", test_split=0.25, resize=24)

@@ -221,7 +221,7 @@ def test_eval_at_the_training_radius():
     assert eval_at_radii({"eps": [0.5]}, cfg) == {"eps": [0.5]}
     with pytest.raises(UserError, match="eps: train"):
         eval_at_radii({"eps": "train"}, resolve([({"method": "erm"}, "test")]))
-    with pytest.raises(UserError, match="'pgd''s linf radius; the eval's norm l2"):
+    with pytest.raises(UserError, match="method pgd's linf radius; the eval's norm l2"):
         eval_at_radii({"eps": "train", "norm": "l2"}, cfg)
     # a method at its default radius (ER, Fast-AT: none in method_params) has one too
     for method, norm in (("er", "l2"), ("fast-at", "linf")):

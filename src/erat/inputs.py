@@ -94,5 +94,5 @@ def first_n(x: Tensor, y: Tensor, n: int | None) -> tuple[Tensor, Tensor]:
     if kept < present and n >= 8 and bool((y[1:n] >= y[: n - 1]).all()):  # (8: not by chance)
         warnings.warn(f"the first {n} test images hold {kept} of the test set's {present} "
                       "classes (it is stored class by class): their accuracy is not the "
-                      "set's; give a larger --n, or none", stacklevel=2)
+                      "set's; give a larger n (--n, a suite's eval.n), or none", stacklevel=2)
     return x[:n], y[:n]

@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import warnings
 
+import torch
 from torch import Tensor, nn
 
 from erat.attacks import ATTACKS, attack_with, build_attack, robust_key
@@ -165,7 +166,9 @@ def run_checks(stages: Stages, flags: dict[str, Tensor], was_training: bool) -> 
     cfg = stages.cfg
     acc = {k: v.float().mean().item() for k, v in flags.items()}
     alone = {k: v.float().mean().item() for k, v in stages.alone.items()}
-    carried = sum(int((v & ~flags[k]).sum()) for k, v in stages.alone.items())
+    carried = 0  # (examples, each once: over every stage and radius)
+    if stages.alone:
+        carried = int(torch.stack([v & ~flags[k] for k, v in stages.alone.items()]).any(0).sum())
     checks = [monotone(cfg, alone, carried), le_clean(acc), weak_pgd(cfg, acc)]
     if cfg.sanity_n > 0:
         checks += [gradients(stages.model, stages.x, stages.y, cfg),

@@ -312,7 +312,7 @@ def eval_at_radii(ev: dict[str, Any], cfg: TrainConfig) -> dict[str, Any]:
     if eps is None:
         raise UserError(f"eval eps: train needs a method with a radius; {cfg.method!r} has none")
     if ev.get("norm", norm) != norm:
-        raise UserError(f"eval eps: train is {cfg.method!r}'s {norm} radius; the eval's norm "
+        raise UserError(f"eval eps: train is method {cfg.method}'s {norm} radius; the eval's norm "
                         f"{ev['norm']} needs its own eps")
     return {**ev, "eps": [eps], "norm": norm}
 

@@ -60,7 +60,7 @@ def check_radius(eps: object, norm: str = "l2", name: str = "eps", *, warn: bool
     if (isinstance(eps, bool) or not isinstance(eps, numbers.Real)
             or not math.isfinite(eps) or eps < 0):
         raise UserError(f"{name} must be a finite number >= 0, got {eps!r}")
-    eps = float(eps)
+    eps = float(eps) + 0.0  # (-0.0 is 0.0: one radius, one result key)
     if norm == "linf" and eps > 1:
         meant = f"; {eps:g} of 255 levels is {eps:g}/255 = {eps / 255:.6g}" \
             if eps <= 255 and eps == int(eps) else ""

@@ -99,7 +99,7 @@ def _images(path: Path, key: str, a: np.ndarray, resize: int | None) -> tuple[Te
     if resize is not None:
         from torchvision.transforms import functional
 
-        inside = x.dtype == torch.uint8 or bool(x.min() >= 0 and x.max() <= 1)
+        inside = x.dtype == torch.uint8 or x.numel() == 0 or bool(x.min() >= 0 and x.max() <= 1)
         x = functional.resize(x, [resize, resize], antialias=True)
         if inside and x.is_floating_point():  # (antialiasing overshoots the box a little)
             x = x.clamp_(0.0, 1.0)
