@@ -268,6 +268,30 @@ def test_a_suite_refuses_a_test_set_its_runs_were_not_trained_beside(suite_file,
         reproduce(str(suite_file), out, only=["erm"], log=lambda *_: None)
 
 
+LINF_TRAIN = """
+suite: linf-train
+defaults: {dataset: digits, model: mlp, model_kwargs: {hidden: [16]}, epochs: 1, epoch_updates: 2,
+           batch_size: 32, progress: false}
+runs:
+  - {name: a, method: pgd, norm: linf, eps: 0.1, steps: 1}
+eval: {attack: pgd, eps: train, steps: 2, n: 20, sanity_n: 0}
+"""
+
+
+def test_eval_at_the_training_radius_reports_in_the_training_norm(tmp_path):
+    """eps: train evaluated an l-inf run in l-inf, but the table and plots took the suite's
+    eval.norm, l2 by default: no pgd-l2 figures, a traceback after all the work."""
+    path = tmp_path / "s.yaml"
+    path.write_text(LINF_TRAIN)
+    rows = reproduce(str(path), tmp_path / "out", log=lambda *_: None)
+    assert "pgd-linf-eps0.1" in rows[0] and (tmp_path / "out" / "accuracy_vs_radius.png").exists()
+    path.write_text(LINF_TRAIN.replace("runs:\n", "runs:\n  - {name: b, method: pgd, eps: 0.5, "
+                                                  "steps: 1}\n"))  # (and an l2 run)
+    with pytest.raises(UserError, match="eval eps: train on runs trained in l2 and linf: give "
+                                        "eval.norm"):
+        reproduce(str(path), tmp_path / "mixed", log=lambda *_: None)
+
+
 def test_report_only_of_an_empty_folder_is_one_line_and_writes_nothing(suite_file, tmp_path,
                                                                         capsys):
     out = tmp_path / "empty"

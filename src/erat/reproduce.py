@@ -469,15 +469,17 @@ def write_report(suite: dict[str, Any], out: Path, rows: list[dict[str, Any]],
     tables.write_csv(rows, out / "results.csv", columns)
     ev = suite.get("eval") or {}
     label = resolve(ev.get("attack", "pgd"))[1][-1]
+    threats = [r.get("threat") or {} for r in results.values()]  # (eps: train: the runs')
+    norm = ev.get("norm") or next((t["norm"] for t in threats if "norm" in t), "l2")
+    radii = sorted({e for t in threats if t.get("norm") == norm for e in t.get("eps", [])})
     figures = []  # (the plots drawn this time: results.md links these only)
     if results:
-        plots.accuracy_vs_radius(results, out / "accuracy_vs_radius", attack=label,
-                                  norm=ev.get("norm", "l2"))
+        plots.accuracy_vs_radius(results, out / "accuracy_vs_radius", attack=label, norm=norm)
         figures.append(("accuracy vs radius", "accuracy_vs_radius"))
     plot_settings = suite.get("plots", {}) or {}
     if plot_settings.get("landscape", True) and test is not None and results and _landscape(
-            out, rows, results, test, {**plot_settings, "norm": ev.get("norm", "l2"),
-                                       "landscape_eps": landscape_eps(suite)}, log):
+            out, rows, results, test, {**plot_settings, "norm": norm,
+                                       "landscape_eps": landscape_eps(suite, norm, radii)}, log):
         figures.append(("loss landscape", "landscape"))
     for name, spec in ((suite.get("report") or {}).get("frontiers") or {}).items():
         try:

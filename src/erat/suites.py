@@ -153,7 +153,7 @@ def check_suite(suite: dict[str, Any], cfgs: list[TrainConfig]) -> None:
     any training: a run refused at its turn cost the runs before it."""
     _check_eval_settings(suite, cfgs)
     _check_autoattack(suite, cfgs)
-    _check_plots(suite)
+    _check_plots(suite, *evaluated_ball(suite, cfgs))
 
 
 def _check_eval_settings(suite: dict[str, Any], cfgs: list[TrainConfig]) -> None:
@@ -265,25 +265,44 @@ def _check_energy(suite: dict[str, Any], run: dict[str, Any]) -> None:
         raise UserError(f"{where}: {err}") from None
 
 
-def landscape_eps(suite: dict[str, Any]) -> object:
-    """The landscape's radius: ``plots.landscape_eps`` (a number, or a fraction as 8/255),
-    else 1.0 in l2 and in l-inf the largest radius the suite evaluates (1.0 is the whole box
-    there; 8/255 without one)."""
-    from erat.fields import BadValue, number, radii
+def evaluated_ball(suite: dict[str, Any], cfgs: list[TrainConfig]) -> tuple[str, list]:
+    """The norm a suite evaluates in and its radii: ``eval.norm`` (l2 by default) and
+    ``eval.eps``; with ``eps: train`` and no ``eval.norm``, its runs' training balls, of one
+    norm (runs of both norms are refused: the table and plots have one)."""
+    from erat.fields import BadValue, radii
 
-    given, ev = (suite.get("plots") or {}).get("landscape_eps"), suite.get("eval") or {}
+    ev = suite.get("eval") or {}
+    eps = ev.get("eps")
+    if eps != "train":
+        with contextlib.suppress(BadValue):  # (else refused as it is, by EvalConfig)
+            eps = radii(eps) if isinstance(eps, str) else eps
+        return ev.get("norm", "l2"), [e for e in (eps if isinstance(eps, list) else [eps])
+                                      if isinstance(e, int | float)]
+    balls = {ball(build_method(c.method, **c.method_params)) for c in cfgs}
+    balls = {(n, e) for n, e in balls if e is not None}
+    norms = {n for n, _ in balls}
+    if "norm" not in ev and len(norms) > 1:
+        raise UserError(f"{suite.get('path', suite['suite'])}: eval eps: train on runs trained "
+                        f"in {' and '.join(sorted(norms))}: give eval.norm, or one suite a norm")
+    norm = ev.get("norm") or (norms.pop() if norms else "l2")
+    return norm, sorted(e for n, e in balls if n == norm)
+
+
+def landscape_eps(suite: dict[str, Any], norm: str, radii: list) -> object:
+    """The landscape's radius: ``plots.landscape_eps`` (a number, or a fraction as 8/255),
+    else 1.0 in l2 and in l-inf the largest of the suite's radii (``radii``; 1.0 is the
+    whole box there; 8/255 without one)."""
+    from erat.fields import BadValue, number
+
+    given = (suite.get("plots") or {}).get("landscape_eps")
     with contextlib.suppress(BadValue):  # (else refused as it is)
         given = number(given) if isinstance(given, str) else given
-    if given is not None or ev.get("norm", "l2") == "l2":
+    if given is not None or norm == "l2":
         return 1.0 if given is None else given
-    eps = ev.get("eps")
-    with contextlib.suppress(BadValue):
-        eps = radii(eps) if isinstance(eps, str) else eps
-    found = [e for e in (eps if isinstance(eps, list) else [eps]) if isinstance(e, int | float)]
-    return max(found, default=8 / 255)
+    return max(radii, default=8 / 255)
 
 
-def _check_plots(suite: dict[str, Any]) -> None:
+def _check_plots(suite: dict[str, Any], norm: str, radii: list) -> None:
     """The suite's landscape settings (``plots``), before any training: they were read only
     after the suite had run and its tables were written."""
     from erat.threat import check_radius
@@ -292,8 +311,7 @@ def _check_plots(suite: dict[str, Any]) -> None:
     known = ("landscape", "landscape_eps", "landscape_index")
     if not isinstance(plots, dict) or set(plots) - set(known):
         raise UserError(f"{where} must be a mapping of {', '.join(known)}, got {plots!r}")
-    norm = (suite.get("eval") or {}).get("norm", "l2")  # (the landscape's: the evaluation's)
-    if check_radius(landscape_eps(suite), norm, f"{where}.landscape_eps",
+    if check_radius(landscape_eps(suite, norm, radii), norm, f"{where}.landscape_eps",
                     warn="landscape_eps" in plots) == 0 and plots.get("landscape", True):
         raise UserError(f"{where}.landscape_eps must be > 0: the landscape of a radius-0 ball "
                         "is one point")
