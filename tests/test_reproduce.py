@@ -231,21 +231,40 @@ def test_eval_at_the_training_radius():
 
 def test_an_evaluation_by_earlier_rules_is_recomputed_not_reused(suite_file, tmp_path):
     """A suite's cached evaluation from an erat whose evaluation had other rules (PGD's
-    step, the radii carried upward: stages.STATE_VERSION) was read back as if current."""
+    step, the radii carried upward: stages.STATE_VERSION) was read back as if current. Now
+    a run recomputes it (the old kept beside); a report that computes nothing, or a run
+    whose weights were dropped, keeps the old figures and says so."""
     import json
+
+    from erat.rundir import RunDir
 
     out = tmp_path / "report"
     reproduce(str(suite_file), out, only=["erm"], log=lambda *_: None)
     file = out / "runs" / "erm" / "eval.json"
     saved = json.loads(file.read_text())
     saved["cache_key"]["settings"]["rules"] = 2  # (as the earlier erat wrote it)
+    saved["clean_acc"] = 0.123456  # (a mark: the figures reported are these)
     file.write_text(json.dumps(saved))
-    with pytest.raises(UserError, match=r"is finished .*erm \(eval.json holds other "
-                                        "settings, weights or rules"):
-        reproduce(str(suite_file), out, report_only=True, log=lambda *_: None)
-    reproduce(str(suite_file), out, only=["erm"], log=lambda *_: None)
-    assert json.loads(file.read_text())["cache_key"]["settings"]["rules"] == 3
-    assert (file.parent / "eval.previous.json").exists()
+    lines: list[str] = []
+    rows = reproduce(str(suite_file), out, report_only=True, log=lines.append)
+    assert rows[0]["clean_acc"] == 0.123456
+    assert any("eval.json: figures by an earlier erat's evaluation rules" in line
+               and "--report-only computes nothing" in line for line in lines)
+    keep = file.read_text()
+    RunDir(out / "runs" / "erm").drop_weights()
+    lines.clear()
+    rows = reproduce(str(suite_file), out, only=["erm"], log=lines.append)
+    assert rows[0]["clean_acc"] == 0.123456 and file.read_text() == keep
+    assert any("kept: its weights were dropped" in line for line in lines)
+    out2 = tmp_path / "again"  # (weights kept: recomputed, the old one beside)
+    reproduce(str(suite_file), out2, only=["erm"], log=lambda *_: None)
+    file2 = out2 / "runs" / "erm" / "eval.json"
+    saved = json.loads(file2.read_text())
+    saved["cache_key"]["settings"]["rules"] = 2
+    file2.write_text(json.dumps(saved))
+    reproduce(str(suite_file), out2, only=["erm"], log=lambda *_: None)
+    assert json.loads(file2.read_text())["cache_key"]["settings"]["rules"] == 3
+    assert (file2.parent / "eval.previous.json").exists()
 
 
 def test_a_suite_refuses_a_test_set_its_runs_were_not_trained_beside(suite_file, tmp_path,

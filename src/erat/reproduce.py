@@ -340,8 +340,35 @@ def _cached_eval(folder: RunDir, file: str, x: Any, y: Any, ev: dict[str, Any],
                                     "run": folder.path.name, "file": file})
 
     settings = {**ev, "n": n, "rules": STATE_VERSION}  # (an older erat's figures: recomputed)
+    if report_only or folder.weights_dropped():  # (nothing can be computed: said, and kept)
+        earlier = _by_earlier_rules(folder, file, settings)
+        if earlier is not None:
+            log(f"[{folder.path.name}] {file}: figures by an earlier erat's evaluation rules "
+                f"(before rules {STATE_VERSION}: PGD's step 2.5 eps/steps, radii each on their "
+                "own), kept: " + ("its weights were dropped" if folder.weights_dropped()
+                                  else "--report-only computes nothing"))
+            return earlier
     return folder.cached(file, settings, _not_ready(folder, file) if report_only
                          else compute, log)
+
+
+def _by_earlier_rules(folder: RunDir, file: str, settings: dict[str, Any]) -> dict | None:
+    """The saved result in ``file`` when it is of these weights and ``settings`` but an
+    earlier version of the evaluation's rules (``stages.STATE_VERSION``), else None."""
+    import json
+
+    try:
+        saved = json.loads((folder / file).read_text())
+        key = saved["cache_key"]
+        given = dict(key["settings"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if given.pop("rules", None) == STATE_VERSION or key.get("weights_sha256") != \
+            folder.weights_sha256():
+        return None
+    wanted = json.loads(json.dumps({k: v for k, v in settings.items() if k != "rules"},
+                                   default=str))
+    return saved if given == wanted else None
 
 
 def _validation(folder: RunDir, meta: dict[str, Any]) -> dict[str, Any]:
