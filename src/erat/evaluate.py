@@ -3,11 +3,12 @@
 Threat model: inputs in pixel space ``[0, 1]`` (normalisation lives inside the model), an
 l2 or l-inf ball of radius ``eps`` in that space, intersected with the box. An example counts
 as robust at ``eps`` only if it is classified correctly on the clean pass AND at the end point
-of every attack run against it (Croce & Hein 2020, AutoAttack, arXiv 2003.01690; the
-RobustBench protocol, arXiv 2010.09670). Attacks (:mod:`erat.attacks`) run in the given
-order, each only on the examples still robust (:mod:`erat.stages`), so later attacks add to
-earlier ones; the sanity checks are :mod:`erat.sanity`. This is the library on tensors; the
-evaluation of a run folder is :mod:`erat.assess`.
+of every attack run against it, at ``eps`` and at every smaller radius evaluated (Croce &
+Hein 2020, AutoAttack, arXiv 2003.01690; the RobustBench protocol, arXiv 2010.09670).
+Attacks (:mod:`erat.attacks`) run in the given order, each only on the examples still robust
+(:mod:`erat.stages`), so later attacks add to earlier ones; the sanity checks are
+:mod:`erat.sanity`. This is the library on tensors; the evaluation of a run folder is
+:mod:`erat.assess`.
 
 The whole evaluation runs in eval mode (:func:`erat.passes.supervised_search`; the model's
 mode is restored afterwards) with the random number generators forked: every (stage, eps,
@@ -41,7 +42,14 @@ from erat.graphs import Padded, compiled
 from erat.inputs import images, labels, within_outputs
 from erat.passes import sample_outputs, supervised_search
 from erat.sanity import EvaluationWarning  # noqa: F401  (part of this module's interface)
-from erat.stages import EvalConfig, Progress, Stages, progress_key, weights_fingerprint
+from erat.stages import (
+    STATE_VERSION,
+    EvalConfig,
+    Progress,
+    Stages,
+    progress_key,
+    weights_fingerprint,
+)
 
 __all__ = ["EvalConfig", "EvaluationWarning", "evaluate", "weights_fingerprint"]
 
@@ -178,7 +186,9 @@ def _threat(cfg: EvalConfig, n: int, n_total: int | None) -> dict:
         "subset_note": f"first {n} of {n_total} test examples" if n < n_total else None,
         "input_space": "pixels in [0, 1]; eps measured there",
         "worst_case": "per example over: " + " then ".join(
-            getattr(a, "describe", lambda a=a: a.name)() for a in attacks),
+            getattr(a, "describe", lambda a=a: a.name)() for a in attacks)
+        + ("; and over the smaller radii" if len(set(cfg.eps)) > 1 else ""),
+        "rules": STATE_VERSION,  # (the evaluation's: PGD's step, radii carried upward)
     }
     for a in attacks:
         if hasattr(a, "threat_info"):
