@@ -666,3 +666,41 @@ def test_a_budget_too_small_for_its_epochs_says_so(tmp_path, capsys):
     assert code == 0, err
     assert re.search(r"note: --budget 0.5 pays for (\d+) updates: \1 epochs, not "
                      r"--budget-epochs 50", out + err)
+
+
+def test_a_resume_from_an_earlier_checkpoint_counts_each_epoch_once(tmp_path, capsys):
+    """Killed between an epoch's metrics line and its checkpoint, a run resumed from the
+    epoch before: the line already written stayed in memory beside the epoch trained
+    again, and train_seconds counted that epoch twice."""
+    import shutil
+
+    out = tmp_path / "run"
+    assert run([*TRAIN, "--epochs", "3", "--stop-after", "1", "--out", out], capsys)[0] == 0
+    shutil.copy(out / "checkpoint.pt", tmp_path / "epoch1.pt")
+    assert run([*TRAIN, "--epochs", "3", "--resume", "--stop-after", "2", "--out", out],
+               capsys)[0] == 0
+    shutil.copy(tmp_path / "epoch1.pt", out / "checkpoint.pt")  # (the kill: line 2, no state)
+    assert run([*TRAIN, "--epochs", "3", "--resume", "--out", out], capsys)[0] == 0
+    rows = RunDir(out).metrics()
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    meta = RunDir(out).read_meta()
+    assert meta["train_seconds"] == pytest.approx(sum(r["seconds"] for r in rows), abs=2e-3)
+
+
+def test_model_last_is_written_before_model_pt_which_marks_the_run_finished(tmp_path, capsys,
+                                                                            monkeypatch):
+    """A kill between the two left a finished run (model.pt) without model-last.pt, and a
+    resume said there was nothing to do."""
+    written = []
+    real = RunDir.save_model
+
+    def record(self, *a, last=False, **k):
+        written.append("model-last.pt" if last else "model.pt")
+        return real(self, *a, last=last, **k)
+
+    monkeypatch.setattr(RunDir, "save_model", record)
+    out = tmp_path / "run"
+    args = [*TRAIN, "--method", "at", "--eps", "1", "--epochs", "4", "--val", "100",
+            "--select", "best-robust", "--lr", "3", "--out", out]  # (a blow-up: an early best)
+    assert run(args, capsys)[0] == 0
+    assert written == ["model-last.pt", "model.pt"]

@@ -294,6 +294,16 @@ def test_an_epoch_is_a_pass_over_the_larger_set():
     assert EpochSampler(cfg.fit, 1000, 47, uses_unlabeled=False).updates == 1000 // 16
 
 
+def test_an_unlabeled_batch_larger_than_the_set_is_counted_as_drawn(tmp_path):
+    """An unlabeled batch above the unlabeled set's size drew the whole set, but the cost
+    counted the batch asked for (9.0 ERM epochs where the passes made cost 6.2)."""
+    cfg = _cfg(method="vat", labels=100, unlabeled_batch_size=2000)
+    sampler = EpochSampler(cfg.fit, 100, 1337)
+    assert sampler.unlabeled_batch == 1337 and sampler.updates == 100 // 16
+    seen = [len(u) for _, u in sampler.batches(torch.Generator().manual_seed(0))]
+    assert seen == [1337] * (100 // 16)
+
+
 def test_semisupervised_epoch_is_one_pass_over_the_unlabeled_set():
     cfg = _cfg(method="vat", labels=20, batch_size=16, unlabeled_batch_size=64)
     sampler = EpochSampler(cfg.fit, 20, N_TRAIN - 20)

@@ -272,9 +272,9 @@ def _save(run: RunDir, cfg: TrainConfig, built: _Built, result: FitResult) -> st
                   ran=result.ran)
     if info.details is not None:  # your own data: what erat eval re-reads
         common["data"] = info.details
-    meta = run.save_model(result.model, selected_epoch=result.selected_epoch, **common)
-    if result.last_state is not None:
+    if result.last_state is not None:  # (first: model.pt marks the run finished)
         run.save_model(result.last_state, selected_epoch=result.last_epoch, last=True, **common)
+    meta = run.save_model(result.model, selected_epoch=result.selected_epoch, **common)
     return meta["state_dict_sha256"]
 
 

@@ -88,7 +88,8 @@ def fit(
     if stop_after is not None and stop_after <= start:
         raise UserError(f"--stop-after {stop_after} is not after epoch {start}, where the run "
                         "resumes; give a later epoch, or none")
-    loop.history = run_dir.metrics() if run_dir and start else []
+    loop.history = [r for r in run_dir.metrics() if r.get("epoch", 0) <= start] \
+        if run_dir and start else []  # (rows after the checkpoint's epoch: trained again)
     if start:
         _check_schedule(loop, start)
         log(f"resumed {run_dir.path} after epoch {start}")

@@ -23,6 +23,8 @@ class EpochSampler:
         self.uses_unlabeled = uses_unlabeled and n_unlabeled > 0
         self.labeled_batch = min(options.batch_size, n_labeled)
         self.unlabeled_batch = options.unlabeled_batch_size or options.batch_size
+        if n_unlabeled:  # (as the labeled one: at most the set; its cost is counted so)
+            self.unlabeled_batch = min(self.unlabeled_batch, n_unlabeled)
         passes = max(n_labeled // self.labeled_batch, n_unlabeled // self.unlabeled_batch)
         self.updates = options.epoch_updates or max(passes, 1)  # drop a partial batch
 
