@@ -546,6 +546,24 @@ def test_interrupt_during_a_save_leaves_no_temporary(tmp_path, monkeypatch):
     assert RunDir(run_dir).finished()
 
 
+def test_a_lock_never_appears_empty(tmp_path, monkeypatch):
+    """The lock was created empty and written after: a second writer reading it in between
+    took it for a dead holder's and took it over (two writers held it)."""
+    import erat.rundir
+
+    seen = []
+    real_link = os.link
+
+    def watch(src, dst, *a, **k):  # (what a reader sees the moment the lock exists)
+        real_link(src, dst, *a, **k)
+        seen.append(Path(dst).read_text())
+
+    monkeypatch.setattr(erat.rundir.os, "link", watch)
+    with RunDir(tmp_path / "run").lock():
+        assert json.loads(seen[0])["pid"] == os.getpid()
+        assert [p.name for p in (tmp_path / "run").iterdir()] == [".lock"]  # (no temporary)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("sig", "code", "word"), [(signal.SIGINT, 130, "interrupted"),
                                                    (signal.SIGTERM, 143, "terminated")])

@@ -200,10 +200,12 @@ class RunDir:
                     folder.rmdir()
 
     def _take(self, path: Path, mine: dict[str, Any]) -> None:
-        """Create the lock file ``path`` holding ``mine``, taking over a dead holder's."""
+        """Create the lock file ``path`` holding ``mine``, taking over a dead holder's. The
+        lock appears with its content (a hard link of a written file): an empty lock, read
+        by a second writer between its creation and its content, was taken for a dead one."""
         for _ in range(3):
             try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                _create_with(path, json.dumps(mine))
             except FileExistsError:
                 holder = _read_lock(path)
                 if holder is not None and _alive(holder):
@@ -221,8 +223,6 @@ class RunDir:
                 continue
             except OSError as err:
                 raise os_problem(err, f"write {path}") from err
-            with os.fdopen(fd, "w") as f:
-                json.dump(mine, f)
             return
         raise UserError(f"cannot take the lock {path}; remove it if no erat process runs")
 
@@ -518,6 +518,25 @@ def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str))
+
+
+def _create_with(path: Path, text: str) -> None:
+    """Create ``path`` holding ``text`` in one step (``FileExistsError`` if it exists): a
+    file written beside, then hard-linked; where links are not allowed, created and then
+    written."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    try:
+        os.link(tmp, path)
+        return
+    except FileExistsError:
+        raise
+    except OSError:  # (a file system without hard links)
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _read_lock(path: Path) -> dict | None:
