@@ -95,9 +95,9 @@ def plan(method: Method, model: nn.Module, options: FitOptions, sampler: EpochSa
             return Schedule(total, sampler.updates, unit,
                             _counter(method, model, sampler, total) if counts else None)
         total = _affordable(method, model, sampler, options.budget * unit, unit)
+        total = _with_its_length(method, model, sampler, options.budget * unit, total)
         per_epoch = sampler.updates if options.budget_epochs is None else \
             math.ceil(total / options.budget_epochs)
-        # (a warm-up tied to the run's length changes the costs a little)
         return Schedule(total, per_epoch, unit, _counter(method, model, sampler, total))
     finally:
         model.train(mode)
@@ -120,6 +120,30 @@ def _affordable(method: Method, model: nn.Module, sampler: EpochSampler, budget:
                         f"{getattr(method, 'name', 'this method')} (one costs "
                         f"{c / unit:.3g} ERM epochs)")
     return updates
+
+
+def _with_its_length(method: Method, model: nn.Module, sampler: EpochSampler,
+                     budget: float, total: int) -> int:
+    """The most updates ``budget`` pays for when an update's cost depends on the run's
+    length (a warm-up over its first fifth: ER semi-supervised), from ``total``, what it
+    pays for priced without the length; ``total`` itself when the costs do not depend on
+    it. A run of ``T`` updates costs more than one of ``T - 1``, so a bisection finds it."""
+    probes = (0, total // 2, total - 1)
+    if all(_update_cost(method, model, sampler, k) == _update_cost(method, model, sampler, k,
+                                                                    total) for k in probes):
+        return total
+    limit = budget * (1 + 1e-9)
+
+    def cost(n: int) -> float:
+        return math.fsum(_update_cost(method, model, sampler, k, n) for k in range(n))
+
+    lo, hi = (total, 2 * total) if cost(total) <= limit else (0, total)
+    while cost(hi) <= limit:
+        lo, hi = hi, 2 * hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if cost(mid) <= limit else (lo, mid)
+    return max(lo, 1)
 
 
 def _counter(method: Method, model: nn.Module, sampler: EpochSampler, total: int
