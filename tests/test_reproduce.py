@@ -285,6 +285,18 @@ def test_a_suite_refuses_a_test_set_its_runs_were_not_trained_beside(suite_file,
     with pytest.raises(UserError, match=r"the digits test set is not the one .*erm "
                                         r"was trained beside"):
         reproduce(str(suite_file), out, only=["erm"], log=lambda *_: None)
+    # a run without test figures of its own (eval: false) attacked by the AutoAttack stage
+    monkeypatch.setattr(erat.reproduce, "load_dataset", real)
+    path = tmp_path / "aa.yaml"
+    path.write_text(SUITE.replace("{name: erm, method: erm}", "{name: erm, method: erm, "
+                                  "eval: false}").replace(
+        "plots:", "autoattack: {n: 8, eval: {attack: pgd, eps: [0.5], steps: 2, sanity_n: 0}, "
+                  "also: [erm]}\nplots:"))
+    reproduce(str(path), tmp_path / "aa", only=["erm"], log=lambda *_: None)
+    (tmp_path / "aa" / "runs" / "erm" / "eval-autoattack.json").unlink()
+    monkeypatch.setattr(erat.reproduce, "load_dataset", other_files)
+    with pytest.raises(UserError, match=r"is not the one .*erm was trained beside"):
+        reproduce(str(path), tmp_path / "aa", only=["erm"], log=lambda *_: None)
 
 
 LINF_TRAIN = """

@@ -246,12 +246,7 @@ def run_one(suite: dict[str, Any], run: dict[str, Any], cfg: TrainConfig, folder
         return {"name": name, "method": cfg.method, "dataset": cfg.dataset,
                 "cost_erm_epochs": meta.get("cost_erm_epochs"),
                 "train_seconds": meta.get("train_seconds"), **_validation(folder, meta)}, None, None
-    x, y = load_dataset(cfg.dataset, "test", cfg.data_dir, **cfg.data_options).tensors
-    if meta.get("test_sha256") not in (None, tensor_sha256([x, y])):
-        where = f" in {cfg.data_dir}" if cfg.data_dir else ""
-        raise UserError(f"the {cfg.dataset} test set{where} is not the one "
-                        f"{folder.path} was trained beside (another dataset or version?); "
-                        "pass the --data-dir of the suite's own files")
+    x, y = _test_set(cfg, folder, meta)
     ev = eval_at_radii({**(suite.get("eval") or {}), **(run.get("eval") or {})}, cfg)
     n = ev.pop("n", None)
     with nullcontext() if report_only else folder.lock():  # reading needs no lock
@@ -297,6 +292,19 @@ def run_one(suite: dict[str, Any], run: dict[str, Any], cfg: TrainConfig, folder
         if isinstance(e.get("eps"), int | float):  # the ball, as the validation's (val_ball)
             row["energy_ball"] = ball_name(e.get("norm", "l2"), e["eps"])
     return row, result, (x, y)
+
+
+def _test_set(cfg: TrainConfig, folder: RunDir, meta: dict[str, Any]) -> tuple[Any, Any]:
+    """The run's test images and labels, refused when they are not the ones it was trained
+    beside (``meta``'s digest: another ``--data-dir`` with other files), as ``erat eval``
+    refuses them."""
+    x, y = load_dataset(cfg.dataset, "test", cfg.data_dir, **cfg.data_options).tensors
+    if meta.get("test_sha256") not in (None, tensor_sha256([x, y])):
+        where = f" in {cfg.data_dir}" if cfg.data_dir else ""
+        raise UserError(f"the {cfg.dataset} test set{where} is not the one "
+                        f"{folder.path} was trained beside (another dataset or version?); "
+                        "pass the --data-dir of the suite's own files")
+    return x, y
 
 
 def _at_most(n: int | None, total: int, what: str) -> tuple[int, str | None]:
@@ -412,7 +420,7 @@ def autoattack_stage(suite: dict[str, Any], out: Path, runs: list[dict[str, Any]
             log(f"[{run['name']}] AutoAttack waits for {wait} of its group to finish")
             compute = False
         folder, cfg = RunDir(out / "runs" / run["name"]), cfgs[i]
-        x, y = load_dataset(cfg.dataset, "test", cfg.data_dir, **cfg.data_options).tensors
+        x, y = _test_set(cfg, folder, folder.read_meta())
         attacked = min(n, len(x))  # (_cached_eval says when n asks for more)
         if compute:
             log(f"[{run['name']}] AutoAttack on the first {attacked} test images")
