@@ -441,11 +441,20 @@ def test_a_finished_run_of_other_epochs_is_not_reused(tmp_path):
     for r in rows:
         del r["epoch_updates"]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run_one({}, {"name": "run", "eval": False}, cfg, RunDir(run), _quiet)  # (its first epoch
+    # made a pass over the unlabeled set: an erat of the same day, before rows said so)
+    for r in rows:
+        r["updates"] = r["epoch"]  # (one update an epoch: a pass over 20 labels in 16s)
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     message = r"run was trained by an older erat whose labels-only epochs were one pass"
     with pytest.raises(UserError, match=message):
         train(cfg, run, resume=True, log=_quiet)
     with pytest.raises(UserError, match=message):
         run_one({}, {"name": "run"}, cfg, RunDir(run), _quiet)
+    from erat.reproduce import NotReady
+
+    with pytest.raises(NotReady, match="trained by an older erat"):  # (a report: left out)
+        run_one({}, {"name": "run"}, cfg, RunDir(run), _quiet, report_only=True)
     semi = _cfg(method="vat", labels=20, epochs=1)  # (a method reading the unlabeled set)
     train(semi, tmp_path / "semi", log=_quiet)
     rows = [json.loads(line) for line in (tmp_path / "semi/metrics.jsonl").read_text().splitlines()]

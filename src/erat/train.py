@@ -125,12 +125,14 @@ def check_epoch_length(run: RunDir, cfg: TrainConfig) -> None:
     """Refuse a finished labels-only run of a semi-supervised configuration whose epochs may
     have been one pass over the labels: an erat before 2026-12-02 made that many updates per
     epoch (one, on 100 labels), this one makes a pass over the unlabeled set's; such a run's
-    metrics rows lack ``epoch_updates``. Its figures would be reused under-trained."""
+    metrics rows lack ``epoch_updates``, and its first epoch made no more updates than a pass
+    over the labels. Its figures would be reused under-trained."""
     if cfg.labels is None or cfg.fit.epoch_updates \
             or build_method(cfg.method, **cfg.method_params).uses_unlabeled:
         return
     rows = run.metrics()
-    if rows and "epoch_updates" not in rows[0]:
+    shorter = max(cfg.labels // max(min(cfg.fit.batch_size, cfg.labels), 1), 1)  # (the old)
+    if rows and "epoch_updates" not in rows[0] and rows[0].get("updates", 0) <= shorter:
         raise UserError(f"{run.path} was trained by an older erat whose labels-only epochs "
                         "were one pass over the labels (fewer updates than this erat makes); "
                         "remove it, or train it again into another folder")
