@@ -191,6 +191,10 @@ def test_a_setting_without_effect_is_noted(tmp_path, capsys, monkeypatch):
     resolve_train(tmp_path / "run", resume=False, config_file=None,
                   flags={"optimizer": "sgd", "momentum": 0.5, "val": 50, "val_eps": 0.5})
     assert "no effect" not in capsys.readouterr().err
+    resolve_train(tmp_path / "run", resume=False, config_file=None,  # (the length: its own)
+                  flags={"budget": 2, "budget_epochs": 2, "epoch_updates": 3})
+    assert "--epoch-updates has no effect here (--budget-epochs sets the epochs' length)" in \
+        capsys.readouterr().err
     # a method's terms of the unlabeled batch without one, and the reverse
     resolve_train(tmp_path / "run", resume=False, config_file=None,
                   flags={"method": "er", "lam_u": 5.0, "balance": 0.0})

@@ -331,6 +331,8 @@ def idle(cfg: TrainConfig, given: set[str]) -> list[str]:
         "unlabeled_batch_size": (cfg.labels is None, "semi-supervised training needs "
                                                       "--labels N"),
         "val_seed": (cfg.val is None, "validation needs --val N"),
+        "epoch_updates": (cfg.fit.budget_epochs is not None, "--budget-epochs sets the "
+                                                             "epochs' length"),
     }
     method = build_method(cfg.method, **cfg.method_params)  # (its own: Method.idle)
     rules |= {k: (True, why) for k, why in
