@@ -371,14 +371,9 @@ class RunDir:
         ``log``): a suite whose evaluation changed replaced its figures without a word."""
         key = {"weights_sha256": self.weights_sha256(), "settings": _jsonable(settings)}
         path = self.path / name
-        saved = None
-        if path.exists():
-            try:
-                saved = json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError):
-                saved = None
-            if isinstance(saved, dict) and saved.get("cache_key") == key:
-                return saved
+        saved = self._saved(name)
+        if saved is not None and saved.get("cache_key") == key:
+            return saved
         result = {**compute(), "cache_key": key}
         if isinstance(saved, dict):
             kept = path.with_suffix(".previous.json")
@@ -388,6 +383,27 @@ class RunDir:
                     f"the earlier one kept as {kept.name}")
         atomic_write_json(result, path)
         return result
+
+    def saved_but(self, name: str, settings: dict[str, Any], setting: str) -> dict | None:
+        """The result saved in ``name`` (by :meth:`cached`) on these weights with these
+        ``settings`` but another value of ``settings[setting]`` (an earlier version of a
+        rule), else None."""
+        saved = self._saved(name)
+        key = saved.get("cache_key") if saved is not None else None
+        if not isinstance(key, dict) or not isinstance(key.get("settings"), dict):
+            return None
+        given, wanted = dict(key["settings"]), _jsonable(settings)
+        if given.pop(setting, None) == wanted.pop(setting, None) or given != wanted:
+            return None
+        return saved if key.get("weights_sha256") == self.weights_sha256() else None
+
+    def _saved(self, name: str) -> dict | None:
+        """The JSON object in ``name``, or None (absent, unreadable, not an object)."""
+        try:
+            saved = json.loads((self.path / name).read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+        return saved if isinstance(saved, dict) else None
 
     def state_path(self, name: str) -> Path | None:
         """Where an evaluation keeps its resumable state: the run folder when writable, else
