@@ -222,13 +222,13 @@ def format_result(result: dict[str, Any]) -> str:
           else []),
         f"{'clean':<24} {result['clean_acc']:.4f}",
     ]
-    mixed = not upper_bound(threat.get("attacks", []))  # (then mark the stages before it)
+    bounds = upper_bound(threat.get("attacks", []))  # (else mark the stages before it)
     for key, acc in result["robust_acc"].items():
         label = key.split(f"-{threat.get('norm')}-eps")[0]
-        bound = f"  ({title(label)} alone: an upper bound)" if mixed and upper_bound([label]) \
-            else ""
+        bound = f"  ({title(label)} alone: an upper bound)" \
+            if not bounds and upper_bound([label]) else ""
         lines.append(f"{key:<24} {acc:.4f}{bound}")
-    if result["robust_acc"] and upper_bound(threat.get("attacks", [])):
+    if result["robust_acc"] and bounds:
         lines.append("(upper bounds of robust accuracy: a stronger attack may find more; "
                      "--attack all adds AutoAttack)")
     skipped = (result.get("check_settings") or {}).get("sanity_n") == 0

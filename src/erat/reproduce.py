@@ -56,7 +56,15 @@ from erat.fit.guard import overfitting_epoch
 from erat.inputs import first_n
 from erat.rundir import RunDir
 from erat.stages import STATE_VERSION
-from erat.suites import check_suite, eval_at_radii, identity, landscape_eps, load_suite, run_config
+from erat.suites import (
+    check_suite,
+    eval_at_radii,
+    evaluated_ball,
+    identity,
+    landscape_eps,
+    load_suite,
+    run_config,
+)
 from erat.threat import ball_name
 from erat.train import check_epoch_length, train
 
@@ -136,7 +144,8 @@ def reproduce(
                          rows, log, work, pending)
     if left_out:
         log(f"left out of the report, not finished: {', '.join(left_out)}")
-    write_report(suite, out, rows, results, commands, test, log, left_out)
+    write_report(suite, out, rows, results, commands, test, evaluated_ball(suite, cfgs), log,
+                 left_out)
     return rows
 
 
@@ -354,7 +363,7 @@ def _cached_eval(folder: RunDir, file: str, x: Any, y: Any, ev: dict[str, Any],
 
     settings = {**ev, "n": n, "rules": STATE_VERSION}  # (an older erat's figures: recomputed)
     if report_only or folder.weights_dropped():  # (nothing can be computed: said, and kept)
-        earlier = _by_earlier_rules(folder, file, settings)
+        earlier = folder.saved_but(file, settings, "rules")
         if earlier is not None:
             log(f"[{folder.path.name}] {file}: figures by an earlier erat's evaluation rules "
                 f"(before rules {STATE_VERSION}: PGD's step 2.5 eps/steps, radii each on their "
@@ -363,25 +372,6 @@ def _cached_eval(folder: RunDir, file: str, x: Any, y: Any, ev: dict[str, Any],
             return earlier
     return folder.cached(file, settings, _not_ready(folder, file) if report_only
                          else compute, log)
-
-
-def _by_earlier_rules(folder: RunDir, file: str, settings: dict[str, Any]) -> dict | None:
-    """The saved result in ``file`` when it is of these weights and ``settings`` but an
-    earlier version of the evaluation's rules (``stages.STATE_VERSION``), else None."""
-    import json
-
-    try:
-        saved = json.loads((folder / file).read_text())
-        key = saved["cache_key"]
-        given = dict(key["settings"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    if given.pop("rules", None) == STATE_VERSION or key.get("weights_sha256") != \
-            folder.weights_sha256():
-        return None
-    wanted = json.loads(json.dumps({k: v for k, v in settings.items() if k != "rules"},
-                                   default=str))
-    return saved if given == wanted else None
 
 
 def _validation(folder: RunDir, meta: dict[str, Any]) -> dict[str, Any]:
@@ -501,17 +491,17 @@ def _flag(name: str, value: Any) -> str:
 
 def write_report(suite: dict[str, Any], out: Path, rows: list[dict[str, Any]],
                  results: dict[str, dict], commands: list[str], test: tuple | None,
-                 log: Callable[[str], None] = print, left_out: list[str] | None = None
-                 ) -> None:
+                 ball: tuple[str, list], log: Callable[[str], None] = print,
+                 left_out: list[str] | None = None) -> None:
     """``results.csv`` (every column), ``results.md`` (the short table with human column
-    names, then every column that holds a value), the plots; the short table is printed."""
+    names, then every column that holds a value), the plots in the suite's evaluated
+    ``ball`` (its norm and radii: :func:`erat.suites.evaluated_ball`); the short table is
+    printed."""
     columns = tables.table_columns(rows)
     tables.write_csv(rows, out / "results.csv", columns)
     ev = suite.get("eval") or {}
     label = resolve(ev.get("attack", "pgd"))[1][-1]
-    threats = [r.get("threat") or {} for r in results.values()]  # (eps: train: the runs')
-    norm = ev.get("norm") or next((t["norm"] for t in threats if "norm" in t), "l2")
-    radii = sorted({e for t in threats if t.get("norm") == norm for e in t.get("eps", [])})
+    norm, radii = ball
     figures = []  # (the plots drawn this time: results.md links these only)
     if results:
         plots.accuracy_vs_radius(results, out / "accuracy_vs_radius", attack=label, norm=norm)

@@ -233,10 +233,10 @@ class Stages:
             for label, attack in self.cfg.stages():
                 src = self.run(f"{label}@{eps!r}", src, attack, Threat(self.cfg.norm, eps))
                 self.alone[robust_key(label, self.cfg.norm, eps)] = src
-        flags = {"clean": clean}
+        carried = {}
         for label in self.cfg.labels:
             smaller = clean
             for eps in sorted(set(self.cfg.eps)):
                 key = robust_key(label, self.cfg.norm, eps)
-                flags[key] = smaller = self.alone[key] & smaller
-        return {"clean": clean, **{k: flags[k] for k in self.alone}}
+                carried[key] = smaller = self.alone[key] & smaller
+        return {"clean": clean, **{k: carried[k] for k in self.alone}}  # (in alone's order)
