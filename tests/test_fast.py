@@ -18,9 +18,19 @@ from erat.graphs import Cloned, Padded, check_capturable, compiled
 from erat.methods import Batch, build_method, method_names
 from erat.rundir import RunDir
 
-# TRADES' search starts at x + 0.001 N(0, 1), where the KL is ~1e-6 and its gradient's
-# direction turns with float rounding: the compiled kernels' rounding moves its end point
-TOLERANCE = {"trades": 5e-2}
+# Compiled and eager steps are compared in float64: TRADES' search starts at x + 0.001 N(0, 1),
+# where the KL is ~1e-6 and its gradient's direction turns with float32 rounding (the compiled
+# kernels' rounding moved the loss by 5.5% after three updates on an AMD EPYC, past the float32
+# tolerance of 5% set on another CPU); in float64 every method agrees far inside this one.
+TOL = 1e-8
+
+
+@pytest.fixture
+def float64():
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(before)
 
 
 def tiny() -> nn.Sequential:
@@ -31,7 +41,7 @@ def tiny() -> nn.Sequential:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", method_names())
-def test_compiled_step_is_the_eager_step(name):
+def test_compiled_step_is_the_eager_step(name, float64):
     params = {"eps": 0.1} if name == "fast-at" else {}
     g = torch.Generator().manual_seed(3)
     x, y = torch.rand(16, 1, 8, 8, generator=g), torch.randint(0, 10, (16,), generator=g)
@@ -47,14 +57,13 @@ def test_compiled_step_is_the_eager_step(name):
         before = copy.deepcopy(model.state_dict())
         opt.step()
         out[kind] = loss.item(), {k: v - before[k] for k, v in model.state_dict().items()}
-    tol = TOLERANCE.get(name, 1e-4)
-    assert out["compiled"][0] == pytest.approx(out["eager"][0], rel=tol, abs=tol)
+    assert out["compiled"][0] == pytest.approx(out["eager"][0], rel=TOL, abs=TOL)
     # the update of every tensor, against the size of the whole update (a conv bias before
     # BatchNorm has a zero gradient up to rounding)
     scale = max(v.abs().max() for v in out["eager"][1].values() if v.is_floating_point())
     for k, eager in out["eager"][1].items():
         if eager.is_floating_point():
-            assert (out["compiled"][1][k] - eager).abs().max() <= 10 * tol * scale, k
+            assert (out["compiled"][1][k] - eager).abs().max() <= 10 * TOL * scale, k
 
 
 def test_uint8_images_come_back_exact_and_floats_stay():
@@ -215,7 +224,7 @@ def test_a_method_says_when_its_clean_pass_waits_across_a_search(name):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", method_names())
-def test_routed_compiled_updates_are_the_eager_ones(name):
+def test_routed_compiled_updates_are_the_eager_ones(name, float64):
     """The routing around a real ``torch.compile`` (whose wrapper writes BatchNorm's buffers
     back, bumping their versions): three updates of every method train as the eager model
     does, within the compiled step's tolerance (a perturbed pass that wrote the running
@@ -224,8 +233,7 @@ def test_routed_compiled_updates_are_the_eager_ones(name):
 
     torch._dynamo.reset()
     losses, _ = _graphed_updates(name, routed=True, compile=True)
-    tol = TOLERANCE.get(name, 1e-4)
-    assert losses == pytest.approx(_graphed_updates(name, routed=None)[0], rel=tol, abs=tol)
+    assert losses == pytest.approx(_graphed_updates(name, routed=None)[0], rel=TOL, abs=TOL)
 
 
 class Branchy(nn.Module):
