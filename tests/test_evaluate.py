@@ -17,7 +17,7 @@ from torch import nn
 
 import erat.search
 from erat import sanity
-from erat.attacks import attack_names, robust_key
+from erat.attacks import attack_names, read_key, robust_key
 from erat.evaluate import EvalConfig, EvaluationWarning, evaluate
 
 
@@ -61,6 +61,17 @@ def test_robust_key():
     assert robust_key("pgd", "l2", 1.5) == "pgd-l2-eps1.5"
     assert robust_key("all", "linf", 8 / 255) == "all-linf-eps0.0313725"
     assert robust_key("pgd", "l2", 1.0) == "pgd-l2-eps1"
+
+
+def test_read_key_reads_back_every_label_norm_and_radius():
+    for label in ["pgd", "all", "rs-fgsm", "pgd+autoattack", "pgd+square-l2", "energy"]:
+        for norm, eps in [("l2", 1.5), ("linf", 8 / 255), ("l2", 1e-05), ("linf", 1.0)]:
+            key = robust_key(label, norm, eps)
+            got = read_key(key)
+            assert got is not None and got[:2] == (label, norm) and float(got[2]) == float(
+                f"{eps:g}"), key
+    for other in ["clean_acc", "aa_n", "pgd-l3-eps1", "pgd-l2-eps", "val_robust_acc"]:
+        assert read_key(other) is None
 
 
 def test_an_example_broken_at_a_smaller_radius_is_broken_at_the_larger(model, digits,

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from erat import fields
-from erat.attacks import title, upper_bound
+from erat.attacks import read_key, title, upper_bound
 from erat.datasets import load_dataset, own_scheme, recorded_options
 from erat.distributed import resolve_device
 from erat.energy import check_settings
@@ -224,7 +224,7 @@ def format_result(result: dict[str, Any]) -> str:
     ]
     bounds = upper_bound(threat.get("attacks", []))  # (else mark the stages before it)
     for key, acc in result["robust_acc"].items():
-        label = key.split(f"-{threat.get('norm')}-eps")[0]
+        label = (read_key(key) or (key,))[0]
         bound = f"  ({title(label)} alone: an upper bound)" \
             if not bounds and upper_bound([label]) else ""
         lines.append(f"{key:<24} {acc:.4f}{bound}")

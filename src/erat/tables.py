@@ -17,7 +17,7 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from erat.attacks import title
+from erat.attacks import read_key, title
 from erat.files import atomic_write_text
 from erat.threat import norm_name
 
@@ -60,7 +60,7 @@ def seed_table(rows: Sequence[Mapping], keys: Sequence[str], names: Sequence[str
             groups.setdefault(name[:m.start()], []).append((m[1], r))
     groups = {k: v for k, v in groups.items() if len(v) > 1}
     numeric = [(k, n) for k, n in zip(keys, names, strict=True) if k in (
-        "clean_acc", "val_robust_acc", "energy_mean") or _ROBUST_KEY.match(k)]
+        "clean_acc", "val_robust_acc", "energy_mean") or _robust(k)]
     if not groups or not numeric:
         return None
     lines = ["| runs | seeds | " + " | ".join(n for _, n in numeric) + " |",
@@ -77,9 +77,20 @@ def seed_table(rows: Sequence[Mapping], keys: Sequence[str], names: Sequence[str
     return "\n".join(lines) + "\n"
 
 
-_ROBUST_KEY = re.compile(  # (an attack's name may hold hyphens: rs-fgsm-l2-eps0.5)
-    r"^(?!energy-)(aa_)?([a-z0-9+]+(?:-[a-z0-9+]+)*?)-(l2|linf)-eps([0-9.e+-]+)$")
-_ENERGY_KEY = re.compile(r"^energy-(l2|linf)-eps([0-9.e+-]+)$")  # erat report's energy column
+
+
+def _robust(key: str) -> tuple[bool, str, str, str] | None:
+    """``(AutoAttack's row?, attack, norm, eps)`` of a robust-accuracy column (``pgd-l2-eps1.5``;
+    a suite's AutoAttack figures are ``aa_``-prefixed), None for any other column."""
+    parts = read_key(key.removeprefix("aa_"))
+    return (key.startswith("aa_"), *parts) if parts and parts[0] != "energy" else None
+
+
+def _energy(key: str) -> tuple[str, str] | None:
+    """``(norm, eps)`` of erat report's energy column (``energy-l2-eps0.5``), else None."""
+    parts = read_key(key)
+    return parts[1:] if parts and parts[0] == "energy" else None
+
 # the columns of a short table: these first, the robust accuracies, then those after
 _FIRST = {"name": "run", "run": "run", "label": "run", "method": "method", "trained": "trained at",
           "labels": "labels", "budget": "budget", "radius": "radius", "clean_acc": "clean"}
@@ -99,15 +110,14 @@ def column_name(key: str, rows: Sequence[Mapping] = ()) -> str | None:
             return f"{_LAST[key]} {balls.pop()}"
     if key in _FIRST or key in _LAST:
         return {**_FIRST, **_LAST}[key]
-    if m := _ENERGY_KEY.match(key):
-        return f"energy {norm_name(m[1])} {m[2]}"
-    m = _ROBUST_KEY.match(key)
-    if m is None:
+    if energy := _energy(key):
+        return f"energy {norm_name(energy[0])} {energy[1]}"
+    if (parts := _robust(key)) is None:
         return None
-    attack, norm = title(m[2]), norm_name(m[3])
+    aa, attack, norm, eps = parts
     subset = sorted({r["aa_n"] for r in rows if r.get(key) is not None and "aa_n" in r})
-    return f"{attack}-{norm} {m[4]}" + (f" ({', '.join(map(str, subset))})"
-                                         if m[1] and subset else "")
+    return f"{title(attack)}-{norm_name(norm)} {eps}" + (
+        f" ({', '.join(map(str, subset))})" if aa and subset else "")
 
 
 def readable_columns(rows: Sequence[Mapping]) -> tuple[list[str], list[str]]:
@@ -117,8 +127,8 @@ def readable_columns(rows: Sequence[Mapping]) -> tuple[list[str], list[str]]:
     present = [k for k in dict.fromkeys(k for r in rows for k in r)
                if any(r.get(k) not in (None, "") for r in rows)]
     first = [k for k in _FIRST if k in present and not (k == "run" and "name" in present)]
-    robust = [k for k in present if _ROBUST_KEY.match(k)]
-    energy = [k for k in present if _ENERGY_KEY.match(k)]
+    robust = [k for k in present if _robust(k)]
+    energy = [k for k in present if _energy(k)]
     keys = first + robust + energy + [k for k in _LAST if k in present]
     return keys, [column_name(k, rows) for k in keys]
 
@@ -128,7 +138,7 @@ def table_columns(rows: Sequence[Mapping]) -> list[str]:
     accuracies together after ``clean_acc`` (whichever row has them)."""
     present = [k for k in dict.fromkeys(k for row in rows for k in row)
                if any(row.get(k) not in (None, "") for row in rows)]
-    robust = [k for k in present if _ROBUST_KEY.match(k)]
+    robust = [k for k in present if _robust(k)]
     rest = [k for k in present if k not in robust]
     cut = rest.index("clean_acc") + 1 if "clean_acc" in rest else len(rest)
     return [*rest[:cut], *robust, *rest[cut:]]

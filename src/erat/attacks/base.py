@@ -35,6 +35,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -174,8 +175,19 @@ def resolve(spec: str | Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]
 
 def robust_key(label: str, norm: str, eps: float) -> str:
     """Key of a robust accuracy in a result, e.g. ``robust_key("pgd", "l2", 1.5)`` ->
-    ``"pgd-l2-eps1.5"``."""
+    ``"pgd-l2-eps1.5"``; :func:`read_key` reads it back."""
     return f"{label}-{norm}-eps{eps:g}"
+
+
+_KEY = re.compile(  # (a label may hold hyphens and pluses: rs-fgsm, pgd+autoattack)
+    r"^([a-z0-9+]+(?:-[a-z0-9+]+)*?)-(l2|linf)-eps([0-9.e+-]+)$")
+
+
+def read_key(key: str) -> tuple[str, str, str] | None:
+    """``(label, norm, eps as written)`` of a :func:`robust_key` (``"pgd-l2-eps1.5"`` ->
+    ``("pgd", "l2", "1.5")``), None for any other key."""
+    m = _KEY.match(key)
+    return (m[1], m[2], m[3]) if m else None
 
 
 def correct(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
