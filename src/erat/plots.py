@@ -62,9 +62,8 @@ def radius_curve(result: Mapping, *, attack: str = "pgd", norm: str = "l2"
                  ) -> list[tuple[float, float]]:
     """``[(eps, accuracy), ...]`` sorted by eps from one evaluation result, with the clean
     accuracy at ``eps = 0`` when the run has no ``eps = 0`` entry."""
-    keys = {k: read_key(k) for k in result["robust_acc"]}
-    curve = {float(p[2]): float(result["robust_acc"][k]) for k, p in keys.items()
-             if p and p[:2] == (attack, norm)}
+    curve = {float(p[2]): float(v) for k, v in result["robust_acc"].items()
+             if (p := read_key(k)) and p[:2] == (attack, norm)}
     if curve and 0.0 not in curve and "clean_acc" in result:
         curve[0.0] = float(result["clean_acc"])
     return sorted(curve.items())

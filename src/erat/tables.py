@@ -77,8 +77,6 @@ def seed_table(rows: Sequence[Mapping], keys: Sequence[str], names: Sequence[str
     return "\n".join(lines) + "\n"
 
 
-
-
 def _robust(key: str) -> tuple[bool, str, str, str] | None:
     """``(AutoAttack's row?, attack, norm, eps)`` of a robust-accuracy column (``pgd-l2-eps1.5``;
     a suite's AutoAttack figures are ``aa_``-prefixed), None for any other column."""
@@ -90,6 +88,7 @@ def _energy(key: str) -> tuple[str, str] | None:
     """``(norm, eps)`` of erat report's energy column (``energy-l2-eps0.5``), else None."""
     parts = read_key(key)
     return parts[1:] if parts and parts[0] == "energy" else None
+
 
 # the columns of a short table: these first, the robust accuracies, then those after
 _FIRST = {"name": "run", "run": "run", "label": "run", "method": "method", "trained": "trained at",
