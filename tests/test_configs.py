@@ -208,6 +208,16 @@ def test_a_setting_without_effect_is_noted(tmp_path, capsys, monkeypatch):
     resolve_train(tmp_path / "run", resume=False, config_file=None,  # (no unlabeled batch
                   flags={"method": "er", "labels": 100, "lam_kl": 1.0, "lam_u": 0.0})  # read)
     assert "--lam-kl" not in capsys.readouterr().err
+    resolve_train(tmp_path / "run", resume=False, config_file=None,  # (supervised ER: no
+                  flags={"method": "er", "xi": 0.5, "power_iters": 3, "S": 0,  # VAT search,
+                         "step_size": 0.1})  # and at S 0 no PGD step)
+    err = capsys.readouterr().err
+    assert "--xi has no effect here (VAT's power iteration starts the virtual term's " \
+        "search: --labels N or --lam-kl above 0)" in err and "--power-iters has no" in err
+    assert "--step-size has no effect here (the search takes no PGD steps at S 0)" in err
+    resolve_train(tmp_path / "run", resume=False, config_file=None,  # (each in use)
+                  flags={"method": "er", "xi": 0.5, "lam_kl": 1.0, "S": 2, "step_size": 0.1})
+    assert "no effect" not in capsys.readouterr().err
     resolve_train(tmp_path / "run", resume=False, config_file=None,
                   flags={"dataset": "digits", "data_dir": "/nonexistent", "download": True})
     err = capsys.readouterr().err
@@ -245,6 +255,8 @@ eval: {attack: pgd, eps: [0.5], steps: 2%s}
     (", eval: {n: 1.5}", "", "", "s.yaml run erm: eval.n must be a number of test images"),
     ("", "", "energy: {eps: 1.0, nn: 5}", "s.yaml: energy must be a mapping with eps and any "
                                           "of M, S, T"),
+    ("", "", "energy: {n: 30, T: 2}", "s.yaml: energy needs eps, the radius of the energy's "
+                                      "ball, got {'n': 30, 'T': 2}"),
     ("", "", "energy: {eps: 1.0, n: -3}", "s.yaml: energy: n must be a number of test images"),
     (", esp: 1.0", "", "", "s.yaml run erm: unknown setting 'esp'; did you mean 'eps'?"),
     ("", "", "defaults: {method: vatt}", "not valid YAML ('defaults' given twice"),
@@ -293,3 +305,29 @@ def test_an_unknown_method_in_a_suite_names_the_run(tmp_path, capsys):
                                                                      "method: vatt"))
     assert main(["reproduce", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "o")]) == 2
     assert "s.yaml run erm: unknown method 'vatt'; choose one of" in capsys.readouterr().err
+
+
+def test_a_method_names_its_flags_and_wants_an_l_inf_radius_for_l_inf():
+    """The l2 default radius (2.0) was taken for --norm linf and refused as 'above 1', a
+    radius the user never gave; a method's parameters were listed by their Python names."""
+    from erat.errors import UserError
+
+    with pytest.raises(UserError, match=r"^--norm linf needs --eps \(an l-inf radius, e.g. "
+                                        r"--eps 8/255\): pgd's default 2.0 is an l2 radius$"):
+        build_method("pgd", norm="linf")
+    assert build_method("pgd", norm="linf", eps=0.1).eps == 0.1
+    assert build_method("fast-at", norm="linf").norm == "linf"  # (its default is l-inf)
+    with pytest.raises(UserError, match=r"takes no --steps; it takes: --adv-weight, --balance"):
+        build_method("vat", steps=3)
+
+
+def test_the_help_of_a_shared_flag_says_its_words_once():
+    from erat.fields import _merged
+
+    helps = {"step (unset: 2.5*eps/S)": [("er", "")], "step (unset: 1.25*eps)": [("fast", "")],
+             "step (unset: 2.5*eps/steps)": [("pgd", ""), ("trades", "")]}
+    assert _merged(helps) == "step (unset: 2.5*eps/S [er]; 1.25*eps [fast]; 2.5*eps/steps " \
+        "[pgd, trades])"
+    assert _merged({"a radius": [("at", "2.0")], "b radius": [("fa", "0.3")]}) == \
+        "a radius [at: 2.0]; b radius [fa: 0.3]"
+    assert _merged({"one (x)": [("a", "1"), ("b", "2")]}) == "one (x) [a: 1; b: 2]"

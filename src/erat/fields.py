@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import re
 import types
 import typing
@@ -69,9 +70,21 @@ def flag_specs(classes: Mapping[str, type], defaults: bool = False) -> dict[str,
             shown = str(field.default) if defaults and field.default not in (
                 None, dataclasses.MISSING) else ""
             helps.setdefault(field.name, {}).setdefault(spec.help, []).append((owner, shown))
-    return {k: s._replace(help="; ".join(f"{text} [{_owners(owners)}]"
-                                         for text, owners in helps[k].items()))
-            for k, s in specs.items()}
+    return {k: s._replace(help=_merged(helps[k])) for k, s in specs.items()}
+
+
+def _merged(helps: dict[str, list[tuple[str, str]]]) -> str:
+    """Each help text with its owners; texts that differ only in a closing parenthesis
+    share their words once: ``step size (unset: a [er]; b [pgd])``."""
+    texts = list(helps)
+    common = os.path.commonprefix(texts)
+    cut = common.rfind("(")
+    if len(texts) == 1 or cut < 0 or not all(t.endswith(")") for t in texts):
+        return "; ".join(f"{text} [{_owners(owners)}]" for text, owners in helps.items())
+    inner = common[cut + 1:][: common[cut + 1:].rfind(" ") + 1]  # (whole words only)
+    parts = (f"{text[cut + 1 + len(inner):-1]} [{_owners(owners)}]"
+             for text, owners in helps.items())
+    return f"{common[:cut]}({inner}{'; '.join(parts)})"
 
 
 def _owners(owners: list[tuple[str, str]]) -> str:

@@ -255,6 +255,8 @@ def _check_energy(suite: dict[str, Any], run: dict[str, Any]) -> None:
     if not isinstance(en, dict) or set(en) - takes or "eps" not in en:
         wrong = f" (not {', '.join(map(str, sorted(set(en) - takes)))})" \
             if isinstance(en, dict) and set(en) - takes else ""
+        if isinstance(en, dict) and not wrong:
+            raise UserError(f"{where} needs eps, the radius of the energy's ball, got {en!r}")
         raise UserError(f"{where} must be a mapping with eps and any of "
                         f"{', '.join(sorted(takes - {'eps'}))}{wrong}, got {en!r}")
     try:

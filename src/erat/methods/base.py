@@ -180,9 +180,13 @@ def build_method(name: str, **params: Any) -> Method:
     unknown = set(params) - set(method_params(name))
     if unknown:
         flags = ", ".join("--" + k.replace("_", "-") for k in sorted(unknown))
-        takes = ", ".join(sorted(method_params(name)))
+        takes = ", ".join("--" + k.replace("_", "-") for k in sorted(method_params(name)))
         raise UserError(f"method {name!r} takes no {flags}; "
                         + (f"it takes: {takes}" if takes else "it has no parameters"))
+    if params.get("norm") == "linf" != _default(cls, "norm") and "eps" not in params \
+            and "eps" in method_params(name):
+        raise UserError(f"--norm linf needs --eps (an l-inf radius, e.g. --eps 8/255): "
+                        f"{name}'s default {_default(cls, 'eps')} is an l2 radius")
     params = read_numbers(cls, params)  # (eps: 8/255 in a YAML file)
     check_types(cls, params)  # (a YAML 'no' in quotes is a truthy string)
     return cls(**params)
@@ -214,6 +218,10 @@ def trained_ball(config: dict[str, Any]) -> tuple[str, float] | None:
     None for a method without a radius (ERM) or one it cannot build."""
     norm, eps = ball(trained_method(config))
     return None if eps is None else (norm, eps)
+
+
+def _default(cls: type, name: str) -> Any:
+    return init_fields(cls)[name].default if name in init_fields(cls) else None
 
 
 def _lookup(name: str) -> type:

@@ -113,10 +113,18 @@ class ER:
 
     def idle(self, semi: bool) -> dict[str, str]:
         """Settings without effect in this setting (``semi``: with unlabeled inputs), and why."""
+        unlabeled = semi and self.uses_unlabeled
+        out = {"lam_kl": "it acts only without unlabeled inputs"} if unlabeled else {}
         if not semi:
-            return {"lam_u": "ER's virtual term is over unlabeled inputs: --labels N",
+            out |= {"lam_u": "ER's virtual term is over unlabeled inputs: --labels N",
                     "balance": "it balances the unlabeled predictions: --labels N"}
-        return {"lam_kl": "it acts only without unlabeled inputs"} if self.uses_unlabeled else {}
+        if not (self.lam_u if unlabeled else self.lam_kl):  # (no virtual term, no VAT search)
+            why = "VAT's power iteration starts the virtual term's search: " + (
+                "--lam-u above 0" if unlabeled else "--labels N or --lam-kl above 0")
+            out |= {"xi": why, "power_iters": why}
+        if self.steps(semi) == 0:
+            out["step_size"] = "the search takes no PGD steps at S 0"
+        return out
 
     def training_note(self, semi: bool) -> str | None:
         """What to know of these settings before training (:func:`erat.train.train` logs
