@@ -319,7 +319,9 @@ def test_cli_energy_linf_and_norm_errors(tmp_path, capsys, fresh_warnings):
         ([*base, "--method", "erm", "--norm", "linf", "--out", str(tmp_path / "a")],
          "takes no --norm"),
         ([*base, "--method", "vat", "--norm", "linf", "--out", str(tmp_path / "b")],
-         "above 1"),  # VAT's default radius 2.0 is an l2 radius
+         "--norm linf needs --eps"),  # VAT's default radius 2.0 is an l2 radius
+        ([*base, "--method", "vat", "--norm", "linf", "--eps", "2", "--out",
+          str(tmp_path / "b")], "above 1"),
         (["energy", str(run), "--norm", "linf", "--eps", "1.5"], "above 1"),
         (["energy", str(run), "--norm", "linf", "--eps", "-0.1"], "eps"),
         (["energy", str(run), "--eps", "0.5", "--batch-size", "0"], "--batch-size must be >= 1"),
@@ -359,12 +361,12 @@ def test_radii_as_fractions_and_the_slips_of_l_inf_radii(tmp_path, capsys, fresh
     assert "note: the run was trained" not in capsys.readouterr().out
     assert main(["eval", str(run), "--norm", "l2", "--eps", "0.5", "--n", "12", "--steps", "2",
                  "--no-checks"]) == 0  # another norm: said (robust = clean was silent)
-    assert "note: the run was trained in l-inf at 0.0313725, and is evaluated in l2 (--norm)" \
+    assert "note: the run was trained in l-inf 8/255, and is evaluated in l2 (--norm)" \
         in capsys.readouterr().out
     assert main(["eval", str(run), "--n", "12", "--steps", "2", "--no-checks", "--json",
                  str(run / "eval.json")]) == 0
     assert main(["report", str(run), "--out", str(tmp_path / "rep")]) == 0
-    assert "| run | method | trained at | clean | PGD-l-inf 0.0313725 |" in \
+    assert "| run | method | trained at | clean | PGD-l-inf 8/255 |" in \
         capsys.readouterr().out  # (the training ball beside the accuracies)
     assert main(["report", str(run), "--out", str(tmp_path / "rep"), "--landscape-eps",
                  "1.5"]) == 2  # (the landscape is in the plot's norm: l-inf)

@@ -172,6 +172,27 @@ def test_report_refuses_two_run_folders_of_one_name_in_one_line(tmp_path, capsys
     assert main(["report", *map(str, runs), "--out", str(tmp_path / "rep")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "two run folders are named 'run'" in err
+    assert main(["report", str(runs[0]), str(tmp_path / "a" / ".." / "a" / "run"), "--out",
+                 str(tmp_path / "rep")]) == 2  # (one folder twice: said so)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "a/run is given twice: name each run folder once" in err
+    assert not (tmp_path / "rep").exists()
+
+
+def test_l_inf_radii_of_whole_levels_are_named_so_and_columns_go_by_radius():
+    """``--eps 8/255`` showed as ``0.0313725``, and a report's columns followed the first
+    run's order (8/255 before 4/255)."""
+    from erat.tables import readable_columns, table_columns
+    from erat.threat import ball_name, radius_name
+
+    assert radius_name("linf", "0.0313725") == "8/255" and radius_name("linf", "0.1") == "0.1"
+    assert radius_name("l2", "0.2") == "0.2" and ball_name("linf", 4 / 255) == "l-inf 4/255"
+    row = {"run": "a", "clean_acc": 0.9, "pgd-linf-eps0.0313725": 0.5, "pgd-l2-eps1": 0.2,
+           "pgd-linf-eps0.0156863": 0.6, "pgd-l2-eps0.5": 0.4}
+    keys, names = readable_columns([row])
+    assert names == ["run", "clean", "PGD-l-inf 4/255", "PGD-l-inf 8/255", "PGD-l2 0.5",
+                     "PGD-l2 1"]
+    assert table_columns([row]) == keys
 
 
 def _evaluated_run(tmp_path):

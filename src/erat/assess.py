@@ -34,7 +34,7 @@ from erat.files import check_writable_file, tensor_sha256
 from erat.inputs import first_n
 from erat.measure import energy_report
 from erat.rundir import RunDir, check_exists, open_model
-from erat.threat import Norm, ball_name, check_radius_fits, norm_name
+from erat.threat import Norm, ball_name, check_radius_fits, norm_name, radius_name
 
 NO_MODEL = ("give a run folder (or model.pt), or a model from outside erat with --model "
             "MODULE:FACTORY --weights FILE --dataset DATA")
@@ -212,7 +212,7 @@ def format_result(result: dict[str, Any]) -> str:
         f"examples: {threat['n']}"
         + (f" ({threat['subset_note']})" if threat.get("subset") else ""),
         *([how] if how else []),
-        *([f"note: the run was trained in {norm_name(trained['norm'])} at {trained['eps']:g}, "
+        *([f"note: the run was trained in {ball_name(trained['norm'], trained['eps'])}, "
            f"and is evaluated in {norm_name(threat['norm'])} (--norm)"] if other else []),
         *([f"trained semi-supervised on {trained['labels']} labels" if trained.get("semi")
            is not False else f"trained on {trained['labels']} labels alone (its method "
@@ -224,10 +224,12 @@ def format_result(result: dict[str, Any]) -> str:
     ]
     bounds = upper_bound(threat.get("attacks", []))  # (else mark the stages before it)
     for key, acc in result["robust_acc"].items():
-        label = (read_key(key) or (key,))[0]
+        label, norm, eps = read_key(key) or (key, None, None)
         bound = f"  ({title(label)} alone: an upper bound)" \
             if not bounds and upper_bound([label]) else ""
-        lines.append(f"{key:<24} {acc:.4f}{bound}")
+        levels = f"  (eps {radius_name(norm, eps)})" \
+            if norm and radius_name(norm, eps) != eps else ""
+        lines.append(f"{key:<24} {acc:.4f}{levels}{bound}")
     if result["robust_acc"] and bounds:
         lines.append("(upper bounds of robust accuracy: a stronger attack may find more; "
                      "--attack all adds AutoAttack)")

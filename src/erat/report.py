@@ -59,7 +59,9 @@ def read_results(runs: Sequence[Path], eval_name: str = "eval.json") -> dict[str
                       f"evaluate it again: erat eval {run} --json {path}")
         name = Path(run).name
         if name in results:  # (the rows are keyed by name: one would replace the other)
-            raise UserError(f"two run folders are named {name!r} ({run} and an earlier "
+            twice = [r for r in runs if Path(r).resolve() == Path(run).resolve()][1:]
+            raise UserError(f"{run} is given twice: name each run folder once" if twice else
+                            f"two run folders are named {name!r} ({run} and an earlier "
                             "one); a report names each run by its folder: rename one")
         results[name] = res
     return results

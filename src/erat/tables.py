@@ -19,7 +19,7 @@ from pathlib import Path
 
 from erat.attacks import read_key, title
 from erat.files import atomic_write_text
-from erat.threat import norm_name
+from erat.threat import norm_name, radius_name
 
 
 def _cell(v, float_fmt: str) -> str:
@@ -110,13 +110,21 @@ def column_name(key: str, rows: Sequence[Mapping] = ()) -> str | None:
     if key in _FIRST or key in _LAST:
         return {**_FIRST, **_LAST}[key]
     if energy := _energy(key):
-        return f"energy {norm_name(energy[0])} {energy[1]}"
+        return f"energy {norm_name(energy[0])} {radius_name(*energy)}"
     if (parts := _robust(key)) is None:
         return None
     aa, attack, norm, eps = parts
     subset = sorted({r["aa_n"] for r in rows if r.get(key) is not None and "aa_n" in r})
-    return f"{title(attack)}-{norm_name(norm)} {eps}" + (
+    return f"{title(attack)}-{norm_name(norm)} {radius_name(norm, eps)}" + (
         f" ({', '.join(map(str, subset))})" if aa and subset else "")
+
+
+def _by_radius(keys: list[str]) -> list[str]:
+    """Robust-accuracy columns grouped by attack and norm in order of first appearance, each
+    group by radius."""
+    parts = {k: _robust(k) for k in keys}
+    groups = list(dict.fromkeys(parts[k][:3] for k in keys))
+    return sorted(keys, key=lambda k: (groups.index(parts[k][:3]), float(parts[k][3])))
 
 
 def readable_columns(rows: Sequence[Mapping]) -> tuple[list[str], list[str]]:
@@ -126,7 +134,7 @@ def readable_columns(rows: Sequence[Mapping]) -> tuple[list[str], list[str]]:
     present = [k for k in dict.fromkeys(k for r in rows for k in r)
                if any(r.get(k) not in (None, "") for r in rows)]
     first = [k for k in _FIRST if k in present and not (k == "run" and "name" in present)]
-    robust = [k for k in present if _robust(k)]
+    robust = _by_radius([k for k in present if _robust(k)])
     energy = [k for k in present if _energy(k)]
     keys = first + robust + energy + [k for k in _LAST if k in present]
     return keys, [column_name(k, rows) for k in keys]
@@ -137,7 +145,7 @@ def table_columns(rows: Sequence[Mapping]) -> list[str]:
     accuracies together after ``clean_acc`` (whichever row has them)."""
     present = [k for k in dict.fromkeys(k for row in rows for k in row)
                if any(row.get(k) not in (None, "") for row in rows)]
-    robust = [k for k in present if _robust(k)]
+    robust = _by_radius([k for k in present if _robust(k)])
     rest = [k for k in present if k not in robust]
     cut = rest.index("clean_acc") + 1 if "clean_acc" in rest else len(rest)
     return [*rest[:cut], *robust, *rest[cut:]]

@@ -43,8 +43,9 @@ def norm_name(norm: str) -> str:
 
 
 def ball_name(norm: str, eps: float) -> str:
-    """The name tables and the console give a ball: ``linf``, 8/255 -> ``l-inf 0.0313725``."""
-    return f"{norm_name(norm)} {eps:g}"
+    """The name tables and the console give a ball: ``linf``, 8/255 -> ``l-inf 8/255``
+    (:func:`radius_name`), ``l2``, 0.5 -> ``l2 0.5``."""
+    return f"{norm_name(norm)} {radius_name(norm, f'{eps:g}')}"
 
 
 def check_radius(eps: object, norm: str = "l2", name: str = "eps", *, warn: bool = True
@@ -72,6 +73,14 @@ def check_radius(eps: object, norm: str = "l2", name: str = "eps", *, warn: bool
         warnings.warn(f"an l-inf radius {name}={eps:g} on [0, 1] pixels looks like an l2 "
                       f"radius ({LINF_RADII})", UserWarning, stacklevel=2)
     return eps
+
+
+def radius_name(norm: str, eps: str) -> str:
+    """A radius as a key writes it, an l-inf one of whole 8-bit levels as ``k/255``
+    (``0.0313725`` -> ``8/255``)."""
+    levels = float(eps) * 255
+    k = round(levels)
+    return f"{k}/255" if norm == "linf" and 0 < k < 255 and abs(levels - k) < 1e-3 else eps
 
 
 def check_radius_fits(eps: float, norm: str, shape: tuple[int, ...] | list[int],
