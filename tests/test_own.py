@@ -202,6 +202,8 @@ def test_files_that_are_not_images_are_said(tmp_path):
     root = image_folder(tmp_path / "imgs")
     (root / "train" / "cat" / "notes.txt").write_text("x")
     assert "; 1 other file not read (notes.txt)" in describe(dataset_info(f"folder:{root}"))
+    with pytest.raises(DataError, match=r"notes.txt: a file, not a folder of images$"):
+        dataset_info(f"folder:{root / 'train' / 'cat' / 'notes.txt'}")
 
 
 def test_resize(tmp_path):
@@ -434,6 +436,11 @@ def test_eval_a_torchscript_or_export_file(weights, net_module, capsys, kind):
                                                       else "torch.export")
     assert first["robust_acc"] == result["robust_acc"] and first["clean_acc"] == \
         result["clean_acc"]
+    code, text, err = run(["train", "--model", path, "--dataset", "npz:data.npz", "--epochs",
+                           "1", "--out", net_module / "run"], capsys)  # (frozen: not trained)
+    assert_one_line_exit_2(code, text, err, r"a file; erat trains a network it builds, named "
+                                            r"MODULE:FACTORY \(a TorchScript or torch.export")
+    assert not (net_module / "run").exists()
 
 
 def test_a_torchscript_file_is_attacked_eager_inside_its_wrapper(weights, net_module):
@@ -662,8 +669,46 @@ def _whole_model_pickle(folder: Path) -> list[str]:
     return ["--model", "whole.pt"]
 
 
+def _needs_a_missing_package(folder: Path) -> list[str]:
+    (folder / "needs.py").write_text("import erat_no_such_package\n\n\ndef build(**k):\n"
+                                     "    return None\n")
+    return ["--model", "needs.py:build"]
+
+
+def _scripted_for_other_images(folder: Path) -> list[str]:
+    _script(nn.Sequential(nn.Flatten(), nn.Linear(10, 3)), folder / "other.ts")
+    return ["--model", "other.ts"]
+
+
+def _exported_for_other_images(folder: Path) -> list[str]:
+    batch = torch.export.Dim("batch")
+    net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 3)).eval()
+    torch.export.save(torch.export.export(net, (torch.rand(2, 3, 4, 4),),
+                                          dynamic_shapes=({0: batch},)), folder / "other.pt2")
+    return ["--model", "other.pt2"]
+
+
+def _exported_for_one_batch_size(folder: Path) -> list[str]:
+    net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 3)).eval()
+    torch.export.save(torch.export.export(net, (torch.rand(2, 3, 8, 8),)), folder / "b2.pt2")
+    return ["--model", "b2.pt2"]
+
+
 BAD_MODELS = {
     "no such module": (lambda f: ["--model", "nomodule:build"], r"cannot import nomodule"),
+    "a package it imports is missing": (
+        _needs_a_missing_package, r"importing needs.py failed: No module named "
+                                  r"'erat_no_such_package' \(a module it imports: install it\)$"),
+    "a file without its factory": (lambda f: ["--model", "mynet.py"],
+                                   r"--model mynet.py: a Python file; .* --model mynet.py:FACTORY|"
+                                   r"unknown model 'mynet.py'.* MODULE:FACTORY \(e.g. mynet.py:"),
+    "TorchScript for other images": (_scripted_for_other_images,
+                                     r"fails on 1 test image\(s\) \[1, 3, 8, 8\]: RuntimeError: "
+                                     r"mat1 and mat2 shapes cannot be multiplied"),
+    "exported for other images": (_exported_for_other_images,
+                                  r"Guard failed: input.size\(\)\[2\] == 4$"),
+    "exported for one batch size": (_exported_for_one_batch_size,
+                                    r"== 2 \(export it with a dynamic batch dimension\)$"),
     "no such factory": (lambda f: ["--model", "mynet:nope"], r"mynet \(.*mynet.py\) has no 'nope'"),
     "no such file": (lambda f: ["--model", "missing.py:build"], r"no such file \S*missing.py"),
     "not a module": (lambda f: ["--model", "mynet:not_a_module"],
@@ -697,7 +742,9 @@ def test_bad_models_are_refused_before_anything_is_written(net_module, capsys, c
         assert_one_line_exit_2(code, text, err, pattern)
         assert not json_path.exists() and not (net_module / "cache").exists()
     assert not (net_module / "RAN").exists()
-    if "--weights" in args or case == "whole-model pickle":  # (evaluation only)
+    if "--weights" in args or case in ("whole-model pickle", "TorchScript for other images",
+                                       "exported for other images",
+                                       "exported for one batch size"):  # (evaluation only)
         return
     out = net_module / "run"
     code, text, err = run(["train", "--dataset", "npz:data.npz", *args, "--epochs", "1",

@@ -29,6 +29,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import warnings
 import zipfile
 from collections import OrderedDict
@@ -173,6 +174,9 @@ def _network(options: ExternalOptions, info: DatasetInfo, seed: int = 0
     """The network and what identifies it: the name, its file and the file's SHA-256."""
     spec = options.model
     path = Path(spec).expanduser()
+    if path.is_file() and path.suffix == ".py":
+        raise UserError(f"--model {spec}: a Python file; name the function or class in it that "
+                        f"builds the network: --model {spec}:FACTORY")
     if path.is_file():
         for flag, value in (("--weights", options.weights),
                             ("--model-kwargs", options.model_kwargs)):
@@ -202,9 +206,10 @@ def _network(options: ExternalOptions, info: DatasetInfo, seed: int = 0
     wpath = Path(options.weights).expanduser()
     blob, sha = load_file_and_digest(wpath, "cpu", "state dict (torch.save(model.state_dict(), "
                                                    "FILE))")
+    npz = " (an npz file's `classes` names them all)" \
+        if str(options.dataset).startswith("npz:") else ""
     _load_state(net, blob, wpath, spec, shapes_hint=f"; {spec} was built for "
-                f"{info.num_classes} classes, as the data counts them (an npz file's `classes` "
-                "names them all)")
+                f"{info.num_classes} classes, as the data counts them{npz}")
     return net, record | {"model_file": str(wpath.resolve()), "model_sha256": sha}
 
 
@@ -255,7 +260,8 @@ def _program(path: Path, data: bytes) -> tuple[nn.Module, str]:
             raise UserError(f"cannot read torch.export file {path}: "
                             f"{type(e).__name__}: {first_line(e)}") from e
         return program.module(), "torch.export"
-    hint = ("a torch.save file: give its state dict as --weights with --model MODULE:FACTORY"
+    hint = ("a torch.save file: an erat run's model.pt is evaluated as erat eval RUN_OR_FILE "
+            "without --model; a state dict goes as --weights with --model MODULE:FACTORY"
             if any(n.endswith("data.pkl") for n in names) else "not a zip archive")
     raise UserError(f"{path} is not a TorchScript or torch.export (.pt2) file ({hint})")
 
@@ -280,15 +286,19 @@ def _weights_only_unpickling() -> Iterator[None]:
 def _probe(model: nn.Module, x: Tensor, spec: str, num_classes: int, kind: str) -> None:
     """Forward passes on one and on three test images: logits ``[B, K]`` with
     ``K >= num_classes`` (labels index the logits), for more than one batch size."""
-    hint = " (export it with a dynamic batch dimension)" if kind == "torch.export" else ""
     for batch in sorted({1, min(3, len(x))}):
         try:
             with torch.no_grad():
                 out = model(x[:batch])
         except Exception as e:  # the user's network: any error is theirs to read
+            batchwise = batch > 1 or ".size()[0]" in str(e)  # (else the image's shape)
+            hint = " (export it with a dynamic batch dimension)" \
+                if kind == "torch.export" and batchwise else ""
+            lines = str(e).strip().splitlines()  # (TorchScript's cause is its last line)
+            why = re.sub(r"^\w+(Error|Exception): ", "", lines[-1].strip()) \
+                if kind == "torchscript" and lines else first_line(e)
             raise UserError(f"--model {spec} fails on {batch} test image(s) "
-                            f"{list(x[:batch].shape)}: {type(e).__name__}: {first_line(e)}"
-                            f"{hint}") from e
+                            f"{list(x[:batch].shape)}: {type(e).__name__}: {why}{hint}") from e
         if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != batch:
             shown = list(out.shape) if isinstance(out, Tensor) else type(out).__name__
             raise UserError(f"--model {spec} gives {shown} for {batch} image(s); erat needs "

@@ -35,7 +35,8 @@ DEEP_MODES = {"I", "I;16", "I;16L", "I;16B", "F"}  # 16-bit, 32-bit and float gr
 @own_data
 def read_folder(path: Path, resize: int | None) -> Source:
     if not path.is_dir():
-        raise DataError(f"folder:{path}: no such folder")
+        raise DataError(f"folder:{path}: " + ("a file, not a folder of images" if path.exists()
+                                               else "no such folder"))
     train_dir, test_dir = path / "train", path / "test"
     if not (train_dir.is_dir() or test_dir.is_dir()):
         x, y, classes, as_is = _read_tree(path, resize)

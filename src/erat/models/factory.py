@@ -83,6 +83,10 @@ def _import(module_name: str, spec: str) -> ModuleType:
     try:
         loaded = run()
     except ModuleNotFoundError as e:
+        itself = module is None and (e.name is None or f"{module_name}.".startswith(f"{e.name}."))
+        if not itself:  # (found, but what it imports is not installed)
+            raise UserError(f"--model {spec}: importing {module_name} failed: {e} (a module "
+                            "it imports: install it)") from e
         raise UserError(f"--model {spec}: cannot import {module_name} ({e}); run erat from the "
                         "folder that holds it, or add that folder to PYTHONPATH") from e
     except Exception as e:  # the user's module raised while it was imported

@@ -18,6 +18,7 @@ from __future__ import annotations
 import inspect
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -109,4 +110,12 @@ def build_model(
 
 
 def _lookup(name: str) -> Factory:
-    return MODELS.lookup(name)
+    try:
+        return MODELS.lookup(name)
+    except UserError as err:
+        if Path(name).expanduser().is_file() and not name.endswith(".py"):
+            raise UserError(f"--model {name}: a file; erat trains a network it builds, named "
+                            "MODULE:FACTORY (a TorchScript or torch.export file is for erat "
+                            "eval --model)") from None
+        raise UserError(f"{err}, or a model of your own as MODULE:FACTORY (e.g. "
+                        f"{name if name.endswith('.py') else 'mynet.py'}:build)") from None
