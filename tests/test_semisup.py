@@ -89,6 +89,20 @@ def test_labeled_split_refuses_impossible_quota(digits_y):
         labeled_split(torch.tensor([0, 0, 0, 1, 1]), 6, seed=0)
 
 
+def test_a_split_too_large_to_balance_says_the_largest_that_is():
+    from erat.datasets.splits import most_balanced, validation_split
+
+    y = torch.tensor([0] * 5 + [1] * 2 + [2] * 9)
+    assert most_balanced(y) == 7  # (3, 2, 2: an eighth gives class 1 a third, lowest first)
+    for n in range(1, 8):
+        assert len(validation_split(y, n, seed=0)[0]) == n
+    with pytest.raises(DataError, match=r"^--val 8: class 1 has 2 examples, fewer than the 3 "
+                                        r"a balanced split takes from each; hold out at most 7$"):
+        validation_split(y, 8, seed=0)
+    with pytest.raises(DataError, match=r"--labels 10: .*; give at most 7$"):
+        labeled_split(y, 10, seed=0)
+
+
 def test_trainer_saves_the_split(tmp_path, digits_y):
     def split_of(name: str, seed: int) -> list[int]:
         out = tmp_path / name

@@ -41,6 +41,22 @@ def balanced_split(y: Tensor, n_labels: int, seed: int) -> tuple[Tensor, Tensor]
     return torch.nonzero(mask).flatten(), torch.nonzero(~mask).flatten()
 
 
+def most_balanced(y: Tensor) -> int:
+    """The largest ``n`` that :func:`balanced_split` can take from ``y`` (a smaller ``n``
+    never needs more of a class, so a bisection finds it)."""
+    counts = torch.unique(torch.as_tensor(y).reshape(-1).cpu(), return_counts=True)[1].tolist()
+
+    def fits(n: int) -> bool:
+        base, extra = divmod(n, len(counts))
+        return all(base + (i < extra) <= c for i, c in enumerate(counts))
+
+    lo, hi = 0, sum(counts)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+    return lo
+
+
 def validation_split(y: Tensor, n_val: int, seed: int) -> tuple[Tensor, Tensor]:
     """Indices ``(val, train)``: ``n_val`` examples held out, balanced across classes and
     drawn with ``seed`` alone (not the training seed, so every run on a dataset holds out
@@ -51,7 +67,7 @@ def validation_split(y: Tensor, n_val: int, seed: int) -> tuple[Tensor, Tensor]:
     try:
         return balanced_split(y, n_val, seed)
     except DataError as err:
-        raise DataError(f"--val {n_val}: {err}; hold out fewer") from err
+        raise DataError(f"--val {n_val}: {err}; hold out at most {most_balanced(y)}") from err
 
 
 def labeled_split(y: Tensor, n_labels: int, seed: int, exclude: Tensor | None = None
@@ -68,7 +84,8 @@ def labeled_split(y: Tensor, n_labels: int, seed: int, exclude: Tensor | None = 
         try:
             return balanced_split(y, n_labels, seed)
         except DataError as err:
-            raise DataError(f"--labels {n_labels}: {err}; give fewer") from err
+            raise DataError(f"--labels {n_labels}: {err}; give at most {most_balanced(y)}"
+                            ) from err
     keep = torch.ones(len(y), dtype=torch.bool)
     keep[exclude] = False
     pool = torch.nonzero(keep).flatten()
@@ -81,7 +98,7 @@ def labeled_split(y: Tensor, n_labels: int, seed: int, exclude: Tensor | None = 
         labeled, unlabeled = balanced_split(y[pool], n_labels, seed)
     except DataError as err:
         raise DataError(f"--labels {n_labels}: {err}, after --val held out {len(exclude)} "
-                        "images") from err
+                        f"images; give at most {most_balanced(y[pool])}") from err
     return pool[labeled], pool[unlabeled]
 
 
