@@ -27,8 +27,9 @@ class PGDAttack:
     title = "PGD"  # (its name in tables)
     presets = {"all": 0}  # first in `all`, AutoAttack then runs on its survivors
 
-    steps: int = option(50, "PGD steps")
-    step_size: float | None = option(None, f"PGD step size (default: {STEP_RULE})")
+    steps: int = option(50, "PGD steps (the sanity checks' PGD too)")
+    step_size: float | None = option(None, f"PGD step size (default: {STEP_RULE}; the sanity "
+                                           "checks' PGD too)")
     restarts: int = option(1, "PGD restarts, each on the survivors of the previous")
 
     def __post_init__(self) -> None:
