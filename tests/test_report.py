@@ -158,25 +158,31 @@ def test_short_tables_name_their_columns_for_people_and_drop_empty_ones():
     assert readable_columns([{"rs-fgsm-l2-eps0.5": 0.4}])[0] == ["rs-fgsm-l2-eps0.5"]  # name)
 
 
-def test_report_refuses_two_run_folders_of_one_name_in_one_line(tmp_path, capsys):
-    """Rows are keyed by the folder's name: two folders named alike lost a row (and then,
-    beside the training notes, ended in a traceback); now one line, exit 2."""
+def test_report_names_run_folders_of_one_name_by_the_folders_above(tmp_path, capsys):
+    """Rows are keyed by the folder's name: two folders named alike lost a row, then were
+    refused ('rename one'); now each is named by as many folders above it as tell them
+    apart, and one folder given twice is one line, exit 2."""
+    import csv
+
     from erat.cli import main
+    from erat.report import run_names
 
     result = {"clean_acc": 0.9, "robust_acc": {"pgd-l2-eps0.5": 0.5},
               "threat": {"attack": "pgd", "norm": "l2"}, "checks_failed": 0}
-    runs = [tmp_path / "a" / "run", tmp_path / "b" / "run"]
+    runs = [tmp_path / "a" / "run", tmp_path / "b" / "run", tmp_path / "b" / "other"]
     for run in runs:
         run.mkdir(parents=True)
         (run / "eval.json").write_text(json.dumps(result))
-    assert main(["report", *map(str, runs), "--out", str(tmp_path / "rep")]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "two run folders are named 'run'" in err
+    assert run_names(runs) == ["a/run", "b/run", "other"]
+    assert main(["report", *map(str, runs), "--out", str(tmp_path / "rep")]) == 0
+    with open(tmp_path / "rep" / "results.csv", newline="") as f:
+        assert [r["run"] for r in csv.DictReader(f)] == ["a/run", "b/run", "other"]
+    capsys.readouterr()
     assert main(["report", str(runs[0]), str(tmp_path / "a" / ".." / "a" / "run"), "--out",
-                 str(tmp_path / "rep")]) == 2  # (one folder twice: said so)
+                 str(tmp_path / "rep2")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "a/run is given twice: name each run folder once" in err
-    assert not (tmp_path / "rep").exists()
+    assert not (tmp_path / "rep2").exists()
 
 
 def test_l_inf_radii_of_whole_levels_are_named_so_and_columns_go_by_radius():

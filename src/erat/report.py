@@ -38,7 +38,7 @@ def read_results(runs: Sequence[Path], eval_name: str = "eval.json") -> dict[str
     evaluation result, or one computed on other weights than the run's (trained again
     since: its ``threat.checkpoint_sha256``) is one line naming it."""
 
-    results = {}
+    results, names = {}, iter(run_names(runs))
     for run in runs:
         path = Path(run) / eval_name
         if not Path(run).is_dir():
@@ -57,14 +57,24 @@ def read_results(runs: Sequence[Path], eval_name: str = "eval.json") -> dict[str
                             "robust_acc and threat)")
         _check_weights(path, res["threat"].get("checkpoint_sha256"), Path(run),
                       f"evaluate it again: erat eval {run} --json {path}")
-        name = Path(run).name
-        if name in results:  # (the rows are keyed by name: one would replace the other)
-            twice = [r for r in runs if Path(r).resolve() == Path(run).resolve()][1:]
-            raise UserError(f"{run} is given twice: name each run folder once" if twice else
-                            f"two run folders are named {name!r} ({run} and an earlier "
-                            "one); a report names each run by its folder: rename one")
-        results[name] = res
+        results[next(names)] = res
     return results
+
+
+def run_names(runs: Sequence[Path]) -> list[str]:
+    """Each run's name in a report: its folder's name, or as many of the folders above it as
+    tell it from another run of that name (``s1/runs/er``, ``s2/runs/er``)."""
+    paths = [Path(run).resolve() for run in runs]
+    for i, path in enumerate(paths):
+        if path in paths[:i]:
+            raise UserError(f"{runs[i]} is given twice: name each run folder once")
+    names = []
+    for path in paths:
+        k = 1
+        while any(p != path and p.parts[-k:] == path.parts[-k:] for p in paths):
+            k += 1
+        names.append(str(Path(*path.parts[-k:])))
+    return names
 
 
 def _training_notes(run: Path) -> dict:
