@@ -134,7 +134,8 @@ def test_train_errors_are_one_line(tmp_path, capsys, args, message):
         (["--square-queries", "10"], "--square-queries is an option of square, which --attack "
          "pgd does not run"),  # (was ignored without a word)
         (["--attack", "fgsm", "--steps", "3", "--no-checks"], "--steps is an option of pgd"),
-    ],
+        (["--attack", "fgsm", "--step-size", "0.1"], "--step-size is an option of pgd"),  # (the
+    ],  # checks' PGD takes --steps, not the step: it was accepted and did nothing)
 )
 def test_eval_errors(digits_run, capsys, args, message):
     try:

@@ -218,6 +218,11 @@ def test_a_setting_without_effect_is_noted(tmp_path, capsys, monkeypatch):
     resolve_train(tmp_path / "run", resume=False, config_file=None,  # (each in use)
                   flags={"method": "er", "xi": 0.5, "lam_kl": 1.0, "S": 2, "step_size": 0.1})
     assert "no effect" not in capsys.readouterr().err
+    resolve_train(tmp_path / "run", resume=False, config_file=None,  # (labels, no unlabeled
+                  flags={"method": "er", "labels": 100, "lam_u": 0.0, "step_size": 0.5,  # term:
+                         "xi": 0.5})  # supervised, S 1)
+    err = capsys.readouterr().err
+    assert "--step-size" not in err and "search: --lam-kl above 0)" in err
     resolve_train(tmp_path / "run", resume=False, config_file=None,
                   flags={"dataset": "digits", "data_dir": "/nonexistent", "download": True})
     err = capsys.readouterr().err
@@ -331,3 +336,5 @@ def test_the_help_of_a_shared_flag_says_its_words_once():
     assert _merged({"a radius": [("at", "2.0")], "b radius": [("fa", "0.3")]}) == \
         "a radius [at: 2.0]; b radius [fa: 0.3]"
     assert _merged({"one (x)": [("a", "1"), ("b", "2")]}) == "one (x) [a: 1; b: 2]"
+    assert _merged({"x (a) y (b)": [("o1", "")], "x (a) z (c)": [("o2", "")]}) == \
+        "x (a) y (b) [o1]; x (a) z (c) [o2]"  # (the shared bracket is closed: no merge)

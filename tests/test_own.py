@@ -694,7 +694,18 @@ def _exported_for_one_batch_size(folder: Path) -> list[str]:
     return ["--model", "b2.pt2"]
 
 
+def _imports_its_neighbour(folder: Path) -> list[str]:
+    (folder / "models").mkdir()
+    (folder / "models" / "blocks.py").write_text("WIDTH = 4\n")
+    (folder / "models" / "net.py").write_text("import blocks\n\n\ndef build(**k):\n"
+                                              "    return None\n")
+    return ["--model", "models/net.py:build"]
+
+
 BAD_MODELS = {
+    "a module beside it": (_imports_its_neighbour, r"No module named 'blocks'; blocks is "
+                                                   r"beside it: add its folder to PYTHONPATH "
+                                                   r"\(PYTHONPATH=\S*models\)$"),
     "no such module": (lambda f: ["--model", "nomodule:build"], r"cannot import nomodule"),
     "a package it imports is missing": (
         _needs_a_missing_package, r"importing needs.py failed: No module named "

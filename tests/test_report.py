@@ -174,6 +174,8 @@ def test_report_names_run_folders_of_one_name_by_the_folders_above(tmp_path, cap
         run.mkdir(parents=True)
         (run / "eval.json").write_text(json.dumps(result))
     assert run_names(runs) == ["a/run", "b/run", "other"]
+    (tmp_path / "latest").symlink_to(runs[2])  # (a link is named as given)
+    assert run_names([runs[0], tmp_path / "latest"]) == ["run", "latest"]
     assert main(["report", *map(str, runs), "--out", str(tmp_path / "rep")]) == 0
     with open(tmp_path / "rep" / "results.csv", newline="") as f:
         assert [r["run"] for r in csv.DictReader(f)] == ["a/run", "b/run", "other"]
@@ -193,6 +195,10 @@ def test_l_inf_radii_of_whole_levels_are_named_so_and_columns_go_by_radius():
 
     assert radius_name("linf", "0.0313725") == "8/255" and radius_name("linf", "0.1") == "0.1"
     assert radius_name("l2", "0.2") == "0.2" and ball_name("linf", 4 / 255) == "l-inf 4/255"
+    for eps in ("0.2", "0.4", "0.03137", "0.5", "1e-05"):  # (decimals as written stay so)
+        assert radius_name("linf", eps) == eps
+    assert radius_name("linf", f"{1 / 255:g}") == "1/255" and \
+        radius_name("linf", f"{254 / 255:g}") == "254/255"
     row = {"run": "a", "clean_acc": 0.9, "pgd-linf-eps0.0313725": 0.5, "pgd-l2-eps1": 0.2,
            "pgd-linf-eps0.0156863": 0.6, "pgd-l2-eps0.5": 0.4}
     keys, names = readable_columns([row])

@@ -79,7 +79,8 @@ def _merged(helps: dict[str, list[tuple[str, str]]]) -> str:
     texts = list(helps)
     common = os.path.commonprefix(texts)
     cut = common.rfind("(")
-    if len(texts) == 1 or cut < 0 or not all(t.endswith(")") for t in texts):
+    if len(texts) == 1 or cut < 0 or ")" in common[cut:] \
+            or not all(t.endswith(")") for t in texts):
         return "; ".join(f"{text} [{_owners(owners)}]" for text, owners in helps.items())
     inner = common[cut + 1:][: common[cut + 1:].rfind(" ") + 1]  # (whole words only)
     parts = (f"{text[cut + 1 + len(inner):-1]} [{_owners(owners)}]"

@@ -5,6 +5,7 @@ from their ``eval.json`` and ``energy.json``, each checked against the run's wei
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -64,10 +65,11 @@ def read_results(runs: Sequence[Path], eval_name: str = "eval.json") -> dict[str
 def run_names(runs: Sequence[Path]) -> list[str]:
     """Each run's name in a report: its folder's name, or as many of the folders above it as
     tell it from another run of that name (``s1/runs/er``, ``s2/runs/er``)."""
-    paths = [Path(run).resolve() for run in runs]
-    for i, path in enumerate(paths):
-        if path in paths[:i]:
+    real = [Path(run).resolve() for run in runs]
+    for i, path in enumerate(real):
+        if path in real[:i]:
             raise UserError(f"{runs[i]} is given twice: name each run folder once")
+    paths = [Path(os.path.abspath(run)) for run in runs]  # (a link keeps its own name)
     names = []
     for path in paths:
         k = 1
@@ -102,7 +104,7 @@ def _landscape_inputs(runs: Sequence[Path], index: int) -> tuple[dict, Tensor, T
     if not 0 <= index < len(x):
         raise UserError(f"--index must be in 0..{len(x) - 1} (the test images of "
                         f"{runs[0]}), got {index}")
-    models = {Path(r).name: RunDir(r).load_model() for r in runs}
+    models = {name: RunDir(r).load_model() for name, r in zip(run_names(runs), runs, strict=True)}
     return models, x[index:index + 1], y[index:index + 1]
 
 

@@ -109,7 +109,7 @@ class EvalConfig:
         options = {k: v for k, v in settings.items() if k in known_options}
         if not checks:
             base["sanity_n"] = 0
-        checked = set(attack_options("pgd")) - {"restarts"} if base.get("sanity_n", 1) else set()
+        checked = {"steps"} if base.get("sanity_n", 1) else set()  # (the checks' PGD: its own step)
         takes = {o for a in names for o in attack_options(a)} | checked  # (the checks' PGD)
         unused = sorted(set(options) - takes)
         if strict and unused:

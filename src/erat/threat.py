@@ -78,9 +78,10 @@ def check_radius(eps: object, norm: str = "l2", name: str = "eps", *, warn: bool
 def radius_name(norm: str, eps: str) -> str:
     """A radius as a key writes it, an l-inf one of whole 8-bit levels as ``k/255``
     (``0.0313725`` -> ``8/255``)."""
-    levels = float(eps) * 255
-    k = round(levels)
-    return f"{k}/255" if norm == "linf" and 0 < k < 255 and abs(levels - k) < 1e-3 else eps
+    k = round(float(eps) * 255)
+    digits = len(eps.split(".")[-1].lstrip("0")) if "." in eps and "e" not in eps else 0
+    return f"{k}/255" if norm == "linf" and 0 < k < 255 and digits >= 5 \
+        and f"{k / 255:g}" == eps else eps  # (0.2 stays 0.2; 0.0313725 is 8/255)
 
 
 def check_radius_fits(eps: float, norm: str, shape: tuple[int, ...] | list[int],

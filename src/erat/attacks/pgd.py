@@ -28,8 +28,7 @@ class PGDAttack:
     presets = {"all": 0}  # first in `all`, AutoAttack then runs on its survivors
 
     steps: int = option(50, "PGD steps (the sanity checks' PGD too)")
-    step_size: float | None = option(None, f"PGD step size (default: {STEP_RULE}; the sanity "
-                                           "checks' PGD too)")
+    step_size: float | None = option(None, f"PGD step size (default: {STEP_RULE})")
     restarts: int = option(1, "PGD restarts, each on the survivors of the previous")
 
     def __post_init__(self) -> None:

@@ -120,9 +120,10 @@ class ER:
                     "balance": "it balances the unlabeled predictions: --labels N"}
         if not (self.lam_u if unlabeled else self.lam_kl):  # (no virtual term, no VAT search)
             why = "VAT's power iteration starts the virtual term's search: " + (
-                "--lam-u above 0" if unlabeled else "--labels N or --lam-kl above 0")
+                "--lam-u above 0" if unlabeled else "--lam-kl above 0" if semi
+                else "--labels N or --lam-kl above 0")
             out |= {"xi": why, "power_iters": why}
-        if self.steps(semi) == 0:
+        if self.steps(unlabeled) == 0:  # (semi-supervised only when it reads unlabeled data)
             out["step_size"] = "the search takes no PGD steps at S 0"
         return out
 

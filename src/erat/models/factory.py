@@ -84,6 +84,13 @@ def _import(module_name: str, spec: str) -> ModuleType:
         loaded = run()
     except ModuleNotFoundError as e:
         itself = module is None and (e.name is None or f"{module_name}.".startswith(f"{e.name}."))
+        top = (e.name or "").split(".")[0]
+        folder = Path(module_name).expanduser().absolute().parent
+        if module is not None and top and ((folder / f"{top}.py").is_file()
+                                           or (folder / top).is_dir()):  # (a neighbour)
+            raise UserError(f"--model {spec}: importing {module_name} failed: {e}; {top} is "
+                            f"beside it: add its folder to PYTHONPATH (PYTHONPATH={folder})"
+                            ) from e
         if not itself:  # (found, but what it imports is not installed)
             raise UserError(f"--model {spec}: importing {module_name} failed: {e} (a module "
                             "it imports: install it)") from e
