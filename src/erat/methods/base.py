@@ -32,7 +32,15 @@ import torch
 from torch import Tensor, nn
 
 from erat.errors import UserError
-from erat.fields import FlagSpec, check_types, flag_specs, init_fields, param, read_numbers  # noqa: F401  (param: re-export)
+from erat.fields import (
+    FlagSpec,
+    check_types,
+    flag,
+    flag_specs,
+    init_fields,
+    param,  # noqa: F401  (a re-export: methods declare fields with it)
+    read_numbers,
+)
 from erat.inputs import images, labels
 from erat.registry import Registry
 from erat.search import STEP_RULE
@@ -179,8 +187,8 @@ def build_method(name: str, **params: Any) -> Method:
     cls = _lookup(name)
     unknown = set(params) - set(method_params(name))
     if unknown:
-        flags = ", ".join("--" + k.replace("_", "-") for k in sorted(unknown))
-        takes = ", ".join("--" + k.replace("_", "-") for k in sorted(method_params(name)))
+        flags = ", ".join(map(flag, sorted(unknown)))
+        takes = ", ".join(map(flag, sorted(method_params(name))))
         raise UserError(f"method {name!r} takes no {flags}; "
                         + (f"it takes: {takes}" if takes else "it has no parameters"))
     if params.get("norm") == "linf" != _default(cls, "norm") and "eps" not in params \
@@ -221,7 +229,8 @@ def trained_ball(config: dict[str, Any]) -> tuple[str, float] | None:
 
 
 def _default(cls: type, name: str) -> Any:
-    return init_fields(cls)[name].default if name in init_fields(cls) else None
+    field = init_fields(cls).get(name)
+    return None if field is None else field.default
 
 
 def _lookup(name: str) -> type:
