@@ -174,7 +174,7 @@ def method_names() -> list[str]:
 
 def method_params(name: str) -> dict[str, dataclasses.Field]:
     """The hyper-parameters of a registered method, by field name."""
-    return init_fields(_lookup(name))
+    return init_fields(METHODS.lookup(name))
 
 
 def method_flags() -> dict[str, FlagSpec]:
@@ -184,17 +184,16 @@ def method_flags() -> dict[str, FlagSpec]:
 
 def build_method(name: str, **params: Any) -> Method:
     """Instantiate a registered method; unknown names or parameters raise ``UserError``."""
-    cls = _lookup(name)
-    unknown = set(params) - set(method_params(name))
-    if unknown:
-        flags = ", ".join(map(flag, sorted(unknown)))
-        takes = ", ".join(map(flag, sorted(method_params(name))))
-        raise UserError(f"method {name!r} takes no {flags}; "
-                        + (f"it takes: {takes}" if takes else "it has no parameters"))
-    if params.get("norm") == "linf" != _default(cls, "norm") and "eps" not in params \
-            and "eps" in method_params(name):
+    cls = METHODS.lookup(name)
+    takes = init_fields(cls)
+    if unknown := sorted(set(params) - set(takes)):
+        said = ", ".join(map(flag, sorted(takes)))
+        raise UserError(f"method {name!r} takes no {', '.join(map(flag, unknown))}; "
+                        + (f"it takes: {said}" if said else "it has no parameters"))
+    if params.get("norm") == "linf" and "eps" in takes and "eps" not in params \
+            and takes["norm"].default != "linf":
         raise UserError(f"--norm linf needs --eps (an l-inf radius, e.g. --eps 8/255): "
-                        f"{name}'s default {_default(cls, 'eps')} is an l2 radius")
+                        f"{name}'s default {takes['eps'].default} is an l2 radius")
     params = read_numbers(cls, params)  # (eps: 8/255 in a YAML file)
     check_types(cls, params)  # (a YAML 'no' in quotes is a truthy string)
     return cls(**params)
@@ -226,15 +225,6 @@ def trained_ball(config: dict[str, Any]) -> tuple[str, float] | None:
     None for a method without a radius (ERM) or one it cannot build."""
     norm, eps = ball(trained_method(config))
     return None if eps is None else (norm, eps)
-
-
-def _default(cls: type, name: str) -> Any:
-    field = init_fields(cls).get(name)
-    return None if field is None else field.default
-
-
-def _lookup(name: str) -> type:
-    return METHODS.lookup(name)
 
 
 def rows(t: Tensor | None) -> int:
