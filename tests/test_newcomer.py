@@ -47,11 +47,12 @@ def toy_method():
         """Cross-entropy scaled by ``gain`` (a hyper-parameter the CLI has never heard of)."""
 
         gain: float = param(1.0, "scale of the loss")
+        scaled: bool = param(True, "apply the gain")
         uses_unlabeled = False
 
         def __call__(self, model: nn.Module, batch: Batch) -> StepOutput:
             logits = model(batch.x)
-            loss = self.gain * cross_entropy(logits, batch.y).mean()
+            loss = (self.gain if self.scaled else 1.0) * cross_entropy(logits, batch.y).mean()
             return StepOutput(loss, {"loss": loss.detach(),
                                      "acc": (logits.argmax(1) == batch.y).float().mean()})
 
@@ -104,6 +105,28 @@ def test_a_new_method_parameter_gets_its_flag(toy_method, tmp_path, capsys):
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert cfg["method"] == "toy" and cfg["method_params"] == {"gain": 2.5}
     assert build_method("toy", gain=3.0).gain == 3.0
+
+
+def test_a_new_switch_on_by_default_can_be_turned_off_and_is_recorded(toy_method, tmp_path,
+                                                                       capsys):
+    import shlex
+
+    from erat.cli import TRAIN_ONLY, build_parser
+    from erat.config import resolve
+    from erat.reproduce import command
+
+    out = tmp_path / "run"
+    code = main(["train", "--dataset", "digits", "--method", "toy", "--no-scaled",
+                 "--epochs", "1", "--epoch-updates", "2", "--no-progress", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["method_params"] == {"scaled": False}
+    cfg = resolve([(saved, "config.yaml")])
+    line = command(cfg, out)
+    assert "--no-scaled" in line
+    args = build_parser(["train"]).parse_args(shlex.split(line)[1:])
+    flags = {k: v for k, v in vars(args).items() if k not in TRAIN_ONLY}
+    assert resolve([(flags, "flags")]).method_params == {"scaled": False}
 
 
 def test_a_custom_module_trains_through_fit():

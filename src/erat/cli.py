@@ -90,14 +90,13 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace the run in --out")
     p.add_argument("--stop-after", type=int, help="stop after this epoch (resume later)")
     defaults = TrainConfig().to_dict()
-    found = flag_specs({"train": TrainConfig, "fit": FitOptions})
-    specs = {k: found[k]._replace(help=found[k].help.rsplit(" [", 1)[0])
-             for k in defaults if k in found}
+    found = flag_specs({"train": TrainConfig, "fit": FitOptions}, owners=False)
+    specs = {k: found[k] for k in defaults if k in found}
     for name, names in REGISTERED.items():  # the registries are the one list of names
         specs[name] = specs[name]._replace(help=f"{specs[name].help}: {', '.join(names())}")
     add_flags(p, specs, defaults)
     add_flags(p.add_argument_group("method hyper-parameters (METHOD.md section 4; each "
-                                    "method's default is in its help)"), method_flags())
+                                    "method's default is in its help)"), method_flags(), both=True)
     p.set_defaults(run=run_train)
 
 
@@ -266,14 +265,9 @@ def run_reproduce(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------- bench
 def _add_bench(p: argparse.ArgumentParser) -> None:
-    import dataclasses
-
     from erat.bench import BenchOptions
-    from erat.fields import flag_specs
 
-    specs = {k: s._replace(help=s.help.rsplit(" [", 1)[0])
-             for k, s in flag_specs({"bench": BenchOptions}).items()}
-    add_flags(p, specs, dataclasses.asdict(BenchOptions()))
+    add_options(p, BenchOptions)
     p.add_argument("--json", type=path, help="write the figures as JSON here")
     p.set_defaults(run=run_bench)
 

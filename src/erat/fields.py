@@ -49,12 +49,13 @@ def init_fields(cls: type) -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(cls) if f.init}
 
 
-def flag_specs(classes: Mapping[str, type], defaults: bool = False) -> dict[str, FlagSpec]:
+def flag_specs(classes: Mapping[str, type], defaults: bool = False, owners: bool = True
+               ) -> dict[str, FlagSpec]:
     """One flag specification per setting name over ``classes`` (name -> dataclass). The
-    help names the classes that take the setting; classes that describe a shared setting
-    differently each keep their own words (``help A [pgd, trades]; help B [er]``); with
-    ``defaults``, each owner's default too (``[at, pgd: 2.0; fast-at: 0.3]``). Two classes
-    may share a setting name only with the same type."""
+    help names the classes that take the setting (not without ``owners``); classes that
+    describe a shared setting differently each keep their own words (``help A [pgd,
+    trades]; help B [er]``); with ``defaults``, each owner's default too (``[at, pgd: 2.0;
+    fast-at: 0.3]``). Two classes may share a setting name only with the same type."""
     specs: dict[str, FlagSpec] = {}
     helps: dict[str, dict[str, list[tuple[str, str]]]] = {}  # name -> help -> (owner, default)
     for owner in sorted(classes):
@@ -70,7 +71,8 @@ def flag_specs(classes: Mapping[str, type], defaults: bool = False) -> dict[str,
             shown = str(field.default) if defaults and field.default not in (
                 None, dataclasses.MISSING) else ""
             helps.setdefault(field.name, {}).setdefault(spec.help, []).append((owner, shown))
-    return {k: s._replace(help=_merged(helps[k])) for k, s in specs.items()}
+    return {k: s._replace(help=_merged(helps[k]) if owners else "; ".join(helps[k]))
+            for k, s in specs.items()}
 
 
 def _merged(helps: dict[str, list[tuple[str, str]]]) -> str:
@@ -306,15 +308,19 @@ def _kind(hint: Any) -> str:
     return _KINDS.get(origin or hint, getattr(hint, "__name__", str(hint)))
 
 
-def add_flags(group, specs: dict, defaults: dict | None = None) -> None:
+def add_flags(group, specs: dict, defaults: dict | None = None, both: bool = False) -> None:
     """Flags from :class:`erat.fields.FlagSpec` entries (switches for booleans; a boolean
-    that is on by default is offered as ``--no-NAME``), their defaults in the help."""
+    that is on by default is offered as ``--no-NAME``; with ``both``, where owners' defaults
+    differ, as ``--NAME`` and ``--no-NAME``), their defaults in the help."""
     for name, spec in specs.items():
         text = spec.help.replace("%", "%%")  # argparse formats help
         default = (defaults or {}).get(name)
         shown = text if default in (None, {}) or spec.kind is bool or "(default" in text \
             else f"{text} (default: {default})"
-        if spec.kind is bool and default is True:
+        if spec.kind is bool and both:
+            group.add_argument(flag(name), dest=name, action=argparse.BooleanOptionalAction,
+                               help=text)
+        elif spec.kind is bool and default is True:
             group.add_argument(f"--no-{name.replace('_', '-')}", dest=name,
                                action="store_false", help=f"turn off (on by default): {text}")
         elif spec.kind is bool:
@@ -328,6 +334,4 @@ def add_flags(group, specs: dict, defaults: dict | None = None) -> None:
 def add_options(group, cls: type) -> None:
     """The settings of the dataclass ``cls`` as flags of ``group`` (an options class such as
     :class:`erat.external.ExternalOptions`), their defaults in the help."""
-    specs = {k: s._replace(help=s.help.rsplit(" [", 1)[0])
-             for k, s in flag_specs({cls.__name__: cls}).items()}
-    add_flags(group, specs, dataclasses.asdict(cls()))
+    add_flags(group, flag_specs({cls.__name__: cls}, owners=False), dataclasses.asdict(cls()))

@@ -54,6 +54,7 @@ from erat.fields import flag
 from erat.files import atomic_write_text, check_writable_dir, tensor_sha256
 from erat.fit.guard import overfitting_epoch
 from erat.inputs import first_n
+from erat.methods import method_params
 from erat.rundir import RunDir
 from erat.stages import STATE_VERSION
 from erat.suites import (
@@ -471,9 +472,10 @@ def command(cfg: TrainConfig, folder: Path) -> str:
             continue
         if name == "epochs" and value is None:
             continue
-        if name == "method_params":
-            parts += [_flag(k, v) for k, v in value.items()
-                      if v is not None and v is not False]  # (a method's switches are off)
+        if name == "method_params":  # a switch off by the method's default is left out
+            on = {k for k, f in method_params(cfg.method).items() if f.default is True}
+            parts += [_flag(k, v) if v is not False else "--no-" + k.replace("_", "-")
+                      for k, v in value.items() if v is not None and (v is not False or k in on)]
         elif name == "model_kwargs":
             import json
 
