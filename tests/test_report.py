@@ -243,6 +243,30 @@ def test_report_checks_every_option_before_writing_anything(tmp_path, capsys, fl
     assert not out.exists()
 
 
+def test_the_landscape_refuses_runs_trained_beside_other_test_data(tmp_path, capsys):
+    """Every model is drawn on one test image of the first run's data: a run trained beside
+    other test data (its recorded digest) is one line, and nothing is written."""
+    import shutil
+
+    import torch
+
+    from erat.cli import main
+
+    run = _evaluated_run(tmp_path)
+    other = tmp_path / "other"
+    shutil.copytree(run, other)
+    blob = torch.load(other / "model.pt", weights_only=True)
+    blob["meta"]["test_sha256"] = "0" * 64
+    torch.save(blob, other / "model.pt")
+    capsys.readouterr()
+    out = tmp_path / "rep"
+    assert main(["report", str(run), str(other), "--out", str(out),
+                 "--landscape-eps", "0.5"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "was trained beside other test data" in err
+    assert not out.exists()
+
+
 def test_report_without_a_curve_to_draw_is_one_line_and_writes_nothing(tmp_path, capsys):
     from erat.cli import main
 

@@ -271,22 +271,22 @@ def test_a_suite_refuses_a_test_set_its_runs_were_not_trained_beside(suite_file,
                                                                      monkeypatch):
     """Another --data-dir (other files of the dataset) reused the finished runs and evaluated
     them on whatever test set was there; erat eval refuses that, and now a suite does."""
-    import erat.reproduce
+    import erat.datasets.registry as registry
 
     out = tmp_path / "report"
     reproduce(str(suite_file), out, only=["erm"], log=lambda *_: None)
-    real = erat.reproduce.load_dataset
+    real = registry.load_dataset
 
     def other_files(name, split, *a, **k):
         data = real(name, split, *a, **k)
         return torch.utils.data.TensorDataset(data.tensors[0].flip(0), data.tensors[1].flip(0))
 
-    monkeypatch.setattr(erat.reproduce, "load_dataset", other_files)
+    monkeypatch.setattr(registry, "load_dataset", other_files)
     with pytest.raises(UserError, match=r"the digits test set is not the one .*erm "
                                         r"was trained beside"):
         reproduce(str(suite_file), out, only=["erm"], log=lambda *_: None)
     # a run without test figures of its own (eval: false) attacked by the AutoAttack stage
-    monkeypatch.setattr(erat.reproduce, "load_dataset", real)
+    monkeypatch.setattr(registry, "load_dataset", real)
     path = tmp_path / "aa.yaml"
     path.write_text(SUITE.replace("{name: erm, method: erm}", "{name: erm, method: erm, "
                                   "eval: false}").replace(
@@ -294,7 +294,7 @@ def test_a_suite_refuses_a_test_set_its_runs_were_not_trained_beside(suite_file,
                   "also: [erm]}\nplots:"))
     reproduce(str(path), tmp_path / "aa", only=["erm"], log=lambda *_: None)
     (tmp_path / "aa" / "runs" / "erm" / "eval-autoattack.json").unlink()
-    monkeypatch.setattr(erat.reproduce, "load_dataset", other_files)
+    monkeypatch.setattr(registry, "load_dataset", other_files)
     with pytest.raises(UserError, match=r"is not the one .*erm was trained beside"):
         reproduce(str(path), tmp_path / "aa", only=["erm"], log=lambda *_: None)
 

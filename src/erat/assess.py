@@ -24,13 +24,13 @@ from torch import Tensor, nn
 
 from erat import fields
 from erat.attacks import read_key, title, upper_bound
-from erat.datasets import load_dataset, own_scheme, recorded_options
+from erat.datasets import own_scheme, recorded_test_set
 from erat.distributed import resolve_device
 from erat.energy import check_settings
 from erat.errors import UserError
 from erat.evaluate import EvalConfig, evaluate
 from erat.external import ExternalOptions, open_external, state_path
-from erat.files import check_writable_file, tensor_sha256
+from erat.files import check_writable_file
 from erat.inputs import first_n
 from erat.measure import energy_report
 from erat.rundir import RunDir, check_exists, open_model
@@ -82,28 +82,10 @@ def run_inputs(path: Path, *, n: int | None, data_dir: str | None, device: torch
     opened = open_model(path, device)
     run = RunDir(opened.path.parent)
     dataset = opened.meta["dataset"]
-    own = own_scheme(dataset) is not None  # (your own data: data_dir is where it is now)
-    moved_to = data_dir if own else None
+    moved_to = data_dir if own_scheme(dataset) else None  # (your own data: where it is now)
     if data_dir is None and (run / RunDir.CONFIG).exists():
         data_dir = run.read_config().get("data_dir")
-    where = recorded_options(opened.meta, data_dir, moved_to)
-    name = where.pop("name")
-    try:
-        x, y = load_dataset(name, "test", **where).tensors
-    except UserError as err:
-        if not own or moved_to is not None:
-            raise
-        raise UserError(f"{err}; if the data moved, pass --data-dir with where its folder or "
-                        "file is now") from err
-    recorded = opened.meta.get("test_sha256")
-    if recorded is not None and recorded != tensor_sha256([x, y]):
-        if own:
-            raise UserError(f"the test images of {name} are not the ones {path} was trained "
-                            "beside (changed since?); if the data moved, pass --data-dir "
-                            "with where its folder or file is now")
-        raise UserError(f"the {dataset} test set{f' in {data_dir}' if data_dir else ''} is "
-                        f"not the one {path} was trained beside (another dataset or version "
-                        f"there?); pass the --data-dir of the run's own {dataset} files")
+    x, y = recorded_test_set(opened.meta, data_dir, moved_to, model=path)
     total = len(x)
     x, y = first_n(x, y, n)
     record = {"checkpoint_sha256": opened.sha256, "run": str(path), "dataset": dataset,

@@ -94,13 +94,17 @@ def _landscape_inputs(runs: Sequence[Path], index: int) -> tuple[dict, Tensor, T
     """The models of ``runs`` by name and test image ``index`` of the first run's data
     (``x``, ``y``, one row each), read before anything is written; an index outside the
     test set is one line naming ``--index``."""
-    from erat.datasets import load_dataset, recorded_options
+    from erat.datasets import recorded_test_set
     from erat.rundir import RunDir
 
     run0 = RunDir(runs[0])
     data_dir = run0.read_config().get("data_dir") if (run0 / RunDir.CONFIG).exists() else None
-    where = recorded_options(run0.read_meta(), data_dir)
-    x, y = load_dataset(where.pop("name"), "test", **where).tensors
+    meta = run0.read_meta()
+    x, y = recorded_test_set(meta, data_dir, model=runs[0])
+    for run in runs[1:]:
+        if RunDir(run).read_meta().get("test_sha256") not in (None, meta.get("test_sha256")):
+            raise UserError(f"--landscape-eps draws every model on one test image: {run} was "
+                            f"trained beside other test data than {runs[0]}")
     if not 0 <= index < len(x):
         raise UserError(f"--index must be in 0..{len(x) - 1} (the test images of "
                         f"{runs[0]}), got {index}")

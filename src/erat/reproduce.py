@@ -46,12 +46,12 @@ import yaml
 from erat import __version__, plots, tables
 from erat.attacks import resolve
 from erat.config import TrainConfig, resume_conflicts
-from erat.datasets import load_dataset
+from erat.datasets import recorded_test_set
 from erat.distributed import resolve_device
 from erat.errors import UserError
 from erat.evaluate import EvalConfig
 from erat.fields import flag
-from erat.files import atomic_write_text, check_writable_dir, tensor_sha256
+from erat.files import atomic_write_text, check_writable_dir
 from erat.fit.guard import overfitting_epoch
 from erat.inputs import first_n
 from erat.methods import method_params
@@ -311,15 +311,8 @@ def run_one(suite: dict[str, Any], run: dict[str, Any], cfg: TrainConfig, folder
 
 def _test_set(cfg: TrainConfig, folder: RunDir, meta: dict[str, Any]) -> tuple[Any, Any]:
     """The run's test images and labels, refused when they are not the ones it was trained
-    beside (``meta``'s digest: another ``--data-dir`` with other files), as ``erat eval``
-    refuses them."""
-    x, y = load_dataset(cfg.dataset, "test", cfg.data_dir, **cfg.data_options).tensors
-    if meta.get("test_sha256") not in (None, tensor_sha256([x, y])):
-        where = f" in {cfg.data_dir}" if cfg.data_dir else ""
-        raise UserError(f"the {cfg.dataset} test set{where} is not the one "
-                        f"{folder.path} was trained beside (another dataset or version?); "
-                        "pass the --data-dir of the suite's own files")
-    return x, y
+    beside, as ``erat eval`` refuses them (:func:`erat.datasets.recorded_test_set`)."""
+    return recorded_test_set(meta, cfg.data_dir, model=folder.path)
 
 
 def _at_most(n: int | None, total: int, what: str) -> tuple[int, str | None]:

@@ -12,6 +12,7 @@ from erat.datasets.registry import (
     load_dataset,
     own_scheme,
     recorded_options,
+    recorded_test_set,
     register_dataset,
     register_scheme,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "load_dataset",
     "own_scheme",
     "recorded_options",
+    "recorded_test_set",
     "register_dataset",
     "register_scheme",
     "validation_split",

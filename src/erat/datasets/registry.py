@@ -206,6 +206,36 @@ def recorded_options(meta: dict[str, Any], data_dir: str | Path | None,
             "resize": details.get("resize")}
 
 
+def recorded_test_set(meta: dict[str, Any], data_dir: str | Path | None,
+                      moved_to: str | Path | None = None, *, model: object = "the model"
+                      ) -> tuple[Tensor, Tensor]:
+    """The test split a model file's metadata (``meta``) records, read as
+    :func:`recorded_options` says, refused when it is not the one ``model`` was trained
+    beside (``meta``'s ``test_sha256``: another dataset or version in ``data_dir``; your own
+    data changed or moved)."""
+    from erat.files import tensor_sha256
+
+    where = recorded_options(meta, data_dir, moved_to)
+    name, dataset = where.pop("name"), meta["dataset"]
+    own = own_scheme(dataset) is not None
+    try:
+        x, y = load_dataset(name, "test", **where).tensors
+    except UserError as err:
+        if not own or moved_to is not None:
+            raise
+        raise UserError(f"{err}; if the data moved, pass --data-dir with where its folder or "
+                        "file is now") from err
+    if meta.get("test_sha256") not in (None, tensor_sha256([x, y])):
+        if own:
+            raise UserError(f"the test images of {name} are not the ones {model} was trained "
+                            "beside (changed since?); if the data moved, pass --data-dir "
+                            "with where its folder or file is now")
+        raise UserError(f"the {dataset} test set{f' in {data_dir}' if data_dir else ''} is "
+                        f"not the one {model} was trained beside (another dataset or version "
+                        f"there?); pass the --data-dir of the run's own {dataset} files")
+    return x, y
+
+
 def _check(info: DatasetInfo, x: Tensor, y: Tensor, split: str, root: Path | None) -> None:
     where = f"{info.name} {split} split" + (f" in {root}" if root is not None else "")
     if tuple(x.shape[1:]) != info.shape:
