@@ -15,7 +15,14 @@ from erat.attacks import robust_key
 from erat.errors import UserError
 from erat.files import atomic_write_text, check_writable_dir, read_json, sha256
 from erat.plots import accuracy_vs_radius, landscape, radius_curve
-from erat.tables import every_column, readable_columns, results_table, table_columns, write_csv
+from erat.tables import (
+    every_column,
+    readable_columns,
+    result_row,
+    results_table,
+    table_columns,
+    write_csv,
+)
 from erat.threat import ball_name
 
 
@@ -231,8 +238,5 @@ def _run_row(run: Path, name: str, result: dict) -> dict:
         meta = {}
     return {"run": name, "method": config.get("method"),
             "trained": ball_name(*ball) if ball else None, "labels": config.get("labels"),
-            "n": result["threat"].get("n"),
-            "clean_acc": result["clean_acc"], **result["robust_acc"],
-            **_energy_column(energy),
-            "checks_failed": result.get("checks_failed", 0), **_training_notes(run),
+            **result_row(result), **_energy_column(energy), **_training_notes(run),
             "cost_erm_epochs": meta.get("cost_erm_epochs"), "updates": meta.get("updates")}

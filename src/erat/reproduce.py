@@ -291,8 +291,7 @@ def run_one(suite: dict[str, Any], run: dict[str, Any], cfg: TrainConfig, folder
     row = {
         **identity(run, cfg), "method": cfg.method, "dataset": cfg.dataset,
         **({"labels": cfg.labels} if cfg.labels is not None else {}),
-        "clean_acc": result["clean_acc"], "clean_err": 1 - result["clean_acc"],
-        **result["robust_acc"], "checks_failed": result.get("checks_failed", 0),
+        **tables.result_row(result), "clean_err": 1 - result["clean_acc"],
         "train_s_per_epoch": _seconds_per_epoch(folder),
         "cost_erm_epochs": meta.get("cost_erm_epochs"),
         "train_seconds": meta.get("train_seconds"),
@@ -421,8 +420,7 @@ def autoattack_stage(suite: dict[str, Any], out: Path, runs: list[dict[str, Any]
             if not wait and (not work or run["name"] in work):
                 log(f"[{run['name']}] AutoAttack not computed yet: left out")
             continue
-        rows[i] |= {"aa_n": attacked, "aa_clean_acc": res["clean_acc"], "aa_checks_failed":
-                    res["checks_failed"], **{f"aa_{k}": v for k, v in res["robust_acc"].items()}}
+        rows[i] |= tables.result_row(res, prefix="aa_")
 
 
 def autoattack_choice(spec: dict[str, Any], rows: list[dict[str, Any]]) -> set[str]:

@@ -172,14 +172,14 @@ def write_csv(rows: Sequence[Mapping], path: Path, columns: Sequence[str] | None
     return path
 
 
-def result_row(result: Mapping, label: str | None = None) -> dict:
-    """One flat row of an evaluation result: label, clean accuracy, every robust accuracy,
-    the sample and the number of failed checks."""
+def result_row(result: Mapping, label: str | None = None, prefix: str = "") -> dict:
+    """One flat row of an evaluation result: label, the number of test examples, clean
+    accuracy, every robust accuracy, the sample's note (when a subset) and the number of
+    failed checks; each column but the label named with ``prefix`` (a suite's ``aa_``)."""
     threat = result.get("threat", {})
-    row = {} if label is None else {"label": label}
-    row["clean_acc"] = result["clean_acc"]
-    row.update(result.get("robust_acc", {}))
-    row["n"] = threat.get("n")
-    row["subset_note"] = threat.get("subset_note")
-    row["checks_failed"] = result.get("checks_failed")
-    return row
+    row = {"n": threat.get("n"), "clean_acc": result["clean_acc"],
+           **result.get("robust_acc", {}),
+           **({"subset_note": threat["subset_note"]} if threat.get("subset_note") else {}),
+           "checks_failed": result.get("checks_failed", 0)}
+    return {**({} if label is None else {"label": label}),
+            **{prefix + k: v for k, v in row.items()}}
