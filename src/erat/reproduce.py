@@ -260,7 +260,7 @@ def run_one(suite: dict[str, Any], run: dict[str, Any], cfg: TrainConfig, folder
     if run.get("eval", True) is False:  # chosen on validation: no test figures
         return {"name": name, "method": cfg.method, "dataset": cfg.dataset,
                 "cost_erm_epochs": meta.get("cost_erm_epochs"),
-                "train_seconds": meta.get("train_seconds"), **_validation(folder, meta)}, None, None
+                "train_seconds": meta.get("train_seconds"), **_validation(folder, meta, cfg)}, None, None
     x, y = _test_set(cfg, folder, meta)
     ev = eval_at_radii({**(suite.get("eval") or {}), **(run.get("eval") or {})}, cfg)
     n = ev.pop("n", None)
@@ -295,7 +295,7 @@ def run_one(suite: dict[str, Any], run: dict[str, Any], cfg: TrainConfig, folder
         "train_s_per_epoch": _seconds_per_epoch(folder),
         "cost_erm_epochs": meta.get("cost_erm_epochs"),
         "train_seconds": meta.get("train_seconds"),
-        **_validation(folder, meta),
+        **_validation(folder, meta, cfg),
     }
     if "last" in result:
         row |= {f"last_{k}": v for k, v in result["last"].items()}
@@ -367,19 +367,20 @@ def _cached_eval(folder: RunDir, file: str, x: Any, y: Any, ev: dict[str, Any],
                          else compute, log)
 
 
-def _validation(folder: RunDir, meta: dict[str, Any]) -> dict[str, Any]:
+def _validation(folder: RunDir, meta: dict[str, Any], cfg: TrainConfig) -> dict[str, Any]:
     """Validation accuracies of the epoch that became ``model.pt``, and the ball of the
     robust one (``val_ball``: ``l2 0.5``)."""
-    rows = [r for r in folder.metrics() if r.get("epoch") == meta.get("selected_epoch")]
+    metrics = folder.metrics()
+    rows = [r for r in metrics if r.get("epoch") == meta.get("selected_epoch")]
     if not rows or "val_clean_acc" not in rows[0]:
         return {}
     out = {"selected_epoch": meta.get("selected_epoch"), "val_clean_acc": rows[0]["val_clean_acc"]}
     if "val_robust_acc" in rows[0]:
         method = meta.get("method") or {}
-        eps = folder.read_config().get("val_eps") or method.get("eps")
+        eps = cfg.fit.val_eps or method.get("eps")
         out |= {"val_robust_acc": rows[0]["val_robust_acc"],
                 "val_ball": ball_name(method.get("norm", "l2"), eps) if eps else None}
-    collapsed = overfitting_epoch(folder.metrics())
+    collapsed = overfitting_epoch(metrics)
     if collapsed is not None:
         out["catastrophic_overfitting_epoch"] = collapsed
     return out
