@@ -66,7 +66,7 @@ from erat.suites import (
     load_suite,
     run_config,
 )
-from erat.threat import ball_name
+from erat.threat import ball_name, norm_name, radius_name
 from erat.train import check_epoch_length, train
 
 ENERGY_COLUMNS = ("energy_mean", "at_term_mean", "vat_term_mean", "certified_frac")
@@ -260,7 +260,8 @@ def run_one(suite: dict[str, Any], run: dict[str, Any], cfg: TrainConfig, folder
     if run.get("eval", True) is False:  # chosen on validation: no test figures
         return {"name": name, "method": cfg.method, "dataset": cfg.dataset,
                 "cost_erm_epochs": meta.get("cost_erm_epochs"),
-                "train_seconds": meta.get("train_seconds"), **_validation(folder, meta, cfg)}, None, None
+                "train_seconds": meta.get("train_seconds"), **_validation(folder, meta, cfg)
+                }, None, None
     x, y = _test_set(cfg, folder, meta)
     ev = eval_at_radii({**(suite.get("eval") or {}), **(run.get("eval") or {})}, cfg)
     n = ev.pop("n", None)
@@ -544,16 +545,18 @@ def _evaluation(out: Path, rows: list[dict[str, Any]], results: dict[str, dict])
             threats.append((row["name"], "AutoAttack columns: ", threat))
     said: dict[str, list[str]] = {}
     for name, what, t in threats:
-        eps = ", ".join(f"{e:g}" for e in t.get("eps", []))
+        norm = t.get("norm", "l2")
+        eps = ", ".join(radius_name(norm, f"{e:g}") for e in t.get("eps", []))
         steps = f", PGD of {t.get('steps')} steps" if "pgd" in t.get("attacks", []) else ""
-        said.setdefault(f"{what}{t.get('norm')} at {eps}, worst case {t.get('worst_case')}"
+        said.setdefault(f"{what}{norm_name(norm)} at {eps}, worst case {t.get('worst_case')}"
                         f"{steps}, on {t.get('n')} of {t.get('n_total')} test images", []
                         ).append(name)
     for row in rows:  # the energy column's ball and estimate
         file = out / "runs" / row["name"] / RunDir.ENERGY
         if row.get("energy_mean") is not None and file.is_file():
             e = json.loads(file.read_text()).get("settings") or {}
-            said.setdefault(f"energy: {e.get('norm')} at {e.get('eps')}, T {e.get('T')}, "
+            said.setdefault(f"energy: {norm_name(e.get('norm', 'l2'))} at {e.get('eps')}, "
+                            f"T {e.get('T')}, "
                             f"M {e.get('M')}, S {e.get('S')}, on the first {e.get('n')} test "
                             "images", []).append(row["name"])
     if not said:
