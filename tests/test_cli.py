@@ -436,3 +436,21 @@ def test_report_notes_energies_measured_differently(digits_run, tmp_path, capsys
 def test_energy_at_radius_zero_is_refused(digits_run, capsys):
     code, _, err = run(["energy", digits_run, "--eps", "0"], capsys)
     assert code == 2 and "--eps must be > 0" in err
+
+
+@pytest.mark.parametrize("command", [
+    ["eval", "RUN", "--n", "8", "--steps", "2", "--no-checks"],
+    ["energy", "RUN", "--n", "4", "--T", "2", "--M", "1"],
+    ["bench", "--models", "mlp:1x8x8", "--methods", "erm", "--steps", "1", "--warmup", "0",
+     "--no-attacks"],
+])
+@pytest.mark.parametrize("record", ["model.pt", "config.yaml", "metrics.jsonl"])
+def test_json_never_overwrites_a_runs_own_records(digits_run, capsys, command, record):
+    """``--json RUN/model.pt`` replaced the model by a JSON file (the run could no longer be
+    read): one line naming the file, exit 2, the file untouched."""
+    target = digits_run / record
+    before = target.read_bytes()
+    code, _, err = run([digits_run if a == "RUN" else a for a in command]
+                       + ["--json", target], capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"is the {record} of the run in" in err and target.read_bytes() == before

@@ -30,10 +30,9 @@ from erat.energy import check_settings
 from erat.errors import UserError
 from erat.evaluate import EvalConfig, evaluate
 from erat.external import ExternalOptions, open_external, state_path
-from erat.files import check_writable_file
 from erat.inputs import first_n
 from erat.measure import energy_report
-from erat.rundir import RunDir, check_exists, open_model
+from erat.rundir import RunDir, check_exists, check_output_file, open_model
 from erat.threat import Norm, ball_name, check_radius_fits, norm_name, radius_name
 
 NO_MODEL = ("give a run folder (or model.pt), or a model from outside erat with --model "
@@ -104,7 +103,7 @@ def evaluate_run(path: Path | None, cfg: EvalConfig, *, n: int | None, data_dir:
     model from outside erat (``external``); ``json_path`` is checked for writing before any
     attack work. With ``fast``, a model on a GPU is attacked as CUDA graphs."""
     if json_path is not None:
-        check_writable_file(json_path, "--json")
+        check_output_file(json_path, "--json")
     got = open_run(path, external, n=n, data_dir=data_dir, device=resolve_device(device),
                  seed=cfg.seed)
     for eps in cfg.eps:
@@ -255,7 +254,7 @@ def energy_run(path: Path | None, *, eps: float | None, T: int, M: int, S: int,
     if batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {batch_size}")
     if json_path is not None:
-        check_writable_file(json_path, "--json")
+        check_output_file(json_path, "--json")
     if path is None and (external is None or external.model is None):
         raise UserError(NO_MODEL)  # (said before the radius the model would give)
     if path is not None:

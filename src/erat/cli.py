@@ -276,10 +276,10 @@ def run_bench(args: argparse.Namespace) -> int:
     from erat.bench import BenchOptions
     from erat.bench import run_bench as bench
     from erat.distributed import resolve_device
-    from erat.files import check_writable_file
+    from erat.rundir import check_output_file
 
     if args.json:
-        check_writable_file(args.json, "--json")
+        check_output_file(args.json, "--json")
 
     def partial(so_far: dict[str, Any]) -> None:  # after each row; an interrupt names it
         _write_json(so_far, args.json)

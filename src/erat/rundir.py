@@ -53,6 +53,7 @@ from erat.files import (
     atomic_write_json,
     atomic_write_text,
     check_writable_dir,
+    check_writable_file,
     load_file,
     load_file_and_digest,
     probe_folder,
@@ -440,6 +441,20 @@ def model_path(path: str | Path) -> Path:
     """``model.pt`` inside a run folder, or the file itself."""
     path = Path(path)
     return path / RunDir.MODEL if path.is_dir() else path
+
+
+def check_output_file(path: Path, flag: str) -> None:
+    """Refuse an output file before any work: one that cannot be written
+    (:func:`erat.files.check_writable_file`), or one of a run folder's own records (its
+    model, configuration, metrics, checkpoint, split), which another writer would break;
+    its evaluation results (``eval.json``, ``energy.json``) may be written."""
+    check_writable_file(path, flag)
+    path = Path(path)
+    results = {RunDir.EVAL, RunDir.EVAL_LAST, RunDir.EVAL_AUTOATTACK, RunDir.ENERGY}
+    for where in {path, path.resolve()}:
+        if where.name in set(RunDir.FILES) - results and RunDir(where.parent).holds_run():
+            raise UserError(f"{flag} {path} is the {where.name} of the run in {where.parent}: "
+                            "writing there would break the run; give another file")
 
 
 def check_exists(path: str | Path) -> None:
