@@ -113,6 +113,11 @@ def test_an_unknown_only_name_shows_the_suites_runs(tmp_path, capsys):
     assert code == 2 and one_line(err) and "has no run(s) pg (did you mean: pgd)" in err, err
     code, _, err = run(["reproduce", "digits", "--only", "zzz", "--out", tmp_path / "r"], capsys)
     assert "(its runs: erm, at, vat, pgd, trades, er)" in err, err
+    for empty in ("", ",", " , "):  # (--only "$RUNS" with RUNS empty trained the whole suite)
+        code, _, err = run(["reproduce", "digits", "--only", empty, "--out", tmp_path / "e"],
+                           capsys)
+        assert code == 2 and one_line(err) and "--only names no run" in err, err
+        assert not (tmp_path / "e").exists()
 
 
 def test_overwrite_leaves_none_of_the_old_runs_evaluations(finished, capsys):

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from erat.errors import exit_code, one_line_warning, reported, signals
+from erat.errors import UserError, exit_code, one_line_warning, reported, signals
 from erat.fields import HelpFormatter, Parser, add_flags, add_options, number, path, radii
 
 COMMANDS = {"train": "train a classifier with a robust-training method",
@@ -253,7 +253,9 @@ def run_reproduce(args: argparse.Namespace) -> int:
 
     overrides = {k: v for k, v in (("data_dir", args.data_dir), ("device", args.device)) if v}
     out = args.out or Path("runs") / Path(args.suite).stem
-    only = [n.strip() for n in (args.only or "").split(",") if n.strip()] or None
+    only = None if args.only is None else [n.strip() for n in args.only.split(",") if n.strip()]
+    if only == []:  # (--only "$RUNS" with RUNS empty: not the whole suite)
+        raise UserError("--only names no run; leave it out to run the whole suite")
     rows = reproduce(args.suite, out, overrides=overrides, only=only,
                      report_only=args.report_only)
     print(f"wrote {out / 'results.md'} and {out / 'results.csv'}")
