@@ -292,7 +292,10 @@ def test_a_suite_refuses_a_test_set_its_runs_were_not_trained_beside(suite_file,
                                   "eval: false}").replace(
         "plots:", "autoattack: {n: 8, eval: {attack: pgd, eps: [0.5], steps: 2, sanity_n: 0}, "
                   "also: [erm]}\nplots:"))
-    reproduce(str(path), tmp_path / "aa", only=["erm"], log=lambda *_: None)
+    lines: list[str] = []
+    reproduce(str(path), tmp_path / "aa", only=["erm"], log=lines.append)
+    assert "[erm] PGD on the first 8 test images (the autoattack stage)" in lines
+    assert "- aa_ columns: l2 at 0.5" in (tmp_path / "aa" / "results.md").read_text()
     (tmp_path / "aa" / "runs" / "erm" / "eval-autoattack.json").unlink()
     monkeypatch.setattr(registry, "load_dataset", other_files)
     with pytest.raises(UserError, match=r"is not the one .*erm was trained beside"):
@@ -501,6 +504,7 @@ def test_landscape_settings_are_checked_before_any_training(tmp_path, capsys, pl
     ("plots:", "autoatack: {n: 5}\nplots:", "unknown key(s) 'autoatack'; a suite holds"),
     ("plots:", "autoattack: {group: [{family: 1}]}\nplots:", "autoattack.group must be a list"),
     ("plots:", "autoattack: {also: er}\nplots:", "autoattack.also must be a list of run names"),
+    ("plots:", "autoattack: {n: 5}\nplots:", "autoattack attacks no run: give group"),
     ("sanity_n: 10}", "sanity_n: 10, restart: 2}\nx:", "bad.yaml: unknown key(s) 'x'"),
     ("epochs: 1,", "epoch: 1,", "bad.yaml defaults: unknown setting 'epoch'; did you mean"),
     ("sanity_n: 10}", "sanity_n: 10, restart: 2}", "bad.yaml: eval: unknown evaluation setting"),
@@ -644,3 +648,13 @@ def test_a_suite_measures_its_runs_on_their_training_device(suite_file, tmp_path
     asked.clear()
     reproduce(str(suite_file), tmp_path / "out", log=lambda *_: None, report_only=True)
     assert asked == []
+
+
+def test_the_autoattack_stage_runs_autoattack_unless_told_otherwise():
+    """An ``autoattack`` section without ``eval.attack`` ran the evaluation's default, PGD,
+    and the log and results.md called it AutoAttack."""
+    from erat.suites import autoattack_eval
+
+    assert autoattack_eval({"n": 5, "also": ["a"], "eval": {"eps": [0.5]}}) == {
+        "attack": "all", "eps": [0.5]}
+    assert autoattack_eval({"eval": {"attack": "pgd"}})["attack"] == "pgd"

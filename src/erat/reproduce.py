@@ -58,6 +58,7 @@ from erat.methods import method_params
 from erat.rundir import RunDir
 from erat.stages import STATE_VERSION
 from erat.suites import (
+    autoattack_eval,
     check_suite,
     eval_at_radii,
     evaluated_ball,
@@ -397,7 +398,9 @@ def autoattack_stage(suite: dict[str, Any], out: Path, runs: list[dict[str, Any]
     runs in ``work`` are attacked, the others read back; a group's best is
     attacked once no run of the group is ``pending`` (unfinished), so that it is final."""
     spec = dict(suite["autoattack"])
-    ev, n = dict(spec.get("eval") or {}), int(spec.get("n", 500))
+    ev, n = autoattack_eval(spec), int(spec.get("n", 500))
+    names = resolve(ev["attack"])[0]
+    what = "AutoAttack" if "autoattack" in names else "+".join(names).upper()
     chosen = autoattack_choice(spec, rows)
     keys = spec.get("group", [])
     waiting = {tuple(p.get(k) for k in keys): p["name"] for p in pending}
@@ -413,7 +416,8 @@ def autoattack_stage(suite: dict[str, Any], out: Path, runs: list[dict[str, Any]
         x, y = _test_set(cfg, folder, folder.read_meta())
         attacked = min(n, len(x))  # (_cached_eval says when n asks for more)
         if compute:
-            log(f"[{run['name']}] AutoAttack on the first {attacked} test images")
+            log(f"[{run['name']}] {what} on the first {attacked} test images "
+                "(the autoattack stage)")
         try:
             with folder.lock() if compute else nullcontext():
                 res = _cached_eval(folder, RunDir.EVAL_AUTOATTACK, x, y, eval_at_radii(ev, cfg), n,
@@ -542,7 +546,8 @@ def _evaluation(out: Path, rows: list[dict[str, Any]], results: dict[str, dict])
         if row.get("aa_n"):
             file = out / "runs" / row["name"] / RunDir.EVAL_AUTOATTACK
             threat = json.loads(file.read_text()).get("threat") or {}
-            threats.append((row["name"], "AutoAttack columns: ", threat))
+            what = "AutoAttack" if "autoattack" in threat.get("attacks", []) else "aa_"
+            threats.append((row["name"], f"{what} columns: ", threat))
     said: dict[str, list[str]] = {}
     for name, what, t in threats:
         norm = t.get("norm", "l2")

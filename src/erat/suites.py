@@ -160,7 +160,7 @@ def _check_eval_settings(suite: dict[str, Any], cfgs: list[TrainConfig]) -> None
     """Every evaluation and energy setting of the suite resolves, for every run (before any
     training: a run refused at its turn cost the runs before it; the runs' own settings were
     checked by :func:`run_config`)."""
-    spec = (suite.get("autoattack") or {}).get("eval")
+    spec = autoattack_eval(suite["autoattack"]) if suite.get("autoattack") else None
     where = suite.get("path", suite["suite"])
     for run, cfg in zip(suite["runs"], cfgs, strict=True):
         _check_energy(suite, run)
@@ -201,6 +201,12 @@ def _check_eval(ev: dict[str, Any], cfg: TrainConfig, quiet: bool = False) -> bo
 
 
 AUTOATTACK_KEYS = ("n", "eval", "group", "also")
+
+
+def autoattack_eval(spec: dict[str, Any]) -> dict[str, Any]:
+    """The evaluation settings of a suite's ``autoattack`` section: its ``eval``, the attack
+    ``all`` (PGD, then AutoAttack) unless it names another."""
+    return {"attack": "all", **(spec.get("eval") or {})}
 GROUP_KEYS = ("family", "radius", "budget")
 
 
@@ -221,6 +227,9 @@ def _check_autoattack(suite: dict[str, Any], cfgs: list[TrainConfig]) -> None:
         raise UserError(f"{where}.group must be a list of {', '.join(GROUP_KEYS)}, got {group!r}")
     if not isinstance(also, list) or not all(isinstance(a, str) for a in also):
         raise UserError(f"{where}.also must be a list of run names, got {also!r}")
+    if not group and not also:
+        raise UserError(f"{where} attacks no run: give group (each group's best on "
+                        "validation, e.g. [family, budget]) or also (runs by name)")
     runs = suite["runs"]
     unknown = sorted(set(also) - {r["name"] for r in runs})
     if unknown:
