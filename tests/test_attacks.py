@@ -118,3 +118,14 @@ def test_an_attack_breaks_a_model_at_a_radius_that_spans_the_box(name, norm, dat
     big = float(torch.tensor(SHAPE).prod().sqrt()) if norm == "l2" else 1.0
     flags = attack(model, x, y, Threat(norm, big), 0)
     assert flags.float().mean() <= 0.5, f"{name} left {int(flags.sum())} of {len(y)} robust"
+
+
+def test_autoattack_says_what_runs_for_the_models_classes():
+    """With fewer than 4 classes APGD-T is left out (with a warning), and the result's
+    ``threat`` said it had run."""
+    from erat.evaluate import EvalConfig, _threat
+
+    cfg = EvalConfig.build(attack="all", eps=[0.5])
+    assert "APGD-CE, APGD-T, FAB-T" in _threat(cfg, 8, 8, classes=10)["worst_case"]
+    two = _threat(cfg, 8, 8, classes=2)["worst_case"]
+    assert "AutoAttack standard (APGD-CE, FAB-T, Square)" in two and "PGD on" in two

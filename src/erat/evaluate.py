@@ -102,7 +102,9 @@ def evaluate(
     if fast and device.type == "cuda":
         attacked = Padded(compiled(attacked, graphs=True, graph_searches=True))
     cuda = [device] if device.type == "cuda" else []
-    within_outputs(y, sample_outputs(model, x[:8].to(device)))
+    sample = sample_outputs(model, x[:8].to(device))
+    within_outputs(y, sample)
+    classes = int(sample.shape[-1])
     with supervised_search(attacked), torch.random.fork_rng(devices=cuda):
         torch.manual_seed(cfg.seed)
         saved = Progress(state_path, progress_key(cfg, model, x, y) if state_path else {})
@@ -111,7 +113,7 @@ def evaluate(
         results = sanity.run_checks(stages, flags, was_training)
         saved.finish()
     return _result(cfg, flags, results, n_total, extra_info, saved.resumed,
-                   time.perf_counter() - start)
+                   time.perf_counter() - start, classes)
 
 
 def _channels_last_copy(model: nn.Module) -> nn.Module:
@@ -176,7 +178,19 @@ def _versions(cfg: EvalConfig) -> dict:
     return out
 
 
-def _threat(cfg: EvalConfig, n: int, n_total: int | None) -> dict:
+def _described(attack: Any, classes: int | None) -> str:
+    """An attack's words in a result's ``threat``: its ``describe()`` (``describe(classes)``
+    where they depend on the model's number of classes), else its name."""
+    import inspect
+
+    describe = getattr(attack, "describe", None)
+    if describe is None:
+        return attack.name
+    return describe(classes) if "classes" in inspect.signature(describe).parameters \
+        else describe()
+
+
+def _threat(cfg: EvalConfig, n: int, n_total: int | None, classes: int | None = None) -> dict:
     n_total = n if n_total is None else n_total
     attacks = cfg.built
     threat = {
@@ -186,7 +200,7 @@ def _threat(cfg: EvalConfig, n: int, n_total: int | None) -> dict:
         "subset_note": f"first {n} of {n_total} test examples" if n < n_total else None,
         "input_space": "pixels in [0, 1]; eps measured there",
         "worst_case": "per example over: " + " then ".join(
-            getattr(a, "describe", lambda a=a: a.name)() for a in attacks)
+            _described(a, classes) for a in attacks)
         + ("; and over the smaller radii" if len(set(cfg.eps)) > 1 else ""),
         "rules": STATE_VERSION,  # (the evaluation's: PGD's step, radii carried upward)
     }
@@ -198,14 +212,14 @@ def _threat(cfg: EvalConfig, n: int, n_total: int | None) -> dict:
 
 def _result(cfg: EvalConfig, flags: dict[str, Tensor], checks: list[dict],
             n_total: int | None, extra_info: dict | None, resumed: bool,
-            seconds: float) -> dict:
+            seconds: float, classes: int | None = None) -> dict:
     n = len(flags["clean"])
     robust = {k: v for k, v in flags.items() if k != "clean"}
     return {
         "clean_acc": int(flags["clean"].sum()) / n,  # (exact: 0.925, not float32's 0.92500001)
         "robust_acc": {k: int(v.sum()) / n for k, v in robust.items()},
         "robust_count": {k: int(v.sum()) for k, v in robust.items()},
-        "threat": {**_threat(cfg, n, n_total), **(extra_info or {})},
+        "threat": {**_threat(cfg, n, n_total, classes), **(extra_info or {})},
         "checks": checks,
         "checks_failed": len(sanity.failed(checks)),
         "notes": [c["name"] for c in checks if not c["passed"] and c not in

@@ -87,8 +87,9 @@ class AutoAttackStandard:
     roles = {"reference"}  # the strong attack a PGD figure is compared with (erat.sanity)
     refuses = staticmethod(square_refusal)  # its last attack is Square
 
-    def describe(self) -> str:
-        return "AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square)"
+    def describe(self, classes: int | None = None) -> str:
+        targeted = "APGD-T, " if classes is None or classes >= 4 else ""  # (_fit_targets)
+        return f"AutoAttack standard (APGD-CE, {targeted}FAB-T, Square)"
 
     def threat_info(self, eps: tuple[float, ...]) -> dict:
         return {"autoattack_version": "standard"}

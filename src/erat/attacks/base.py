@@ -19,7 +19,9 @@ the preset ``all``; ``roles = {"black-box"}`` makes it the gradient-masking chec
 ``roles = {"reference"}`` the strong attack that PGD is compared with (:mod:`erat.sanity`)
 and whose figures are not upper bounds alone (:func:`upper_bound`); ``title`` its name in
 tables (:func:`title`);
-``requires`` names the packages it needs (package -> pip requirement);
+``requires`` names the packages it needs (package -> pip requirement); ``describe()`` its
+words in a result's ``threat`` (``describe(classes)`` where they depend on the model's number
+of classes);
 ``refuses(h, w, norm)`` says why it cannot attack ``h x w`` images (None when it can; Square
 and AutoAttack: :func:`erat.attacks.autoattack.square_refusal`).
 
