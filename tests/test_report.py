@@ -307,6 +307,9 @@ def test_runs_evaluated_on_different_numbers_of_images_are_said(tmp_path, capsys
     # the robust ones too; the cost: erat report had none, which every comparison needs)
     text = (tmp_path / "rep" / "results.md").read_text()  # the same names as reproduce's
     assert text.startswith("| run | method | n | clean |") and "## Every column" in text
+    # how each run was evaluated, and what mixes, in the file too (it was said on the console)
+    assert "## Evaluation\n\n- l2, on 40 test images (a)\n- l2, on 50 test images (b)\n" in text
+    assert "- Note: the runs were evaluated on different numbers of test images (40, 50" in text
     with (tmp_path / "rep" / "results.csv").open() as f:
         assert [r["n"] for r in csv.DictReader(f)] == ["40", "50"]
 

@@ -16,6 +16,7 @@ from erat.errors import UserError
 from erat.files import atomic_write_text, check_writable_dir, read_json, sha256
 from erat.plots import accuracy_vs_radius, landscape, radius_curve
 from erat.tables import (
+    evaluation_section,
     every_column,
     readable_columns,
     result_row,
@@ -140,14 +141,9 @@ def report_runs(runs: Sequence[Path], out: Path, *, eval_name: str = "eval.json"
     results = read_results(runs, eval_name)
     rows = [_run_row(Path(run), name, res)
             for run, (name, res) in zip(runs, results.items(), strict=True)]
-    sizes = sorted({r["n"] for r in rows if r["n"] is not None})
-    if len(sizes) > 1:
-        log(f"note: the runs were evaluated on different numbers of test images "
-            f"({', '.join(map(str, sizes))}; the n column): compare with care")
-    measured = sorted({r["energy_settings"] for r in rows if r.get("energy_settings")})
-    if len(measured) > 1:  # (fewer directions or steps find a smaller energy)
-        log(f"note: the energies were measured with different settings ({'; '.join(measured)};"
-            " the energy_settings column of results.csv): compare with care")
+    notes = _mixed(rows)
+    for note in notes:
+        log(f"note: {note}")
     attack, norm = _plotted(results)
     if not any(radius_curve(r, attack=attack, norm=norm) for r in results.values()):
         raise UserError(f"no {attack}-{norm} robust accuracies in the {eval_name} of "
@@ -159,16 +155,19 @@ def report_runs(runs: Sequence[Path], out: Path, *, eval_name: str = "eval.json"
     drawn = _landscape_inputs(runs, index) if landscape_eps is not None else None
     columns = table_columns(rows)
     keys, names = readable_columns(rows)
-    if len(sizes) > 1:  # (said above: shown beside the accuracies)
-        keys.insert(keys.index("clean_acc"), "n")
-        names.insert(keys.index("n"), "n")
+    for key in ("dataset", "n"):  # (when they differ, said above: beside the accuracies)
+        if len({r.get(key) for r in rows} - {None}) > 1:
+            keys.insert(keys.index("clean_acc"), key)
+            names.insert(keys.index(key), key)
     if any(r["cost_erm_epochs"] is not None for r in rows):  # (cost beside every comparison)
         keys.append("cost_erm_epochs")
         names.append("cost (ERM epochs)")
     short = results_table(rows, keys, headers=names, float_fmt="{:.3f}")
     out = Path(out)
     write_csv(rows, out / "results.csv", columns)
-    atomic_write_text("\n".join([short, "", *every_column(rows, columns), ""]),
+    section = evaluation_section([(name, "", r["threat"]) for name, r in results.items()],
+                                 {f"Note: {note}.": [] for note in notes})
+    atomic_write_text("\n".join([short, "", *section, *every_column(rows, columns), ""]),
                       out / "results.md")
     accuracy_vs_radius(results, out / "accuracy_vs_radius", attack=attack, norm=norm)
     if drawn is not None:
@@ -180,6 +179,26 @@ def report_runs(runs: Sequence[Path], out: Path, *, eval_name: str = "eval.json"
     if drawn is None and (out / "landscape.png").exists():
         log(f"note: {out / 'landscape.png'} is an earlier report's (no --landscape-eps now)")
     return rows
+
+
+def _mixed(rows: list[dict]) -> list[str]:
+    """What makes the rows' figures hard to compare: other datasets, other numbers of test
+    images, energies measured with other settings (fewer directions or steps find less)."""
+    notes = []
+    datasets = sorted({r["dataset"] for r in rows if r.get("dataset")})
+    if len(datasets) > 1:
+        notes.append(f"the runs were trained on different datasets ({', '.join(datasets)}; "
+                     "the dataset column): their figures do not compare")
+    sizes = sorted({r["n"] for r in rows if r["n"] is not None})
+    if len(sizes) > 1:
+        notes.append(f"the runs were evaluated on different numbers of test images "
+                     f"({', '.join(map(str, sizes))}; the n column): compare with care")
+    measured = sorted({r["energy_settings"] for r in rows if r.get("energy_settings")})
+    if len(measured) > 1:
+        notes.append(f"the energies were measured with different settings "
+                     f"({'; '.join(measured)}; the energy_settings column of results.csv): "
+                     "compare with care")
+    return notes
 
 
 def _plotted(results: Mapping[str, Mapping]) -> tuple[str, str]:
@@ -237,6 +256,7 @@ def _run_row(run: Path, name: str, result: dict) -> dict:
     except UserError:
         meta = {}
     return {"run": name, "method": config.get("method"),
+            "dataset": config.get("dataset") or result["threat"].get("dataset"),
             "trained": ball_name(*ball) if ball else None, "labels": config.get("labels"),
             **result_row(result), **_energy_column(energy), **_training_notes(run),
             "cost_erm_epochs": meta.get("cost_erm_epochs"), "updates": meta.get("updates")}

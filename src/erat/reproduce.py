@@ -67,7 +67,7 @@ from erat.suites import (
     load_suite,
     run_config,
 )
-from erat.threat import ball_name, norm_name, radius_name
+from erat.threat import ball_name, norm_name
 from erat.train import check_epoch_length, train
 
 ENERGY_COLUMNS = ("energy_mean", "at_term_mean", "vat_term_mean", "certified_frac")
@@ -548,26 +548,15 @@ def _evaluation(out: Path, rows: list[dict[str, Any]], results: dict[str, dict])
             threat = json.loads(file.read_text()).get("threat") or {}
             what = "AutoAttack" if "autoattack" in threat.get("attacks", []) else "aa_"
             threats.append((row["name"], f"{what} columns: ", threat))
-    said: dict[str, list[str]] = {}
-    for name, what, t in threats:
-        norm = t.get("norm", "l2")
-        eps = ", ".join(radius_name(norm, f"{e:g}") for e in t.get("eps", []))
-        steps = f", PGD of {t.get('steps')} steps" if "pgd" in t.get("attacks", []) else ""
-        said.setdefault(f"{what}{norm_name(norm)} at {eps}, worst case {t.get('worst_case')}"
-                        f"{steps}, on {t.get('n')} of {t.get('n_total')} test images", []
-                        ).append(name)
+    energies: dict[str, list[str]] = {}
     for row in rows:  # the energy column's ball and estimate
         file = out / "runs" / row["name"] / RunDir.ENERGY
         if row.get("energy_mean") is not None and file.is_file():
             e = json.loads(file.read_text()).get("settings") or {}
-            said.setdefault(f"energy: {norm_name(e.get('norm', 'l2'))} at {e.get('eps')}, "
-                            f"T {e.get('T')}, "
-                            f"M {e.get('M')}, S {e.get('S')}, on the first {e.get('n')} test "
-                            "images", []).append(row["name"])
-    if not said:
-        return []
-    return ["## Evaluation", "", *[f"- {line} ({', '.join(names)})" for line, names in
-                                   said.items()], ""]
+            energies.setdefault(f"energy: {norm_name(e.get('norm', 'l2'))} at {e.get('eps')}, "
+                                f"T {e.get('T')}, M {e.get('M')}, S {e.get('S')}, on the first "
+                                f"{e.get('n')} test images", []).append(row["name"])
+    return tables.evaluation_section(threats, energies)
 
 
 def _landscape(out: Path, rows: list[dict[str, Any]], results: dict[str, dict], test: tuple,

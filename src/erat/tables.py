@@ -183,3 +183,26 @@ def result_row(result: Mapping, label: str | None = None, prefix: str = "") -> d
            "checks_failed": result.get("checks_failed", 0)}
     return {**({} if label is None else {"label": label}),
             **{prefix + k: v for k, v in row.items()}}
+
+
+def evaluation_section(threats: Sequence[tuple[str, str, Mapping]],
+                       more: Mapping[str, list[str]] | None = None) -> list[str]:
+    """The ``## Evaluation`` lines of a ``results.md``: each distinct setting of the runs'
+    evaluations (``(run, what, threat)``: a result's ``threat``, ``what`` naming its columns)
+    (the ball, the worst case over which attacks, PGD's steps, the examples) with the runs
+    it applies to, then the lines of ``more`` (line -> runs); none when there is nothing."""
+    said: dict[str, list[str]] = {}
+    for name, what, t in threats:  # (a part the threat does not record is left out)
+        norm = t.get("norm", "l2")
+        eps = ", ".join(radius_name(norm, f"{e:g}") for e in t.get("eps", []))
+        parts = [norm_name(norm) + (f" at {eps}" if eps else ""),
+                 *([f"worst case {t['worst_case']}"] if t.get("worst_case") else []),
+                 *([f"PGD of {t['steps']} steps"] if "pgd" in t.get("attacks", []) else []),
+                 *([f"on {t['n']}" + (f" of {t['n_total']}" if t.get("n_total") else "")
+                    + " test images"] if t.get("n") else [])]
+        said.setdefault(what + ", ".join(parts), []).append(name)
+    said.update(more or {})
+    if not said:
+        return []
+    return ["## Evaluation", "", *[f"- {line}" + (f" ({', '.join(names)})" if names else "")
+                                   for line, names in said.items()], ""]
