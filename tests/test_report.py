@@ -334,7 +334,7 @@ def test_a_result_of_other_weights_is_refused(tmp_path, capsys):
     assert main(["report", str(run), "--eval-name", "eval-pgd.json", "--out",
                  str(tmp_path / "rep2")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "eval-pgd.json was computed on other weights" in err
+    assert err.count("\n") == 1 and "eval-pgd.json was computed on another model file" in err
     # an energy.json of the old weights too (it was reported as the new model's)
     assert main(["eval", str(run), "--eps", "0.5", "--steps", "1", "--n", "20",
                  "--no-checks", "--json", str(run / "eval-pgd.json")]) == 0
@@ -344,7 +344,7 @@ def test_a_result_of_other_weights_is_refused(tmp_path, capsys):
     assert main(["report", str(run), "--eval-name", "eval-pgd.json", "--out",
                  str(tmp_path / "rep3")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "energy.json was computed on other weights" in err, err
+    assert err.count("\n") == 1 and "energy.json was computed on another model file" in err, err
     (run / "model-last.pt").write_bytes(b"the last epoch's weights")  # (its SHA-256 named)
     from erat.files import sha256
 

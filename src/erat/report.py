@@ -28,9 +28,10 @@ from erat.threat import ball_name
 
 
 def _check_weights(path: Path, recorded: str | None, run: Path, again: str) -> None:
-    """Refuse a result file ``path`` of run folder ``run`` whose ``recorded`` weights'
-    SHA-256 is not its finished ``model.pt``'s (trained again since, or measured on
-    ``model-last.pt``): one line naming the file and how to compute it ``again``."""
+    """Refuse a result file ``path`` of run folder ``run`` whose ``recorded`` SHA-256 of the
+    model file is not its finished ``model.pt``'s (trained again since, or measured on
+    ``model-last.pt``; the file's, which holds the training time beside the weights): one
+    line naming the file and how to compute it ``again``."""
     from erat.rundir import RunDir
 
     folder = RunDir(run)
@@ -38,7 +39,7 @@ def _check_weights(path: Path, recorded: str | None, run: Path, again: str) -> N
         return
     last = run / RunDir.MODEL_LAST
     which = f"{RunDir.MODEL_LAST}, the last epoch's" if last.is_file() and \
-        sha256(last) == recorded else "other weights (trained again since?)"
+        sha256(last) == recorded else "another model file (trained again since?)"
     raise UserError(f"{path} was computed on {which}, not on {run}'s {RunDir.MODEL}; {again}")
 
 
