@@ -204,7 +204,7 @@ def test_labeled_split_errors():
     y = torch.tensor([0, 0, 0, 1])
     with pytest.raises(DataError, match="class 1 has 1 examples"):
         labeled_split(y, 4, seed=0)
-    with pytest.raises(DataError, match=r"--labels must be between 2 \(one per class\) and 4"):
+    with pytest.raises(DataError, match=r"--labels must be between 2 \(one per class\) and 3"):
         labeled_split(y, 5, seed=0)
 
 

@@ -304,7 +304,7 @@ def test_a_finished_evaluation_state_is_replaced_without_a_warning(finished, cap
     (["--device", "cuda:7"], 1, "no CUDA GPU"),
     (["--model-kwargs", '{"hidden": [-5]}'], 2, "cannot build model 'mlp'"),
     (["--labels", "0"], 2, "--labels must be an integer >= 1"),
-    (["--labels", "5000"], 2, "--labels must be between 10 (one per class) and 1437"),
+    (["--labels", "5000"], 2, "--labels must be between 10 (one per class) and 1398"),
     (["--labels", "5"], 2, "--labels 5 is fewer than the 10 classes"),
     (["--labels", "50", "--val", "1400"], 2, "--val 1400: class 8 has 139 examples, fewer than "
                                              "the 140 a balanced split takes from each"),
@@ -317,7 +317,7 @@ def test_a_finished_evaluation_state_is_replaced_without_a_warning(finished, cap
     (["--budget", "2", "--epochs", "3"], 2, "--budget and --epochs"),
     (["--budget", "0.0001", "--method", "pgd"], 2, "pays for no update"),
     (["--val", "-3"], 2, "--val must be an integer >= 1"),
-    (["--val", "99999"], 2, "--val must be between 1 and 1436"),
+    (["--val", "99999"], 2, "--val must be between 1 and 1398"),
     (["--select", "best-robust"], 2, "needs a validation set"),
 ])
 def test_train_errors(tmp_path, capsys, args, code, message):

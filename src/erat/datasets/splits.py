@@ -62,8 +62,9 @@ def validation_split(y: Tensor, n_val: int, seed: int) -> tuple[Tensor, Tensor]:
     drawn with ``seed`` alone (not the training seed, so every run on a dataset holds out
     the same images); ``train`` is every other index. Both sorted, disjoint."""
     if not 0 < n_val < len(y):
-        raise DataError(f"--val must be between 1 and {len(y) - 1} (the training set has "
-                        f"{len(y)} examples), got {n_val}")
+        most = min(most_balanced(y), len(y) - 1)
+        raise DataError(f"--val must be between 1 and {most} (the most a balanced hold-out "
+                        f"of the {len(y)} training examples takes), got {n_val}")
     try:
         return balanced_split(y, n_val, seed)
     except DataError as err:
@@ -78,7 +79,8 @@ def labeled_split(y: Tensor, n_labels: int, seed: int, exclude: Tensor | None = 
     if exclude is None or len(exclude) == 0:
         least = len(torch.unique(y))  # (one per class)
         if not 1 <= n_labels <= len(y):  # (fewer than the classes: said below)
-            raise DataError(f"--labels must be between {least} (one per class) and {len(y)}, "
+            raise DataError(f"--labels must be between {least} (one per class) and "
+                            f"{most_balanced(y)} (the most that balance the classes), "
                             f"got {n_labels}")
         _every_class_labeled(y, n_labels)
         try:
@@ -91,8 +93,9 @@ def labeled_split(y: Tensor, n_labels: int, seed: int, exclude: Tensor | None = 
     pool = torch.nonzero(keep).flatten()
     least = len(torch.unique(y[pool]))
     if not 1 <= n_labels <= len(pool):
-        raise DataError(f"--labels must be between {least} (one per class) and {len(pool)} "
-                        f"(after --val), got {n_labels}")
+        raise DataError(f"--labels must be between {least} (one per class) and "
+                        f"{most_balanced(y[pool])} (the most that balance the classes after "
+                        f"--val), got {n_labels}")
     _every_class_labeled(y[pool], n_labels)
     try:
         labeled, unlabeled = balanced_split(y[pool], n_labels, seed)
