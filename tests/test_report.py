@@ -411,3 +411,20 @@ def test_a_result_rows_label_names_it_in_the_short_table():
     rows = [result_row(fake_result(0.9, {1.0: 0.5}), "ER")]
     keys, names = readable_columns(rows)
     assert keys[0] == "label" and names[0] == "run"
+
+
+def test_a_folder_without_a_run_or_its_evaluation_is_told_apart(tmp_path, capsys):
+    """A folder that holds no run was answered with an erat eval command for it."""
+    from erat.cli import main
+
+    run = _evaluated_run(tmp_path)
+    (run / "eval.json").unlink()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    capsys.readouterr()
+    assert main(["report", str(run), "--out", str(tmp_path / "rep")]) == 2
+    assert f"eval.json not found: run `erat eval {run} --json" in capsys.readouterr().err
+    assert main(["report", str(empty), "--out", str(tmp_path / "rep")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{empty} is not a run folder" in err
+    assert not (tmp_path / "rep").exists()

@@ -81,7 +81,8 @@ class BenchOptions:
         names = method_names() if self.methods == "all" else self.methods.split(",")
         unknown = {parse_method(n)[0] for n in names} - set(method_names())
         if unknown:
-            raise UserError(f"unknown method(s) {sorted(unknown)}; choose from {method_names()}")
+            raise UserError(f"--methods: unknown method(s) {', '.join(sorted(unknown))}; "
+                            f"choose among {', '.join(method_names())} (or all)")
         for spec in names:  # (a parameter the method does not take: before the table)
             try:
                 base, params = parse_method(spec)

@@ -47,6 +47,7 @@ def read_results(runs: Sequence[Path], eval_name: str = "eval.json") -> dict[str
     """Each run folder's evaluation JSON by run name; a missing file, one that is not an
     evaluation result, or one computed on other weights than the run's (trained again
     since: its ``threat.checkpoint_sha256``) is one line naming it."""
+    from erat.rundir import RunDir
 
     results, names = {}, iter(run_names(runs))
     for run in runs:
@@ -58,6 +59,9 @@ def read_results(runs: Sequence[Path], eval_name: str = "eval.json") -> dict[str
             raise UserError(f"{run} is a suite's report folder, not a run: give its runs "
                             f"({Path(run) / 'runs'}/*), or write its report with `erat "
                             f"reproduce SUITE --out {run} --report-only`")
+        if not path.is_file() and not RunDir(run).holds_run():
+            raise UserError(f"{run} is not a run folder (no {RunDir.CONFIG}, {RunDir.MODEL} "
+                            f"or {eval_name}): give the folders erat train wrote")
         if not path.is_file():
             raise UserError(f"{path} not found: run `erat eval {run} --json {path}` first")
         res = read_json(path, "evaluation result")

@@ -169,7 +169,7 @@ def _prepare_folder(run: RunDir, cfg: TrainConfig, resume: bool, overwrite: bool
             raise UserError(f"--resume: settings differ from {run / RunDir.CONFIG}: "
                             + "; ".join(conflicts))
         if not run.finished() and not (run / RunDir.CHECKPOINT).exists():
-            log(f"--resume: {run.path} has no {RunDir.CHECKPOINT} yet; starting at epoch 1")
+            log(f"resuming {run.path}: no {RunDir.CHECKPOINT} yet; starting at epoch 1")
     elif overwrite:
         run.set_aside()  # (until the new run's first epoch: a refusal restores it)
     run.write_config(cfg.to_dict())
