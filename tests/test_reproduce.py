@@ -658,3 +658,12 @@ def test_the_autoattack_stage_runs_autoattack_unless_told_otherwise():
     assert autoattack_eval({"n": 5, "also": ["a"], "eval": {"eps": [0.5]}}) == {
         "attack": "all", "eps": [0.5]}
     assert autoattack_eval({"eval": {"attack": "pgd"}})["attack"] == "pgd"
+
+
+def test_a_data_dir_an_embedded_suite_never_reads_is_said(tmp_path):
+    lines: list[str] = []
+    with pytest.raises(UserError):  # (nothing finished to report)
+        reproduce("digits", tmp_path / "o", overrides={"data_dir": "/nonexistent"},
+                  report_only=True, log=lines.append)
+    assert lines[0] == "note: --data-dir has no effect here (digits is embedded, it reads no " \
+        "files)"

@@ -46,7 +46,7 @@ import yaml
 from erat import __version__, plots, tables
 from erat.attacks import resolve
 from erat.config import TrainConfig, resume_conflicts
-from erat.datasets import recorded_test_set
+from erat.datasets import is_embedded, recorded_test_set
 from erat.distributed import resolve_device
 from erat.errors import UserError
 from erat.evaluate import EvalConfig
@@ -104,6 +104,9 @@ def reproduce(
     runs = suite["runs"]
     cfgs = [run_config(suite, r, overrides or {}) for r in runs]
     check_suite(suite, cfgs)
+    if (overrides or {}).get("data_dir") and all(is_embedded(c.dataset) for c in cfgs):
+        log(f"note: --data-dir has no effect here ({', '.join(sorted({c.dataset for c in cfgs}))}"
+            " is embedded, it reads no files)")
     to_train = {r["name"]: c for r, c in zip(runs, cfgs, strict=True) if r["name"] in work
                 and not RunDir(out / "runs" / r["name"]).finished()}
     for device in {c.device for c in to_train.values()}:
