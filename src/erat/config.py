@@ -34,6 +34,7 @@ from erat.files import read_yaml
 from erat.fit import FitOptions
 from erat.methods import (
     METHODS,
+    Method,
     build_method,
     method_flags,
     method_names,
@@ -92,6 +93,10 @@ class TrainConfig:
                 integer(name, getattr(self, name), 1)
         check_options(self.test_split, self.resize)
         check_kwargs(self.model_kwargs)
+
+    def build_method(self) -> Method:
+        """The method this configuration trains with (:func:`erat.methods.build_method`)."""
+        return build_method(self.method, **self.method_params)
 
     @property
     def data_options(self) -> dict[str, Any]:
@@ -225,7 +230,7 @@ def resolve(layers: Sequence[tuple[dict[str, Any], str]], saved: dict[str, Any] 
     except UserError as err:
         raise _sourced(err, layers) from None
     try:
-        build_method(cfg.method, **cfg.method_params)
+        cfg.build_method()
     except UserError as err:  # (a parameter the method does not take: where it was given)
         foreign = sorted(set(cfg.method_params) - set(method_params(cfg.method))) \
             if cfg.method in METHODS else []
@@ -334,7 +339,7 @@ def idle(cfg: TrainConfig, given: set[str]) -> list[str]:
         "epoch_updates": (cfg.fit.budget_epochs is not None, "--budget-epochs sets the "
                                                              "epochs' length"),
     }
-    method = build_method(cfg.method, **cfg.method_params)  # (its own: Method.idle)
+    method = cfg.build_method()  # (its own: Method.idle)
     rules |= {k: (True, why) for k, why in
               getattr(method, "idle", lambda semi: {})(cfg.labels is not None).items()}
     return [f"{flag(k)} has no effect here ({why})" for k, (unused, why) in rules.items()

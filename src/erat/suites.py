@@ -238,7 +238,7 @@ def _check_autoattack(suite: dict[str, Any], cfgs: list[TrainConfig]) -> None:
         placed = all(k in identity(run, cfg) for k in group)
         if not group or not placed or run.get("eval", True) is False or run["name"] in also:
             continue
-        eps = ball(build_method(cfg.method, **cfg.method_params))[1]
+        eps = ball(cfg.build_method())[1]
         if cfg.val is None or not (cfg.fit.val_eps or eps):  # (validation's radius)
             raise UserError(
                 f"{where}.group chooses each group's best run by validation robust accuracy, "
@@ -337,7 +337,7 @@ def eval_at_radii(ev: dict[str, Any], cfg: TrainConfig) -> dict[str, Any]:
     default or set, and its norm: :func:`erat.methods.ball`)."""
     if ev.get("eps") != "train":
         return ev
-    norm, eps = ball(build_method(cfg.method, **cfg.method_params))
+    norm, eps = ball(cfg.build_method())
     if eps is None:
         raise UserError(f"eval eps: train needs a method with a radius; {cfg.method!r} has none")
     if ev.get("norm", norm) != norm:

@@ -35,7 +35,7 @@ from erat.distributed import resolve_device
 from erat.errors import UserError, first_line
 from erat.files import tensor_sha256
 from erat.fit import FitData, FitResult, fit
-from erat.methods import Method, ball, build_method, method_config
+from erat.methods import Method, ball, method_config
 from erat.models import build_model
 from erat.models.factory import absolute, is_factory
 from erat.rundir import RunDir
@@ -59,7 +59,7 @@ def train(
         raise UserError(f"--stop-after must be >= 1, got {stop_after}")
     # names, settings and your own data and model first: a bad one touches no folder
     info = dataset_info(cfg.dataset, cfg.data_dir, **cfg.data_options)
-    method = build_method(cfg.method, **cfg.method_params)
+    method = cfg.build_method()
     norm, trained = ball(method)
     for name, eps in (("--eps", trained), ("--val-eps", cfg.fit.val_eps)):
         if eps is not None:  # (radii in pixel space)
@@ -128,7 +128,7 @@ def check_epoch_length(run: RunDir, cfg: TrainConfig) -> None:
     metrics rows lack ``epoch_updates``, and its first epoch made no more updates than a pass
     over the labels. Its figures would be reused under-trained."""
     if cfg.labels is None or cfg.fit.epoch_updates \
-            or build_method(cfg.method, **cfg.method_params).uses_unlabeled:
+            or cfg.build_method().uses_unlabeled:
         return
     rows = run.metrics()
     shorter = max(cfg.labels // max(min(cfg.fit.batch_size, cfg.labels), 1), 1)  # (the old)
@@ -186,7 +186,7 @@ def _run(cfg: TrainConfig, run: RunDir, resume: bool, stop_after: int | None,
     info = dataset_info(cfg.dataset, cfg.data_dir, **cfg.data_options)
     if info.details is not None:
         log(describe(info))
-    method = build_method(cfg.method, **cfg.method_params)
+    method = cfg.build_method()
     if hasattr(method, "eps") and "eps" not in cfg.method_params:
         log(f"note: {cfg.method} trains at its default radius, "
             f"{ball_name(getattr(method, 'norm', 'l2'), method.eps)} (--eps to choose)")
