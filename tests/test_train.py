@@ -166,3 +166,74 @@ def test_validation_measures_images_of_every_class_of_a_set_stored_class_by_clas
     x = torch.arange(40.0).div(40).reshape(40, 1, 1, 1).expand(40, 1, 2, 2).contiguous()
     validate(Spy(), (x, y), FitOptions(val_n=10), None, torch.device("cpu"))
     assert torch.equal(seen[0], x[idx, 0, 0, 0])
+
+
+def test_fit_resumes_only_the_run_its_checkpoint_was_trained_as(tmp_path):
+    """``fit(resume=True)`` took any checkpoint: another method, radius, learning rate or
+    data trained on from it without a word (another optimiser failed inside torch); a
+    ``run_dir`` given as a path failed after the first epoch."""
+    from torch import nn
+
+    from erat.errors import UserError
+    from erat.fit import FitData, FitOptions, fit
+    from erat.methods import build_method
+
+    x, y = erat.load_dataset("digits", "train").tensors
+    x, y = x[:256], y[:256]
+
+    def net():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+
+    def run(method, data, options, **kw):
+        return fit(net(), method, data, options, str(tmp_path / "run"), log=quiet, **kw)
+
+    er, opts = build_method("er", eps=1.0), FitOptions(epochs=3, epoch_updates=2, progress=False)
+    run(er, FitData(x, y), opts, stop_after=1)  # (run_dir as a str)
+    for method, data, options, says in [
+        (build_method("pgd", eps=0.3), FitData(x, y), opts, "method.name 'pgd' (run: 'er')"),
+        (build_method("er", eps=0.5), FitData(x, y), opts, "method.eps 0.5 (run: 1.0)"),
+        (er, FitData(1 - x, y), opts, "the training data"),
+        (er, FitData(x, y), FitOptions(epochs=3, epoch_updates=2, optimizer="sgd",
+                                       progress=False), "options.optimizer 'sgd' (run: 'adam')"),
+    ]:
+        with pytest.raises(UserError, match="was trained with other settings") as err:
+            run(method, data, options, resume=True)
+        assert says in str(err.value)
+    result = run(er, FitData(x, y), FitOptions(epochs=3, epoch_updates=2, progress=False,
+                                               compile=False), resume=True)
+    assert result.last_epoch == 3 and len(result.history) == 3  # (how it runs may change)
+    with pytest.raises(UserError, match="resume=True continues a run_dir's checkpoint"):
+        fit(net(), er, FitData(x, y), opts, resume=True, log=quiet)
+
+
+def test_inputs_the_model_cannot_take_are_one_error_naming_them():
+    """float64 images, a channel count the model does not take, a validation set shaped
+    otherwise, NaN: each was a torch traceback from inside the model, or a puzzling range."""
+    from torch import nn
+
+    from erat.errors import UserError
+    from erat.evaluate import evaluate
+    from erat.fit import FitData, FitOptions, fit
+    from erat.methods import build_method
+
+    x, y = erat.load_dataset("digits", "train").tensors
+    x, y = x[:64], y[:64]
+    er, opts = build_method("er", eps=1.0), FitOptions(epochs=1, epoch_updates=1, progress=False)
+    conv = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.LazyLinear(10))
+    conv(x[:1])
+    with pytest.raises(UserError, match=r"FitData.x is torch.float64 and the model's "
+                                        r"parameters torch.float32: pass FitData.x.to"):
+        fit(conv, er, FitData(x.double(), y), opts, log=quiet)
+    with pytest.raises(UserError, match=r"the model cannot take FitData.x \(images of shape "
+                                        r"\(3, 8, 8\)\): Given groups=1"):
+        fit(conv, er, FitData(x.repeat(1, 3, 1, 1), y), opts, log=quiet)
+    with pytest.raises(UserError, match=r"the model cannot take x"):
+        evaluate(conv, x.repeat(1, 3, 1, 1), y, eps=[0.5], steps=1, sanity_n=0)
+    with pytest.raises(ValueError, match=r"FitData.val\[0\]'s images \(64,\) are not shaped "
+                                         r"as FitData.x's \(1, 8, 8\)"):
+        FitData(x, y, val=(x.flatten(1), y))
+    nan = x.clone()
+    nan[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"FitData.x holds NaN \(1 entries\)"):
+        FitData(nan, y)

@@ -32,6 +32,7 @@ from erat.errors import UserError
 from erat.fields import check_types, flag, flagged, integer, param, read_numbers
 from erat.files import read_yaml
 from erat.fit import FitOptions
+from erat.fit.options import RESUME_MAY_CHANGE as FIT_MAY_CHANGE
 from erat.methods import (
     METHODS,
     Method,
@@ -48,8 +49,7 @@ RENAMED = {"epoch_steps": "epoch_updates", "warmup_steps": "warmup_updates",
 # settings a resumed run may change: where things are, how they are shown, and how fast the
 # same arithmetic runs (not its precision, amp and fast_bf16, nor where its batches are drawn,
 # fast and fast_data: another generator); model.pt's ``ran`` says how the last session ran
-RESUME_MAY_CHANGE = {"data_dir", "download", "device", "progress", "keep_checkpoint",
-                     "compile", "channels_last", "fast_graph", "fast_channels_last"}
+RESUME_MAY_CHANGE = {"data_dir", "download", "device", "keep_checkpoint", *FIT_MAY_CHANGE}
 # fields whose help lists the registered names (the registries are the one list)
 REGISTERED = {"dataset": dataset_names, "model": model_names, "method": method_names}
 

@@ -28,7 +28,7 @@ def images(x: object, name: str = "x", *, values: bool = True, like: Tensor | No
            like_name: str = "x") -> Tensor:
     """``x`` if it is a float tensor ``[N, ...]`` (N >= 1, at least 2 dimensions) shaped as
     the images ``like`` (named ``like_name``) when given, and, with ``values``, every entry
-    lies in [0, 1] (NaN does not)."""
+    lies in [0, 1] (NaN is said apart)."""
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of images [N, ...] in [0, 1], got "
                         f"{type(x).__name__}")
@@ -41,7 +41,9 @@ def images(x: object, name: str = "x", *, values: bool = True, like: Tensor | No
                          f"{like_name}'s {tuple(like.shape[1:])}")
     if values and x.numel():
         lo, hi = (v.item() for v in torch.aminmax(x.detach()))
-        if not (lo >= 0.0 and hi <= 1.0):  # (also NaN)
+        if lo != lo or hi != hi:
+            raise ValueError(f"{name} holds NaN ({int(torch.isnan(x).sum())} entries)")
+        if not (lo >= 0.0 and hi <= 1.0):
             raise ValueError(f"{name} must lie in [0, 1] (pixel space; normalise inside the "
                              f"model), got values in [{lo:.4g}, {hi:.4g}]")
     return x

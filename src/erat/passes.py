@@ -90,12 +90,25 @@ def supervised_search(model: nn.Module) -> Iterator[nn.Module]:
         yield model
 
 
-def sample_outputs(model: nn.Module, x: Tensor, n: int = 8) -> Tensor:
+def sample_outputs(model: nn.Module, x: Tensor, n: int = 8, name: str = "x") -> Tensor:
     """The outputs of ``model`` at ``x[:n]``, from one eval-mode forward without gradients
     (no BatchNorm statistic moves): how many logits labels must stay below, and whether
-    they look like logits (:func:`erat.inputs.within_outputs`)."""
+    they look like logits (:func:`erat.inputs.within_outputs`). Inputs the model cannot
+    take (their shape, channels or dtype) raise ``UserError`` naming ``name``."""
+    from erat.errors import UserError, first_line
+
+    params = next(model.parameters(), None)
+    if params is not None and params.is_floating_point() and x.dtype != params.dtype:
+        raise UserError(f"{name} is {x.dtype} and the model's parameters {params.dtype}: pass "
+                        f"{name}.to({params.dtype}) (or the model .to({x.dtype}))")
     with supervised_search(model), torch.no_grad():
-        return model(x[:n])
+        try:
+            return model(x[:n])
+        except torch.OutOfMemoryError:
+            raise
+        except RuntimeError as err:  # (raised by torch's operators, not the caller's code)
+            raise UserError(f"the model cannot take {name} (images of shape "
+                            f"{tuple(x.shape[1:])}): {first_line(err)}") from err
 
 
 @contextmanager

@@ -21,9 +21,11 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -33,16 +35,17 @@ from tqdm import tqdm
 from erat import distributed
 from erat.datasets import augment_batch
 from erat.errors import UserError, first_line
+from erat.files import tensor_sha256
 from erat.fit import fast
 from erat.fit.guard import guard
-from erat.fit.options import FitData, FitOptions, FitResult
+from erat.fit.options import RESUME_MAY_CHANGE, FitData, FitOptions, FitResult
 from erat.fit.sampler import EpochSampler
 from erat.fit.schedule import build_optimizer, plan
 from erat.fit.state import TrainState
 from erat.fit.validate import clean_accuracy, val_radius, validate
 from erat.graphs import Cloned, check_capturable, cudagraph_skips, step_module
 from erat.inputs import within_outputs
-from erat.methods import Batch, Method, ball
+from erat.methods import Batch, Method, ball, method_config
 from erat.passes import sample_outputs
 from erat.rundir import RunDir, unwrap
 from erat.threat import norm_name
@@ -56,7 +59,7 @@ def fit(
     method: Method,
     data: FitData | tuple[Tensor, Tensor],
     options: FitOptions | None = None,
-    run_dir: RunDir | None = None,
+    run_dir: RunDir | str | Path | None = None,
     *,
     resume: bool = False,
     stop_after: int | None = None,
@@ -64,14 +67,16 @@ def fit(
     dist: distributed.Dist | None = None,
 ) -> FitResult:
     """Train ``model`` in place with ``method`` on ``data`` (checked once:
-    :class:`FitData`); returns the selected model, left in train mode as a training loop
-    leaves it (``.eval()`` before measuring it).
+    :class:`FitData`); returns a :class:`FitResult` whose ``model`` holds the selected
+    weights, left in train mode as a training loop leaves it (``.eval()`` before measuring).
 
-    With ``run_dir``, every epoch appends to ``metrics.jsonl`` and writes ``checkpoint.pt``
-    (and ``best.pt`` when selecting), and ``resume`` continues from the checkpoint; the
-    model file ``model.pt`` is :func:`erat.train.train`'s. ``stop_after`` ends after that
-    epoch as if interrupted. The model's device is used. Each epoch's line goes to ``log``
-    (``progress=False`` turns off the progress bar only; ``log=lambda line: None`` too).
+    With ``run_dir`` (a folder), every epoch appends to ``metrics.jsonl`` and writes
+    ``checkpoint.pt`` (and ``best.pt`` when selecting), and ``resume`` continues from the
+    checkpoint, refused when the method, options or training data differ from the ones it
+    was written with; the model file ``model.pt`` is :func:`erat.train.train`'s.
+    ``stop_after`` ends after that epoch as if interrupted. The model's device is used. Each
+    epoch's line goes to ``log`` (``progress=False`` turns off the progress bar only;
+    ``log=lambda line: None`` too).
     """
     if isinstance(method, str) or not callable(method):
         raise TypeError(f"method must be a training method (erat.methods.build_method('er', "
@@ -82,9 +87,18 @@ def fit(
                         f"{type(data).__name__} (a TensorDataset's: ds.tensors; a DataLoader's: "
                         "loader.dataset.tensors)")
     data = data if isinstance(data, FitData) else FitData(*data)
+    if isinstance(run_dir, str | Path):
+        run_dir = RunDir(run_dir)
+    if resume and run_dir is None:
+        raise UserError("resume=True continues a run_dir's checkpoint: give run_dir")
     loop = Loop(model, method, data, options or FitOptions(), run_dir, log,
                 dist or distributed.Dist())
-    start = loop.state.restore(run_dir.load_checkpoint()) if resume and run_dir else 0
+    saved = run_dir.load_checkpoint() if resume else None
+    if saved is not None and saved.get("settings") not in (None, loop.settings):
+        raise UserError(f"resume: {run_dir.path} was trained with other settings ("
+                        + "; ".join(_differences(loop.settings, saved["settings"]))
+                        + "); train into another folder, or resume with the run's own")
+    start = loop.state.restore(saved)
     if stop_after is not None and stop_after <= start:
         raise UserError(f"--stop-after {stop_after} is not after epoch {start}, where the run "
                         "resumes; give a later epoch, or none")
@@ -105,11 +119,37 @@ def fit(
         row = loop.epoch(epoch)
         loop.record(row)
         if stop_after is not None and stop_after <= epoch < epochs:
-            log(f"stopped after epoch {epoch}; continue with --resume")
+            log(f"stopped after epoch {epoch}; " + ("continue with --resume" if run_dir else
+                                                     "nothing saved to resume (no run_dir)"))
             return FitResult(model, epoch, epoch, None, row["updates"],
                              loop.schedule.cost(row["updates"]), _train_seconds(loop.history),
                              stopped=True, history=loop.history)
     return loop.result()
+
+
+def _differences(now: dict[str, Any], then: dict[str, Any]) -> list[str]:
+    """``name value (run: saved value)`` for each setting of ``now`` that differs from
+    ``then`` (:meth:`Loop.settings`), the method's fields one by one."""
+    out = []
+    for key in sorted(set(now) | set(then)):
+        a, b = now.get(key), then.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += [f"{key}.{k} {a.get(k)!r} (run: {b.get(k)!r})"
+                    for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        elif a != b:
+            out.append(f"{key} {a!r} (run: {b!r})" if key != "data" else
+                       "the training data")
+    return out
+
+
+def _settings(method: Method, options: FitOptions, data: FitData) -> dict[str, Any]:
+    """What a checkpoint was trained with, compared on resume: the method's configuration,
+    the options a resumed run may not change, and the training data's SHA-256."""
+    tensors = [data.x, data.y, *([data.x_unlabeled] if data.x_unlabeled is not None else [])]
+    return {"method": method_config(method),
+            "options": {k: v for k, v in dataclasses.asdict(options).items()
+                        if k not in RESUME_MAY_CHANGE},
+            "data": tensor_sha256(tensors)}
 
 
 def _check_schedule(loop: Loop, start: int) -> None:
@@ -155,7 +195,7 @@ class Loop:
         self.sampler = EpochSampler(options, len(data.y), data.unlabeled_count
                                     if data.x_unlabeled is None else len(data.x_unlabeled), uses)
         _check_shards(self.sampler, dist)
-        outputs = sample_outputs(model, data.x[:8].to(self.device))
+        outputs = sample_outputs(model, data.x[:8].to(self.device), name="FitData.x")
         within_outputs(data.y, outputs, "FitData.y")
         self.schedule = plan(method, model, options, self.sampler)
         self.sampler.updates = self.schedule.per_epoch
@@ -181,6 +221,7 @@ class Loop:
                                                   if self.fast else {}))
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
         self.val_eps = val_radius(method, options, data)
+        self.settings = _settings(method, options, data) if run_dir is not None else None
         if data.val is not None:
             n, norm = min(options.val_n, len(data.val[1])), ball(method)[0]
             drawn = " (drawn once, seed 0)" if n < len(data.val[1]) else ""
@@ -313,7 +354,8 @@ class Loop:
         if self.dist.is_main and self.run_dir is not None:
             self.state.select(row, self.options, self.run_dir)
             self.run_dir.append_metrics(row)
-            self.run_dir.save_checkpoint(self.state.checkpoint(row["epoch"]))
+            self.run_dir.save_checkpoint({**self.state.checkpoint(row["epoch"]),
+                                          "settings": self.settings})
         elif self.options.select == "best-robust":
             self.state.select(row, self.options, None)
         self.log(epoch_line(row, self.schedule.epochs))

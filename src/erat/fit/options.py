@@ -110,8 +110,13 @@ class FitData:
                 if not isinstance(pair, tuple | list) or len(pair) != 2:
                     raise TypeError(f"FitData.{name} must be an (x, y) pair of tensors, got "
                                     f"{type(pair).__name__}")
-                x = images(pair[0], f"FitData.{name}[0]")
+                x = images(pair[0], f"FitData.{name}[0]", like=self.x, like_name="FitData.x")
                 setattr(self, name, (x, labels(pair[1], len(x), f"FitData.{name}[1]")))
+
+
+# the options a resumed run may change: how it runs, not what it trains
+RESUME_MAY_CHANGE = frozenset({"progress", "compile", "channels_last", "fast_graph",
+                               "fast_channels_last"})
 
 
 @dataclass
