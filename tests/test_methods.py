@@ -451,3 +451,18 @@ def test_ball_is_the_training_radius_and_norm_of_every_method():
     for name in method_names():
         norm, eps = ball(build_method(name))
         assert norm in ("l2", "linf") and (eps is None or isinstance(eps, float)), name
+
+
+def test_numpy_numbers_are_numbers():
+    """``eps=np.float32(1.0)`` was refused as "eps must be a number"; stored as Python's, so
+    that config.yaml can hold them."""
+    import numpy as np
+
+    from erat.config import TrainConfig
+    from erat.fit import FitOptions
+
+    er = build_method("er", eps=np.float32(1.0), S=np.int64(3))
+    assert (er.eps, er.S) == (1.0, 3) and type(er.eps) is float and type(er.S) is int
+    options = FitOptions(epochs=np.int64(2), lr=np.float64(0.1))
+    assert type(options.epochs) is int and type(options.lr) is float
+    assert type(TrainConfig(labels=np.int32(100)).labels) is int

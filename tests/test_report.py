@@ -105,12 +105,13 @@ def test_landscape_in_linf_stays_in_the_cube(tiny_models):
 def test_results_table_has_header_and_rows():
     rows = [result_row(fake_result(0.9, {1.0: 0.5}), "ER"),
             result_row(fake_result(0.95, {1.0: 0.1}), "ERM | baseline")]
-    md = results_table(rows, ["label", "clean_acc", "pgd-l2-eps1", "missing"])
+    rows[1]["note"] = "x"  # (a row without a column's key: an empty cell)
+    md = results_table(rows, ["label", "clean_acc", "pgd-l2-eps1", "note"])
     lines = md.strip().splitlines()
-    assert lines[0] == "| label | clean_acc | pgd-l2-eps1 | missing |"
+    assert lines[0] == "| label | clean_acc | pgd-l2-eps1 | note |"
     assert lines[1] == "|---|---|---|---|"
     assert lines[2] == "| ER | 0.9000 | 0.5000 |  |"
-    assert "ERM \\| baseline" in lines[3]
+    assert "ERM \\| baseline" in lines[3] and lines[3].endswith("| x |")
     assert len(lines) == 4
 
 
@@ -428,3 +429,14 @@ def test_a_folder_without_a_run_or_its_evaluation_is_told_apart(tmp_path, capsys
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{empty} is not a run folder" in err
     assert not (tmp_path / "rep").exists()
+
+
+def test_a_table_of_a_column_no_row_holds_or_of_another_result_is_refused():
+    """A column key mistyped (``pgd-l2-eps1.0`` for ``%g``'s ``pgd-l2-eps1``) printed an
+    empty column; an energy report made a row without its figures."""
+    rows = [result_row(fake_result(0.9, {1.0: 0.5}), "ER")]
+    with pytest.raises(ValueError, match=r"no row holds column 'pgd-l2-eps1.0' \(did you "
+                                         r"mean 'pgd-l2-eps1'\?\)"):
+        results_table(rows, ["label", "pgd-l2-eps1.0"])
+    with pytest.raises(ValueError, match="result_row takes what erat.evaluate returns"):
+        result_row({"clean_acc": 0.2, "energy_mean": 0.1}, "E")

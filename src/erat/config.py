@@ -29,7 +29,7 @@ from erat.datasets import dataset_names, is_embedded
 from erat.datasets.own import check_options
 from erat.distributed import world_size
 from erat.errors import UserError
-from erat.fields import check_types, flag, flagged, integer, param, read_numbers
+from erat.fields import check_types, flag, flagged, integer, param, python_numbers, read_numbers
 from erat.files import read_yaml
 from erat.fit import FitOptions
 from erat.fit.options import RESUME_MAY_CHANGE as FIT_MAY_CHANGE
@@ -87,6 +87,7 @@ class TrainConfig:
     fit: FitOptions = field(default_factory=FitOptions, metadata={"flag": False})
 
     def __post_init__(self) -> None:
+        python_numbers(self)
         check_types(self)
         for name in ("labels", "val"):
             if getattr(self, name) is not None:

@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import numbers
 import os
 import re
 import types
@@ -248,17 +249,30 @@ def choice(name: str, value: str, options: Iterable[str]) -> None:
 
 def read_numbers(cls: Any, values: Mapping[str, Any]) -> dict[str, Any]:
     """``values`` with each text given to a number field of the dataclass ``cls`` read as
-    :func:`number` reads a flag (``eps: 8/255`` in a YAML file, as ``--eps 8/255``); other
-    texts are left for :func:`check_types` to refuse."""
+    :func:`number` reads a flag (``eps: 8/255`` in a YAML file, as ``--eps 8/255``), and
+    each number of another type (NumPy's) as Python's; other texts are left for
+    :func:`check_types` to refuse."""
     hints = typing.get_type_hints(cls)
     out = dict(values)
     for name, value in values.items():
         hint = hints.get(name)
+        if isinstance(value, numbers.Real) and type(value) not in (bool, int, float):
+            out[name] = int(value) if isinstance(value, numbers.Integral) else float(value)
         if isinstance(value, str) and hint is not None and _is(1.5, hint) \
                 and not _is("text", hint):
             with contextlib.suppress(BadValue):
                 out[name] = number(value.strip())
     return out
+
+
+def python_numbers(instance: Any) -> None:
+    """Each number of another type (NumPy's) among a dataclass instance's settings replaced
+    by Python's, as :func:`read_numbers` reads them (so that ``config.yaml`` can hold it)."""
+    for f in dataclasses.fields(instance):
+        value = getattr(instance, f.name)
+        if isinstance(value, numbers.Real) and type(value) not in (bool, int, float):
+            setattr(instance, f.name,
+                    int(value) if isinstance(value, numbers.Integral) else float(value))
 
 
 def check_types(cls: Any, values: Mapping[str, Any] | None = None) -> None:

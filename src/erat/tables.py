@@ -35,7 +35,17 @@ def _cell(v, float_fmt: str) -> str:
 def results_table(rows: Sequence[Mapping], columns: Sequence[str], *,
                   float_fmt: str = "{:.4f}", headers: Sequence[str] | None = None) -> str:
     """A Markdown table: a header row (``headers``, default ``columns``), then one line per
-    row (missing -> empty)."""
+    row (missing -> empty); a column that no row holds is refused (``ValueError``, naming
+    the keys that are near: a radius is written as ``%g``, ``pgd-l2-eps1``)."""
+    import difflib
+
+    held = {k for r in rows for k in r}
+    for c in columns:
+        if rows and c not in held:
+            near = difflib.get_close_matches(c, sorted(held), n=3, cutoff=0.6)
+            raise ValueError(f"no row holds column {c!r}" + (
+                f" (did you mean {', '.join(map(repr, near))}?)" if near else
+                f"; the rows hold {', '.join(map(repr, sorted(held)))}"))
     lines = ["| " + " | ".join(_cell(c, float_fmt) for c in headers or columns) + " |",
              "|" + "|".join("---" for _ in columns) + "|"]
     lines += ["| " + " | ".join(_cell(r.get(c), float_fmt) for c in columns) + " |" for r in rows]
@@ -176,6 +186,10 @@ def result_row(result: Mapping, label: str | None = None, prefix: str = "") -> d
     """One flat row of an evaluation result: label, the number of test examples, clean
     accuracy, every robust accuracy, the sample's note (when a subset) and the number of
     failed checks; each column but the label named with ``prefix`` (a suite's ``aa_``)."""
+    if not isinstance(result, Mapping) or not {"clean_acc", "robust_acc"} <= set(result):
+        raise ValueError("result_row takes what erat.evaluate returns (clean_acc, robust_acc, "
+                         f"threat), got {type(result).__name__} of "
+                         f"{', '.join(map(str, result)) if isinstance(result, Mapping) else '?'}")
     threat = result.get("threat", {})
     row = {"n": threat.get("n"), "clean_acc": result["clean_acc"],
            **result.get("robust_acc", {}),

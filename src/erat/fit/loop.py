@@ -200,8 +200,9 @@ class Loop:
         self.schedule = plan(method, model, options, self.sampler)
         self.sampler.updates = self.schedule.per_epoch
         if options.budget_epochs and self.schedule.epochs < options.budget_epochs:
-            log(f"note: --budget {options.budget:g} pays for {self.schedule.updates} updates: "
-                f"{self.schedule.epochs} epochs, not --budget-epochs {options.budget_epochs}")
+            u, e = self.schedule.updates, self.schedule.epochs
+            log(f"note: --budget {options.budget:g} pays for {u} update{'s' * (u != 1)}: "
+                f"{e} epoch{'s' * (e != 1)}, not --budget-epochs {options.budget_epochs}")
         self.fast = fast.active(options, self.device)
         if note := fast.idle_flags(options, self.fast):
             log(note)

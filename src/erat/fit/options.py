@@ -69,6 +69,7 @@ class FitOptions:
             raise UserError("--budget and --epochs contradict each other; give one")
         if self.epochs is None and self.budget is None:
             self.epochs = DEFAULT_EPOCHS
+        fields.python_numbers(self)
         fields.check_types(self)
         for name in ("epochs", "budget_epochs", "unlabeled_batch_size", "epoch_updates"):
             if getattr(self, name) is not None:
