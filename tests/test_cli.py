@@ -444,13 +444,22 @@ def test_energy_at_radius_zero_is_refused(digits_run, capsys):
     ["bench", "--models", "mlp:1x8x8", "--methods", "erm", "--steps", "1", "--warmup", "0",
      "--no-attacks"],
 ])
-@pytest.mark.parametrize("record", ["model.pt", "config.yaml", "metrics.jsonl"])
+@pytest.mark.parametrize("record", ["model.pt", "config.yaml", "metrics.jsonl", "other"])
 def test_json_never_overwrites_a_runs_own_records(digits_run, capsys, command, record):
     """``--json RUN/model.pt`` replaced the model by a JSON file (the run could no longer be
-    read): one line naming the file, exit 2, the file untouched."""
+    read): one line naming the file, exit 2, the file untouched; a command writes only its
+    own result there (energy's JSON is not eval.json)."""
+    made = record == "other"
+    if made:  # (removed after: the run folder is the module's)
+        record = "energy.json" if command[0] != "energy" else "eval.json"
+        (digits_run / record).write_text("{}")
     target = digits_run / record
     before = target.read_bytes()
-    code, _, err = run([digits_run if a == "RUN" else a for a in command]
-                       + ["--json", target], capsys)
-    assert code == 2 and err.count("\n") == 1, err
-    assert f"is the {record} of the run in" in err and target.read_bytes() == before
+    try:
+        code, _, err = run([digits_run if a == "RUN" else a for a in command]
+                           + ["--json", target], capsys)
+        assert code == 2 and err.count("\n") == 1, err
+        assert f"is the {record} of the run in" in err and target.read_bytes() == before
+    finally:
+        if made:
+            target.unlink()

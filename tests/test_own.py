@@ -780,3 +780,25 @@ def test_eval_flag_errors(net_module, capsys, args, pattern):
     npz_file(net_module / "data.npz")
     code, text, err = run(["eval", *args], capsys)
     assert_one_line_exit_2(code, text, err, pattern)
+
+
+def test_a_suite_on_own_data_reads_it_where_the_suite_names_it(tmp_path, monkeypatch):
+    """A suite names its own data by a path relative to where it runs (or --data-dir): its
+    report read the absolute path recorded at training, and failed once the project moved."""
+    import shutil
+
+    from erat.reproduce import reproduce
+
+    first = tmp_path / "p1"
+    (first / "data").mkdir(parents=True)
+    npz_file(first / "data" / "mini.npz")
+    (first / "s.yaml").write_text(
+        "suite: own\ndefaults: {dataset: 'npz:data/mini.npz', model: mlp, epochs: 1, "
+        "batch_size: 8, progress: false}\nruns:\n  - {name: erm, method: erm}\n"
+        "eval: {eps: [0.1], steps: 1, sanity_n: 0}\nplots: {landscape: false}\n")
+    monkeypatch.chdir(first)
+    reproduce("s.yaml", Path("out"), log=lambda *_: None)
+    shutil.move(first, tmp_path / "p2")
+    monkeypatch.chdir(tmp_path / "p2")
+    rows = reproduce("s.yaml", Path("out"), report_only=True, log=lambda *_: None)
+    assert rows[0]["name"] == "erm" and rows[0]["clean_acc"] is not None

@@ -271,7 +271,7 @@ def test_a_suite_refuses_a_test_set_its_runs_were_not_trained_beside(suite_file,
                                                                      monkeypatch):
     """Another --data-dir (other files of the dataset) reused the finished runs and evaluated
     them on whatever test set was there; erat eval refuses that, and now a suite does."""
-    import erat.datasets.registry as registry
+    import erat.reproduce as registry  # (where the suite reads its test set)
 
     out = tmp_path / "report"
     reproduce(str(suite_file), out, only=["erm"], log=lambda *_: None)

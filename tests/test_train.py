@@ -205,11 +205,28 @@ def test_fit_resumes_only_the_run_its_checkpoint_was_trained_as(tmp_path):
     assert result.last_epoch == 3 and len(result.history) == 3  # (how it runs may change)
     with pytest.raises(UserError, match="resume=True continues a run_dir's checkpoint"):
         fit(net(), er, FitData(x, y), opts, resume=True, log=quiet)
+    # a method built without the registry (a NumPy radius), and one that is no dataclass
+    import numpy as np
+
+    from erat.methods.pgd import PGD
+
+    class Plain:
+        uses_unlabeled = False
+
+        def __call__(self, model, batch):
+            return build_method("erm")(model, batch)
+
+    for i, method in enumerate([PGD(eps=np.float32(0.5)), Plain()]):
+        folder = tmp_path / f"own{i}"
+        fit(net(), method, FitData(x, y), opts, folder, stop_after=1, log=quiet)
+        assert fit(net(), method, FitData(x, y), opts, folder, resume=True,
+                   log=quiet).last_epoch == 3
 
 
 def test_inputs_the_model_cannot_take_are_one_error_naming_them():
     """float64 images, a channel count the model does not take, a validation set shaped
-    otherwise, NaN: each was a torch traceback from inside the model, or a puzzling range."""
+    otherwise, NaN: each was a torch traceback from inside the model, or a puzzling range;
+    a model that casts its input itself, or fails on its own, is left as it is."""
     from torch import nn
 
     from erat.errors import UserError
@@ -222,17 +239,34 @@ def test_inputs_the_model_cannot_take_are_one_error_naming_them():
     er, opts = build_method("er", eps=1.0), FitOptions(epochs=1, epoch_updates=1, progress=False)
     conv = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.LazyLinear(10))
     conv(x[:1])
-    with pytest.raises(UserError, match=r"FitData.x is torch.float64 and the model's "
-                                        r"parameters torch.float32: pass FitData.x.to"):
+    with pytest.raises(UserError, match=r"the model cannot take FitData.x \(torch.float64 "
+                                        r"images .*; pass FitData.x.to\(torch.float32\)"):
         fit(conv, er, FitData(x.double(), y), opts, log=quiet)
-    with pytest.raises(UserError, match=r"the model cannot take FitData.x \(images of shape "
-                                        r"\(3, 8, 8\)\): Given groups=1"):
+    with pytest.raises(UserError, match=r"the model cannot take FitData.x \(torch.float32 "
+                                        r"images of shape \(3, 8, 8\)\): Given groups=1"):
         fit(conv, er, FitData(x.repeat(1, 3, 1, 1), y), opts, log=quiet)
     with pytest.raises(UserError, match=r"the model cannot take x"):
         evaluate(conv, x.repeat(1, 3, 1, 1), y, eps=[0.5], steps=1, sanity_n=0)
     with pytest.raises(ValueError, match=r"FitData.val\[0\]'s images \(64,\) are not shaped "
                                          r"as FitData.x's \(1, 8, 8\)"):
         FitData(x, y, val=(x.flatten(1), y))
+    class Casting(nn.Module):  # (its parameters bf16, it takes float32 images)
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).to(torch.bfloat16)
+
+        def forward(self, x):
+            return self.net(x.to(torch.bfloat16)).float()
+
+    assert evaluate(Casting(), x[:8], y[:8], eps=[0.5], steps=1, sanity_n=0)["clean_acc"] >= 0
+
+    class Broken(nn.Module):
+        def forward(self, x):
+            raise RuntimeError("my own bug")
+
+    with pytest.raises(RuntimeError, match="my own bug") as err:
+        evaluate(Broken(), x[:8], y[:8], eps=[0.5], steps=1, sanity_n=0)
+    assert not isinstance(err.value, UserError)
     nan = x.clone()
     nan[0, 0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match=r"FitData.x holds NaN \(1 entries\)"):

@@ -41,6 +41,7 @@ Example::
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -97,18 +98,21 @@ def sample_outputs(model: nn.Module, x: Tensor, n: int = 8, name: str = "x") -> 
     take (their shape, channels or dtype) raise ``UserError`` naming ``name``."""
     from erat.errors import UserError, first_line
 
-    params = next(model.parameters(), None)
-    if params is not None and params.is_floating_point() and x.dtype != params.dtype:
-        raise UserError(f"{name} is {x.dtype} and the model's parameters {params.dtype}: pass "
-                        f"{name}.to({params.dtype}) (or the model .to({x.dtype}))")
     with supervised_search(model), torch.no_grad():
         try:
             return model(x[:n])
-        except torch.OutOfMemoryError:
-            raise
-        except RuntimeError as err:  # (raised by torch's operators, not the caller's code)
-            raise UserError(f"the model cannot take {name} (images of shape "
-                            f"{tuple(x.shape[1:])}): {first_line(err)}") from err
+        except RuntimeError as err:  # (torch's own refusal of a shape, channels or dtype)
+            if type(err) is not RuntimeError or not _INPUT_REFUSED.search(str(err)):
+                raise  # (out of memory, a compiler's or the model's own failure: itself)
+            params = next((p for p in model.parameters() if p.is_floating_point()), None)
+            hint = f"; pass {name}.to({params.dtype})" if params is not None \
+                and params.dtype != x.dtype else ""
+            raise UserError(f"the model cannot take {name} ({x.dtype} images of shape "
+                            f"{tuple(x.shape[1:])}): {first_line(err)}{hint}") from err
+
+
+# torch's messages for inputs a layer cannot take (shape, channels, dtype)
+_INPUT_REFUSED = re.compile(r"shape|size|channels|dtype|type \(|Expected .*input|mat1 and mat2")
 
 
 @contextmanager

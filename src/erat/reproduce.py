@@ -46,7 +46,7 @@ import yaml
 from erat import __version__, plots, tables
 from erat.attacks import resolve
 from erat.config import TrainConfig, resume_conflicts
-from erat.datasets import is_embedded, recorded_test_set
+from erat.datasets import check_test_set, is_embedded, load_dataset
 from erat.distributed import resolve_device
 from erat.errors import UserError
 from erat.evaluate import EvalConfig
@@ -314,9 +314,12 @@ def run_one(suite: dict[str, Any], run: dict[str, Any], cfg: TrainConfig, folder
 
 
 def _test_set(cfg: TrainConfig, folder: RunDir, meta: dict[str, Any]) -> tuple[Any, Any]:
-    """The run's test images and labels, refused when they are not the ones it was trained
-    beside, as ``erat eval`` refuses them (:func:`erat.datasets.recorded_test_set`)."""
-    return recorded_test_set(meta, cfg.data_dir, model=folder.path)
+    """The run's test images and labels, read as the suite names them (your own data's path
+    relative to ``--data-dir``, as at training), refused when they are not the ones it was
+    trained beside, as ``erat eval`` refuses them (:func:`erat.datasets.check_test_set`)."""
+    x, y = load_dataset(cfg.dataset, "test", cfg.data_dir, **cfg.data_options).tensors
+    check_test_set(meta, x, y, model=folder.path, data_dir=cfg.data_dir, name=cfg.dataset)
+    return x, y
 
 
 def _at_most(n: int | None, total: int, what: str) -> tuple[int, str | None]:

@@ -443,17 +443,20 @@ def model_path(path: str | Path) -> Path:
     return path / RunDir.MODEL if path.is_dir() else path
 
 
-def check_output_file(path: Path, flag: str) -> None:
+def check_output_file(path: Path, flag: str, own: str | None = None) -> None:
     """Refuse an output file before any work: one that cannot be written
-    (:func:`erat.files.check_writable_file`), or one of a run folder's own records (its
-    model, configuration, metrics, checkpoint, split), which another writer would break;
-    its evaluation results (``eval.json``, ``energy.json``) may be written."""
+    (:func:`erat.files.check_writable_file`), or one of a run folder's own files (its
+    model, configuration, metrics, checkpoint, split, results, saved progress), which
+    another writer would break; ``own`` names the result the command itself writes there
+    (``eval.json`` for ``erat eval``)."""
     check_writable_file(path, flag)
     path = Path(path)
-    results = {RunDir.EVAL, RunDir.EVAL_LAST, RunDir.EVAL_AUTOATTACK, RunDir.ENERGY}
     for where in {path, path.resolve()}:
-        if where.name in set(RunDir.FILES) - results and RunDir(where.parent).holds_run():
-            raise UserError(f"{flag} {path} is the {where.name} of the run in {where.parent}: "
+        name = where.name
+        taken = name in RunDir.FILES or name.endswith(".previous.json") or (
+            name.startswith(".eval") and name.endswith(".state.pt"))
+        if taken and name != own and RunDir(where.parent).holds_run():
+            raise UserError(f"{flag} {path} is the {name} of the run in {where.parent}: "
                             "writing there would break the run; give another file")
 
 

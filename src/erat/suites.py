@@ -207,6 +207,8 @@ def autoattack_eval(spec: dict[str, Any]) -> dict[str, Any]:
     """The evaluation settings of a suite's ``autoattack`` section: its ``eval``, the attack
     ``all`` (PGD, then AutoAttack) unless it names another."""
     return {"attack": "all", **(spec.get("eval") or {})}
+
+
 GROUP_KEYS = ("family", "radius", "budget")
 
 

@@ -213,8 +213,6 @@ def recorded_test_set(meta: dict[str, Any], data_dir: str | Path | None,
     :func:`recorded_options` says, refused when it is not the one ``model`` was trained
     beside (``meta``'s ``test_sha256``: another dataset or version in ``data_dir``; your own
     data changed or moved)."""
-    from erat.files import tensor_sha256
-
     where = recorded_options(meta, data_dir, moved_to)
     name, dataset = where.pop("name"), meta["dataset"]
     own = own_scheme(dataset) is not None
@@ -225,15 +223,27 @@ def recorded_test_set(meta: dict[str, Any], data_dir: str | Path | None,
             raise
         raise UserError(f"{err}; if the data moved, pass --data-dir with where its folder or "
                         "file is now") from err
-    if meta.get("test_sha256") not in (None, tensor_sha256([x, y])):
-        if own:
-            raise UserError(f"the test images of {name} are not the ones {model} was trained "
-                            "beside (changed since?); if the data moved, pass --data-dir "
-                            "with where its folder or file is now")
-        raise UserError(f"the {dataset} test set{f' in {data_dir}' if data_dir else ''} is "
-                        f"not the one {model} was trained beside (another dataset or version "
-                        f"there?); pass the --data-dir of the run's own {dataset} files")
+    check_test_set(meta, x, y, model=model, data_dir=data_dir, name=name)
     return x, y
+
+
+def check_test_set(meta: dict[str, Any], x: Tensor, y: Tensor, *, model: object = "the model",
+                   data_dir: str | Path | None = None, name: str | None = None) -> None:
+    """Refuse test images and labels that are not the ones ``model`` was trained beside
+    (``meta``'s ``test_sha256``, when recorded): another dataset or version in
+    ``data_dir``, your own data (``name``) changed or moved."""
+    from erat.files import tensor_sha256
+
+    if meta.get("test_sha256") in (None, tensor_sha256([x, y])):
+        return
+    dataset = meta["dataset"]
+    if own_scheme(dataset) is not None:
+        raise UserError(f"the test images of {name or dataset} are not the ones {model} was "
+                        "trained beside (changed since?); if the data moved, pass --data-dir "
+                        "with where its folder or file is now")
+    raise UserError(f"the {dataset} test set{f' in {data_dir}' if data_dir else ''} is "
+                    f"not the one {model} was trained beside (another dataset or version "
+                    f"there?); pass the --data-dir of the run's own {dataset} files")
 
 
 def _check(info: DatasetInfo, x: Tensor, y: Tensor, split: str, root: Path | None) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -45,7 +46,7 @@ from erat.fit.state import TrainState
 from erat.fit.validate import clean_accuracy, val_radius, validate
 from erat.graphs import Cloned, check_capturable, cudagraph_skips, step_module
 from erat.inputs import within_outputs
-from erat.methods import Batch, Method, ball, method_config
+from erat.methods import Batch, Method, ball
 from erat.passes import sample_outputs
 from erat.rundir import RunDir, unwrap
 from erat.threat import norm_name
@@ -119,8 +120,9 @@ def fit(
         row = loop.epoch(epoch)
         loop.record(row)
         if stop_after is not None and stop_after <= epoch < epochs:
-            log(f"stopped after epoch {epoch}; " + ("continue with --resume" if run_dir else
-                                                     "nothing saved to resume (no run_dir)"))
+            log(f"stopped after epoch {epoch}; " + (
+                "continue with --resume (fit: resume=True)" if run_dir else
+                "nothing saved to resume from (no run_dir)"))
             return FitResult(model, epoch, epoch, None, row["updates"],
                              loop.schedule.cost(row["updates"]), _train_seconds(loop.history),
                              stopped=True, history=loop.history)
@@ -143,13 +145,32 @@ def _differences(now: dict[str, Any], then: dict[str, Any]) -> list[str]:
 
 
 def _settings(method: Method, options: FitOptions, data: FitData) -> dict[str, Any]:
-    """What a checkpoint was trained with, compared on resume: the method's configuration,
-    the options a resumed run may not change, and the training data's SHA-256."""
+    """What a checkpoint was trained with, compared on resume: the method (its name and
+    fields), the options a resumed run may not change, the training data's SHA-256 and its
+    augmentation; plain values only (a checkpoint is read with ``weights_only``)."""
+    fields = dataclasses.asdict(method) if dataclasses.is_dataclass(method) else {}
     tensors = [data.x, data.y, *([data.x_unlabeled] if data.x_unlabeled is not None else [])]
-    return {"method": method_config(method),
-            "options": {k: v for k, v in dataclasses.asdict(options).items()
-                        if k not in RESUME_MAY_CHANGE},
-            "data": tensor_sha256(tensors)}
+    return _plain({"method": {"name": getattr(method, "name", type(method).__qualname__),
+                              **fields},
+                   "options": {k: v for k, v in dataclasses.asdict(options).items()
+                               if k not in RESUME_MAY_CHANGE},
+                   "data": tensor_sha256(tensors), "augment": data.augment})
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as plain Python: numbers as ``int`` or ``float``, mappings and sequences
+    walked, any other object by its type's name."""
+    if value is None or isinstance(value, bool | str):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return type(value).__qualname__
 
 
 def _check_schedule(loop: Loop, start: int) -> None:
