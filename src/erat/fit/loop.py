@@ -95,10 +95,10 @@ def fit(
     loop = Loop(model, method, data, options or FitOptions(), run_dir, log,
                 dist or distributed.Dist())
     saved = run_dir.load_checkpoint() if resume else None
-    if saved is not None and saved.get("settings") not in (None, loop.settings):
+    if differ := _differences(loop.settings, (saved or {}).get("settings") or {}):
         raise UserError(f"resume: {run_dir.path} was trained with other settings ("
-                        + "; ".join(_differences(loop.settings, saved["settings"]))
-                        + "); train into another folder, or resume with the run's own")
+                        + "; ".join(differ) + "); train into another folder, or resume with "
+                        "the run's own")
     start = loop.state.restore(saved)
     if stop_after is not None and stop_after <= start:
         raise UserError(f"--stop-after {stop_after} is not after epoch {start}, where the run "
@@ -130,14 +130,15 @@ def fit(
 
 
 def _differences(now: dict[str, Any], then: dict[str, Any]) -> list[str]:
-    """``name value (run: saved value)`` for each setting of ``now`` that differs from
-    ``then`` (:meth:`Loop.settings`), the method's fields one by one."""
+    """``name value (run: saved value)`` for each setting recorded in ``then`` (a
+    checkpoint's :func:`_settings`) that ``now`` gives otherwise, the method's fields one by
+    one; a setting a later erat added is not in ``then``, and not compared."""
     out = []
-    for key in sorted(set(now) | set(then)):
-        a, b = now.get(key), then.get(key)
+    for key in sorted(then):
+        a, b = now.get(key), then[key]
         if isinstance(a, dict) and isinstance(b, dict):
-            out += [f"{key}.{k} {a.get(k)!r} (run: {b.get(k)!r})"
-                    for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+            out += [f"{key}.{k} {a.get(k)!r} (run: {b[k]!r})" for k in sorted(b)
+                    if a.get(k) != b[k]]
         elif a != b:
             out.append(f"{key} {a!r} (run: {b!r})" if key != "data" else
                        "the training data")
