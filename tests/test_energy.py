@@ -288,3 +288,21 @@ def test_gradient_bound_trains_through_the_double_backward():
     with torch.no_grad():  # evaluation: no graph kept
         assert not energy(supervised_loss(model, y), x, 1.0, T=2, M=1,
                           estimator="gradient").value.requires_grad
+
+
+def test_energy_report_reads_a_radius_as_evaluate_does():
+    """``eps="8/255"`` was refused here and read by ``evaluate`` and ``build_method``."""
+    import numpy as np
+
+    from erat import load_dataset
+    from erat.errors import UserError
+
+    x, y = load_dataset("digits", "test").tensors
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)).eval()
+    got = energy_report(model, x[:4], y[:4], eps="8/255", norm="linf", T=2, M=1, S=0)
+    assert got["settings"]["eps"] == 8 / 255
+    assert energy_report(model, x[:4], y[:4], eps=np.float32(0.5), T=2, M=1, S=0
+                         )["settings"]["eps"] == 0.5
+    with pytest.raises(UserError, match="eps: want a number or a fraction a/b, got 'big'"):
+        energy_report(model, x[:4], y[:4], eps="big", T=2, M=1, S=0)

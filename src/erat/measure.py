@@ -19,7 +19,9 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 
+from erat import fields
 from erat.energy import CERTIFICATE_NOTE, certify, check_settings, energy
+from erat.errors import UserError
 from erat.inputs import images, labels, within_outputs
 from erat.losses import cross_entropy, supervised_loss, virtual_loss
 from erat.passes import sample_outputs, supervised_search
@@ -87,7 +89,13 @@ def energy_report(
 
         report = energy_report(model, x_test[:1000], y_test[:1000], eps=2.0)
     """
+    if isinstance(eps, str):  # (as the command line takes a radius, and evaluate: "8/255")
+        try:
+            eps = fields.number(eps.strip())
+        except fields.BadValue as err:
+            raise UserError(f"eps: {err}") from None
     check_settings(eps, T, M, S, "max", norm)
+    eps = float(eps)  # (a NumPy radius: a plain number in the report)
     y = labels(y, len(images(x)))
     s = {"eps": eps, "norm": norm, "T": T, "M": M, "S": S, "n": len(y), "seed": seed,
          "xi": xi, "power_iters": power_iters, "reduce": "max", "mode": "eval",
