@@ -43,7 +43,7 @@ from torch import Tensor, nn
 
 from erat.datasets import DatasetInfo, dataset_info, load_dataset
 from erat.errors import UserError, first_line
-from erat.fields import flagged, param
+from erat.fields import flag, flagged, param
 from erat.files import load_file_and_digest
 from erat.inputs import first_n
 from erat.models import Normalize, check_kwargs
@@ -75,7 +75,7 @@ class ExternalOptions:
     def given(self) -> list[str]:
         """The flags set to other than their defaults."""
         default = ExternalOptions()
-        return [f"--{f.name.replace('_', '-')}" for f in dataclasses.fields(self)
+        return [flag(f.name) for f in dataclasses.fields(self)
                 if getattr(self, f.name) != getattr(default, f.name)]
 
 

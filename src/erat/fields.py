@@ -203,6 +203,11 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def off_flag(name: str) -> str:
+    """The flag that turns off a setting that is on: ``augment`` -> ``--no-augment``."""
+    return "--no-" + name.replace("_", "-")
+
+
 def flagged(err: UserError) -> UserError:
     """``err`` naming its setting as the flag: ``val_eps must ...`` -> ``--val-eps must ...``
     (any other message unchanged)."""
@@ -256,8 +261,7 @@ def read_numbers(cls: Any, values: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(values)
     for name, value in values.items():
         hint = hints.get(name)
-        if isinstance(value, numbers.Real) and type(value) not in (bool, int, float):
-            out[name] = int(value) if isinstance(value, numbers.Integral) else float(value)
+        out[name] = python_number(value)
         if isinstance(value, str) and hint is not None and _is(1.5, hint) \
                 and not _is("text", hint):
             with contextlib.suppress(BadValue):
@@ -265,14 +269,21 @@ def read_numbers(cls: Any, values: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def python_number(value: Any) -> Any:
+    """``value`` as Python's ``int`` or ``float`` when it is a number of another type
+    (NumPy's), so that ``config.yaml`` and a checkpoint can hold it; anything else as it is."""
+    if isinstance(value, numbers.Real) and type(value) not in (bool, int, float):
+        return int(value) if isinstance(value, numbers.Integral) else float(value)
+    return value
+
+
 def python_numbers(instance: Any) -> None:
     """Each number of another type (NumPy's) among a dataclass instance's settings replaced
-    by Python's, as :func:`read_numbers` reads them (so that ``config.yaml`` can hold it)."""
+    by Python's (:func:`python_number`)."""
     for f in dataclasses.fields(instance):
         value = getattr(instance, f.name)
-        if isinstance(value, numbers.Real) and type(value) not in (bool, int, float):
-            setattr(instance, f.name,
-                    int(value) if isinstance(value, numbers.Integral) else float(value))
+        if python_number(value) is not value:
+            setattr(instance, f.name, python_number(value))
 
 
 def check_types(cls: Any, values: Mapping[str, Any] | None = None) -> None:
@@ -335,7 +346,7 @@ def add_flags(group, specs: dict, defaults: dict | None = None, both: bool = Fal
             group.add_argument(flag(name), dest=name, action=argparse.BooleanOptionalAction,
                                help=text)
         elif spec.kind is bool and default is True:
-            group.add_argument(f"--no-{name.replace('_', '-')}", dest=name,
+            group.add_argument(off_flag(name), dest=name,
                                action="store_false", help=f"turn off (on by default): {text}")
         elif spec.kind is bool:
             group.add_argument(flag(name), dest=name, action="store_true", help=text)

@@ -50,7 +50,7 @@ from erat.datasets import check_test_set, is_embedded, load_dataset
 from erat.distributed import resolve_device
 from erat.errors import UserError
 from erat.evaluate import EvalConfig
-from erat.fields import flag
+from erat.fields import flag, off_flag
 from erat.files import atomic_write_text, check_writable_dir
 from erat.fit.guard import overfitting_epoch
 from erat.inputs import first_n
@@ -477,14 +477,14 @@ def command(cfg: TrainConfig, folder: Path) -> str:
             continue
         if name == "method_params":  # a switch off by the method's default is left out
             on = {k for k, f in method_params(cfg.method).items() if f.default is True}
-            parts += [_flag(k, v) if v is not False else "--no-" + k.replace("_", "-")
+            parts += [_flag(k, v) if v is not False else off_flag(k)
                       for k, v in value.items() if v is not None and (v is not False or k in on)]
         elif name == "model_kwargs":
             import json
 
             parts.append(f"--model-kwargs '{json.dumps(value)}'")
         elif value is False and default[name] is True:  # on by default: offered as --no-NAME
-            parts.append("--no-" + name.replace("_", "-"))
+            parts.append(off_flag(name))
         else:
             parts.append(_flag(name, value))
     return " ".join([*parts, f"--out {folder}"])

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import fnmatch
 import json
 import os
 import shutil
@@ -80,6 +81,8 @@ class RunDir:
     LOCK = ".lock"
     FILES = (CONFIG, METRICS, CHECKPOINT, BEST, SPLIT, MODEL, MODEL_LAST, MODEL_META, EVAL,
              EVAL_LAST, EVAL_AUTOATTACK, ENERGY)
+    KEPT = "*.previous.json"  # (a result of other settings, kept beside: cached)
+    STATES = ".eval*.state.pt"  # (an evaluation's saved progress: state_path)
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -96,8 +99,7 @@ class RunDir:
         if not self.path.is_dir():
             return []
         found = [self.path / f for f in self.FILES if (self.path / f).exists()]
-        return found + sorted(self.path.glob("*.previous.json")) \
-            + sorted(self.path.glob(".eval*.state.pt"))
+        return found + sorted(self.path.glob(self.KEPT)) + sorted(self.path.glob(self.STATES))
 
     def holds_run(self) -> bool:
         return bool(self.run_files()) or self.replaced()
@@ -350,7 +352,7 @@ class RunDir:
                                   self.path / self.MODEL_META)
             removed = [p for p in (self.path / f for f in (self.MODEL, self.MODEL_LAST,
                                                            self.CHECKPOINT, self.BEST))
-                       if p.exists()] + sorted(self.path.glob(".eval*.state.pt"))
+                       if p.exists()] + sorted(self.path.glob(self.STATES))
             for p in removed:
                 p.unlink()
         return removed
@@ -453,8 +455,8 @@ def check_output_file(path: Path, flag: str, own: str | None = None) -> None:
     path = Path(path)
     for where in {path, path.resolve()}:
         name = where.name
-        taken = name in RunDir.FILES or name.endswith(".previous.json") or (
-            name.startswith(".eval") and name.endswith(".state.pt"))
+        taken = name in RunDir.FILES or any(fnmatch.fnmatchcase(name, pattern)
+                                            for pattern in (RunDir.KEPT, RunDir.STATES))
         if taken and name != own and RunDir(where.parent).holds_run():
             raise UserError(f"{flag} {path} is the {name} of the run in {where.parent}: "
                             "writing there would break the run; give another file")

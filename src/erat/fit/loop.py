@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +35,7 @@ from tqdm import tqdm
 from erat import distributed
 from erat.datasets import augment_batch
 from erat.errors import UserError, first_line
+from erat.fields import python_number
 from erat.files import tensor_sha256
 from erat.fit import fast
 from erat.fit.guard import guard
@@ -161,12 +161,9 @@ def _settings(method: Method, options: FitOptions, data: FitData) -> dict[str, A
 def _plain(value: Any) -> Any:
     """``value`` as plain Python: numbers as ``int`` or ``float``, mappings and sequences
     walked, any other object by its type's name."""
-    if value is None or isinstance(value, bool | str):
+    value = python_number(value)
+    if value is None or isinstance(value, bool | int | float | str):
         return value
-    if isinstance(value, numbers.Integral):
-        return int(value)
-    if isinstance(value, numbers.Real):
-        return float(value)
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
