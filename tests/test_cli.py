@@ -124,7 +124,7 @@ def test_train_errors_are_one_line(tmp_path, capsys, args, message):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--eps", "-0.5"], "radii"),
+        (["--eps", "-0.5"], "--eps must be a finite number >= 0, got -0.5"),  # (as energy's)
         (["--norm", "l3"], "invalid choice"),
         (["--attack", "nope"], "attack"),
         (["--attack", "all,square"], "attack 'all' is a preset (pgd, autoattack) and stands"),
@@ -148,6 +148,7 @@ def test_eval_errors(digits_run, capsys, args, message):
 @pytest.mark.parametrize("args, message", [
     (["--T", "0"], "--T must be an integer >= 1, got 0"),
     (["--S", "-1"], "--S must be an integer >= 0, got -1"),
+    (["--eps", "-0.5"], "--eps must be a finite number >= 0, got -0.5"),  # (as eval's)
 ])
 def test_energy_errors_name_the_flags(digits_run, capsys, args, message):
     code, _, err = run(["energy", digits_run, "--eps", "0.5", "--n", "5", *args], capsys)
