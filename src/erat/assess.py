@@ -82,8 +82,8 @@ def run_inputs(path: Path, *, n: int | None, data_dir: str | None, device: torch
     run = RunDir(opened.path.parent)
     dataset = opened.meta["dataset"]
     moved_to = data_dir if own_scheme(dataset) else None  # (your own data: where it is now)
-    if data_dir is None and (run / RunDir.CONFIG).exists():
-        data_dir = run.read_config().get("data_dir")
+    if data_dir is None:
+        data_dir = run.read_config(missing={}).get("data_dir")
     x, y = recorded_test_set(opened.meta, data_dir, moved_to, model=path)
     total = len(x)
     x, y = first_n(x, y, n)
@@ -176,7 +176,7 @@ def _config(path: Path | None) -> dict[str, Any] | None:
     if path is None:
         return None
     run = RunDir(Path(path).parent if Path(path).is_file() else path)
-    return run.read_config() if (run / RunDir.CONFIG).is_file() else None
+    return run.read_config(missing=None)
 
 
 def format_result(result: dict[str, Any]) -> str:

@@ -306,7 +306,7 @@ def resolve_train(out: Path, *, resume: bool, config_file: Path | None,
     from erat.rundir import RunDir
 
     run = RunDir(out)
-    saved = run.read_config() if resume and (run / RunDir.CONFIG).is_file() else None
+    saved = run.read_config(missing=None) if resume else None
     layers = [(read_settings(config_file), str(config_file))] if config_file else []
     cfg = resolve([*layers, (flags, "flags")], saved)
     given = {k for settings, _ in [*layers, (flags, "")] for k in [

@@ -111,7 +111,7 @@ def _landscape_inputs(runs: Sequence[Path], index: int) -> tuple[dict, Tensor, T
     from erat.rundir import RunDir
 
     run0 = RunDir(runs[0])
-    data_dir = run0.read_config().get("data_dir") if (run0 / RunDir.CONFIG).exists() else None
+    data_dir = run0.read_config(missing={}).get("data_dir")
     meta = run0.read_meta()
     x, y = recorded_test_set(meta, data_dir, model=runs[0])
     for run in runs[1:]:
@@ -250,7 +250,7 @@ def _run_row(run: Path, name: str, result: dict) -> dict:
     from erat.rundir import RunDir
 
     folder = RunDir(run)
-    config = folder.read_config() if (run / RunDir.CONFIG).is_file() else {}
+    config = folder.read_config(missing={})
     ball = trained_ball(config)
     energy = read_json(run / RunDir.ENERGY, "energy result") \
         if (run / RunDir.ENERGY).is_file() else {}

@@ -233,7 +233,11 @@ class RunDir:
     def write_config(self, config: dict[str, Any]) -> None:
         atomic_write_text(yaml.safe_dump(config, sort_keys=False), self.path / self.CONFIG)
 
-    def read_config(self) -> dict[str, Any]:
+    def read_config(self, missing: Any = ...) -> dict[str, Any]:
+        """The folder's ``config.yaml``; ``missing`` when there is none, if given (else
+        reading it fails as a missing file does)."""
+        if missing is not ... and not (self.path / self.CONFIG).is_file():
+            return missing
         data = read_yaml(self.path / self.CONFIG, "run configuration")
         if not isinstance(data, dict):
             raise UserError(f"{self.path / self.CONFIG} must hold a mapping of settings, "

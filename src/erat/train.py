@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -175,9 +175,13 @@ def _prepare_folder(run: RunDir, cfg: TrainConfig, resume: bool, overwrite: bool
     run.write_config(cfg.to_dict())
 
 
-class _Built:
-    def __init__(self, method: Method, model: nn.Module, info: Any, test_sha256: str) -> None:
-        self.method, self.model, self.info, self.test_sha256 = method, model, info, test_sha256
+class _Built(NamedTuple):
+    """What a training run built: its method, model, dataset information and the SHA-256
+    of its test set."""
+    method: Method
+    model: nn.Module
+    info: Any
+    test_sha256: str
 
 
 def _run(cfg: TrainConfig, run: RunDir, resume: bool, stop_after: int | None,
