@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from erat.plots import accuracy_vs_radius, landscape, landscape_data, radius_curve
+from erat.plots import accuracy_vs_radius, landscape, landscape_data, plotted, radius_curve
 from erat.tables import result_row, results_table, write_csv
 
 
@@ -34,6 +34,17 @@ def test_radius_curve_adds_clean_point():
     res = fake_result(0.9, {1.0: 0.5, 0.5: 0.7})
     assert radius_curve(res) == [(0.0, 0.9), (0.5, 0.7), (1.0, 0.5)]
     assert radius_curve(res, attack="all") == []
+
+
+def test_plotted_attack_is_the_one_most_runs_have():
+    """A run evaluated with another attack than the first run's stays in the plot: `erat
+    report` and a suite both draw the attack most runs hold (PGD is in every chain)."""
+    chain = fake_result(0.9, {0.5: 0.6}, attack="all") | {
+        "threat": {"attack": "all", "norm": "l2"}}
+    chain["robust_acc"]["pgd-l2-eps0.5"] = 0.65
+    pgd = fake_result(0.9, {0.5: 0.7}) | {"threat": {"attack": "pgd", "norm": "l2"}}
+    assert plotted({"a": chain, "b": pgd}) == ("pgd", "l2")
+    assert plotted({"a": chain, "b": dict(chain)}) == ("all", "l2")
 
 
 def test_accuracy_vs_radius_writes_png_and_svg(tmp_path):

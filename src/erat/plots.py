@@ -1,7 +1,8 @@
 """Figures from evaluation results and models, usable without the CLI.
 
 - :func:`accuracy_vs_radius`: robust accuracy against the radius, one line per run, from the
-  dicts :func:`erat.evaluate.evaluate` returns;
+  dicts :func:`erat.evaluate.evaluate` returns (:func:`plotted`: the attack and norm most
+  runs were evaluated with);
 - :func:`landscape`: the picture of Zhang, Huang & Xu (arXiv 1911.06479): the loss of one test
   image along the adversarial direction and along random unit directions (l2 or l-inf), and
   over the plane spanned by the adversarial and one random direction, one column per model.
@@ -67,6 +68,18 @@ def radius_curve(result: Mapping, *, attack: str = "pgd", norm: str = "l2"
     if curve and 0.0 not in curve and "clean_acc" in result:
         curve[0.0] = float(result["clean_acc"])
     return sorted(curve.items())
+
+
+def plotted(results: Mapping[str, Mapping]) -> tuple[str, str]:
+    """The attack and norm an accuracy plot of these evaluation results draws: of those the
+    runs were evaluated with (each result's ``threat``, and PGD in its norm, which every
+    chain starting with PGD records), the one with curves for the most runs, the first
+    run's on a tie (a run evaluated otherwise than the first stays in the plot)."""
+    pairs = [(t.get("attack", "pgd"), t.get("norm", "l2"))
+             for t in (r["threat"] for r in results.values())]
+    pairs = list(dict.fromkeys([p for pair in pairs for p in (pair, ("pgd", pair[1]))]))
+    return max(pairs, key=lambda p: sum(bool(radius_curve(r, attack=p[0], norm=p[1]))
+                                        for r in results.values()))
 
 
 def accuracy_vs_radius(results: Mapping[str, Mapping], out: Path, *, attack: str = "pgd",

@@ -6,7 +6,7 @@ from their ``eval.json`` and ``energy.json``, each checked against the run's wei
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from torch import Tensor
@@ -14,7 +14,7 @@ from torch import Tensor
 from erat.attacks import robust_key
 from erat.errors import UserError
 from erat.files import atomic_write_text, check_writable_dir, read_json, sha256
-from erat.plots import accuracy_vs_radius, landscape, radius_curve
+from erat.plots import accuracy_vs_radius, landscape, plotted, radius_curve
 from erat.tables import (
     evaluation_section,
     every_column,
@@ -149,7 +149,7 @@ def report_runs(runs: Sequence[Path], out: Path, *, eval_name: str = "eval.json"
     notes = _mixed(rows)
     for note in notes:
         log(f"note: {note}")
-    attack, norm = _plotted(results)
+    attack, norm = plotted(results)
     if not any(radius_curve(r, attack=attack, norm=norm) for r in results.values()):
         raise UserError(f"no {attack}-{norm} robust accuracies in the {eval_name} of "
                         f"{', '.join(map(str, runs))}: nothing to plot")
@@ -204,18 +204,6 @@ def _mixed(rows: list[dict]) -> list[str]:
                      f"({'; '.join(measured)}; the energy_settings column of results.csv): "
                      "compare with care")
     return notes
-
-
-def _plotted(results: Mapping[str, Mapping]) -> tuple[str, str]:
-    """The attack and norm the accuracy plot draws: of those the runs were evaluated with
-    (each result's ``threat``, and PGD in its norm, which ``all`` includes), the one with
-    curves for the most runs, the first run's on a tie (it took the first run's, which
-    left out every run evaluated otherwise)."""
-    pairs = [(t.get("attack", "pgd"), t.get("norm", "l2"))
-             for t in (r["threat"] for r in results.values())]
-    pairs = list(dict.fromkeys([p for pair in pairs for p in (pair, ("pgd", pair[1]))]))
-    return max(pairs, key=lambda p: sum(bool(radius_curve(r, attack=p[0], norm=p[1]))
-                                        for r in results.values()))
 
 
 def _measured_weights(energy: object) -> str | None:

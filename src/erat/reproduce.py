@@ -504,12 +504,11 @@ def write_report(suite: dict[str, Any], out: Path, rows: list[dict[str, Any]],
     printed."""
     columns = tables.table_columns(rows)
     tables.write_csv(rows, out / "results.csv", columns)
-    ev = suite.get("eval") or {}
-    label = resolve(ev.get("attack", "pgd"))[1][-1]
     norm, radii = ball
     figures = []  # (the plots drawn this time: results.md links these only)
-    if results:
-        plots.accuracy_vs_radius(results, out / "accuracy_vs_radius", attack=label, norm=norm)
+    if results:  # (the attack most runs were evaluated with: a run's own eval stays in)
+        attack, drawn = plots.plotted(results)
+        plots.accuracy_vs_radius(results, out / "accuracy_vs_radius", attack=attack, norm=drawn)
         figures.append(("accuracy vs radius", "accuracy_vs_radius"))
     plot_settings = suite.get("plots", {}) or {}
     if plot_settings.get("landscape", True) and test is not None and results and _landscape(
