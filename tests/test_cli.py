@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 
 import pytest
 import yaml
@@ -464,3 +465,23 @@ def test_json_never_overwrites_a_runs_own_records(digits_run, capsys, command, r
     finally:
         if made:
             target.unlink()
+
+
+@pytest.mark.parametrize("command, record", [
+    (["eval", "RUN", "--n", "8", "--steps", "2", "--no-checks"], "eval.json"),
+    (["energy", "RUN", "--n", "4", "--T", "2", "--M", "1", "--eps", "1"], "energy.json"),
+])
+def test_json_never_replaces_another_runs_result(digits_run, tmp_path, capsys, command, record):
+    """``erat eval RUN --json OTHER/eval.json`` replaced another run's evaluation with this
+    one's, without a word (a new-user trial): refused, that file untouched; the run's own
+    folder (given as a folder or as its model file) stays allowed."""
+    other = tmp_path / "other"
+    shutil.copytree(digits_run, other, ignore=shutil.ignore_patterns("*.json", ".*"))
+    (other / record).write_text('{"kept": true}')
+    code, _, err = run([digits_run if a == "RUN" else a for a in command]
+                       + ["--json", other / record], capsys)
+    assert code == 2 and err.count("\n") == 1 and "of another run" in err, err
+    assert (other / record).read_text() == '{"kept": true}'
+    own = [other / "model.pt" if a == "RUN" else a for a in command]
+    code, _, err = run([*own, "--json", other / record], capsys)
+    assert code == 0 and "kept" not in (other / record).read_text(), err

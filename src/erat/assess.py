@@ -103,7 +103,7 @@ def evaluate_run(path: Path | None, cfg: EvalConfig, *, n: int | None, data_dir:
     model from outside erat (``external``); ``json_path`` is checked for writing before any
     attack work. With ``fast``, a model on a GPU is attacked as CUDA graphs."""
     if json_path is not None:
-        check_output_file(json_path, "--json", own=RunDir.EVAL)
+        check_output_file(json_path, "--json", own=RunDir.EVAL, source=path)
     got = open_run(path, external, n=n, data_dir=data_dir, device=resolve_device(device),
                  seed=cfg.seed)
     for eps in cfg.eps:
@@ -254,7 +254,7 @@ def energy_run(path: Path | None, *, eps: float | None, T: int, M: int, S: int,
     if batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {batch_size}")
     if json_path is not None:
-        check_output_file(json_path, "--json", own=RunDir.ENERGY)
+        check_output_file(json_path, "--json", own=RunDir.ENERGY, source=path)
     if path is None and (external is None or external.model is None):
         raise UserError(NO_MODEL)  # (said before the radius the model would give)
     if path is not None:

@@ -449,21 +449,31 @@ def model_path(path: str | Path) -> Path:
     return path / RunDir.MODEL if path.is_dir() else path
 
 
-def check_output_file(path: Path, flag: str, own: str | None = None) -> None:
+def check_output_file(path: Path, flag: str, own: str | None = None,
+                      source: str | Path | None = None) -> None:
     """Refuse an output file before any work: one that cannot be written
     (:func:`erat.files.check_writable_file`), or one of a run folder's own files (its
     model, configuration, metrics, checkpoint, split, results, saved progress), which
-    another writer would break; ``own`` names the result the command itself writes there
-    (``eval.json`` for ``erat eval``)."""
+    another writer would break or mislabel; ``own`` names the result the command itself
+    writes into the folder of ``source``, the run folder (or model file) it measures
+    (``eval.json`` for ``erat eval RUN``), and into no other run's."""
     check_writable_file(path, flag)
     path = Path(path)
+    home = None if source is None else Path(source).resolve()
+    home = home.parent if home is not None and home.is_file() else home
     for where in {path, path.resolve()}:
         name = where.name
         taken = name in RunDir.FILES or any(fnmatch.fnmatchcase(name, pattern)
                                             for pattern in (RunDir.KEPT, RunDir.STATES))
-        if taken and name != own and RunDir(where.parent).holds_run():
+        if not taken or not RunDir(where.parent).holds_run():
+            continue
+        if name != own:
             raise UserError(f"{flag} {path} is the {name} of the run in {where.parent}: "
                             "writing there would break the run; give another file")
+        if where.parent.resolve() != home:
+            raise UserError(f"{flag} {path} is the {name} of another run ({where.parent}): "
+                            f"writing {source or 'this model'}'s result there would replace "
+                            "that run's; give another file")
 
 
 def check_exists(path: str | Path) -> None:
