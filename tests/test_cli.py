@@ -110,12 +110,15 @@ def test_eval_fast_off_is_the_same_evaluation(digits_run, tmp_path, capsys):
         (["--config", "/nonexistent.yaml"], "no such config file"),
         (["--config", "FOLDER"], "is a folder, not a config file"),
         (["--config", "EMPTY"], "empty.yaml is empty: a config file holds settings"),
+        (["--config", "SUITE"], "is a suite (its keys suite and runs), not one run's settings: "
+         "run it with erat reproduce"),  # (said "unknown setting 'suite'")
     ],
 )
 def test_train_errors_are_one_line(tmp_path, capsys, args, message):
     (tmp_path / "empty.yaml").write_text("")
-    args = [{"FOLDER": str(tmp_path), "EMPTY": str(tmp_path / "empty.yaml")}.get(a, a)
-            for a in args]
+    (tmp_path / "suite.yaml").write_text("suite: s\nruns: [{name: a, method: erm}]\n")
+    args = [{"FOLDER": str(tmp_path), "EMPTY": str(tmp_path / "empty.yaml"),
+             "SUITE": str(tmp_path / "suite.yaml")}.get(a, a) for a in args]
     code, _, err = run([*TRAIN, *args, "--out", tmp_path / "run"], capsys)
     assert code == 2
     assert err.startswith("erat: error:") and message in err and err.count("\n") == 1

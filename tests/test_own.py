@@ -114,6 +114,9 @@ def test_folder_with_train_and_test(tmp_path):
     assert torch.allclose(torch.tensor(info.mean), x.mean((0, 2, 3)), atol=1e-5)
     assert torch.allclose(torch.tensor(info.std), x.std((0, 2, 3), unbiased=False), atol=1e-4)
     assert len(load_dataset(f"folder:{root}", "test")) == 8
+    import erat  # (the top-level API takes the same options: it refused resize)
+
+    assert erat.load_dataset(f"folder:{root}", "test", resize=4).tensors[0].shape == (8, 3, 4, 4)
 
 
 def test_folder_reads_images_in_imagefolders_order(tmp_path):
@@ -346,14 +349,15 @@ def test_eval_rereads_own_data_from_another_folder_and_refuses_changed_images(
     monkeypatch.chdir(tmp_path)
     code, _, err = run(["eval", out, "--eps", "0.25", "--no-checks"], capsys)
     assert code == 2 and "no such folder" in err and "if the data moved, pass --data-dir" in err
-    code, _, err = run(["eval", out, "--eps", "0.25", "--no-checks", "--data-dir",
-                        tmp_path / "moved", "--fresh"], capsys)
-    assert code == 0, err
+    code, printed, err = run(["eval", out, "--eps", "0.25", "--no-checks", "--data-dir",
+                              tmp_path / "moved", "--fresh"], capsys)
+    assert code == 0 and f"read from {tmp_path / 'moved'}" in printed, err  # (said the old one)
     write_images(tmp_path / "moved" / "test" / "cat", 1, label=1)  # another 00.png
     code, _, err = run(["eval", out, "--eps", "0.25", "--no-checks", "--data-dir", "moved"],
                        capsys)
     assert code == 2 and err.count("\n") == 1, err
     assert "the test images of folder:moved are not the ones" in err and "None" not in err
+    assert "if the data moved" not in err  # (--data-dir was given: the images changed)
 
 
 @pytest.fixture

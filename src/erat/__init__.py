@@ -18,11 +18,14 @@ def load_model(path, device="cpu"):
     return _load(path, device)
 
 
-def load_dataset(name, split="test", data_dir=None, download=False):
-    """The same data the CLI uses, as a ``TensorDataset`` of ``x`` in [0, 1] and labels."""
+def load_dataset(name, split="test", data_dir=None, download=False, *, test_split=None,
+                 resize=None):
+    """The same data the CLI uses, as a ``TensorDataset`` of ``x`` in [0, 1] and labels (your
+    own ``folder:PATH`` or ``npz:PATH`` with the ``test_split`` and ``resize`` it was trained
+    with; :func:`erat.datasets.load_dataset`)."""
     from erat.datasets import load_dataset as _load
 
-    return _load(name, split, data_dir, download)
+    return _load(name, split, data_dir, download, test_split=test_split, resize=resize)
 
 
 __all__ = ["__version__", "load_dataset", "load_model"]

@@ -91,6 +91,8 @@ def run_inputs(path: Path, *, n: int | None, data_dir: str | None, device: torch
               "method": opened.meta["method"]}
     if opened.meta.get("data"):
         record["data"] = opened.meta["data"]
+    if moved_to is not None:  # (your own data, read where --data-dir says it is now)
+        record["data_read_from"] = str(moved_to)
     state = (lambda name: None) if Path(path).is_file() else RunDir(path).state_path
     return RunInputs(opened.model, opened.meta, x, y, total, opened.sha256, record, state)
 
@@ -288,7 +290,8 @@ def describe_data(threat: dict[str, Any]) -> str:
                         if threat.get("model_file") else ", no weights file") + ")")
     d = threat.get("data")
     if d:
-        parts.append(f"data: {threat['dataset']} test split ({d.get('test')}), "
+        moved = f", read from {threat['data_read_from']}" if threat.get("data_read_from") else ""
+        parts.append(f"data: {threat['dataset']} test split ({d.get('test')}{moved}), "
                      f"{d.get('layout')}, {len(d.get('classes', []))} classes")
     return "; ".join(parts)
 

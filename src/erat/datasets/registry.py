@@ -223,15 +223,18 @@ def recorded_test_set(meta: dict[str, Any], data_dir: str | Path | None,
             raise
         raise UserError(f"{err}; if the data moved, pass --data-dir with where its folder or "
                         "file is now") from err
-    check_test_set(meta, x, y, model=model, data_dir=data_dir, name=name)
+    check_test_set(meta, x, y, model=model, data_dir=data_dir, name=name,
+                   moved=moved_to is not None)
     return x, y
 
 
 def check_test_set(meta: dict[str, Any], x: Tensor, y: Tensor, *, model: object = "the model",
-                   data_dir: str | Path | None = None, name: str | None = None) -> None:
+                   data_dir: str | Path | None = None, name: str | None = None,
+                   moved: bool = False) -> None:
     """Refuse test images and labels that are not the ones ``model`` was trained beside
     (``meta``'s ``test_sha256``, when recorded): another dataset or version in
-    ``data_dir``, your own data (``name``) changed or moved."""
+    ``data_dir``, your own data (``name``) changed or moved (``moved``: read where the
+    user said it is now)."""
     from erat.files import tensor_sha256
 
     if meta.get("test_sha256") in (None, tensor_sha256([x, y])):
@@ -239,8 +242,10 @@ def check_test_set(meta: dict[str, Any], x: Tensor, y: Tensor, *, model: object 
     dataset = meta["dataset"]
     if own_scheme(dataset) is not None:
         raise UserError(f"the test images of {name or dataset} are not the ones {model} was "
-                        "trained beside (changed since?); if the data moved, pass --data-dir "
-                        "with where its folder or file is now")
+                        "trained beside (changed since?); " + (
+                            "give the --data-dir of the images it was trained beside" if moved
+                            else "if the data moved, pass --data-dir with where its folder or "
+                            "file is now"))
     raise UserError(f"the {dataset} test set{f' in {data_dir}' if data_dir else ''} is "
                     f"not the one {model} was trained beside (another dataset or version "
                     f"there?); pass the --data-dir of the run's own {dataset} files")
