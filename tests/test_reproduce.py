@@ -334,6 +334,9 @@ def test_report_only_of_an_empty_folder_is_one_line_and_writes_nothing(suite_fil
     assert got.out == "" and got.err.count("\n") == 1
     assert "no run of suite 'tiny' is finished" in got.err and "no report written" in got.err
     assert not out.exists()
+    assert main(["reproduce", "fashion-mnist", "--out", str(out), "--report-only",
+                 "--data-dir", str(tmp_path)]) == 2  # 45 runs: six named, the rest counted
+    assert "(not trained), and 39 more); no report written" in capsys.readouterr().err
 
 
 def test_the_landscape_draws_every_method_and_names_the_runs_left_out(tmp_path, monkeypatch):

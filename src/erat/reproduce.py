@@ -140,8 +140,10 @@ def reproduce(
         if name in mine:
             log(clock.line(name, bool(said), summary(row)))
     if not rows:
+        shown = ", ".join(left_out[:6]) + (f", and {len(left_out) - 6} more" if len(
+            left_out) > 6 else "")  # (a suite of 45 runs made one long line)
         raise UserError(f"no run of suite {suite['suite']!r} is finished in {out} yet "
-                        f"({', '.join(left_out)}); no report written")
+                        f"({shown}); no report written")
     if suite.get("autoattack"):
         done = {r["name"] for r in rows}
         autoattack_stage(suite, out, [r for r in runs if r["name"] in done],
