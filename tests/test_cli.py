@@ -110,13 +110,13 @@ def test_eval_fast_off_is_the_same_evaluation(digits_run, tmp_path, capsys):
         (["--config", "/nonexistent.yaml"], "no such config file"),
         (["--config", "FOLDER"], "is a folder, not a config file"),
         (["--config", "EMPTY"], "empty.yaml is empty: a config file holds settings"),
-        (["--config", "SUITE"], "is a suite (its keys suite and runs), not one run's settings: "
-         "run it with erat reproduce"),  # (said "unknown setting 'suite'")
+        (["--config", "SUITE"], "is a suite (it lists runs), not one run's settings: run it "
+         "with erat reproduce"),  # (said "unknown setting 'suite'")
     ],
 )
 def test_train_errors_are_one_line(tmp_path, capsys, args, message):
     (tmp_path / "empty.yaml").write_text("")
-    (tmp_path / "suite.yaml").write_text("suite: s\nruns: [{name: a, method: erm}]\n")
+    (tmp_path / "suite.yaml").write_text("runs: [{name: a, method: erm}]\n")  # (suite: optional)
     args = [{"FOLDER": str(tmp_path), "EMPTY": str(tmp_path / "empty.yaml"),
              "SUITE": str(tmp_path / "suite.yaml")}.get(a, a) for a in args]
     code, _, err = run([*TRAIN, *args, "--out", tmp_path / "run"], capsys)
@@ -488,3 +488,10 @@ def test_json_never_replaces_another_runs_result(digits_run, tmp_path, capsys, c
     own = [other / "model.pt" if a == "RUN" else a for a in command]
     code, _, err = run([*own, "--json", other / record], capsys)
     assert code == 0 and "kept" not in (other / record).read_text(), err
+    (other / "model.pt").rename(tmp_path / "weights.pt")  # weights kept elsewhere, linked
+    (other / "model.pt").symlink_to(tmp_path / "weights.pt")
+    code, _, err = run([*own, "--json", other / record], capsys)
+    assert code == 0, err
+    typo = [other / "modl.pt" if a == "RUN" else a for a in command]
+    code, _, err = run([*typo, "--json", other / record], capsys)
+    assert code == 2 and "no such run folder or model file" in err, err

@@ -670,3 +670,21 @@ def test_a_data_dir_an_embedded_suite_never_reads_is_said(tmp_path):
                   report_only=True, log=lines.append)
     assert lines[0] == "note: --data-dir has no effect here (digits is embedded, it reads no " \
         "files)"
+
+
+def test_suite_plot_draws_the_attack_its_runs_were_evaluated_with(tmp_path, monkeypatch):
+    """A suite's accuracy plot drew its own eval.attack: runs evaluated otherwise (their own
+    eval) dropped out of it. It draws the attack most runs hold, as erat report does."""
+    from erat import plots
+    from erat.reproduce import write_report
+
+    drawn = []
+    monkeypatch.setattr(plots, "accuracy_vs_radius",
+                        lambda results, out, attack, norm: drawn.append((attack, norm)))
+    chain = {"clean_acc": 0.9, "threat": {"attack": "all", "norm": "l2", "n": 10},
+             "robust_acc": {"pgd-l2-eps0.5": 0.7, "all-l2-eps0.5": 0.6}}
+    rows = [{"name": n, "clean_acc": 0.9, "all-l2-eps0.5": 0.6} for n in "ab"]
+    write_report({"suite": "t", "eval": {"attack": "pgd"}, "plots": {"landscape": False}},
+                 tmp_path, rows, {"a": chain, "b": chain}, [], None, ("l2", [0.5]),
+                 log=lambda *_: None)
+    assert drawn == [("all", "l2")]

@@ -92,7 +92,7 @@ def run_inputs(path: Path, *, n: int | None, data_dir: str | None, device: torch
     if opened.meta.get("data"):
         record["data"] = opened.meta["data"]
     if moved_to is not None:  # (your own data, read where --data-dir says it is now)
-        record["data_read_from"] = str(moved_to)
+        record["data_read_from"] = str(Path(moved_to).resolve())
     state = (lambda name: None) if Path(path).is_file() else RunDir(path).state_path
     return RunInputs(opened.model, opened.meta, x, y, total, opened.sha256, record, state)
 

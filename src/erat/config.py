@@ -281,9 +281,9 @@ def read_settings(path: Path) -> dict[str, Any]:
         raise UserError(f"{path} is empty: a config file holds settings such as 'epochs: 10'")
     if not isinstance(data, dict):
         raise UserError(f"{path} must hold a mapping of settings, not a {type(data).__name__}")
-    if "suite" in data and "runs" in data:
-        raise UserError(f"{path} is a suite (its keys suite and runs), not one run's settings: "
-                        f"run it with erat reproduce {path}")
+    if "runs" in data:
+        raise UserError(f"{path} is a suite (it lists runs), not one run's settings: run it "
+                        f"with erat reproduce {path}")
     return data
 
 

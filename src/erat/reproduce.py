@@ -140,17 +140,15 @@ def reproduce(
         if name in mine:
             log(clock.line(name, bool(said), summary(row)))
     if not rows:
-        shown = ", ".join(left_out[:6]) + (f", and {len(left_out) - 6} more" if len(
-            left_out) > 6 else "")  # (a suite of 45 runs made one long line)
         raise UserError(f"no run of suite {suite['suite']!r} is finished in {out} yet "
-                        f"({shown}); no report written")
+                        f"({_few(left_out)}); no report written")
     if suite.get("autoattack"):
         done = {r["name"] for r in rows}
         autoattack_stage(suite, out, [r for r in runs if r["name"] in done],
                          [c for r, c in zip(runs, cfgs, strict=True) if r["name"] in done],
                          rows, log, work, pending)
     if left_out:
-        log(f"left out of the report, not finished: {', '.join(left_out)}")
+        log(f"left out of the report, not finished: {_few(left_out)}")
     write_report(suite, out, rows, results, commands, test, evaluated_ball(suite, cfgs), log,
                  left_out)
     return rows
@@ -494,6 +492,12 @@ def command(cfg: TrainConfig, folder: Path) -> str:
 
 def _flag(name: str, value: Any) -> str:
     return flag(name) if value is True else f"{flag(name)} {value}"
+
+
+def _few(names: list[str], shown: int = 6) -> str:
+    """The first ``shown`` of ``names`` and how many more: one line of a suite of 45 runs."""
+    more = len(names) - shown
+    return ", ".join(names[:shown]) + (f", and {more} more" if more > 0 else "")
 
 
 def write_report(suite: dict[str, Any], out: Path, rows: list[dict[str, Any]],

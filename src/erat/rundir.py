@@ -236,7 +236,7 @@ class RunDir:
     def read_config(self, missing: Any = ...) -> dict[str, Any]:
         """The folder's ``config.yaml``; ``missing`` when there is none, if given (else
         reading it fails as a missing file does)."""
-        if missing is not ... and not (self.path / self.CONFIG).is_file():
+        if missing is not ... and not (self.path / self.CONFIG).exists():
             return missing
         data = read_yaml(self.path / self.CONFIG, "run configuration")
         if not isinstance(data, dict):
@@ -459,9 +459,11 @@ def check_output_file(path: Path, flag: str, own: str | None = None,
     (``eval.json`` for ``erat eval RUN``), and into no other run's."""
     check_writable_file(path, flag)
     path = Path(path)
-    home = None if source is None else Path(source).resolve()
-    home = home.parent if home is not None and home.is_file() else home
-    for where in {path, path.resolve()}:
+    if source is not None:  # (a model file's folder, even where the file links elsewhere)
+        check_exists(source)
+        source_path = Path(source).absolute()
+        home = (source_path if source_path.is_dir() else source_path.parent).resolve()
+    for where in dict.fromkeys([path, path.resolve()]):
         name = where.name
         taken = name in RunDir.FILES or any(fnmatch.fnmatchcase(name, pattern)
                                             for pattern in (RunDir.KEPT, RunDir.STATES))
@@ -470,7 +472,7 @@ def check_output_file(path: Path, flag: str, own: str | None = None,
         if name != own:
             raise UserError(f"{flag} {path} is the {name} of the run in {where.parent}: "
                             "writing there would break the run; give another file")
-        if where.parent.resolve() != home:
+        if source is None or where.parent.resolve() != home:
             raise UserError(f"{flag} {path} is the {name} of another run ({where.parent}): "
                             f"writing {source or 'this model'}'s result there would replace "
                             "that run's; give another file")

@@ -290,7 +290,7 @@ def evaluated_ball(suite: dict[str, Any], cfgs: list[TrainConfig]) -> tuple[str,
         with contextlib.suppress(BadValue):  # (else refused as it is, by EvalConfig)
             eps = radii(eps) if isinstance(eps, str) else eps
         return ev.get("norm", "l2"), [e for e in (eps if isinstance(eps, list) else [eps])
-                                      if isinstance(e, int | float)]
+                                      if isinstance(e, int | float) and 0 <= e < math.inf]
     balls = {ball(build_method(c.method, **c.method_params)) for c in cfgs}
     balls = {(n, e) for n, e in balls if e is not None}
     norms = {n for n, _ in balls}
