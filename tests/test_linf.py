@@ -242,6 +242,11 @@ def test_one_radius_check(fresh_warnings):
         check_radius(0.3, "linf")
         Threat("linf", 0.6)  # derived radii (e.g. the large-radius check) never warn
     assert len(caught) == 1 and "looks like an l2 radius" in str(caught[0].message)
+    with warnings.catch_warnings(record=True) as caught:  # the mirror: 8/255 without linf
+        warnings.simplefilter("always")
+        for eps in (8 / 255, 8 / 255, 0.05, 0.2, 0.5, 17 / 255):
+            check_radius(eps, "l2")
+    assert len(caught) == 1 and "is 8/255, an l-inf radius" in str(caught[0].message)
     for eps, norm in [(2.0, "linf"), (1.5, "linf"), (-0.1, "linf"), (-0.1, "l2"),
                       (float("nan"), "l2"), (float("inf"), "l2"), ("1", "l2")]:
         with pytest.raises(UserError) as err:

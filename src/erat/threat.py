@@ -54,8 +54,9 @@ def check_radius(eps: object, norm: str = "l2", name: str = "eps", *, warn: bool
     float. Raises a one-line ``UserError`` for an unknown norm, a radius that is not a
     finite number >= 0, and an l-inf radius above 1 (the ball then holds the whole box
     ``[0, 1]^d``: an l2 radius given with ``--norm linf``). An l-inf radius above
-    ``LINF_L2_SIZED`` warns once per radius in a process (``warn=False``: never, for
-    radii the program derives rather than the user gives)."""
+    ``LINF_L2_SIZED``, and an l2 radius of 1 to 16 whole 8-bit levels (8/255: an l-inf radius
+    given without ``--norm linf``), warn once per radius in a process (``warn=False``: never,
+    for radii the program derives rather than the user gives)."""
     if norm not in NORMS:
         raise UserError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
     if (isinstance(eps, bool) or not isinstance(eps, numbers.Real)
@@ -72,6 +73,13 @@ def check_radius(eps: object, norm: str = "l2", name: str = "eps", *, warn: bool
         _warned.add(eps)
         warnings.warn(f"an l-inf radius {name}={eps:g} on [0, 1] pixels looks like an l2 "
                       f"radius ({LINF_RADII})", UserWarning, stacklevel=2)
+    levels = round(eps * 255)
+    if warn and norm == "l2" and 1 <= levels <= 16 and abs(eps * 255 - levels) < 1e-6 \
+            and eps not in _warned:  # (8/255 given without --norm linf)
+        _warned.add(eps)
+        warnings.warn(f"an l2 radius {name}={eps:g} is {levels}/255, an l-inf radius "
+                      f"({LINF_RADII}); pass --norm linf if that is the threat model",
+                      UserWarning, stacklevel=2)
     return eps
 
 
