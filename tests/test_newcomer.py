@@ -87,6 +87,20 @@ def test_an_attack_option_named_like_an_eval_flag_is_refused():
     assert "clash" not in ATTACKS
 
 
+@pytest.mark.parametrize("declared, message", [
+    ({"roles": {"black-box"}, "queries_option": "draws"}, "role 'black-box' is held by 'square'"),
+    ({"presets": {"all": 0}}, "rank 0 of preset 'all' is held by 'pgd'"),
+])
+def test_an_attack_taking_anothers_role_or_rank_is_refused(declared, message):
+    """A newcomer's attack with Square's role replaced it in the masking check (alphabetical
+    order), or crashed every eval without ``queries_option``; one with PGD's rank in ``all``
+    ran before PGD and the PGD-AutoAttack check was skipped: both without a word."""
+    body = {"__annotations__": {"draws": int}, "draws": option(10, "random points"), **declared}
+    with pytest.raises(TypeError, match=message):
+        register_attack("clash")(dataclass(type("Noise", (), body)))
+    assert "clash" not in ATTACKS
+
+
 def test_a_registered_attack_runs_after_pgd(toy_attack):
     x, y = digits()
     model = linear_model().eval()
@@ -165,3 +179,25 @@ def test_fit_options_of_the_library_are_checked_as_the_cli_checks_them(options, 
     with pytest.raises(UserError) as err:
         FitOptions(**options)
     assert str(err.value).startswith(says), str(err.value)
+
+
+def test_a_dataset_that_cannot_be_downloaded_says_so(tmp_path):
+    """A newcomer's file-backed dataset was told to 'add --download' (its loader fetches
+    nothing), and --download was accepted and ignored."""
+    from erat.datasets import DataError, DatasetInfo, load_dataset
+    from erat.datasets.registry import DATASETS, LOADERS, register_dataset
+
+    @register_dataset(DatasetInfo("bars", (1, 4, 4), 2, (0.5,), (0.5,), downloadable=False))
+    def bars(info, root, split, download):
+        return torch.zeros(2, 1, 4, 4, dtype=torch.uint8), torch.tensor([0, 1])
+
+    try:
+        with pytest.raises(DataError) as err:
+            load_dataset("bars", "train")
+        assert "--data-dir is required" in str(err.value) and "--download" not in str(err.value)
+        with pytest.raises(DataError, match="bars cannot be downloaded: put its files in"):
+            load_dataset("bars", "train", tmp_path, download=True)
+        assert len(load_dataset("bars", "train", tmp_path)) == 2
+    finally:
+        DATASETS.pop("bars")
+        LOADERS.pop("bars")

@@ -65,6 +65,17 @@ def test_resume_refuses_other_settings(finished, capsys, args, differs):
     assert all(torch.equal(before[1][k], v) for k, v in weights(finished).items())
 
 
+def test_resume_compares_method_settings_as_trained(tmp_path, capsys):
+    """A setting left at its default was compared as None: ``--resume --beta 6.0`` (TRADES'
+    default, now given) was refused, and another beta said ``(run: None)``."""
+    out = tmp_path / "trades"
+    args = [*TRAIN, "--method", "trades", "--eps", "1", "--epochs", "2", "--out", out]
+    assert run([*args, "--stop-after", "1"], capsys)[0] == 0
+    code, _, err = run([*args, "--resume", "--beta", "3"], capsys)
+    assert code == 2 and one_line(err) and "beta 3.0 (run: 6.0, its default)" in err, err
+    assert run([*args, "--resume", "--beta", "6"], capsys)[0] == 0
+
+
 def test_resume_of_a_finished_run_changes_nothing(finished, capsys):
     """... and does not claim to (it printed `wrote .../model.pt` after `nothing to do`)."""
     stamp = (finished / "model.pt").stat().st_mtime_ns

@@ -42,7 +42,7 @@ from erat.methods import (
     method_params,
     reserve,
 )
-from erat.models import check_kwargs, model_names
+from erat.models import check_kwargs, model_names, model_params
 
 RENAMED = {"epoch_steps": "epoch_updates", "warmup_steps": "warmup_updates",
            "alpha": "adv_weight"}
@@ -51,7 +51,15 @@ RENAMED = {"epoch_steps": "epoch_updates", "warmup_steps": "warmup_updates",
 # fast and fast_data: another generator); model.pt's ``ran`` says how the last session ran
 RESUME_MAY_CHANGE = {"data_dir", "download", "device", "keep_checkpoint", *FIT_MAY_CHANGE}
 # fields whose help lists the registered names (the registries are the one list)
-REGISTERED = {"dataset": dataset_names, "model": model_names, "method": method_names}
+def model_options() -> list[str]:
+    """Each registered model's keyword options and their defaults, for the help (one item:
+    the help joins items with commas, which the options hold)."""
+    return ["; ".join(f"{m} {', '.join(f'{k}={v!r}' for k, v in model_params(m).items())}"
+                      .strip() for m in model_names())]
+
+
+REGISTERED = {"dataset": dataset_names, "model": model_names, "method": method_names,
+              "model_kwargs": model_options}
 
 FIRST = ("dataset", "data_dir", "download", "test_split", "resize", "model", "model_kwargs",
          "method", "method_params",
@@ -290,13 +298,20 @@ def read_settings(path: Path) -> dict[str, Any]:
 def resume_conflicts(saved: dict[str, Any], asked: dict[str, Any]) -> list[str]:
     """The settings in ``asked`` that contradict a resumed run's ``saved`` configuration."""
     out, saved = [], migrate(saved)
+    fields = method_params(saved["method"]) if saved.get("method") in METHODS else {}
+
+    def used(params: dict[str, Any], k: str) -> Any:  # (as trained: left out, its default)
+        return params[k] if k in params else getattr(fields.get(k), "default", None)
+
     for key, value in asked.items():
         if key in RESUME_MAY_CHANGE or key not in saved:
             continue
         if key == "method_params":
             differ = {k for k in set(value) | set(saved[key])
-                      if value.get(k) != saved[key].get(k)}
-            out += [f"{k} {value.get(k)!r} (run: {saved[key].get(k)!r})" for k in sorted(differ)]
+                      if used(value, k) != used(saved[key], k)}
+            out += [f"{k} {used(value, k)!r} (run: {used(saved[key], k)!r}"
+                    + (", its default)" if k not in saved[key] and k in fields else ")")
+                    for k in sorted(differ)]
         elif value != saved[key]:
             out.append(f"{key} {value!r} (run: {saved[key]!r})")
     return out

@@ -150,8 +150,9 @@ def masking(stages: Stages, flags: dict[str, Tensor]) -> dict:
                  f"{black_box} ({cfg.masking_queries} queries, eps={eps:g}) fooled {fooled} of "
                  f"{m} examples ({fooled / m:.1%}) that the white-box attacks left robust "
                  f"(allowed: {allowed}, {MASKING_TOL:.0%} and at least one; more suggests "
-                 "gradient masking)" + ("; the figures stay those of the attacks asked for "
-                                        "(a check's attack runs on a subset)" if fooled else ""))
+                 "gradient masking, or white-box attacks too weak for this model)" + (
+                     "; the figures stay those of the attacks asked for (a check's attack "
+                     "runs on a subset)" if fooled else ""))
 
 
 def masking_allowed(m: int) -> int:

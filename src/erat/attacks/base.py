@@ -69,7 +69,9 @@ class Attack(Protocol):
 def register_attack(name: str) -> Callable[[type], type]:
     """Class decorator adding an attack dataclass to the registry under ``name``; an option
     named like a flag of ``erat eval`` (:data:`EVAL_FLAGS`), or like another attack's option
-    but of another type, is refused (option names are shared by all attacks)."""
+    but of another type, is refused (option names are shared by all attacks), and so are a
+    role another attack holds, a black-box attack without its ``queries_option`` and a
+    preset rank another attack holds (each would silently change what the checks run)."""
 
     def add(cls: type) -> type:
         if name in presets() or name in getattr(cls, "presets", {}):
@@ -79,10 +81,30 @@ def register_attack(name: str) -> Callable[[type], type]:
         if clash:
             raise TypeError(f"attack {name!r}: option(s) {', '.join(clash)} share a name with "
                             "flags of erat eval; rename them")
+        _check_roles(name, cls)
         flag_specs({**dict(ATTACKS.items()), name: cls})  # a shared option of another type
         return ATTACKS.decorator(name, named=True)(cls)
 
     return add
+
+
+def _check_roles(name: str, cls: type) -> None:
+    """One attack per role and per preset rank; a black-box attack names its query option."""
+    for role in getattr(cls, "roles", ()):
+        held = attack_with(role)
+        if held not in (None, name):
+            raise TypeError(f"attack {name!r}: role {role!r} is held by {held!r} (one attack "
+                            "per role: the checks run that one)")
+    if "black-box" in getattr(cls, "roles", ()) and \
+            getattr(cls, "queries_option", None) not in init_fields(cls):
+        raise TypeError(f"attack {name!r}: a black-box attack names its query-budget option "
+                        "in queries_option")
+    for preset, rank in getattr(cls, "presets", {}).items():
+        taken = [n for n, c in ATTACKS.items()
+                 if n != name and getattr(c, "presets", {}).get(preset) == rank]
+        if taken:
+            raise TypeError(f"attack {name!r}: rank {rank} of preset {preset!r} is held by "
+                            f"{taken[0]!r}; choose a free rank")
 
 
 def presets() -> dict[str, tuple[str, ...]]:

@@ -48,7 +48,8 @@ class DataError(UserError):
 class DatasetInfo:
     """Static facts about a dataset: ``shape`` is ``(C, H, W)``; ``mean``/``std`` are per
     channel, of the ``[0, 1]`` training pixels; ``augment`` is the train-time augmentation;
-    ``files``: whether it is read from ``data_dir`` (False: embedded); ``details``: for your
+    ``files``: whether it is read from ``data_dir`` (False: embedded); ``downloadable``:
+    whether its loader fetches missing files with ``download``; ``details``: for your
     own data (``folder:``, ``npz:``), what was read and how (recorded in ``model.pt``)."""
 
     name: str
@@ -59,6 +60,7 @@ class DatasetInfo:
     augment: Augment = "none"
     files: bool = True
     details: dict[str, Any] | None = field(default=None, compare=False)
+    downloadable: bool = True
 
 
 class OwnData(NamedTuple):
@@ -179,11 +181,11 @@ def load_dataset(
     info = dataset_info(name, test_split=test_split, resize=resize)
     root = None
     if info.files:
+        if download and not info.downloadable:
+            raise DataError(f"{name} cannot be downloaded: put its files in --data-dir")
         if data_dir is None:
-            raise DataError(
-                f"{name}: --data-dir is required (a folder with the official files; "
-                "add --download to fetch them there)"
-            )
+            raise DataError(f"{name}: --data-dir is required (a folder with the official files" + (
+                "; add --download to fetch them there)" if info.downloadable else ")"))
         root = Path(data_dir).expanduser()
     x, y = LOADERS[name](root, split, download)
     _check(info, x, y, split, root)
