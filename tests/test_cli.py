@@ -483,7 +483,7 @@ def test_json_never_replaces_another_runs_result(digits_run, tmp_path, capsys, c
     (other / record).write_text('{"kept": true}')
     code, _, err = run([digits_run if a == "RUN" else a for a in command]
                        + ["--json", other / record], capsys)
-    assert code == 2 and err.count("\n") == 1 and "of another run" in err, err
+    assert code == 2 and err.count("\n") == 1 and f"not a result of {digits_run}" in err, err
     assert (other / record).read_text() == '{"kept": true}'
     own = [other / "model.pt" if a == "RUN" else a for a in command]
     code, _, err = run([*own, "--json", other / record], capsys)
@@ -492,6 +492,10 @@ def test_json_never_replaces_another_runs_result(digits_run, tmp_path, capsys, c
     (other / "model.pt").symlink_to(tmp_path / "weights.pt")
     code, _, err = run([*own, "--json", other / record], capsys)
     assert code == 0, err
+    shutil.copy(tmp_path / "weights.pt", other / "model-last.pt")  # another model of the run
+    last = [other / "model-last.pt" if a == "RUN" else a for a in command]
+    code, _, err = run([*last, "--json", other / record], capsys)
+    assert code == 2 and "not a result of" in err, err
     typo = [other / "modl.pt" if a == "RUN" else a for a in command]
     code, _, err = run([*typo, "--json", other / record], capsys)
     assert code == 2 and "no such run folder or model file" in err, err

@@ -459,10 +459,12 @@ def check_output_file(path: Path, flag: str, own: str | None = None,
     (``eval.json`` for ``erat eval RUN``), and into no other run's."""
     check_writable_file(path, flag)
     path = Path(path)
+    home = None  # (the run folder whose own result this is: of the folder or its model.pt)
     if source is not None:  # (a model file's folder, even where the file links elsewhere)
         check_exists(source)
         source_path = Path(source).absolute()
-        home = (source_path if source_path.is_dir() else source_path.parent).resolve()
+        if source_path.is_dir() or source_path.name == RunDir.MODEL:
+            home = (source_path if source_path.is_dir() else source_path.parent).resolve()
     for where in dict.fromkeys([path, path.resolve()]):
         name = where.name
         taken = name in RunDir.FILES or any(fnmatch.fnmatchcase(name, pattern)
@@ -472,10 +474,10 @@ def check_output_file(path: Path, flag: str, own: str | None = None,
         if name != own:
             raise UserError(f"{flag} {path} is the {name} of the run in {where.parent}: "
                             "writing there would break the run; give another file")
-        if source is None or where.parent.resolve() != home:
-            raise UserError(f"{flag} {path} is the {name} of another run ({where.parent}): "
-                            f"writing {source or 'this model'}'s result there would replace "
-                            "that run's; give another file")
+        if where.parent.resolve() != home:
+            raise UserError(f"{flag} {path} is the {name} of the run in {where.parent}, not "
+                            f"a result of {source or 'this model'}: writing there would "
+                            "replace it; give another file")
 
 
 def check_exists(path: str | Path) -> None:
