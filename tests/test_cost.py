@@ -88,14 +88,15 @@ def test_the_norm_changes_no_pass():
 
 
 @pytest.mark.parametrize("name", method_names())
-def test_every_registered_method_counts_its_cost(name):
+@pytest.mark.parametrize("dropout", [False, True])
+def test_every_registered_method_counts_its_cost(name, dropout):
     """A method registered without a case here is counted at its defaults (an l-inf default
-    radius of 0.1)."""
+    radius of 0.1), on a model with dropout too (a newcomer's method had no case there)."""
     params = PARAMS.get(name, {})
     method = build_method(name, **params)
     if getattr(method, "norm", "l2") == "linf" and "eps" not in params:
         method = build_method(name, **params, eps=0.1)
-    model, b = tiny().train(), batch(8, 16)
+    model, b = tiny(dropout).train(), batch(8, 16)
     counter = Counter(model)
     method(model, b).loss.backward()
     assert method.cost(b, model) == counter.passes, name
