@@ -104,7 +104,7 @@ def test_eval_fast_off_is_the_same_evaluation(digits_run, tmp_path, capsys):
         (["--method", "nope"], "unknown method"),
         (["--dataset", "nope"], "nope"),
         (["--model", "nope"], "unknown model"),
-        (["--method", "erm", "--eps", "1.0"], "takes no eps (--eps)"),
+        (["--method", "erm", "--eps", "1.0"], "takes no eps; it has no parameters"),
         (["--method", "at", "--eps", "-1"], "eps"),
         (["--dataset", "mnist", "--data-dir", "/nonexistent"], "mnist"),
         (["--config", "/nonexistent.yaml"], "no such config file"),

@@ -322,7 +322,7 @@ def test_cli_energy_linf_and_norm_errors(tmp_path, capsys, fresh_warnings):
     assert result["settings"]["norm"] == "linf" and result["energy_mean"] >= 0
     for args, message in [
         ([*base, "--method", "erm", "--norm", "linf", "--out", str(tmp_path / "a")],
-         "takes no norm (--norm)"),
+         "takes no norm"),
         ([*base, "--method", "vat", "--norm", "linf", "--out", str(tmp_path / "b")],
          "--norm linf needs --eps"),  # VAT's default radius 2.0 is an l2 radius
         ([*base, "--method", "vat", "--norm", "linf", "--eps", "2", "--out",

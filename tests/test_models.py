@@ -89,3 +89,19 @@ def test_paper_sizes():
     assert n["preact-resnet18"] == 11_172_170  # Rice et al. 2020's PreActResNet18
     assert n["wrn-28-10"] == 36_479_194  # 36.5M, Zagoruyko & Komodakis 2016
     assert n["cnn"] == 545_098 and n["mlp"] == 4_639_660  # at 32x32x3
+
+
+def test_model_options_in_the_help_show_required_ones_bare():
+    """``--model-kwargs``' help listed a parameter without a default as
+    ``width=<class 'inspect._empty'>``."""
+    from erat.config import model_options
+    from erat.models import MODELS
+
+    @register_model("needy")
+    def needy(in_shape, num_classes, width, scale=0.5):
+        return nn.Identity()
+
+    try:
+        assert "needy width, scale=0.5" in model_options()[0]
+    finally:
+        MODELS.pop("needy")

@@ -88,8 +88,9 @@ def test_an_attack_option_named_like_an_eval_flag_is_refused():
 
 
 @pytest.mark.parametrize("declared, message", [
-    ({"roles": {"black-box"}, "queries_option": "draws"}, "role 'black-box' is held by 'square'"),
-    ({"presets": {"all": 0}}, "rank 0 of preset 'all' is held by 'pgd'"),
+    ({"roles": {"black-box"}, "queries_option": "draws"},
+     "'square' .erat.attacks.square. both claim role 'black-box'"),
+    ({"presets": {"all": 0}}, "'pgd' .erat.attacks.pgd. both take rank 0 of preset 'all'"),
 ])
 def test_an_attack_taking_anothers_role_or_rank_is_refused(declared, message):
     """A newcomer's attack with Square's role replaced it in the masking check (alphabetical

@@ -493,7 +493,7 @@ def test_landscape_settings_are_checked_before_any_training(tmp_path, capsys, pl
     ("{name: er, method: er,", "{name: er, method: er, seeds: 3,", "run er: seeds must be a"),
     ("{name: er, method: er,", "{name: er, method: er, seeds: [],", "run er: seeds must be a"),
     ("{name: erm, method: erm}", "{name: erm, method: erm, eps: 1.0}",
-     "run erm: method 'erm' takes no eps (--eps)"),
+     "run erm: method 'erm' takes no eps"),
     ("S: 1, n: 20}", "S: 1, TT: 2}", "run er: energy must be a mapping with eps"),
     ("{name: erm, method: erm}", "{name: erm, method: erm, energy: {eps: 1, T: 0}}",
      "energy: T must be an integer >= 1, got 0"),

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 import re
 import sys
 from collections.abc import Sequence
@@ -50,14 +51,17 @@ RENAMED = {"epoch_steps": "epoch_updates", "warmup_steps": "warmup_updates",
 # same arithmetic runs (not its precision, amp and fast_bf16, nor where its batches are drawn,
 # fast and fast_data: another generator); model.pt's ``ran`` says how the last session ran
 RESUME_MAY_CHANGE = {"data_dir", "download", "device", "keep_checkpoint", *FIT_MAY_CHANGE}
-# fields whose help lists the registered names (the registries are the one list)
 def model_options() -> list[str]:
-    """Each registered model's keyword options and their defaults, for the help (one item:
-    the help joins items with commas, which the options hold)."""
-    return ["; ".join(f"{m} {', '.join(f'{k}={v!r}' for k, v in model_params(m).items())}"
+    """Each registered model's keyword options and their defaults (a bare name: none), for
+    the help (one item: the help joins items with commas, which the options hold)."""
+    def shown(k: str, v: Any) -> str:
+        return k if v is inspect.Parameter.empty else f"{k}={v!r}"
+
+    return ["; ".join(f"{m} {', '.join(shown(k, v) for k, v in model_params(m).items())}"
                       .strip() for m in model_names())]
 
 
+# fields whose help lists the registered names (the registries are the one list)
 REGISTERED = {"dataset": dataset_names, "model": model_names, "method": method_names,
               "model_kwargs": model_options}
 
@@ -298,19 +302,20 @@ def read_settings(path: Path) -> dict[str, Any]:
 def resume_conflicts(saved: dict[str, Any], asked: dict[str, Any]) -> list[str]:
     """The settings in ``asked`` that contradict a resumed run's ``saved`` configuration."""
     out, saved = [], migrate(saved)
-    fields = method_params(saved["method"]) if saved.get("method") in METHODS else {}
+    fields = {side: method_params(m) if (m := d.get("method")) in METHODS else {}
+              for side, d in (("saved", saved), ("asked", {**saved, **asked}))}
 
-    def used(params: dict[str, Any], k: str) -> Any:  # (as trained: left out, its default)
-        return params[k] if k in params else getattr(fields.get(k), "default", None)
+    def used(params: dict[str, Any], k: str, side: str) -> Any:  # (left out: its default)
+        return params[k] if k in params else getattr(fields[side].get(k), "default", None)
 
     for key, value in asked.items():
         if key in RESUME_MAY_CHANGE or key not in saved:
             continue
         if key == "method_params":
             differ = {k for k in set(value) | set(saved[key])
-                      if used(value, k) != used(saved[key], k)}
-            out += [f"{k} {used(value, k)!r} (run: {used(saved[key], k)!r}"
-                    + (", its default)" if k not in saved[key] and k in fields else ")")
+                      if used(value, k, "asked") != used(saved[key], k, "saved")}
+            out += [f"{k} {used(value, k, 'asked')!r} (run: {used(saved[key], k, 'saved')!r}"
+                    + (", its default)" if k not in saved[key] and k in fields["saved"] else ")")
                     for k in sorted(differ)]
         elif value != saved[key]:
             out.append(f"{key} {value!r} (run: {saved[key]!r})")

@@ -17,7 +17,8 @@ An attack says where it belongs in its own file: ``presets = {"all": 1}`` puts i
 the preset ``all``; ``roles = {"black-box"}`` makes it the gradient-masking check's attack (its
 ``queries_option`` names the option that sets its query budget),
 ``roles = {"reference"}`` the strong attack that PGD is compared with (:mod:`erat.sanity`)
-and whose figures are not upper bounds alone (:func:`upper_bound`); ``title`` its name in
+and whose figures are not upper bounds alone (:func:`upper_bound`) (one attack per role and
+per preset rank: Square holds black-box, AutoAttack reference); ``title`` its name in
 tables (:func:`title`);
 ``requires`` names the packages it needs (package -> pip requirement); ``describe()`` its
 words in a result's ``threat`` (``describe(classes)`` where they depend on the model's number
@@ -92,9 +93,10 @@ def _check_roles(name: str, cls: type) -> None:
     """One attack per role and per preset rank; a black-box attack names its query option."""
     for role in getattr(cls, "roles", ()):
         held = attack_with(role)
-        if held not in (None, name):
-            raise TypeError(f"attack {name!r}: role {role!r} is held by {held!r} (one attack "
-                            "per role: the checks run that one)")
+        if held not in (None, name):  # (named both ways: the package registers by file name)
+            raise TypeError(f"attacks {name!r} ({cls.__module__}) and {held!r} "
+                            f"({ATTACKS[held].__module__}) both claim role {role!r}: one attack "
+                            "per role (the checks run that one); take it from one of them")
     if "black-box" in getattr(cls, "roles", ()) and \
             getattr(cls, "queries_option", None) not in init_fields(cls):
         raise TypeError(f"attack {name!r}: a black-box attack names its query-budget option "
@@ -103,8 +105,9 @@ def _check_roles(name: str, cls: type) -> None:
         taken = [n for n, c in ATTACKS.items()
                  if n != name and getattr(c, "presets", {}).get(preset) == rank]
         if taken:
-            raise TypeError(f"attack {name!r}: rank {rank} of preset {preset!r} is held by "
-                            f"{taken[0]!r}; choose a free rank")
+            raise TypeError(f"attacks {name!r} ({cls.__module__}) and {taken[0]!r} "
+                            f"({ATTACKS[taken[0]].__module__}) both take rank {rank} of preset "
+                            f"{preset!r}: give each its own rank")
 
 
 def presets() -> dict[str, tuple[str, ...]]:

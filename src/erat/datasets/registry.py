@@ -265,8 +265,10 @@ def _check(info: DatasetInfo, x: Tensor, y: Tensor, split: str, root: Path | Non
 # --- file helpers shared by the loaders --------------------------------------------------
 
 
-def find(dataset: str, folders: Sequence[Path], filename: str, gz: bool = False) -> Path:
-    """The first existing ``folder/filename`` (or ``filename.gz`` when ``gz``)."""
+def find(dataset: str, folders: Sequence[Path], filename: str, gz: bool = False,
+         downloadable: bool = True) -> Path:
+    """The first existing ``folder/filename`` (or ``filename.gz`` when ``gz``); the error
+    suggests ``--download`` only for a ``downloadable`` dataset."""
     for folder in folders:
         for suffix in ("", ".gz") if gz else ("",):
             if (folder / (filename + suffix)).is_file():
@@ -274,9 +276,8 @@ def find(dataset: str, folders: Sequence[Path], filename: str, gz: bool = False)
     where = " or ".join(str(f) for f in folders)
     shown = filename + ("[.gz]" if gz else "")
     raise DataError(
-        f"{dataset}: cannot find {shown} in {where} "
-        "(pass --data-dir with the official files, or --download)"
-    )
+        f"{dataset}: cannot find {shown} in {where} (pass --data-dir with the official files"
+        + (", or --download)" if downloadable else ")"))
 
 
 def find_or_download(

@@ -186,11 +186,13 @@ def build_method(name: str, **params: Any) -> Method:
     """Instantiate a registered method; unknown names or parameters raise ``UserError``."""
     cls = METHODS.lookup(name)
     takes = init_fields(cls)
-    if unknown := sorted(set(params) - set(takes)):  # (named as keys and as flags: a suite,
-        # bench and Python give keys, the command line flags)
-        said = ", ".join(sorted(takes))
-        asked = ", ".join(f"{k} ({flag(k)})" for k in unknown)
-        raise UserError(f"method {name!r} takes no {asked}; "
+    if unknown := sorted(set(params) - set(takes)):  # (named as keys and, where it differs,
+        # as flags: a suite, bench and Python give keys, the command line flags)
+        def both(k: str) -> str:
+            return k if flag(k) == f"--{k}" else f"{k} ({flag(k)})"
+
+        said = ", ".join(map(both, sorted(takes)))
+        raise UserError(f"method {name!r} takes no {', '.join(map(both, unknown))}; "
                         + (f"it takes: {said}" if said else "it has no parameters"))
     if params.get("norm") == "linf" and "eps" in takes and "eps" not in params \
             and takes["norm"].default != "linf":
