@@ -74,6 +74,10 @@ def test_resume_compares_method_settings_as_trained(tmp_path, capsys):
     code, _, err = run([*args, "--resume", "--beta", "3"], capsys)
     assert code == 2 and one_line(err) and "beta 3.0 (run: 6.0, its default)" in err, err
     assert run([*args, "--resume", "--beta", "6"], capsys)[0] == 0
+    from erat.config import resume_conflicts  # (a hand-written method_params: null failed)
+
+    assert resume_conflicts({"method": "erm", "method_params": None},
+                            {"method": "erm", "method_params": {}}) == []
 
 
 def test_resume_of_a_finished_run_changes_nothing(finished, capsys):

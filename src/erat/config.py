@@ -272,10 +272,13 @@ def _sourced(err: UserError, layers: Sequence[tuple[dict[str, Any], str]],
 
 def migrate(saved: dict[str, Any]) -> dict[str, Any]:
     """A saved configuration in today's form: runs before 0.3 recorded ``epochs: 10`` beside
-    the ``budget`` that drove them."""
+    the ``budget`` that drove them; ``method_params: null`` (a method without settings,
+    written by hand) is no settings."""
     out = dict(saved)
     if out.get("budget") is not None:
         out["epochs"] = None
+    if "method_params" in out and out["method_params"] is None:
+        out["method_params"] = {}
     return out
 
 
