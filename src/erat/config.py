@@ -51,6 +51,8 @@ RENAMED = {"epoch_steps": "epoch_updates", "warmup_steps": "warmup_updates",
 # same arithmetic runs (not its precision, amp and fast_bf16, nor where its batches are drawn,
 # fast and fast_data: another generator); model.pt's ``ran`` says how the last session ran
 RESUME_MAY_CHANGE = {"data_dir", "download", "device", "keep_checkpoint", *FIT_MAY_CHANGE}
+
+
 def model_options() -> list[str]:
     """Each registered model's keyword options and their defaults (a bare name: none), for
     the help (one item: the help joins items with commas, which the options hold)."""
