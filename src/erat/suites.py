@@ -24,7 +24,7 @@ from erat.config import TrainConfig, resolve
 from erat.errors import UserError
 from erat.evaluate import EvalConfig
 from erat.files import read_yaml
-from erat.methods import ball, build_method
+from erat.methods import ball
 
 SUITE_KEYS = {"suite", "description", "defaults", "runs", "eval", "energy", "plots", "report",
               "autoattack"}
@@ -291,7 +291,7 @@ def evaluated_ball(suite: dict[str, Any], cfgs: list[TrainConfig]) -> tuple[str,
             eps = radii(eps) if isinstance(eps, str) else eps
         return ev.get("norm", "l2"), [e for e in (eps if isinstance(eps, list) else [eps])
                                       if isinstance(e, int | float) and 0 <= e < math.inf]
-    balls = {ball(build_method(c.method, **c.method_params)) for c in cfgs}
+    balls = {ball(c.build_method()) for c in cfgs}
     balls = {(n, e) for n, e in balls if e is not None}
     norms = {n for n, _ in balls}
     if "norm" not in ev and len(norms) > 1:
