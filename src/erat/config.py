@@ -30,7 +30,16 @@ from erat.datasets import dataset_names, is_embedded
 from erat.datasets.own import check_options
 from erat.distributed import world_size
 from erat.errors import UserError
-from erat.fields import check_types, flag, flagged, integer, param, python_numbers, read_numbers
+from erat.fields import (
+    check_types,
+    differs,
+    flag,
+    flagged,
+    integer,
+    param,
+    python_numbers,
+    read_numbers,
+)
 from erat.files import read_yaml
 from erat.fit import FitOptions
 from erat.fit.options import RESUME_MAY_CHANGE as FIT_MAY_CHANGE
@@ -319,11 +328,11 @@ def resume_conflicts(saved: dict[str, Any], asked: dict[str, Any]) -> list[str]:
         if key == "method_params":
             differ = {k for k in set(value) | set(saved[key])
                       if used(value, k, "asked") != used(saved[key], k, "saved")}
-            out += [f"{k} {used(value, k, 'asked')!r} (run: {used(saved[key], k, 'saved')!r}"
-                    + (", its default)" if k not in saved[key] and k in fields["saved"] else ")")
-                    for k in sorted(differ)]
+            out += [differs(k, used(value, k, "asked"), used(saved[key], k, "saved"),
+                            ", its default" if k not in saved[key] and k in fields["saved"]
+                            else "") for k in sorted(differ)]
         elif value != saved[key]:
-            out.append(f"{key} {value!r} (run: {saved[key]!r})")
+            out.append(differs(key, value, saved[key]))
     return out
 
 

@@ -206,6 +206,12 @@ def off_flag(name: str) -> str:
     return "--no-" + name.replace("_", "-")
 
 
+def differs(name: str, value: Any, saved: Any, note: str = "") -> str:
+    """``name value (run: saved)``: a setting asked of a resumed run that it was trained
+    with otherwise (``note`` after the saved value, e.g. ``, its default``)."""
+    return f"{name} {value!r} (run: {saved!r}{note})"
+
+
 def flagged(err: UserError) -> UserError:
     """``err`` naming its setting as the flag: ``val_eps must ...`` -> ``--val-eps must ...``
     (any other message unchanged)."""

@@ -35,7 +35,7 @@ from tqdm import tqdm
 from erat import distributed
 from erat.datasets import augment_batch
 from erat.errors import UserError, first_line
-from erat.fields import python_number
+from erat.fields import differs, python_number
 from erat.files import tensor_sha256
 from erat.fit import fast
 from erat.fit.guard import guard
@@ -137,11 +137,9 @@ def _differences(now: dict[str, Any], then: dict[str, Any]) -> list[str]:
     for key in sorted(then):
         a, b = now.get(key), then[key]
         if isinstance(a, dict) and isinstance(b, dict):
-            out += [f"{key}.{k} {a.get(k)!r} (run: {b[k]!r})" for k in sorted(b)
-                    if a.get(k) != b[k]]
+            out += [differs(f"{key}.{k}", a.get(k), b[k]) for k in sorted(b) if a.get(k) != b[k]]
         elif a != b:
-            out.append(f"{key} {a!r} (run: {b!r})" if key != "data" else
-                       "the training data")
+            out.append(differs(key, a, b) if key != "data" else "the training data")
     return out
 
 
