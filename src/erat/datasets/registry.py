@@ -184,8 +184,8 @@ def load_dataset(
         if download and not info.downloadable:
             raise DataError(f"{name} cannot be downloaded: put its files in --data-dir")
         if data_dir is None:
-            raise DataError(f"{name}: --data-dir is required (a folder with the official files" + (
-                "; add --download to fetch them there)" if info.downloadable else ")"))
+            raise DataError(f"{name}: --data-dir is required (a folder with the official "
+                            f"files{_or_download(info.downloadable)})")
         root = Path(data_dir).expanduser()
     x, y = LOADERS[name](root, split, download)
     _check(info, x, y, split, root)
@@ -276,8 +276,13 @@ def find(dataset: str, folders: Sequence[Path], filename: str, gz: bool = False,
     where = " or ".join(str(f) for f in folders)
     shown = filename + ("[.gz]" if gz else "")
     raise DataError(
-        f"{dataset}: cannot find {shown} in {where} (pass --data-dir with the official files"
-        + (", or --download)" if downloadable else ")"))
+        f"{dataset}: cannot find {shown} in {where} (pass --data-dir with the official "
+        f"files{_or_download(downloadable)})")
+
+
+def _or_download(downloadable: bool) -> str:
+    """The hint that ``--download`` fetches the files, for a dataset whose loader can."""
+    return ", or --download to fetch them there" if downloadable else ""
 
 
 def find_or_download(
