@@ -158,12 +158,12 @@ def test_short_tables_name_their_columns_for_people_and_drop_empty_ones():
 
     rows = [{"name": "er", "method": "er", "dataset": "digits", "labels": "", "clean_acc": 0.9,
              "clean_err": 0.1, "pgd-l2-eps0.5": 0.7, "last_pgd-l2-eps0.5": 0.6, "aa_n": 500,
-             "aa_all-linf-eps0.1": 0.5, "cost_erm_epochs": 30.0, "energy_mean": None,
+             "aa_all-linf-eps0.1": 0.5, "cost_erm_epochs": 30.0, "energy-l2-eps0.5": None,
              "train_s_per_epoch": 0.3, "checks_failed": 0}]
     keys, names = readable_columns(rows)
     assert names == ["run", "method", "clean", "PGD-l2 0.5", "PGD+AutoAttack-l-inf 0.1 (500)",
                      "s/epoch", "failed checks"]
-    assert keys[:3] == ["name", "method", "clean_acc"] and "energy_mean" not in keys
+    assert keys[:3] == ["name", "method", "clean_acc"] and "energy-l2-eps0.5" not in keys
     assert column_name("pgd+autoattack-l2-eps1.5") == "PGD+AutoAttack-l2 1.5"
     assert column_name("cost_erm_epochs") is None  # left to the CSV
     assert column_name("pgd+rs-fgsm-linf-eps0.1") == "PGD+rs-fgsm-l-inf 0.1"  # (a hyphenated

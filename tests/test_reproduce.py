@@ -43,7 +43,8 @@ def test_suite_runs_reports_and_resumes(suite_file, tmp_path):
         table = list(csv.DictReader(f))
     assert {"method", "dataset", "clean_acc", "pgd-l2-eps0.25", "pgd-l2-eps0.5",
             "cost_erm_epochs", "train_seconds", "at_term_mean"} <= set(table[0])  # complete
-    assert "energy_mean" in table[1] and table[0].get("energy_mean", "") == ""
+    assert table[1]["energy-l2-eps0.5"] and table[0].get("energy-l2-eps0.5", "") == ""
+    assert table[1]["energy_settings"] == "n 20, T 2, M 2, S 1"  # (erat report's columns)
     assert "labels" not in table[0]  # a supervised suite has no labels column
     text = (out / "results.md").read_text()
     assert "erat train" in text and "--method er" in text and "torch" in text

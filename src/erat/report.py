@@ -11,11 +11,11 @@ from pathlib import Path
 
 from torch import Tensor
 
-from erat.attacks import robust_key
 from erat.errors import UserError
 from erat.files import atomic_write_text, check_writable_dir, read_json, sha256
 from erat.plots import accuracy_vs_radius, landscape, plotted, radius_curve
 from erat.tables import (
+    energy_column,
     evaluation_section,
     every_column,
     readable_columns,
@@ -216,19 +216,6 @@ def _measured_weights(energy: object) -> str | None:
     return None
 
 
-def _energy_column(energy: object) -> dict[str, float]:
-    """The mean energy of an ``energy.json`` under a key naming its ball
-    (``energy-l2-eps0.5``): runs measured at other radii or norms get other columns."""
-    if not isinstance(energy, dict) or energy.get("energy_mean") is None:
-        return {}
-    s = energy.get("settings") or {}
-    norm, eps = s.get("norm", "l2"), s.get("eps")
-    key = robust_key("energy", norm, eps) if isinstance(eps, int | float) else \
-        f"energy-{norm}-eps?"  # (the robust accuracies' key format, for the same ball)
-    how = ", ".join(f"{k} {s[k]}" for k in ("n", "T", "M", "S") if k in s)
-    return {key: energy["energy_mean"], **({"energy_settings": how} if how else {})}
-
-
 def _run_row(run: Path, name: str, result: dict) -> dict:
     """The report's row of a run folder: its name, method, training ball and labels
     (``config.yaml``), test images, accuracies, mean energy (``energy.json``, when measured,
@@ -251,5 +238,5 @@ def _run_row(run: Path, name: str, result: dict) -> dict:
     return {"run": name, "method": config.get("method"),
             "dataset": config.get("dataset") or result["threat"].get("dataset"),
             "trained": ball_name(*ball) if ball else None, "labels": config.get("labels"),
-            **result_row(result), **_energy_column(energy), **_training_notes(run),
+            **result_row(result), **energy_column(energy), **_training_notes(run),
             "cost_erm_epochs": meta.get("cost_erm_epochs"), "updates": meta.get("updates")}

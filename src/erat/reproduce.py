@@ -70,7 +70,7 @@ from erat.suites import (
 from erat.threat import ball_name, norm_name
 from erat.train import check_epoch_length, train
 
-ENERGY_COLUMNS = ("energy_mean", "at_term_mean", "vat_term_mean", "certified_frac")
+ENERGY_COLUMNS = ("at_term_mean", "vat_term_mean", "certified_frac")  # (beside the energy's)
 
 
 class NotReady(Exception):
@@ -306,10 +306,8 @@ def run_one(suite: dict[str, Any], run: dict[str, Any], cfg: TrainConfig, folder
         row |= {f"last_{k}": v for k, v in result["last"].items()}
         row["last_epoch"] = meta.get("last_epoch")
     if energy:
-        row.update({k: energy[k] for k in ENERGY_COLUMNS if k in energy})
-        e = energy.get("settings") or {}
-        if isinstance(e.get("eps"), int | float):  # the ball, as the validation's (val_ball)
-            row["energy_ball"] = ball_name(e.get("norm", "l2"), e["eps"])
+        row.update({**tables.energy_column(energy),
+                    **{k: energy[k] for k in ENERGY_COLUMNS if k in energy}})
     return row, result, (x, y)
 
 
@@ -562,7 +560,7 @@ def _evaluation(out: Path, rows: list[dict[str, Any]], results: dict[str, dict])
     energies: dict[str, list[str]] = {}
     for row in rows:  # the energy column's ball and estimate
         file = out / "runs" / row["name"] / RunDir.ENERGY
-        if row.get("energy_mean") is not None and file.is_file():
+        if any(k.startswith("energy-") for k in row) and file.is_file():
             e = json.loads(file.read_text()).get("settings") or {}
             energies.setdefault(f"energy: {norm_name(e.get('norm', 'l2'))} at {e.get('eps')}, "
                                 f"T {e.get('T')}, M {e.get('M')}, S {e.get('S')}, on the first "

@@ -17,7 +17,7 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from erat.attacks import read_key, title
+from erat.attacks import read_key, robust_key, title
 from erat.files import atomic_write_text
 from erat.threat import norm_name, radius_name
 
@@ -69,8 +69,8 @@ def seed_table(rows: Sequence[Mapping], keys: Sequence[str], names: Sequence[str
         if m := _SEED.search(name):
             groups.setdefault(name[:m.start()], []).append((m[1], r))
     groups = {k: v for k, v in groups.items() if len(v) > 1}
-    numeric = [(k, n) for k, n in zip(keys, names, strict=True) if k in (
-        "clean_acc", "val_robust_acc", "energy_mean") or _robust(k)]
+    numeric = [(k, n) for k, n in zip(keys, names, strict=True)
+               if k in ("clean_acc", "val_robust_acc") or _robust(k) or _energy(k)]
     if not groups or not numeric:
         return None
     lines = ["| runs | seeds | " + " | ".join(n for _, n in numeric) + " |",
@@ -85,6 +85,20 @@ def seed_table(rows: Sequence[Mapping], keys: Sequence[str], names: Sequence[str
                 f" ({len(v)})" if len(v) != len(group) else ""))
         lines.append(f"| {base} | {seeds} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def energy_column(energy: object) -> dict[str, object]:
+    """The mean energy of an ``energy.json`` under a key naming its ball
+    (``energy-l2-eps0.5``, the robust accuracies' key format), with how it was estimated
+    (``energy_settings``): runs measured at other radii or norms get other columns."""
+    if not isinstance(energy, dict) or energy.get("energy_mean") is None:
+        return {}
+    s = energy.get("settings") or {}
+    norm, eps = s.get("norm", "l2"), s.get("eps")
+    key = robust_key("energy", norm, eps) if isinstance(eps, int | float) else \
+        f"energy-{norm}-eps?"
+    how = ", ".join(f"{k} {s[k]}" for k in ("n", "T", "M", "S") if k in s)
+    return {key: energy["energy_mean"], **({"energy_settings": how} if how else {})}
 
 
 def _robust(key: str) -> tuple[bool, str, str, str] | None:
@@ -103,18 +117,17 @@ def _energy(key: str) -> tuple[str, str] | None:
 # the columns of a short table: these first, the robust accuracies, then those after
 _FIRST = {"name": "run", "run": "run", "label": "run", "method": "method", "trained": "trained at",
           "labels": "labels", "budget": "budget", "radius": "radius", "clean_acc": "clean"}
-_LAST = {"val_robust_acc": "val. robust", "energy_mean": "energy",
+_LAST = {"val_robust_acc": "val. robust",
          "train_s_per_epoch": "s/epoch", "checks_failed": "failed checks",
          "catastrophic_overfitting_epoch": "overfitting at epoch"}
-_BALLS = {"val_robust_acc": "val_ball", "energy_mean": "energy_ball"}  # (a suite's rows)
 
 
 def column_name(key: str, rows: Sequence[Mapping] = ()) -> str | None:
     """The human name of a result column (``pgd-l2-eps0.5`` -> ``PGD-l2 0.5``; AutoAttack
     on the first ``aa_n`` examples: ``AutoAttack-l2 1.5 (500)``), None for a column that
     short tables leave to the CSV."""
-    if key in _BALLS:  # named with the validation PGD's or the energy's ball, when one
-        balls = {r.get(_BALLS[key]) for r in rows if r.get(key) is not None} - {None}
+    if key == "val_robust_acc":  # named with the validation PGD's ball, when one
+        balls = {r.get("val_ball") for r in rows if r.get(key) is not None} - {None}
         if len(balls) == 1:
             return f"{_LAST[key]} {balls.pop()}"
     if key in _FIRST or key in _LAST:
