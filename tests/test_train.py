@@ -208,6 +208,10 @@ def test_fit_resumes_only_the_run_its_checkpoint_was_trained_as(tmp_path):
     assert result.last_epoch == 3 and len(result.history) == 3  # (how it runs may change)
     with pytest.raises(UserError, match="resume=True continues a run_dir's checkpoint"):
         fit(net(), er, FitData(x, y), opts, resume=True, log=quiet)
+    before = (tmp_path / "run" / "metrics.jsonl").read_bytes()
+    with pytest.raises(UserError, match=r"already holds a run \(metrics.jsonl, checkpoint.pt"):
+        run(build_method("pgd", eps=0.3), FitData(x, y), opts)  # (a new run, not resumed)
+    assert (tmp_path / "run" / "metrics.jsonl").read_bytes() == before  # (nothing replaced)
     # a method built without the registry (a NumPy radius), and one that is no dataclass
     import numpy as np
 

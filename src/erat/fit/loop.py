@@ -74,7 +74,7 @@ def fit(
     With ``run_dir`` (a folder), every epoch appends to ``metrics.jsonl`` and writes
     ``checkpoint.pt`` (and ``best.pt`` when selecting), and ``resume`` continues from the
     checkpoint, refused when the method, options or training data differ from the ones it
-    was written with; the model file ``model.pt`` is :func:`erat.train.train`'s.
+    was written with; without ``resume``, a folder holding a run is refused; the model file ``model.pt`` is :func:`erat.train.train`'s.
     ``stop_after`` ends after that epoch as if interrupted. The model's device is used. Each
     epoch's line goes to ``log`` (``progress=False`` turns off the progress bar only;
     ``log=lambda line: None`` too).
@@ -92,6 +92,8 @@ def fit(
         run_dir = RunDir(run_dir)
     if resume and run_dir is None:
         raise UserError("resume=True continues a run_dir's checkpoint: give run_dir")
+    if run_dir is not None and not resume:
+        _check_unused(run_dir)
     loop = Loop(model, method, data, options or FitOptions(), run_dir, log,
                 dist or distributed.Dist())
     saved = run_dir.load_checkpoint() if resume else None
@@ -127,6 +129,17 @@ def fit(
                              loop.schedule.cost(row["updates"]), _train_seconds(loop.history),
                              stopped=True, history=loop.history)
     return loop.result()
+
+
+def _check_unused(run_dir: RunDir) -> None:
+    """Refuse to start a new training in a folder that holds another's progress or model
+    (it would be replaced without a word)."""
+    held = [f for f in (RunDir.METRICS, RunDir.CHECKPOINT, RunDir.BEST, RunDir.MODEL)
+            if (run_dir.path / f).exists()]
+    if held:
+        raise UserError(f"{run_dir.path} already holds a run ({', '.join(held)}): "
+                        "resume=True to continue it, or another run_dir (erat train "
+                        "--overwrite replaces a run)")
 
 
 def _differences(now: dict[str, Any], then: dict[str, Any]) -> list[str]:
