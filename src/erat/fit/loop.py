@@ -74,10 +74,10 @@ def fit(
     With ``run_dir`` (a folder), every epoch appends to ``metrics.jsonl`` and writes
     ``checkpoint.pt`` (and ``best.pt`` when selecting), and ``resume`` continues from the
     checkpoint, refused when the method, options or training data differ from the ones it
-    was written with; without ``resume``, a folder holding a run is refused; the model file ``model.pt`` is :func:`erat.train.train`'s.
-    ``stop_after`` ends after that epoch as if interrupted. The model's device is used. Each
-    epoch's line goes to ``log`` (``progress=False`` turns off the progress bar only;
-    ``log=lambda line: None`` too).
+    was written with; without ``resume``, a folder holding a run is refused; the model file
+    ``model.pt`` is :func:`erat.train.train`'s. ``stop_after`` ends after that epoch as if
+    interrupted. The model's device is used. Each epoch's line goes to ``log``
+    (``progress=False`` turns off the progress bar only; ``log=lambda line: None`` too).
     """
     if isinstance(method, str) or not callable(method):
         raise TypeError(f"method must be a training method (erat.methods.build_method('er', "
