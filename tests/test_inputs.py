@@ -34,8 +34,8 @@ def linear():
     (lambda x, y: ((x - 0.5) / 0.5, y), "must lie in [0, 1] (pixel space; normalise inside"),
     (lambda x, y: (x * 255, y), "must lie in [0, 1]"),
     (lambda x, y: ((x * 255).byte(), y), "(8-bit images: x.float() / 255)"),
-    (lambda x, y: (x, y[:5]), "must be integer class labels [12], one per image"),
-    (lambda x, y: (x, y.float()), "must be integer class labels"),
+    (lambda x, y: (x, y[:5]), "must hold one class label per image, labels [12]; got shape (5,)"),
+    (lambda x, y: (x, y.float()), "must be integer class labels, got torch.float32 ("),
     (lambda x, y: (x, y - 100), "must be class indices 0, 1, ..., got -100"),
     (lambda x, y: (x.numpy(), y), "must be a torch.Tensor of images"),
 ])
@@ -56,6 +56,46 @@ def test_every_entry_refuses_what_is_not_pixels_and_labels(data, make, message):
         with pytest.raises((ValueError, TypeError)) as err:
             call()
         assert message in str(err.value), (name, str(err.value))
+
+
+class _Outputs(nn.Module):
+    """A linear model whose outputs are passed through ``make``."""
+
+    def __init__(self, make):
+        super().__init__()
+        self.net, self.make = linear(), make
+
+    def forward(self, x):
+        return self.make(self.net(x))
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda out: (out, out), r"it returned a tuple \(return the logits alone"),
+    (lambda out: out[:, 0], r"logits \[batch, classes\]; at \d+ .* returned shape \(\d+,\)"),
+    (lambda out: out * torch.nan, r"outputs are not finite \(NaN or inf\) at \d+ of \d+"),
+    (lambda out: torch.where(torch.arange(len(out))[:, None] == 9, torch.inf, out),
+     r"not finite \(NaN or inf\) at 1 of 12 test images"),  # (past the first 8)
+])
+def test_outputs_that_are_not_logits_are_refused(data, make, message):
+    """A model returning NaN was scored 0.094 (argmax of NaN is class 0: that class's share)
+    and pyautoattack's Square crashed on it; a tuple or 1-D output failed deep in erat."""
+    from erat.errors import UserError
+
+    x, y = data
+    for call in (lambda: evaluate(_Outputs(make), x, y, eps=0.5, steps=1, sanity_n=0),
+                 lambda: energy_report(_Outputs(make), x, y, eps=0.5, T=1, M=1, S=0)):
+        with pytest.raises(UserError, match=message):
+            call()
+
+
+def test_outputs_an_attack_drives_to_nan_count_as_wrong():
+    from erat.attacks.base import correct
+
+    model = _Outputs(lambda out: torch.where(out.sum(1, keepdim=True) > 1e9, torch.nan, out))
+    x = torch.zeros(2, 1, 8, 8)
+    y = model(x).argmax(1)
+    assert correct(model, x, y).tolist() == [True, True]
+    assert correct(model, x + 1e12, y).tolist() == [False, False]
 
 
 def test_labels_past_the_outputs_are_refused_not_counted_wrong(data):

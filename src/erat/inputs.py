@@ -56,12 +56,36 @@ def labels(y: object, n: int, name: str = "y", *, values: bool = True) -> Tensor
     if not isinstance(y, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of class labels [{n}], got "
                         f"{type(y).__name__}")
-    if y.dtype == torch.bool or y.is_floating_point() or y.is_complex() or y.shape != (n,):
-        raise ValueError(f"{name} must be integer class labels [{n}], one per image; got shape "
-                         f"{tuple(y.shape)} of {y.dtype}")
+    if y.dtype == torch.bool or y.is_floating_point() or y.is_complex():
+        raise ValueError(f"{name} must be integer class labels, got {y.dtype} (" + (
+            f"{name}.long(), if they are whole numbers)" if y.shape == (n,) else
+            f"and shape {tuple(y.shape)}: one label per image, [{n}])"))
+    if y.shape != (n,):
+        raise ValueError(f"{name} must hold one class label per image, labels [{n}]; got "
+                         f"shape {tuple(y.shape)}")
     if values and n and (low := int(y.min())) < 0:
         raise ValueError(f"{name} must be class indices 0, 1, ..., got {low}")
     return y.long()
+
+
+def logits(out: object, n: int, what: str = "inputs") -> Tensor:
+    """``out``, a model's outputs at ``n`` inputs, checked as logits: a tensor ``[n, K]``
+    with finite values (NaN logits would count as class 0, and accuracy as that class's
+    share); ``UserError`` otherwise (the model given is wrong: one line on the command
+    line)."""
+    if not isinstance(out, Tensor):
+        raise UserError(f"the model must return logits, one tensor [batch, classes]; it "
+                        f"returned a {type(out).__name__}" + (
+                            " (return the logits alone, e.g. out[0])"
+                            if isinstance(out, tuple | list | dict) else ""))
+    if out.dim() != 2 or len(out) != n:
+        raise UserError(f"the model must return logits [batch, classes]; at {n} {what} it "
+                         f"returned shape {tuple(out.shape)}")
+    if not bool(torch.isfinite(out).all()):
+        bad = int((~torch.isfinite(out).all(1)).sum())
+        raise UserError(f"the model's outputs are not finite (NaN or inf) at {bad} of {n} "
+                         f"{what}: its accuracy, losses and attacks would mean nothing")
+    return out
 
 
 def within_outputs(y: Tensor, sample: Tensor, name: str = "y") -> None:

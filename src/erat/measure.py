@@ -23,6 +23,7 @@ from erat import fields
 from erat.energy import CERTIFICATE_NOTE, certify, check_settings, energy
 from erat.errors import UserError
 from erat.inputs import images, labels, within_outputs
+from erat.inputs import logits as checked_logits
 from erat.losses import cross_entropy, supervised_loss, virtual_loss
 from erat.passes import sample_outputs, supervised_search
 from erat.search import XI, fgm_direction, vat_direction, vat_step
@@ -43,7 +44,7 @@ def _report_batch(model: nn.Module, x: Tensor, y: Tensor, s: dict) -> dict[str, 
     norm = s["norm"]
     run = partial(energy, x=x, eps=s["eps"], T=s["T"], max_points=s["max_points"], norm=norm)
     with torch.no_grad():
-        logits = model(x)
+        logits = checked_logits(model(x), len(x), "test images")
     l0, ce = cross_entropy(logits, y), supervised_loss(model, y)
     zero, v = torch.zeros_like(l0), virtual_loss(model, logits)
     with torch.no_grad():  # the searches re-enable grad, for the input only

@@ -48,6 +48,8 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
+from erat.inputs import logits
+
 
 def _batchnorms(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
@@ -100,7 +102,7 @@ def sample_outputs(model: nn.Module, x: Tensor, n: int = 8, name: str = "x") -> 
 
     with supervised_search(model), torch.no_grad():
         try:
-            return model(x[:n])
+            return logits(model(x[:n]), len(x[:n]), f"images of {name}")
         except RuntimeError as err:  # (torch's own refusal of a shape, channels or dtype)
             if type(err) is not RuntimeError or not _INPUT_REFUSED.search(str(err)):
                 raise  # (out of memory, a compiler's or the model's own failure: itself)

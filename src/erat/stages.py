@@ -218,7 +218,7 @@ class Stages:
                 seed = zlib.crc32(f"{self.cfg.seed}/{key}/{b}".encode())
                 torch.manual_seed(seed)
                 xb, yb = self.x[live.to(self.x.device)], self.y[live.to(self.x.device)]
-                flags[live] = (correct(self.model, xb, yb) if attack is None
+                flags[live] = (correct(self.model, xb, yb, clean=True) if attack is None
                                else attack(self.model, xb, yb, threat, seed).cpu())
             self.progress.put(key, flags, b + 1)
         return flags

@@ -48,6 +48,7 @@ from torch import Tensor, nn
 from erat.errors import UserError
 from erat.fields import FlagSpec, flag_specs, init_fields
 from erat.fields import param as option  # noqa: F401  (an attack's settings)
+from erat.inputs import logits
 from erat.registry import Registry
 from erat.threat import Threat
 
@@ -217,7 +218,12 @@ def read_key(key: str) -> tuple[str, str, str] | None:
     return (m[1], m[2], m[3]) if m else None
 
 
-def correct(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-    """Per-example correctness ``[B]`` (on the CPU) of ``model`` at ``x``, without a graph."""
+def correct(model: nn.Module, x: Tensor, y: Tensor, clean: bool = False) -> Tensor:
+    """Per-example correctness ``[B]`` (on the CPU) of ``model`` at ``x``, without a graph.
+    Outputs that are not finite count as wrong (an attack that drives the model to NaN has
+    broken it); on ``clean`` inputs they are refused (:func:`erat.inputs.logits`)."""
     with torch.no_grad():
-        return (model(x).argmax(dim=1) == y).cpu()
+        out = model(x)
+    if clean:
+        logits(out, len(x), "test images")
+    return ((out.argmax(dim=1) == y) & torch.isfinite(out).all(dim=1)).cpu()
