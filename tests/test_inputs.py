@@ -118,6 +118,9 @@ def test_int32_labels_and_numpy_or_text_radii_are_taken(data):
     a = evaluate(model, x, y.int(), eps=np.float32(0.5), steps=2, sanity_n=0)
     b = evaluate(model, x, y, eps="1/2", steps=2, sanity_n=0)
     assert a["robust_acc"] == b["robust_acc"] and list(a["robust_acc"]) == ["pgd-l2-eps0.5"]
+    for eps in (["1/2"], torch.tensor([0.5]), torch.tensor(0.5)):  # (a list of texts: refused)
+        assert evaluate(model, x, y, eps=eps, steps=2, sanity_n=0)["robust_acc"] == \
+            b["robust_acc"]
     assert a["clean_acc"] == int(a["clean_acc"] * 12 + 0.5) / 12  # (a fraction, not float32's)
 
 
@@ -241,3 +244,40 @@ def test_the_first_n_of_a_set_stored_class_by_class_are_said_to_miss_classes():
     for n in (0, 31):
         with pytest.raises(UserError, match=f"--n must be between 1 and 30 .*got {n}"):
             first_n(x, y, n)
+
+
+def test_an_l2_radius_past_the_images_diameter_is_refused_by_the_library(data):
+    """``eps=255`` (pixels of 0..255 in mind) trained and measured without a word; the
+    command line refused it, the library did not. 8x8 images: the diameter is 8."""
+    from erat.errors import UserError
+
+    x, y = data
+    calls = [lambda: evaluate(linear(), x, y, eps=[0.5, 255], steps=1, sanity_n=0),
+             lambda: energy_report(linear(), x, y, eps=9, T=1, M=1, S=0),
+             lambda: fit(linear(), build_method("pgd", eps=255), FitData(x, y),
+                         FitOptions(epochs=1, progress=False), log=lambda _: None)]
+    for call in calls:
+        with pytest.raises(UserError, match=r"is above 8, the l2 diameter of 1x8x8 images"):
+            call()
+    assert evaluate(linear(), x, y, eps=8, steps=1, sanity_n=0)["robust_acc"]  # (at it: taken)
+
+
+def test_a_model_without_trainable_parameters_and_a_zero_batch_are_one_line(data):
+    from erat.errors import UserError
+
+    x, y = data
+    with pytest.raises(UserError, match="the model has no trainable parameters"):
+        fit(linear().requires_grad_(False), build_method("erm"), FitData(x, y),
+            FitOptions(epochs=1, progress=False), log=lambda _: None)
+    with pytest.raises(UserError, match="batch_size must be an integer >= 1, got 0"):
+        energy_report(linear(), x, y, eps=0.5, T=1, M=1, S=0, batch_size=0)
+
+
+def test_normalize_takes_one_number_for_every_channel_and_refuses_other_channels():
+    from erat.models import Normalize
+
+    x = torch.rand(2, 3, 4, 4)
+    assert torch.equal(Normalize(0.5, 0.25)(x), Normalize([0.5] * 3, [0.25] * 3)(x))
+    with pytest.raises(ValueError, match=r"holds 3 channels' mean and std, but the images are "
+                                         r"shaped \(1, 4, 4\)"):
+        Normalize([0.5] * 3, [0.25] * 3)(x[:, :1])  # (broadcast to 3 channels before)

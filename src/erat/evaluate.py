@@ -50,6 +50,7 @@ from erat.stages import (
     progress_key,
     weights_fingerprint,
 )
+from erat.threat import check_radius_fits
 
 __all__ = ["EvalConfig", "EvaluationWarning", "evaluate", "weights_fingerprint"]
 
@@ -90,6 +91,8 @@ def evaluate(
     """
     cfg = config if config is not None else EvalConfig.build(**settings, warn_unused=True)
     y = _validate_data(x, y, n_total)
+    for eps in cfg.eps:
+        check_radius_fits(eps, cfg.norm, tuple(x.shape[1:]), name="eps")
     _check_installed(cfg)
     _check_square(cfg, x)
     clash = set(extra_info or {}) & set(_threat(cfg, len(y), n_total))

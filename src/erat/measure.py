@@ -27,7 +27,7 @@ from erat.inputs import logits as checked_logits
 from erat.losses import cross_entropy, supervised_loss, virtual_loss
 from erat.passes import sample_outputs, supervised_search
 from erat.search import XI, fgm_direction, vat_direction, vat_step
-from erat.threat import Norm
+from erat.threat import Norm, check_radius_fits
 
 
 def _summary(prefix: str, v: Tensor) -> dict[str, float]:
@@ -96,8 +96,10 @@ def energy_report(
         except fields.BadValue as err:
             raise UserError(f"eps: {err}") from None
     check_settings(eps, T, M, S, "max", norm)
+    fields.integer("batch_size", batch_size, 1)
     eps = float(eps)  # (a NumPy radius: a plain number in the report)
     y = labels(y, len(images(x)))
+    check_radius_fits(eps, norm, tuple(x.shape[1:]), name="eps")
     s = {"eps": eps, "norm": norm, "T": T, "M": M, "S": S, "n": len(y), "seed": seed,
          "xi": xi, "power_iters": power_iters, "reduce": "max", "mode": "eval",
          "batch_size": batch_size, "max_points": max_points}

@@ -44,6 +44,17 @@ STATE_VERSION = 3  # the evaluation's rules: saved progress and cached results o
 L2_RADII = (0.5, 1.0)  # an l2 evaluation's radii where none are given
 
 
+def _radius(e: object) -> object:
+    """One radius of a list as :func:`check_radius` takes it: ``"8/255"`` read as the command
+    line reads it, a one-element tensor as its number; anything else as given."""
+    if isinstance(e, str):
+        try:
+            return fields.number(e)
+        except fields.BadValue as err:
+            raise UserError(f"eps: {err}") from None
+    return e.item() if isinstance(e, Tensor) and e.numel() == 1 else e
+
+
 @dataclass(frozen=True)
 class EvalConfig:
     """The settings of an evaluation. ``attacks`` are run in order (:func:`erat.attacks.
@@ -73,11 +84,11 @@ class EvalConfig:
                 eps = fields.radii(eps)
             except fields.BadValue as err:
                 raise UserError(f"eps: {err}") from None
-        eps = L2_RADII if eps is None else (eps,) if isinstance(eps, numbers.Real) \
-            else tuple(eps)
+        eps = L2_RADII if eps is None else (eps,) if isinstance(eps, numbers.Real | Tensor) \
+            and getattr(eps, "dim", lambda: 0)() == 0 else tuple(eps)
         if not eps:
             raise UserError("eps must be a non-empty list of radii")
-        object.__setattr__(self, "eps", tuple(check_radius(e, self.norm) for e in eps))
+        object.__setattr__(self, "eps", tuple(check_radius(_radius(e), self.norm) for e in eps))
         fields.integer("batch_size", self.batch_size, 1)
         fields.integer("sanity_n", self.sanity_n, 0)
         fields.integer("masking_queries", self.masking_queries, 1)

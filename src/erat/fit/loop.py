@@ -49,7 +49,7 @@ from erat.inputs import within_outputs
 from erat.methods import Batch, Method, ball
 from erat.passes import sample_outputs
 from erat.rundir import RunDir, unwrap
-from erat.threat import norm_name
+from erat.threat import check_radius_fits, norm_name
 
 # the fast path reads the loss on the host (a synchronisation) every this many updates
 CHECK_EVERY = 25
@@ -88,6 +88,8 @@ def fit(
                         f"{type(data).__name__} (a TensorDataset's: ds.tensors; a DataLoader's: "
                         "loader.dataset.tensors)")
     data = data if isinstance(data, FitData) else FitData(*data)
+    if (eps := ball(method)[1]) is not None:
+        check_radius_fits(eps, ball(method)[0], tuple(data.x.shape[1:]), name="the method's eps")
     if isinstance(run_dir, str | Path):
         run_dir = RunDir(run_dir)
     if resume and run_dir is None:
@@ -220,6 +222,9 @@ class Loop:
                  run_dir: RunDir | None, log: Callable[[str], None], dist: distributed.Dist):
         self.model, self.method, self.data, self.options = model, method, data, options
         self.run_dir, self.log, self.dist = run_dir, log, dist
+        if not any(p.requires_grad for p in model.parameters()):
+            raise UserError("the model has no trainable parameters (none with requires_grad): "
+                            "nothing to train")
         self.device = next(model.parameters()).device
         uses = data.x_unlabeled is not None and method.uses_unlabeled
         self.sampler = EpochSampler(options, len(data.y), data.unlabeled_count

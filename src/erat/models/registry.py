@@ -33,16 +33,22 @@ MODELS = Registry("model")
 
 
 class Normalize(nn.Module):
-    """``(x - mean) / std`` per channel, with ``mean`` and ``std`` saved as buffers."""
+    """``(x - mean) / std`` per channel, with ``mean`` and ``std`` saved as buffers (one
+    number each: the same for every channel)."""
 
-    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+    def __init__(self, mean: Sequence[float] | float, std: Sequence[float] | float) -> None:
         super().__init__()
+        mean, std = ([v] if isinstance(v, int | float) else list(v) for v in (mean, std))
         if len(mean) != len(std) or min(std) <= 0:
             raise ValueError(f"need one mean and one positive std per channel, got {mean}, {std}")
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
 
     def forward(self, x: Tensor) -> Tensor:
+        channels = self.mean.shape[1]
+        if channels > 1 and (x.dim() != 4 or x.shape[1] != channels):
+            raise ValueError(f"Normalize holds {channels} channels' mean and std, but the "
+                             f"images are shaped {tuple(x.shape[1:])}")
         return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
 
     def extra_repr(self) -> str:
