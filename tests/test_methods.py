@@ -466,3 +466,15 @@ def test_numpy_numbers_are_numbers():
     options = FitOptions(epochs=np.int64(2), lr=np.float64(0.1))
     assert type(options.epochs) is int and type(options.lr) is float
     assert type(TrainConfig(labels=np.int32(100)).labels) is int
+
+
+def test_help_on_a_method_or_attack_lists_its_settings():
+    """A library user read ER's settings (T, M, S, lam, ...) only in METHOD.md or the
+    command line's --help: ``help(ER)`` now lists them, defaults and help as the flags'."""
+    from erat.attacks.base import ATTACKS
+    from erat.methods import METHODS
+
+    er = METHODS["er"].__doc__
+    assert er.startswith("The energy regulariser") and "build_method('er', key=value)" in er
+    assert "- ``T`` (default 1): ER: segments per ray" in er
+    assert "- ``restarts`` (default 1): PGD restarts" in ATTACKS["pgd"].__doc__

@@ -45,6 +45,17 @@ def param(default: Any, help: str) -> Any:
     return dataclasses.field(default=default, metadata={"help": help})
 
 
+def document_settings(cls: type, how: str) -> None:
+    """Append each setting of ``cls`` (its default and help) to its docstring, so that
+    ``help(cls)`` in Python says what ``--help`` says on the command line; ``how`` names
+    where the settings are given."""
+    lines = [f"- ``{k}`` (default {f.default!r}): {f.metadata['help']}"
+             for k, f in init_fields(cls).items() if "help" in f.metadata]
+    if lines and "\nSettings (" not in (cls.__doc__ or ""):
+        cls.__doc__ = (cls.__doc__ or "").rstrip() + f"\n\nSettings ({how}):\n\n" + \
+            "\n".join(lines) + "\n"
+
+
 def init_fields(cls: type) -> dict[str, dataclasses.Field]:
     """The settings of a dataclass (its ``__init__`` fields), by name."""
     return {f.name: f for f in dataclasses.fields(cls) if f.init}

@@ -86,6 +86,11 @@ def energy_report(
     the final statistics; JSON-ready. ``norm="linf"`` warns once for an l2-sized radius
     (``check_radius``).
 
+    Returns a dict: ``n``, ``clean_acc``, ``loss_mean``, ``classes``; ``energy_mean``,
+    ``_std``, ``_median``, ``_max``, ``_p10``, ``_p25``, ``_p75``, ``_p90`` and the same for
+    ``virtual_energy_``; ``energy_random_mean`` (None for ``M = 1``); ``at_term_mean``,
+    ``vat_term_mean``; ``certified_frac`` and ``certificate_note``; ``settings``.
+
     Example::
 
         report = energy_report(model, x_test[:1000], y_test[:1000], eps=2.0)

@@ -46,7 +46,7 @@ import torch
 from torch import Tensor, nn
 
 from erat.errors import UserError
-from erat.fields import FlagSpec, flag_specs, init_fields
+from erat.fields import FlagSpec, document_settings, flag_specs, init_fields
 from erat.fields import param as option  # noqa: F401  (an attack's settings)
 from erat.inputs import logits
 from erat.registry import Registry
@@ -85,6 +85,7 @@ def register_attack(name: str) -> Callable[[type], type]:
                             "flags of erat eval; rename them")
         _check_roles(name, cls)
         flag_specs({**dict(ATTACKS.items()), name: cls})  # a shared option of another type
+        document_settings(cls, "evaluate(..., key=value); erat eval's flags")
         return ATTACKS.decorator(name, named=True)(cls)
 
     return add

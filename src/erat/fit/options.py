@@ -123,7 +123,8 @@ RESUME_MAY_CHANGE = frozenset({"progress", "compile", "channels_last", "fast_gra
 @dataclass
 class FitResult:
     """What :func:`erat.fit.fit` returns: the model holding the selected weights, and the
-    record."""
+    record; ``history`` holds one dict per epoch, the lines of ``metrics.jsonl`` (the
+    README lists their keys)."""
 
     model: nn.Module
     last_epoch: int

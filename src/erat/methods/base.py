@@ -35,6 +35,7 @@ from erat.errors import UserError
 from erat.fields import (
     FlagSpec,
     check_types,
+    document_settings,
     flag,
     flag_specs,
     init_fields,
@@ -125,6 +126,7 @@ def register(name: str) -> Callable[[type], type]:
         flag_specs({**dict(METHODS.items()), name: cls})  # a shared field of another type
         if not getattr(cls.__call__, "checks_call", False):
             cls.__call__ = _checked(cls.__call__)
+        document_settings(cls, f"build_method({name!r}, key=value); erat train's flags")
         return METHODS.decorator(name, named=True)(cls)
 
     return add
