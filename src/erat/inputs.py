@@ -2,8 +2,9 @@
 :func:`erat.evaluate.evaluate`, :func:`erat.measure.energy_report`, a method's
 :class:`~erat.methods.Batch`): images ``x`` ``[N, ...]`` of floats in [0, 1] (pixel space:
 radii are measured in pixels, and a model normalises inside), labels ``y`` ``[N]`` of class
-indices. A mistake raises ``TypeError`` or ``ValueError`` naming the argument: images scaled
-to 0..255 or normalised would make every radius mean another ball, without a word.
+indices. A mistake raises ``TypeError`` (not a tensor) or ``UserError`` (a ``ValueError``; one line
+on the command line) naming the argument: images scaled to 0..255 or normalised would make
+every radius mean another ball, without a word.
 
 Reading values costs a synchronisation on a GPU: entry points that see a whole data set
 read it once; a batch on a GPU is checked for shape and type only.
@@ -34,17 +35,17 @@ def images(x: object, name: str = "x", *, values: bool = True, like: Tensor | No
                         f"{type(x).__name__}")
     if not x.is_floating_point() or x.dim() < 2 or len(x) == 0:
         hint = " (8-bit images: x.float() / 255)" if x.dtype == torch.uint8 else ""
-        raise ValueError(f"{name} must be float images [N, ...] with N >= 1, in [0, 1]; got "
+        raise UserError(f"{name} must be float images [N, ...] with N >= 1, in [0, 1]; got "
                          f"shape {tuple(x.shape)} of {x.dtype}{hint}")
     if like is not None and x.shape[1:] != like.shape[1:]:
-        raise ValueError(f"{name}'s images {tuple(x.shape[1:])} are not shaped as "
+        raise UserError(f"{name}'s images {tuple(x.shape[1:])} are not shaped as "
                          f"{like_name}'s {tuple(like.shape[1:])}")
     if values and x.numel():
         lo, hi = (v.item() for v in torch.aminmax(x.detach()))
         if lo != lo or hi != hi:
-            raise ValueError(f"{name} holds NaN ({int(torch.isnan(x).sum())} entries)")
+            raise UserError(f"{name} holds NaN ({int(torch.isnan(x).sum())} entries)")
         if not (lo >= 0.0 and hi <= 1.0):
-            raise ValueError(f"{name} must lie in [0, 1] (pixel space; normalise inside the "
+            raise UserError(f"{name} must lie in [0, 1] (pixel space; normalise inside the "
                              f"model), got values in [{lo:.4g}, {hi:.4g}]")
     return x
 
@@ -57,14 +58,14 @@ def labels(y: object, n: int, name: str = "y", *, values: bool = True) -> Tensor
         raise TypeError(f"{name} must be a torch.Tensor of class labels [{n}], got "
                         f"{type(y).__name__}")
     if y.dtype == torch.bool or y.is_floating_point() or y.is_complex():
-        raise ValueError(f"{name} must be integer class labels, got {y.dtype} (" + (
+        raise UserError(f"{name} must be integer class labels, got {y.dtype} (" + (
             f"{name}.long(), if they are whole numbers)" if y.shape == (n,) else
             f"and shape {tuple(y.shape)}: one label per image, [{n}])"))
     if y.shape != (n,):
-        raise ValueError(f"{name} must hold one class label per image, labels [{n}]; got "
+        raise UserError(f"{name} must hold one class label per image, labels [{n}]; got "
                          f"shape {tuple(y.shape)}")
     if values and n and (low := int(y.min())) < 0:
-        raise ValueError(f"{name} must be class indices 0, 1, ..., got {low}")
+        raise UserError(f"{name} must be class indices 0, 1, ..., got {low}")
     return y.long()
 
 
@@ -103,7 +104,7 @@ def within_outputs(y: Tensor, sample: Tensor, name: str = "y") -> None:
                       "attacks and energy are those of another function", stacklevel=2)
     high = int(y.max()) if len(y) else -1
     if high >= outputs:
-        raise ValueError(f"{name} holds label {high}, but the model has {outputs} outputs "
+        raise UserError(f"{name} holds label {high}, but the model has {outputs} outputs "
                          f"(labels 0..{outputs - 1})")
 
 
