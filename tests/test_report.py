@@ -60,6 +60,20 @@ def test_accuracy_vs_radius_writes_png_and_svg(tmp_path):
         accuracy_vs_radius(results, tmp_path / "x", norm="linf")
 
 
+def test_accuracy_plot_counts_the_test_images_of_the_runs_it_draws(tmp_path):
+    """A run left out of the plot (no figures in its norm) still put its image count in the
+    title ("100 or 200 test images (the runs differ)", all lines on 200)."""
+    import matplotlib
+
+    drawn = fake_result(0.9, {0.5: 0.7}) | {"threat": {"n": 200}}
+    other = fake_result(0.9, {}) | {"threat": {"n": 100}}
+    other["robust_acc"] = {"pgd-linf-eps0.1": 0.5}
+    with matplotlib.rc_context({"svg.fonttype": "none"}), pytest.warns(UserWarning,
+                                                                        match="left out"):
+        svg = accuracy_vs_radius({"a": drawn, "b": other}, tmp_path / "acc")[1].read_text()
+    assert "200 test images" in svg and "100 or 200" not in svg and "differ" not in svg
+
+
 def test_landscape_writes_figures(tmp_path, tiny_models):
     x, y = torch.rand(3, 1, 8, 8), torch.tensor([1, 2, 3])
     paths = landscape(tiny_models, x, y, eps=1.0, out=tmp_path / "land", n_random=2, points=9,

@@ -102,8 +102,8 @@ def accuracy_vs_radius(results: Mapping[str, Mapping], out: Path, *, attack: str
     ax.set_xlabel(f"{norm_name(norm)} radius eps (pixels in [0, 1])")
     ax.set_ylabel("accuracy")
     ax.set_ylim(-0.02, 1.02)
-    sizes = sorted({int(r["threat"]["n"]) for r in results.values()
-                    if isinstance((r.get("threat") or {}).get("n"), int)})
+    sizes = sorted({int(r["threat"]["n"]) for label, r in results.items() if curves[label]
+                    and isinstance((r.get("threat") or {}).get("n"), int)})  # (those drawn)
     ax.set_title(f"robust accuracy under {title(attack)}-{norm_name(norm)}"
                  + (" (an upper bound)" if upper_bound([attack]) else "")
                  + (f"\n{' or '.join(map(str, sizes))} test images"
