@@ -312,14 +312,16 @@ def test_runs_evaluated_on_different_numbers_of_images_are_said(tmp_path, capsys
     from erat.cli import main
 
     runs = []
-    for name, n in (("a", 40), ("b", 50)):
+    for name, n, steps, method in (("a", 40, 20, []), ("b", 50, 5, ["--method", "er", "--S",
+                                                                   "2", "--eps", "1.0"])):
         run = tmp_path / name
         assert main(["train", "--dataset", "digits", "--model", "mlp", "--model-kwargs",
                      '{"hidden": [8]}', "--epochs", "1", "--epoch-updates", "1",
-                     "--no-progress", "--out", str(run)]) == 0
+                     "--no-progress", "--out", str(run), *method]) == 0
         (run / "eval.json").write_text(json.dumps(
             {"clean_acc": 0.9, "robust_acc": {"pgd-l2-eps0.5": 0.5}, "checks_failed": 0,
-             "threat": {"attack": "pgd", "norm": "l2", "n": n}}))
+             "threat": {"attack": "pgd", "norm": "l2", "n": n, "steps": steps,
+                        "worst_case": "per example over: PGD (1 restart)"}}))
         norm, eps = ("l2", 0.3) if name == "a" else ("linf", 1.0)  # (energies of two balls)
         (run / "energy.json").write_text(json.dumps(
             {"energy_mean": 0.1, "settings": {"norm": norm, "eps": eps, "n": 20}}))
@@ -328,16 +330,24 @@ def test_runs_evaluated_on_different_numbers_of_images_are_said(tmp_path, capsys
     assert main(["report", *runs, "--out", str(tmp_path / "rep")]) == 0
     out = capsys.readouterr().out
     assert "evaluated on different numbers of test images (40, 50" in out
-    assert "| run | method | n | clean | PGD-l2 0.5 | energy l2 0.3 | energy l-inf 1 | failed " \
-        "checks | cost (ERM epochs) |\n" in out  # (each once: the energy keys once matched
-    # the robust ones too; the cost: erat report had none, which every comparison needs)
+    assert "attacked with different settings (2 kinds; the attack_settings column" in out
+    assert "| run | method | settings | trained at | n | clean | PGD-l2 0.5 | energy l2 0.3 | " \
+        "energy l-inf 1 | failed checks | cost (ERM epochs) |\n" in out  # (each once: the energy
+    # keys once matched the robust ones too; the cost: erat report had none, which every
+    # comparison needs)
     text = (tmp_path / "rep" / "results.md").read_text()  # the same names as reproduce's
-    assert text.startswith("| run | method | n | clean |") and "## Every column" in text
+    assert text.startswith("| run | method | settings | trained at | n | clean |")
+    assert "| er | S 2 | l2 1 |" in text and "## Every column" in text
     # how each run was evaluated, and what mixes, in the file too (it was said on the console)
-    assert "## Evaluation\n\n- l2, on 40 test images (a)\n- l2, on 50 test images (b)\n" in text
+    assert "## Evaluation\n\n- l2, worst case per example over: PGD (1 restart), on 40 test " \
+        "images (a)\n- l2, worst case per example over: PGD (1 restart), on 50 test images " \
+        "(b)\n" in text
     assert "- Note: the runs were evaluated on different numbers of test images (40, 50" in text
     with (tmp_path / "rep" / "results.csv").open() as f:
-        assert [r["n"] for r in csv.DictReader(f)] == ["40", "50"]
+        rows = list(csv.DictReader(f))
+    assert [r["n"] for r in rows] == ["40", "50"] and float(rows[0]["train_seconds"]) > 0
+    assert [r["attack_settings"] for r in rows] == [
+        "per example over: PGD (1 restart); 20 steps", "per example over: PGD (1 restart); 5 steps"]
 
 
 def test_a_result_of_other_weights_is_refused(tmp_path, capsys):

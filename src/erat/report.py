@@ -15,6 +15,7 @@ from erat.errors import UserError
 from erat.files import atomic_write_text, check_writable_dir, read_json, sha256
 from erat.plots import accuracy_vs_radius, landscape, plotted, radius_curve
 from erat.tables import (
+    attack_settings,
     energy_column,
     evaluation_section,
     every_column,
@@ -188,7 +189,7 @@ def report_runs(runs: Sequence[Path], out: Path, *, eval_name: str = "eval.json"
 
 def _mixed(rows: list[dict]) -> list[str]:
     """What makes the rows' figures hard to compare: other datasets, other numbers of test
-    images, energies measured with other settings (fewer directions or steps find less)."""
+    images, attacks or energies with other settings (fewer steps or restarts find less)."""
     notes = []
     datasets = sorted({r["dataset"] for r in rows if r.get("dataset")})
     if len(datasets) > 1:
@@ -198,6 +199,11 @@ def _mixed(rows: list[dict]) -> list[str]:
     if len(sizes) > 1:
         notes.append(f"the runs were evaluated on different numbers of test images "
                      f"({', '.join(map(str, sizes))}; the n column): compare with care")
+    attacked = sorted({r["attack_settings"] for r in rows if r.get("attack_settings")})
+    if len(attacked) > 1:
+        notes.append(f"the runs were attacked with different settings ({len(attacked)} kinds; "
+                     "the attack_settings column of results.csv): a weaker attack leaves "
+                     "more robust accuracy, so compare with care")
     measured = sorted({r["energy_settings"] for r in rows if r.get("energy_settings")})
     if len(measured) > 1:
         notes.append(f"the energies were measured with different settings "
@@ -238,5 +244,16 @@ def _run_row(run: Path, name: str, result: dict) -> dict:
     return {"run": name, "method": config.get("method"),
             "dataset": config.get("dataset") or result["threat"].get("dataset"),
             "trained": ball_name(*ball) if ball else None, "labels": config.get("labels"),
-            **result_row(result), **energy_column(energy), **_training_notes(run),
-            "cost_erm_epochs": meta.get("cost_erm_epochs"), "updates": meta.get("updates")}
+            "method_settings": _given(config.get("method_params")),
+            **result_row(result), "attack_settings": attack_settings(result["threat"]),
+            **energy_column(energy), **_training_notes(run),
+            "cost_erm_epochs": meta.get("cost_erm_epochs"), "updates": meta.get("updates"),
+            "train_seconds": meta.get("train_seconds")}
+
+
+def _given(params: object) -> str | None:
+    """A run's method settings as given, but its ball (the ``trained`` column): ``S 3, lam
+    0.5``, the others at their defaults."""
+    given = {k: v for k, v in params.items() if k not in ("eps", "norm")} \
+        if isinstance(params, dict) else {}
+    return ", ".join(f"{k} {v}" for k, v in sorted(given.items())) or None

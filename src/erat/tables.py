@@ -115,7 +115,8 @@ def _energy(key: str) -> tuple[str, str] | None:
 
 
 # the columns of a short table: these first, the robust accuracies, then those after
-_FIRST = {"name": "run", "run": "run", "label": "run", "method": "method", "trained": "trained at",
+_FIRST = {"name": "run", "run": "run", "label": "run", "method": "method",
+          "method_settings": "settings", "trained": "trained at",
           "labels": "labels", "budget": "budget", "radius": "radius", "clean_acc": "clean"}
 _LAST = {"val_robust_acc": "val. robust",
          "train_s_per_epoch": "s/epoch", "checks_failed": "failed checks",
@@ -210,6 +211,21 @@ def result_row(result: Mapping, label: str | None = None, prefix: str = "") -> d
            "checks_failed": result.get("checks_failed", 0)}
     return {**({} if label is None else {"label": label}),
             **{prefix + k: v for k, v in row.items()}}
+
+
+def attack_settings(threat: Mapping) -> str | None:
+    """What sets an evaluation's strength, as one text (a report's ``attack_settings``
+    column): the attacks in the worst case, with their restarts and queries, and PGD's steps
+    and step."""
+    parts = [str(threat.get("worst_case") or "").removesuffix("; and over the smaller radii")]
+    if "steps" in threat:
+        parts.append(f"{threat['steps']} steps")
+    if threat.get("step_size_rule") == "fixed":
+        parts.append("step " + ", ".join(f"{v:g}" for v in (threat.get("step_size") or {})
+                                          .values()))
+    elif threat.get("step_size_rule"):
+        parts.append(f"step {threat['step_size_rule']}")
+    return "; ".join(p for p in parts if p) or None
 
 
 def evaluation_section(threats: Sequence[tuple[str, str, Mapping]],
