@@ -189,6 +189,7 @@ def test_eval_missing_run(tmp_path, capsys):
         (["--steps", "0"], "--steps >= 1"),
         (["--warmup", "-1"], "--warmup >= 0"),
         (["--methods", "erm,nope"], "--methods: unknown method(s) nope; choose among at, er"),
+        (["--methods", ","], "--methods: an empty name in ','; give names separated by"),
         (["--models", "cnn:28"], "MODEL:CxHxW"),
         (["--models", "mlp:0x8x8", "--methods", "erm"], "--models wants MODEL:CxHxW"),
         (["--models", "mlp:1x-8x8"], "positive integers"),

@@ -285,6 +285,10 @@ def test_methods_without_unlabeled_use_train_on_the_labels_alone(
 
     assert any("uses no unlabeled data" in m and "20 labeled" in m for m in logs)
     assert not any(m.startswith("semi-supervised") for m in logs)
+    assert "note: --batch-size 8 is" not in "".join(logs)  # (a batch within the labels: quiet)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert all(0 < r["unlabeled_max_share"] <= 1 for r in rows)  # (the baseline's: recorded,
+    assert not any("guard" in r for r in rows)  # never warned of: it has no unlabeled term)
     (sampler,) = rec.samplers
     assert (sampler.n_labeled, sampler.n_unlabeled) == (20, N_TRAIN - 20)
     assert not sampler.uses_unlabeled
@@ -312,6 +316,11 @@ def test_an_unlabeled_batch_larger_than_the_set_is_counted_as_drawn(tmp_path):
     """An unlabeled batch above the unlabeled set's size drew the whole set, but the cost
     counted the batch asked for (9.0 ERM epochs where the passes made cost 6.2)."""
     cfg = _cfg(method="vat", labels=100, unlabeled_batch_size=2000)
+    logs: list[str] = []
+    erat.fit.loop._say_clipped(EpochSampler(cfg.fit, 10, 1337), cfg.fit, logs.append)
+    assert logs == ["note: --batch-size 16 is more than the 10 labeled examples: batches of 10",
+                    "note: --unlabeled-batch-size 2000 is more than the 1337 unlabeled "
+                    "examples: batches of 1337"]  # (it drew the whole set without a word)
     sampler = EpochSampler(cfg.fit, 100, 1337)
     assert sampler.unlabeled_batch == 1337 and sampler.updates == 100 // 16
     seen = [len(u) for _, u in sampler.batches(torch.Generator().manual_seed(0))]
@@ -391,6 +400,20 @@ def test_the_guard_reads_the_validation_accuracy():
     assert _guard(model, None, y, {"val_clean_acc": 0.83}, history) is None
     warning = _guard(model, None, y, {"val_clean_acc": 0.70}, history)
     assert "validation accuracy fell to 0.700 from its best 0.850" in warning
+
+
+def test_a_warm_up_at_s_0_is_said_to_do_nothing():
+    """--warmup-updates at the semi-supervised default S 0 trained the same weights as
+    without it, without a word."""
+    from erat.config import idle
+
+    cfg = TrainConfig.from_dict(dict(dataset="digits", labels=50, method="er",
+                                     method_params={"eps": 1.0, "warmup_updates": 5}))
+    assert any(line.startswith("--warmup-updates has no effect here") for line in
+               idle(cfg, {"warmup_updates"}))
+    cfg = TrainConfig.from_dict(dict(dataset="digits", labels=50, method="er",
+                                     method_params={"eps": 1.0, "S": 1, "warmup_updates": 5}))
+    assert idle(cfg, {"warmup_updates"}) == []
 
 
 def test_er_at_its_semi_supervised_defaults_says_it_is_vat(tmp_path):

@@ -45,7 +45,8 @@ class BenchOptions:
                         "MODEL:CxHxW, comma-separated (MODEL: a registered name or your "
                         "own MODULE:FACTORY)")
     methods: str = param("all", "methods, comma-separated (all: every registered one); "
-                                "NAME:key=value;... sets a parameter (er:S=3)")
+                                "NAME:key=value;... sets a parameter (er:S=3); a step is "
+                                "timed on a labeled batch alone (no unlabeled batch)")
     batch_size: int = param(128, "batch size")
     steps: int = param(20, "timed steps per method (at most)")
     warmup: int = param(2, "untimed steps before the timed ones")
@@ -79,6 +80,9 @@ class BenchOptions:
             raise UserError(f"--max-seconds wants a positive number of seconds (inf: no "
                             f"limit), got {self.max_seconds}")
         names = method_names() if self.methods == "all" else self.methods.split(",")
+        if not all(n.strip() for n in names):
+            raise UserError(f"--methods: an empty name in {self.methods!r}; give names "
+                            f"separated by commas, among {', '.join(method_names())} (or all)")
         unknown = {parse_method(n)[0] for n in names} - set(method_names())
         if unknown:
             raise UserError(f"--methods: unknown method(s) {', '.join(sorted(unknown))}; "

@@ -22,9 +22,11 @@ STUCK_MARGIN = 0.02  # "at chance": at most the largest class share plus this
 
 
 def guard(model: nn.Module, xu: Tensor | None, y: Tensor, row: dict[str, Any],
-          history: list[dict[str, Any]], perturbed: bool = True) -> str | None:
-    """A warning, or None: the predictions on unlabeled data pile into one class (its share
-    over ``COLLAPSE_SHARE`` times the largest class share among the labels), the
+          history: list[dict[str, Any]], perturbed: bool = True,
+          unlabeled_term: bool = True) -> str | None:
+    """A warning, or None: the predictions on unlabeled data ``xu`` pile into one class (its
+    share over ``COLLAPSE_SHARE`` times the largest class share among the labels; recorded
+    for every run that has unlabeled data, said for a method with an ``unlabeled_term``), the
     validation accuracy falls ``VAL_DROP`` below its best, or catastrophic overfitting
     (:func:`catastrophic`; only for a method that trains on perturbed inputs, ``perturbed``:
     ERM's robust accuracy falling as it trains is no failure of a search). Adds
@@ -39,10 +41,10 @@ def guard(model: nn.Module, xu: Tensor | None, y: Tensor, row: dict[str, Any],
             model.train(was)
         share = torch.bincount(pred, minlength=int(y.max()) + 1).max().item() / len(pred)
         row["unlabeled_max_share"] = round(share, 4)
-        if share > COLLAPSE_SHARE * chance:
+        if unlabeled_term and share > COLLAPSE_SHARE * chance:
             out.append(f"{share:.0%} of the unlabeled predictions fall into one class (the "
-                       f"labels: at most {chance:.0%}); the unlabeled term may "
-                       "be overpowering the labels")
+                       f"labels: at most {chance:.0%}): the unlabeled term may be overpowering "
+                       "the labels, or the model is not trained yet")
     best = max((r["val_clean_acc"] for r in history if "val_clean_acc" in r), default=None)
     if best is not None and row.get("val_clean_acc", best) < best - VAL_DROP:
         out.append(f"validation accuracy fell to {row['val_clean_acc']:.3f} from its best "

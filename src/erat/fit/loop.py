@@ -144,6 +144,18 @@ def _check_unused(run_dir: RunDir) -> None:
                         "--overwrite replaces a run)")
 
 
+def _say_clipped(sampler: EpochSampler, options: FitOptions, log: Callable[[str], None]
+                 ) -> None:
+    """A note for each batch size larger than its set, which trains with the whole set."""
+    for flag, asked, got, n, what in (
+            ("--batch-size", options.batch_size, sampler.labeled_batch, sampler.n_labeled,
+             "labeled" if sampler.n_unlabeled else "training"),
+            ("--unlabeled-batch-size", options.unlabeled_batch_size, sampler.unlabeled_batch,
+             sampler.n_unlabeled, "unlabeled")):
+        if asked and n and got < asked and (what != "unlabeled" or sampler.uses_unlabeled):
+            log(f"note: {flag} {asked} is more than the {n} {what} examples: batches of {got}")
+
+
 def _differences(now: dict[str, Any], then: dict[str, Any]) -> list[str]:
     """``name value (run: saved value)`` for each setting recorded in ``then`` (a
     checkpoint's :func:`_settings`) that ``now`` gives otherwise, the method's fields one by
@@ -163,7 +175,8 @@ def _settings(method: Method, options: FitOptions, data: FitData) -> dict[str, A
     fields), the options a resumed run may not change, the training data's SHA-256 and its
     augmentation; plain values only (a checkpoint is read with ``weights_only``)."""
     fields = dataclasses.asdict(method) if dataclasses.is_dataclass(method) else {}
-    tensors = [data.x, data.y, *([data.x_unlabeled] if data.x_unlabeled is not None else [])]
+    reads = data.x_unlabeled is not None and getattr(method, "uses_unlabeled", False)
+    tensors = [data.x, data.y, *([data.x_unlabeled] if reads else [])]
     return _plain({"method": {"name": getattr(method, "name", type(method).__qualname__),
                               **fields},
                    "options": {k: v for k, v in dataclasses.asdict(options).items()
@@ -230,6 +243,7 @@ class Loop:
         self.sampler = EpochSampler(options, len(data.y), data.unlabeled_count
                                     if data.x_unlabeled is None else len(data.x_unlabeled), uses)
         _check_shards(self.sampler, dist)
+        _say_clipped(self.sampler, options, log)
         outputs = sample_outputs(model, data.x[:8].to(self.device), name="FitData.x")
         within_outputs(data.y, outputs, "FitData.y")
         self.schedule = plan(method, model, options, self.sampler)
@@ -381,8 +395,10 @@ class Loop:
                             self.device, ball(self.method)[0])
         if self.data.test is not None:
             row["test_acc"] = clean_accuracy(self.model, *self.data.test)
-        warning = guard(self.model, self.xu, self.y, row, self.history,
-                        perturbed=ball(self.method)[1] is not None)
+        watched = self.data.x_unlabeled  # (a labels-alone baseline's share: to compare)
+        warning = guard(self.model, None if watched is None else watched[:2000].to(self.device),
+                        self.y, row, self.history, perturbed=ball(self.method)[1] is not None,
+                        unlabeled_term=self.xu is not None)
         if warning:
             row["guard"] = warning
             self.log(f"erat: warning: {warning}")

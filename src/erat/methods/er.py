@@ -105,7 +105,7 @@ class ER:
                                     "(unset: 2.5*eps/S)")
     warmup_updates: int | None = param(None, "ER: the first updates search with S=0 "
                                              "(default: 0 supervised, the first 20% of "
-                                             "training semi-supervised)")
+                                             "training semi-supervised with --S 1 or more)")
     ramp: float = param(0.0, "ER: fraction of training over which the radius grows "
                              "linearly from 0 to eps")
 
@@ -125,6 +125,7 @@ class ER:
             out |= {"xi": why, "power_iters": why}
         if self.steps(unlabeled) == 0:  # (semi-supervised only when it reads unlabeled data)
             out["step_size"] = "the search takes no PGD steps at S 0"
+            out["warmup_updates"] = "the warm-up searches with S 0, as every update does at S 0"
         return out
 
     def training_note(self, semi: bool) -> str | None:
