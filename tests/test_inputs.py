@@ -88,6 +88,36 @@ def test_outputs_that_are_not_logits_are_refused(data, make, message):
             call()
 
 
+def test_a_log_softmax_with_minus_inf_for_some_classes_is_a_model(data):
+    """-inf for classes whose probability underflows still names a class; it was refused."""
+    x, y = data
+    model = _Outputs(lambda out: torch.where(torch.arange(10) == 9, -torch.inf, out))
+    assert evaluate(model, x, y, eps=0.5, steps=1, sanity_n=0)["clean_acc"] >= 0
+
+
+def test_a_run_whose_outputs_turn_nan_stops_as_diverged(data):
+    """Validation and test accuracy on a model whose outputs became NaN: one line saying the
+    training diverged (clean_accuracy counted NaN rows as class 0)."""
+    from erat.errors import UserError
+
+    x, y = data
+    class Diverged(nn.Module):  # (trains on logits; eval mode, after the first look: NaN)
+        def __init__(self):
+            super().__init__()
+            self.net, self.looks = linear(), 0
+
+        def forward(self, x):
+            self.looks += not self.training
+            return self.net(x) * (torch.nan if self.looks > 1 else 1.0)
+
+    for given in (dict(val=(x, y)), dict(test=(x, y))):
+        model = Diverged()
+        with pytest.raises(UserError, match=r"training diverged by epoch 1: the model's outputs "
+                                            r"are not finite at \d+ of \d+ held-out images"):
+            fit(model, build_method("erm"), FitData(x, y, **given),
+                FitOptions(epochs=1, progress=False, val_eps=0.5), log=lambda _: None)
+
+
 def test_outputs_an_attack_drives_to_nan_count_as_wrong():
     from erat.attacks.base import correct
 
@@ -118,7 +148,7 @@ def test_int32_labels_and_numpy_or_text_radii_are_taken(data):
     a = evaluate(model, x, y.int(), eps=np.float32(0.5), steps=2, sanity_n=0)
     b = evaluate(model, x, y, eps="1/2", steps=2, sanity_n=0)
     assert a["robust_acc"] == b["robust_acc"] and list(a["robust_acc"]) == ["pgd-l2-eps0.5"]
-    for eps in (["1/2"], torch.tensor([0.5]), torch.tensor(0.5)):  # (a list of texts: refused)
+    for eps in (["1/2"], torch.tensor([0.5]), torch.tensor(0.5)):  # (a list of texts was refused)
         assert evaluate(model, x, y, eps=eps, steps=2, sanity_n=0)["robust_acc"] == \
             b["robust_acc"]
     assert a["clean_acc"] == int(a["clean_acc"] * 12 + 0.5) / 12  # (a fraction, not float32's)
@@ -255,7 +285,9 @@ def test_an_l2_radius_past_the_images_diameter_is_refused_by_the_library(data):
     calls = [lambda: evaluate(linear(), x, y, eps=[0.5, 255], steps=1, sanity_n=0),
              lambda: energy_report(linear(), x, y, eps=9, T=1, M=1, S=0),
              lambda: fit(linear(), build_method("pgd", eps=255), FitData(x, y),
-                         FitOptions(epochs=1, progress=False), log=lambda _: None)]
+                         FitOptions(epochs=1, progress=False), log=lambda _: None),
+             lambda: fit(linear(), build_method("erm"), FitData(x, y, val=(x, y)),
+                         FitOptions(epochs=1, progress=False, val_eps=9.0), log=lambda _: None)]
     for call in calls:
         with pytest.raises(UserError, match=r"is above 8, the l2 diameter of 1x8x8 images"):
             call()
@@ -278,6 +310,23 @@ def test_normalize_takes_one_number_for_every_channel_and_refuses_other_channels
 
     x = torch.rand(2, 3, 4, 4)
     assert torch.equal(Normalize(0.5, 0.25)(x), Normalize([0.5] * 3, [0.25] * 3)(x))
-    with pytest.raises(ValueError, match=r"holds 3 channels' mean and std, but the images are "
-                                         r"shaped \(1, 4, 4\)"):
+    with pytest.raises(ValueError, match=r"holds 3 channel\(s\)' mean and std, but the "
+                                         r"images are shaped \(1, 4, 4\)"):
         Normalize([0.5] * 3, [0.25] * 3)(x[:, :1])  # (broadcast to 3 channels before)
+    with pytest.raises(ValueError, match="holds 1 channel"):
+        Normalize([0.5], [0.25])(x)  # (one channel's, given per channel: as refused)
+    assert torch.equal(Normalize(np.float32(0.5), torch.tensor(0.25))(x), Normalize(0.5, 0.25)(x))
+
+
+def test_erat_models_still_compile_to_torchscript():
+    """The channel check made every erat model fail torch.jit.script (erat eval --model
+    takes TorchScript files)."""
+    from erat.models import build_model
+
+    model = build_model("cnn", in_shape=(3, 8, 8), num_classes=10, mean=[0.5] * 3,
+                        std=[0.25] * 3).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # (torch.jit.script is deprecated)
+        scripted = torch.jit.script(model)
+    x = torch.rand(2, 3, 8, 8)
+    assert torch.allclose(scripted(x), model(x))

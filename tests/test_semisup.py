@@ -286,9 +286,6 @@ def test_methods_without_unlabeled_use_train_on_the_labels_alone(
     assert any("uses no unlabeled data" in m and "20 labeled" in m for m in logs)
     assert not any(m.startswith("semi-supervised") for m in logs)
     assert "note: --batch-size 8 is" not in "".join(logs)  # (a batch within the labels: quiet)
-    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
-    assert all(0 < r["unlabeled_max_share"] <= 1 for r in rows)  # (the baseline's: recorded,
-    assert not any("guard" in r for r in rows)  # never warned of: it has no unlabeled term)
     (sampler,) = rec.samplers
     assert (sampler.n_labeled, sampler.n_unlabeled) == (20, N_TRAIN - 20)
     assert not sampler.uses_unlabeled
@@ -389,6 +386,30 @@ def test_the_guard_fires_on_a_collapsing_run(tmp_path):
     assert rows[-1]["unlabeled_max_share"] > 0.3
     assert any("one class" in r.get("guard", "") for r in rows)
     assert any(m.startswith("erat: warning:") and "one class" in m for m in logs)
+
+
+def test_the_collapse_is_said_only_for_a_method_with_an_unlabeled_term():
+    """A labels-alone run given unlabeled data (fit's, from Python) records the share of its
+    predictions' largest class, and is not warned of a collapse it has no term to cause."""
+    from erat.fit.guard import guard
+
+    one_class = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    nn.init.zeros_(one_class[1].weight)
+    with torch.no_grad():
+        one_class[1].bias[3] = 1.0
+    xu, y = torch.rand(40, 1, 8, 8), torch.arange(10).repeat(4)
+    for term, says in ((False, None), (True, "fall into one class")):
+        row: dict = {}
+        warning = guard(one_class, xu, y, row, [], unlabeled_term=term)
+        assert row["unlabeled_max_share"] == 1.0 and (warning is None) == (says is None)
+        assert says is None or says in warning
+
+
+def test_a_batch_larger_than_the_labels_is_said(tmp_path):
+    logs: list[str] = []
+    train(_cfg(method="vat", labels=20, batch_size=32, epoch_updates=1), tmp_path / "run",
+          log=logs.append)
+    assert "note: --batch-size 32 is more than the 20 labeled examples: batches of 20" in logs
 
 
 def test_the_guard_reads_the_validation_accuracy():

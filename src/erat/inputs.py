@@ -36,17 +36,17 @@ def images(x: object, name: str = "x", *, values: bool = True, like: Tensor | No
     if not x.is_floating_point() or x.dim() < 2 or len(x) == 0:
         hint = " (8-bit images: x.float() / 255)" if x.dtype == torch.uint8 else ""
         raise UserError(f"{name} must be float images [N, ...] with N >= 1, in [0, 1]; got "
-                         f"shape {tuple(x.shape)} of {x.dtype}{hint}")
+                        f"shape {tuple(x.shape)} of {x.dtype}{hint}")
     if like is not None and x.shape[1:] != like.shape[1:]:
         raise UserError(f"{name}'s images {tuple(x.shape[1:])} are not shaped as "
-                         f"{like_name}'s {tuple(like.shape[1:])}")
+                        f"{like_name}'s {tuple(like.shape[1:])}")
     if values and x.numel():
         lo, hi = (v.item() for v in torch.aminmax(x.detach()))
         if lo != lo or hi != hi:
             raise UserError(f"{name} holds NaN ({int(torch.isnan(x).sum())} entries)")
         if not (lo >= 0.0 and hi <= 1.0):
             raise UserError(f"{name} must lie in [0, 1] (pixel space; normalise inside the "
-                             f"model), got values in [{lo:.4g}, {hi:.4g}]")
+                            f"model), got values in [{lo:.4g}, {hi:.4g}]")
     return x
 
 
@@ -63,17 +63,32 @@ def labels(y: object, n: int, name: str = "y", *, values: bool = True) -> Tensor
             f"and shape {tuple(y.shape)}: one label per image, [{n}])"))
     if y.shape != (n,):
         raise UserError(f"{name} must hold one class label per image, labels [{n}]; got "
-                         f"shape {tuple(y.shape)}")
+                        f"shape {tuple(y.shape)}")
     if values and n and (low := int(y.min())) < 0:
         raise UserError(f"{name} must be class indices 0, 1, ..., got {low}")
     return y.long()
 
 
+class NonFiniteOutputs(UserError):
+    """A model's outputs name no class (:func:`broken`) at ``bad`` of ``n`` inputs."""
+
+    def __init__(self, bad: int, n: int, what: str) -> None:
+        super().__init__(f"the model's outputs are not finite (NaN or inf) at {bad} of {n} "
+                         f"{what}: its accuracy, losses and attacks would mean nothing")
+        self.bad, self.n = bad, n
+
+
+def broken(out: Tensor) -> Tensor:
+    """Rows ``[n]`` of logits ``out`` that name no class: a NaN in them, or a largest logit
+    that is not finite (``-inf`` for some classes, as a log-softmax gives, is a class)."""
+    return torch.isnan(out).any(dim=1) | ~torch.isfinite(out.amax(dim=1))
+
+
 def logits(out: object, n: int, what: str = "inputs") -> Tensor:
     """``out``, a model's outputs at ``n`` inputs, checked as logits: a tensor ``[n, K]``
-    with finite values (NaN logits would count as class 0, and accuracy as that class's
-    share); ``UserError`` otherwise (the model given is wrong: one line on the command
-    line)."""
+    whose rows each name a class (:func:`broken`: NaN logits would count as class 0, and
+    accuracy as that class's share); ``UserError`` otherwise (the model given is wrong: one
+    line on the command line), :class:`NonFiniteOutputs` for broken rows."""
     if not isinstance(out, Tensor):
         raise UserError(f"the model must return logits, one tensor [batch, classes]; it "
                         f"returned a {type(out).__name__}" + (
@@ -81,11 +96,9 @@ def logits(out: object, n: int, what: str = "inputs") -> Tensor:
                             if isinstance(out, tuple | list | dict) else ""))
     if out.dim() != 2 or len(out) != n:
         raise UserError(f"the model must return logits [batch, classes]; at {n} {what} it "
-                         f"returned shape {tuple(out.shape)}")
-    if not bool(torch.isfinite(out).all()):
-        bad = int((~torch.isfinite(out).all(1)).sum())
-        raise UserError(f"the model's outputs are not finite (NaN or inf) at {bad} of {n} "
-                         f"{what}: its accuracy, losses and attacks would mean nothing")
+                        f"returned shape {tuple(out.shape)}")
+    if bad := int(broken(out).sum()):
+        raise NonFiniteOutputs(bad, n, what)
     return out
 
 
@@ -105,7 +118,7 @@ def within_outputs(y: Tensor, sample: Tensor, name: str = "y") -> None:
     high = int(y.max()) if len(y) else -1
     if high >= outputs:
         raise UserError(f"{name} holds label {high}, but the model has {outputs} outputs "
-                         f"(labels 0..{outputs - 1})")
+                        f"(labels 0..{outputs - 1})")
 
 
 def first_n(x: Tensor, y: Tensor, n: int | None) -> tuple[Tensor, Tensor]:

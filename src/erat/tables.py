@@ -221,8 +221,8 @@ def attack_settings(threat: Mapping) -> str | None:
     if "steps" in threat:
         parts.append(f"{threat['steps']} steps")
     if threat.get("step_size_rule") == "fixed":
-        parts.append("step " + ", ".join(f"{v:g}" for v in (threat.get("step_size") or {})
-                                          .values()))
+        parts.append("step " + ", ".join(f"{v:g}" for v in sorted(set(
+            (threat.get("step_size") or {}).values()))))
     elif threat.get("step_size_rule"):
         parts.append(f"step {threat['step_size_rule']}")
     return "; ".join(p for p in parts if p) or None

@@ -259,10 +259,9 @@ def _split(cfg: TrainConfig, method: Method, x: Tensor, y: Tensor, run: RunDir |
                 f"{len(labeled)} labeled examples only, with epochs as long as a "
                 f"semi-supervised run's ({len(unlabeled)} unlabeled)")
     val = (x[val_idx], y[val_idx]) if val_idx is not None else None
-    # (a method that reads no unlabeled data is given them too: they set its epochs' length,
-    # and the guard records its predictions' unlabeled_max_share, the semi-supervised runs'
-    # baseline)
-    return FitData(x[labeled], y[labeled], x[unlabeled] if len(unlabeled) else None, val)
+    reads = len(unlabeled) > 0 and method.uses_unlabeled
+    return FitData(x[labeled], y[labeled], x[unlabeled] if reads else None, val,
+                   unlabeled_count=0 if reads else len(unlabeled))
 
 
 def _save(run: RunDir, cfg: TrainConfig, built: _Built, result: FitResult) -> str:

@@ -48,7 +48,7 @@ from torch import Tensor, nn
 from erat.errors import UserError
 from erat.fields import FlagSpec, document_settings, flag_specs, init_fields
 from erat.fields import param as option  # noqa: F401  (an attack's settings)
-from erat.inputs import logits
+from erat.inputs import broken, logits
 from erat.registry import Registry
 from erat.threat import Threat
 
@@ -227,4 +227,4 @@ def correct(model: nn.Module, x: Tensor, y: Tensor, clean: bool = False) -> Tens
         out = model(x)
     if clean:
         logits(out, len(x), "test images")
-    return ((out.argmax(dim=1) == y) & torch.isfinite(out).all(dim=1)).cpu()
+    return ((out.argmax(dim=1) == y) & ~broken(out)).cpu()

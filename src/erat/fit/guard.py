@@ -19,14 +19,16 @@ PGD_COLLAPSE = 0.5  # PGD accuracy down to this fraction of its best (and by VAL
 FGSM_HOLD = 0.05  # ... while FGSM accuracy stays within this of its best
 STUCK_EPOCHS = 3  # validation clean accuracy at chance for this many epochs from the start
 STUCK_MARGIN = 0.02  # "at chance": at most the largest class share plus this
+WATCHED = 2000  # unlabeled images whose predictions are counted
 
 
 def guard(model: nn.Module, xu: Tensor | None, y: Tensor, row: dict[str, Any],
           history: list[dict[str, Any]], perturbed: bool = True,
           unlabeled_term: bool = True) -> str | None:
-    """A warning, or None: the predictions on unlabeled data ``xu`` pile into one class (its
-    share over ``COLLAPSE_SHARE`` times the largest class share among the labels; recorded
-    for every run that has unlabeled data, said for a method with an ``unlabeled_term``), the
+    """A warning, or None: the predictions on unlabeled data ``xu`` (the first ``WATCHED``)
+    pile into one class (its share over ``COLLAPSE_SHARE`` times the largest class share
+    among the labels; recorded for any ``xu``, said for a method with an ``unlabeled_term``:
+    ``fit`` given unlabeled data its method does not read records the share alone), the
     validation accuracy falls ``VAL_DROP`` below its best, or catastrophic overfitting
     (:func:`catastrophic`; only for a method that trains on perturbed inputs, ``perturbed``:
     ERM's robust accuracy falling as it trains is no failure of a search). Adds
@@ -37,7 +39,7 @@ def guard(model: nn.Module, xu: Tensor | None, y: Tensor, row: dict[str, Any],
         with torch.no_grad():
             was = model.training
             model.eval()
-            pred = torch.cat([model(b).argmax(1) for b in xu[:2000].split(500)])
+            pred = torch.cat([model(b).argmax(1) for b in xu[:WATCHED].split(500)])
             model.train(was)
         share = torch.bincount(pred, minlength=int(y.max()) + 1).max().item() / len(pred)
         row["unlabeled_max_share"] = round(share, 4)

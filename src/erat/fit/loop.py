@@ -38,14 +38,14 @@ from erat.errors import UserError, first_line
 from erat.fields import differs, python_number
 from erat.files import tensor_sha256
 from erat.fit import fast
-from erat.fit.guard import guard
+from erat.fit.guard import WATCHED, guard
 from erat.fit.options import RESUME_MAY_CHANGE, FitData, FitOptions, FitResult
 from erat.fit.sampler import EpochSampler
 from erat.fit.schedule import build_optimizer, plan
 from erat.fit.state import TrainState
 from erat.fit.validate import clean_accuracy, val_radius, validate
 from erat.graphs import Cloned, check_capturable, cudagraph_skips, step_module
-from erat.inputs import within_outputs
+from erat.inputs import NonFiniteOutputs, within_outputs
 from erat.methods import Batch, Method, ball
 from erat.passes import sample_outputs
 from erat.rundir import RunDir, unwrap
@@ -88,15 +88,17 @@ def fit(
                         f"{type(data).__name__} (a TensorDataset's: ds.tensors; a DataLoader's: "
                         "loader.dataset.tensors)")
     data = data if isinstance(data, FitData) else FitData(*data)
-    if (eps := ball(method)[1]) is not None:
-        check_radius_fits(eps, ball(method)[0], tuple(data.x.shape[1:]), name="the method's eps")
+    options = options or FitOptions()
+    for name, eps in (("the method's eps", ball(method)[1]), ("val_eps", options.val_eps)):
+        if eps is not None:
+            check_radius_fits(eps, ball(method)[0], tuple(data.x.shape[1:]), name=name)
     if isinstance(run_dir, str | Path):
         run_dir = RunDir(run_dir)
     if resume and run_dir is None:
         raise UserError("resume=True continues a run_dir's checkpoint: give run_dir")
     if run_dir is not None and not resume:
         _check_unused(run_dir)
-    loop = Loop(model, method, data, options or FitOptions(), run_dir, log,
+    loop = Loop(model, method, data, options, run_dir, log,
                 dist or distributed.Dist())
     saved = run_dir.load_checkpoint() if resume else None
     if differ := _differences(loop.settings, (saved or {}).get("settings") or {}):
@@ -175,8 +177,7 @@ def _settings(method: Method, options: FitOptions, data: FitData) -> dict[str, A
     fields), the options a resumed run may not change, the training data's SHA-256 and its
     augmentation; plain values only (a checkpoint is read with ``weights_only``)."""
     fields = dataclasses.asdict(method) if dataclasses.is_dataclass(method) else {}
-    reads = data.x_unlabeled is not None and getattr(method, "uses_unlabeled", False)
-    tensors = [data.x, data.y, *([data.x_unlabeled] if reads else [])]
+    tensors = [data.x, data.y, *([data.x_unlabeled] if data.x_unlabeled is not None else [])]
     return _plain({"method": {"name": getattr(method, "name", type(method).__qualname__),
                               **fields},
                    "options": {k: v for k, v in dataclasses.asdict(options).items()
@@ -287,6 +288,8 @@ class Loop:
         self.y = data.y.to(self.device)
         self.xu = None if not uses else fast.DeviceImages(data.x_unlabeled, self.device) \
             if on_device else data.x_unlabeled.to(self.device)
+        self.watched = None if data.x_unlabeled is None else (  # (the guard's: see there)
+            self.xu if uses else data.x_unlabeled)[:WATCHED].to(self.device)
         self.gen_device = self.device if on_device else torch.device("cpu")
         self.augment = data.augment if options.augment else "none"
         self.history: list[dict[str, Any]] = []
@@ -390,14 +393,18 @@ class Loop:
 
     def record(self, row: dict[str, Any]) -> None:
         """Validate, log, select, and write the epoch's metrics and checkpoint."""
-        if self.data.val is not None:
-            row |= validate(self.model, self.data.val, self.options, self.val_eps,
-                            self.device, ball(self.method)[0])
-        if self.data.test is not None:
-            row["test_acc"] = clean_accuracy(self.model, *self.data.test)
-        watched = self.data.x_unlabeled  # (a labels-alone baseline's share: to compare)
-        warning = guard(self.model, None if watched is None else watched[:2000].to(self.device),
-                        self.y, row, self.history, perturbed=ball(self.method)[1] is not None,
+        try:
+            if self.data.val is not None:
+                row |= validate(self.model, self.data.val, self.options, self.val_eps,
+                                self.device, ball(self.method)[0])
+            if self.data.test is not None:
+                row["test_acc"] = clean_accuracy(self.model, *self.data.test)
+        except NonFiniteOutputs as err:  # (the model is the run's own: it diverged)
+            raise UserError(f"training diverged by epoch {row['epoch']}: the model's outputs "
+                            f"are not finite at {err.bad} of {err.n} held-out images; try a "
+                            "smaller --lr (the last checkpoint is the epoch before)") from None
+        warning = guard(self.model, self.watched, self.y, row, self.history,
+                        perturbed=ball(self.method)[1] is not None,
                         unlabeled_term=self.xu is not None)
         if warning:
             row["guard"] = warning

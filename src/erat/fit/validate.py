@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from erat.errors import UserError
 from erat.fit.options import FitData, FitOptions
+from erat.inputs import logits
 from erat.methods import Method, ball
 from erat.threat import check_radius
 
@@ -78,6 +79,6 @@ def clean_accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 100
     correct = 0
     for i in range(0, len(x), batch_size):
         xb, yb = x[i : i + batch_size].to(device), y[i : i + batch_size].to(device)
-        correct += int((model(xb).argmax(1) == yb).sum())
+        correct += int((logits(model(xb), len(xb), "images").argmax(1) == yb).sum())
     model.train(was_training)
     return correct / max(len(x), 1)

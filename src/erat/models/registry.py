@@ -16,6 +16,7 @@ Example::
 from __future__ import annotations
 
 import inspect
+import numbers
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -38,18 +39,29 @@ class Normalize(nn.Module):
 
     def __init__(self, mean: Sequence[float] | float, std: Sequence[float] | float) -> None:
         super().__init__()
-        mean, std = ([v] if isinstance(v, int | float) else list(v) for v in (mean, std))
+        self.per_channel = not all(isinstance(v, numbers.Real) or (
+            isinstance(v, Tensor) and v.dim() == 0) for v in (mean, std))
+        mean, std = ([float(v)] if not self.per_channel else [float(e) for e in v]
+                     for v in (mean, std))
         if len(mean) != len(std) or min(std) <= 0:
-            raise ValueError(f"need one mean and one positive std per channel, got {mean}, {std}")
+            raise UserError(f"Normalize needs one mean and one positive std per channel (or "
+                            f"one of each for all), got {mean}, {std}")
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
 
     def forward(self, x: Tensor) -> Tensor:
-        channels = self.mean.shape[1]
-        if channels > 1 and (x.dim() != 4 or x.shape[1] != channels):
-            raise ValueError(f"Normalize holds {channels} channels' mean and std, but the "
-                             f"images are shaped {tuple(x.shape[1:])}")
+        if not torch.jit.is_scripting():  # (TorchScript: the check is Python's)
+            self._check(x)
         return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+
+    @torch.jit.unused
+    def _check(self, x: Tensor) -> None:
+        """Refuse images of another channel count than the means given per channel (they
+        broadcast: one channel became three)."""
+        channels = self.mean.shape[1]
+        if self.per_channel and (x.dim() != 4 or x.shape[1] != channels):
+            raise UserError(f"Normalize holds {channels} channel(s)' mean and std, but the "
+                            f"images are shaped {tuple(x.shape[1:])}")
 
     def extra_repr(self) -> str:
         return f"mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()}"
