@@ -475,3 +475,16 @@ def test_a_table_of_a_column_no_row_holds_or_of_another_result_is_refused():
         results_table(rows, ["label", "pgd-l2-eps1.0"])
     with pytest.raises(ValueError, match="result_row takes what erat.evaluate returns"):
         result_row({"clean_acc": 0.2, "energy_mean": 0.1}, "E")
+
+
+def test_attack_settings_say_what_sets_an_evaluations_strength():
+    from erat.tables import attack_settings
+
+    one = {"worst_case": "per example over: PGD (1 restart)", "steps": 20,
+           "step_size_rule": "fixed", "step_size": {"0.5": 0.1}}
+    two = one | {"worst_case": one["worst_case"] + "; and over the smaller radii",
+                 "step_size": {"0.5": 0.1, "1": 0.1}}
+    assert attack_settings(one) == attack_settings(two) == \
+        "per example over: PGD (1 restart); 20 steps; step 0.1"  # (one run, two radii: alike)
+    assert attack_settings(one | {"step_size_rule": "max(2.5*eps/steps, eps/4)"}).endswith(
+        "; step max(2.5*eps/steps, eps/4)")
