@@ -166,10 +166,11 @@ def readable_columns(rows: Sequence[Mapping]) -> tuple[list[str], list[str]]:
 
 def table_columns(rows: Sequence[Mapping]) -> list[str]:
     """Every column that holds a value in some row, in order of first appearance, the robust
-    accuracies together after ``clean_acc`` (whichever row has them)."""
+    accuracies and then the energies together after ``clean_acc`` (whichever row has
+    them)."""
     present = [k for k in dict.fromkeys(k for row in rows for k in row)
                if any(row.get(k) not in (None, "") for row in rows)]
-    robust = _by_radius([k for k in present if _robust(k)])
+    robust = _by_radius([k for k in present if _robust(k)]) + [k for k in present if _energy(k)]
     rest = [k for k in present if k not in robust]
     cut = rest.index("clean_acc") + 1 if "clean_acc" in rest else len(rest)
     return [*rest[:cut], *robust, *rest[cut:]]
