@@ -23,7 +23,7 @@ from erat import fields
 from erat.energy import CERTIFICATE_NOTE, certify, check_settings, energy
 from erat.errors import UserError
 from erat.inputs import images, labels, within_outputs
-from erat.inputs import logits as checked_logits
+from erat.inputs import logits as checked_logits  # (the name logits is the batch's, below)
 from erat.losses import cross_entropy, supervised_loss, virtual_loss
 from erat.passes import sample_outputs, supervised_search
 from erat.search import XI, fgm_direction, vat_direction, vat_step

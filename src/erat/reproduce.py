@@ -560,7 +560,7 @@ def _evaluation(out: Path, rows: list[dict[str, Any]], results: dict[str, dict])
     energies: dict[str, list[str]] = {}
     for row in rows:  # the energy column's ball and estimate
         file = out / "runs" / row["name"] / RunDir.ENERGY
-        if any(k.startswith("energy-") for k in row) and file.is_file():
+        if any(map(tables.energy_ball_of, row)) and file.is_file():
             e = json.loads(file.read_text()).get("settings") or {}
             energies.setdefault(f"energy: {norm_name(e.get('norm', 'l2'))} at {e.get('eps')}, "
                                 f"T {e.get('T')}, M {e.get('M')}, S {e.get('S')}, on the first "

@@ -84,8 +84,8 @@ class EvalConfig:
                 eps = fields.radii(eps)
             except fields.BadValue as err:
                 raise UserError(f"eps: {err}") from None
-        eps = L2_RADII if eps is None else (eps,) if isinstance(eps, numbers.Real | Tensor) \
-            and getattr(eps, "dim", lambda: 0)() == 0 else tuple(eps)
+        one = isinstance(eps, numbers.Real) or isinstance(eps, Tensor) and eps.dim() == 0
+        eps = L2_RADII if eps is None else (eps,) if one else tuple(eps)
         if not eps:
             raise UserError("eps must be a non-empty list of radii")
         object.__setattr__(self, "eps", tuple(check_radius(_radius(e), self.norm) for e in eps))

@@ -70,7 +70,7 @@ def seed_table(rows: Sequence[Mapping], keys: Sequence[str], names: Sequence[str
             groups.setdefault(name[:m.start()], []).append((m[1], r))
     groups = {k: v for k, v in groups.items() if len(v) > 1}
     numeric = [(k, n) for k, n in zip(keys, names, strict=True)
-               if k in ("clean_acc", "val_robust_acc") or _robust(k) or _energy(k)]
+               if k in ("clean_acc", "val_robust_acc") or _robust(k) or energy_ball_of(k)]
     if not groups or not numeric:
         return None
     lines = ["| runs | seeds | " + " | ".join(n for _, n in numeric) + " |",
@@ -108,8 +108,9 @@ def _robust(key: str) -> tuple[bool, str, str, str] | None:
     return (key.startswith("aa_"), *parts) if parts and parts[0] != "energy" else None
 
 
-def _energy(key: str) -> tuple[str, str] | None:
-    """``(norm, eps)`` of erat report's energy column (``energy-l2-eps0.5``), else None."""
+def energy_ball_of(key: str) -> tuple[str, str] | None:
+    """``(norm, eps)`` of an energy column (``energy-l2-eps0.5``: erat report's and a suite's),
+    else None."""
     parts = read_key(key)
     return parts[1:] if parts and parts[0] == "energy" else None
 
@@ -133,7 +134,7 @@ def column_name(key: str, rows: Sequence[Mapping] = ()) -> str | None:
             return f"{_LAST[key]} {balls.pop()}"
     if key in _FIRST or key in _LAST:
         return {**_FIRST, **_LAST}[key]
-    if energy := _energy(key):
+    if energy := energy_ball_of(key):
         return f"energy {norm_name(energy[0])} {radius_name(*energy)}"
     if (parts := _robust(key)) is None:
         return None
@@ -159,7 +160,7 @@ def readable_columns(rows: Sequence[Mapping]) -> tuple[list[str], list[str]]:
                if any(r.get(k) not in (None, "") for r in rows)]
     first = [k for k in _FIRST if k in present and not (k == "run" and "name" in present)]
     robust = _by_radius([k for k in present if _robust(k)])
-    energy = [k for k in present if _energy(k)]
+    energy = [k for k in present if energy_ball_of(k)]
     keys = first + robust + energy + [k for k in _LAST if k in present]
     return keys, [column_name(k, rows) for k in keys]
 
@@ -170,7 +171,8 @@ def table_columns(rows: Sequence[Mapping]) -> list[str]:
     them)."""
     present = [k for k in dict.fromkeys(k for row in rows for k in row)
                if any(row.get(k) not in (None, "") for row in rows)]
-    robust = _by_radius([k for k in present if _robust(k)]) + [k for k in present if _energy(k)]
+    robust = _by_radius([k for k in present if _robust(k)]) + list(filter(energy_ball_of,
+                                                                        present))
     rest = [k for k in present if k not in robust]
     cut = rest.index("clean_acc") + 1 if "clean_acc" in rest else len(rest)
     return [*rest[:cut], *robust, *rest[cut:]]
