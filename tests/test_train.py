@@ -92,7 +92,24 @@ def test_model_file_records_how_the_run_was_trained(tmp_path):
     ran = torch.load(path, weights_only=True)["meta"]["ran"]
     assert ran == {"device": "cpu", "processes": 1, "threads": torch.get_num_threads(),
                    "amp": "none", "channels_last": False, "fast_path": False,
-                   "compiled": False}
+                   "compiled": False, "method_defaults": {}}
+
+
+def test_model_file_records_the_values_of_ers_mode_dependent_defaults(tmp_path):
+    """ER's ``S``, ``lam`` and warm-up default by mode (supervised or not): the record kept
+    None, not what the run used."""
+    sup = train(TrainConfig.from_dict({**FAST, "epochs": 1, "method": "er",
+                                       "method_params": {"eps": 0.5, "lam": 0.5}}),
+                tmp_path / "sup", log=quiet)
+    assert torch.load(sup, weights_only=True)["meta"]["ran"]["method_defaults"] == \
+        {"S": 1, "warmup_updates": 0}
+    semi = train(TrainConfig.from_dict({**FAST, "epochs": 1, "method": "er", "labels": 50,
+                                        "method_params": {"eps": 0.5, "S": 1}}),
+                 tmp_path / "semi", log=quiet)
+    meta = torch.load(semi, weights_only=True)["meta"]
+    assert meta["method"]["S"] == 1 and meta["method"]["lam"] is None
+    assert meta["ran"]["method_defaults"] == {"lam": 0.0,
+                                              "warmup_updates": int(0.2 * meta["updates"])}
 
 
 def test_refuses_to_overwrite_a_run(tmp_path):

@@ -434,11 +434,15 @@ class Loop:
 
     def ran(self) -> dict[str, Any]:
         """What this session trained with, the flags' outcome (``auto`` resolved, the fast
-        path's precision and layout, a compiled step that fell back to eager)."""
+        path's precision and layout, a compiled step that fell back to eager) and the values
+        the method's unset mode-dependent settings took (its optional ``defaults``)."""
+        defaults = getattr(self.method, "defaults", None)
         return {"device": str(self.device), "processes": self.dist.world_size,
                 "threads": torch.get_num_threads(), "amp": self.amp,
                 "channels_last": bool(self.channels_last), "fast_path": bool(self.fast),
-                "compiled": self.step_model is not self.model}
+                "compiled": self.step_model is not self.model,
+                "method_defaults": defaults(self.xu is not None, self.schedule.updates)
+                if defaults else {}}
 
 
 def _train_seconds(history: list[dict]) -> float:

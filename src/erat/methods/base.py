@@ -100,7 +100,9 @@ class Method(Protocol):
     validation, the overfitting guard and ``erat energy`` read them through :func:`ball`.
     Optional too: ``idle(semi)``, its settings that have no effect with (``semi``) or
     without unlabeled inputs, each with why (``erat train`` says so when one is given), and
-    ``training_note(semi)``, a line to know before training (or None)."""
+    ``training_note(semi)``, a line to know before training (or None), and
+    ``defaults(semi, total_updates)``, the values its unset settings whose default depends
+    on the setting took (the run's record keeps them: ``ran.method_defaults``)."""
 
     name: str
     uses_unlabeled: bool

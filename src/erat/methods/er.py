@@ -47,6 +47,7 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -179,6 +180,15 @@ class ER:
     def semi(self, batch: Batch) -> bool:
         """Whether this batch trains semi-supervised (unlabeled inputs that ER reads)."""
         return batch.x_unlabeled is not None and self.uses_unlabeled
+
+    def defaults(self, semi: bool, total_updates: int) -> dict[str, Any]:
+        """The values its unset mode-dependent settings (``S``, ``lam``,
+        ``warmup_updates``) take in a training of ``total_updates`` updates, with (``semi``)
+        or without an unlabeled batch that ER reads: what the run's record keeps."""
+        semi = semi and self.uses_unlabeled
+        warmup = int(0.2 * total_updates) if semi else 0  # (as search_steps)
+        used = {"S": self.steps(semi), "lam": 0.0 if semi else 1.0, "warmup_updates": warmup}
+        return {k: v for k, v in used.items() if getattr(self, k) is None}
 
     def weight(self, batch: Batch) -> float:
         """``lam``, by default 1 supervised and 0 semi-supervised: with ``lam = 1`` and a
