@@ -20,6 +20,18 @@ def test_training_rows_have_ratio_to_erm():
     assert er["counted_ratio_to_erm"] == pytest.approx(3.0)
 
 
+def test_a_semi_supervised_step_is_timed_with_its_unlabeled_batch():
+    """``--unlabeled N``: the methods that read unlabeled images are timed on their
+    semi-supervised step (the bench had only the labeled one); the others as before."""
+    rows = bench_training("mlp", (1, 8, 8), ["erm", "vat", "pgd"], batch_size=8, unlabeled=24,
+                          steps=1, warmup=0, max_seconds=5.0)
+    by = {r["method"]: r for r in rows}
+    assert [by[m]["unlabeled"] for m in ("erm", "vat", "pgd")] == [0, 24, 0]
+    alone = bench_training("mlp", (1, 8, 8), ["vat"], batch_size=8, steps=1, warmup=0)
+    # counted per labeled image: VAT's step over 8 + 24 images costs 4x its 8 alone
+    assert by["vat"]["passes_per_example"] == pytest.approx(4 * alone[0]["passes_per_example"])
+
+
 def test_attack_throughput_and_peer_ratio():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))

@@ -46,8 +46,10 @@ class BenchOptions:
                         "own MODULE:FACTORY)")
     methods: str = param("all", "methods, comma-separated (all: every registered one); "
                                 "NAME:key=value;... sets a parameter (er:S=3); a step is "
-                                "timed on a labeled batch alone (no unlabeled batch)")
+                                "timed on a labeled batch alone unless --unlabeled N")
     batch_size: int = param(128, "batch size")
+    unlabeled: int = param(0, "unlabeled images beside each labeled batch (0: none): the "
+                              "semi-supervised step of the methods that read them")
     steps: int = param(20, "timed steps per method (at most)")
     warmup: int = param(2, "untimed steps before the timed ones")
     max_seconds: float = param(20.0, "time budget per method and variant")
@@ -72,6 +74,7 @@ class BenchOptions:
         path off CUDA (as ``erat train --fast on`` refuses it)."""
         for flag, value, low in (("--steps", self.steps, 1), ("--warmup", self.warmup, 0),
                                  ("--batch-size", self.batch_size, 1),
+                                 ("--unlabeled", self.unlabeled, 0),
                                  ("--attack-steps", self.attack_steps, 1),
                                  ("--autoattack-n", self.autoattack_n, 0)):
             if value < low:
@@ -153,12 +156,15 @@ def _time_pair(
 
 
 def random_batch(
-    shape: tuple[int, int, int], batch_size: int, device: torch.device, num_classes: int = 10
+    shape: tuple[int, int, int], batch_size: int, device: torch.device, num_classes: int = 10,
+    unlabeled: int = 0,
 ) -> Batch:
+    """Random images and labels, with ``unlabeled`` random images as the unlabeled batch."""
     g = torch.Generator().manual_seed(0)
     x = torch.rand(batch_size, *shape, generator=g).to(device)
     y = torch.randint(0, num_classes, (batch_size,), generator=g).to(device)
-    return Batch(x, y)
+    xu = torch.rand(unlabeled, *shape, generator=g).to(device) if unlabeled else None
+    return Batch(x, y, xu)
 
 
 def bench_training(
@@ -167,6 +173,7 @@ def bench_training(
     methods: Sequence[str],
     *,
     batch_size: int = 128,
+    unlabeled: int = 0,
     steps: int = 20,
     warmup: int = 2,
     max_seconds: float = 20.0,
@@ -180,7 +187,7 @@ def bench_training(
     on_row: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """One row per method: ``ms_per_step`` (median), ``ratio_to_erm``, ``peak_mem_mb``, and
-    the counted ``passes_per_example`` with its ``counted_ratio_to_erm``.
+    the counted ``passes_per_example`` (per labeled image) with its ``counted_ratio_to_erm``.
 
     A method is a name or ``name:key=value;key=value`` (e.g. ``er:S=3``; its parameters are
     parsed as YAML scalars) beside ``method_params`` by name. ``amp`` is ``none``, ``bf16``
@@ -189,6 +196,8 @@ def bench_training(
     training fast path (:mod:`erat.fit.fast`: the model as CUDA graphs, bf16 and
     channels-last for convolutional models, a fused optimiser); ``profile`` adds each step's
     kernel count and the share of its time the device is busy (:func:`kernel_profile`);
+    ``unlabeled`` random images go beside each labeled batch (read by the methods that
+    read them: their semi-supervised step);
     ``on_row`` is called with each row as it is measured; a method that differentiates twice
     (ER's gradient estimator) runs on the model itself. A step that raises (a failed capture
     or compilation) is a row with its ``error``. Rows come in the order of ``methods``, ERM
@@ -198,10 +207,12 @@ def bench_training(
     if fast:
         conv = any(isinstance(m, nn.Conv2d) for m in _model(model_name, shape, device).modules())
         amp, channels_last = ("bf16", True) if conv else (amp, channels_last)
-    batch = random_batch(shape, batch_size, device)
+    batch = random_batch(shape, batch_size, device, unlabeled=unlabeled)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
     if channels_last:
         batch.x = batch.x.contiguous(memory_format=torch.channels_last)
+        if batch.x_unlabeled is not None:
+            batch.x_unlabeled = batch.x_unlabeled.contiguous(memory_format=torch.channels_last)
     rows = []
     for name in ["erm", *[m for m in methods if m != "erm"]]:
         model = _row_model(model_name, shape, device, channels_last, dtype is not None, batch.x)
@@ -226,7 +237,8 @@ def bench_training(
             scaler.step(opt)
             scaler.update()
 
-        row = {"model": model_name, "method": name, "batch_size": batch_size, "amp": amp, "fast":
+        row = {"model": model_name, "method": name, "batch_size": batch_size,
+               "unlabeled": unlabeled if method.uses_unlabeled else 0, "amp": amp, "fast":
                fast, "compiled": compiled and stepped is not model, "channels_last": channels_last}
         skips = cudagraph_skips()
         row |= (_measured(step, device, steps, warmup, max_seconds, profile, batch_size)
@@ -457,7 +469,9 @@ def run_bench(options: BenchOptions, device: torch.device, log=print,
         result["matrix_tflops"] = matrix_rate(device)
         log(f"matrix rate {result['matrix_tflops']:.3g} TFLOP/s "
             f"({'bf16' if device.type == 'cuda' else 'float32'})")
-    log(f"device {device}, {torch.get_num_threads()} CPU threads, batch {o.batch_size}; "
+    log(f"device {device}, {torch.get_num_threads()} CPU threads, batch {o.batch_size}"
+        + (f" + {o.unlabeled} unlabeled (read by {', '.join(_readers(names))})"
+           if o.unlabeled else "") + "; "
         f"ms/step: the median of up to {o.steps} timed steps (within {o.max_seconds:g} s) "
         f"after {o.warmup} untimed; x erm: measured, counted: passes per example "
         f"(Method.cost), both against ERM's; peak MB: "
@@ -490,7 +504,8 @@ def run_bench(options: BenchOptions, device: torch.device, log=print,
         for amp, comp, fast in variants:
             start = len(rows)
             rows[start:] = bench_training(
-                name, shape, names, batch_size=o.batch_size, steps=o.steps,
+                name, shape, names, batch_size=o.batch_size, unlabeled=o.unlabeled,
+                steps=o.steps,
                 warmup=o.warmup + 3 * (comp or fast), max_seconds=o.max_seconds,
                 device=device, amp=amp, channels_last=o.channels_last, compiled=comp,
                 fast=fast, profile=o.profile, on_row=measured)
@@ -503,6 +518,15 @@ def run_bench(options: BenchOptions, device: torch.device, log=print,
             log(f"{name:<16} attacks: " + _attack_line(entry["attacks"]))
     result["complete"] = True
     return result
+
+
+def _readers(names: Sequence[str]) -> list[str]:
+    """The methods among ``names`` that read an unlabeled batch (or "none of them")."""
+    def reads(spec: str) -> bool:
+        base, params = parse_method(spec)
+        return build_method(base, **params).uses_unlabeled
+
+    return [n for n in names if reads(n)] or ["none of them"]
 
 
 def _row_line(name: str, r: dict[str, Any], chip: bool) -> str:
