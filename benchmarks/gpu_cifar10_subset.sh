@@ -20,7 +20,9 @@
 #   --data-dir data/cifar10-subset --out runs/c10-resnet --report-only` (results.md, plots).
 set -u
 OUT=${OUT:?set OUT}; C10=${C10:?set C10}
-PY=${PY:-python3}; END=$((SECONDS + ${SECONDS_LEFT:-540})); PART=${PART:-all}
+# SECONDS_LEFT: the device call's timeout_s; the groups stop RESERVE seconds (default 90)
+# before it, for the packing and the report after them
+PY=${PY:-python3}; END=$((SECONDS + ${SECONDS_LEFT:-540} - ${RESERVE:-90})); PART=${PART:-all}
 SUITE=${SUITE:-cifar10-subset-resnet}; R=${RUNS:-runs/c10-resnet}; DEVICE=${DEVICE:-cuda}
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TQDM_DISABLE=1
 if [ -d data/site ]; then export PYTHONPATH=$PWD/data/site:$PYTHONPATH; fi

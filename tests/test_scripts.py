@@ -72,7 +72,7 @@ def test_gpu_script_commands_are_what_erat_takes(script, tmp_path):
     stand_in.chmod(0o755)
     env = {k: v for k, v in os.environ.items() if k not in ("ONLY", "PREV", "LIMIT")}
     env |= {"PY": str(stand_in), "OUT": str(tmp_path / "out"), "C10": str(tmp_path / "c10"),
-            "SECONDS_LEFT": "60", "TMPDIR": str(tmp_path)}  # (the scripts' mktemp: here)
+            "SECONDS_LEFT": "200", "TMPDIR": str(tmp_path)}  # (the scripts' mktemp: here)
     done = subprocess.run(["bash", str(script)], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=300)
     log = tmp_path / "python.log"
@@ -165,6 +165,11 @@ def test_the_gpu_summary_judges_the_targets_and_says_what_is_missing(tmp_path):
     bench = {"complete": False, "device": "cuda", "torch": "2.11.0", "matrix_tflops": 790.0,
              "models": {"preact-resnet18": {"rows": rows}}}
     (w / "bench-128.json").write_text(json.dumps(bench))
+    rest = {**bench, "complete": True, "models": {"preact-resnet18": {"rows": [
+        _row("erm", True, 2.1, 0.3), _row("at", True, 4.0, 0.3), _row("at", False, 16.0, 0.1),
+        {"method": "er:S=3", "fast": True, "error": "capture failed",
+         "ms_per_step": float("nan")}]}}}
+    (w / "bench-128-rest.json").write_text(json.dumps(rest))  # (its ERM: the first stage's)
     big = {**bench, "complete": True, "models": {"m": {"rows": [_row("erm", True, 5, 0.45, 512)]}}}
     (w / "bench-512.json").write_text(json.dumps(big))
     for fast, losses in (("off", [2.3, 2.1, 1.9]), ("on", [2.3, 2.12, 1.93])):
@@ -188,9 +193,10 @@ def test_the_gpu_summary_judges_the_targets_and_says_what_is_missing(tmp_path):
     assert "Batch 128 (cut short: rows measured so far) (eager: float32 with cuDNN" in text
     assert "| erm | 7.9 | 2.0 | 3.95 | 64000 | 30.0 | 0.8 | 40 | 90 | 0 |" in text
     assert "| vat | — | BackendCompilerFailed: boom |" in text  # its error, in its row
+    assert "| at | 16.0 | 4.0 | 4.00 |" in text and "| erm | 7.9 | 2.1" not in text
     assert "| erm <= 2.5 ms (batch 128, fast) | 2.00 | met |" in text
     assert "| pgd:steps=10 <= 18.0 ms (batch 128, fast) | 19.00 | missed |" in text
-    assert "| er:S=3 <= 12.0 ms (batch 128, fast) | — | — |" in text  # not measured
+    assert "| er:S=3 <= 12.0 ms (batch 128, fast) | error: capture failed | — |" in text
     assert "| ERM >= 40% of the bf16 rate (batch 512, fast) | 45.0 % | met |" in text
     assert "| pgd3: fast within 1.5 points of eager (PGD-l2 0.5) | 2.0 points | missed |" in text
     assert "| er3: fast within 1.5 points of eager | — | — |" in text  # its eager run is missing

@@ -329,8 +329,9 @@ def kernel_profile(step: Callable[[], Any], device: torch.device, ms_per_step: f
         busy = sum(e.device_time for e in events) / 1e6 / steps  # microseconds in events
     except (AttributeError, RuntimeError) as err:  # (the profiler's API moves between releases)
         return {"profile_error": first_line(err)}
-    return {"kernels_per_step": len(events) / steps,
-            "device_busy": busy / wall if events else None}
+    if not events:  # (a step runs kernels: none recorded is the profiler's, e.g. graph replays)
+        return {"profile_error": "the profiler recorded no device kernels"}
+    return {"kernels_per_step": len(events) / steps, "device_busy": busy / wall}
 
 
 def matrix_rate(device: torch.device, n: int = 8192, seconds: float = 3.0) -> float:
