@@ -274,6 +274,25 @@ def test_an_l2_sized_val_eps_of_an_linf_method_is_refused_before_training():
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
 
+def test_a_method_without_a_ball_validates_in_the_norm_given(capsys):
+    """``val_norm``: ERM in an l-inf suite had its checkpoint chosen on l2 robustness (its
+    validation took l2, having no norm of its own, and no setting said otherwise)."""
+    from erat.fit import FitData, FitOptions, fit
+
+    x, y = images(32, torch.float32)
+    lines: list[str] = []
+    out = fit(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), build_method("erm"),
+              FitData(x, y, val=(x, y)), FitOptions(epochs=1, val_eps=8 / 255, val_norm="linf",
+                                                     val_n=16, progress=False), log=lines.append)
+    assert "PGD-l-inf at 8/255" in " ".join(lines) and "val_robust_acc" in out.history[0]
+    with pytest.raises(UserError, match="--val-norm linf is not the norm .* give --val-eps"):
+        fit(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), build_method("pgd", eps=0.5),
+            FitData(x, y, val=(x, y)), FitOptions(epochs=1, val_norm="linf", progress=False),
+            log=lambda _: None)
+    with pytest.raises(UserError, match="val_norm must be one of l2, linf"):
+        FitOptions(val_norm="inf")
+
+
 def test_one_step_rule_and_one_xi():
     from erat.attacks.pgd import PGDAttack
     from erat.methods.vat import VAT

@@ -180,6 +180,10 @@ def test_short_tables_name_their_columns_for_people_and_drop_empty_ones():
     assert keys[:3] == ["name", "method", "clean_acc"] and "energy-l2-eps0.5" not in keys
     assert column_name("pgd+autoattack-l2-eps1.5") == "PGD+AutoAttack-l2 1.5"
     assert column_name("cost_erm_epochs") is None  # left to the CSV
+    mixed = [{"val_robust_acc": 0.5, "val_ball": "l2 0.1"},
+             {"val_robust_acc": 0.4, "val_ball": "l-inf 0.1"}]  # (it was a bare "val. robust")
+    assert column_name("val_robust_acc", mixed) == \
+        "val. robust (l-inf 0.1, l2 0.1; by run: val_ball)"
     assert column_name("pgd+rs-fgsm-linf-eps0.1") == "PGD+rs-fgsm-l-inf 0.1"  # (a hyphenated
     assert readable_columns([{"rs-fgsm-l2-eps0.5": 0.4}])[0] == ["rs-fgsm-l2-eps0.5"]  # name)
 

@@ -385,7 +385,8 @@ def _validation(folder: RunDir, meta: dict[str, Any], cfg: TrainConfig) -> dict[
         method = meta.get("method") or {}
         eps = cfg.fit.val_eps or method.get("eps")
         out |= {"val_robust_acc": rows[0]["val_robust_acc"],
-                "val_ball": ball_name(method.get("norm", "l2"), eps) if eps else None}
+                "val_ball": ball_name(cfg.fit.val_norm or method.get("norm", "l2"), eps)
+                if eps else None}
     collapsed = overfitting_epoch(metrics)
     if collapsed is not None:
         out["catastrophic_overfitting_epoch"] = collapsed

@@ -132,6 +132,8 @@ def column_name(key: str, rows: Sequence[Mapping] = ()) -> str | None:
         balls = {r.get("val_ball") for r in rows if r.get(key) is not None} - {None}
         if len(balls) == 1:
             return f"{_LAST[key]} {balls.pop()}"
+        if balls:  # (runs validated in other balls: the CSV's val_ball says whose)
+            return f"{_LAST[key]} ({', '.join(sorted(balls))}; by run: val_ball)"
     if key in _FIRST or key in _LAST:
         return {**_FIRST, **_LAST}[key]
     if energy := energy_ball_of(key):

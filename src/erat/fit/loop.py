@@ -43,13 +43,13 @@ from erat.fit.options import RESUME_MAY_CHANGE, FitData, FitOptions, FitResult
 from erat.fit.sampler import EpochSampler
 from erat.fit.schedule import build_optimizer, plan
 from erat.fit.state import TrainState
-from erat.fit.validate import clean_accuracy, val_radius, validate
+from erat.fit.validate import clean_accuracy, val_ball, val_radius, validate
 from erat.graphs import Cloned, check_capturable, cudagraph_skips, step_module
 from erat.inputs import NonFiniteOutputs, within_outputs
 from erat.methods import Batch, Method, ball
 from erat.passes import sample_outputs
 from erat.rundir import RunDir, unwrap
-from erat.threat import check_radius_fits, norm_name
+from erat.threat import check_radius_fits, norm_name, radius_name
 
 # the fast path reads the loss on the host (a synchronisation) every this many updates
 CHECK_EVERY = 25
@@ -89,9 +89,10 @@ def fit(
                         "loader.dataset.tensors)")
     data = data if isinstance(data, FitData) else FitData(*data)
     options = options or FitOptions()
-    for name, eps in (("the method's eps", ball(method)[1]), ("val_eps", options.val_eps)):
+    for name, (norm, eps) in (("the method's eps", ball(method)),
+                              ("val_eps", (val_ball(method, options)[0], options.val_eps))):
         if eps is not None:
-            check_radius_fits(eps, ball(method)[0], tuple(data.x.shape[1:]), name=name)
+            check_radius_fits(eps, norm, tuple(data.x.shape[1:]), name=name)
     if isinstance(run_dir, str | Path):
         run_dir = RunDir(run_dir)
     if resume and run_dir is None:
@@ -274,11 +275,12 @@ class Loop:
         self.val_eps = val_radius(method, options, data)
         self.settings = _settings(method, options, data) if run_dir is not None else None
         if data.val is not None:
-            n, norm = min(options.val_n, len(data.val[1])), ball(method)[0]
+            n, norm = min(options.val_n, len(data.val[1])), val_ball(method, options)[0]
             drawn = " (drawn once, seed 0)" if n < len(data.val[1]) else ""
             log(f"validation after each epoch on {n} of {len(data.val[1])} held-out images"
                 f"{drawn}: "
-                + (f"val CLEAN/ROBUST (PGD-{norm_name(norm)} at {self.val_eps:g}, "
+                + (f"val CLEAN/ROBUST (PGD-{norm_name(norm)} at "
+                   f"{radius_name(norm, f'{self.val_eps:g}')}, "
                    f"{options.val_steps} steps)" if self.val_eps else "val CLEAN"))
         self.state = TrainState(model, optimizer, scheduler, scaler)
         self.step_model = self._step_model(data)
@@ -396,7 +398,7 @@ class Loop:
         try:
             if self.data.val is not None:
                 row |= validate(self.model, self.data.val, self.options, self.val_eps,
-                                self.device, ball(self.method)[0])
+                                self.device, val_ball(self.method, self.options)[0])
             if self.data.test is not None:
                 row["test_acc"] = clean_accuracy(self.model, *self.data.test)
         except NonFiniteOutputs as err:  # (the model is the run's own: it diverged)

@@ -12,6 +12,7 @@ from erat import fields
 from erat.errors import UserError
 from erat.fields import param
 from erat.inputs import images, labels
+from erat.threat import Norm
 
 Select = Literal["last", "best-robust"]
 DEFAULT_EPOCHS = 10  # the length of a run that names neither --epochs nor --budget
@@ -60,6 +61,8 @@ class FitOptions:
     val_n: int = param(1000, "validation images measured after each epoch (drawn once)")
     val_eps: float | None = param(None, "radius of the per-epoch validation PGD (default: "
                                         "the method's eps)")
+    val_norm: Norm | None = param(None, "norm of the per-epoch validation PGD (default: the "
+                                        "method's; l2 for a method without one, as ERM)")
     val_steps: int = param(10, "steps of the per-epoch validation PGD")
     select: Select = param("last", "model.pt from the last epoch, or from the epoch of the "
                                    "best validation robust accuracy")

@@ -19,12 +19,25 @@ from erat.methods import Method, ball
 from erat.threat import check_radius
 
 
+def val_ball(method: Method, options: FitOptions) -> tuple[str, float | None]:
+    """The validation PGD's ``(norm, eps)``: ``val_norm`` and ``val_eps`` where given, else
+    the method's training ball (l2 for a method without one); a norm other than the
+    method's needs its own ``val_eps`` (the method's radius is no radius in it)."""
+    norm, trained = ball(method)
+    if options.val_norm is not None and options.val_norm != norm and trained is not None \
+            and options.val_eps is None:
+        raise UserError(f"--val-norm {options.val_norm} is not the norm method "
+                        f"{getattr(method, 'name', method)!r} trains in ({norm}): give "
+                        f"--val-eps, a radius in {options.val_norm}")
+    norm = options.val_norm or norm
+    return norm, options.val_eps if options.val_eps is not None else trained
+
+
 def val_radius(method: Method, options: FitOptions, data: FitData) -> float | None:
     """The validation PGD's radius; ``UserError`` when ``best-robust`` cannot be chosen."""
-    norm, trained = ball(method)
-    if options.val_eps is not None:  # in the method's norm, before any training
+    norm, eps = val_ball(method, options)
+    if options.val_eps is not None:  # in the validation's norm, before any training
         check_radius(options.val_eps, norm, name="val_eps")
-    eps = options.val_eps if options.val_eps is not None else trained
     if options.select == "best-robust":
         if data.val is None:
             raise UserError("--select best-robust needs a validation set (--val N)")
