@@ -492,3 +492,25 @@ def test_attack_settings_say_what_sets_an_evaluations_strength():
         "per example over: PGD (1 restart); 20 steps; step 0.1"  # (one run, two radii: alike)
     assert attack_settings(one | {"step_size_rule": "max(2.5*eps/steps, eps/4)"}).endswith(
         "; step max(2.5*eps/steps, eps/4)")
+
+
+def test_the_evaluation_section_says_upper_bounds_and_each_check_not_passed():
+    """A suite's results.md had neither: PGD-only columns unlabelled, and the AutoAttack
+    against PGD note of a run's eval-autoattack.json nowhere (``erat eval`` prints both)."""
+    from erat.tables import check_lines, evaluation_section
+
+    checks = [{"name": "monotone_in_eps", "passed": True, "severity": "failure", "detail": "ok"},
+              {"name": "square_vs_whitebox", "passed": False, "severity": "failure",
+               "detail": "square fooled 3"},
+              {"name": "autoattack_vs_pgd", "passed": False, "severity": "note",
+               "detail": "AutoAttack lowers PGD by 22.0 points"}]
+    lines = evaluation_section(
+        [("a", "", {"norm": "l2", "eps": [0.5], "attacks": ["pgd"], "steps": 50}),
+         ("a", "AutoAttack columns: ", {"norm": "l2", "eps": [0.5], "steps": 50,
+                                        "attacks": ["pgd", "autoattack"]})],
+        check_lines([("a", {"checks": checks})]))
+    assert lines[2] == "- l2 at 0.5, PGD of 50 steps, upper bounds of robust accuracy (no " \
+        "AutoAttack: a stronger attack may find more) (a)"
+    assert "upper bound" not in lines[3]
+    assert lines[4:6] == ["- a: square_vs_whitebox failed: square fooled 3",
+                          "- a: autoattack_vs_pgd (a note): AutoAttack lowers PGD by 22.0 points"]

@@ -48,7 +48,8 @@ def test_suite_runs_reports_and_resumes(suite_file, tmp_path):
     assert "labels" not in table[0]  # a supervised suite has no labels column
     text = (out / "results.md").read_text()
     assert "erat train" in text and "--method er" in text and "torch" in text
-    assert "PGD of 2 steps, on 40 of 360 test images (erm, er)" in text  # how, on how many
+    assert "PGD of 2 steps, on 40 of 360 test images, upper bounds of robust accuracy (no " \
+        "AutoAttack: a stronger attack may find more) (erm, er)" in text  # how, on how many
     assert "- energy: l2 at 0.5, T 2, M 2, S 1, on the first 20 test images (er)" in text
     short = ("| run | method | clean | PGD-l2 0.25 | PGD-l2 0.5 | energy l2 0.5 | s/epoch | "
              "failed checks |")  # (the energy's ball, as erat report names it)

@@ -16,6 +16,7 @@ from erat.files import atomic_write_text, check_writable_dir, read_json, sha256
 from erat.plots import accuracy_vs_radius, landscape, plotted, radius_curve
 from erat.tables import (
     attack_settings,
+    check_lines,
     energy_column,
     evaluation_section,
     every_column,
@@ -172,7 +173,8 @@ def report_runs(runs: Sequence[Path], out: Path, *, eval_name: str = "eval.json"
     out = Path(out)
     write_csv(rows, out / "results.csv", columns)
     section = evaluation_section([(name, "", r["threat"]) for name, r in results.items()],
-                                 {f"Note: {note}.": [] for note in notes})
+                                 {f"Note: {note}.": [] for note in notes}
+                                 | check_lines(list(results.items())))
     atomic_write_text("\n".join([short, "", *section, *every_column(rows, columns), ""]),
                       out / "results.md")
     accuracy_vs_radius(results, out / "accuracy_vs_radius", attack=attack, norm=norm)

@@ -548,16 +548,20 @@ def write_report(suite: dict[str, Any], out: Path, rows: list[dict[str, Any]],
 def _evaluation(out: Path, rows: list[dict[str, Any]], results: dict[str, dict]) -> list[str]:
     """The lines of ``results.md`` that say how the test figures were computed: each
     distinct setting of the runs' evaluations and of their AutoAttack (from the ``threat``
-    of their JSON files) and of their energy, with the runs it applies to."""
+    of their JSON files) and of their energy, with the runs it applies to, and each sanity
+    check they did not pass."""
     import json
 
     threats = [(name, "", result.get("threat") or {}) for name, result in results.items()]
+    checked = list(results.items())
     for row in rows:
         if row.get("aa_n"):
             file = out / "runs" / row["name"] / RunDir.EVAL_AUTOATTACK
-            threat = json.loads(file.read_text()).get("threat") or {}
+            aa = json.loads(file.read_text())
+            threat = aa.get("threat") or {}
             what = "AutoAttack" if "autoattack" in threat.get("attacks", []) else "aa_"
             threats.append((row["name"], f"{what} columns: ", threat))
+            checked.append((f"{row['name']} ({what} columns)", aa))
     energies: dict[str, list[str]] = {}
     for row in rows:  # the energy column's ball and estimate
         file = out / "runs" / row["name"] / RunDir.ENERGY
@@ -566,7 +570,7 @@ def _evaluation(out: Path, rows: list[dict[str, Any]], results: dict[str, dict])
             energies.setdefault(f"energy: {norm_name(e.get('norm', 'l2'))} at {e.get('eps')}, "
                                 f"T {e.get('T')}, M {e.get('M')}, S {e.get('S')}, on the first "
                                 f"{e.get('n')} test images", []).append(row["name"])
-    return tables.evaluation_section(threats, energies)
+    return tables.evaluation_section(threats, energies | tables.check_lines(checked))
 
 
 def _landscape(out: Path, rows: list[dict[str, Any]], results: dict[str, dict], test: tuple,

@@ -149,7 +149,8 @@ def masking(stages: Stages, flags: dict[str, Tensor]) -> dict:
     return check(f"{black_box}_vs_whitebox", fooled <= allowed,
                  f"{black_box} ({cfg.masking_queries} queries, eps={eps:g}) fooled {fooled} of "
                  f"{m} examples ({fooled / m:.1%}) that the white-box attacks left robust "
-                 f"(allowed: {allowed}, {MASKING_TOL:.0%} and at least one; more suggests "
+                 f"(allowed: at most {allowed}, {MASKING_TOL:.0%} of {m} but no fewer than "
+                 "one; more suggests "
                  "gradient masking, or white-box attacks too weak for this model)" + (
                      "; the figures stay those of the attacks asked for (a check's attack "
                      "runs on a subset)" if fooled else ""))

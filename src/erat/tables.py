@@ -17,7 +17,7 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from erat.attacks import read_key, robust_key, title
+from erat.attacks import read_key, robust_key, title, upper_bound
 from erat.files import atomic_write_text
 from erat.threat import norm_name, radius_name
 
@@ -233,6 +233,16 @@ def attack_settings(threat: Mapping) -> str | None:
     return "; ".join(p for p in parts if p) or None
 
 
+def check_lines(named: Sequence[tuple[str, Mapping]]) -> dict[str, list[str]]:
+    """One line per sanity check an evaluation did not pass (``(label, result)``: its
+    ``checks``), with its detail as ``erat eval`` prints it; for
+    :func:`evaluation_section`'s ``more``."""
+    return {f"{label}: {c['name']} " + ("(a note)" if c.get("severity") == "note" else
+                                        "failed") + f": {c['detail']}": []
+            for label, result in named for c in result.get("checks") or []
+            if not c.get("passed", True)}
+
+
 def evaluation_section(threats: Sequence[tuple[str, str, Mapping]],
                        more: Mapping[str, list[str]] | None = None) -> list[str]:
     """The ``## Evaluation`` lines of a ``results.md``: each distinct setting of the runs'
@@ -247,7 +257,9 @@ def evaluation_section(threats: Sequence[tuple[str, str, Mapping]],
                  *([f"worst case {t['worst_case']}"] if t.get("worst_case") else []),
                  *([f"PGD of {t['steps']} steps"] if "pgd" in t.get("attacks", []) else []),
                  *([f"on {t['n']}" + (f" of {t['n_total']}" if t.get("n_total") else "")
-                    + " test images"] if t.get("n") else [])]
+                    + " test images"] if t.get("n") else []),
+                 *(["upper bounds of robust accuracy (no AutoAttack: a stronger attack may "
+                    "find more)"] if t.get("attacks") and upper_bound(t["attacks"]) else [])]
         said.setdefault(what + ", ".join(parts), []).append(name)
     said.update(more or {})
     if not said:
