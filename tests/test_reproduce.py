@@ -68,6 +68,17 @@ def test_suite_runs_reports_and_resumes(suite_file, tmp_path):
     again = reproduce(str(suite_file), out, log=lambda *_: None)
     assert model.stat().st_mtime_ns == stamp  # finished runs are not trained again
     assert again[1]["clean_acc"] == rows[1]["clean_acc"]
+    # another suite's --out: refused before anything is trained or its report replaced
+    other = suite_file.with_name("other.yaml")
+    other.write_text(SUITE.replace("suite: tiny", "suite: other"))
+    report = (out / "results.md").read_text()
+    with pytest.raises(UserError, match="holds the runs and report of suite 'tiny', not "
+                                        "'other': choose another --out"):
+        reproduce(str(other), out, log=lambda *_: None)
+    (out / "suite.txt").unlink()  # (a folder written before the marker: its report's title)
+    with pytest.raises(UserError, match="suite 'tiny', not 'other'"):
+        reproduce(str(other), out, report_only=True, log=lambda *_: None)
+    assert (out / "results.md").read_text() == report and not (out / "suite.txt").exists()
 
 
 def one_run_suite(tmp_path: Path, run: str, rest: str) -> str:
@@ -516,6 +527,12 @@ def test_landscape_settings_are_checked_before_any_training(tmp_path, capsys, pl
     ("steps: 2, n: 40", "steps: 0, n: 40", "bad.yaml: eval: steps must be an integer >= 1"),
     ("{name: erm, method: erm}", "{name: erm, method: erm, device: foo}", "unknown device 'foo'"),
     ("sanity_n: 10}", "sanity_n: 10, batch_size: 0}", "eval: batch_size must be an integer"),
+    # checked by erat train before it reads data, so each was met at the run's turn
+    ("{name: erm, method: erm}", "{name: erm, method: erm, val: 100, val_norm: linf, "
+     "val_eps: 1.5}", "bad.yaml run erm: an l-inf radius val_eps=1.5"),
+    ("{name: erm, method: erm}", "{name: erm, method: erm, val: 100, select: best-robust}",
+     "bad.yaml run erm: --select best-robust needs --val-eps for method 'erm'"),
+    ("dataset: digits,", "dataset: digit,", "bad.yaml run erm: unknown dataset 'digit'"),
 ])
 def test_a_malformed_suite_is_one_line_before_any_training(tmp_path, capsys, old, new, says):
     """Suite mistakes were tracebacks (grid, seeds, energy names) or met at the run's turn,

@@ -111,6 +111,7 @@ def reproduce(
                 and not RunDir(out / "runs" / r["name"]).finished()}
     for device in {c.device for c in to_train.values()}:
         resolve_device(device)  # (a device that is not there: before the first run trains)
+    _check_owner(out, suite["suite"], write=not report_only)
     rows, results, commands, test, left_out, pending = [], {}, [], None, [], []
     clock = SuiteClock(len(mine), timed=not report_only, to_train=set(to_train),
                        then=" before AutoAttack" if suite.get("autoattack") else "")
@@ -152,6 +153,27 @@ def reproduce(
     write_report(suite, out, rows, results, commands, test, evaluated_ball(suite, cfgs), log,
                  left_out)
     return rows
+
+
+SUITE_FILE = "suite.txt"  # the name of the suite whose runs and report a folder holds
+
+
+def _check_owner(out: Path, name: str, write: bool) -> None:
+    """Refuse an ``--out`` that holds another suite's runs and report (its ``suite.txt``, or
+    before that file the title of its ``results.md``); mark it as ``name``'s."""
+    marker, report = out / SUITE_FILE, out / "results.md"
+    if marker.is_file():
+        owner = marker.read_text().strip()
+    elif report.is_file() and (title := report.read_text().split("\n", 1)[0]).startswith(
+            "# Suite `"):
+        owner = title.removeprefix("# Suite `").rstrip("`")
+    else:
+        owner = name
+    if owner != name:
+        raise UserError(f"{out} holds the runs and report of suite {owner!r}, not "
+                        f"{name!r}: choose another --out")
+    if write and not marker.is_file():
+        atomic_write_text(name + "\n", marker)
 
 
 def failed_checks(rows: list[dict[str, Any]], only: list[str] | None = None) -> str | None:
@@ -230,8 +252,9 @@ def _check_belongs(folder: RunDir, cfg: TrainConfig) -> None:
         return
     conflicts = resume_conflicts(folder.read_config(), cfg.to_dict())
     if conflicts:
-        raise UserError(f"{folder.path} holds another run ({'; '.join(conflicts[:3])}); "
-                        "choose another --out for this suite")
+        raise UserError(f"{folder.path} holds another run (the suite's setting, then the "
+                        f"folder's: {'; '.join(conflicts[:3])}); remove that folder to train "
+                        "the run as the suite says now, or choose another --out")
 
 
 def run_one(suite: dict[str, Any], run: dict[str, Any], cfg: TrainConfig, folder: RunDir,

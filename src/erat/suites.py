@@ -21,9 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from erat.config import TrainConfig, resolve
+from erat.datasets import dataset_info, own_scheme
 from erat.errors import UserError
 from erat.evaluate import EvalConfig
 from erat.files import read_yaml
+from erat.fit.validate import val_radius
 from erat.methods import ball
 
 SUITE_KEYS = {"suite", "description", "defaults", "runs", "eval", "energy", "plots", "report",
@@ -151,9 +153,24 @@ def check_suite(suite: dict[str, Any], cfgs: list[TrainConfig]) -> None:
     """Every setting of the suite beside its runs' own (``eval``, ``energy``,
     ``autoattack``, ``plots``), for every run (``cfgs``, in the order of its runs), before
     any training: a run refused at its turn cost the runs before it."""
+    _check_runs(suite, cfgs)
     _check_eval_settings(suite, cfgs)
     _check_autoattack(suite, cfgs)
     _check_plots(suite, *evaluated_ball(suite, cfgs))
+
+
+def _check_runs(suite: dict[str, Any], cfgs: list[TrainConfig]) -> None:
+    """What ``erat train`` checks of each run before it reads data: the dataset's name (a
+    registered one; your own data is read at its turn) and the validation's ball and
+    checkpoint selection (:func:`erat.fit.validate.val_radius`), blamed on the run."""
+    where = suite.get("path", suite["suite"])
+    for run, cfg in zip(suite["runs"], cfgs, strict=True):
+        try:
+            if own_scheme(cfg.dataset) is None:
+                dataset_info(cfg.dataset, cfg.data_dir, **cfg.data_options)
+            val_radius(cfg.build_method(), cfg.fit, held_out=cfg.val is not None)
+        except UserError as err:
+            raise UserError(f"{where} run {run['name']}: {err}") from None
 
 
 def _check_eval_settings(suite: dict[str, Any], cfgs: list[TrainConfig]) -> None:

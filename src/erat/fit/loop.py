@@ -272,7 +272,7 @@ class Loop:
                                                **(fast.optimizer_kwargs(self.device)
                                                   if self.fast else {}))
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
-        self.val_eps = val_radius(method, options, data)
+        self.val_eps = val_radius(method, options, data.val is not None)
         self.settings = _settings(method, options, data) if run_dir is not None else None
         if data.val is not None:
             n, norm = min(options.val_n, len(data.val[1])), val_ball(method, options)[0]

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from erat.errors import UserError
-from erat.fit.options import FitData, FitOptions
+from erat.fit.options import FitOptions
 from erat.inputs import logits
 from erat.methods import Method, ball
 from erat.threat import check_radius
@@ -33,13 +33,15 @@ def val_ball(method: Method, options: FitOptions) -> tuple[str, float | None]:
     return norm, options.val_eps if options.val_eps is not None else trained
 
 
-def val_radius(method: Method, options: FitOptions, data: FitData) -> float | None:
-    """The validation PGD's radius; ``UserError`` when ``best-robust`` cannot be chosen."""
+def val_radius(method: Method, options: FitOptions, held_out: bool) -> float | None:
+    """The validation PGD's radius; ``UserError`` when ``best-robust`` cannot be chosen
+    (``held_out``: there is a validation set). It reads no data: a suite checks every run
+    with it before the first trains."""
     norm, eps = val_ball(method, options)
     if options.val_eps is not None:  # in the validation's norm, before any training
         check_radius(options.val_eps, norm, name="val_eps")
     if options.select == "best-robust":
-        if data.val is None:
+        if not held_out:
             raise UserError("--select best-robust needs a validation set (--val N)")
         if not eps:
             raise UserError(f"--select best-robust needs --val-eps for method "
