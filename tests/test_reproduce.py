@@ -533,6 +533,9 @@ def test_landscape_settings_are_checked_before_any_training(tmp_path, capsys, pl
     ("{name: erm, method: erm}", "{name: erm, method: erm, val: 100, select: best-robust}",
      "bad.yaml run erm: --select best-robust needs --val-eps for method 'erm'"),
     ("dataset: digits,", "dataset: digit,", "bad.yaml run erm: unknown dataset 'digit'"),
+    # a block without norm measured an l-inf run in l2 (labelled l2, but not asked for)
+    ("{name: er, method: er, eps: 0.5,", "{name: er, method: er, norm: linf, eps: 0.1,",
+     "bad.yaml: energy gives no norm, so it measures in l2, and run er trained in l-inf"),
 ])
 def test_a_malformed_suite_is_one_line_before_any_training(tmp_path, capsys, old, new, says):
     """Suite mistakes were tracebacks (grid, seeds, energy names) or met at the run's turn,

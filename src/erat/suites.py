@@ -154,6 +154,7 @@ def check_suite(suite: dict[str, Any], cfgs: list[TrainConfig]) -> None:
     ``autoattack``, ``plots``), for every run (``cfgs``, in the order of its runs), before
     any training: a run refused at its turn cost the runs before it."""
     _check_runs(suite, cfgs)
+    _check_norms(suite, cfgs)
     _check_eval_settings(suite, cfgs)
     _check_autoattack(suite, cfgs)
     _check_plots(suite, *evaluated_ball(suite, cfgs))
@@ -171,6 +172,27 @@ def _check_runs(suite: dict[str, Any], cfgs: list[TrainConfig]) -> None:
             val_radius(cfg.build_method(), cfg.fit, held_out=cfg.val is not None)
         except UserError as err:
             raise UserError(f"{where} run {run['name']}: {err}") from None
+
+
+def _check_norms(suite: dict[str, Any], cfgs: list[TrainConfig]) -> None:
+    """A block that measures a run trained in l-inf (its ``eval``, the suite's
+    ``autoattack.eval``, its ``energy``) must name its ``norm`` (or measure at ``eps:
+    train``, the training ball): without one it is l2, and the run's figures would be l2
+    ones (labelled so, but not asked for)."""
+    where = suite.get("path", suite["suite"])
+    aa = autoattack_eval(suite["autoattack"]) if suite.get("autoattack") else None
+    for run, cfg in zip(suite["runs"], cfgs, strict=True):
+        if ball(cfg.build_method())[0] != "linf":
+            continue
+        blocks = {"eval": {**(suite.get("eval") or {}), **(run.get("eval") or {})}
+                  if run.get("eval", True) is not False else None,
+                  "autoattack.eval": aa,
+                  "energy": run["energy"] if "energy" in run else suite.get("energy")}
+        for name, block in blocks.items():
+            if isinstance(block, dict) and "norm" not in block and block.get("eps") != "train":
+                raise UserError(f"{where}: {name} gives no norm, so it measures in l2, and "
+                                f"run {run['name']} trained in l-inf: give norm: linf (or "
+                                "norm: l2 to measure in l2)")
 
 
 def _check_eval_settings(suite: dict[str, Any], cfgs: list[TrainConfig]) -> None:
