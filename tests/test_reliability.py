@@ -742,3 +742,27 @@ def test_model_last_is_written_before_model_pt_which_marks_the_run_finished(tmp_
             "--select", "best-robust", "--lr", "3", "--out", out]  # (a blow-up: an early best)
     assert run(args, capsys)[0] == 0
     assert written == ["model-last.pt", "model.pt"]
+
+
+def test_a_run_folder_removed_while_training_is_not_made_again(tmp_path):
+    """A folder deleted mid-run came back from the next epoch's write holding part of a run
+    (no config.yaml, metrics from the middle) that a suite reported as finished; the writes
+    under the lock now stop, exit 1's error, and make no folder."""
+    import shutil
+
+    from erat.errors import EnvironmentProblem
+
+    run = RunDir(tmp_path / "r")
+    with run.lock():
+        run.append_metrics({"epoch": 1})
+        shutil.rmtree(tmp_path / "r")
+        for write in (lambda: run.append_metrics({"epoch": 2}),
+                      lambda: run.save_checkpoint({}),
+                      lambda: run.save_model({}, dataset="d", model_name="m", model_kwargs={},
+                                             in_shape=(1,), num_classes=2, mean=(0.0,),
+                                             std=(1.0,), method={})):
+            with pytest.raises(EnvironmentProblem, match="r was removed while this run trained"):
+                write()
+    assert not (tmp_path / "r").exists()
+    run.append_metrics({"epoch": 1})  # (no lock held: a library caller's folder, as before)
+    assert run.metrics() == [{"epoch": 1}]

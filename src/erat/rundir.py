@@ -86,6 +86,7 @@ class RunDir:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self._held: dict[str, Any] | None = None  # (the lock this object holds: lock())
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
@@ -194,8 +195,10 @@ class RunDir:
             except OSError as err:
                 raise os_problem(err, f"create --out {self.path}") from err
             self._take(path, mine)
+            self._held = mine
             yield
         finally:
+            self._held = None
             if _read_lock(path) == mine:
                 path.unlink(missing_ok=True)
             for folder in made:  # (the deepest first; one not empty, or gone, is kept)
@@ -230,6 +233,14 @@ class RunDir:
         raise UserError(f"cannot take the lock {path}; remove it if no erat process runs")
 
     # --- configuration, metrics, split -------------------------------------------------
+    def _check_held(self) -> None:
+        """Refuse to write a run's files into a folder removed (or whose lock was taken)
+        while this object held its lock: writing would make a new folder holding part of a
+        run that looks finished."""
+        if self._held is not None and _read_lock(self.path / self.LOCK) != self._held:
+            raise EnvironmentProblem(f"{self.path} was removed while this run trained (its "
+                                     f"{self.LOCK} is gone): stopped, nothing written there")
+
     def write_config(self, config: dict[str, Any]) -> None:
         atomic_write_text(yaml.safe_dump(config, sort_keys=False), self.path / self.CONFIG)
 
@@ -246,6 +257,7 @@ class RunDir:
 
     def append_metrics(self, row: dict[str, Any]) -> None:
         """Append one epoch's line, first dropping lines of that epoch or later (a resume)."""
+        self._check_held()
         kept = [r for r in self.metrics() if r.get("epoch", 0) < row["epoch"]]
         text = "".join(json.dumps(r) + "\n" for r in [*kept, row])
         atomic_write_text(text, self.path / self.METRICS)
@@ -277,6 +289,7 @@ class RunDir:
 
     # --- training state ----------------------------------------------------------------
     def save_checkpoint(self, state: dict[str, Any]) -> None:
+        self._check_held()
         atomic_save(state, self.path / self.CHECKPOINT)
 
     def load_checkpoint(self) -> dict[str, Any] | None:
@@ -291,6 +304,7 @@ class RunDir:
             raise UserError(f"{err}; --overwrite starts the run afresh") from err
 
     def save_best(self, model: nn.Module, epoch: int, score: float) -> None:
+        self._check_held()
         atomic_save({"state_dict": _cpu_state(model), "epoch": epoch, "score": score},
                     self.path / self.BEST)
 
@@ -314,6 +328,7 @@ class RunDir:
         epochs, seed, labels, selected epoch, cost, ...), with ``state_dict_sha256``, the
         SHA-256 of the weights alone (the file's bytes also hold the training time), which
         two runs share when their weights are equal. Returns the metadata."""
+        self._check_held()
         state = model if isinstance(model, dict) else _cpu_state(model)
         meta = {"erat_version": __version__, "dataset": dataset, "model": model_name,
                 "model_kwargs": model_kwargs, "in_shape": list(in_shape),
