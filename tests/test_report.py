@@ -468,6 +468,15 @@ def test_a_folder_without_a_run_or_its_evaluation_is_told_apart(tmp_path, capsys
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{empty} is not a run folder" in err
     assert not (tmp_path / "rep").exists()
+    # --skip-unevaluated: a glob over runs, some not evaluated yet, reports the others
+    done = _evaluated_run(tmp_path / "b")
+    assert main(["report", str(run), "--skip-unevaluated", "--out", str(tmp_path / "rep")]) == 2
+    assert "no run given holds eval.json" in capsys.readouterr().err
+    assert main(["report", str(run), str(done), "--skip-unevaluated", "--out",
+                 str(tmp_path / "rep")]) == 0
+    assert f"note: left out, not evaluated (no eval.json): {run}" in capsys.readouterr().out
+    assert f"left out, not evaluated (no eval.json): {run}" in \
+        (tmp_path / "rep" / "results.md").read_text()
 
 
 def test_a_table_of_a_column_no_row_holds_or_of_another_result_is_refused():

@@ -221,9 +221,10 @@ def run_energy(args: argparse.Namespace) -> int:
 def _add_report(p: argparse.ArgumentParser) -> None:
     p.add_argument("runs", nargs="+", type=path, help="run folders holding eval.json")
     p.add_argument("--out", type=path, required=True, help="folder for the tables and plots")
-    p.add_argument("--eval-name", default="eval.json", help="evaluation JSON inside each run")
+    p.add_argument("--eval-name", default="eval.json", help="evaluation JSON in each run")
     p.add_argument("--landscape-eps", type=number, help="also draw the loss landscape here")
     p.add_argument("--index", type=int, help="test image of the landscape (default: 0)")
+    p.add_argument("--skip-unevaluated", action="store_true", help="leave out runs without it")
     p.set_defaults(run=run_report)
 
 
@@ -231,7 +232,8 @@ def run_report(args: argparse.Namespace) -> int:
     from erat.report import report_runs
 
     report_runs(args.runs, args.out, eval_name=args.eval_name,
-                landscape_eps=args.landscape_eps, index=args.index)
+                landscape_eps=args.landscape_eps, index=args.index,
+                skip_unevaluated=args.skip_unevaluated)
     return 0
 
 

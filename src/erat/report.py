@@ -129,14 +129,14 @@ def _landscape_inputs(runs: Sequence[Path], index: int) -> tuple[dict, Tensor, T
 
 def report_runs(runs: Sequence[Path], out: Path, *, eval_name: str = "eval.json",
                 landscape_eps: float | None = None, index: int | None = None,
-                log=print) -> list[dict]:
+                skip_unevaluated: bool = False, log=print) -> list[dict]:
     """``erat report``: the table (CSV; Markdown: the short table of :func:`readable_columns`,
     then every column) and the accuracy-radius plot of evaluated run folders, and optionally
     the loss landscape of test image ``index`` (default 0; only with ``landscape_eps``, a
     radius in the norm of the accuracy plot); the short table and the files written are
     printed. Every option, the evaluation files, and for a landscape the test image and the
     models, are checked and read before anything is written: a mistake leaves ``out`` as it
-    was."""
+    was. ``skip_unevaluated`` leaves out, and names, run folders without ``eval_name``."""
     from erat.threat import check_radius
 
     if index is not None and landscape_eps is None:
@@ -145,10 +145,17 @@ def report_runs(runs: Sequence[Path], out: Path, *, eval_name: str = "eval.json"
     if isinstance(index, bool) or not isinstance(index, int) or index < 0:
         raise UserError(f"--index must be a test image's position (0 or more), got {index!r}")
     check_writable_dir(out, "--out")
+    skipped = [r for r in runs if not (Path(r) / eval_name).is_file()] if skip_unevaluated \
+        else []
+    if skipped and len(skipped) == len(runs):
+        raise UserError(f"no run given holds {eval_name}: evaluate them first (erat eval RUN "
+                        f"--json RUN/{eval_name})")
+    runs = [r for r in runs if r not in skipped]
     results = read_results(runs, eval_name)
     rows = [_run_row(Path(run), name, res)
             for run, (name, res) in zip(runs, results.items(), strict=True)]
-    notes = _mixed(rows)
+    notes = _mixed(rows) + ([f"left out, not evaluated (no {eval_name}): "
+                             f"{', '.join(map(str, skipped))}"] if skipped else [])
     for note in notes:
         log(f"note: {note}")
     attack, norm = plotted(results)
