@@ -264,6 +264,25 @@ def test_resume_skips_finished_work(model, digits, tmp_path, monkeypatch):
     assert counter.calls > before and other["resumed"] is False  # one it replaces finished)
 
 
+def test_saved_progress_of_the_same_weights_under_changed_code_is_not_reused(model, digits,
+                                                                            tmp_path):
+    """A network whose code changed around the same weights (a user's factory edited) got
+    the saved figures of the old code back, resumed: the outputs are in the key now."""
+    _, _, xt, yt = digits
+    kw = dict(eps=(0.5,), steps=2, batch_size=30, sanity_n=0, state_path=tmp_path / "s.pt")
+    first = evaluate(model, xt[:30], yt[:30], **kw)
+    flipped = nn.Sequential(model, nn.Flatten(), Negated())  # (no weights of its own)
+    again = evaluate(flipped, xt[:30], yt[:30], **kw)
+    assert again["resumed"] is False and again["clean_acc"] != first["clean_acc"]
+    assert evaluate(model, xt[:30], yt[:30], **kw)["resumed"] is False  # (replaced: fresh)
+    assert evaluate(model, xt[:30], yt[:30], **kw)["resumed"] is True
+
+
+class Negated(nn.Module):
+    def forward(self, z):
+        return -z
+
+
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::erat.evaluate.EvaluationWarning")  # PGD-10 may be weak
 def test_autoattack_all_runs_on_cpu(model, digits):

@@ -32,6 +32,7 @@ from erat.evaluate import EvalConfig, evaluate
 from erat.external import ExternalOptions, open_external, state_path
 from erat.inputs import first_n
 from erat.measure import energy_report
+from erat.models.factory import is_factory, source_sha256
 from erat.rundir import RunDir, check_exists, check_output_file, open_model
 from erat.threat import Norm, ball_name, check_radius_fits, norm_name, radius_name
 
@@ -89,6 +90,8 @@ def run_inputs(path: Path, *, n: int | None, data_dir: str | None, device: torch
     x, y = first_n(x, y, n)
     record = {"checkpoint_sha256": opened.sha256, "run": str(path), "dataset": dataset,
               "method": opened.meta["method"]}
+    if is_factory(spec := str(opened.meta.get("model"))):  # (your network's code: its file)
+        record["code_sha256"] = source_sha256(spec)
     if opened.meta.get("data"):
         record["data"] = opened.meta["data"]
     if moved_to is not None:  # (your own data, read where --data-dir says it is now)

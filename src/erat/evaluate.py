@@ -110,7 +110,8 @@ def evaluate(
     classes = int(sample.shape[-1])
     with supervised_search(attacked), torch.random.fork_rng(devices=cuda):
         torch.manual_seed(cfg.seed)
-        saved = Progress(state_path, progress_key(cfg, model, x, y) if state_path else {})
+        saved = Progress(state_path, progress_key(cfg, model, x, y, sample) if state_path
+                         else {})
         stages = Stages(attacked, x.to(device), y.to(device), cfg, saved, progress)
         flags = stages.run_attacks()
         results = sanity.run_checks(stages, flags, was_training)

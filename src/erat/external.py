@@ -47,7 +47,7 @@ from erat.fields import flag, flagged, param
 from erat.files import load_file_and_digest
 from erat.inputs import first_n
 from erat.models import Normalize, check_kwargs
-from erat.models.factory import build_factory, is_factory
+from erat.models.factory import build_factory, is_factory, source_sha256
 from erat.rundir import cache_state_path
 
 
@@ -198,7 +198,7 @@ def _network(options: ExternalOptions, info: DatasetInfo, seed: int = 0
         net = build_factory(spec, in_shape=info.shape, num_classes=info.num_classes,
                             **options.model_kwargs)
     record: dict[str, Any] = {"model": spec, "model_kind": "factory", "model_file": None,
-                              "model_sha256": None}
+                              "model_sha256": None, "code_sha256": source_sha256(spec)}
     if options.weights is None:
         warnings.warn(f"no --weights: evaluating the weights {spec} builds by itself",
                       stacklevel=2)

@@ -149,10 +149,14 @@ def weights_fingerprint(model: nn.Module) -> str:
     return tensor_sha256(list(model.state_dict().values()))
 
 
-def progress_key(cfg: EvalConfig, model: nn.Module, x: Tensor, y: Tensor) -> dict:
-    """What saved progress must match to be reused: the config, the data and the weights."""
+def progress_key(cfg: EvalConfig, model: nn.Module, x: Tensor, y: Tensor, sample: Tensor
+                 ) -> dict:
+    """What saved progress must match to be reused: the config, the data, the weights, and
+    the model's outputs ``sample`` on the first inputs, rounded (the network's code may have
+    changed around the same weights; a rounding that flips only recomputes)."""
     raw = {"version": STATE_VERSION, **cfg.settings(), "n": len(y),
-           "data": tensor_sha256([x, y]), "weights": weights_fingerprint(model)}
+           "data": tensor_sha256([x, y]), "weights": weights_fingerprint(model),
+           "outputs": tensor_sha256([sample.detach().float().cpu().round(decimals=3)])}
     return json.loads(json.dumps(raw))  # tuples -> lists, as they come back from disk
 
 

@@ -17,6 +17,7 @@ Example::
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import inspect
@@ -103,6 +104,16 @@ def _import(module_name: str, spec: str) -> ModuleType:
         if added and os.getcwd() in sys.path:
             sys.path.remove(os.getcwd())
     return module if module is not None else loaded
+
+
+def source_sha256(spec: str) -> str | None:
+    """The SHA-256 of the file holding ``MODULE:FACTORY``'s code (None where it has none, as
+    a builtin): an evaluation saved for a network whose code changed since is not reused."""
+    try:
+        file = inspect.getsourcefile(resolve_factory(spec))
+        return hashlib.sha256(Path(file).read_bytes()).hexdigest() if file else None
+    except (TypeError, OSError):
+        return None
 
 
 def build_factory(spec: str, *, in_shape: tuple[int, ...], num_classes: int,
