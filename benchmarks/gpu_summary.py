@@ -84,7 +84,8 @@ def bench_table(bench: dict | None, batch: int) -> list[str]:
         out.append(f"| {method} | {_f(e.get('ms_per_step'))} | {_f(f.get('ms_per_step'))} | "
                    f"{_f(speed, '.2f')} | {_f(f.get('images_per_s'), '.0f')} | "
                    f"{_f(None if rate is None else 100 * rate)} | "
-                   f"{_f(f.get('epoch_50k_s'))} | {_f(f.get('kernels_per_step'), '.0f')} | "
+                   f"{_f(f.get('epoch_50k_s'))} | "
+                   f"{f.get('profile_error') or _f(f.get('kernels_per_step'), '.0f')} | "
                    f"{_f(None if busy is None else 100 * busy, '.0f')} | "
                    f"{f.get('cudagraph_skips', '—')} |")
     return out + [""]

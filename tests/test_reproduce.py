@@ -710,3 +710,40 @@ def test_suite_plot_draws_the_attack_its_runs_were_evaluated_with(tmp_path, monk
                  tmp_path, rows, {"a": chain, "b": chain}, [], None, ("l2", [0.5]),
                  log=lambda *_: None)
     assert drawn == [("all", "l2")]
+
+
+def test_the_norm_check_spares_runs_nothing_measures_and_a_named_l2_keeps_figures(tmp_path):
+    """The l-inf norm check refused an l-inf run with eval: false and AutoAttack's block for
+    an l-inf run it never attacks; naming norm: l2, as it asks, recomputed every figure."""
+    from erat.suites import check_suite, run_config
+
+    base = SUITE.replace("{name: erm, method: erm}", "{name: erm, method: erm}\n  - {name: v, "
+                         "method: pgd, norm: linf, eps: 0.1, steps: 1, eval: false}")
+    for text in (base, base.replace("plots:", "autoattack: {also: [er]}\nplots:")
+                 .replace("eval: false}", "eval: {norm: linf, eps: [0.1]}}")):
+        path = tmp_path / "ok.yaml"
+        path.write_text(text)
+        suite = load_suite(str(path))
+        check_suite(suite, [run_config(suite, r, {}) for r in suite["runs"]])
+    out = tmp_path / "out"
+    path.write_text(SUITE.replace("norm: l2, ", ""))
+    first = reproduce(str(path), out, log=lambda *_: None)
+    path.write_text(SUITE)  # (norm: l2 named: the same figures, nothing computed)
+    again = reproduce(str(path), out, report_only=True, log=lambda *_: None)
+    assert [r["pgd-l2-eps0.5"] for r in again] == [r["pgd-l2-eps0.5"] for r in first]
+
+
+@pytest.mark.parametrize("name", ["2024", "tick`", " spaced "])
+def test_a_suite_owns_its_folder_whatever_its_name(tmp_path, name):
+    from erat.reproduce import _check_owner
+
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "results.md").write_text(f"# Suite `{str(name).strip()}`\n")
+    _check_owner(out, name, write=True)  # (a folder of before the marker: its title)
+    _check_owner(out, name, write=True)
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    _check_owner(fresh, "a", write=True)  # (a failed first attempt: claimed, no run in it)
+    _check_owner(fresh, "b", write=True)
+    assert (fresh / "suite.txt").read_text() == "b\n"

@@ -157,13 +157,15 @@ def _time_pair(
 
 def random_batch(
     shape: tuple[int, int, int], batch_size: int, device: torch.device, num_classes: int = 10,
-    unlabeled: int = 0,
+    unlabeled: int = 0, channels_last: bool = False,
 ) -> Batch:
     """Random images and labels, with ``unlabeled`` random images as the unlabeled batch."""
     g = torch.Generator().manual_seed(0)
-    x = torch.rand(batch_size, *shape, generator=g).to(device)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.rand(batch_size, *shape, generator=g).to(device, memory_format=layout)
     y = torch.randint(0, num_classes, (batch_size,), generator=g).to(device)
-    xu = torch.rand(unlabeled, *shape, generator=g).to(device) if unlabeled else None
+    xu = torch.rand(unlabeled, *shape, generator=g).to(device, memory_format=layout) \
+        if unlabeled else None
     return Batch(x, y, xu)
 
 
@@ -196,9 +198,8 @@ def bench_training(
     training fast path (:mod:`erat.fit.fast`: the model as CUDA graphs, bf16 and
     channels-last for convolutional models, a fused optimiser); ``profile`` adds each step's
     kernel count and the share of its time the device is busy (:func:`kernel_profile`);
-    ``unlabeled`` random images go beside each labeled batch (read by the methods that
-    read them: their semi-supervised step);
-    ``on_row`` is called with each row as it is measured; a method that differentiates twice
+    ``unlabeled`` random images go beside each labeled batch (their readers' step); ``on_row``
+    is called with each row as it is measured; a method that differentiates twice
     (ER's gradient estimator) runs on the model itself. A step that raises (a failed capture
     or compilation) is a row with its ``error``. Rows come in the order of ``methods``, ERM
     first (each row's ratio to ERM is known when it is measured).
@@ -207,12 +208,9 @@ def bench_training(
     if fast:
         conv = any(isinstance(m, nn.Conv2d) for m in _model(model_name, shape, device).modules())
         amp, channels_last = ("bf16", True) if conv else (amp, channels_last)
-    batch = random_batch(shape, batch_size, device, unlabeled=unlabeled)
+    batch = random_batch(shape, batch_size, device, unlabeled=unlabeled,
+                         channels_last=channels_last)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
-    if channels_last:
-        batch.x = batch.x.contiguous(memory_format=torch.channels_last)
-        if batch.x_unlabeled is not None:
-            batch.x_unlabeled = batch.x_unlabeled.contiguous(memory_format=torch.channels_last)
     rows = []
     for name in ["erm", *[m for m in methods if m != "erm"]]:
         model = _row_model(model_name, shape, device, channels_last, dtype is not None, batch.x)
@@ -541,6 +539,7 @@ def _row_line(name: str, r: dict[str, Any], chip: bool) -> str:
             + (f"  eager passes {r['eager_passes']}/{r['eager_passes'] + r['graph_passes']}"
                if "eager_passes" in r else "")
             + (f"  cudagraph skips {r['cudagraph_skips']}" if r.get("cudagraph_skips") else "")
+            + (f"  profile: {r['profile_error']}" if "profile_error" in r else "")
             + (f"  error: {r['error']}" if "error" in r else ""))
 
 

@@ -224,7 +224,7 @@ def _add_report(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-name", default="eval.json", help="evaluation JSON in each run")
     p.add_argument("--landscape-eps", type=number, help="also draw the loss landscape here")
     p.add_argument("--index", type=int, help="test image of the landscape (default: 0)")
-    p.add_argument("--skip-unevaluated", action="store_true", help="leave out runs without it")
+    p.add_argument("--skip-unevaluated", action="store_true", help="leave out runs without one")
     p.set_defaults(run=run_report)
 
 

@@ -137,6 +137,7 @@ def report_runs(runs: Sequence[Path], out: Path, *, eval_name: str = "eval.json"
     printed. Every option, the evaluation files, and for a landscape the test image and the
     models, are checked and read before anything is written: a mistake leaves ``out`` as it
     was. ``skip_unevaluated`` leaves out, and names, run folders without ``eval_name``."""
+    from erat.rundir import RunDir
     from erat.threat import check_radius
 
     if index is not None and landscape_eps is None:
@@ -145,8 +146,8 @@ def report_runs(runs: Sequence[Path], out: Path, *, eval_name: str = "eval.json"
     if isinstance(index, bool) or not isinstance(index, int) or index < 0:
         raise UserError(f"--index must be a test image's position (0 or more), got {index!r}")
     check_writable_dir(out, "--out")
-    skipped = [r for r in runs if not (Path(r) / eval_name).is_file()] if skip_unevaluated \
-        else []
+    skipped = [r for r in runs if not (Path(r) / eval_name).is_file()  # (a run folder: others
+               and RunDir(r).holds_run()] if skip_unevaluated else []  # are refused below)
     if skipped and len(skipped) == len(runs):
         raise UserError(f"no run given holds {eval_name}: evaluate them first (erat eval RUN "
                         f"--json RUN/{eval_name})")

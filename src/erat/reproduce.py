@@ -161,18 +161,19 @@ SUITE_FILE = "suite.txt"  # the name of the suite whose runs and report a folder
 def _check_owner(out: Path, name: str, write: bool) -> None:
     """Refuse an ``--out`` that holds another suite's runs and report (its ``suite.txt``, or
     before that file the title of its ``results.md``); mark it as ``name``'s."""
+    name = str(name).strip()
     marker, report = out / SUITE_FILE, out / "results.md"
-    if marker.is_file():
-        owner = marker.read_text().strip()
+    if marker.is_file() and ((out / "runs").is_dir() or report.is_file()):
+        owner = marker.read_text().strip()  # (a folder holding no run yet is no one's)
     elif report.is_file() and (title := report.read_text().split("\n", 1)[0]).startswith(
-            "# Suite `"):
-        owner = title.removeprefix("# Suite `").rstrip("`")
+            "# Suite `") and title.endswith("`"):
+        owner = title.removeprefix("# Suite `")[:-1].strip()
     else:
         owner = name
     if owner != name:
         raise UserError(f"{out} holds the runs and report of suite {owner!r}, not "
                         f"{name!r}: choose another --out")
-    if write and not marker.is_file():
+    if write and (not marker.is_file() or marker.read_text().strip() != name):
         atomic_write_text(name + "\n", marker)
 
 

@@ -154,9 +154,9 @@ def check_suite(suite: dict[str, Any], cfgs: list[TrainConfig]) -> None:
     ``autoattack``, ``plots``), for every run (``cfgs``, in the order of its runs), before
     any training: a run refused at its turn cost the runs before it."""
     _check_runs(suite, cfgs)
-    _check_norms(suite, cfgs)
     _check_eval_settings(suite, cfgs)
     _check_autoattack(suite, cfgs)
+    _check_norms(suite, cfgs)
     _check_plots(suite, *evaluated_ball(suite, cfgs))
 
 
@@ -180,13 +180,16 @@ def _check_norms(suite: dict[str, Any], cfgs: list[TrainConfig]) -> None:
     train``, the training ball): without one it is l2, and the run's figures would be l2
     ones (labelled so, but not asked for)."""
     where = suite.get("path", suite["suite"])
-    aa = autoattack_eval(suite["autoattack"]) if suite.get("autoattack") else None
+    spec = suite.get("autoattack") or {}
+    keys = spec.get("group") or []
     for run, cfg in zip(suite["runs"], cfgs, strict=True):
-        if ball(cfg.build_method())[0] != "linf":
-            continue
-        blocks = {"eval": {**(suite.get("eval") or {}), **(run.get("eval") or {})}
-                  if run.get("eval", True) is not False else None,
-                  "autoattack.eval": aa,
+        if ball(cfg.build_method())[0] != "linf" or run.get("eval", True) is False:
+            continue  # (a run without test figures: no evaluation, energy or AutoAttack)
+        row = identity(run, cfg)
+        attacked = spec and (run["name"] in (spec.get("also") or []) or (
+            keys and all(row.get(k) is not None for k in keys if isinstance(k, str))))
+        blocks = {"eval": {**(suite.get("eval") or {}), **(run.get("eval") or {})},
+                  "autoattack.eval": autoattack_eval(spec) if attacked else None,
                   "energy": run["energy"] if "energy" in run else suite.get("energy")}
         for name, block in blocks.items():
             if isinstance(block, dict) and "norm" not in block and block.get("eps") != "train":

@@ -138,6 +138,10 @@ def check_epoch_length(run: RunDir, cfg: TrainConfig) -> None:
                         "remove it, or train it again into another folder")
 
 
+def _rounded(values: tuple[float, ...]) -> str:
+    return ",".join(f"{v:.4g}" for v in values)
+
+
 def _check_factory(cfg: TrainConfig, info: DatasetInfo) -> None:
     """Build a ``MODULE:FACTORY`` model once (the random streams left as they were) and run
     it on two blank images: an import, a factory or an output that does not fit is refused
@@ -206,6 +210,11 @@ def _run(cfg: TrainConfig, run: RunDir, resume: bool, stop_after: int | None,
     if cfg.val is None:  # with a validation set, training never looks at the test set
         data.test = test_set.tensors
     torch.manual_seed(cfg.fit.seed)
+    if is_factory(cfg.model):  # (what the network is given: a pretrained one expects its own)
+        log(f"model: Normalize(mean {_rounded(info.mean)}, std {_rounded(info.std)}, "
+            f"{cfg.dataset}'s), then {cfg.model}'s network; a network that normalises its "
+            "inputs its own way (a pretrained one) is fine-tuned through erat.fit "
+            "(docs/own-model-and-data.md)")
     model = build_model(cfg.model, in_shape=info.shape, num_classes=info.num_classes,
                         mean=info.mean, std=info.std, **cfg.model_kwargs).to(device)
     if cfg.sync_bn and dist.enabled:

@@ -21,16 +21,12 @@ from erat.threat import check_radius
 
 def val_ball(method: Method, options: FitOptions) -> tuple[str, float | None]:
     """The validation PGD's ``(norm, eps)``: ``val_norm`` and ``val_eps`` where given, else
-    the method's training ball (l2 for a method without one); a norm other than the
-    method's needs its own ``val_eps`` (the method's radius is no radius in it)."""
+    the method's training ball (l2 for a method without one; the method's radius in its own
+    norm only: :func:`val_radius` refuses it in another)."""
     norm, trained = ball(method)
-    if options.val_norm is not None and options.val_norm != norm and trained is not None \
-            and options.val_eps is None:
-        raise UserError(f"--val-norm {options.val_norm} is not the norm method "
-                        f"{getattr(method, 'name', method)!r} trains in ({norm}): give "
-                        f"--val-eps, a radius in {options.val_norm}")
-    norm = options.val_norm or norm
-    return norm, options.val_eps if options.val_eps is not None else trained
+    if options.val_norm not in (None, norm) and options.val_eps is None:
+        trained = None
+    return options.val_norm or norm, options.val_eps if options.val_eps is not None else trained
 
 
 def val_radius(method: Method, options: FitOptions, held_out: bool) -> float | None:
@@ -38,6 +34,11 @@ def val_radius(method: Method, options: FitOptions, held_out: bool) -> float | N
     (``held_out``: there is a validation set). It reads no data: a suite checks every run
     with it before the first trains."""
     norm, eps = val_ball(method, options)
+    trained_in, trained = ball(method)
+    if held_out and norm != trained_in and trained is not None and options.val_eps is None:
+        raise UserError(f"--val-norm {norm} is not the norm method "
+                        f"{getattr(method, 'name', method)!r} trains in ({trained_in}): give "
+                        f"--val-eps, a radius in {norm}")
     if options.val_eps is not None:  # in the validation's norm, before any training
         check_radius(options.val_eps, norm, name="val_eps")
     if options.select == "best-robust":
