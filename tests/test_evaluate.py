@@ -408,3 +408,18 @@ def test_the_large_radius_check_steps_at_its_own_radius(model, digits):
                    sanity_n=30, masking_check=False)
     large = next(c for c in res["checks"] if c["name"] == "large_radius")
     assert large["passed"], large["detail"]
+
+
+def test_eval_says_when_clean_accuracy_is_at_chance(digits):
+    """A model fed the wrong input mapping or class order scored chance level, and erat eval
+    printed its robust accuracy without a word (erat energy said so)."""
+    from erat.assess import format_result
+
+    _, _, xt, yt = digits
+    const = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    nn.init.zeros_(const[1].weight)
+    nn.init.zeros_(const[1].bias)
+    result = evaluate(const, xt[:100], yt[:100], eps=[0.5], steps=2, sanity_n=0)
+    assert result["threat"]["classes"] == 10
+    assert "note: clean accuracy is at chance level (1 in 10): the robust accuracy" in \
+        format_result(result)

@@ -126,6 +126,18 @@ def evaluate_run(path: Path | None, cfg: EvalConfig, *, n: int | None, data_dir:
                         and not scripted(got.model))
 
 
+def chance_note(acc: float | None, classes: int, n: int, what: str) -> list[str]:
+    """A note when clean accuracy on ``n`` images is at chance level (1 in ``classes``, or
+    within 3 standard deviations of ``n`` guesses above it): ``what`` of a model that does
+    not classify says nothing of its robustness."""
+    p = 1 / classes if classes >= 2 else None
+    if not p or acc is None or acc > p + 3 * math.sqrt(p * (1 - p) / max(n, 1)):
+        return []
+    return [f"note: clean accuracy is at chance level (1 in {classes}): {what} of a model that "
+            "does not classify says nothing of its robustness (its weights? its input range "
+            "or normalisation, --input-range, --normalize? its data's class order?)"]
+
+
 def scripted(model: nn.Module) -> bool:
     """Whether a TorchScript module is part of ``model`` (an outside model's file, held in
     erat's ``Sequential(normalize, net)``): such a model is attacked eager, not captured."""
@@ -207,6 +219,8 @@ def format_result(result: dict[str, Any]) -> str:
            "data and weights were used (--fresh starts over)"] if result.get("resumed")
           else []),
         f"{'clean':<24} {result['clean_acc']:.4f}",
+        *chance_note(result["clean_acc"], threat.get("classes") or 0, threat.get("n") or 0,
+                     "the robust accuracy"),
     ]
     bounds = upper_bound(threat.get("attacks", []))  # (else mark the stages before it)
     for key, acc in result["robust_acc"].items():
@@ -311,12 +325,8 @@ def format_report(result: dict) -> str:
             f"{f'{eps:g}' if isinstance(eps, int | float) else eps}"
             + (" (the run's training ball)" if s.get("trained_ball") else "")
             + f", T {s.get('T')}, M {s.get('M')}, S {s.get('S')}")
-    acc, classes, n = result.get("clean_acc"), result.get("classes") or 0, result["n"]
-    p = 1 / classes if classes >= 2 else None  # (chance: 1 in K; 3 sd of n guesses above it)
-    chance = ([f"note: clean accuracy is at chance level (1 in {classes}): the energy of a "
-               "model that does not classify says nothing of its robustness (its weights? its "
-               "input range?)"] if p and acc is not None
-              and acc <= p + 3 * math.sqrt(p * (1 - p) / max(n, 1)) else [])
+    chance = chance_note(result.get("clean_acc"), result.get("classes") or 0, result["n"],
+                         "the energy")
     first = [f"{k:<22} {result[k]:.4f}" for k in ("clean_acc", "loss_mean") if k in result]
     return "\n".join([f"examples: {result['n']}" + (f" of {total}" if total else ""), ball,
                       *first, *(f"{k:<22} {result[k]:.4f}" for k in keys), *chance,

@@ -207,6 +207,7 @@ def _threat(cfg: EvalConfig, n: int, n_total: int | None, classes: int | None = 
             _described(a, classes) for a in attacks)
         + ("; and over the smaller radii" if len(set(cfg.eps)) > 1 else ""),
         "rules": STATE_VERSION,  # (the evaluation's: PGD's step, radii carried upward)
+        **({"classes": classes} if classes else {}),  # (the model's outputs)
     }
     for a in attacks:
         if hasattr(a, "threat_info"):
