@@ -217,6 +217,16 @@ def test_resize(tmp_path):
     assert x.shape == (4, 3, 5, 5)
 
 
+def test_one_based_labels_are_named_as_such(tmp_path):
+    """Labels 1..K without ``classes`` left class 0 empty: the message said only that."""
+    path = tmp_path / "one.npz"
+    np.savez(path, x_train=RNG.integers(0, 256, (30, 8, 8), dtype=np.uint8),
+             y_train=np.arange(30) % 3 + 1)
+    with pytest.raises(DataError, match=r"class\(es\) 0 have no training images; labels "
+                                        r"1\.\.K\? erat counts classes from 0"):
+        dataset_info(f"npz:{path}", test_split=0.2)
+
+
 def test_resized_float_images_stay_in_the_box(tmp_path):
     """Antialiased resizing of float pixels in [0, 1] overshoots 1 a little (1.0000002):
     the data were refused with a message that printed their range as [0, 1]."""

@@ -124,8 +124,11 @@ def _prepare(name: str, path: Path, source: Source, test_split: float | None,
         counts = torch.bincount(train[1], minlength=len(classes))
         empty = [classes[i] for i in range(len(classes)) if counts[i] == 0]
         if empty:
+            one_based = empty == [classes[0]] and str(classes[0]) == "0"
             raise DataError(f"{name}: class(es) {', '.join(map(str, empty[:5]))} have no "
-                            "training images")
+                            "training images" + ("; labels 1..K? erat counts classes from 0"
+                                                 " (subtract 1, or name them: classes)"
+                                                 if one_based else ""))
         if tuple(train[0].shape[1:]) != tuple(test[0].shape[1:]):
             hint = "" if resize or train[0].shape[1] != test[0].shape[1] else \
                 "; pass --resize N to give every image N x N pixels"  # (not the channels)
