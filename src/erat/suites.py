@@ -181,13 +181,11 @@ def _check_norms(suite: dict[str, Any], cfgs: list[TrainConfig]) -> None:
     ones (labelled so, but not asked for)."""
     where = suite.get("path", suite["suite"])
     spec = suite.get("autoattack") or {}
-    keys = spec.get("group") or []
     for run, cfg in zip(suite["runs"], cfgs, strict=True):
         if ball(cfg.build_method())[0] != "linf" or run.get("eval", True) is False:
             continue  # (a run without test figures: no evaluation, energy or AutoAttack)
-        row = identity(run, cfg)
-        attacked = spec and (run["name"] in (spec.get("also") or []) or (
-            keys and all(row.get(k) is not None for k in keys if isinstance(k, str))))
+        attacked = spec and (run["name"] in (spec.get("also") or [])
+                             or _grouped(spec.get("group") or [], identity(run, cfg)))
         blocks = {"eval": {**(suite.get("eval") or {}), **(run.get("eval") or {})},
                   "autoattack.eval": autoattack_eval(spec) if attacked else None,
                   "energy": run["energy"] if "energy" in run else suite.get("energy")}
@@ -279,8 +277,8 @@ def _check_autoattack(suite: dict[str, Any], cfgs: list[TrainConfig]) -> None:
     if unknown:
         raise UserError(f"{where}.also must list runs of the suite; no run {unknown!r}")
     for run, cfg in zip(runs, cfgs, strict=True):
-        placed = all(k in identity(run, cfg) for k in group)
-        if not group or not placed or run.get("eval", True) is False or run["name"] in also:
+        if not _grouped(group, identity(run, cfg)) or run.get("eval", True) is False \
+                or run["name"] in also:
             continue
         eps = ball(cfg.build_method())[1]
         if cfg.val is None or not (cfg.fit.val_eps or eps):  # (validation's radius)
@@ -288,6 +286,12 @@ def _check_autoattack(suite: dict[str, Any], cfgs: list[TrainConfig]) -> None:
                 f"{where}.group chooses each group's best run by validation robust accuracy, "
                 f"which run {run['name']} lacks (it needs val and a val_eps or a method eps); "
                 "give it those, or name it in autoattack.also")
+
+
+def _grouped(group: list[str], row: dict[str, Any]) -> bool:
+    """Whether a run (its :func:`identity` row) falls in a group of ``autoattack.group``:
+    there is a group, and the row holds each of its keys."""
+    return bool(group) and all(k in row for k in group)
 
 
 def _check_energy(suite: dict[str, Any], run: dict[str, Any]) -> None:

@@ -273,9 +273,10 @@ class Loop:
                                                   if self.fast else {}))
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
         self.val_eps = val_radius(method, options, data.val is not None)
+        self.val_norm = val_ball(method, options)[0]
         self.settings = _settings(method, options, data) if run_dir is not None else None
         if data.val is not None:
-            n, norm = min(options.val_n, len(data.val[1])), val_ball(method, options)[0]
+            n, norm = min(options.val_n, len(data.val[1])), self.val_norm
             drawn = " (drawn once, seed 0)" if n < len(data.val[1]) else ""
             log(f"validation after each epoch on {n} of {len(data.val[1])} held-out images"
                 f"{drawn}: "
@@ -398,7 +399,7 @@ class Loop:
         try:
             if self.data.val is not None:
                 row |= validate(self.model, self.data.val, self.options, self.val_eps,
-                                self.device, val_ball(self.method, self.options)[0])
+                                self.device, self.val_norm)
             if self.data.test is not None:
                 row["test_acc"] = clean_accuracy(self.model, *self.data.test)
         except NonFiniteOutputs as err:  # (the model is the run's own: it diverged)
